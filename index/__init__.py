@@ -1,0 +1,1 @@
+"""Index families and their on-disk storage (installed as `retriever.index`)."""

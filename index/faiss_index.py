@@ -1,0 +1,159 @@
+"""Dense indexes through faiss factory strings (`Flat`, `IVF{n},Flat`, `IVF{n},PQ{m}[x4fs]`, `HNSW{M}`)."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import faiss
+import numpy as np
+
+from retriever.errors import InvalidConfig, InvalidRequest
+
+ADD_BLOCK = 65_536
+_METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+
+
+def gpu_count() -> int:
+    """GPUs faiss can use here (0 with faiss-cpu)."""
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+class FaissIndex:
+    """A faiss index built from a factory string, searched with per-query parameters.
+
+    Deleted or filtered-out rows are excluded with an ID selector (pre-filtering) on the CPU;
+    where a selector is unsupported (GPU indexes) the search over-fetches until k allowed rows
+    are found or every row has been seen.
+    """
+
+    def __init__(self, factory: str, dim: int, metric: str, index: faiss.Index | None = None) -> None:
+        self.factory = factory
+        self.dim = dim
+        self.metric = metric
+        if index is None:
+            try:
+                index = faiss.index_factory(dim, factory, _METRICS[metric])
+            except RuntimeError as e:
+                raise InvalidConfig(f"index {factory!r} is not a valid faiss factory string for dim {dim}: {_faiss_message(e)}") from None
+        self.cpu_index = index
+        self.ivf = faiss.try_extract_index_ivf(index) if "IVF" in factory.upper() else None
+        self.hnsw = _find_hnsw(index)
+        self._search_index = self.cpu_index
+        self._selectors = True
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.cpu_index.ntotal)
+
+    @property
+    def exact(self) -> bool:
+        """True when search is exhaustive over float vectors (no approximation)."""
+        return isinstance(self.cpu_index, faiss.IndexFlat)
+
+    def train(self, sample: np.ndarray) -> None:
+        if self.cpu_index.is_trained:
+            return
+        try:
+            self.cpu_index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        except RuntimeError as e:
+            raise InvalidConfig(f"training {self.factory!r} on {len(sample)} vectors failed: {_faiss_message(e)}") from None
+
+    def add(self, vectors: np.ndarray) -> None:
+        if not self.cpu_index.is_trained:
+            raise InvalidRequest(f"index {self.factory!r} must be trained before vectors are added")
+        for start in range(0, len(vectors), ADD_BLOCK):
+            self.cpu_index.add(np.ascontiguousarray(vectors[start : start + ADD_BLOCK], dtype=np.float32))
+        if self._search_index is not self.cpu_index:
+            self.use_gpu()  # re-copy: GPU clones do not see later CPU adds
+
+    def use_gpu(self) -> None:
+        """Search on GPU 0 when faiss has one and supports this index family (HNSW stays on CPU)."""
+        if gpu_count() == 0 or self.hnsw is not None:
+            return
+        res = faiss.StandardGpuResources()
+        self._search_index = faiss.index_cpu_to_gpu(res, 0, self.cpu_index)
+        self._gpu_resources = res  # the GPU index holds a raw pointer to it
+        self._selectors = False
+
+    def search(
+        self, queries: np.ndarray, k: int, params: Mapping[str, int] | None = None, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """queries [B, D] float32 -> (scores [B, k] float32 higher-is-better, rows [B, k] int64, -1 padded)."""
+        params = params or {}
+        if self.ntotal == 0:
+            return _pad(np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), k)
+        if allowed is not None and allowed.all():
+            allowed = None
+        if allowed is not None and self._selectors:
+            return self._search_once(queries, k, params, allowed)
+        if allowed is None:
+            return self._search_once(queries, k, params, None)
+        return self._search_overfetch(queries, k, params, allowed)
+
+    def _search_once(self, queries, k, params, allowed):
+        keep: list = []  # the bitmap and selector must outlive the call: faiss reads them by raw pointer
+        sp = self._search_parameters(params, allowed, keep)
+        scores, rows = self._search_index.search(queries, k, params=sp) if sp else self._search_index.search(queries, k)
+        return self._higher_is_better(scores, rows), rows
+
+    def _search_overfetch(self, queries, k, params, allowed):
+        fetch = min(self.ntotal, max(4 * k, 64))
+        while True:
+            scores, rows = self._search_once(queries, fetch, params, None)
+            keep = (rows >= 0) & allowed[np.maximum(rows, 0)]
+            enough = keep.sum(axis=1) >= min(k, int(allowed.sum()))
+            if enough.all() or fetch >= self.ntotal:
+                break
+            fetch = min(self.ntotal, fetch * 4)
+        scores = np.where(keep, scores, -np.inf).astype(np.float32)
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]  # allowed rows first, rank order kept
+        out_scores = np.take_along_axis(scores, order, axis=1)
+        out_rows = np.where(np.isfinite(out_scores), np.take_along_axis(rows, order, axis=1), -1)
+        return _pad(out_scores, out_rows, k)
+
+    def _search_parameters(self, params, allowed, keep):
+        sel = None
+        if allowed is not None:
+            bitmap = np.packbits(allowed, bitorder="little")
+            keep.append(bitmap)
+            sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+            keep.append(sel)
+        if self.ivf is not None:
+            return faiss.SearchParametersIVF(sel=sel, nprobe=int(params.get("nprobe", self.ivf.nprobe)))
+        if self.hnsw is not None:
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=int(params.get("efSearch", self.hnsw.hnsw.efSearch)))
+        return faiss.SearchParameters(sel=sel) if sel is not None else None
+
+    def _higher_is_better(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        scores = -scores if self.metric == "l2" else scores
+        return np.where(rows >= 0, scores, np.float32(-np.inf)).astype(np.float32, copy=False)
+
+    def to_bytes(self) -> bytes:
+        return faiss.serialize_index(self.cpu_index).tobytes()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, factory: str, dim: int, metric: str) -> "FaissIndex":
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        if index.d != dim:
+            raise InvalidConfig(f"stored index has dimension {index.d}, the manifest says {dim}")
+        return cls(factory, dim, metric, index=index)
+
+
+def _find_hnsw(index: faiss.Index) -> faiss.IndexHNSW | None:
+    down = faiss.downcast_index(index)
+    return down if isinstance(down, faiss.IndexHNSW) else None
+
+
+def _pad(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    if scores.shape[1] >= k:
+        return scores, rows
+    extra = k - scores.shape[1]
+    return (
+        np.pad(scores, ((0, 0), (0, extra)), constant_values=-np.inf),
+        np.pad(rows, ((0, 0), (0, extra)), constant_values=-1),
+    )
+
+
+def _faiss_message(error: RuntimeError) -> str:
+    text = str(error).strip().splitlines()
+    return text[-1] if text else repr(error)

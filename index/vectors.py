@@ -1,0 +1,36 @@
+"""Float vectors kept on disk (one memory-mapped .npy per segment) for exact re-scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class VectorStore:
+    """Rows of several append-only segments addressed by one global row number."""
+
+    def __init__(self, segments: list[np.ndarray], dim: int) -> None:
+        self.segments = segments
+        self.dim = dim
+        sizes = [len(s) for s in segments]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # [S + 1]
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """rows [...] int64 (-1 allowed) -> [..., D] float32; -1 rows come back as zeros."""
+        flat = rows.reshape(-1)
+        out = np.zeros((len(flat), self.dim), dtype=np.float32)
+        valid = flat >= 0
+        seg = np.searchsorted(self.starts, flat, side="right") - 1
+        for s, array in enumerate(self.segments):
+            hit = valid & (seg == s)
+            if hit.any():
+                out[hit] = array[flat[hit] - self.starts[s]]
+        return out.reshape(*rows.shape, self.dim)
+
+    def to_array(self) -> np.ndarray:
+        """All rows in one in-memory array (for exact ground truth and checks)."""
+        if not self.segments:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.concatenate([np.asarray(s, dtype=np.float32) for s in self.segments])

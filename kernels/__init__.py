@@ -1,0 +1,1 @@
+"""Scoring kernels with slow reference oracles beside them (installed as `retriever.kernels`)."""

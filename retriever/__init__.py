@@ -1,0 +1,12 @@
+"""One engine for dense (and soon binary, sparse and multi-vector) retrieval."""
+
+from .collection import Collection, connect
+from .config import CollectionConfig, FieldConfig
+from .errors import AlreadyExists, CorruptIndex, InvalidConfig, InvalidRequest, NotFound, RetrieverError
+from .types import Hits
+
+__all__ = [
+    "AlreadyExists", "Collection", "CollectionConfig", "CorruptIndex", "FieldConfig", "Hits",
+    "InvalidConfig", "InvalidRequest", "NotFound", "RetrieverError", "connect",
+]
+__version__ = "0.1.0"

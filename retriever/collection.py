@@ -16,7 +16,7 @@ from retriever.index.vectors import VectorStore
 
 from . import fusion
 from .config import CollectionConfig
-from .documents import DocumentTable, concat, documents_to_table
+from .documents import DocumentTable, concat, document_texts, documents_to_table
 from .encoders.dense import DenseEncoder
 from .errors import AlreadyExists, InvalidRequest, NotFound, RetrieverError
 from .fields import DenseField
@@ -151,7 +151,7 @@ class Collection:
             if given is None:
                 if field.config.model is None:
                     raise InvalidRequest(f"field {name!r} has no model: pass its vectors, e.g. vectors={{{name!r}: array}}")
-                texts = texts if texts is not None else self._texts(table)
+                texts = texts if texts is not None else document_texts(table, self.config.text_keys)
                 given = self.encoder(name).encode(texts, progress=progress)
             new_vectors[name] = self._check_vectors(field, given, table.num_rows, "document")
         live = self.documents.live_rows(self.deleted)
@@ -174,14 +174,16 @@ class Collection:
         return len(rows)
 
     def _commit(self, table: pa.Table | None, new_vectors: dict[str, np.ndarray], deleted: np.ndarray) -> None:
+        """Publish one new version: fallible in-memory work first, then new files, then the manifest."""
         path, old = self.path, self.manifest
         v = self.version + 1
+        indexes = {name: self.fields[name].index_with(vectors) for name, vectors in new_vectors.items()}
         with storage.writer_lock(path):
             on_disk = storage.read_manifest(path)["version"]
             if on_disk != self.version:
                 raise RetrieverError(f"{str(path)!r} moved to version {on_disk} since this object opened version {self.version}; reopen() and retry")
             files = dict(old["files"])
-            manifest = {**old, "version": v, "parent": self.version, "files": files, "fields": {}}
+            manifest = {**old, "version": v, "parent": self.version, "fields": {}}
             documents, fields = self.documents, dict(self.fields)
             if table is not None:
                 name = f"docs-{v:06d}.parquet"
@@ -190,15 +192,13 @@ class Collection:
                 documents = DocumentTable(concat([self.documents.table, table]))
             for fname, field in self.fields.items():
                 entry = dict(old["fields"][fname])
-                if fname in new_vectors:
-                    vname = f"{fname}.vectors-{v:06d}.npy"
+                if fname in indexes:
+                    vname, iname = f"{fname}.vectors-{v:06d}.npy", f"{fname}.index-{v:06d}.faiss"
                     files[vname] = storage.write_new_file(path, vname, storage.npy_bytes(new_vectors[fname]))
-                    field = field.with_vectors(new_vectors[fname], np.load(path / vname, mmap_mode="r"))
-                    iname = f"{fname}.index-{v:06d}.faiss"
-                    files[iname] = storage.write_new_file(path, iname, field.index.to_bytes())
+                    files[iname] = storage.write_new_file(path, iname, indexes[fname].to_bytes())
+                    fields[fname] = field.with_segment(indexes[fname], np.load(path / vname, mmap_mode="r"))
                     entry["vectors"] = [*entry["vectors"], vname]
                     entry["index"] = iname
-                    fields[fname] = field
                 manifest["fields"][fname] = entry
             manifest["deleted"] = None
             if deleted.any():
@@ -335,13 +335,6 @@ class Collection:
             return self._live
         mask = filter_mask(self.documents.table, conditions)
         return mask if self._live is None else mask & self._live
-
-    def _texts(self, table: pa.Table) -> list[str]:
-        keys = [k for k in self.config.text_keys if k in table.column_names]
-        if not keys:
-            raise InvalidRequest(f"documents have none of the text keys {list(self.config.text_keys)} to encode")
-        columns = [table.column(k).to_pylist() for k in keys]
-        return [" ".join(str(v) for v in values if v) for values in zip(*columns)]
 
 
 def connect(path: str | Path) -> Collection:

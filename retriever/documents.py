@@ -45,6 +45,15 @@ def documents_to_table(documents: Iterable[Mapping[str, Any]]) -> pa.Table:
     return table.drop_columns([c for c in table.column_names if pa.types.is_null(table.schema.field(c).type)])
 
 
+def document_texts(table: pa.Table, text_keys: tuple[str, ...]) -> list[str]:
+    """The text each document is encoded from: its text keys that are present, joined by spaces."""
+    keys = [k for k in text_keys if k in table.column_names]
+    if not keys:
+        raise InvalidRequest(f"documents have none of the text keys {list(text_keys)} to encode")
+    columns = [table.column(k).to_pylist() for k in keys]
+    return [" ".join(str(v) for v in values if v) for values in zip(*columns)]
+
+
 def concat(tables: list[pa.Table]) -> pa.Table:
     """Segments in row order as one table; columns missing from a segment become nulls."""
     if not tables:

@@ -34,19 +34,19 @@ class DenseField:
         exact = cpu.rescore(queries, self.vectors.gather(rows), rows >= 0, self.config.metric)  # [B, C]
         return cpu.top_k_rows(exact, rows, k)
 
-    def with_vectors(self, vectors: np.ndarray, stored: np.ndarray) -> "DenseField":
-        """A new field holding these vectors too (this one is left unchanged for pinned readers).
-
-        vectors [N, D] are added to a copy of the index (trained on a sample first if needed);
-        `stored` is the same data as written to disk (a memory map), kept for re-scoring.
-        """
+    def index_with(self, vectors: np.ndarray) -> FaissIndex:
+        """A copy of the index holding these vectors [N, D] too, trained on a sample first if needed
+        (this field's own index is left unchanged for pinned readers)."""
         index = FaissIndex(self.index.factory, self.dim, self.config.metric, index=faiss.clone_index(self.index.cpu_index))
         if not index.cpu_index.is_trained:
             index.train(training_sample(vectors, self.config.train_size))
         index.add(vectors)
         index.use_gpu()
-        store = VectorStore([*self.vectors.segments, stored], self.dim)
-        return DenseField(self.config, self.dim, index, store)
+        return index
+
+    def with_segment(self, index: FaissIndex, stored: np.ndarray) -> "DenseField":
+        """This field with `index` and one more stored vector segment (a memory map of the new file)."""
+        return DenseField(self.config, self.dim, index, VectorStore([*self.vectors.segments, stored], self.dim))
 
 
 def training_sample(vectors: np.ndarray, size: int, seed: int = 0) -> np.ndarray:

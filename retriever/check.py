@@ -1,0 +1,56 @@
+"""`retriever check`: checksums, counts, and a sample of queries against exact search."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retriever.index import storage
+from retriever.kernels import reference
+
+from .collection import Collection
+from .errors import RetrieverError
+
+EXACT_MIN_RECALL = 0.99  # exact indexes may differ only on ties
+
+
+def check(path: str | Path, *, sample: int = 100, k: int = 10, min_recall: float = 0.5, seed: int = 0) -> dict[str, Any]:
+    """{"ok", "problems", "fields": {name: {"recall@k", "exact"}}}; `ok` is False on any problem."""
+    path = Path(path)
+    try:
+        manifest = storage.read_manifest(path)
+    except RetrieverError as e:
+        return {"ok": False, "problems": [str(e)], "fields": {}}
+    problems = storage.verify_files(path, manifest["files"])
+    if problems:
+        return {"ok": False, "problems": problems, "fields": {}}
+    try:
+        collection = Collection.open(path)
+    except RetrieverError as e:
+        return {"ok": False, "problems": [str(e)], "fields": {}}
+    fields = {}
+    live = np.flatnonzero(~collection.deleted)
+    if live.size:
+        rows = np.random.default_rng(seed).choice(live, size=min(sample, live.size), replace=False)
+        for name, field in collection.fields.items():
+            recall = sample_recall(collection, name, rows, k)
+            floor = EXACT_MIN_RECALL if field.index.exact else min_recall
+            fields[name] = {f"recall@{k}": round(recall, 4), "exact": field.index.exact, "min_recall": floor}
+            if recall < floor:
+                problems.append(f"field {name!r}: recall@{k} against exact search is {recall:.3f} < {floor}")
+    return {"ok": not problems, "problems": problems, "fields": fields, "version": collection.version, "counts": manifest["counts"]}
+
+
+def sample_recall(collection: Collection, field_name: str, rows: np.ndarray, k: int) -> float:
+    """Mean overlap of the field's top-k with exact top-k, using stored vectors of `rows` as queries."""
+    field = collection.fields[field_name]
+    base = field.vectors.to_array()
+    queries = base[rows]
+    allowed = ~collection.deleted
+    k = min(k, int(allowed.sum()))
+    _, approx = field.search(queries, k, {}, None if allowed.all() else allowed)
+    _, exact = reference.exact_search(queries, base, k, field.config.metric, allowed)
+    overlap = [len(set(a[a >= 0]) & set(e[e >= 0])) / k for a, e in zip(approx, exact)]
+    return float(np.mean(overlap))

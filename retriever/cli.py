@@ -1,0 +1,184 @@
+"""`retriever` command line: build, search, eval, info, check. `--json` prints one JSON object on stdout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from .errors import InvalidRequest, RetrieverError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build, search and evaluate retrieval collections.")
+
+JsonOption = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+FieldsOption = typer.Option(None, "--fields", help="Comma-separated fields to search (default: the first field).")
+FusionOption = typer.Option("rrf", "--fusion", help="How several fields are fused: rrf.")
+ParamOption = typer.Option(None, "--param", "-p", help="Search parameter NAME=INT (nprobe, efSearch, rescore); repeatable.")
+
+
+def main() -> None:
+    app()
+
+
+def _run(as_json: bool, work: Callable[[], dict[str, Any]], show: Callable[[dict[str, Any]], None]) -> None:
+    """Run a command; library errors become one clear line (or a JSON error) and exit code 2."""
+    try:
+        result = work()
+    except RetrieverError as e:
+        if as_json:
+            print(json.dumps({"error": str(e), "type": type(e).__name__}))
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps(result, default=str))
+    else:
+        show(result)
+
+
+def _fields(value: Optional[str]) -> Optional[list[str]]:
+    return [f.strip() for f in value.split(",") if f.strip()] if value else None
+
+
+def _params(values: Optional[list[str]]) -> dict[str, int]:
+    out = {}
+    for item in values or []:
+        name, _, raw = item.partition("=")
+        try:
+            out[name.strip()] = int(raw)
+        except ValueError:
+            raise InvalidRequest(f"--param takes NAME=INT, got {item!r}") from None
+    return out
+
+
+def _fusion(value: str) -> None:
+    if value != "rrf":
+        raise InvalidRequest(f"unknown fusion {value!r}; available: rrf")
+
+
+@app.command()
+def build(
+    config: Path = typer.Option(..., "--config", "-c", help="Collection config (TOML)."),
+    input: Path = typer.Option(..., "--input", "-i", help="Corpus: .jsonl, .parquet, .npy vectors, or a folder of text files."),
+    out: Path = typer.Option(..., "--out", "-o", help="Collection directory to create."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted build, skipping encoded blocks."),
+    block_size: int = typer.Option(512, "--block-size", help="Documents per resumable encoding block."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Build a collection from a corpus."""
+    def work():
+        import time
+
+        from .build import build as run_build
+        from .config import CollectionConfig
+
+        start = time.perf_counter()
+        collection = run_build(CollectionConfig.from_toml(config), input, out, resume=resume, block_size=block_size)
+        seconds = time.perf_counter() - start
+        return {**collection.info(), "seconds": round(seconds, 3), "docs_per_s": round(len(collection) / seconds, 2)}
+
+    _run(as_json, work, lambda r: print(f"built {r['path']}: {r['counts']['documents']} documents in {r['seconds']} s ({r['docs_per_s']} docs/s)"))
+
+
+@app.command()
+def search(
+    collection: Path = typer.Argument(..., help="Collection directory."),
+    queries: list[str] = typer.Argument(..., help="One or more query texts."),
+    k: int = typer.Option(10, "-k", help="Hits per query."),
+    fields: Optional[str] = FieldsOption,
+    fusion: str = FusionOption,
+    filter: Optional[str] = typer.Option(None, "--filter", help='Metadata filter as JSON, e.g. \'{"year": {"gte": 2000}}\'.'),
+    param: Optional[list[str]] = ParamOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Search a collection with text queries."""
+    def work():
+        from .collection import Collection
+
+        _fusion(fusion)
+        try:
+            conditions = json.loads(filter) if filter else None
+        except json.JSONDecodeError as e:
+            raise InvalidRequest(f"--filter is not valid JSON: {e}") from None
+        hits = Collection.open(collection).search(queries, k=k, fields=_fields(fields), filter=conditions, params=_params(param))
+        return {"results": [
+            {"query": q, "reason": h.reason, "hits": [
+                {"id": d["id"], "score": float(s), "document": d} for d, s in zip(h.documents, h.scores)
+            ]} for q, h in zip(queries, hits)
+        ]}
+
+    def show(result):
+        for r in result["results"]:
+            print(f"# {r['query']}" + (f"  ({r['reason']})" if r["reason"] else ""))
+            for rank, h in enumerate(r["hits"], start=1):
+                text = " ".join(str(h["document"].get("text", "")).split())[:100]
+                print(f"{rank:3d}. {h['score']:.4f}  {h['id']}  {text}")
+
+    _run(as_json, work, show)
+
+
+@app.command("eval")
+def evaluate(
+    collection: Path = typer.Argument(..., help="Collection directory."),
+    beir: Path = typer.Option(..., "--beir", help="BEIR data folder (queries.jsonl, qrels/SPLIT.tsv)."),
+    split: str = typer.Option("test", "--split"),
+    run: Optional[Path] = typer.Option(None, "--run", help="Also write the top-100 ranked lists in TREC run format."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Queries per search call."),
+    fields: Optional[str] = FieldsOption,
+    fusion: str = FusionOption,
+    param: Optional[list[str]] = ParamOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Score a collection on a BEIR split with ir-measures (nDCG@10, R@100) and time it."""
+    def work():
+        from .collection import Collection
+        from .evaluation import evaluate as run_eval
+        from .evaluation import load_beir
+
+        _fusion(fusion)
+        queries, qrels = load_beir(beir, split)
+        return run_eval(Collection.open(collection), queries, qrels, batch_size=batch_size, fields=_fields(fields),
+                        params=_params(param), run_path=run)
+
+    _run(as_json, work, lambda r: print(json.dumps(r, indent=1)))
+
+
+@app.command()
+def info(collection: Path = typer.Argument(..., help="Collection directory."), as_json: bool = JsonOption) -> None:
+    """Config, counts, fields and size of a collection."""
+    def work():
+        from .collection import Collection
+
+        return Collection.open(collection).info()
+
+    _run(as_json, work, lambda r: print(json.dumps(r, indent=1)))
+
+
+@app.command()
+def check(
+    collection: Path = typer.Argument(..., help="Collection directory."),
+    sample: int = typer.Option(100, "--sample", help="Stored vectors used as queries against exact search."),
+    min_recall: float = typer.Option(0.5, "--min-recall", help="Lowest recall@10 accepted for approximate indexes."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Verify checksums and counts, and compare a sample of queries with exact search."""
+    from .check import check as run_check
+
+    result: dict[str, Any] = {}
+
+    def work():
+        result.update(run_check(collection, sample=sample, min_recall=min_recall))
+        return result
+
+    def show(r):
+        print("ok" if r["ok"] else "FAILED")
+        for problem in r["problems"]:
+            print(f"  problem: {problem}")
+        for name, figures in r["fields"].items():
+            print(f"  field {name}: {figures}")
+
+    _run(as_json, work, show)
+    if not result.get("ok", True):
+        raise typer.Exit(1)

@@ -1,0 +1,119 @@
+"""Reading corpora: BEIR-style JSONL, Parquet, .npy vectors, or a folder of text files chunked into passages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from .errors import InvalidRequest
+
+TEXT_SUFFIXES = (".md", ".rst", ".txt", ".py", ".toml", ".proto", ".cfg", ".yaml", ".yml")
+SKIP_DIRS = {".git", ".venv", "venv", "__pycache__", "build", "dist", "node_modules", ".pytest_cache", ".hypothesis"}
+
+
+def read_corpus(path: str | Path, vector_fields: list[str]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Documents, and any precomputed vectors they carry ({field: [N, D]}).
+
+    A key (JSONL) or column (Parquet) named after a field holds that field's vectors; an .npy
+    file is a matrix of vectors for the collection's only field, with ids "0".."N-1".
+    """
+    path = Path(path)
+    if path.is_dir():
+        return chunk_folder(path), {}
+    if not path.exists():
+        raise InvalidRequest(f"input {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        return _read_npy(path, vector_fields)
+    if suffix == ".parquet":
+        docs = pq.read_table(path).to_pylist()
+    elif suffix in (".jsonl", ".json"):
+        docs = read_jsonl(path)
+    else:
+        raise InvalidRequest(f"input {str(path)!r}: expected .jsonl, .parquet, .npy or a folder")
+    return docs, _pop_vectors(docs, vector_fields)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """One JSON object per line. Splits on '\\n' only: corpus text may hold U+2028."""
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise InvalidRequest(f"{str(path)!r} line {number} is not valid JSON: {e}") from None
+    return records
+
+
+def _read_npy(path: Path, vector_fields: list[str]):
+    if len(vector_fields) != 1:
+        raise InvalidRequest(f"an .npy input fills exactly one field, but the config has {vector_fields}")
+    vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    if vectors.ndim != 2:
+        raise InvalidRequest(f"{str(path)!r} must hold a [N, D] matrix, got shape {vectors.shape}")
+    return [{"id": str(i)} for i in range(len(vectors))], {vector_fields[0]: vectors}
+
+
+def _pop_vectors(docs: list[dict[str, Any]], vector_fields: list[str]) -> dict[str, np.ndarray]:
+    out = {}
+    for name in vector_fields:
+        present = [name in d for d in docs]
+        if not any(present):
+            continue
+        if not all(present):
+            raise InvalidRequest(f"some documents carry {name!r} vectors and some do not")
+        try:
+            out[name] = np.asarray([d.pop(name) for d in docs], dtype=np.float32)
+        except ValueError:
+            raise InvalidRequest(f"the {name!r} vectors in the input are not all numbers of one length") from None
+    return out
+
+
+def chunk_folder(root: Path, max_chars: int = 1200) -> list[dict[str, Any]]:
+    """Every text file under `root` split into passages of whole paragraphs, about `max_chars` long.
+
+    Ids are "relative/path#n"; the title is the relative path.
+    """
+    docs = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if not path.is_file() or path.suffix.lower() not in TEXT_SUFFIXES or SKIP_DIRS.intersection(rel.parts[:-1]):
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        for n, passage in enumerate(_passages(text, max_chars)):
+            docs.append({"id": f"{rel.as_posix()}#{n}", "title": rel.as_posix(), "text": passage, "path": rel.as_posix()})
+    if not docs:
+        raise InvalidRequest(f"no text files ({', '.join(TEXT_SUFFIXES)}) under {str(root)!r}")
+    return docs
+
+
+def _passages(text: str, max_chars: int) -> list[str]:
+    paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
+    out: list[str] = []
+    current = ""
+    for paragraph in paragraphs:
+        while len(paragraph) > max_chars:  # one huge paragraph: cut at a space near the limit
+            cut = paragraph.rfind(" ", 0, max_chars)
+            cut = cut if cut > max_chars // 2 else max_chars
+            pieces = paragraph[:cut].strip()
+            if current:
+                out.append(current)
+                current = ""
+            out.append(pieces)
+            paragraph = paragraph[cut:].strip()
+        if current and len(current) + len(paragraph) + 2 > max_chars:
+            out.append(current)
+            current = ""
+        current = f"{current}\n\n{paragraph}" if current else paragraph
+    if current:
+        out.append(current)
+    return out

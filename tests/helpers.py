@@ -1,0 +1,40 @@
+"""Shared test data: clustered vectors, documents with metadata, a tiny text corpus."""
+
+import numpy as np
+
+
+def random_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """Clustered (not uniform) unit vectors, so approximate indexes behave as on real data."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(max(1, n // 50), dim))
+    x = centers[rng.integers(0, len(centers), n)] + 0.5 * rng.normal(size=(n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def vector_config(index: str = "Flat", dim: int = 16, **field) -> dict:
+    return {"name": "vecs", "max_k": 100, "fields": [{"name": "dense", "dim": dim, "index": index, **field}]}
+
+
+def make_docs(n: int, start: int = 0) -> list[dict]:
+    langs = ["en", "fr", "de"]
+    return [{"id": f"d{i}", "text": f"document {i}", "year": 1990 + i % 30, "lang": langs[i % 3]} for i in range(start, start + n)]
+
+
+
+MINILM_CONFIG = """
+name = "tiny"
+[[fields]]
+name = "dense"
+kind = "dense"
+model = "sentence-transformers/all-MiniLM-L6-v2"
+index = "Flat"
+"""
+
+TINY_CORPUS = [
+    {"_id": "cat", "title": "Cats", "text": "Cats are small domesticated felines that purr and chase mice."},
+    {"_id": "dog", "title": "Dogs", "text": "Dogs are loyal domesticated canines that bark and fetch sticks."},
+    {"_id": "sun", "title": "The Sun", "text": "The Sun is the star at the centre of the solar system, a ball of hot plasma."},
+    {"_id": "rain", "title": "Rain", "text": "Rain is liquid water falling from clouds in drops.\u2028It waters crops."},
+    {"_id": "python", "title": "Python", "text": "Python is a programming language known for readable code and many libraries."},
+    {"_id": "bread", "title": "Bread", "text": "Bread is baked from flour, water and yeast in an oven."},
+]

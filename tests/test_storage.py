@@ -1,0 +1,129 @@
+"""Atomic commits and checksums: a killed writer never breaks the collection; damage is detected."""
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import retriever
+from retriever import CorruptIndex
+from retriever.check import check
+
+WRITER = textwrap.dedent(
+    """
+    import os, sys, numpy as np
+    import retriever
+    from retriever.index import storage
+    stage = sys.argv[2]
+    if stage == "before-rename":
+        real = storage.commit_manifest
+        def dying(directory, body):
+            real_replace = os.replace
+            os.replace = lambda *a: os._exit(9)  # killed after the temp manifest is durable, before the rename
+            real(directory, body)
+        storage.commit_manifest = dying
+    elif stage == "mid-files":
+        real_write = storage.write_new_file
+        calls = []
+        def dying_write(*a):
+            calls.append(1)
+            if len(calls) == 2:
+                os._exit(9)
+            return real_write(*a)
+        storage.write_new_file = dying_write
+    c = retriever.connect(sys.argv[1])
+    rounds = 1000 if stage == "loop" else 1
+    for r in range(rounds):
+        x = np.random.default_rng(r).normal(size=(int(sys.argv[3]), 16)).astype("float32")
+        c.add([{"id": f"new{r}-{i}"} for i in range(len(x))], vectors={"dense": x})
+        print("committed", flush=True)
+    """
+)
+
+
+def run_writer(path, stage, n=20):
+    return subprocess.run([sys.executable, "-c", WRITER, str(path), stage, str(n)], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("stage", ["mid-files", "before-rename"])
+def test_writer_killed_mid_commit_leaves_old_version(vec_collection, stage):
+    c, x = vec_collection
+    before = c.search(x[:5], k=5)
+    result = run_writer(c.path, stage)
+    assert result.returncode == 9, result.stderr
+    again = retriever.connect(c.path)
+    assert again.version == c.version and len(again) == 300
+    assert [h.ids for h in again.search(x[:5], k=5)] == [h.ids for h in before]
+    assert check(c.path)["ok"]
+    # the next writer commits over the debris, and cleans it up
+    assert run_writer(c.path, "none").returncode == 0
+    latest = retriever.connect(c.path)
+    assert len(latest) == 320
+    assert not [p for p in c.path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_sigkill_at_random_moments_never_breaks_the_collection(vec_collection):
+    c, _ = vec_collection
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(c.path), "loop", "20"], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "committed"  # the writer is now committing in a loop
+        time.sleep(rng.uniform(0.0, 0.2))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        opened = retriever.connect(c.path)
+        assert len(opened) % 20 == 0 and len(opened) > 300
+        assert check(c.path)["ok"]
+
+
+def flip_byte(path, offset_fraction=0.5):
+    data = bytearray(path.read_bytes())
+    i = int(len(data) * offset_fraction)
+    data[i] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_any_file_is_detected(vec_collection):
+    c, x = vec_collection
+    c.delete(["d3"])
+    files = [p for p in sorted(c.path.iterdir()) if p.is_file() and p.name != ".lock"]
+    assert {p.suffix for p in files} >= {".json", ".parquet", ".npy", ".faiss"}
+    for path in files:
+        original = path.read_bytes()
+        for fraction in (0.0, 0.5, 0.999):
+            flip_byte(path, fraction)
+            with pytest.raises(CorruptIndex, match="checksum|not a valid manifest"):
+                retriever.connect(c.path)
+            report = check(c.path)
+            assert not report["ok"] and report["problems"]
+            path.write_bytes(original)
+    assert retriever.connect(c.path).search(x[0], k=1)[0].ids == ["d0"]
+
+
+def test_truncated_and_missing_files_are_detected(vec_collection):
+    c, _ = vec_collection
+    faiss_file = next(p for p in c.path.iterdir() if p.suffix == ".faiss")
+    data = faiss_file.read_bytes()
+    faiss_file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptIndex, match="truncated"):
+        retriever.connect(c.path)
+    faiss_file.unlink()
+    with pytest.raises(CorruptIndex, match="missing"):
+        retriever.connect(c.path)
+
+
+def test_manifest_from_a_newer_engine_is_refused(vec_collection):
+    from retriever.index import storage
+
+    c, _ = vec_collection
+    body = storage.read_manifest(c.path)
+    body["format_version"] = 99
+    text = json.dumps({**body, "checksum": storage._manifest_digest(body)})
+    (c.path / "manifest.json").write_text(text)
+    with pytest.raises(CorruptIndex, match="format_version 99"):
+        retriever.connect(c.path)

@@ -40,7 +40,8 @@ class DenseEncoder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        get = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return int(get())
 
     def encode(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
         """texts [N] -> [N, D] float32."""

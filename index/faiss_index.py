@@ -41,6 +41,7 @@ class FaissIndex:
         self.hnsw = _find_hnsw(index)
         self._search_index = self.cpu_index
         self._selectors = True
+        self._parameter_cache: dict[tuple, faiss.SearchParameters | None] = {}  # read-only once made
 
     @property
     def ntotal(self) -> int:
@@ -81,7 +82,7 @@ class FaissIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         """queries [B, D] float32 -> (scores [B, k] float32 higher-is-better, rows [B, k] int64, -1 padded)."""
         params = params or {}
-        if self.ntotal == 0:
+        if self.cpu_index.ntotal == 0:
             return _pad(np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), k)
         if allowed is not None and allowed.all():
             allowed = None
@@ -113,12 +114,19 @@ class FaissIndex:
         return _pad(out_scores, out_rows, k)
 
     def _search_parameters(self, params, allowed, keep):
-        sel = None
-        if allowed is not None:
-            bitmap = np.packbits(allowed, bitorder="little")
-            keep.append(bitmap)
-            sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
-            keep.append(sel)
+        if allowed is None:
+            key = (params.get("nprobe"), params.get("efSearch"))
+            if key not in self._parameter_cache:
+                if len(self._parameter_cache) >= 64:
+                    self._parameter_cache.clear()
+                self._parameter_cache[key] = self._make_parameters(params, None)
+            return self._parameter_cache[key]
+        bitmap = np.packbits(allowed, bitorder="little")
+        sel = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bitmap))
+        keep += [bitmap, sel]
+        return self._make_parameters(params, sel)
+
+    def _make_parameters(self, params, sel):
         if self.ivf is not None:
             return faiss.SearchParametersIVF(sel=sel, nprobe=int(params.get("nprobe", self.ivf.nprobe)))
         if self.hnsw is not None:
@@ -126,8 +134,12 @@ class FaissIndex:
         return faiss.SearchParameters(sel=sel) if sel is not None else None
 
     def _higher_is_better(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        scores = -scores if self.metric == "l2" else scores
-        return np.where(rows >= 0, scores, np.float32(-np.inf)).astype(np.float32, copy=False)
+        if self.metric == "l2":
+            scores = -scores
+        missing = rows < 0
+        if missing.any():  # faiss pads with +/-FLT_MAX; make padding unmistakable
+            scores[missing] = -np.inf
+        return scores
 
     def to_bytes(self) -> bytes:
         return faiss.serialize_index(self.cpu_index).tobytes()

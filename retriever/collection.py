@@ -236,14 +236,11 @@ class Collection:
             return [self._hits(np.zeros(0, np.float32), np.zeros(0, np.int64), {}, "no document matches the filter") for _ in range(size)]
         per_field = {n: self.fields[n].search(batch[n], k, params, allowed) for n in names}
         if len(names) == 1:
-            scores, rows = per_field[names[0]]
-            field_scores = {names[0]: scores}
-        else:
-            scores, rows, field_scores = fusion.rrf(per_field, k)
-        return [
-            self._hits(scores[b], rows[b], {n: s[b] for n, s in field_scores.items()}, None)
-            for b in range(len(rows))
-        ]
+            name = names[0]
+            scores, rows = per_field[name]
+            return [self._hits(scores[b], rows[b], {name: scores[b]}, None) for b in range(len(rows))]
+        scores, rows, field_scores = fusion.rrf(per_field, k)
+        return [self._hits(scores[b], rows[b], {n: s[b] for n, s in field_scores.items()}, None) for b in range(len(rows))]
 
     def encoder(self, field: str) -> DenseEncoder:
         """The field's text encoder, loaded on first use."""
@@ -255,8 +252,8 @@ class Collection:
         return self._encoders[field]
 
     def _hits(self, scores, rows, field_scores, reason) -> Hits:
-        found = rows >= 0
-        if not found.all():
+        if len(rows) and rows[-1] < 0:  # every search path pads missing hits at the end
+            found = rows >= 0
             scores, rows = scores[found], rows[found]
             field_scores = {n: s[found] for n, s in field_scores.items()}
         ids = self.documents.ids[rows].tolist()
@@ -279,6 +276,8 @@ class Collection:
         return names
 
     def _query_vectors(self, queries: Queries, names: list[str]) -> dict[str, np.ndarray]:
+        if isinstance(queries, np.ndarray) and len(names) == 1:
+            return {names[0]: self._check_query_matrix(names[0], queries)}
         if isinstance(queries, Mapping):
             missing = [n for n in names if n not in queries]
             if missing:
@@ -316,15 +315,22 @@ class Collection:
             raise InvalidRequest(f"{what} vectors for field {field.config.name!r} must have dimension {field.dim}, got shape {array.shape}")
         if array.shape[0] != count:
             raise InvalidRequest(f"{count} {what}s but {array.shape[0]} vectors for field {field.config.name!r}")
-        if not np.isfinite(array).all():
-            bad = int(np.flatnonzero(~np.isfinite(array).all(axis=1))[0])
-            raise InvalidRequest(f"{what} vector {bad} for field {field.config.name!r} contains NaN or inf")
-        if field.config.normalize:
-            norms = np.linalg.norm(array, axis=1, keepdims=True)
-            if (norms == 0).any():
-                raise InvalidRequest(f"a {what} vector for field {field.config.name!r} is all zeros and cannot be normalized")
-            array = array / norms
-        return array
+        squared = np.einsum("ij,ij->i", array, array)  # [N]; NaN/inf in a row makes its sum non-finite
+        if not (squared.min() > 0 and squared.sum() < np.inf):  # NaN fails both comparisons
+            self._explain_bad_vectors(field, array, what)
+        return array / np.sqrt(squared)[:, None] if field.config.normalize else array
+
+    @staticmethod
+    def _explain_bad_vectors(field: DenseField, array: np.ndarray, what: str) -> None:
+        if array.shape[0] == 0:
+            return
+        finite = np.isfinite(array).all(axis=1)
+        if not finite.all():
+            raise InvalidRequest(f"{what} vector {int(np.flatnonzero(~finite)[0])} for field {field.config.name!r} contains NaN or inf")
+        if field.config.normalize and not array.any(axis=1).all():
+            raise InvalidRequest(f"a {what} vector for field {field.config.name!r} is all zeros and cannot be normalized")
+        if not np.isfinite(np.linalg.norm(array.astype(np.float64), axis=1)).all():
+            raise InvalidRequest(f"a {what} vector for field {field.config.name!r} has values too large for float32 arithmetic")
 
     def _check_batch(self, size: int) -> None:
         if size > self.config.max_batch:
@@ -351,7 +357,9 @@ def _as_config(config) -> CollectionConfig:
 
 
 def _check_params(params) -> dict[str, int]:
-    params = dict(params or {})
+    if not params:
+        return {}
+    params = dict(params)
     for key, value in params.items():
         if key not in REQUEST_PARAMS:
             raise InvalidRequest(f"unknown search parameter {key!r}; known: {list(REQUEST_PARAMS)}")

@@ -27,6 +27,8 @@ class DenseField:
     ) -> tuple[np.ndarray, np.ndarray]:
         """queries [B, D] -> (scores [B, k], rows [B, k]); the top `rescore` candidates of an
         approximate index are re-scored exactly with the stored float vectors."""
+        if self.config.search:
+            params = {**self.config.search, **params}
         rescore = int(params.get("rescore", self.config.rescore))
         if rescore == 0 or self.index.exact:
             return self.index.search(queries, k, params, allowed)

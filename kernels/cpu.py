@@ -14,7 +14,7 @@ def rescore(queries: np.ndarray, candidates: np.ndarray, valid: np.ndarray, metr
     q = queries.astype(np.float32, copy=False)
     c = candidates.astype(np.float32, copy=False)
     if metric == "ip":
-        scores = np.einsum("bd,bcd->bc", q, c)
+        scores = np.matmul(c, q[:, :, None])[..., 0]  # batched GEMV through BLAS, ~2x einsum
     else:
         diff = c - q[:, None, :]
         scores = -np.einsum("bcd,bcd->bc", diff, diff)

@@ -18,7 +18,7 @@ from . import fusion
 from .config import CollectionConfig
 from .documents import DocumentTable, concat, document_texts, documents_to_table
 from .encoders.dense import DenseEncoder
-from .errors import AlreadyExists, InvalidRequest, NotFound, RetrieverError
+from .errors import AlreadyExists, CorruptIndex, InvalidRequest, NotFound, RetrieverError
 from .fields import DenseField
 from .filters import filter_mask
 from .types import Hits
@@ -94,7 +94,7 @@ class Collection:
             index.use_gpu()
             vectors = VectorStore([storage.open_npy_verified(path, n, files[n]) for n in entry["vectors"]], entry["dim"])
             if index.ntotal != documents.num_rows or len(vectors) != documents.num_rows:
-                raise storage.CorruptIndex(
+                raise CorruptIndex(
                     f"field {f.name!r} holds {index.ntotal} indexed / {len(vectors)} stored vectors for {documents.num_rows} documents"
                 )
             fields[f.name] = DenseField(f, entry["dim"], index, vectors)
@@ -233,14 +233,13 @@ class Collection:
         allowed = self._allowed(filter)
         if allowed is not None and not allowed.any():
             size = len(next(iter(batch.values())))
-            return [self._hits(np.zeros(0, np.float32), np.zeros(0, np.int64), {}, "no document matches the filter") for _ in range(size)]
+            empty = np.zeros((size, 0), np.float32), np.zeros((size, 0), np.int64)
+            return self._hits(*empty, {n: empty[0] for n in names}, "no document matches the filter")
         per_field = {n: self.fields[n].search(batch[n], k, params, allowed) for n in names}
         if len(names) == 1:
-            name = names[0]
-            scores, rows = per_field[name]
-            return [self._hits(scores[b], rows[b], {name: scores[b]}, None) for b in range(len(rows))]
-        scores, rows, field_scores = fusion.rrf(per_field, k)
-        return [self._hits(scores[b], rows[b], {n: s[b] for n, s in field_scores.items()}, None) for b in range(len(rows))]
+            scores, rows = per_field[names[0]]
+            return self._hits(scores, rows, {names[0]: scores}, None)
+        return self._hits(*fusion.rrf(per_field, k), None)
 
     def encoder(self, field: str) -> DenseEncoder:
         """The field's text encoder, loaded on first use."""
@@ -251,15 +250,23 @@ class Collection:
             self._encoders[field] = DenseEncoder(config.model, batch_size=config.batch_size, max_length=config.max_length, normalize=config.normalize)
         return self._encoders[field]
 
-    def _hits(self, scores, rows, field_scores, reason) -> Hits:
-        if len(rows) and rows[-1] < 0:  # every search path pads missing hits at the end
-            found = rows >= 0
-            scores, rows = scores[found], rows[found]
-            field_scores = {n: s[found] for n, s in field_scores.items()}
-        ids = self.documents.ids[rows].tolist()
-        if reason is None and len(ids) == 0:
-            reason = "the collection has no documents to return"
-        return Hits(ids, scores, field_scores, rows, self.documents, reason)
+    def _hits(self, scores: np.ndarray, rows: np.ndarray, field_scores: dict[str, np.ndarray], reason: str | None) -> list[Hits]:
+        """scores/rows [B, k] (-1 rows pad the end) -> one `Hits` per query, padding dropped."""
+        if self.documents.num_rows == 0:
+            ids: list[list[str]] = [[] for _ in range(len(rows))]
+        else:
+            ids = self.documents.ids[rows].tolist()  # [B][k]; -1 rows are dropped below
+        names = list(field_scores)
+        out = []
+        for b, (s, r, i) in enumerate(zip(scores, rows, ids)):
+            per_field = {n: field_scores[n][b] for n in names}
+            if len(r) and r[-1] < 0:
+                found = r >= 0
+                s, r, i = s[found], r[found], i[: int(found.sum())]
+                per_field = {n: v[found] for n, v in per_field.items()}
+            why = reason if reason or i else "the collection has no documents to return"
+            out.append(Hits(i, s, per_field, r, self.documents, why))
+        return out
 
     def _check_k(self, k: int) -> int:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.config.max_k:

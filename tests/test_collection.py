@@ -80,6 +80,13 @@ def test_filter_matching_nothing_gives_empty_hits_with_reason(vec_collection):
     assert len(h) == 0 and "filter" in h.reason
 
 
+def test_empty_collection_answers_with_a_reason(tmp_path):
+    c = retriever.Collection.create(tmp_path / "empty", vector_config())
+    [h] = c.search(np.ones(16), k=3)
+    assert len(h) == 0 and "no documents" in h.reason
+    assert h.to_arrow().num_rows == 0
+
+
 def test_reader_pins_its_version_while_a_writer_commits(vec_collection):
     writer, x = vec_collection
     reader = retriever.connect(writer.path)

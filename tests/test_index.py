@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from retriever.index.faiss_index import FaissIndex
+from retriever.index.faiss_index import FaissIndex, gpu_count
 from retriever.kernels import reference
 
 from helpers import random_vectors
@@ -108,3 +108,20 @@ def test_serialization_round_trip(data):
     a = index.search(queries, K, {"nprobe": 4})
     b = again.search(queries, K, {"nprobe": 4})
     np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(gpu_count() == 0, reason="needs a faiss GPU build and a GPU")
+@pytest.mark.parametrize("factory", ["Flat", "IVF32,Flat"])
+def test_gpu_search_matches_cpu(data, factory):
+    base, queries, exact_scores, _ = data
+    cpu_index = built(factory, base)
+    gpu_index = built(factory, base)
+    gpu_index.use_gpu()
+    cpu_scores, _ = cpu_index.search(queries, K, {"nprobe": 8})
+    gpu_scores, gpu_rows = gpu_index.search(queries, K, {"nprobe": 8})
+    np.testing.assert_allclose(gpu_scores, cpu_scores, rtol=1e-3, atol=1e-3)
+    allowed = np.zeros(len(base), dtype=bool)
+    allowed[::7] = True
+    _, rows = gpu_index.search(queries, K, {"nprobe": 32}, allowed)
+    assert allowed[rows].all()

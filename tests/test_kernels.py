@@ -41,3 +41,10 @@ def test_vector_store_gathers_across_segments():
     np.testing.assert_array_equal(got[1], full[[3, 4, 1]])
     np.testing.assert_array_equal(got[0, 2], np.zeros(3))
     assert len(store) == 6
+
+
+def test_vector_store_single_segment_fast_path_matches_segmented():
+    rng = np.random.default_rng(1)
+    full = rng.normal(size=(50, 7)).astype(np.float32)
+    rows = rng.integers(-1, 50, size=(6, 9))
+    np.testing.assert_array_equal(VectorStore([full], 7).gather(rows), VectorStore([full[:20], full[20:]], 7).gather(rows))

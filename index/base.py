@@ -10,7 +10,8 @@ import numpy as np
 class Index(Protocol):
     """Vectors in, (scores, row ids) out. Row ids are the collection's internal row numbers.
 
-    Scores are "higher is better" for every metric. `allowed` is a boolean mask over rows
+    Scores are "higher is better" for every metric; missing hits are rows of -1 at the end
+    (their scores are meaningless). `allowed` is a boolean mask over rows
     (deleted documents and metadata filters); an index must return only allowed rows and
     keep returning k of them while that many exist.
     """

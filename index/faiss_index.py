@@ -96,7 +96,7 @@ class FaissIndex:
         keep: list = []  # the bitmap and selector must outlive the call: faiss reads them by raw pointer
         sp = self._search_parameters(params, allowed, keep)
         scores, rows = self._search_index.search(queries, k, params=sp) if sp else self._search_index.search(queries, k)
-        return self._higher_is_better(scores, rows), rows
+        return self._higher_is_better(scores), rows
 
     def _search_overfetch(self, queries, k, params, allowed):
         fetch = min(self.ntotal, max(4 * k, 64))
@@ -133,13 +133,9 @@ class FaissIndex:
             return faiss.SearchParametersHNSW(sel=sel, efSearch=int(params.get("efSearch", self.hnsw.hnsw.efSearch)))
         return faiss.SearchParameters(sel=sel) if sel is not None else None
 
-    def _higher_is_better(self, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        if self.metric == "l2":
-            scores = -scores
-        missing = rows < 0
-        if missing.any():  # faiss pads with +/-FLT_MAX; make padding unmistakable
-            scores[missing] = -np.inf
-        return scores
+    def _higher_is_better(self, scores: np.ndarray) -> np.ndarray:
+        """Scores where higher is better; callers tell padding apart by its row (-1), not its score."""
+        return -scores if self.metric == "l2" else scores
 
     def to_bytes(self) -> bytes:
         return faiss.serialize_index(self.cpu_index).tobytes()

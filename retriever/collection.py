@@ -256,16 +256,16 @@ class Collection:
             ids: list[list[str]] = [[] for _ in range(len(rows))]
         else:
             ids = self.documents.ids[rows].tolist()  # [B][k]; -1 rows are dropped below
-        names = list(field_scores)
-        out = []
+        complete = (rows[:, -1] >= 0).tolist() if rows.shape[1] else [True] * len(rows)  # [B]
+        documents, out = self.documents, []
         for b, (s, r, i) in enumerate(zip(scores, rows, ids)):
-            per_field = {n: field_scores[n][b] for n in names}
-            if len(r) and r[-1] < 0:
+            per_field = {n: v[b] for n, v in field_scores.items()}
+            if not complete[b]:
                 found = r >= 0
                 s, r, i = s[found], r[found], i[: int(found.sum())]
                 per_field = {n: v[found] for n, v in per_field.items()}
             why = reason if reason or i else "the collection has no documents to return"
-            out.append(Hits(i, s, per_field, r, self.documents, why))
+            out.append(Hits(i, s, per_field, r, documents, why))
         return out
 
     def _check_k(self, k: int) -> int:
@@ -306,7 +306,7 @@ class Collection:
     def _check_query_matrix(self, name: str, matrix) -> np.ndarray:
         field = self.fields[name]
         try:
-            array = np.asarray(matrix, dtype=np.float32)
+            array = np.ascontiguousarray(matrix, dtype=np.float32)
         except (TypeError, ValueError):
             raise InvalidRequest(f"query vectors for field {name!r} are not numeric") from None
         if array.ndim == 1:
@@ -322,7 +322,7 @@ class Collection:
             raise InvalidRequest(f"{what} vectors for field {field.config.name!r} must have dimension {field.dim}, got shape {array.shape}")
         if array.shape[0] != count:
             raise InvalidRequest(f"{count} {what}s but {array.shape[0]} vectors for field {field.config.name!r}")
-        squared = np.einsum("ij,ij->i", array, array)  # [N]; NaN/inf in a row makes its sum non-finite
+        squared = np.vecdot(array, array)  # [N]; NaN/inf in a row makes its sum non-finite
         if not (squared.min() > 0 and squared.sum() < np.inf):  # NaN fails both comparisons
             self._explain_bad_vectors(field, array, what)
         return array / np.sqrt(squared)[:, None] if field.config.normalize else array

@@ -69,11 +69,15 @@ class FaissIndex:
             self.use_gpu()  # re-copy: GPU clones do not see later CPU adds
 
     def use_gpu(self) -> None:
-        """Search on GPU 0 when faiss has one and supports this index family (HNSW stays on CPU)."""
+        """Search on GPU 0 when faiss has one and supports this index family; families faiss
+        cannot move (HNSW, 4-bit fast-scan PQ) stay on the CPU."""
         if gpu_count() == 0 or self.hnsw is not None:
             return
         res = faiss.StandardGpuResources()
-        self._search_index = faiss.index_cpu_to_gpu(res, 0, self.cpu_index)
+        try:
+            self._search_index = faiss.index_cpu_to_gpu(res, 0, self.cpu_index)
+        except RuntimeError:
+            return
         self._gpu_resources = res  # the GPU index holds a raw pointer to it
         self._selectors = False
 

@@ -53,6 +53,15 @@ def _params(values: Optional[list[str]]) -> dict[str, int]:
     return out
 
 
+def _load_vectors(path: Path):
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InvalidRequest(f"--vectors {str(path)!r} is not a readable .npy matrix: {e}") from None
+
+
 def _fusion(value: str) -> None:
     if value != "rrf":
         raise InvalidRequest(f"unknown fusion {value!r}; available: rrf")
@@ -85,7 +94,8 @@ def build(
 @app.command()
 def search(
     collection: Path = typer.Argument(..., help="Collection directory."),
-    queries: list[str] = typer.Argument(..., help="One or more query texts."),
+    queries: Optional[list[str]] = typer.Argument(None, help="One or more query texts."),
+    vectors: Optional[Path] = typer.Option(None, "--vectors", help="Query vectors instead of texts: an .npy matrix [B, D]."),
     k: int = typer.Option(10, "-k", help="Hits per query."),
     fields: Optional[str] = FieldsOption,
     fusion: str = FusionOption,
@@ -102,11 +112,15 @@ def search(
             conditions = json.loads(filter) if filter else None
         except json.JSONDecodeError as e:
             raise InvalidRequest(f"--filter is not valid JSON: {e}") from None
-        hits = Collection.open(collection).search(queries, k=k, fields=_fields(fields), filter=conditions, params=_params(param))
+        if bool(queries) == (vectors is not None):
+            raise InvalidRequest("give query texts or --vectors FILE.npy, not both or neither")
+        request = _load_vectors(vectors) if vectors is not None else queries
+        hits = Collection.open(collection).search(request, k=k, fields=_fields(fields), filter=conditions, params=_params(param))
+        labels = queries or [f"vector {i}" for i in range(len(hits))]
         return {"results": [
             {"query": q, "reason": h.reason, "hits": [
                 {"id": d["id"], "score": float(s), "document": d} for d, s in zip(h.documents, h.scores)
-            ]} for q, h in zip(queries, hits)
+            ]} for q, h in zip(labels, hits)
         ]}
 
     def show(result):

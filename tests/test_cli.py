@@ -117,3 +117,18 @@ def test_resume_encodes_only_missing_blocks(corpus, tmp_path, monkeypatch):
     assert len(resumed) == len(TINY_CORPUS) and not (out / ".build").exists()
     fresh = build_module.build(config, corpus / "corpus.jsonl", tmp_path / "fresh", block_size=2, progress=False)
     np.testing.assert_allclose(resumed.fields["dense"].vectors.to_array(), fresh.fields["dense"].vectors.to_array(), atol=1e-5)
+
+
+def test_bring_your_own_vectors_build_and_search(tmp_path):
+    from helpers import random_vectors
+
+    x = random_vectors(400, 12, seed=4)
+    np.save(tmp_path / "v.npy", x)
+    np.save(tmp_path / "q.npy", x[[7, 300]])
+    (tmp_path / "c.toml").write_text('name = "v"\n[[fields]]\nname = "dense"\ndim = 12\nindex = "HNSW16"\n')
+    result, _ = invoke("build", "-c", tmp_path / "c.toml", "-i", tmp_path / "v.npy", "-o", tmp_path / "v", "--json")
+    assert result.exit_code == 0, result.output
+    result, data = invoke("search", tmp_path / "v", "--vectors", tmp_path / "q.npy", "-k", "3", "--json")
+    assert [r["hits"][0]["id"] for r in data["results"]] == ["7", "300"]
+    result, data = invoke("search", tmp_path / "v", "some text", "--json")
+    assert result.exit_code == 2 and "has no model" in data["error"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ from .documents import document_texts, documents_to_table
 from .errors import AlreadyExists, InvalidRequest
 
 WORK_DIR = ".build"
+log = logging.getLogger(__name__)
 
 
 def build(
@@ -31,6 +33,7 @@ def build(
     out = Path(out)
     docs, given = read_corpus(input_path, [f.name for f in config.fields])
     table = documents_to_table(docs)  # validates ids before any encoding
+    log.info("read %d documents from %s", table.num_rows, input_path)
     collection = _empty_collection(out, config, resume)
     work = out / WORK_DIR
     _prepare_work_dir(work, _state(config, input_path, block_size, table.num_rows), resume)
@@ -44,8 +47,10 @@ def build(
             raise InvalidRequest(f"field {field.name!r} has no model and the input carries no {field.name!r} vectors")
         texts = texts if texts is not None else document_texts(table, config.text_keys)
         vectors[field.name] = _encode_blocks(collection, field.name, texts, work, block_size, progress)
+    log.info("indexing %d vectors (%s)", table.num_rows, ", ".join(f"{f.name}: {f.index}" for f in config.fields))
     collection.add(table.to_pylist(), vectors=vectors)
     shutil.rmtree(work, ignore_errors=True)
+    log.info("committed version %d to %s", collection.version, out)
     return collection
 
 

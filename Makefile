@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO := demo-collection
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench proto clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Regenerate retriever/_proto/ from proto/retriever/v1/retriever.proto (a test fails when stale).
+proto: setup
+	$(BIN)/python scripts/gen_proto.py
 
 bench: setup
 	$(BIN)/python bench/dense.py

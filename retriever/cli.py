@@ -163,6 +163,50 @@ def evaluate(
 
 
 @app.command()
+def serve(
+    collections: list[Path] = typer.Argument(..., help="Collection directories to serve."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(50051, "--port", help="0 picks a free port (printed on stderr)."),
+    workers: int = typer.Option(8, "--workers", help="Threads answering calls."),
+    max_concurrent: int = typer.Option(64, "--max-concurrent", help="Calls in flight before RESOURCE_EXHAUSTED."),
+    max_message_mb: int = typer.Option(16, "--max-message-mb", help="Largest request or response."),
+    token_env: Optional[str] = typer.Option(None, "--token-env", help="Require `authorization: Bearer $VAR` (name of the environment variable)."),
+    tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate chain (with --tls-key) to serve TLS."),
+    tls_key: Optional[Path] = typer.Option(None, "--tls-key"),
+    reflection: bool = typer.Option(False, "--reflection", help="Enable gRPC server reflection."),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port."),
+) -> None:
+    """Serve collections over gRPC until SIGTERM (health goes NOT_SERVING, in-flight calls finish)."""
+    import os
+
+    from .registry import Registry
+    from .server import Server, ServerOptions
+
+    try:
+        if bool(tls_cert) != bool(tls_key):
+            raise InvalidRequest("--tls-cert and --tls-key go together")
+        token = None
+        if token_env:
+            token = os.environ.get(token_env)
+            if not token:
+                raise InvalidRequest(f"--token-env {token_env}: the environment variable is empty or unset")
+        options = ServerOptions(
+            host=host, port=port, workers=workers, max_concurrent_rpcs=max_concurrent,
+            max_message_bytes=max_message_mb * 1024 * 1024, token=token,
+            tls_cert=tls_cert.read_bytes() if tls_cert else None, tls_key=tls_key.read_bytes() if tls_key else None,
+            reflection=reflection, metrics_port=metrics_port,
+        )
+        registry = Registry.open(collections)
+        server = Server(registry, options).start()
+    except RetrieverError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    names = ", ".join(f"{n}{'' if registry.healthy(n) else ' (damaged, not served)'}" for n in registry.names())
+    print(f"serving {names} on {host}:{server.port}", file=sys.stderr, flush=True)
+    server.wait()
+
+
+@app.command()
 def info(collection: Path = typer.Argument(..., help="Collection directory."), as_json: bool = JsonOption) -> None:
     """Config, counts, fields and size of a collection."""
     def work():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -99,6 +100,11 @@ class Collection:
                 )
             fields[f.name] = DenseField(f, entry["dim"], index, vectors)
         return cls(path, manifest, documents, deleted, fields)
+
+    def snapshot(self) -> "Collection":
+        """A view pinned at this object's current version: later writes through this object
+        replace its state wholesale and leave the view untouched."""
+        return copy.copy(self)
 
     def reopen(self) -> "Collection":
         """The newest committed version of this collection."""
@@ -350,9 +356,16 @@ class Collection:
         return mask if self._live is None else mask & self._live
 
 
-def connect(path: str | Path) -> Collection:
-    """Open a collection directory (remote `grpc://` addresses come with the server)."""
-    return Collection.open(path)
+def connect(target: str | Path, **options):
+    """A collection directory opened in-process, or `grpc://host:port/name` served remotely
+    (options: token, timeout, root_certificates); both answer with the same methods and `Hits`."""
+    if isinstance(target, str) and target.startswith(("grpc://", "grpcs://")):
+        from .client import RemoteCollection
+
+        return RemoteCollection.from_url(target, **options)
+    if options:
+        raise InvalidRequest(f"options {sorted(options)} apply to grpc:// targets only")
+    return Collection.open(target)
 
 
 def _as_config(config) -> CollectionConfig:

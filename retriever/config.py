@@ -17,6 +17,13 @@ SEARCH_PARAMS = ("nprobe", "efSearch")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 
 
+def check_name(name: object, what: str = "collection name") -> str:
+    """`name` if it is a safe identifier (no path separators, dots, NUL or control characters)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidConfig(f"{what} {name!r} must start with a letter and use only letters, digits, _ or - (at most 64)")
+    return name
+
+
 @dataclass(frozen=True)
 class FieldConfig:
     """One searchable field of a collection.

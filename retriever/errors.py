@@ -26,3 +26,35 @@ class CorruptIndex(RetrieverError):
 
 class AlreadyExists(RetrieverError):
     """Creating a collection where one already exists."""
+
+
+class Unavailable(RetrieverError):
+    """A remote server could not be reached (after retries) or is shutting down."""
+
+
+# gRPC status code names, in one place: the server sends them, the client maps them back.
+GRPC_CODES: dict[type[RetrieverError], str] = {
+    InvalidRequest: "INVALID_ARGUMENT",
+    InvalidConfig: "INVALID_ARGUMENT",
+    NotFound: "NOT_FOUND",
+    AlreadyExists: "ALREADY_EXISTS",
+    CorruptIndex: "DATA_LOSS",
+    Unavailable: "UNAVAILABLE",
+    RetrieverError: "INTERNAL",
+}
+
+
+def grpc_code_name(error: RetrieverError) -> str:
+    for cls in type(error).__mro__:
+        if cls in GRPC_CODES:
+            return GRPC_CODES[cls]
+    return "INTERNAL"
+
+
+def error_for_code(name: str, message: str) -> RetrieverError:
+    """The exception a client raises for a status code received from the server; `grpc_code`
+    keeps the code's name (e.g. RESOURCE_EXHAUSTED, UNAUTHENTICATED, DEADLINE_EXCEEDED)."""
+    cls = next((c for c, code in GRPC_CODES.items() if code == name), None)
+    error = cls(message) if cls is not None else RetrieverError(f"{name}: {message}")
+    error.grpc_code = name
+    return error

@@ -12,6 +12,19 @@ if TYPE_CHECKING:
     from .documents import DocumentTable
 
 
+class DocumentList:
+    """Documents already fetched (e.g. received over gRPC), addressed by position like rows."""
+
+    def __init__(self, documents: list[dict[str, Any]]) -> None:
+        self.documents = documents
+
+    def take(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        return [self.documents[int(r)] for r in rows]
+
+    def take_table(self, rows: np.ndarray) -> pa.Table:
+        return pa.Table.from_pylist(self.take(rows))
+
+
 @dataclass(frozen=True)
 class Hits:
     """The ranked answer to one query, best first.
@@ -24,7 +37,7 @@ class Hits:
     scores: np.ndarray
     field_scores: dict[str, np.ndarray] = field(default_factory=dict)
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False)
-    _documents: "DocumentTable | None" = field(default=None, repr=False, compare=False)
+    _documents: "DocumentTable | DocumentList | None" = field(default=None, repr=False, compare=False)
     reason: str | None = None  # why the list is empty or short, when known
 
     def __len__(self) -> int:

@@ -1,0 +1,1 @@
+"""Generated gRPC code; import it only through retriever.conversions."""

@@ -1,0 +1,111 @@
+"""Remote collections over gRPC, with the same methods, arguments and `Hits` as `Collection`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+from urllib.parse import urlparse
+
+import grpc
+import numpy as np
+
+from . import conversions
+from .conversions import pb, pb_grpc
+from .errors import InvalidRequest, error_for_code
+from .types import Hits
+
+UPSERT_BATCH = 256
+# gRPC's own retry machinery: UNAVAILABLE is retried with exponential backoff and jitter.
+_SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": "retriever.v1.Retriever"}],
+    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.1s", "maxBackoff": "2s",
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+}]})
+
+
+class RemoteCollection:
+    """One collection on a `retriever serve` process. Every call carries a deadline (`timeout`)."""
+
+    def __init__(self, address: str, name: str, *, token: str | None = None, timeout: float = 30.0,
+                 root_certificates: bytes | None = None, max_message_bytes: int = 16 * 1024 * 1024) -> None:
+        options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
+                   ("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        if root_certificates is not None:
+            self._channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates), options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
+        self._stub = pb_grpc.RetrieverStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.name = name
+        self.timeout = timeout
+
+    @classmethod
+    def from_url(cls, url: str, **options) -> "RemoteCollection":
+        """`grpc://host:port/name` (plain) or `grpcs://host:port/name` (TLS; give root_certificates)."""
+        parsed = urlparse(url)
+        name = parsed.path.strip("/")
+        if not parsed.hostname or not parsed.port or not name:
+            raise InvalidRequest(f"expected grpc://host:port/collection, got {url!r}")
+        if parsed.scheme == "grpcs" and options.get("root_certificates") is None:
+            raise InvalidRequest("grpcs:// needs root_certificates (the server's CA, PEM bytes)")
+        return cls(f"{parsed.hostname}:{parsed.port}", name, **options)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "RemoteCollection":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise error_for_code(e.code().name, e.details() or "") from None
+
+    # ---- the Collection API ----------------------------------------------------------------
+
+    def search(self, queries, k: int = 10, *, fields: Sequence[str] | str | None = None,
+               filter: Mapping[str, Any] | None = None, params: Mapping[str, int] | None = None,
+               with_documents: bool = True) -> list[Hits]:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InvalidRequest(f"k must be a positive integer, got {k!r}")
+        request = conversions.search_request(self.name, queries, int(k), fields, filter, params, "", with_documents)
+        return conversions.hits_from_response(self._call(self._stub.Search, request))
+
+    def add(self, documents: Iterable[Mapping[str, Any]], vectors: Mapping[str, np.ndarray] | None = None,
+            *, batch_size: int = UPSERT_BATCH) -> int:
+        """Upsert in streamed batches; returns how many were upserted. Each acked batch is durable."""
+        return sum(ack.upserted for ack in self.upsert_stream(documents, vectors, batch_size=batch_size))
+
+    def upsert_stream(self, documents, vectors=None, *, batch_size: int = UPSERT_BATCH) -> Iterator[pb.UpsertAck]:
+        """The acks as they arrive, one per batch, each sent after the batch is committed."""
+        documents = list(documents)
+        batches = (conversions.upsert_batch(
+            self.name, documents[i : i + batch_size],
+            {n: np.asarray(m)[i : i + batch_size] for n, m in (vectors or {}).items()},
+        ) for i in range(0, len(documents), batch_size))
+        try:
+            yield from self._stub.Upsert(batches, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as e:
+            raise error_for_code(e.code().name, e.details() or "") from None
+
+    def delete(self, ids: Iterable[str]) -> int:
+        ids = [ids] if isinstance(ids, str) else [str(i) for i in ids]
+        return self._call(self._stub.Delete, pb.DeleteRequest(collection=self.name, ids=ids)).deleted
+
+    def info(self) -> dict[str, Any]:
+        return json.loads(self._call(self._stub.GetCollection, pb.GetCollectionRequest(collection=self.name)).info_json)
+
+    @property
+    def version(self) -> int:
+        return int(self.info()["version"])
+
+    def __len__(self) -> int:
+        return int(self.info()["counts"]["documents"])
+
+    def list_collections(self) -> list[str]:
+        return list(self._call(self._stub.ListCollections, pb.ListCollectionsRequest()).names)

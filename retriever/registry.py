@@ -1,0 +1,76 @@
+"""The collections one server process serves: pinned snapshots for readers, one writer each."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from .collection import Collection
+from .config import check_name
+from .errors import CorruptIndex, InvalidConfig, InvalidRequest, NotFound
+
+T = TypeVar("T")
+
+
+class Registry:
+    """Collections by name. A damaged collection is kept by its directory name and answers every
+    request with CorruptIndex (DATA_LOSS) while the others keep serving."""
+
+    def __init__(self) -> None:
+        self._readers: dict[str, Collection] = {}
+        self._writers: dict[str, Collection] = {}
+        self._locks: dict[str, threading.Lock] = {}
+        self._broken: dict[str, str] = {}
+
+    @classmethod
+    def open(cls, paths: list[str | Path]) -> "Registry":
+        registry = cls()
+        for path in paths:
+            registry.add_path(Path(path))
+        return registry
+
+    def add_path(self, path: Path) -> None:
+        try:
+            collection = Collection.open(path)
+        except CorruptIndex as e:
+            self._broken[check_name(path.name, "collection directory name")] = str(e)
+            return
+        name = collection.name
+        if name in self._writers or name in self._broken:
+            raise InvalidConfig(f"two directories hold a collection named {name!r}")
+        self._writers[name] = collection
+        self._readers[name] = collection.snapshot()
+        self._locks[name] = threading.Lock()
+
+    def names(self) -> list[str]:
+        return sorted([*self._writers, *self._broken])
+
+    def healthy(self, name: str) -> bool:
+        return name in self._writers
+
+    def reader(self, name: str) -> Collection:
+        """The current pinned snapshot of a collection (searches never see a half-applied write)."""
+        self._check(name)
+        return self._readers[name]
+
+    def write(self, name: str, change: Callable[[Collection], T]) -> tuple[T, Collection]:
+        """Apply `change` to the collection's writer, then publish a new snapshot to readers.
+        Returns the change's result and the snapshot that holds it."""
+        self._check(name)
+        with self._locks[name]:
+            result = change(self._writers[name])
+            snapshot = self._writers[name].snapshot()
+            self._readers[name] = snapshot
+        return result, snapshot
+
+    def _check(self, name: str) -> None:
+        try:
+            check_name(name)
+        except InvalidConfig as e:
+            raise InvalidRequest(str(e)) from None
+        if name in self._broken:
+            raise CorruptIndex(f"collection {name!r} is damaged and not served: {self._broken[name]}")
+        if name not in self._writers:
+            raise NotFound(f"unknown collection {name!r}")  # never list the others: names can be private
+

@@ -86,9 +86,11 @@ def _queries_to_pb(queries) -> list[pb.Query]:
         matrices = {n: np.atleast_2d(np.asarray(m, dtype=np.float32)) for n, m in queries.items()}
         size = len(next(iter(matrices.values()))) if matrices else 0
         return [pb.Query(field_vectors={n: pb.Vector(values=m[b].tolist()) for n, m in matrices.items()}) for b in range(size)]
-    if isinstance(queries, np.ndarray) or (isinstance(queries, Sequence) and queries and not isinstance(queries[0], str)):
-        matrix = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        return [pb.Query(vector=pb.Vector(values=row.tolist())) for row in matrix]
+    if isinstance(queries, np.ndarray):
+        return [pb.Query(vector=pb.Vector(values=row.tolist())) for row in np.atleast_2d(queries.astype(np.float32))]
+    if isinstance(queries, Sequence) and queries and not isinstance(queries[0], str):
+        # rows sent as they are: the server names a dimension mismatch, as in-process search does
+        return [pb.Query(vector=pb.Vector(values=np.asarray(row, dtype=np.float32).ravel().tolist())) for row in queries]
     return [pb.Query(text=q) for q in queries]
 
 

@@ -93,10 +93,11 @@ class RetrieverServicer(pb_grpc.RetrieverServicer):
 
     def Upsert(self, request_iterator, context):
         for number, batch in enumerate(request_iterator):
-            yield self._upsert_batch(number, batch, context)
+            yield self._upsert_batch((number, batch), context)
 
     @_rpc
-    def _upsert_batch(self, number, batch, context):
+    def _upsert_batch(self, numbered_batch, context):
+        number, batch = numbered_batch
         documents, vectors = conversions.upsert_arguments(batch)
         _check_deadline(context)
         count, snapshot = self.registry.write(batch.collection, lambda c: c.add(documents, vectors=vectors or None))

@@ -1,0 +1,220 @@
+"""The same requests in-process and over gRPC; bad input over the wire gets the right status code."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import retriever
+from helpers import MINILM_CONFIG, TINY_CORPUS, make_docs, random_vectors, vector_config
+from retriever.config import CollectionConfig
+from retriever.conversions import pb, pb_grpc
+from retriever.registry import Registry
+from retriever.server import Server, ServerOptions
+
+TOKEN = "s3cret"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("served")
+    vecs = retriever.Collection.create(root / "vecs", vector_config("IVF8,Flat", rescore=20))
+    vecs.add(make_docs(400), vectors={"dense": random_vectors(400, 16, seed=11)})
+    text = retriever.Collection.create(root / "tiny", CollectionConfig.from_dict(__import__("tomllib").loads(MINILM_CONFIG)))
+    text.add(TINY_CORPUS)
+    broken = retriever.Collection.create(root / "broken", {"name": "broken", "fields": [{"name": "dense", "dim": 4}]})
+    (broken.path / "manifest.json").write_text("{not json")
+    server = Server(Registry.open([root / "vecs", root / "tiny", root / "broken"]),
+                    ServerOptions(port=0, token=TOKEN, max_message_bytes=1 << 20)).start()
+    yield root, server
+    server.stop()
+
+
+def remote(served, name="vecs", **options):
+    root, server = served
+    return retriever.connect(f"grpc://127.0.0.1:{server.port}/{name}", token=TOKEN, **options)
+
+
+def stub(served, token=TOKEN):
+    channel = grpc.insecure_channel(f"127.0.0.1:{served[1].port}")
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    return pb_grpc.RetrieverStub(channel), metadata, channel
+
+
+def same_hits(local, far):
+    assert len(local) == len(far)
+    for a, b in zip(local, far):
+        assert a.ids == b.ids
+        np.testing.assert_array_equal(a.scores, b.scores)
+        assert a.field_scores.keys() == b.field_scores.keys()
+        assert a.documents == b.documents
+        assert a.reason == b.reason
+
+
+@pytest.mark.parametrize(
+    "name, request_",
+    [
+        ("vecs", dict(queries=random_vectors(5, 16, seed=3), k=7)),
+        ("vecs", dict(queries=random_vectors(1, 16, seed=4)[0], k=3, params={"nprobe": 8, "rescore": 0})),
+        ("vecs", dict(queries=random_vectors(3, 16, seed=5), k=5, filter={"year": {"gte": 2005}, "lang": {"in": ["en", "de"]}})),
+        ("vecs", dict(queries=random_vectors(2, 16, seed=6), k=4, filter={"lang": "none"})),
+        ("vecs", dict(queries={"dense": random_vectors(2, 16, seed=7)}, k=2, fields=["dense"])),
+        ("tiny", dict(queries=["which animal barks?", "baking bread", "the sun"], k=3)),
+        ("tiny", dict(queries="python code", k=6)),
+    ],
+)
+def test_congruence_in_process_and_remote(served, name, request_):
+    root, _ = served
+    local = retriever.connect(root / name).search(**request_)
+    same_hits(local, remote(served, name).search(**request_))
+
+
+def test_upsert_stream_and_delete_match_in_process(served, tmp_path):
+    root, _ = served
+    far = remote(served, "vecs")
+    before = far.version
+    docs, vectors = make_docs(30, start=1000), random_vectors(30, 16, seed=12)
+    acks = list(far.upsert_stream(docs, {"dense": vectors}, batch_size=8))
+    assert [a.batch for a in acks] == [0, 1, 2, 3] and sum(a.upserted for a in acks) == 30
+    assert acks[-1].version == before + 4 and far.version == before + 4
+    assert far.delete(["d1000", "d1001", "missing"]) == 2
+    local = retriever.connect(root / "vecs")  # what is on disk: every acked batch and the delete
+    assert len(local) == len(far) == 428
+    same_hits(local.search(vectors, k=5), far.search(vectors, k=5))
+    [h] = far.search(vectors[5], k=1)
+    assert h.ids == ["d1005"]
+
+
+def code_of(call):
+    with pytest.raises(retriever.RetrieverError) as info:
+        call()
+    return info.value.grpc_code, str(info.value)
+
+
+@pytest.mark.parametrize(
+    "call, code, words",
+    [
+        (lambda r: r.search(np.ones((1, 9))), "INVALID_ARGUMENT", "dimension 16"),
+        (lambda r: r.search(np.full((1, 16), np.nan)), "INVALID_ARGUMENT", "NaN"),
+        (lambda r: r.search([np.ones(16), np.ones(15)]), "INVALID_ARGUMENT", "different dimensions"),
+        (lambda r: r.search(np.ones((1, 16)), k=5000), "INVALID_ARGUMENT", "max_k"),
+        (lambda r: r.search(np.ones((1, 16)), filter={"colour": 1}), "INVALID_ARGUMENT", "unknown document column"),
+        (lambda r: r.search(np.ones((1, 16)), params={"nprobe": 0}), "INVALID_ARGUMENT", "nprobe"),
+        (lambda r: r.search(np.ones((1, 16)), fields=["sparse"]), "NOT_FOUND", "unknown field"),
+        (lambda r: r.search([]), "INVALID_ARGUMENT", "no queries"),
+        (lambda r: r.add([{"id": "x"}, {"id": "x"}], {"dense": np.ones((2, 16))}), "INVALID_ARGUMENT", "appears twice"),
+        (lambda r: r.add([{"id": "x"}], {"dense": np.ones((1, 3))}), "INVALID_ARGUMENT", "dimension 16"),
+        (lambda r: r.search(np.ones((3000, 16))), "INVALID_ARGUMENT", "max_batch"),
+        (lambda r: r.search(np.ones((1, 300_000))), "RESOURCE_EXHAUSTED", ""),  # 1.2 MB > the server's 1 MiB limit
+    ],
+)
+def test_bad_input_over_the_wire(served, call, code, words):
+    got, message = code_of(lambda: call(remote(served)))
+    assert got == code and words in message
+
+
+def test_empty_text_query_over_the_wire(served):
+    got, message = code_of(lambda: remote(served, "tiny").search(["  "]))
+    assert got == "INVALID_ARGUMENT" and "empty" in message
+
+
+@pytest.mark.parametrize("name", ["nope", "../vecs", "a/b", "vecs\x00", "ve\x07cs", "", "x" * 100])
+def test_collection_names(served, name):
+    s, metadata, channel = stub(served)
+    with pytest.raises(grpc.RpcError) as info:
+        s.GetCollection(pb.GetCollectionRequest(collection=name), metadata=metadata, timeout=5)
+    expected = grpc.StatusCode.NOT_FOUND if name == "nope" else grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.code() == expected
+    assert "broken" not in info.value.details(), "other collections are never listed"
+    channel.close()
+
+
+def test_damaged_collection_is_data_loss_and_others_keep_serving(served):
+    got, message = code_of(lambda: remote(served, "broken").search(np.ones((1, 4))))
+    assert got == "DATA_LOSS" and "damaged" in message
+    assert len(remote(served).search(np.ones((1, 16)), k=3)[0]) == 3
+    s, metadata, channel = stub(served)
+    health = health_pb2_grpc.HealthStub(channel)
+    status = lambda n: health.Check(health_pb2.HealthCheckRequest(service=n), timeout=5).status
+    assert status("") == status("vecs") == health_pb2.HealthCheckResponse.SERVING
+    assert status("broken") == health_pb2.HealthCheckResponse.NOT_SERVING
+    channel.close()
+
+
+def test_malformed_bytes_do_not_hurt_the_server(served):
+    channel = grpc.insecure_channel(f"127.0.0.1:{served[1].port}")
+    raw = channel.unary_unary("/retriever.v1.Retriever/Search", request_serializer=None, response_deserializer=None)
+    with pytest.raises(grpc.RpcError) as info:
+        raw(b"\xff\x00\x13garbage\x99", metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    channel.close()
+    assert len(remote(served).search(np.ones((1, 16)), k=2)[0]) == 2
+
+
+def test_bearer_token(served):
+    for token, code in ((None, grpc.StatusCode.UNAUTHENTICATED), ("wrong", grpc.StatusCode.PERMISSION_DENIED)):
+        s, metadata, channel = stub(served, token)
+        with pytest.raises(grpc.RpcError) as info:
+            s.ListCollections(pb.ListCollectionsRequest(), metadata=metadata, timeout=5)
+        assert info.value.code() == code
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING  # health needs no token
+        channel.close()
+    assert remote(served).list_collections() == ["broken", "tiny", "vecs"]
+
+
+def test_deadline_is_enforced(served):
+    got, _ = code_of(lambda: remote(served, "tiny", timeout=1e-6).search("anything"))
+    assert got == "DEADLINE_EXCEEDED"
+
+
+def test_generate_is_reserved(served):
+    s, metadata, channel = stub(served)
+    with pytest.raises(grpc.RpcError) as info:
+        list(s.Generate(pb.GenerateRequest(collection="tiny", question="q"), metadata=metadata, timeout=5))
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    channel.close()
+
+
+ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DATA_LOSS,
+           grpc.StatusCode.RESOURCE_EXHAUSTED}
+floats = st.floats(allow_nan=True, allow_infinity=True, width=32)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    collection=st.sampled_from(["vecs", "broken", "nope", "../x", ""]),
+    vectors=st.lists(st.lists(floats, min_size=0, max_size=20), min_size=0, max_size=4),
+    k=st.integers(min_value=0, max_value=3000),
+    fields=st.lists(st.sampled_from(["dense", "other", ""]), max_size=2),
+    filter_json=st.sampled_from(["", "{}", "[]", '{"year": {"gte": 2000}}', '{"lang": {"in": "en"}}', "{bad", '{"year": {"near": 1}}']),
+    params=st.dictionaries(st.sampled_from(["nprobe", "efSearch", "rescore", "bogus"]), st.integers(-5, 10_000), max_size=3),
+)
+def test_any_search_request_gets_a_status_not_a_crash(served, collection, vectors, k, fields, filter_json, params):
+    s, metadata, channel = stub(served)
+    request = pb.SearchRequest(collection=collection, queries=[pb.Query(vector=pb.Vector(values=v)) for v in vectors],
+                               k=k, fields=fields, filter_json=filter_json, params=params)
+    try:
+        s.Search(request, metadata=metadata, timeout=10)
+        code = grpc.StatusCode.OK
+    except grpc.RpcError as e:
+        code = e.code()
+    channel.close()
+    assert code in ALLOWED, code
+
+
+def test_server_still_healthy_after_the_fuzzing(served):
+    test_damaged_collection_is_data_loss_and_others_keep_serving(served)
+
+
+def test_generated_code_is_fresh():
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, str(root / "scripts" / "gen_proto.py"), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

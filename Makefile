@@ -15,15 +15,9 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Index this repository's own documentation and source, then answer questions about it.
+# Index this repository's own docs and source, serve it over gRPC, answer questions through it.
 demo: setup
-	rm -rf $(DEMO)
-	$(BIN)/retriever build --config examples/minilm-flat.toml --input . --out $(DEMO)
-	$(BIN)/retriever check $(DEMO)
-	$(BIN)/retriever search $(DEMO) -k 3 \
-		"how does a commit stay atomic if the writer is killed?" \
-		"which faiss index types can a dense field use?" \
-		"how do I evaluate a collection on a BEIR dataset?"
+	scripts/demo.sh
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -56,6 +56,17 @@ def _params(values: Optional[list[str]]) -> dict[str, int]:
     return out
 
 
+def _remote_options(token_env: Optional[str]) -> dict[str, Any]:
+    import os
+
+    if not token_env:
+        return {}
+    token = os.environ.get(token_env)
+    if not token:
+        raise InvalidRequest(f"--token-env {token_env}: the environment variable is empty or unset")
+    return {"token": token}
+
+
 def _load_vectors(path: Path):
     import numpy as np
 
@@ -96,7 +107,7 @@ def build(
 
 @app.command()
 def search(
-    collection: Path = typer.Argument(..., help="Collection directory."),
+    collection: str = typer.Argument(..., help="Collection directory, or grpc://host:port/name."),
     queries: Optional[list[str]] = typer.Argument(None, help="One or more query texts."),
     vectors: Optional[Path] = typer.Option(None, "--vectors", help="Query vectors instead of texts: an .npy matrix [B, D]."),
     k: int = typer.Option(10, "-k", help="Hits per query."),
@@ -104,11 +115,12 @@ def search(
     fusion: str = FusionOption,
     filter: Optional[str] = typer.Option(None, "--filter", help='Metadata filter as JSON, e.g. \'{"year": {"gte": 2000}}\'.'),
     param: Optional[list[str]] = ParamOption,
+    token_env: Optional[str] = typer.Option(None, "--token-env", help="For grpc:// targets: send `Bearer $VAR`."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Search a collection with text queries."""
+    """Search a collection (a directory, or a server's grpc://host:port/name) with text queries."""
     def work():
-        from .collection import Collection
+        from .collection import connect
 
         _fusion(fusion)
         try:
@@ -118,7 +130,7 @@ def search(
         if bool(queries) == (vectors is not None):
             raise InvalidRequest("give query texts or --vectors FILE.npy, not both or neither")
         request = _load_vectors(vectors) if vectors is not None else queries
-        hits = Collection.open(collection).search(request, k=k, fields=_fields(fields), filter=conditions, params=_params(param))
+        hits = connect(collection, **_remote_options(token_env)).search(request, k=k, fields=_fields(fields), filter=conditions, params=_params(param))
         labels = queries or [f"vector {i}" for i in range(len(hits))]
         return {"results": [
             {"query": q, "reason": h.reason, "hits": [
@@ -207,12 +219,16 @@ def serve(
 
 
 @app.command()
-def info(collection: Path = typer.Argument(..., help="Collection directory."), as_json: bool = JsonOption) -> None:
+def info(
+    collection: str = typer.Argument(..., help="Collection directory, or grpc://host:port/name."),
+    token_env: Optional[str] = typer.Option(None, "--token-env", help="For grpc:// targets: send `Bearer $VAR`."),
+    as_json: bool = JsonOption,
+) -> None:
     """Config, counts, fields and size of a collection."""
     def work():
-        from .collection import Collection
+        from .collection import connect
 
-        return Collection.open(collection).info()
+        return connect(collection, **_remote_options(token_env)).info()
 
     _run(as_json, work, lambda r: print(json.dumps(r, indent=1)))
 

@@ -19,9 +19,8 @@ __all__ = ["pb", "pb_grpc"]
 
 
 def search_request(collection: str, queries, k: int, fields, filter, params, fusion: str, with_documents: bool) -> pb.SearchRequest:
-    return pb.SearchRequest(
+    request = pb.SearchRequest(
         collection=collection,
-        queries=_queries_to_pb(queries),
         k=k,
         fields=[fields] if isinstance(fields, str) else list(fields or []),
         fusion=fusion,
@@ -29,6 +28,16 @@ def search_request(collection: str, queries, k: int, fields, filter, params, fus
         params=dict(params or {}),
         omit_documents=not with_documents,
     )
+    if isinstance(queries, str):
+        request.texts.append(queries)
+    elif isinstance(queries, Mapping):
+        for name, matrix in queries.items():
+            request.field_vectors[name].CopyFrom(matrix_to_pb(matrix))
+    elif isinstance(queries, np.ndarray) or (isinstance(queries, Sequence) and queries and not isinstance(queries[0], str)):
+        request.vectors.CopyFrom(matrix_to_pb(queries))
+    else:
+        request.texts.extend(queries)
+    return request
 
 
 def search_arguments(request: pb.SearchRequest) -> dict[str, Any]:
@@ -39,8 +48,17 @@ def search_arguments(request: pb.SearchRequest) -> dict[str, Any]:
         conditions = json.loads(request.filter_json) if request.filter_json else None
     except json.JSONDecodeError as e:
         raise InvalidRequest(f"filter_json is not valid JSON: {e}") from None
+    given = [bool(request.texts), request.HasField("vectors"), bool(request.field_vectors)]
+    if sum(given) != 1:
+        raise InvalidRequest("give exactly one of texts, vectors or field_vectors" if any(given) else "no queries given")
+    if request.texts:
+        queries: Any = list(request.texts)
+    elif request.HasField("vectors"):
+        queries = matrix_from_pb(request.vectors, "query vectors")
+    else:
+        queries = {n: matrix_from_pb(m, f"query vectors for {n!r}") for n, m in request.field_vectors.items()}
     return {
-        "queries": _queries_from_pb(request.queries),
+        "queries": queries,
         "k": request.k or 10,
         "fields": list(request.fields) or None,
         "filter": conditions,
@@ -49,83 +67,62 @@ def search_arguments(request: pb.SearchRequest) -> dict[str, Any]:
 
 
 def search_response(hits: list[Hits], with_documents: bool) -> pb.SearchResponse:
-    return pb.SearchResponse(results=[_hits_to_pb(h, with_documents) for h in hits])
+    """All queries' hits in flat columns (one message, no per-hit objects)."""
+    offsets = np.zeros(len(hits) + 1, dtype=np.int64)
+    np.cumsum([len(h) for h in hits], out=offsets[1:])
+    names = list(hits[0].field_scores) if hits else []
+    return pb.SearchResponse(
+        offsets=offsets.tolist(),
+        ids=[i for h in hits for i in h.ids],
+        scores=_float32_bytes([h.scores for h in hits]),
+        field_scores={n: _float32_bytes([h.field_scores[n] for h in hits]) for n in names},
+        documents_json=[json.dumps(d, default=str) for h in hits for d in h.documents] if with_documents else [],
+        reasons=[h.reason or "" for h in hits],
+    )
 
 
 def hits_from_response(response: pb.SearchResponse) -> list[Hits]:
-    return [_hits_from_pb(r) for r in response.results]
+    offsets = list(response.offsets)
+    ids = list(response.ids)
+    scores = np.frombuffer(response.scores, dtype="<f4")
+    fields = {n: np.frombuffer(b, dtype="<f4") for n, b in response.field_scores.items()}
+    documents = [json.loads(d) for d in response.documents_json]
+    out = []
+    for b, reason in enumerate(response.reasons):
+        lo, hi = offsets[b], offsets[b + 1]
+        out.append(Hits(
+            ids[lo:hi], scores[lo:hi], {n: v[lo:hi] for n, v in fields.items()},
+            np.arange(hi - lo, dtype=np.int64), DocumentList(documents[lo:hi]) if documents else None, reason or None,
+        ))
+    return out
 
 
-def _hits_to_pb(hits: Hits, with_documents: bool) -> pb.QueryHits:
-    return pb.QueryHits(
-        ids=hits.ids,
-        scores=hits.scores.tolist(),
-        field_scores={n: pb.FieldScores(scores=s.tolist()) for n, s in hits.field_scores.items()},
-        documents_json=[json.dumps(d, default=str) for d in hits.documents] if with_documents else [],
-        reason=hits.reason or "",
-    )
+def matrix_to_pb(matrix) -> pb.Matrix:
+    """[N, D] (or one vector [D]) -> Matrix. Ragged rows are refused here, as in-process."""
+    try:
+        array = np.atleast_2d(np.asarray(matrix, dtype="<f4"))
+    except ValueError:
+        raise InvalidRequest("query vectors have different dimensions") from None
+    if array.ndim != 2:
+        raise InvalidRequest(f"vectors must form a [rows, dim] matrix, got shape {array.shape}")
+    return pb.Matrix(rows=array.shape[0], dim=array.shape[1], float32_le=np.ascontiguousarray(array).tobytes())
 
 
-def _hits_from_pb(message: pb.QueryHits) -> Hits:
-    ids = list(message.ids)
-    documents = [json.loads(d) for d in message.documents_json] or [{"id": i} for i in ids]
-    return Hits(
-        ids,
-        np.asarray(message.scores, dtype=np.float32),
-        {n: np.asarray(s.scores, dtype=np.float32) for n, s in message.field_scores.items()},
-        np.arange(len(ids), dtype=np.int64),
-        DocumentList(documents),
-        message.reason or None,
-    )
+def matrix_from_pb(matrix: pb.Matrix, what: str) -> np.ndarray:
+    if len(matrix.float32_le) != 4 * matrix.rows * matrix.dim:
+        raise InvalidRequest(f"{what}: {matrix.rows} x {matrix.dim} float32 needs {4 * matrix.rows * matrix.dim} bytes, got {len(matrix.float32_le)}")
+    return np.frombuffer(matrix.float32_le, dtype="<f4").reshape(matrix.rows, matrix.dim)
 
 
-def _queries_to_pb(queries) -> list[pb.Query]:
-    if isinstance(queries, str):
-        return [pb.Query(text=queries)]
-    if isinstance(queries, Mapping):
-        matrices = {n: np.atleast_2d(np.asarray(m, dtype=np.float32)) for n, m in queries.items()}
-        size = len(next(iter(matrices.values()))) if matrices else 0
-        return [pb.Query(field_vectors={n: pb.Vector(values=m[b].tolist()) for n, m in matrices.items()}) for b in range(size)]
-    if isinstance(queries, np.ndarray):
-        return [pb.Query(vector=pb.Vector(values=row.tolist())) for row in np.atleast_2d(queries.astype(np.float32))]
-    if isinstance(queries, Sequence) and queries and not isinstance(queries[0], str):
-        # rows sent as they are: the server names a dimension mismatch, as in-process search does
-        return [pb.Query(vector=pb.Vector(values=np.asarray(row, dtype=np.float32).ravel().tolist())) for row in queries]
-    return [pb.Query(text=q) for q in queries]
-
-
-def _queries_from_pb(queries: Sequence[pb.Query]):
-    kinds = {q.WhichOneof("kind") or ("field_vectors" if q.field_vectors else None) for q in queries}
-    if not queries:
-        raise InvalidRequest("no queries given")
-    if len(kinds) != 1 or None in kinds:
-        raise InvalidRequest("every query of a request must be of one kind: text, vector, or field_vectors")
-    kind = kinds.pop()
-    if kind == "text":
-        return [q.text for q in queries]
-    if kind == "vector":
-        return _stack([q.vector.values for q in queries], "query vectors")
-    names = set(queries[0].field_vectors)
-    if any(set(q.field_vectors) != names for q in queries):
-        raise InvalidRequest("every query must give vectors for the same fields")
-    return {n: _stack([q.field_vectors[n].values for q in queries], f"query vectors for {n!r}") for n in names}
-
-
-def _stack(rows, what: str) -> np.ndarray:
-    lengths = {len(r) for r in rows}
-    if len(lengths) != 1:
-        raise InvalidRequest(f"{what} have different dimensions: {sorted(lengths)}")
-    return np.asarray([list(r) for r in rows], dtype=np.float32)
+def _float32_bytes(arrays: list[np.ndarray]) -> bytes:
+    return np.concatenate(arrays).astype("<f4", copy=False).tobytes() if arrays else b""
 
 
 # ---- writes and collection facts --------------------------------------------------------------
 
 
 def upsert_batch(collection: str, documents: Sequence[Mapping[str, Any]], vectors: Mapping[str, np.ndarray] | None) -> pb.UpsertBatch:
-    matrices = {}
-    for name, matrix in (vectors or {}).items():
-        matrix = np.atleast_2d(np.asarray(matrix, dtype=np.float32))
-        matrices[name] = pb.Matrix(rows=matrix.shape[0], dim=matrix.shape[1], values=matrix.ravel().tolist())
+    matrices = {name: matrix_to_pb(matrix) for name, matrix in (vectors or {}).items()}
     return pb.UpsertBatch(collection=collection, documents_json=[json.dumps(d, default=str) for d in documents], vectors=matrices)
 
 
@@ -136,12 +133,7 @@ def upsert_arguments(batch: pb.UpsertBatch) -> tuple[list[dict[str, Any]], dict[
             documents.append(json.loads(text))
         except json.JSONDecodeError as e:
             raise InvalidRequest(f"document {i} is not valid JSON: {e}") from None
-    vectors = {}
-    for name, m in batch.vectors.items():
-        if m.rows * m.dim != len(m.values):
-            raise InvalidRequest(f"vectors for {name!r}: {m.rows} x {m.dim} needs {m.rows * m.dim} values, got {len(m.values)}")
-        vectors[name] = np.asarray(m.values, dtype=np.float32).reshape(m.rows, m.dim)
-    return documents, vectors
+    return documents, {name: matrix_from_pb(m, f"vectors for {name!r}") for name, m in batch.vectors.items()}
 
 
 def collection_info(info: Mapping[str, Any], config: Mapping[str, Any]) -> pb.CollectionInfo:

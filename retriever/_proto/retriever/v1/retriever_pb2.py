@@ -24,63 +24,55 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cretriever/v1/retriever.proto\x12\x0cretriever.v1\"\x18\n\x06Vector\x12\x0e\n\x06values\x18\x01 \x03(\x02\"\xd0\x01\n\x05Query\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12&\n\x06vector\x18\x02 \x01(\x0b\x32\x14.retriever.v1.VectorH\x00\x12<\n\rfield_vectors\x18\x03 \x03(\x0b\x32%.retriever.v1.Query.FieldVectorsEntry\x1aI\n\x11\x46ieldVectorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.retriever.v1.Vector:\x02\x38\x01\x42\x06\n\x04kind\"\x89\x02\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12$\n\x07queries\x18\x02 \x03(\x0b\x32\x13.retriever.v1.Query\x12\t\n\x01k\x18\x03 \x01(\r\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\x12\x0e\n\x06\x66usion\x18\x05 \x01(\t\x12\x13\n\x0b\x66ilter_json\x18\x06 \x01(\t\x12\x37\n\x06params\x18\x07 \x03(\x0b\x32\'.retriever.v1.SearchRequest.ParamsEntry\x12\x16\n\x0eomit_documents\x18\x08 \x01(\x08\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\x1d\n\x0b\x46ieldScores\x12\x0e\n\x06scores\x18\x01 \x03(\x02\"\xdf\x01\n\tQueryHits\x12\x0b\n\x03ids\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12>\n\x0c\x66ield_scores\x18\x03 \x03(\x0b\x32(.retriever.v1.QueryHits.FieldScoresEntry\x12\x16\n\x0e\x64ocuments_json\x18\x04 \x03(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x1aM\n\x10\x46ieldScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.retriever.v1.FieldScores:\x02\x38\x01\":\n\x0eSearchResponse\x12(\n\x07results\x18\x01 \x03(\x0b\x32\x17.retriever.v1.QueryHits\"3\n\x06Matrix\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x0e\n\x06values\x18\x03 \x03(\x02\"\xb8\x01\n\x0bUpsertBatch\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x16\n\x0e\x64ocuments_json\x18\x02 \x03(\t\x12\x37\n\x07vectors\x18\x03 \x03(\x0b\x32&.retriever.v1.UpsertBatch.VectorsEntry\x1a\x44\n\x0cVectorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.retriever.v1.Matrix:\x02\x38\x01\"=\n\tUpsertAck\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x04\x12\x10\n\x08upserted\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\x04\"0\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"2\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\x04\"\x18\n\x16ListCollectionsRequest\"(\n\x17ListCollectionsResponse\x12\r\n\x05names\x18\x01 \x03(\t\"*\n\x14GetCollectionRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x89\x01\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x11\n\tdocuments\x18\x03 \x01(\x04\x12\x0c\n\x04rows\x18\x04 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x04\x12\x13\n\x0b\x63onfig_json\x18\x06 \x01(\t\x12\x11\n\tinfo_json\x18\x07 \x01(\t\"B\n\x0fGenerateRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\r\"\x1d\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t2\xd4\x03\n\tRetriever\x12\x43\n\x06Search\x12\x1b.retriever.v1.SearchRequest\x1a\x1c.retriever.v1.SearchResponse\x12@\n\x06Upsert\x12\x19.retriever.v1.UpsertBatch\x1a\x17.retriever.v1.UpsertAck(\x01\x30\x01\x12\x43\n\x06\x44\x65lete\x12\x1b.retriever.v1.DeleteRequest\x1a\x1c.retriever.v1.DeleteResponse\x12^\n\x0fListCollections\x12$.retriever.v1.ListCollectionsRequest\x1a%.retriever.v1.ListCollectionsResponse\x12Q\n\rGetCollection\x12\".retriever.v1.GetCollectionRequest\x1a\x1c.retriever.v1.CollectionInfo\x12H\n\x08Generate\x12\x1d.retriever.v1.GenerateRequest\x1a\x1b.retriever.v1.GenerateChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cretriever/v1/retriever.proto\x12\x0cretriever.v1\"7\n\x06Matrix\x12\x0c\n\x04rows\x18\x01 \x01(\r\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x12\n\nfloat32_le\x18\x03 \x01(\x0c\"\xaa\x03\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12%\n\x07vectors\x18\x03 \x01(\x0b\x32\x14.retriever.v1.Matrix\x12\x44\n\rfield_vectors\x18\x04 \x03(\x0b\x32-.retriever.v1.SearchRequest.FieldVectorsEntry\x12\t\n\x01k\x18\x05 \x01(\r\x12\x0e\n\x06\x66ields\x18\x06 \x03(\t\x12\x0e\n\x06\x66usion\x18\x07 \x01(\t\x12\x13\n\x0b\x66ilter_json\x18\x08 \x01(\t\x12\x37\n\x06params\x18\t \x03(\x0b\x32\'.retriever.v1.SearchRequest.ParamsEntry\x12\x16\n\x0eomit_documents\x18\n \x01(\x08\x1aI\n\x11\x46ieldVectorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.retriever.v1.Matrix:\x02\x38\x01\x1a-\n\x0bParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"\xe0\x01\n\x0eSearchResponse\x12\x0f\n\x07offsets\x18\x01 \x03(\r\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x0e\n\x06scores\x18\x03 \x01(\x0c\x12\x43\n\x0c\x66ield_scores\x18\x04 \x03(\x0b\x32-.retriever.v1.SearchResponse.FieldScoresEntry\x12\x16\n\x0e\x64ocuments_json\x18\x05 \x03(\t\x12\x0f\n\x07reasons\x18\x06 \x03(\t\x1a\x32\n\x10\x46ieldScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\xb8\x01\n\x0bUpsertBatch\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x16\n\x0e\x64ocuments_json\x18\x02 \x03(\t\x12\x37\n\x07vectors\x18\x03 \x03(\x0b\x32&.retriever.v1.UpsertBatch.VectorsEntry\x1a\x44\n\x0cVectorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.retriever.v1.Matrix:\x02\x38\x01\"=\n\tUpsertAck\x12\r\n\x05\x62\x61tch\x18\x01 \x01(\x04\x12\x10\n\x08upserted\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\x04\"0\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"2\n\x0e\x44\x65leteResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\x04\"\x18\n\x16ListCollectionsRequest\"(\n\x17ListCollectionsResponse\x12\r\n\x05names\x18\x01 \x03(\t\"*\n\x14GetCollectionRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\x89\x01\n\x0e\x43ollectionInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x11\n\tdocuments\x18\x03 \x01(\x04\x12\x0c\n\x04rows\x18\x04 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x04\x12\x13\n\x0b\x63onfig_json\x18\x06 \x01(\t\x12\x11\n\tinfo_json\x18\x07 \x01(\t\"B\n\x0fGenerateRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x10\n\x08question\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\r\"\x1d\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t2\xd4\x03\n\tRetriever\x12\x43\n\x06Search\x12\x1b.retriever.v1.SearchRequest\x1a\x1c.retriever.v1.SearchResponse\x12@\n\x06Upsert\x12\x19.retriever.v1.UpsertBatch\x1a\x17.retriever.v1.UpsertAck(\x01\x30\x01\x12\x43\n\x06\x44\x65lete\x12\x1b.retriever.v1.DeleteRequest\x1a\x1c.retriever.v1.DeleteResponse\x12^\n\x0fListCollections\x12$.retriever.v1.ListCollectionsRequest\x1a%.retriever.v1.ListCollectionsResponse\x12Q\n\rGetCollection\x12\".retriever.v1.GetCollectionRequest\x1a\x1c.retriever.v1.CollectionInfo\x12H\n\x08Generate\x12\x1d.retriever.v1.GenerateRequest\x1a\x1b.retriever.v1.GenerateChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'retriever.v1.retriever_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_QUERY_FIELDVECTORSENTRY']._loaded_options = None
-  _globals['_QUERY_FIELDVECTORSENTRY']._serialized_options = b'8\001'
+  _globals['_SEARCHREQUEST_FIELDVECTORSENTRY']._loaded_options = None
+  _globals['_SEARCHREQUEST_FIELDVECTORSENTRY']._serialized_options = b'8\001'
   _globals['_SEARCHREQUEST_PARAMSENTRY']._loaded_options = None
   _globals['_SEARCHREQUEST_PARAMSENTRY']._serialized_options = b'8\001'
-  _globals['_QUERYHITS_FIELDSCORESENTRY']._loaded_options = None
-  _globals['_QUERYHITS_FIELDSCORESENTRY']._serialized_options = b'8\001'
+  _globals['_SEARCHRESPONSE_FIELDSCORESENTRY']._loaded_options = None
+  _globals['_SEARCHRESPONSE_FIELDSCORESENTRY']._serialized_options = b'8\001'
   _globals['_UPSERTBATCH_VECTORSENTRY']._loaded_options = None
   _globals['_UPSERTBATCH_VECTORSENTRY']._serialized_options = b'8\001'
-  _globals['_VECTOR']._serialized_start=46
-  _globals['_VECTOR']._serialized_end=70
-  _globals['_QUERY']._serialized_start=73
-  _globals['_QUERY']._serialized_end=281
-  _globals['_QUERY_FIELDVECTORSENTRY']._serialized_start=200
-  _globals['_QUERY_FIELDVECTORSENTRY']._serialized_end=273
-  _globals['_SEARCHREQUEST']._serialized_start=284
-  _globals['_SEARCHREQUEST']._serialized_end=549
-  _globals['_SEARCHREQUEST_PARAMSENTRY']._serialized_start=504
-  _globals['_SEARCHREQUEST_PARAMSENTRY']._serialized_end=549
-  _globals['_FIELDSCORES']._serialized_start=551
-  _globals['_FIELDSCORES']._serialized_end=580
-  _globals['_QUERYHITS']._serialized_start=583
-  _globals['_QUERYHITS']._serialized_end=806
-  _globals['_QUERYHITS_FIELDSCORESENTRY']._serialized_start=729
-  _globals['_QUERYHITS_FIELDSCORESENTRY']._serialized_end=806
-  _globals['_SEARCHRESPONSE']._serialized_start=808
-  _globals['_SEARCHRESPONSE']._serialized_end=866
-  _globals['_MATRIX']._serialized_start=868
-  _globals['_MATRIX']._serialized_end=919
-  _globals['_UPSERTBATCH']._serialized_start=922
-  _globals['_UPSERTBATCH']._serialized_end=1106
-  _globals['_UPSERTBATCH_VECTORSENTRY']._serialized_start=1038
-  _globals['_UPSERTBATCH_VECTORSENTRY']._serialized_end=1106
-  _globals['_UPSERTACK']._serialized_start=1108
-  _globals['_UPSERTACK']._serialized_end=1169
-  _globals['_DELETEREQUEST']._serialized_start=1171
-  _globals['_DELETEREQUEST']._serialized_end=1219
-  _globals['_DELETERESPONSE']._serialized_start=1221
-  _globals['_DELETERESPONSE']._serialized_end=1271
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=1273
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=1297
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=1299
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=1339
-  _globals['_GETCOLLECTIONREQUEST']._serialized_start=1341
-  _globals['_GETCOLLECTIONREQUEST']._serialized_end=1383
-  _globals['_COLLECTIONINFO']._serialized_start=1386
-  _globals['_COLLECTIONINFO']._serialized_end=1523
-  _globals['_GENERATEREQUEST']._serialized_start=1525
-  _globals['_GENERATEREQUEST']._serialized_end=1591
-  _globals['_GENERATECHUNK']._serialized_start=1593
-  _globals['_GENERATECHUNK']._serialized_end=1622
-  _globals['_RETRIEVER']._serialized_start=1625
-  _globals['_RETRIEVER']._serialized_end=2093
+  _globals['_MATRIX']._serialized_start=46
+  _globals['_MATRIX']._serialized_end=101
+  _globals['_SEARCHREQUEST']._serialized_start=104
+  _globals['_SEARCHREQUEST']._serialized_end=530
+  _globals['_SEARCHREQUEST_FIELDVECTORSENTRY']._serialized_start=410
+  _globals['_SEARCHREQUEST_FIELDVECTORSENTRY']._serialized_end=483
+  _globals['_SEARCHREQUEST_PARAMSENTRY']._serialized_start=485
+  _globals['_SEARCHREQUEST_PARAMSENTRY']._serialized_end=530
+  _globals['_SEARCHRESPONSE']._serialized_start=533
+  _globals['_SEARCHRESPONSE']._serialized_end=757
+  _globals['_SEARCHRESPONSE_FIELDSCORESENTRY']._serialized_start=707
+  _globals['_SEARCHRESPONSE_FIELDSCORESENTRY']._serialized_end=757
+  _globals['_UPSERTBATCH']._serialized_start=760
+  _globals['_UPSERTBATCH']._serialized_end=944
+  _globals['_UPSERTBATCH_VECTORSENTRY']._serialized_start=876
+  _globals['_UPSERTBATCH_VECTORSENTRY']._serialized_end=944
+  _globals['_UPSERTACK']._serialized_start=946
+  _globals['_UPSERTACK']._serialized_end=1007
+  _globals['_DELETEREQUEST']._serialized_start=1009
+  _globals['_DELETEREQUEST']._serialized_end=1057
+  _globals['_DELETERESPONSE']._serialized_start=1059
+  _globals['_DELETERESPONSE']._serialized_end=1109
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=1111
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=1135
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=1137
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=1177
+  _globals['_GETCOLLECTIONREQUEST']._serialized_start=1179
+  _globals['_GETCOLLECTIONREQUEST']._serialized_end=1221
+  _globals['_COLLECTIONINFO']._serialized_start=1224
+  _globals['_COLLECTIONINFO']._serialized_end=1361
+  _globals['_GENERATEREQUEST']._serialized_start=1363
+  _globals['_GENERATEREQUEST']._serialized_end=1429
+  _globals['_GENERATECHUNK']._serialized_start=1431
+  _globals['_GENERATECHUNK']._serialized_end=1460
+  _globals['_RETRIEVER']._serialized_start=1463
+  _globals['_RETRIEVER']._serialized_end=1931
 # @@protoc_insertion_point(module_scope)

@@ -6,31 +6,25 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class Vector(_message.Message):
-    __slots__ = ("values",)
-    VALUES_FIELD_NUMBER: _ClassVar[int]
-    values: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+class Matrix(_message.Message):
+    __slots__ = ("rows", "dim", "float32_le")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    FLOAT32_LE_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    dim: int
+    float32_le: bytes
+    def __init__(self, rows: _Optional[int] = ..., dim: _Optional[int] = ..., float32_le: _Optional[bytes] = ...) -> None: ...
 
-class Query(_message.Message):
-    __slots__ = ("text", "vector", "field_vectors")
+class SearchRequest(_message.Message):
+    __slots__ = ("collection", "texts", "vectors", "field_vectors", "k", "fields", "fusion", "filter_json", "params", "omit_documents")
     class FieldVectorsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
-        value: Vector
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Vector, _Mapping]] = ...) -> None: ...
-    TEXT_FIELD_NUMBER: _ClassVar[int]
-    VECTOR_FIELD_NUMBER: _ClassVar[int]
-    FIELD_VECTORS_FIELD_NUMBER: _ClassVar[int]
-    text: str
-    vector: Vector
-    field_vectors: _containers.MessageMap[str, Vector]
-    def __init__(self, text: _Optional[str] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., field_vectors: _Optional[_Mapping[str, Vector]] = ...) -> None: ...
-
-class SearchRequest(_message.Message):
-    __slots__ = ("collection", "queries", "k", "fields", "fusion", "filter_json", "params", "omit_documents")
+        value: Matrix
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Matrix, _Mapping]] = ...) -> None: ...
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -39,7 +33,9 @@ class SearchRequest(_message.Message):
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
-    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    FIELD_VECTORS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
     FUSION_FIELD_NUMBER: _ClassVar[int]
@@ -47,57 +43,39 @@ class SearchRequest(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     OMIT_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     collection: str
-    queries: _containers.RepeatedCompositeFieldContainer[Query]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    vectors: Matrix
+    field_vectors: _containers.MessageMap[str, Matrix]
     k: int
     fields: _containers.RepeatedScalarFieldContainer[str]
     fusion: str
     filter_json: str
     params: _containers.ScalarMap[str, int]
     omit_documents: bool
-    def __init__(self, collection: _Optional[str] = ..., queries: _Optional[_Iterable[_Union[Query, _Mapping]]] = ..., k: _Optional[int] = ..., fields: _Optional[_Iterable[str]] = ..., fusion: _Optional[str] = ..., filter_json: _Optional[str] = ..., params: _Optional[_Mapping[str, int]] = ..., omit_documents: _Optional[bool] = ...) -> None: ...
+    def __init__(self, collection: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Union[Matrix, _Mapping]] = ..., field_vectors: _Optional[_Mapping[str, Matrix]] = ..., k: _Optional[int] = ..., fields: _Optional[_Iterable[str]] = ..., fusion: _Optional[str] = ..., filter_json: _Optional[str] = ..., params: _Optional[_Mapping[str, int]] = ..., omit_documents: _Optional[bool] = ...) -> None: ...
 
-class FieldScores(_message.Message):
-    __slots__ = ("scores",)
-    SCORES_FIELD_NUMBER: _ClassVar[int]
-    scores: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, scores: _Optional[_Iterable[float]] = ...) -> None: ...
-
-class QueryHits(_message.Message):
-    __slots__ = ("ids", "scores", "field_scores", "documents_json", "reason")
+class SearchResponse(_message.Message):
+    __slots__ = ("offsets", "ids", "scores", "field_scores", "documents_json", "reasons")
     class FieldScoresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
-        value: FieldScores
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FieldScores, _Mapping]] = ...) -> None: ...
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     FIELD_SCORES_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
-    REASON_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    offsets: _containers.RepeatedScalarFieldContainer[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
-    scores: _containers.RepeatedScalarFieldContainer[float]
-    field_scores: _containers.MessageMap[str, FieldScores]
+    scores: bytes
+    field_scores: _containers.ScalarMap[str, bytes]
     documents_json: _containers.RepeatedScalarFieldContainer[str]
-    reason: str
-    def __init__(self, ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., field_scores: _Optional[_Mapping[str, FieldScores]] = ..., documents_json: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ...) -> None: ...
-
-class SearchResponse(_message.Message):
-    __slots__ = ("results",)
-    RESULTS_FIELD_NUMBER: _ClassVar[int]
-    results: _containers.RepeatedCompositeFieldContainer[QueryHits]
-    def __init__(self, results: _Optional[_Iterable[_Union[QueryHits, _Mapping]]] = ...) -> None: ...
-
-class Matrix(_message.Message):
-    __slots__ = ("rows", "dim", "values")
-    ROWS_FIELD_NUMBER: _ClassVar[int]
-    DIM_FIELD_NUMBER: _ClassVar[int]
-    VALUES_FIELD_NUMBER: _ClassVar[int]
-    rows: int
-    dim: int
-    values: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, rows: _Optional[int] = ..., dim: _Optional[int] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, offsets: _Optional[_Iterable[int]] = ..., ids: _Optional[_Iterable[str]] = ..., scores: _Optional[bytes] = ..., field_scores: _Optional[_Mapping[str, bytes]] = ..., documents_json: _Optional[_Iterable[str]] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpsertBatch(_message.Message):
     __slots__ = ("collection", "documents_json", "vectors")

@@ -1,0 +1,148 @@
+"""gRPC serving benchmark on loopback: queries/s and latency against the same searches in-process,
+and streaming upsert throughput against an offline build of the same documents.
+
+The server runs in its own process (`retriever serve`); clients are threads of this process.
+Prints one JSON object on stdout (progress on stderr).
+
+    python bench/serve.py [--vectors 200000] [--out result.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+import retriever
+
+sys.path.insert(0, str(Path(__file__).parent))
+from dense import glove_vectors, log, vector_config  # noqa: E402
+
+INDEX, PARAMS = "IVF1024,PQ50x4fs", {"nprobe": 64, "rescore": 50}
+K = 10
+
+
+def start_server(path: Path, workers: int) -> tuple[subprocess.Popen, int]:
+    command = [sys.executable, "-c", "from retriever.cli import main; main()", "serve", str(path), "--port", "0",
+               "--workers", str(workers), "--max-concurrent", str(4 * workers)]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        found = re.search(r"serving .* on [\d.]+:(\d+)", line)
+        if found:
+            threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining
+            return proc, int(found.group(1))
+    raise SystemExit(f"server did not start (exit {proc.wait()})")
+
+
+def run_clients(search, queries: np.ndarray, clients: int, batch: int, seconds: float) -> dict:
+    """`clients` threads each sending requests of `batch` queries for about `seconds`."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        mine = []
+        while time.perf_counter() < deadline:
+            start = rng.integers(0, len(queries) - batch)
+            t0 = time.perf_counter()
+            search(queries[start : start + batch])
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - began
+    lat = np.asarray(latencies) * 1000
+    return {"requests": len(lat), "qps": round(len(lat) * batch / elapsed, 1),
+            "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 3), "p99": round(float(np.percentile(lat, 99)), 3)}}
+
+
+def search_comparison(local: retriever.Collection, remote, queries: np.ndarray, seconds: float) -> list[dict]:
+    rows = []
+    for batch in (1, 100):
+        for clients in (1, 8, 32):
+            ours = run_clients(lambda q: local.search(q, k=K, params=PARAMS), queries, clients, batch, seconds)
+            far = run_clients(lambda q: remote.search(q, k=K, params=PARAMS, with_documents=False), queries, clients, batch, seconds)
+            overhead_ms = far["latency_ms"]["p50"] - ours["latency_ms"]["p50"]
+            rows.append({"queries_per_request": batch, "clients": clients, "in_process": ours, "grpc": far,
+                         "grpc_over_in_process_qps": round(far["qps"] / ours["qps"], 3),
+                         "grpc_overhead_ms_p50_per_request": round(overhead_ms, 3)})
+            log(f"batch {batch} clients {clients}: grpc/in-process qps {rows[-1]['grpc_over_in_process_qps']}")
+    return rows
+
+
+def upsert_comparison(base: np.ndarray, work: Path, port_server) -> dict:
+    docs = [{"id": f"u{i}", "n": i} for i in range(len(base))]
+    offline = work / "offline"
+    start = time.perf_counter()
+    c = retriever.Collection.create(offline, vector_config(base.shape[1], "Flat"))
+    c.add(docs, vectors={"dense": base})
+    offline_s = time.perf_counter() - start
+    streamed = work / "streamed"
+    retriever.Collection.create(streamed, vector_config(base.shape[1], "Flat"))
+    proc, port = port_server(streamed)
+    remote = retriever.connect(f"grpc://127.0.0.1:{port}/bench", timeout=600)
+    out = {"documents": len(docs), "offline_build_docs_per_s": round(len(docs) / offline_s, 1)}
+    for batch_size in (500, 5000):
+        remote.delete([d["id"] for d in docs])
+        start = time.perf_counter()
+        acks = list(remote.upsert_stream(docs, {"dense": base}, batch_size=batch_size))
+        seconds = time.perf_counter() - start
+        out[f"streamed_batch{batch_size}_docs_per_s"] = round(len(docs) / seconds, 1)
+        out[f"streamed_batch{batch_size}_acks"] = len(acks)
+    proc.terminate()
+    proc.wait()
+    out["note"] = "every ack is sent after its batch is committed (fsync + atomic manifest rename)"
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--vectors", type=int, default=200_000, help="GloVe vectors in the searched collection")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    parser.add_argument("--upsert-docs", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    x = glove_vectors()
+    order = np.random.default_rng(0).permutation(len(x))
+    base, queries = x[order[2000 : 2000 + args.vectors]], x[order[:2000]]
+    result: dict = {"index": INDEX, "params": PARAMS, "vectors": len(base), "k": K, "workers": args.workers}
+    work = Path(tempfile.mkdtemp())
+    try:
+        log(f"building {INDEX} over {len(base)} GloVe vectors")
+        local = retriever.Collection.create(work / "search", vector_config(50, INDEX))
+        local.add([{"id": str(i)} for i in range(len(base))], vectors={"dense": base})
+        proc, port = start_server(work / "search", args.workers)
+        remote = retriever.connect(f"grpc://127.0.0.1:{port}/bench", timeout=60)
+        remote.search(queries[:1], k=K, params=PARAMS)  # warm-up
+        result["search"] = search_comparison(local, remote, queries, args.seconds)
+        proc.terminate()
+        proc.wait()
+        result["upsert"] = upsert_comparison(base[: args.upsert_docs], work, lambda p: start_server(p, args.workers))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text = json.dumps(result, indent=1)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

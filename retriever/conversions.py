@@ -87,12 +87,13 @@ def hits_from_response(response: pb.SearchResponse) -> list[Hits]:
     scores = np.frombuffer(response.scores, dtype="<f4")
     fields = {n: np.frombuffer(b, dtype="<f4") for n, b in response.field_scores.items()}
     documents = [json.loads(d) for d in response.documents_json]
+    positions = np.arange(max(np.diff(offsets), default=0), dtype=np.int64)  # rows index the hit's own documents
     out = []
     for b, reason in enumerate(response.reasons):
         lo, hi = offsets[b], offsets[b + 1]
         out.append(Hits(
             ids[lo:hi], scores[lo:hi], {n: v[lo:hi] for n, v in fields.items()},
-            np.arange(hi - lo, dtype=np.int64), DocumentList(documents[lo:hi]) if documents else None, reason or None,
+            positions[: hi - lo], DocumentList(documents[lo:hi]) if documents else None, reason or None,
         ))
     return out
 

@@ -218,9 +218,14 @@ def main() -> None:
             result["glove_ours_vs_faiss"] = overhead_vs_faiss("glove", c, queries, {"nprobe": chosen["nprobe"]})
         if "build" not in args.skip:
             result["build_throughput"] = build_throughput(args.scifact, work, args.build_docs)
+    emit(result, args.out)
+
+
+def emit(result: dict, out: Path | None) -> None:
+    """The bench's one JSON object: on stdout, and in `out` when given."""
     text = json.dumps(result, indent=1)
-    if args.out:
-        args.out.write_text(text)
+    if out:
+        out.write_text(text)
     print(text)
 
 

@@ -10,10 +10,8 @@ Prints one JSON object on stdout (progress on stderr).
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,7 +24,7 @@ import numpy as np
 import retriever
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dense import glove_vectors, log, vector_config  # noqa: E402
+from dense import emit, glove_vectors, log, vector_config  # noqa: E402
 
 INDEX, PARAMS = "IVF1024,PQ50x4fs", {"nprobe": 64, "rescore": 50}
 K = 10
@@ -138,10 +136,7 @@ def main() -> None:
         result["upsert"] = upsert_comparison(base[: args.upsert_docs], work, lambda p: start_server(p, args.workers))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = json.dumps(result, indent=1)
-    if args.out:
-        args.out.write_text(text)
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """The same requests in-process and over gRPC; bad input over the wire gets the right status code."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -56,15 +56,21 @@ def _params(values: Optional[list[str]]) -> dict[str, int]:
     return out
 
 
-def _remote_options(token_env: Optional[str]) -> dict[str, Any]:
+def _token_from_env(token_env: Optional[str]) -> Optional[str]:
+    """The bearer token held by the named environment variable (None when no name is given)."""
     import os
 
     if not token_env:
-        return {}
+        return None
     token = os.environ.get(token_env)
     if not token:
         raise InvalidRequest(f"--token-env {token_env}: the environment variable is empty or unset")
-    return {"token": token}
+    return token
+
+
+def _remote_options(token_env: Optional[str]) -> dict[str, Any]:
+    token = _token_from_env(token_env)
+    return {"token": token} if token else {}
 
 
 def _load_vectors(path: Path):
@@ -189,19 +195,13 @@ def serve(
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port."),
 ) -> None:
     """Serve collections over gRPC until SIGTERM (health goes NOT_SERVING, in-flight calls finish)."""
-    import os
-
     from .registry import Registry
     from .server import Server, ServerOptions
 
     try:
         if bool(tls_cert) != bool(tls_key):
             raise InvalidRequest("--tls-cert and --tls-key go together")
-        token = None
-        if token_env:
-            token = os.environ.get(token_env)
-            if not token:
-                raise InvalidRequest(f"--token-env {token_env}: the environment variable is empty or unset")
+        token = _token_from_env(token_env)
         options = ServerOptions(
             host=host, port=port, workers=workers, max_concurrent_rpcs=max_concurrent,
             max_message_bytes=max_message_mb * 1024 * 1024, token=token,

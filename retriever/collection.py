@@ -32,14 +32,15 @@ class Collection:
     """Documents plus searchable fields. A `Collection` object is pinned to the manifest version
     it was opened at: writers elsewhere never change what it sees; `reopen()` moves forward."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], documents: DocumentTable, deleted: np.ndarray, fields: dict[str, DenseField]) -> None:
+    def __init__(self, path: Path, config: CollectionConfig, manifest: dict[str, Any], documents: DocumentTable,
+                 deleted: np.ndarray, fields: dict[str, DenseField]) -> None:
         self.path = path
+        self.config = config  # fixed at create: commits never change it
         self._encoders: dict[str, DenseEncoder] = {}
         self._set_state(manifest, documents, deleted, fields)
 
     def _set_state(self, manifest, documents: DocumentTable, deleted: np.ndarray, fields: dict[str, DenseField]) -> None:
         self.manifest = manifest
-        self.config = CollectionConfig.from_dict(manifest["config"])
         self.documents = documents
         self.deleted = deleted  # [rows] bool
         self.fields = fields
@@ -99,7 +100,7 @@ class Collection:
                     f"field {f.name!r} holds {index.ntotal} indexed / {len(vectors)} stored vectors for {documents.num_rows} documents"
                 )
             fields[f.name] = DenseField(f, entry["dim"], index, vectors)
-        return cls(path, manifest, documents, deleted, fields)
+        return cls(path, config, manifest, documents, deleted, fields)
 
     def snapshot(self) -> "Collection":
         """A view pinned at this object's current version: later writes through this object

@@ -60,7 +60,7 @@ def _rpc(method: Callable) -> Callable:
             code = grpc_code_name(e)
             context.abort(getattr(grpc.StatusCode, code), str(e))
         except Exception:
-            code = "ABORTED" if context.code() is not None else "INTERNAL"
+            code = context.code().name if context.code() is not None else "INTERNAL"  # set by context.abort
             raise
         finally:
             self.metrics.calls.labels(method.__name__, code).inc()

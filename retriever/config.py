@@ -11,8 +11,18 @@ from typing import Any, Mapping
 
 from .errors import InvalidConfig, NotFound
 
-FIELD_KINDS = ("dense",)  # bm25, sparse, multivector and binary arrive with their issues
+FIELD_KINDS = ("dense", "bm25", "sparse")  # multivector and binary arrive with their issues
 METRICS = ("ip", "l2")
+DEFAULT_SPARSE_MODEL = "splade-tiny"
+BM25_VARIANTS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
+SPARSE_QUERY_MODES = ("model", "inference-free")
+SPARSE_QUERY_WEIGHTS = ("idf", "faster-clip")
+# Keys that only some kinds take; the rest (name, kind, model, batch_size, max_length) apply to all.
+KIND_KEYS = {
+    "dense": {"dim", "index", "metric", "normalize", "rescore", "train_size", "search"},
+    "bm25": {"variant", "k1", "b", "delta", "stopwords", "stemmer"},
+    "sparse": {"dim", "query", "query_weights", "top_terms", "min_weight"},
+}
 SEARCH_PARAMS = ("nprobe", "efSearch")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 
@@ -31,6 +41,13 @@ class FieldConfig:
     `model` names a sentence-transformers model (or a path); leave it out to bring your own
     vectors, in which case `dim` is required. `index` is a faiss factory string.
     `rescore` > 0 re-scores that many candidates exactly with the float vectors kept on disk.
+
+    `bm25` fields tokenize text (`stopwords` "en" or "", `stemmer` a Snowball language or "") and
+    score with `variant` (lucene, robertson, atire, bm25l, bm25+) and `k1`, `b`, `delta`.
+    `sparse` fields hold learned term weights from a masked-LM `model` (default splade-tiny), or
+    your own vectors over `dim` terms; documents keep their `top_terms` strongest terms above
+    `min_weight`; `query` is "model" (encode queries too) or "inference-free" (tokenize only and
+    weight each term by `query_weights`: "idf" from the collection, or the "faster-clip" table).
     """
 
     name: str
@@ -45,6 +62,16 @@ class FieldConfig:
     batch_size: int = 64
     max_length: int | None = None
     search: Mapping[str, int] = field(default_factory=dict)
+    variant: str = "lucene"
+    k1: float = 1.2
+    b: float = 0.75
+    delta: float | None = None
+    stopwords: str = "en"
+    stemmer: str = "english"
+    query: str = "model"
+    query_weights: str = "idf"
+    top_terms: int | None = 256
+    min_weight: float = 0.0
 
     def __post_init__(self) -> None:
         where = f"field {self.name!r}"
@@ -52,6 +79,45 @@ class FieldConfig:
             raise InvalidConfig(f"field name {self.name!r} must start with a letter and use letters, digits, _ or -")
         if self.kind not in FIELD_KINDS:
             raise InvalidConfig(f"{where}: kind {self.kind!r} is not supported (supported: {', '.join(FIELD_KINDS)})")
+        _check_int(where, "batch_size", self.batch_size, low=1)
+        _check_int(where, "max_length", self.max_length, low=1, optional=True)
+        if self.kind == "bm25":
+            self._check_bm25(where)
+        elif self.kind == "sparse":
+            self._check_sparse(where)
+        else:
+            self._check_dense(where)
+
+    def _check_bm25(self, where: str) -> None:
+        if self.variant not in BM25_VARIANTS:
+            raise InvalidConfig(f"{where}: variant {self.variant!r} is not one of {BM25_VARIANTS}")
+        for key, low, high in (("k1", 0.0, 100.0), ("b", 0.0, 1.0), ("delta", 0.0, 100.0)):
+            value = getattr(self, key)
+            if value is None and key == "delta":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+                raise InvalidConfig(f"{where}: {key} must be a number from {low} to {high}, got {value!r}")
+        if self.stopwords not in ("", "en"):
+            raise InvalidConfig(f"{where}: stopwords must be 'en' or '' (none), got {self.stopwords!r}")
+        if self.stemmer:
+            import Stemmer
+
+            if self.stemmer not in Stemmer.algorithms():
+                raise InvalidConfig(f"{where}: stemmer {self.stemmer!r} is not one of {Stemmer.algorithms()} (or '' for none)")
+
+    def _check_sparse(self, where: str) -> None:
+        if self.model is None and self.dim is None:
+            object.__setattr__(self, "model", DEFAULT_SPARSE_MODEL)
+        _check_int(where, "dim", self.dim, low=1, optional=True)
+        _check_int(where, "top_terms", self.top_terms, low=1, optional=True)
+        if self.query not in SPARSE_QUERY_MODES:
+            raise InvalidConfig(f"{where}: query must be one of {SPARSE_QUERY_MODES}, got {self.query!r}")
+        if self.query_weights not in SPARSE_QUERY_WEIGHTS:
+            raise InvalidConfig(f"{where}: query_weights must be one of {SPARSE_QUERY_WEIGHTS}, got {self.query_weights!r}")
+        if isinstance(self.min_weight, bool) or not isinstance(self.min_weight, (int, float)) or not self.min_weight >= 0:
+            raise InvalidConfig(f"{where}: min_weight must be a number >= 0, got {self.min_weight!r}")
+
+    def _check_dense(self, where: str) -> None:
         if self.metric not in METRICS:
             raise InvalidConfig(f"{where}: metric {self.metric!r} is not one of {METRICS}")
         if self.model is None and self.dim is None:
@@ -59,8 +125,6 @@ class FieldConfig:
         _check_int(where, "dim", self.dim, low=1, optional=True)
         _check_int(where, "rescore", self.rescore, low=0)
         _check_int(where, "train_size", self.train_size, low=1)
-        _check_int(where, "batch_size", self.batch_size, low=1)
-        _check_int(where, "max_length", self.max_length, low=1, optional=True)
         if not isinstance(self.index, str) or not self.index.strip():
             raise InvalidConfig(f"{where}: index must be a faiss factory string such as 'Flat' or 'IVF1024,PQ48'")
         unknown = set(self.search) - set(SEARCH_PARAMS)
@@ -115,6 +179,7 @@ class CollectionConfig:
             if not isinstance(raw, Mapping):
                 raise InvalidConfig(f"fields[{i}] must be a table")
             _reject_unknown(f"fields[{i}] ({raw.get('name', '?')})", raw, FieldConfig)
+            _reject_other_kinds(f"fields[{i}] ({raw.get('name', '?')})", raw)
             try:
                 parsed.append(FieldConfig(**raw))
             except TypeError as e:  # missing `name`
@@ -139,8 +204,23 @@ class CollectionConfig:
         """Plain data for the manifest; `from_dict(to_dict())` gives an equal config."""
         out = dataclasses.asdict(self)
         out["text_keys"] = list(self.text_keys)
-        out["fields"] = [{k: v for k, v in f.items() if v is not None} for f in out["fields"]]
+        out["fields"] = [_own_keys(f) for f in out["fields"]]
         return out
+
+
+def _own_keys(field_dict: dict[str, Any]) -> dict[str, Any]:
+    """The keys that mean something for this field's kind, None values left out."""
+    others = set().union(*KIND_KEYS.values()) - KIND_KEYS[field_dict["kind"]]
+    return {k: v for k, v in field_dict.items() if v is not None and k not in others}
+
+
+def _reject_other_kinds(where: str, raw: Mapping[str, Any]) -> None:
+    kind = raw.get("kind", "dense")
+    if kind not in KIND_KEYS:
+        return  # FieldConfig names the bad kind
+    foreign = sorted(set(raw) & (set().union(*KIND_KEYS.values()) - KIND_KEYS[kind]))
+    if foreign:
+        raise InvalidConfig(f"{where}: key(s) {foreign} do not apply to a {kind!r} field")
 
 
 def _reject_unknown(where: str, data: Mapping[str, Any], cls: type) -> None:

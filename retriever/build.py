@@ -31,7 +31,7 @@ def build(
     """Build a collection at `out` from a corpus. Encoded blocks are kept in `out/.build/` until
     the commit, so `resume=True` after an interruption encodes only what is missing."""
     out = Path(out)
-    docs, given = read_corpus(input_path, [f.name for f in config.fields])
+    docs, given = read_corpus(input_path, [f.name for f in config.fields if f.kind == "dense"])
     table = documents_to_table(docs)  # validates ids before any encoding
     log.info("read %d documents from %s", table.num_rows, input_path)
     collection = _empty_collection(out, config, resume)
@@ -40,6 +40,8 @@ def build(
     vectors: dict[str, np.ndarray] = {}
     texts = None
     for field in config.fields:
+        if field.kind != "dense":
+            continue  # tokenized or sparse-encoded by `add` below (not resumable yet)
         if field.name in given:
             vectors[field.name] = given[field.name]
             continue
@@ -48,7 +50,7 @@ def build(
         texts = texts if texts is not None else document_texts(table, config.text_keys)
         vectors[field.name] = _encode_blocks(collection, field.name, texts, work, block_size, progress)
     log.info("indexing %d vectors (%s)", table.num_rows, ", ".join(f"{f.name}: {f.index}" for f in config.fields))
-    collection.add(table.to_pylist(), vectors=vectors)
+    collection.add(table.to_pylist(), vectors=vectors, progress=progress)
     shutil.rmtree(work, ignore_errors=True)
     log.info("committed version %d to %s", collection.version, out)
     return collection

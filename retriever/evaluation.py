@@ -41,6 +41,7 @@ def load_beir(data_dir: str | Path, split: str = "test") -> tuple[dict[str, str]
 def evaluate(
     collection: Collection, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]], *,
     depth: int = 100, batch_size: int = 1, fields: list[str] | None = None, params: Mapping[str, int] | None = None,
+    fusion: str = "rrf", weights: Mapping[str, float] | None = None, normalization: str = "minmax",
     run_path: str | Path | None = None, progress: bool = True,
 ) -> dict[str, Any]:
     """Quality and speed of one collection on judged queries.
@@ -49,17 +50,19 @@ def evaluate(
     """
     names = fields or [collection.config.fields[0].name]
     for name in names:
-        if collection.config.field(name).model is not None:
+        config = collection.config.field(name)
+        if config.model is not None or config.kind == "bm25":
             collection.encoder(name)  # load the model before the clock starts
     qids = list(queries)
-    collection.search(queries[qids[0]], k=depth, fields=names, params=params)  # warm-up
+    options = {"fields": names, "params": params, "fusion": fusion, "weights": weights, "normalization": normalization}
+    collection.search(queries[qids[0]], k=depth, **options)  # warm-up
     run: dict[str, dict[str, float]] = {}
     latencies = []
     start = time.perf_counter()
     for i in tqdm(range(0, len(qids), batch_size), desc="queries", unit="batch", disable=not progress):
         batch = qids[i : i + batch_size]
         t0 = time.perf_counter()
-        hits = collection.search([queries[q] for q in batch], k=depth, fields=names, params=params)
+        hits = collection.search([queries[q] for q in batch], k=depth, **options)
         latencies.append(time.perf_counter() - t0)
         for qid, h in zip(batch, hits):
             run[qid] = dict(zip(h.ids, map(float, h.scores)))
@@ -75,6 +78,7 @@ def evaluate(
         "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 3), "p99": round(float(np.percentile(lat, 99)), 3)},
         "batch_size": batch_size,
         "fields": names,
+        **({"fusion": fusion} if len(names) > 1 else {}),
     }
 
 

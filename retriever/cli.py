@@ -15,8 +15,13 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build, searc
 
 JsonOption = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 FieldsOption = typer.Option(None, "--fields", help="Comma-separated fields to search (default: the first field).")
-FusionOption = typer.Option("rrf", "--fusion", help="How several fields are fused: rrf.")
-ParamOption = typer.Option(None, "--param", "-p", help="Search parameter NAME=INT (nprobe, efSearch, rescore); repeatable.")
+FusionOption = typer.Option("rrf", "--fusion", help="How several fields are fused: rrf, or weighted (normalized scores x weights).")
+WeightsOption = typer.Option(None, "--weights", help="Weighted fusion: FIELD=WEIGHT pairs, comma-separated (default 1 each).")
+NormalizationOption = typer.Option("minmax", "--normalization", help="Weighted fusion: minmax or zscore, per field and query.")
+ParamOption = typer.Option(
+    None, "--param", "-p",
+    help="Search parameter NAME=INT (nprobe, efSearch, rescore, inference_free, candidates); repeatable.",
+)
 
 
 def main() -> None:
@@ -82,9 +87,17 @@ def _load_vectors(path: Path):
         raise InvalidRequest(f"--vectors {str(path)!r} is not a readable .npy matrix: {e}") from None
 
 
-def _fusion(value: str) -> None:
-    if value != "rrf":
-        raise InvalidRequest(f"unknown fusion {value!r}; available: rrf")
+def _weights(value: Optional[str]) -> Optional[dict[str, float]]:
+    if not value:
+        return None
+    out = {}
+    for item in value.split(","):
+        name, _, raw = item.partition("=")
+        try:
+            out[name.strip()] = float(raw)
+        except ValueError:
+            raise InvalidRequest(f"--weights takes FIELD=NUMBER pairs, got {item!r}") from None
+    return out
 
 
 @app.command()
@@ -119,6 +132,8 @@ def search(
     k: int = typer.Option(10, "-k", help="Hits per query."),
     fields: Optional[str] = FieldsOption,
     fusion: str = FusionOption,
+    weights: Optional[str] = WeightsOption,
+    normalization: str = NormalizationOption,
     filter: Optional[str] = typer.Option(None, "--filter", help='Metadata filter as JSON, e.g. \'{"year": {"gte": 2000}}\'.'),
     param: Optional[list[str]] = ParamOption,
     token_env: Optional[str] = typer.Option(None, "--token-env", help="For grpc:// targets: send `Bearer $VAR`."),
@@ -128,7 +143,6 @@ def search(
     def work():
         from .collection import connect
 
-        _fusion(fusion)
         try:
             conditions = json.loads(filter) if filter else None
         except json.JSONDecodeError as e:
@@ -136,7 +150,9 @@ def search(
         if bool(queries) == (vectors is not None):
             raise InvalidRequest("give query texts or --vectors FILE.npy, not both or neither")
         request = _load_vectors(vectors) if vectors is not None else queries
-        hits = connect(collection, **_remote_options(token_env)).search(request, k=k, fields=_fields(fields), filter=conditions, params=_params(param))
+        hits = connect(collection, **_remote_options(token_env)).search(
+            request, k=k, fields=_fields(fields), filter=conditions, params=_params(param),
+            fusion=fusion, weights=_weights(weights), normalization=normalization)
         labels = queries or [f"vector {i}" for i in range(len(hits))]
         return {"results": [
             {"query": q, "reason": h.reason, "hits": [
@@ -163,6 +179,8 @@ def evaluate(
     batch_size: int = typer.Option(1, "--batch-size", help="Queries per search call."),
     fields: Optional[str] = FieldsOption,
     fusion: str = FusionOption,
+    weights: Optional[str] = WeightsOption,
+    normalization: str = NormalizationOption,
     param: Optional[list[str]] = ParamOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -172,10 +190,9 @@ def evaluate(
         from .evaluation import evaluate as run_eval
         from .evaluation import load_beir
 
-        _fusion(fusion)
         queries, qrels = load_beir(beir, split)
         return run_eval(Collection.open(collection), queries, qrels, batch_size=batch_size, fields=_fields(fields),
-                        params=_params(param), run_path=run)
+                        params=_params(param), fusion=fusion, weights=_weights(weights), normalization=normalization, run_path=run)
 
     _run(as_json, work, lambda r: print(json.dumps(r, indent=1)))
 

@@ -70,10 +70,12 @@ class RemoteCollection:
 
     def search(self, queries, k: int = 10, *, fields: Sequence[str] | str | None = None,
                filter: Mapping[str, Any] | None = None, params: Mapping[str, int] | None = None,
+               fusion: str = "rrf", weights: Mapping[str, float] | None = None, normalization: str = "minmax",
                with_documents: bool = True) -> list[Hits]:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidRequest(f"k must be a positive integer, got {k!r}")
-        request = conversions.search_request(self.name, queries, int(k), fields, filter, params, "", with_documents)
+        request = conversions.search_request(self.name, queries, int(k), fields, filter, params, with_documents,
+                                             fusion=fusion, weights=weights, normalization=normalization)
         return conversions.hits_from_response(self._call(self._stub.Search, request))
 
     def add(self, documents: Iterable[Mapping[str, Any]], vectors: Mapping[str, np.ndarray] | None = None,
@@ -86,7 +88,7 @@ class RemoteCollection:
         documents = list(documents)
         batches = (conversions.upsert_batch(
             self.name, documents[i : i + batch_size],
-            {n: np.asarray(m)[i : i + batch_size] for n, m in (vectors or {}).items()},
+            {n: m[i : i + batch_size] if conversions.is_sparse(m) else np.asarray(m)[i : i + batch_size] for n, m in (vectors or {}).items()},
         ) for i in range(0, len(documents), batch_size))
         try:
             yield from self._stub.Upsert(batches, timeout=self.timeout, metadata=self._metadata)

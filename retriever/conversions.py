@@ -18,7 +18,8 @@ __all__ = ["pb", "pb_grpc"]
 # ---- search ----------------------------------------------------------------------------------
 
 
-def search_request(collection: str, queries, k: int, fields, filter, params, fusion: str, with_documents: bool) -> pb.SearchRequest:
+def search_request(collection: str, queries, k: int, fields, filter, params, with_documents: bool, *,
+                   fusion: str = "rrf", weights=None, normalization: str = "minmax") -> pb.SearchRequest:
     request = pb.SearchRequest(
         collection=collection,
         k=k,
@@ -27,12 +28,19 @@ def search_request(collection: str, queries, k: int, fields, filter, params, fus
         filter_json=json.dumps(filter) if filter is not None else "",
         params=dict(params or {}),
         omit_documents=not with_documents,
+        weights=dict(weights or {}),
+        normalization=normalization,
     )
     if isinstance(queries, str):
         request.texts.append(queries)
-    elif isinstance(queries, Mapping):
-        for name, matrix in queries.items():
-            request.field_vectors[name].CopyFrom(matrix_to_pb(matrix))
+    elif isinstance(queries, Mapping) and all(isinstance(key, str) for key in queries):
+        for name, value in queries.items():
+            if is_sparse(value):
+                request.field_sparse[name].CopyFrom(sparse_to_pb(value))
+            else:
+                request.field_vectors[name].CopyFrom(matrix_to_pb(value))
+    elif is_sparse(queries):
+        request.sparse.CopyFrom(sparse_to_pb(queries))
     elif isinstance(queries, np.ndarray) or (isinstance(queries, Sequence) and queries and not isinstance(queries[0], str)):
         request.vectors.CopyFrom(matrix_to_pb(queries))
     else:
@@ -42,27 +50,35 @@ def search_request(collection: str, queries, k: int, fields, filter, params, fus
 
 def search_arguments(request: pb.SearchRequest) -> dict[str, Any]:
     """Keyword arguments for `Collection.search` from a request (validated by the collection)."""
-    if request.fusion not in ("", "rrf"):
-        raise InvalidRequest(f"unknown fusion {request.fusion!r}; available: rrf")
     try:
         conditions = json.loads(request.filter_json) if request.filter_json else None
     except json.JSONDecodeError as e:
         raise InvalidRequest(f"filter_json is not valid JSON: {e}") from None
-    given = [bool(request.texts), request.HasField("vectors"), bool(request.field_vectors)]
+    per_field = bool(request.field_vectors) or bool(request.field_sparse)
+    given = [bool(request.texts), request.HasField("vectors"), request.HasField("sparse"), per_field]
     if sum(given) != 1:
-        raise InvalidRequest("give exactly one of texts, vectors or field_vectors" if any(given) else "no queries given")
+        raise InvalidRequest("give exactly one of texts, vectors, sparse, or field_vectors/field_sparse" if any(given) else "no queries given")
     if request.texts:
         queries: Any = list(request.texts)
     elif request.HasField("vectors"):
         queries = matrix_from_pb(request.vectors, "query vectors")
+    elif request.HasField("sparse"):
+        queries = sparse_from_pb(request.sparse, "sparse query vectors")
     else:
+        both = sorted(set(request.field_vectors) & set(request.field_sparse))
+        if both:
+            raise InvalidRequest(f"field(s) {both} given both dense and sparse query vectors")
         queries = {n: matrix_from_pb(m, f"query vectors for {n!r}") for n, m in request.field_vectors.items()}
+        queries.update({n: sparse_from_pb(m, f"sparse query vectors for {n!r}") for n, m in request.field_sparse.items()})
     return {
         "queries": queries,
         "k": request.k or 10,
         "fields": list(request.fields) or None,
         "filter": conditions,
         "params": dict(request.params) or None,
+        "fusion": request.fusion or "rrf",
+        "weights": dict(request.weights) or None,
+        "normalization": request.normalization or "minmax",
     }
 
 
@@ -115,6 +131,48 @@ def matrix_from_pb(matrix: pb.Matrix, what: str) -> np.ndarray:
     return np.frombuffer(matrix.float32_le, dtype="<f4").reshape(matrix.rows, matrix.dim)
 
 
+def is_sparse(value) -> bool:
+    """A list of {term id: weight} dicts or of (term ids, weights) pairs (not a dense matrix)."""
+    if isinstance(value, (dict, np.ndarray)) or not isinstance(value, Sequence) or not value:
+        return False
+    first = value[0]
+    if isinstance(first, dict):
+        return True
+    return isinstance(first, (tuple, list)) and len(first) == 2 and not np.isscalar(first[0])
+
+
+def sparse_to_pb(vectors) -> pb.SparseMatrix:
+    """Sparse vectors -> SparseMatrix as given (the server validates them, as in-process)."""
+    offsets, ids, values = [0], [], []
+    for i, vector in enumerate(vectors):
+        if isinstance(vector, dict):  # no order of its own: sent sorted, as in-process
+            items = sorted(vector.items())
+            vector = ([t for t, _ in items], [w for _, w in items])
+        try:
+            terms, weights = (np.asarray(part) for part in vector)
+            if terms.ndim != 1 or weights.ndim != 1 or len(terms) != len(weights):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"sparse vector {i} must be a (term ids, values) pair of equal length or a {{term id: value}} dict") from None
+        if len(terms) and not np.issubdtype(terms.dtype, np.integer):
+            raise InvalidRequest(f"sparse vector {i}: term ids must be integers, got {terms.dtype}")
+        ids.append(terms.astype("<i8"))
+        values.append(weights.astype("<f4"))
+        offsets.append(offsets[-1] + len(terms))
+    return pb.SparseMatrix(offsets=offsets, term_ids_int64_le=np.concatenate(ids).tobytes(), values_float32_le=np.concatenate(values).tobytes())
+
+
+def sparse_from_pb(matrix: pb.SparseMatrix, what: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    offsets = np.asarray(matrix.offsets, dtype=np.int64)
+    count = len(matrix.term_ids_int64_le) // 8
+    if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != count or (np.diff(offsets) < 0).any() \
+            or len(matrix.term_ids_int64_le) != 8 * count or len(matrix.values_float32_le) != 4 * count:
+        raise InvalidRequest(f"{what}: offsets must rise from 0 to the number of terms, with 8 bytes per term id and 4 per value")
+    ids = np.frombuffer(matrix.term_ids_int64_le, dtype="<i8")
+    values = np.frombuffer(matrix.values_float32_le, dtype="<f4")
+    return [(ids[lo:hi], values[lo:hi]) for lo, hi in zip(offsets[:-1], offsets[1:])]
+
+
 def _float32_bytes(arrays: list[np.ndarray]) -> bytes:
     return np.concatenate(arrays).astype("<f4", copy=False).tobytes() if arrays else b""
 
@@ -122,9 +180,13 @@ def _float32_bytes(arrays: list[np.ndarray]) -> bytes:
 # ---- writes and collection facts --------------------------------------------------------------
 
 
-def upsert_batch(collection: str, documents: Sequence[Mapping[str, Any]], vectors: Mapping[str, np.ndarray] | None) -> pb.UpsertBatch:
-    matrices = {name: matrix_to_pb(matrix) for name, matrix in (vectors or {}).items()}
-    return pb.UpsertBatch(collection=collection, documents_json=[json.dumps(d, default=str) for d in documents], vectors=matrices)
+def upsert_batch(collection: str, documents: Sequence[Mapping[str, Any]], vectors: Mapping[str, Any] | None) -> pb.UpsertBatch:
+    given = vectors or {}
+    return pb.UpsertBatch(
+        collection=collection, documents_json=[json.dumps(d, default=str) for d in documents],
+        vectors={name: matrix_to_pb(v) for name, v in given.items() if not is_sparse(v)},
+        sparse_vectors={name: sparse_to_pb(v) for name, v in given.items() if is_sparse(v)},
+    )
 
 
 def upsert_arguments(batch: pb.UpsertBatch) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
@@ -134,7 +196,12 @@ def upsert_arguments(batch: pb.UpsertBatch) -> tuple[list[dict[str, Any]], dict[
             documents.append(json.loads(text))
         except json.JSONDecodeError as e:
             raise InvalidRequest(f"document {i} is not valid JSON: {e}") from None
-    return documents, {name: matrix_from_pb(m, f"vectors for {name!r}") for name, m in batch.vectors.items()}
+    both = sorted(set(batch.vectors) & set(batch.sparse_vectors))
+    if both:
+        raise InvalidRequest(f"field(s) {both} given both dense and sparse vectors")
+    vectors: dict[str, Any] = {name: matrix_from_pb(m, f"vectors for {name!r}") for name, m in batch.vectors.items()}
+    vectors.update({name: sparse_from_pb(m, f"sparse vectors for {name!r}") for name, m in batch.sparse_vectors.items()})
+    return documents, vectors
 
 
 def collection_info(info: Mapping[str, Any], config: Mapping[str, Any]) -> pb.CollectionInfo:

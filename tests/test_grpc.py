@@ -28,12 +28,20 @@ def served(tmp_path_factory):
     vecs.add(make_docs(400), vectors={"dense": random_vectors(400, 16, seed=11)})
     text = retriever.Collection.create(root / "tiny", CollectionConfig.from_dict(__import__("tomllib").loads(MINILM_CONFIG)))
     text.add(TINY_CORPUS)
+    lexical = retriever.Collection.create(root / "lex", {"name": "lex", "fields": [
+        {"name": "bm25", "kind": "bm25"}, {"name": "sp", "kind": "sparse", "dim": 40}, {"name": "dense", "dim": 16}]})
+    lexical.add(make_docs(50), vectors={"sp": sparse_vectors(50, seed=1), "dense": random_vectors(50, 16, seed=2)})
     broken = retriever.Collection.create(root / "broken", {"name": "broken", "fields": [{"name": "dense", "dim": 4}]})
     (broken.path / "manifest.json").write_text("{not json")
-    server = Server(Registry.open([root / "vecs", root / "tiny", root / "broken"]),
+    server = Server(Registry.open([root / "vecs", root / "tiny", root / "lex", root / "broken"]),
                     ServerOptions(port=0, token=TOKEN, max_message_bytes=1 << 20)).start()
     yield root, server
     server.stop()
+
+
+def sparse_vectors(n: int, seed: int, dim: int = 40) -> list[dict[int, float]]:
+    rng = np.random.default_rng(seed)
+    return [{int(t): float(rng.uniform(0.1, 2)) for t in rng.choice(dim, size=rng.integers(1, 6), replace=False)} for _ in range(n)]
 
 
 def remote(served, name="vecs", **options):
@@ -67,12 +75,32 @@ def same_hits(local, far):
         ("vecs", dict(queries={"dense": random_vectors(2, 16, seed=7)}, k=2, fields=["dense"])),
         ("tiny", dict(queries=["which animal barks?", "baking bread", "the sun"], k=3)),
         ("tiny", dict(queries="python code", k=6)),
+        ("lex", dict(queries=["document 7", "the of", "documents 12 and 13"], k=5, fields="bm25")),
+        ("lex", dict(queries=sparse_vectors(3, seed=5), k=4, fields="sp")),
+        ("lex", dict(queries=[(np.array([1, 5]), np.array([0.5, 2.0]))], k=4, fields="sp", filter={"lang": "fr"})),
+        ("lex", dict(queries={"sp": sparse_vectors(2, seed=6), "dense": random_vectors(2, 16, seed=7)}, k=6,
+                     fields=["sp", "dense"], fusion="weighted", weights={"sp": 2.0, "dense": 0.5}, normalization="zscore")),
+        ("lex", dict(queries={"sp": sparse_vectors(2, seed=8), "dense": random_vectors(2, 16, seed=9)}, k=6, fields=["dense", "sp"])),
     ],
 )
 def test_congruence_in_process_and_remote(served, name, request_):
     root, _ = served
     local = retriever.connect(root / name).search(**request_)
     same_hits(local, remote(served, name).search(**request_))
+
+
+def test_sparse_upsert_and_bad_sparse_input_over_the_wire(served):
+    root, _ = served
+    far = remote(served, "lex")
+    far.add([{"id": "new1", "text": "zebra zebra"}], vectors={"sp": [{39: 3.0}], "dense": random_vectors(1, 16, seed=20)})
+    assert far.search([{39: 1.0}], k=1, fields="sp")[0].ids == ["new1"]
+    assert far.search("zebra", k=1, fields="bm25")[0].ids == ["new1"]
+    for bad, words in (([([2, 1], [1.0, 1.0])], "strictly increasing"), ([([1], [float("nan")])], "NaN"), ([([-3], [1.0])], "negative")):
+        with pytest.raises(retriever.errors.InvalidRequest, match=words):
+            far.search(bad, fields="sp")
+    with pytest.raises(retriever.errors.InvalidRequest, match="fusion"):
+        far.search("zebra", fields=["bm25", "sp"], fusion="max")
+    same_hits(retriever.connect(root / "lex").search("zebra", k=3, fields="bm25"), far.search("zebra", k=3, fields="bm25"))
 
 
 def test_upsert_stream_and_delete_match_in_process(served, tmp_path):
@@ -183,7 +211,7 @@ def test_bearer_token(served):
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
         assert health.status == health_pb2.HealthCheckResponse.SERVING  # health needs no token
         channel.close()
-    assert remote(served).list_collections() == ["broken", "tiny", "vecs"]
+    assert remote(served).list_collections() == ["broken", "lex", "tiny", "vecs"]
 
 
 def test_deadline_is_enforced(served):

@@ -16,8 +16,18 @@ class Matrix(_message.Message):
     float32_le: bytes
     def __init__(self, rows: _Optional[int] = ..., dim: _Optional[int] = ..., float32_le: _Optional[bytes] = ...) -> None: ...
 
+class SparseMatrix(_message.Message):
+    __slots__ = ("offsets", "term_ids_int64_le", "values_float32_le")
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    TERM_IDS_INT64_LE_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FLOAT32_LE_FIELD_NUMBER: _ClassVar[int]
+    offsets: _containers.RepeatedScalarFieldContainer[int]
+    term_ids_int64_le: bytes
+    values_float32_le: bytes
+    def __init__(self, offsets: _Optional[_Iterable[int]] = ..., term_ids_int64_le: _Optional[bytes] = ..., values_float32_le: _Optional[bytes] = ...) -> None: ...
+
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "texts", "vectors", "field_vectors", "k", "fields", "fusion", "filter_json", "params", "omit_documents")
+    __slots__ = ("collection", "texts", "vectors", "field_vectors", "k", "fields", "fusion", "filter_json", "params", "omit_documents", "weights", "normalization", "sparse", "field_sparse")
     class FieldVectorsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +42,20 @@ class SearchRequest(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class FieldSparseEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: SparseMatrix
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SparseMatrix, _Mapping]] = ...) -> None: ...
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +66,10 @@ class SearchRequest(_message.Message):
     FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     OMIT_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_SPARSE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     texts: _containers.RepeatedScalarFieldContainer[str]
     vectors: Matrix
@@ -52,7 +80,11 @@ class SearchRequest(_message.Message):
     filter_json: str
     params: _containers.ScalarMap[str, int]
     omit_documents: bool
-    def __init__(self, collection: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Union[Matrix, _Mapping]] = ..., field_vectors: _Optional[_Mapping[str, Matrix]] = ..., k: _Optional[int] = ..., fields: _Optional[_Iterable[str]] = ..., fusion: _Optional[str] = ..., filter_json: _Optional[str] = ..., params: _Optional[_Mapping[str, int]] = ..., omit_documents: _Optional[bool] = ...) -> None: ...
+    weights: _containers.ScalarMap[str, float]
+    normalization: str
+    sparse: SparseMatrix
+    field_sparse: _containers.MessageMap[str, SparseMatrix]
+    def __init__(self, collection: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Union[Matrix, _Mapping]] = ..., field_vectors: _Optional[_Mapping[str, Matrix]] = ..., k: _Optional[int] = ..., fields: _Optional[_Iterable[str]] = ..., fusion: _Optional[str] = ..., filter_json: _Optional[str] = ..., params: _Optional[_Mapping[str, int]] = ..., omit_documents: _Optional[bool] = ..., weights: _Optional[_Mapping[str, float]] = ..., normalization: _Optional[str] = ..., sparse: _Optional[_Union[SparseMatrix, _Mapping]] = ..., field_sparse: _Optional[_Mapping[str, SparseMatrix]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("offsets", "ids", "scores", "field_scores", "documents_json", "reasons")
@@ -78,7 +110,7 @@ class SearchResponse(_message.Message):
     def __init__(self, offsets: _Optional[_Iterable[int]] = ..., ids: _Optional[_Iterable[str]] = ..., scores: _Optional[bytes] = ..., field_scores: _Optional[_Mapping[str, bytes]] = ..., documents_json: _Optional[_Iterable[str]] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpsertBatch(_message.Message):
-    __slots__ = ("collection", "documents_json", "vectors")
+    __slots__ = ("collection", "documents_json", "vectors", "sparse_vectors")
     class VectorsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -86,13 +118,22 @@ class UpsertBatch(_message.Message):
         key: str
         value: Matrix
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Matrix, _Mapping]] = ...) -> None: ...
+    class SparseVectorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: SparseMatrix
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SparseMatrix, _Mapping]] = ...) -> None: ...
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_VECTORS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     documents_json: _containers.RepeatedScalarFieldContainer[str]
     vectors: _containers.MessageMap[str, Matrix]
-    def __init__(self, collection: _Optional[str] = ..., documents_json: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Mapping[str, Matrix]] = ...) -> None: ...
+    sparse_vectors: _containers.MessageMap[str, SparseMatrix]
+    def __init__(self, collection: _Optional[str] = ..., documents_json: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Mapping[str, Matrix]] = ..., sparse_vectors: _Optional[_Mapping[str, SparseMatrix]] = ...) -> None: ...
 
 class UpsertAck(_message.Message):
     __slots__ = ("batch", "upserted", "version")

@@ -27,6 +27,7 @@ from .errors import CorruptIndex, InvalidRequest
 IMPACT_LEVELS = 255  # learned weights are stored as uint8 impacts: weight ~= impact x scale
 MAX_SEGMENTS = 16
 WEIGHT_CHUNK = 1 << 22  # postings turned into weights per step (bounds the temporary memory)
+TOKENIZE_BLOCK = 50_000  # documents per tokenizer call (progress steps)
 NO_TERMS = "the query has no searchable terms after tokenization"
 
 
@@ -270,32 +271,46 @@ class Bm25Field(InvertedField):
         raise InvalidRequest(f"field {self.config.name!r} is a bm25 field: it is built from the documents' text, not from vectors")
 
     def queries_from_texts(self, tokenizer, texts: list[str], params: Mapping[str, int]) -> SparseQueries:
-        return self.queries_from_tokens([tokenizer(t) for t in texts])
+        return self.queries_from_tokens(tokenizer.many(texts))
 
     def documents_from_texts(self, tokenizer, texts: list[str], progress: bool = False) -> SparseDocuments:
+        """Term counts per document; terms new to the vocabulary get the next ids, in sorted order."""
         from tqdm.auto import tqdm
 
-        return self.documents_from_tokens([tokenizer(t) for t in tqdm(texts, desc="tokenizing", unit="doc", disable=not progress)])
+        local: dict[str, int] = {}  # term -> id within this batch
+        word_ids: dict[str, int] = {}  # word -> its term's batch id, -1 for stopwords
+        flat, lengths = [], []
+        with tqdm(total=len(texts), desc="tokenizing", unit="doc", disable=not progress) as bar:
+            for start in range(0, len(texts), TOKENIZE_BLOCK):
+                words = tokenizer.words(texts[start : start + TOKENIZE_BLOCK])
+                for word, term in tokenizer.terms(set().union(*words) - word_ids.keys()).items():
+                    word_ids[word] = -1 if term is None else local.setdefault(term, len(local))
+                block = np.fromiter((word_ids[w] for ws in words for w in ws), dtype=np.int64)
+                doc = np.repeat(np.arange(len(words)), [len(ws) for ws in words])  # [tokens]
+                kept = block >= 0
+                lengths.append(np.bincount(doc[kept], minlength=len(words)))
+                flat.append(block[kept])
+                bar.update(len(words))
+        return self._count(local, np.concatenate(flat) if flat else np.zeros(0, np.int64), np.concatenate(lengths))
 
-    def documents_from_tokens(self, tokens: list[list[str]]) -> SparseDocuments:
-        """Term counts per document; unseen terms get the next ids (in order of first appearance)."""
-        vocabulary, new_terms, base = self.vocabulary, {}, self.num_terms
-        flat: list[int] = []
-        lengths = np.zeros(len(tokens), dtype=np.int64)
-        for d, words in enumerate(tokens):
-            lengths[d] = len(words)
-            for w in words:
-                i = vocabulary.get(w)
-                if i is None or i >= base:
-                    i = new_terms.setdefault(w, base + len(new_terms))
-                flat.append(i)
-        num_terms = base + len(new_terms)
-        docs = np.repeat(np.arange(len(tokens), dtype=np.int64), lengths)
-        keys, counts = np.unique(docs * num_terms + np.asarray(flat, dtype=np.int64), return_counts=True)  # sorted by doc, then term
-        indptr = np.zeros(len(tokens) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(keys // max(num_terms, 1), minlength=len(tokens)), out=indptr[1:])
-        vectors = SparseRows(indptr, keys % max(num_terms, 1), counts.astype(np.float32))
-        return SparseDocuments(vectors, lengths, list(new_terms))
+    def _count(self, local: dict[str, int], flat: np.ndarray, lengths: np.ndarray) -> SparseDocuments:
+        """Batch term ids [tokens] of documents with `lengths` -> counts per (document, vocabulary term)."""
+        base = self.num_terms
+        to_global = np.empty(len(local), dtype=np.int64)
+        new_terms = []
+        for term, i in local.items():
+            known = self.vocabulary.get(term)
+            if known is not None and known < base:
+                to_global[i] = known
+            else:
+                to_global[i] = base + len(new_terms)
+                new_terms.append(term)
+        num_terms = max(base + len(new_terms), 1)
+        docs = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+        keys, counts = np.unique(docs * num_terms + to_global[flat], return_counts=True)  # sorted by doc, then term
+        indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(keys // num_terms, minlength=len(lengths)), out=indptr[1:])
+        return SparseDocuments(SparseRows(indptr, keys % num_terms, counts.astype(np.float32)), lengths, new_terms)
 
     def _new_segment(self, documents, first_row, num_terms):
         counts = documents.vectors.values

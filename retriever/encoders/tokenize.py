@@ -14,6 +14,7 @@ ENGLISH_STOPWORDS = frozenset(
 STOPWORD_LISTS = {"en": ENGLISH_STOPWORDS}
 MAX_TOKEN_CHARS = 255  # longer runs are dropped, as Lucene's StandardTokenizer does by default
 _WORD = re.compile(r"\w\w+")  # runs of 2+ letters/digits; punctuation, emoji and zero-width marks split
+_LATIN_ACCENTS = re.compile("[\u0300-\u036f]")  # combining diacritics; other scripts' marks are letters' parts
 
 
 @dataclass
@@ -24,7 +25,7 @@ class Tokenizer:
     stopwords: str | None = "en"
     stemmer: str | None = "english"
     _stop: frozenset[str] = field(init=False, repr=False)
-    _stem_word: object = field(init=False, repr=False, default=None)
+    _stemmer: object = field(init=False, repr=False, default=None)
     _cache: dict[str, str] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -35,24 +36,34 @@ class Tokenizer:
             import Stemmer  # PyStemmer
 
             try:
-                self._stem_word = Stemmer.Stemmer(self.stemmer).stemWord
+                self._stemmer = Stemmer.Stemmer(self.stemmer)
             except KeyError:
                 raise ValueError(f"unknown stemmer language {self.stemmer!r}; known: {Stemmer.algorithms()}") from None
 
     def __call__(self, text: str) -> list[str]:
-        words = _WORD.findall(fold(text))
-        stop, cache, stem = self._stop, self._cache, self._stem_word
-        out = []
-        for word in words:
-            if word in stop or len(word) > MAX_TOKEN_CHARS:
-                continue
-            if stem is not None:
-                stemmed = cache.get(word)
-                if stemmed is None:
-                    stemmed = cache[word] = stem(word)
-                word = stemmed
-            out.append(word)
-        return out
+        return self.many([text])[0]
+
+    def many(self, texts: list[str]) -> list[list[str]]:
+        """Each text's terms."""
+        words = self.words(texts)
+        term = self.terms(set().union(*words))
+        return [[t for t in map(term.__getitem__, ws) if t is not None] for ws in words]
+
+    @staticmethod
+    def words(texts: list[str]) -> list[list[str]]:
+        """Each text's folded words, before stopwords and stemming."""
+        return [_WORD.findall(fold(t)) for t in texts]
+
+    def terms(self, words) -> dict[str, str | None]:
+        """{word: its term, or None for stopwords and over-long runs}; unseen words are stemmed in one call."""
+        cache = self._cache
+        unseen = [w for w in words if w not in cache]
+        if unseen:
+            kept = [w for w in unseen if w not in self._stop and len(w) <= MAX_TOKEN_CHARS]
+            stems = self._stemmer.stemWords(kept) if self._stemmer is not None else kept
+            cache.update(dict.fromkeys(w for w in unseen if len(w) <= MAX_TOKEN_CHARS))  # huge runs are not kept
+            cache.update(zip(kept, stems))
+        return {w: cache.get(w) for w in words}
 
 
 def fold(text: str) -> str:
@@ -60,5 +71,4 @@ def fold(text: str) -> str:
     text = text.lower()
     if text.isascii():
         return text
-    decomposed = unicodedata.normalize("NFKD", text)
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
+    return _LATIN_ACCENTS.sub("", unicodedata.normalize("NFKD", text))

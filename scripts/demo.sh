@@ -8,7 +8,7 @@ DEMO=demo-collection
 PORT=${PORT:-50071}
 
 rm -rf "$DEMO"
-$BIN/retriever build --config examples/minilm-flat.toml --input . --out "$DEMO"
+$BIN/retriever build --config examples/hybrid.toml --input . --out "$DEMO"
 $BIN/retriever check "$DEMO"
 
 $BIN/retriever serve "$DEMO" --port "$PORT" &
@@ -26,3 +26,7 @@ $BIN/retriever search "grpc://127.0.0.1:$PORT/docs" -k 3 \
   "how does a commit stay atomic if the writer is killed?" \
   "which faiss index types can a dense field use?" \
   "how do I evaluate a collection on a BEIR dataset?"
+
+# The same question answered by BM25 alone and by dense + BM25 fused with reciprocal ranks.
+$BIN/retriever search "grpc://127.0.0.1:$PORT/docs" -k 3 --fields bm25 "inverted index postings for BM25"
+$BIN/retriever search "grpc://127.0.0.1:$PORT/docs" -k 3 --fields dense,bm25 --fusion rrf "inverted index postings for BM25"

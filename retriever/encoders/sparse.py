@@ -58,8 +58,10 @@ class SpladeEncoder:
                 inputs = self.tokenizer([texts[i] for i in batch], padding=True, truncation=True,
                                         max_length=self.max_length, return_tensors="pt").to(self.device)
                 logits = self.model(**inputs).logits  # [B, L, V]
-                mask = inputs["attention_mask"].unsqueeze(-1).to(logits.dtype)  # [B, L, 1]
-                weights = (torch.log1p(torch.relu(logits)) * mask).amax(dim=1)  # [B, V]
+                padding = inputs["attention_mask"].unsqueeze(-1) == 0  # [B, L, 1]
+                # log(1 + relu(.)) is monotone, so max first: one pass over [B, L, V] instead of four
+                top = logits.masked_fill_(padding, -torch.inf).amax(dim=1)  # [B, V]
+                weights = torch.log1p(torch.relu(top))
                 for i, vector in zip(batch, weights.float().cpu().numpy()):
                     rows[i] = _prune(vector, top_terms, min_weight)
                 bar.update(len(batch))

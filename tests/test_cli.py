@@ -132,3 +132,45 @@ def test_bring_your_own_vectors_build_and_search(tmp_path):
     assert [r["hits"][0]["id"] for r in data["results"]] == ["7", "300"]
     result, data = invoke("search", tmp_path / "v", "some text", "--json")
     assert result.exit_code == 2 and "has no model" in data["error"]
+
+
+HYBRID_CONFIG = MINILM_CONFIG + """
+[[fields]]
+name = "bm25"
+kind = "bm25"
+"""
+
+
+@pytest.fixture(scope="module")
+def hybrid(corpus, tmp_path_factory):
+    (corpus / "hybrid.toml").write_text(HYBRID_CONFIG)
+    out = tmp_path_factory.mktemp("hybrid") / "tiny"
+    result, _ = invoke("build", "--config", corpus / "hybrid.toml", "--input", corpus / "corpus.jsonl", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.parametrize("extra", [["--fields", "bm25"], ["--fields", "dense,bm25"],
+                                   ["--fields", "dense,bm25", "--fusion", "weighted", "--weights", "dense=0.2,bm25=1", "--normalization", "zscore"]])
+def test_search_fields_and_fusion_match_python_api(hybrid, extra):
+    result, data = invoke("search", hybrid, "bread baked with yeast", "-k", "4", *extra, "--json")
+    assert result.exit_code == 0, result.output
+    options = {"fields": extra[1].split(",")}
+    if "--fusion" in extra:
+        options.update(fusion="weighted", weights={"dense": 0.2, "bm25": 1.0}, normalization="zscore")
+    [hits] = retriever.connect(hybrid).search("bread baked with yeast", k=4, **options)
+    assert [h["id"] for h in data["results"][0]["hits"]] == hits.ids
+    assert hits.ids[0] == "bread"
+
+
+def test_eval_with_fields_and_fusion(hybrid, corpus):
+    result, data = invoke("eval", hybrid, "--beir", corpus, "--fields", "dense,bm25", "--fusion", "rrf", "--json")
+    assert result.exit_code == 0, result.output
+    assert data["fields"] == ["dense", "bm25"] and data["fusion"] == "rrf" and data["nDCG@10"] > 0.9
+
+
+@pytest.mark.parametrize("extra, words", [(["--fusion", "max"], "fusion must be one of"), (["--weights", "dense=x"], "FIELD=NUMBER"),
+                                          (["--weights", "nope=1"], "not searched")])
+def test_bad_fusion_options_are_clear_errors(hybrid, extra, words):
+    result, _ = invoke("search", hybrid, "bread", "--fields", "dense,bm25", *extra)
+    assert result.exit_code == 2 and words in result.output

@@ -1,0 +1,69 @@
+"""Fusion against a plain-Python reference: RRF, and weighted min-max / z-score."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from retriever.errors import InvalidRequest
+from retriever.fusion import RRF_K, FusionSpec, fuse
+
+
+def reference(lists: dict[str, list[tuple[int, float]]], method: str, weights: dict[str, float], normalization: str) -> dict[int, float]:
+    totals: dict[int, float] = {}
+    for name, ranked in lists.items():
+        scores = [s for _, s in ranked]
+        for rank, (row, score) in enumerate(ranked, start=1):
+            if method == "rrf":
+                value = 1 / (RRF_K + rank)
+            elif normalization == "minmax":
+                lo, hi = min(scores), max(scores)
+                value = (score - lo) / (hi - lo) if hi > lo else 1.0
+            else:
+                mean = sum(scores) / len(scores)
+                std = (sum((s - mean) ** 2 for s in scores) / len(scores)) ** 0.5
+                value = (score - mean) / std if std > 0 else 0.0
+            totals[row] = totals.get(row, 0.0) + weights[name] * value
+    return totals
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), method=st.sampled_from(["rrf", "weighted"]), normalization=st.sampled_from(["minmax", "zscore"]),
+       k=st.integers(1, 12))
+def test_fuse_matches_reference(seed, method, normalization, k):
+    rng = np.random.default_rng(seed)
+    per_field, lists = {}, {}
+    for name in ("a", "b", "c"):
+        size = int(rng.integers(0, 9))
+        rows = rng.choice(20, size=size, replace=False)
+        scores = np.sort(rng.normal(size=size).astype(np.float32))[::-1]
+        padded_rows = np.full((1, 10), -1)
+        padded_scores = np.full((1, 10), -np.inf, dtype=np.float32)
+        padded_rows[0, :size], padded_scores[0, :size] = rows, scores
+        per_field[name] = (padded_scores, padded_rows)
+        lists[name] = list(zip(rows.tolist(), scores.tolist()))
+    weights = {"a": 1.0, "b": float(rng.uniform(0, 2)), "c": 0.5}
+    fused, rows, field_scores = fuse(per_field, k, FusionSpec.checked(method, weights, normalization, ["a", "b", "c"]))
+    expected = reference(lists, method, weights, normalization)
+    best = sorted(expected.items(), key=lambda item: (-item[1], item[0]))[:k]
+    got = [(int(r), float(s)) for r, s in zip(rows[0], fused[0]) if r >= 0]
+    np.testing.assert_allclose([s for _, s in got], [s for _, s in best], atol=1e-5)  # the best k totals, in order
+    for row, score in got:  # each returned row carries its own total (ties may swap rows)
+        assert expected[row] == pytest.approx(score, abs=1e-5)
+    for name, ranked in lists.items():
+        own = dict(ranked)
+        for i, (row, _) in enumerate(got):
+            value = field_scores[name][0, i]
+            assert (np.isnan(value) and row not in own) or value == pytest.approx(own[row], rel=1e-6)
+
+
+@pytest.mark.parametrize("method, weights, normalization, words", [
+    ("max", None, "minmax", "fusion must be one of"),
+    ("weighted", None, "l2", "normalization must be one of"),
+    ("weighted", {"z": 1.0}, "minmax", "not searched"),
+    ("weighted", {"a": -1.0}, "minmax", ">= 0"),
+    ("weighted", {"a": float("nan")}, "minmax", "finite"),
+])
+def test_bad_fusion_requests(method, weights, normalization, words):
+    with pytest.raises(InvalidRequest, match=words):
+        FusionSpec.checked(method, weights, normalization, ["a", "b"])

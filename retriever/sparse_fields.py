@@ -128,11 +128,8 @@ class InvertedField:
         """Sparse query vectors passed directly: a list of (term ids, weights) pairs or dicts."""
         if isinstance(given, SparseQueries):
             return given
-        vectors = SparseRows.from_pairs(_as_list(given, "sparse query vectors"), "sparse query vector", self._vocab_limit())
+        vectors = SparseRows.from_pairs(_as_list(given, "sparse query vectors"), "sparse query vector", self.num_terms)
         return SparseQueries([vectors.row(i)[0] for i in range(len(vectors))], [vectors.row(i)[1] for i in range(len(vectors))])
-
-    def _vocab_limit(self) -> int | None:
-        return None
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -320,8 +317,9 @@ class Bm25Field(InvertedField):
 class LearnedSparseField(InvertedField):
     """uint8 impacts with a per-segment scale; queries from the model, or inference-free."""
 
-    def _vocab_limit(self) -> int | None:
-        return self.num_terms
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "query": self.config.query, "query_weights": self.config.query_weights,
+                "top_terms": self.config.top_terms, "impacts": "uint8"}
 
     def posting_weights(self, i: int) -> np.ndarray:
         scale = np.float32(self.entry["segments"][i]["scale"])

@@ -28,13 +28,11 @@ from retriever.documents import document_texts, documents_to_table
 from retriever.encoders.models import resolve_model
 from retriever.evaluation import evaluate, load_beir
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import REPEATS, emit, log, timed  # noqa: E402
+
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 K = 10
-REPEATS = 5
-
-
-def log(*parts) -> None:
-    print(*parts, file=sys.stderr, flush=True)
 
 
 def minilm_config(index: str = "Flat") -> CollectionConfig:
@@ -53,16 +51,6 @@ def exact_top(queries: np.ndarray, base: np.ndarray, k: int) -> np.ndarray:
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f[f >= 0]) & set(t)) / len(t) for f, t in zip(found, truth)]))
-
-
-def timed(fn, repeats: int = REPEATS) -> float:
-    """Median seconds of `fn()` over several runs."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # ---- 1. SciFact quality with a Flat index --------------------------------------------------
@@ -219,14 +207,6 @@ def main() -> None:
         if "build" not in args.skip:
             result["build_throughput"] = build_throughput(args.scifact, work, args.build_docs)
     emit(result, args.out)
-
-
-def emit(result: dict, out: Path | None) -> None:
-    """The bench's one JSON object: on stdout, and in `out` when given."""
-    text = json.dumps(result, indent=1)
-    if out:
-        out.write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":

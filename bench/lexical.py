@@ -17,7 +17,6 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MK
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,22 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import emit, log, timed  # noqa: E402
+
 K = 10
-REPEATS = 5
-
-
-def log(*parts) -> None:
-    print(*parts, file=sys.stderr, flush=True)
-
-
-def timed(fn, repeats: int = REPEATS) -> float:
-    """Median seconds of `fn()` over several runs."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def bm25_config(name: str = "bm25") -> dict:
@@ -281,13 +268,6 @@ def main() -> None:
         if "synthetic" not in skip and args.synthetic_docs > 0:
             result["synthetic"] = synthetic_comparison(args.synthetic_docs, work)
     emit(result, args.out)
-
-
-def emit(result: dict, out: Path | None) -> None:
-    text = json.dumps(result, indent=1)
-    if out:
-        out.write_text(text)
-    print(text)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ import numpy as np
 import retriever
 
 sys.path.insert(0, str(Path(__file__).parent))
-from dense import emit, glove_vectors, log, vector_config  # noqa: E402
+from common import emit, log  # noqa: E402
+from dense import glove_vectors, vector_config  # noqa: E402
 
 INDEX, PARAMS = "IVF1024,PQ50x4fs", {"nprobe": 64, "rescore": 50}
 K = 10

@@ -51,13 +51,21 @@ def _fields(value: Optional[str]) -> Optional[list[str]]:
 
 
 def _params(values: Optional[list[str]]) -> dict[str, int]:
+    return _pairs(values or [], int, "--param takes NAME=INT")
+
+
+def _weights(value: Optional[str]) -> Optional[dict[str, float]]:
+    return _pairs(value.split(","), float, "--weights takes FIELD=NUMBER pairs") if value else None
+
+
+def _pairs(items: list[str], cast, usage: str) -> dict[str, Any]:
     out = {}
-    for item in values or []:
+    for item in items:
         name, _, raw = item.partition("=")
         try:
-            out[name.strip()] = int(raw)
+            out[name.strip()] = cast(raw)
         except ValueError:
-            raise InvalidRequest(f"--param takes NAME=INT, got {item!r}") from None
+            raise InvalidRequest(f"{usage}, got {item!r}") from None
     return out
 
 
@@ -85,19 +93,6 @@ def _load_vectors(path: Path):
         return np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise InvalidRequest(f"--vectors {str(path)!r} is not a readable .npy matrix: {e}") from None
-
-
-def _weights(value: Optional[str]) -> Optional[dict[str, float]]:
-    if not value:
-        return None
-    out = {}
-    for item in value.split(","):
-        name, _, raw = item.partition("=")
-        try:
-            out[name.strip()] = float(raw)
-        except ValueError:
-            raise InvalidRequest(f"--weights takes FIELD=NUMBER pairs, got {item!r}") from None
-    return out
 
 
 @app.command()

@@ -254,3 +254,21 @@ def test_hybrid_fusion_reports_each_field(splade_collection, fusion, normalizati
     assert set(hits.field_scores) == {"splade", "bm25"}
     (alone,) = c.search("yeast bread oven", k=4, fields="bm25")
     assert hits.field_scores["bm25"][0] == pytest.approx(alone.scores[0])
+
+
+def test_splade_encoder_matches_the_formula_with_padding(splade_collection):
+    """Max before log(1 + relu) equals the SPLADE formula; padded positions never leak in."""
+    import torch
+
+    encoder = splade_collection.encoder("splade")
+    texts = ["short", "a much longer text about yeast, flour and ovens so the first one is padded"]
+    got = encoder.encode(texts)
+    with torch.inference_mode():
+        inputs = encoder.tokenizer(texts, padding=True, return_tensors="pt")
+        logits = encoder.model(**inputs).logits
+        expected = (torch.log1p(torch.relu(logits)) * inputs["attention_mask"].unsqueeze(-1)).amax(dim=1).numpy()
+    for i in range(len(texts)):
+        terms, weights = got.row(i)
+        dense = np.zeros(expected.shape[1], dtype=np.float32)
+        dense[terms] = weights
+        np.testing.assert_allclose(dense, expected[i], rtol=1e-5, atol=1e-6)

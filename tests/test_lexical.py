@@ -63,6 +63,16 @@ def test_tokenizer_survives_unicode_edge_cases(text):
     assert all(isinstance(t, str) and 1 < len(t) <= 255 for t in tokens)
 
 
+def test_unicode_edge_cases_index_and_search(tmp_path):
+    c = bm25_collection(tmp_path / "c")
+    texts = ["zero\u200bwidth", "שלום עולם", "🧬🔥", "x" * 1_000_000, "e\u0301cole naïve", "漢字かな"]
+    c.add([{"id": f"u{i}", "text": t} for i, t in enumerate(texts)])
+    assert c.search("ecole", k=3)[0].ids == ["u4"]
+    assert c.search("עולם", k=3)[0].ids == ["u1"]
+    assert c.search("width zero", k=3)[0].ids == ["u0"]
+    assert c.search("🧬", k=3)[0].reason.startswith("the query has no searchable terms")
+
+
 def test_unknown_stemmer_or_variant_is_a_config_error(tmp_path):
     with pytest.raises(InvalidConfig, match="stemmer"):
         bm25_collection(tmp_path / "a", stemmer="klingon")

@@ -29,6 +29,11 @@ class SparseRows:
     def __len__(self) -> int:
         return len(self.indptr) - 1
 
+    @property
+    def empty(self) -> np.ndarray:
+        """[N] True where a vector has no terms."""
+        return np.diff(self.indptr) == 0
+
     def row(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         lo, hi = self.indptr[i], self.indptr[i + 1]
         return self.terms[lo:hi], self.values[lo:hi]
@@ -146,11 +151,9 @@ class InvertedIndex:
     """Exact top-k over segments whose posting weights (float32, one array per segment) are given."""
 
     def __init__(self, segments: list[PostingSegment], weights: list[np.ndarray], num_rows: int) -> None:
-        self.segments = segments
-        self.weights = weights
+        self._postings = sparse_kernels.Postings.of([(s.indptr, s.rows, w) for s, w in zip(segments, weights)])
         self._scratch = sparse_kernels.SparseScratch(num_rows)
 
-    def search(self, terms: np.ndarray, query_weights: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """One query: terms [q] int64 (distinct), query_weights [q] float32 -> (scores [<=k], rows [<=k]) best first."""
-        parts = [(s.indptr, s.rows, w) for s, w in zip(self.segments, self.weights)]
-        return sparse_kernels.sparse_top_k(parts, terms, query_weights, k, allowed, self._scratch)
+    def search(self, queries: SparseRows, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Queries (distinct terms each) -> (scores [B, k], rows [B, k]) best first, -inf / -1 padded."""
+        return sparse_kernels.sparse_top_k(self._postings, queries.indptr, queries.terms, queries.values, k, allowed, self._scratch)

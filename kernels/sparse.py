@@ -1,17 +1,49 @@
 """Exact sparse top-k over inverted lists (numba). The oracle is `reference.sparse_scores`.
 
-Term-at-a-time: each query term's postings add query weight x posting weight into a per-thread
-score buffer; a second pass over the same postings offers each touched row once to a k-sized heap
-and a third clears what was touched. Work is proportional to the postings read, never to the
-collection size (no O(N) zeroing or argpartition per query).
+Term-at-a-time, one compiled call per batch of queries: each query term's postings add query
+weight x posting weight into a per-thread score buffer; a second pass over the same postings
+offers each touched row once to a k-sized heap (rows that cannot beat the worst kept are passed
+over first), and a third clears what was touched. Work is
+proportional to the postings read, never to the collection size (no O(N) zeroing or argpartition
+per query), and Python runs once per batch, not once per query.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+from dataclasses import dataclass
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Postings:
+    """All segments' postings in one layout: segment s owns indptr[starts[s] : starts[s + 1]]
+    (its terms' offsets, relative to bases[s]) and rows/weights[bases[s] : ...]."""
+
+    indptr: np.ndarray  # [sum(T_s + 1)] int64
+    starts: np.ndarray  # [S + 1] int64
+    bases: np.ndarray  # [S] int64
+    rows: np.ndarray  # [P] int32
+    weights: np.ndarray  # [P] float32
+
+    @classmethod
+    def of(cls, segments: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> "Postings":
+        """[(indptr [T+1], rows [P] int32, weights [P] float32)] per segment. One segment's arrays
+        are used as they are (a memory map stays one); several are concatenated."""
+        if not segments:
+            return cls(np.zeros(1, np.int64), np.array([0, 1]), np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32))
+        sizes = [len(rows) for _, rows, _ in segments]
+        starts = np.cumsum([0] + [len(indptr) for indptr, _, _ in segments])
+        bases = np.cumsum([0] + sizes[:-1]).astype(np.int64)
+        if len(segments) == 1:
+            indptr, rows, weights = segments[0]
+            return cls(np.asarray(indptr, np.int64), starts, bases, rows, weights)
+        return cls(
+            np.concatenate([np.asarray(i, np.int64) for i, _, _ in segments]), starts, bases,
+            np.concatenate([np.asarray(r) for _, r, _ in segments]), np.concatenate([w for _, _, w in segments]),
+        )
 
 
 class SparseScratch:
@@ -28,102 +60,117 @@ class SparseScratch:
         return buffers
 
 
-def sparse_top_k(parts, terms: np.ndarray, query_weights: np.ndarray, k: int, allowed: np.ndarray | None,
-                 scratch: SparseScratch) -> tuple[np.ndarray, np.ndarray]:
-    """parts [(indptr [T+1], rows [P] int32, weights [P] float32)] per segment, terms [q] int64 distinct,
-    query_weights [q] float32 -> (scores [<=k] float32, rows [<=k] int64), best first, ties by row."""
-    accumulate, collect, reset = _kernels()
+def sparse_top_k(postings: Postings, offsets: np.ndarray, terms: np.ndarray, query_weights: np.ndarray, k: int,
+                 allowed: np.ndarray | None, scratch: SparseScratch) -> tuple[np.ndarray, np.ndarray]:
+    """Queries in CSR form: query b has terms[offsets[b]:offsets[b+1]] (distinct, int64) with
+    query_weights (float32) -> (scores [B, k] float32, rows [B, k] int64), best first with ties by
+    row, -inf / -1 padded."""
     scores, seen = scratch.buffers()
-    terms = np.ascontiguousarray(terms, dtype=np.int64)
-    query_weights = np.ascontiguousarray(query_weights, dtype=np.float32)
+    batch = len(offsets) - 1
+    out_scores = np.full((batch, k), -np.inf, dtype=np.float32)
+    out_rows = np.full((batch, k), -1, dtype=np.int64)
     mask = allowed if allowed is not None else np.ones(1, dtype=bool)
-    heap_scores = np.empty(k, np.float32)
-    heap_rows = np.empty(k, np.int64)
-    size = 0
-    for indptr, rows, weights in parts:
-        accumulate(indptr, rows, weights, terms, query_weights, scores)
-    for indptr, rows, _ in parts:
-        size = collect(indptr, rows, terms, scores, seen, mask, allowed is not None, heap_scores, heap_rows, size)
-    for indptr, rows, _ in parts:
-        reset(indptr, rows, terms, scores, seen)
-    heap_scores, heap_rows = heap_scores[:size], heap_rows[:size]
-    order = np.lexsort((heap_rows, -heap_scores))
-    return heap_scores[order], heap_rows[order]
+    _kernel()(postings.indptr, postings.starts, postings.bases, postings.rows, postings.weights,
+              np.ascontiguousarray(offsets, dtype=np.int64), np.ascontiguousarray(terms, dtype=np.int64),
+              np.ascontiguousarray(query_weights, dtype=np.float32), scores, seen, mask, allowed is not None, out_scores, out_rows)
+    order = np.lexsort((np.where(out_rows < 0, np.iinfo(np.int64).max, out_rows), -out_scores), axis=-1)
+    return np.take_along_axis(out_scores, order, axis=1), np.take_along_axis(out_rows, order, axis=1)
 
 
 @functools.cache
-def _kernels():
+def _kernel():
     """Compile on first use, so importing this module does no work (numba caches to disk)."""
     import numba
 
     jit = numba.njit(cache=True, nogil=True)
+    inline = numba.njit(cache=True, nogil=True, inline="always")  # small helpers of the hot loops
 
-    @jit
-    def accumulate(indptr, rows, weights, terms, query_weights, scores):
-        num_terms = len(indptr) - 1
-        for i in range(len(terms)):
-            t = terms[i]
-            if t >= num_terms:  # a term this segment never saw
-                continue
-            q = query_weights[i]
-            for p in range(indptr[t], indptr[t + 1]):
-                scores[rows[p]] += q * weights[p]
-
-    @jit
+    @inline
     def worse(score_a, row_a, score_b, row_b):
         return score_a < score_b or (score_a == score_b and row_a > row_b)
 
-    @jit
-    def collect(indptr, rows, terms, scores, seen, allowed, use_allowed, heap_scores, heap_rows, size):
-        """Offer each touched row once to a min-heap (root = worst kept); returns the heap size."""
+    @inline
+    def offer(heap_scores, heap_rows, size, s, r):
+        """Keep the k best (score, row) pairs in a min-heap whose root is the worst kept; returns the size."""
         k = len(heap_scores)
-        num_terms = len(indptr) - 1
-        for i in range(len(terms)):
-            t = terms[i]
-            if t >= num_terms:
-                continue
-            for p in range(indptr[t], indptr[t + 1]):
-                r = rows[p]
-                if seen[r]:
-                    continue
-                seen[r] = 1
-                if use_allowed and not allowed[r]:
-                    continue
-                s = scores[r]
-                if size < k:
-                    j = size  # sift up
-                    size += 1
-                    while j > 0:
-                        parent = (j - 1) // 2
-                        if not worse(s, r, heap_scores[parent], heap_rows[parent]):
-                            break
-                        heap_scores[j], heap_rows[j] = heap_scores[parent], heap_rows[parent]
-                        j = parent
-                    heap_scores[j], heap_rows[j] = s, r
-                elif worse(heap_scores[0], heap_rows[0], s, r):
-                    j = 0  # replace the root, sift down
-                    while True:
-                        child = 2 * j + 1
-                        if child >= size:
-                            break
-                        if child + 1 < size and worse(heap_scores[child + 1], heap_rows[child + 1], heap_scores[child], heap_rows[child]):
-                            child += 1
-                        if not worse(heap_scores[child], heap_rows[child], s, r):
-                            break
-                        heap_scores[j], heap_rows[j] = heap_scores[child], heap_rows[child]
-                        j = child
-                    heap_scores[j], heap_rows[j] = s, r
+        if size < k:
+            j = size  # sift up
+            size += 1
+            while j > 0:
+                parent = (j - 1) // 2
+                if not worse(s, r, heap_scores[parent], heap_rows[parent]):
+                    break
+                heap_scores[j], heap_rows[j] = heap_scores[parent], heap_rows[parent]
+                j = parent
+            heap_scores[j], heap_rows[j] = s, r
+        elif worse(heap_scores[0], heap_rows[0], s, r):
+            j = 0  # replace the root, sift down
+            while True:
+                child = 2 * j + 1
+                if child >= size:
+                    break
+                if child + 1 < size and worse(heap_scores[child + 1], heap_rows[child + 1], heap_scores[child], heap_rows[child]):
+                    child += 1
+                if not worse(heap_scores[child], heap_rows[child], s, r):
+                    break
+                heap_scores[j], heap_rows[j] = heap_scores[child], heap_rows[child]
+                j = child
+            heap_scores[j], heap_rows[j] = s, r
         return size
 
-    @jit
-    def reset(indptr, rows, terms, scores, seen):
-        num_terms = len(indptr) - 1
-        for i in range(len(terms)):
-            t = terms[i]
-            if t >= num_terms:
-                continue
-            for p in range(indptr[t], indptr[t + 1]):
-                scores[rows[p]] = 0.0
-                seen[rows[p]] = 0
+    @inline
+    def postings_of(indptr, starts, bases, s, t):
+        """Positions [lo, hi) of term t's postings in segment s (empty when s never saw t)."""
+        first = starts[s]
+        if t >= starts[s + 1] - first - 1:
+            return 0, 0
+        return bases[s] + indptr[first + t], bases[s] + indptr[first + t + 1]
 
-    return accumulate, collect, reset
+    @jit
+    def accumulate(indptr, starts, bases, rows, weights, terms, query_weights, lo_q, hi_q, scores):
+        for i in range(lo_q, hi_q):
+            q = query_weights[i]
+            for s in range(len(bases)):
+                lo, hi = postings_of(indptr, starts, bases, s, terms[i])
+                for p in range(lo, hi):
+                    scores[rows[p]] += q * weights[p]
+
+    @jit
+    def collect(indptr, starts, bases, rows, terms, lo_q, hi_q, scores, seen, allowed, use_allowed, heap_scores, heap_rows):
+        """Offer each touched row once. Rows that cannot beat the heap's worst are passed over before
+        the (poorly predicted) seen check: the worst kept only improves, so they never could later."""
+        size, k = 0, len(heap_scores)
+        for i in range(lo_q, hi_q):
+            for s in range(len(bases)):
+                lo, hi = postings_of(indptr, starts, bases, s, terms[i])
+                for p in range(lo, hi):
+                    r = rows[p]
+                    score = scores[r]
+                    if size == k and not worse(heap_scores[0], heap_rows[0], score, r):
+                        continue
+                    if seen[r]:
+                        continue
+                    seen[r] = 1
+                    if use_allowed and not allowed[r]:
+                        continue
+                    size = offer(heap_scores, heap_rows, size, score, r)
+
+    @jit
+    def reset(indptr, starts, bases, rows, terms, lo_q, hi_q, scores, seen):
+        for i in range(lo_q, hi_q):
+            for s in range(len(bases)):
+                lo, hi = postings_of(indptr, starts, bases, s, terms[i])
+                for p in range(lo, hi):
+                    scores[rows[p]] = 0.0
+                    seen[rows[p]] = 0
+
+    @jit
+    def search(indptr, starts, bases, rows, weights, offsets, terms, query_weights, scores, seen, allowed, use_allowed,
+               out_scores, out_rows):
+        for b in range(len(offsets) - 1):
+            lo_q, hi_q = offsets[b], offsets[b + 1]
+            accumulate(indptr, starts, bases, rows, weights, terms, query_weights, lo_q, hi_q, scores)
+            collect(indptr, starts, bases, rows, terms, lo_q, hi_q, scores, seen, allowed, use_allowed, out_scores[b], out_rows[b])
+            reset(indptr, starts, bases, rows, terms, lo_q, hi_q, scores, seen)
+
+    return search

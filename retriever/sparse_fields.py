@@ -32,21 +32,6 @@ NO_TERMS = "the query has no searchable terms after tokenization"
 
 
 @dataclass(frozen=True)
-class SparseQueries:
-    """One (terms [q] int64 distinct, weights [q] float32) pair per query; q may be 0."""
-
-    terms: list[np.ndarray]
-    weights: list[np.ndarray]
-
-    def __len__(self) -> int:
-        return len(self.terms)
-
-    @property
-    def empty(self) -> np.ndarray:
-        return np.array([len(t) == 0 for t in self.terms], dtype=bool)
-
-
-@dataclass(frozen=True)
 class SparseDocuments:
     """Documents ready for indexing: vectors (term counts or learned weights), BM25 lengths and the
     vocabulary terms first seen in this batch (their ids follow the field's vocabulary)."""
@@ -113,23 +98,15 @@ class InvertedField:
 
     # ---- search ----------------------------------------------------------------------------
 
-    def search(self, queries: SparseQueries, k: int, params: Mapping[str, int], allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """-> (scores [B, k] float32, rows [B, k] int64), -inf / -1 padded."""
-        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-        rows = np.full((len(queries), k), -1, dtype=np.int64)
-        index = self.index
-        for b, (terms, weights) in enumerate(zip(queries.terms, queries.weights)):
-            if len(terms):
-                s, r = index.search(terms, weights, k, allowed)
-                scores[b, : len(s)], rows[b, : len(r)] = s, r
-        return scores, rows
+    def search(self, queries: SparseRows, k: int, params: Mapping[str, int], allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Queries with distinct terms each -> (scores [B, k] float32, rows [B, k] int64), -inf / -1 padded."""
+        return self.index.search(queries, k, allowed)
 
-    def check_queries(self, given) -> SparseQueries:
+    def check_queries(self, given) -> SparseRows:
         """Sparse query vectors passed directly: a list of (term ids, weights) pairs or dicts."""
-        if isinstance(given, SparseQueries):
+        if isinstance(given, SparseRows):
             return given
-        vectors = SparseRows.from_pairs(_as_list(given, "sparse query vectors"), "sparse query vector", self.num_terms)
-        return SparseQueries([vectors.row(i)[0] for i in range(len(vectors))], [vectors.row(i)[1] for i in range(len(vectors))])
+        return SparseRows.from_pairs(_as_list(given, "sparse query vectors"), "sparse query vector", self.num_terms)
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -251,23 +228,20 @@ class Bm25Field(InvertedField):
             out[lo:hi] = self.variant.tf(tf, by_row[segment.rows[lo:hi]], avg_len, self.config.k1, self.config.b, self.delta)
         return out
 
-    def queries_from_tokens(self, tokens: list[list[str]]) -> SparseQueries:
+    def queries_from_tokens(self, tokens: list[list[str]]) -> SparseRows:
         """Each query's terms known to this version, weighted by count x idf."""
-        terms, weights = [], []
-        for words in tokens:
-            ids = [i for i in map(self.vocabulary.get, words) if i is not None and i < self.num_terms]
-            unique, counts = np.unique(np.asarray(ids, dtype=np.int64), return_counts=True)
-            terms.append(unique)
-            weights.append((counts * self.idf[unique]).astype(np.float32))
-        return SparseQueries(terms, weights)
+        get, limit = self.vocabulary.get, self.num_terms
+        ids = [[i for i in map(get, words) if i is not None and i < limit] for words in tokens]
+        rows = _distinct_per_row(ids, limit)
+        return SparseRows(rows.indptr, rows.terms, (rows.values * self.idf[rows.terms]).astype(np.float32))
 
-    def check_queries(self, given) -> SparseQueries:
+    def check_queries(self, given) -> SparseRows:
         raise InvalidRequest(f"field {self.config.name!r} is a bm25 field: search it with text")
 
     def check_documents(self, given, count: int) -> SparseDocuments:
         raise InvalidRequest(f"field {self.config.name!r} is a bm25 field: it is built from the documents' text, not from vectors")
 
-    def queries_from_texts(self, tokenizer, texts: list[str], params: Mapping[str, int]) -> SparseQueries:
+    def queries_from_texts(self, tokenizer, texts: list[str], params: Mapping[str, int]) -> SparseRows:
         return self.queries_from_tokens(tokenizer.many(texts))
 
     def documents_from_texts(self, tokenizer, texts: list[str], progress: bool = False) -> SparseDocuments:
@@ -339,25 +313,22 @@ class LearnedSparseField(InvertedField):
     def documents_from_texts(self, encoder, texts: list[str], progress: bool = False) -> SparseDocuments:
         return SparseDocuments(encoder.encode(texts, top_terms=self.config.top_terms, min_weight=self.config.min_weight, progress=progress))
 
-    def queries_from_texts(self, encoder, texts: list[str], params: Mapping[str, int]) -> SparseQueries:
+    def queries_from_texts(self, encoder, texts: list[str], params: Mapping[str, int]) -> SparseRows:
         """Model queries, or inference-free ones (config `query`, or the request's `inference_free=1`)."""
         if self.config.query == "model" and not params.get("inference_free"):
-            return self.check_queries([encoder.encode(texts).row(i) for i in range(len(texts))])
+            return encoder.encode(texts)
         if self.config.query_weights == "faster-clip":
             return self.queries_from_table([_faster_clip().encode_query(t) for t in texts])
         return self.queries_from_token_ids(encoder.token_ids(texts))
 
-    def queries_from_token_ids(self, token_ids: list[np.ndarray]) -> SparseQueries:
+    def queries_from_token_ids(self, token_ids: list[np.ndarray]) -> SparseRows:
         """Inference-free: each distinct query token weighted by its idf; terms no document holds drop out."""
-        terms, weights = [], []
-        for ids in token_ids:
-            unique = np.unique(ids[ids < self.num_terms])
-            unique = unique[self.df[unique] > 0]
-            terms.append(unique)
-            weights.append(self.idf[unique])
-        return SparseQueries(terms, weights)
+        df = self.df
+        known = [[t for t in ids.tolist() if t < self.num_terms and df[t] > 0] for ids in token_ids]
+        rows = _distinct_per_row(known, self.num_terms)
+        return SparseRows(rows.indptr, rows.terms, self.idf[rows.terms])
 
-    def queries_from_table(self, tables: list[dict]) -> SparseQueries:
+    def queries_from_table(self, tables: list[dict]) -> SparseRows:
         """Inference-free with a fixed token weight table ({token id: weight} per query)."""
         return self.check_queries([{int(t): float(w) for t, w in table.items() if int(t) < self.num_terms} for table in tables])
 
@@ -387,6 +358,18 @@ def _faster_clip():
 def _rescaled(segment: PostingSegment, factor: float) -> PostingSegment:
     values = np.clip(np.rint(np.asarray(segment.values, dtype=np.float32) * factor), 0, IMPACT_LEVELS).astype(np.uint8)
     return PostingSegment(segment.indptr, segment.rows, values, segment.doc_rows, segment.doc_lengths)
+
+
+def _distinct_per_row(ids: list[list[int]], num_terms: int) -> SparseRows:
+    """Term ids per query (repeats allowed) -> each query's distinct terms, sorted, with their counts."""
+    sizes = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    query = np.repeat(np.arange(len(ids), dtype=np.int64), sizes)
+    flat = np.fromiter((t for row in ids for t in row), dtype=np.int64, count=int(sizes.sum()))
+    width = max(num_terms, 1)
+    keys, counts = np.unique(query * width + flat, return_counts=True)  # by query, then term
+    indptr = np.zeros(len(ids) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(keys // width, minlength=len(ids)), out=indptr[1:])
+    return SparseRows(indptr, keys % width, counts.astype(np.float32))
 
 
 def _as_list(given, what: str) -> list:

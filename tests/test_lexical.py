@@ -152,16 +152,19 @@ def test_sparse_top_k_matches_reference(seed, n, k, segments, filtered):
         seen = max((max(d) for d in docs[lo:hi] if d), default=-1) + 1  # segments know different vocabulary sizes
         parts.append(build_segment(rows, lo, seen, np.float32))
     index = InvertedIndex(parts, [np.asarray(p.values, np.float32) for p in parts], n)
-    query = {int(t): float(rng.integers(1, 4)) for t in rng.choice(vocab + 3, size=rng.integers(1, 5), replace=False)}
+    queries = [{int(t): float(rng.integers(1, 4)) for t in rng.choice(vocab + 3, size=rng.integers(0, 5), replace=False)} for _ in range(3)]
     allowed = rng.random(n) < 0.6 if filtered else None
-    scores, rows = index.search(np.array(sorted(query)), np.array([query[t] for t in sorted(query)], np.float32), k, allowed)
-    expected = reference.sparse_scores(docs, query)
-    touched = np.array([any(t in d for t in query) for d in docs])
-    if allowed is not None:
-        touched &= allowed
-    order = sorted(np.flatnonzero(touched), key=lambda r: (-expected[r], r))[:k]  # ties by row, as the kernel breaks them
-    assert rows.tolist() == order
-    np.testing.assert_allclose(scores, expected[order], rtol=1e-6)
+    scores, rows = index.search(SparseRows.from_pairs(queries), k, allowed)
+    assert scores.shape == rows.shape == (len(queries), k)
+    for query, got_scores, got_rows in zip(queries, scores, rows):
+        expected = reference.sparse_scores(docs, query)
+        touched = np.array([any(t in d for t in query) for d in docs])
+        if allowed is not None:
+            touched &= allowed
+        order = sorted(np.flatnonzero(touched), key=lambda r: (-expected[r], r))[:k]  # ties by row, as the kernel breaks them
+        assert got_rows.tolist() == order + [-1] * (k - len(order))
+        np.testing.assert_allclose(got_scores[: len(order)], expected[order], rtol=1e-6)
+        assert np.isneginf(got_scores[len(order):]).all()
 
 
 # ---- learned sparse fields with brought vectors ------------------------------------------------------------

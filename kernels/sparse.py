@@ -37,9 +37,9 @@ class Postings:
         sizes = [len(rows) for _, rows, _ in segments]
         starts = np.cumsum([0] + [len(indptr) for indptr, _, _ in segments])
         bases = np.cumsum([0] + sizes[:-1]).astype(np.int64)
-        if len(segments) == 1:
+        if len(segments) == 1:  # np.asarray: plain views of memory maps, which numba dispatches much faster
             indptr, rows, weights = segments[0]
-            return cls(np.asarray(indptr, np.int64), starts, bases, rows, weights)
+            return cls(np.asarray(indptr, np.int64), starts, bases, np.asarray(rows), np.asarray(weights))
         return cls(
             np.concatenate([np.asarray(i, np.int64) for i, _, _ in segments]), starts, bases,
             np.concatenate([np.asarray(r) for _, r, _ in segments]), np.concatenate([w for _, _, w in segments]),
@@ -66,15 +66,12 @@ def sparse_top_k(postings: Postings, offsets: np.ndarray, terms: np.ndarray, que
     query_weights (float32) -> (scores [B, k] float32, rows [B, k] int64), best first with ties by
     row, -inf / -1 padded."""
     scores, seen = scratch.buffers()
-    batch = len(offsets) - 1
-    out_scores = np.full((batch, k), -np.inf, dtype=np.float32)
-    out_rows = np.full((batch, k), -1, dtype=np.int64)
-    mask = allowed if allowed is not None else np.ones(1, dtype=bool)
-    _kernel()(postings.indptr, postings.starts, postings.bases, postings.rows, postings.weights,
-              np.ascontiguousarray(offsets, dtype=np.int64), np.ascontiguousarray(terms, dtype=np.int64),
-              np.ascontiguousarray(query_weights, dtype=np.float32), scores, seen, mask, allowed is not None, out_scores, out_rows)
-    order = np.lexsort((np.where(out_rows < 0, np.iinfo(np.int64).max, out_rows), -out_scores), axis=-1)
-    return np.take_along_axis(out_scores, order, axis=1), np.take_along_axis(out_rows, order, axis=1)
+    mask = allowed if allowed is not None else _NO_MASK
+    return _kernel()(postings.indptr, postings.starts, postings.bases, postings.rows, postings.weights,
+                     offsets, terms, query_weights, scores, seen, mask, allowed is not None, k)
+
+
+_NO_MASK = np.ones(1, dtype=bool)
 
 
 @functools.cache
@@ -154,6 +151,7 @@ def _kernel():
                     if use_allowed and not allowed[r]:
                         continue
                     size = offer(heap_scores, heap_rows, size, score, r)
+        return size
 
     @jit
     def reset(indptr, starts, bases, rows, terms, lo_q, hi_q, scores, seen):
@@ -164,13 +162,28 @@ def _kernel():
                     scores[rows[p]] = 0.0
                     seen[rows[p]] = 0
 
+    @inline
+    def sort_best_first(heap_scores, heap_rows, size):
+        """Insertion sort of the kept pairs, best first (k is small)."""
+        for i in range(1, size):
+            s, r = heap_scores[i], heap_rows[i]
+            j = i - 1
+            while j >= 0 and worse(heap_scores[j], heap_rows[j], s, r):
+                heap_scores[j + 1], heap_rows[j + 1] = heap_scores[j], heap_rows[j]
+                j -= 1
+            heap_scores[j + 1], heap_rows[j + 1] = s, r
+
     @jit
-    def search(indptr, starts, bases, rows, weights, offsets, terms, query_weights, scores, seen, allowed, use_allowed,
-               out_scores, out_rows):
-        for b in range(len(offsets) - 1):
+    def search(indptr, starts, bases, rows, weights, offsets, terms, query_weights, scores, seen, allowed, use_allowed, k):
+        batch = len(offsets) - 1
+        out_scores = np.full((batch, k), -np.inf, dtype=np.float32)
+        out_rows = np.full((batch, k), -1, dtype=np.int64)
+        for b in range(batch):
             lo_q, hi_q = offsets[b], offsets[b + 1]
             accumulate(indptr, starts, bases, rows, weights, terms, query_weights, lo_q, hi_q, scores)
-            collect(indptr, starts, bases, rows, terms, lo_q, hi_q, scores, seen, allowed, use_allowed, out_scores[b], out_rows[b])
+            size = collect(indptr, starts, bases, rows, terms, lo_q, hi_q, scores, seen, allowed, use_allowed, out_scores[b], out_rows[b])
             reset(indptr, starts, bases, rows, terms, lo_q, hi_q, scores, seen)
+            sort_best_first(out_scores[b], out_rows[b], size)
+        return out_scores, out_rows
 
     return search

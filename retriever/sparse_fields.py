@@ -232,7 +232,7 @@ class Bm25Field(InvertedField):
         """Each query's terms known to this version, weighted by count x idf."""
         get, limit = self.vocabulary.get, self.num_terms
         ids = [[i for i in map(get, words) if i is not None and i < limit] for words in tokens]
-        rows = _distinct_per_row(ids, limit)
+        rows = _distinct_per_row(ids)
         return SparseRows(rows.indptr, rows.terms, (rows.values * self.idf[rows.terms]).astype(np.float32))
 
     def check_queries(self, given) -> SparseRows:
@@ -325,7 +325,7 @@ class LearnedSparseField(InvertedField):
         """Inference-free: each distinct query token weighted by its idf; terms no document holds drop out."""
         df = self.df
         known = [[t for t in ids.tolist() if t < self.num_terms and df[t] > 0] for ids in token_ids]
-        rows = _distinct_per_row(known, self.num_terms)
+        rows = _distinct_per_row(known)
         return SparseRows(rows.indptr, rows.terms, self.idf[rows.terms])
 
     def queries_from_table(self, tables: list[dict]) -> SparseRows:
@@ -360,16 +360,19 @@ def _rescaled(segment: PostingSegment, factor: float) -> PostingSegment:
     return PostingSegment(segment.indptr, segment.rows, values, segment.doc_rows, segment.doc_lengths)
 
 
-def _distinct_per_row(ids: list[list[int]], num_terms: int) -> SparseRows:
-    """Term ids per query (repeats allowed) -> each query's distinct terms, sorted, with their counts."""
-    sizes = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    query = np.repeat(np.arange(len(ids), dtype=np.int64), sizes)
-    flat = np.fromiter((t for row in ids for t in row), dtype=np.int64, count=int(sizes.sum()))
-    width = max(num_terms, 1)
-    keys, counts = np.unique(query * width + flat, return_counts=True)  # by query, then term
-    indptr = np.zeros(len(ids) + 1, dtype=np.int64)
-    np.cumsum(np.bincount(keys // width, minlength=len(ids)), out=indptr[1:])
-    return SparseRows(indptr, keys % width, counts.astype(np.float32))
+def _distinct_per_row(ids: list[list[int]]) -> SparseRows:
+    """Term ids per query (repeats allowed) -> each query's distinct terms, sorted, with their counts.
+    Plain Python: queries are short, and numpy's fixed cost per call would dominate."""
+    indptr, terms, counts = [0], [], []
+    for row in ids:
+        count: dict[int, int] = {}
+        for t in row:
+            count[t] = count.get(t, 0) + 1
+        for t in sorted(count):
+            terms.append(t)
+            counts.append(count[t])
+        indptr.append(len(terms))
+    return SparseRows(np.array(indptr, np.int64), np.array(terms, np.int64), np.array(counts, np.float32))
 
 
 def _as_list(given, what: str) -> list:

@@ -77,3 +77,54 @@ def bm25_scores(documents: list[list[str]], query: list[str], variant: str, k1: 
                 raise ValueError(variant)
             out[i] += score
     return out
+
+
+def maxsim_scores(query: np.ndarray, documents: list[np.ndarray]) -> np.ndarray:
+    """[N] Chamfer similarity of one query [q, D] with each document [t, D]: the sum over query
+    tokens of the best inner product with any document token (0 for a document with no tokens)."""
+    return np.array([float((query.astype(np.float64) @ d.astype(np.float64).T).max(axis=1).sum()) if len(d) else 0.0
+                     for d in documents])
+
+
+def fde_reference(points: np.ndarray, hyperplanes: list[np.ndarray], projections: list, document: bool,
+                  fill_empty: bool, sketch=None) -> np.ndarray:
+    """One point cloud [n, D] -> its fixed dimensional encoding, token by token as in the MUVERA
+    reference C++ (graph-mining sketching/point_cloud/fixed_dimensional_encoding.cc)."""
+    parts = []
+    for planes, projection in zip(hyperplanes, projections):
+        bits = planes.shape[1]
+        partitions = 2 ** bits
+        width = projection.shape[1] if projection is not None else points.shape[1]
+        sums = np.zeros((partitions, width))
+        counts = np.zeros(partitions)
+        signs = [[float(x) > 0 for x in p @ planes] for p in points]
+        projected = [p @ projection if projection is not None else p for p in points]
+        for point_signs, vector in zip(signs, projected):
+            index = 0
+            for bit in point_signs:  # AppendToGrayCode
+                index = (index << 1) + (int(bit) ^ (index & 1))
+            sums[index] += vector
+            counts[index] += 1
+        if document:
+            for i in range(partitions):
+                if counts[i]:
+                    sums[i] /= counts[i]
+                elif fill_empty and bits and len(points):
+                    best, best_distance = 0, None
+                    for j, point_signs in enumerate(signs):  # DistanceToSimHashPartition
+                        pattern, distance = i ^ (i >> 1), 0
+                        for bit in reversed(point_signs):
+                            distance += int(bit) != (pattern & 1)
+                            pattern >>= 1
+                        if best_distance is None or distance < best_distance:
+                            best, best_distance = j, distance
+                    sums[i] = projected[best]
+        parts.append(sums.reshape(-1))
+    out = np.concatenate(parts)
+    if sketch is not None:
+        final = np.zeros(sketch.shape[1])
+        coo = sketch.tocoo()
+        for i, bucket, sign in zip(coo.row, coo.col, coo.data):
+            final[bucket] += sign * out[i]
+        out = final
+    return out

@@ -54,3 +54,38 @@ def test_fde_is_deterministic_and_approximates_chamfer():
 def test_fde_config_is_validated(bad):
     with pytest.raises(ValueError):
         FdeConfig(**bad)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_maxsim_kernel_matches_reference(device):
+    torch = pytest.importorskip("torch")
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    from retriever.kernels.maxsim import maxsim
+
+    rng = np.random.default_rng(0)
+    sizes = np.array([3, 0, 7, 1, 12])  # an empty document scores 0
+    tokens = rng.standard_normal((int(sizes.sum()), 16)).astype(np.float32)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    query = rng.standard_normal((5, 16)).astype(np.float32)
+    expected = reference.maxsim_scores(query, [tokens[offsets[i]:offsets[i + 1]] for i in range(len(sizes))])
+    np.testing.assert_allclose(maxsim(query, tokens, offsets, device), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float16", 2e-3), ("int8", 1e-2)])
+def test_token_store_gathers_across_segments(dtype, tolerance):
+    from retriever.index.tokens import TokenStore, compress
+
+    dim = 8
+    segments, whole = [], []
+    for seed, count in ((1, 4), (2, 3), (3, 5)):
+        tokens, offsets = clouds(count, dim, seed)
+        codes, scales = compress(tokens, dtype)
+        segments.append((codes, scales, offsets))
+        whole.extend(tokens[offsets[i]:offsets[i + 1]] for i in range(count))
+    store = TokenStore(segments, dim)
+    assert len(store) == 12
+    rows = np.array([11, 0, 5, 4, 7, 0])
+    tokens, offsets = store.gather(rows)
+    for i, row in enumerate(rows):
+        np.testing.assert_allclose(tokens[offsets[i]:offsets[i + 1]], whole[row], atol=tolerance)

@@ -1,0 +1,69 @@
+"""Token vectors of a multi-vector field: one contiguous array per segment with per-document
+offsets, stored as float16 or int8 with one scale per vector, opened with mmap."""
+
+from __future__ import annotations
+
+import numpy as np
+
+DTYPES = ("float16", "int8")
+
+
+def compress(tokens: np.ndarray, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """[T, D] float32 -> (codes [T, D], scales [T] float32 for int8, else None).
+    int8: each vector scaled so its largest magnitude maps to 127."""
+    if dtype == "float16":
+        return tokens.astype(np.float16), None
+    scales = np.abs(tokens).max(axis=1) / 127.0
+    scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
+    return np.rint(tokens / scales[:, None]).astype(np.int8), scales
+
+
+def decompress(codes: np.ndarray, scales: np.ndarray | None) -> np.ndarray:
+    out = np.asarray(codes, dtype=np.float32)
+    return out * np.asarray(scales)[:, None] if scales is not None else out
+
+
+class TokenStore:
+    """Documents' tokens across append-only segments; document `row` is global.
+
+    segments: [(codes [T_s, D], scales [T_s] or None, offsets [n_s + 1] int64)] in row order.
+    """
+
+    def __init__(self, segments: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]], dim: int) -> None:
+        self.segments = segments
+        self.dim = dim
+        sizes = [len(offsets) - 1 for _, _, offsets in segments]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # [S + 1] first row of each segment
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes + (s.nbytes if s is not None else 0) + o.nbytes for c, s, o in self.segments)
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """rows [C] -> (tokens [T, D] float32 of those documents in order, offsets [C + 1])."""
+        rows = np.asarray(rows, dtype=np.int64)
+        segment = np.searchsorted(self.starts, rows, side="right") - 1  # [C]
+        lengths = np.zeros(len(rows), dtype=np.int64)
+        for s, (_, _, offsets) in enumerate(self.segments):
+            mine = segment == s
+            local = rows[mine] - self.starts[s]
+            lengths[mine] = offsets[local + 1] - offsets[local]
+        out_offsets = np.concatenate([[0], np.cumsum(lengths)])
+        tokens = np.empty((int(out_offsets[-1]), self.dim), dtype=np.float32)
+        for s, (codes, scales, offsets) in enumerate(self.segments):
+            mine = np.flatnonzero(segment == s)
+            if not len(mine):
+                continue
+            n = lengths[mine]
+            within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # position inside each document
+            source = np.repeat(offsets[rows[mine] - self.starts[s]], n) + within
+            target = np.repeat(out_offsets[mine], n) + within
+            tokens[target] = decompress(codes[source], scales[source] if scales is not None else None)
+        return tokens, out_offsets
+
+    def all(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every document's tokens [T, D] float32 and offsets [N + 1] (for exhaustive MaxSim)."""
+        return self.gather(np.arange(len(self)))

@@ -42,15 +42,22 @@ class TokenStore:
     def nbytes(self) -> int:
         return sum(c.nbytes + (s.nbytes if s is not None else 0) + o.nbytes for c, s, o in self.segments)
 
+    def lengths(self, rows: np.ndarray) -> np.ndarray:
+        """[C] token counts of these documents."""
+        rows = np.asarray(rows, dtype=np.int64)
+        segment = np.searchsorted(self.starts, rows, side="right") - 1
+        out = np.zeros(len(rows), dtype=np.int64)
+        for s, (_, _, offsets) in enumerate(self.segments):
+            mine = segment == s
+            local = rows[mine] - self.starts[s]
+            out[mine] = offsets[local + 1] - offsets[local]
+        return out
+
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """rows [C] -> (tokens [T, D] float32 of those documents in order, offsets [C + 1])."""
         rows = np.asarray(rows, dtype=np.int64)
         segment = np.searchsorted(self.starts, rows, side="right") - 1  # [C]
-        lengths = np.zeros(len(rows), dtype=np.int64)
-        for s, (_, _, offsets) in enumerate(self.segments):
-            mine = segment == s
-            local = rows[mine] - self.starts[s]
-            lengths[mine] = offsets[local + 1] - offsets[local]
+        lengths = self.lengths(rows)
         out_offsets = np.concatenate([[0], np.cumsum(lengths)])
         tokens = np.empty((int(out_offsets[-1]), self.dim), dtype=np.float32)
         for s, (codes, scales, offsets) in enumerate(self.segments):
@@ -63,7 +70,3 @@ class TokenStore:
             target = np.repeat(out_offsets[mine], n) + within
             tokens[target] = decompress(codes[source], scales[source] if scales is not None else None)
         return tokens, out_offsets
-
-    def all(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every document's tokens [T, D] float32 and offsets [N + 1] (for exhaustive MaxSim)."""
-        return self.gather(np.arange(len(self)))

@@ -18,14 +18,15 @@ from .config import CollectionConfig, FieldConfig
 from .documents import DocumentTable, concat, document_texts, documents_to_table
 from .errors import AlreadyExists, InvalidRequest, NotFound, RetrieverError
 from .fields import DenseField
+from .multivector_field import MultiVectorField
 from .filters import filter_mask
 from .sparse_fields import NO_TERMS, Bm25Field, InvertedField, LearnedSparseField, SparseDocuments
 from .types import Hits
 
-REQUEST_PARAMS = {"nprobe": 1, "efSearch": 1, "rescore": 0, "inference_free": 0, "candidates": 1}  # name -> smallest value
-FIELD_CLASSES = {"dense": DenseField, "bm25": Bm25Field, "sparse": LearnedSparseField}
+REQUEST_PARAMS = {"nprobe": 1, "efSearch": 1, "rescore": 0, "inference_free": 0, "candidates": 1, "rerank": 1, "exhaustive": 0}
+FIELD_CLASSES = {"dense": DenseField, "bm25": Bm25Field, "sparse": LearnedSparseField, "multivector": MultiVectorField}
 FUSION_CANDIDATES = 100  # per-field candidates fused when several fields are searched
-Field = DenseField | InvertedField
+Field = DenseField | InvertedField | MultiVectorField
 Queries = str | Sequence[str] | np.ndarray | Mapping[str, Any]
 
 
@@ -61,8 +62,8 @@ class Collection:
         files: dict[str, Any] = {}
         fields = {}
         for f in config.fields:
-            if f.kind == "dense":
-                fields[f.name], written = DenseField.empty_entry(path, f, sizes[f.name])
+            if f.kind in ("dense", "multivector"):
+                fields[f.name], written = FIELD_CLASSES[f.kind].empty_entry(path, f, sizes[f.name])
                 files.update(written)
             else:
                 fields[f.name] = InvertedField.empty_entry(f, sizes[f.name])
@@ -397,12 +398,12 @@ def _file_names(entry) -> list[str]:
 
 
 def _initial_size(config: FieldConfig) -> int:
-    """A new field's dimension: dense width, vocabulary size of a sparse model, 0 for BM25."""
+    """A new field's dimension: dense or token width, vocabulary size of a sparse model, 0 for BM25."""
     if config.kind == "bm25":
         return 0
     if config.dim is not None:
         return config.dim
-    return _make_encoder(config).dim if config.kind == "dense" else _make_encoder(config).vocab_size
+    return _make_encoder(config).vocab_size if config.kind == "sparse" else _make_encoder(config).dim
 
 
 def _make_encoder(config: FieldConfig):
@@ -410,6 +411,11 @@ def _make_encoder(config: FieldConfig):
         from .encoders.tokenize import Tokenizer
 
         return Tokenizer(stopwords=config.stopwords or None, stemmer=config.stemmer or None)
+    if config.kind == "multivector":
+        from .encoders.multivector import TokenEncoder
+
+        return TokenEncoder(config.model, batch_size=config.batch_size, token_dim=config.token_dim,
+                            skip_special=config.skip_special, skip_punctuation=config.skip_punctuation)
     if config.kind == "sparse":
         from .encoders.sparse import SpladeEncoder
 
@@ -420,5 +426,6 @@ def _make_encoder(config: FieldConfig):
 
 
 def _field_params(field: Field, params: Mapping[str, int]) -> dict[str, int]:
-    keys = ("nprobe", "efSearch", "rescore") if isinstance(field, DenseField) else ("inference_free",)
+    keys = {DenseField: ("nprobe", "efSearch", "rescore"), MultiVectorField: ("nprobe", "efSearch", "rerank", "exhaustive")}.get(
+        type(field), ("inference_free",))
     return {key: value for key, value in params.items() if key in keys}

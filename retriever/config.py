@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from .errors import InvalidConfig, NotFound
 
-FIELD_KINDS = ("dense", "bm25", "sparse")  # multivector and binary arrive with their issues
+FIELD_KINDS = ("dense", "bm25", "sparse", "multivector")  # binary arrives with its issue
 METRICS = ("ip", "l2")
 DEFAULT_SPARSE_MODEL = "splade-tiny"
 BM25_VARIANTS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
@@ -22,7 +22,11 @@ KIND_KEYS = {
     "dense": {"dim", "index", "metric", "normalize", "rescore", "train_size", "search"},
     "bm25": {"variant", "k1", "b", "delta", "stopwords", "stemmer"},
     "sparse": {"dim", "query", "query_weights", "top_terms", "min_weight"},
+    "multivector": {"dim", "index", "train_size", "search", "fde", "token_dim", "skip_special", "skip_punctuation",
+                    "query_max_length", "query_prefix", "document_prefix", "rerank", "token_dtype", "max_fde_dim"},
 }
+FDE_KEYS = ("repetitions", "simhash_bits", "projection_dim", "fill_empty_partitions", "final_dim", "seed")
+TOKEN_DTYPES = ("float16", "int8")
 SEARCH_PARAMS = ("nprobe", "efSearch")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 
@@ -72,6 +76,16 @@ class FieldConfig:
     query_weights: str = "idf"
     top_terms: int | None = 256
     min_weight: float = 0.0
+    fde: Mapping[str, Any] = field(default_factory=dict)
+    token_dim: int | None = None
+    skip_special: bool = True
+    skip_punctuation: bool = True
+    query_max_length: int = 32
+    query_prefix: str = ""
+    document_prefix: str = ""
+    rerank: int = 100
+    token_dtype: str = "float16"
+    max_fde_dim: int = 65_536
 
     def __post_init__(self) -> None:
         where = f"field {self.name!r}"
@@ -85,6 +99,8 @@ class FieldConfig:
             self._check_bm25(where)
         elif self.kind == "sparse":
             self._check_sparse(where)
+        elif self.kind == "multivector":
+            self._check_multivector(where)
         else:
             self._check_dense(where)
 
@@ -116,6 +132,31 @@ class FieldConfig:
             raise InvalidConfig(f"{where}: query_weights must be one of {SPARSE_QUERY_WEIGHTS}, got {self.query_weights!r}")
         if isinstance(self.min_weight, bool) or not isinstance(self.min_weight, (int, float)) or not self.min_weight >= 0:
             raise InvalidConfig(f"{where}: min_weight must be a number >= 0, got {self.min_weight!r}")
+
+    def _check_multivector(self, where: str) -> None:
+        if self.model is None and self.dim is None:
+            raise InvalidConfig(f"{where}: give a sentence-transformers `model` for token vectors, or `dim` to bring your own")
+        for key, low in (("dim", 1), ("token_dim", 1), ("query_max_length", 1), ("rerank", 1), ("max_fde_dim", 1), ("train_size", 1)):
+            _check_int(where, key, getattr(self, key), low=low, optional=key in ("dim", "token_dim"))
+        if self.token_dtype not in TOKEN_DTYPES:
+            raise InvalidConfig(f"{where}: token_dtype must be one of {TOKEN_DTYPES}, got {self.token_dtype!r}")
+        unknown = sorted(set(self.fde) - set(FDE_KEYS))
+        if unknown:
+            raise InvalidConfig(f"{where}: unknown fde setting(s) {unknown}; known: {list(FDE_KEYS)}")
+        from retriever.index.fde import FdeConfig
+
+        try:
+            fde = FdeConfig(**self.fde)
+        except ValueError as e:
+            raise InvalidConfig(f"{where}: {e}") from None
+        width = self.token_dim or self.dim
+        if width is not None and fde.dimension(width) > self.max_fde_dim:
+            raise InvalidConfig(f"{where}: the FDE would have {fde.dimension(width)} dimensions, over max_fde_dim = {self.max_fde_dim}; "
+                                "lower repetitions, simhash_bits or projection_dim, or set fde.final_dim")
+        if not isinstance(self.index, str) or not self.index.strip():
+            raise InvalidConfig(f"{where}: index must be a faiss factory string such as 'Flat' or 'HNSW32'")
+        object.__setattr__(self, "fde", dict(self.fde))
+        object.__setattr__(self, "search", dict(self.search))
 
     def _check_dense(self, where: str) -> None:
         if self.metric not in METRICS:

@@ -89,3 +89,92 @@ def test_token_store_gathers_across_segments(dtype, tolerance):
     tokens, offsets = store.gather(rows)
     for i, row in enumerate(rows):
         np.testing.assert_allclose(tokens[offsets[i]:offsets[i + 1]], whole[row], atol=tolerance)
+
+
+# ---- multivector fields in a collection ---------------------------------------------------------------
+
+import retriever  # noqa: E402
+from retriever.errors import InvalidConfig, InvalidRequest  # noqa: E402
+
+
+def token_collection(path, **field):
+    config = {"name": "mv", "max_k": 500, "fields": [{"name": "tok", "kind": "multivector", "dim": 16,
+                                                      "fde": {"repetitions": 8, "simhash_bits": 3, "projection_dim": 8}, **field}]}
+    return retriever.Collection.create(path, config)
+
+
+def split(tokens, offsets):
+    return [tokens[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+@pytest.mark.parametrize("token_dtype, tolerance", [("float16", 3e-3), ("int8", 3e-2)])
+def test_exhaustive_and_full_rerank_match_reference_maxsim(tmp_path, token_dtype, tolerance):
+    c = token_collection(tmp_path / "c", token_dtype=token_dtype)
+    docs = split(*clouds(120, 16, seed=5, max_tokens=15))
+    c.add([{"id": f"d{i}"} for i in range(70)], vectors={"tok": docs[:70]})
+    c.add([{"id": f"d{i}"} for i in range(70, 120)], vectors={"tok": docs[70:]})
+    queries = split(*clouds(4, 16, seed=6, max_tokens=5))
+    for params in ({"exhaustive": 1}, {"rerank": 120}):  # re-ranking every document is exhaustive search
+        for hits, query in zip(c.search(queries, k=10, params=params), queries):
+            expected = reference.maxsim_scores(query, docs)
+            np.testing.assert_allclose(hits.scores, np.sort(expected)[::-1][:10], atol=tolerance)
+            assert len(set(hits.ids) & {f"d{i}" for i in np.argsort(-expected)[:10]}) >= 9
+    reopened = retriever.Collection.open(c.path)
+    assert reopened.search(queries, k=5)[0].ids == c.search(queries, k=5)[0].ids
+
+
+def test_multivector_filters_deletes_and_upserts(tmp_path):
+    c = token_collection(tmp_path / "c")
+    docs = split(*clouds(40, 16, seed=7))
+    c.add([{"id": f"d{i}", "even": i % 2 == 0} for i in range(40)], vectors={"tok": docs})
+    query = [docs[3]]
+    assert c.search(query, k=1, params={"exhaustive": 1})[0].ids == ["d3"]
+    assert "d3" not in c.search(query, k=10, filter={"even": True})[0].ids
+    c.delete(["d3"])
+    assert "d3" not in c.search(query, k=10, params={"exhaustive": 1})[0].ids
+    c.add([{"id": "d3", "even": False}], vectors={"tok": [docs[3]]})
+    assert c.search(query, k=1)[0].ids == ["d3"]
+
+
+@pytest.mark.parametrize("given, words", [
+    ([np.ones((3, 15), np.float32)], "dimension|must be"),
+    ([np.full((2, 16), np.nan, np.float32)], "NaN"),
+    ([np.zeros((0, 16), np.float32)], "no tokens"),
+    ([["x", "y"]], "token vectors"),
+])
+def test_bad_token_queries_are_refused(tmp_path, given, words):
+    c = token_collection(tmp_path / "c")
+    c.add([{"id": "a"}], vectors={"tok": [np.ones((2, 16), np.float32)]})
+    with pytest.raises(InvalidRequest, match=words):
+        c.search(given, fields="tok")
+
+
+def test_bad_token_documents_change_nothing(tmp_path):
+    c = token_collection(tmp_path / "c")
+    c.add([{"id": "a"}], vectors={"tok": [np.ones((2, 16), np.float32)]})
+    version = c.version
+    for bad in ([np.ones((2, 8), np.float32)], [np.full((1, 16), np.inf, np.float32)], [np.ones((1, 16))] * 2):
+        with pytest.raises(InvalidRequest):
+            c.add([{"id": "b"}], vectors={"tok": bad})
+    assert retriever.Collection.open(c.path).version == version
+
+
+def test_fde_larger_than_allowed_is_a_config_error(tmp_path):
+    with pytest.raises(InvalidConfig, match="max_fde_dim"):
+        token_collection(tmp_path / "c", fde={"repetitions": 64, "simhash_bits": 8, "projection_dim": 0})
+
+
+@pytest.mark.model
+def test_minilm_token_vectors_end_to_end(tmp_path):
+    from helpers import TINY_CORPUS
+
+    c = retriever.Collection.create(tmp_path / "c", {"name": "tiny", "fields": [
+        {"name": "tok", "kind": "multivector", "model": "sentence-transformers/all-MiniLM-L6-v2", "token_dim": 64,
+         "fde": {"repetitions": 10, "simhash_bits": 3, "projection_dim": 16}}]})
+    c.add(TINY_CORPUS)
+    assert c.info()["fields"]["tok"]["token_dim"] == 64
+    for params in ({}, {"exhaustive": 1}):
+        hits = c.search(["which animal barks?", "baking bread with yeast"], k=2, params=params)
+        assert [h.ids[0] for h in hits] == ["dog", "bread"]
+    with pytest.raises(InvalidRequest, match="no tokens"):
+        c.search("?!", k=1)

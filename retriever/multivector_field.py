@@ -1,0 +1,225 @@
+"""A multi-vector field at run time: MUVERA encodings in a dense index find candidates, exact
+MaxSim over the stored token vectors re-ranks them (or scores every document, `exhaustive`)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import faiss
+import numpy as np
+
+from retriever.index import storage
+from retriever.index.faiss_index import FaissIndex
+from retriever.index.fde import FdeConfig, FdeEncoder
+from retriever.index.tokens import TokenStore, compress
+from retriever.kernels.maxsim import maxsim
+
+from .config import FieldConfig
+from .encoders.models import choose_device
+from .errors import CorruptIndex, InvalidConfig, InvalidRequest
+from .fields import training_sample
+
+MAXSIM_BLOCK = 1 << 17  # document tokens decompressed and scored per step when searching exhaustively
+
+
+@dataclass(frozen=True)
+class MultiVectors:
+    """Point clouds: cloud i is tokens[offsets[i]:offsets[i+1]]. tokens [T, D] float32, offsets [N + 1]."""
+
+    tokens: np.ndarray
+    offsets: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def cloud(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+
+    @property
+    def empty(self) -> np.ndarray:
+        return np.diff(self.offsets) == 0
+
+
+class MultiVectorField:
+    def __init__(self, config: FieldConfig, entry: dict[str, Any], index: FaissIndex, tokens: TokenStore) -> None:
+        self.config = config
+        self.entry = entry
+        self.dim = int(entry["dim"])  # token dimension
+        self.index = index
+        self.tokens = tokens
+        self.fde = FdeEncoder(FdeConfig(**entry["fde"]), self.dim)
+
+    # ---- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def empty_entry(cls, path, config: FieldConfig, dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        fde = FdeConfig(**config.fde)
+        if fde.dimension(dim) > config.max_fde_dim:
+            raise InvalidConfig(f"field {config.name!r}: the FDE would have {fde.dimension(dim)} dimensions, over max_fde_dim = "
+                                f"{config.max_fde_dim}; lower repetitions, simhash_bits or projection_dim, or set fde.final_dim")
+        name = f"{config.name}.index-{1:06d}.faiss"
+        files = {name: storage.write_new_file(path, name, FaissIndex(config.index, fde.dimension(dim), "ip").to_bytes())}
+        return {"dim": dim, "fde": fde.to_dict(), "fde_dim": fde.dimension(dim), "index": name, "tokens": []}, files
+
+    @classmethod
+    def open(cls, path, config: FieldConfig, entry: dict[str, Any], files: dict[str, Any], num_rows: int) -> "MultiVectorField":
+        index = FaissIndex.from_bytes(storage.read_verified(path, entry["index"], files[entry["index"]]), config.index, entry["fde_dim"], "ip")
+        index.use_gpu()
+        segments = []
+        for seg in entry["tokens"]:
+            load = lambda name: storage.open_npy_verified(path, name, files[name]) if name else None  # noqa: E731
+            segments.append((load(seg["codes"]), load(seg["scales"]), load(seg["offsets"])))
+        tokens = TokenStore(segments, entry["dim"])
+        if index.ntotal != num_rows or len(tokens) != num_rows:
+            raise CorruptIndex(f"field {config.name!r} holds {index.ntotal} encodings / {len(tokens)} token lists for {num_rows} documents")
+        return cls(config, entry, index, tokens)
+
+    def info(self) -> dict[str, Any]:
+        n = max(len(self.tokens), 1)
+        return {"kind": "multivector", "model": self.config.model, "token_dim": self.dim, "fde": self.entry["fde"],
+                "fde_dim": self.entry["fde_dim"], "index": self.config.index, "ntotal": self.index.ntotal,
+                "token_dtype": self.config.token_dtype, "token_bytes": self.tokens.nbytes,
+                "bytes_per_document": round((self.tokens.nbytes + _index_bytes(self.index)) / n, 1)}
+
+    # ---- documents and queries ------------------------------------------------------------------
+
+    def documents_from_texts(self, encoder, texts: list[str], progress: bool = False) -> MultiVectors:
+        from .encoders.multivector import TokenSettings
+
+        settings = TokenSettings(self.config.max_length or 256, self.config.document_prefix)
+        return self.check_documents(encoder.encode(texts, settings, progress=progress), len(texts))
+
+    def queries_from_texts(self, encoder, texts: list[str], params: Mapping[str, int]) -> MultiVectors:
+        from .encoders.multivector import TokenSettings
+
+        queries = self.check_queries(encoder.encode(texts, TokenSettings(self.config.query_max_length, self.config.query_prefix)))
+        return queries
+
+    def check_documents(self, given, count: int) -> MultiVectors:
+        clouds = self._clouds(given, "document")
+        if len(clouds) != count:
+            raise InvalidRequest(f"{count} documents but {len(clouds)} token lists for field {self.config.name!r}")
+        return clouds
+
+    def check_queries(self, given) -> MultiVectors:
+        clouds = self._clouds(given, "query")
+        empty = np.flatnonzero(clouds.empty)
+        if len(empty):
+            raise InvalidRequest(f"query {int(empty[0])} has no tokens for field {self.config.name!r} after skipping special tokens and punctuation")
+        return clouds
+
+    def _clouds(self, given, what: str) -> MultiVectors:
+        """(tokens [T, D], offsets [N + 1]) or a list of [t_i, D] arrays -> checked, L2-normalized clouds."""
+        if isinstance(given, MultiVectors):
+            return given
+        try:
+            if isinstance(given, tuple) and len(given) == 2 and np.ndim(given[1]) == 1:
+                tokens, offsets = np.asarray(given[0], dtype=np.float32), np.asarray(given[1], dtype=np.int64)
+            else:
+                arrays = [np.asarray(a, dtype=np.float32).reshape(-1, self.dim) if np.size(a) == 0 else np.asarray(a, dtype=np.float32) for a in given]
+                if any(a.ndim != 2 or a.shape[1] != self.dim for a in arrays):
+                    bad = next(a.shape for a in arrays if a.ndim != 2 or a.shape[1] != self.dim)
+                    raise InvalidRequest(f"{what} token vectors for field {self.config.name!r} must be [tokens, {self.dim}], got {bad}")
+                tokens = np.concatenate(arrays) if arrays else np.zeros((0, self.dim), np.float32)
+                offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"{what} token vectors for field {self.config.name!r} must be a list of [tokens, {self.dim}] arrays") from None
+        if tokens.ndim != 2 or tokens.shape[1] != self.dim:
+            raise InvalidRequest(f"{what} token vectors for field {self.config.name!r} must have dimension {self.dim}, got shape {tokens.shape}")
+        if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(tokens) or (np.diff(offsets) < 0).any():
+            raise InvalidRequest(f"{what} token offsets must rise from 0 to the number of tokens ({len(tokens)})")
+        if not np.isfinite(tokens).all():
+            raise InvalidRequest(f"{what} token vectors for field {self.config.name!r} contain NaN or inf")
+        norms = np.linalg.norm(tokens, axis=1, keepdims=True)
+        return MultiVectors((tokens / np.where(norms > 0, norms, 1)).astype(np.float32), offsets)
+
+    # ---- writing -------------------------------------------------------------------------------
+
+    def prepare(self, clouds: MultiVectors, first_row: int, deleted: np.ndarray) -> "PendingClouds":
+        encodings = self.fde.encode_documents(clouds.tokens, clouds.offsets)  # [N, fde_dim]
+        index = FaissIndex(self.index.factory, self.index.dim, "ip", index=faiss.clone_index(self.index.cpu_index))
+        if not index.cpu_index.is_trained:
+            index.train(training_sample(encodings, self.config.train_size))
+        index.add(encodings)
+        index.use_gpu()
+        codes, scales = compress(clouds.tokens, self.config.token_dtype)
+        return PendingClouds(self, index, codes, scales, clouds.offsets)
+
+    # ---- search --------------------------------------------------------------------------------
+
+    def search(self, queries: MultiVectors, k: int, params: Mapping[str, int], allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """-> (scores [B, k], rows [B, k]) by exact MaxSim, -inf / -1 padded. Candidates come from the
+        FDE index (`rerank` of them), or every document with `exhaustive=1`."""
+        if params.get("exhaustive"):
+            return self._exhaustive(queries, k, allowed)
+        rerank = max(k, int(params.get("rerank", self.config.rerank)))
+        search_params = {key: params[key] for key in ("nprobe", "efSearch") if key in params}
+        encoded = self.fde.encode_queries(queries.tokens, queries.offsets)  # [B, fde_dim]
+        _, candidates = self.index.search(encoded, rerank, {**self.config.search, **search_params}, allowed)  # [B, C]
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        rows = np.full((len(queries), k), -1, dtype=np.int64)
+        for b in range(len(queries)):
+            found = candidates[b][candidates[b] >= 0]
+            tokens, offsets = self.tokens.gather(found)
+            exact = maxsim(queries.cloud(b), tokens, offsets, self._device)
+            best = np.lexsort((found, -exact))[:k]
+            scores[b, : len(best)], rows[b, : len(best)] = exact[best], found[best]
+        return scores, rows
+
+    def _exhaustive(self, queries: MultiVectors, k: int, allowed: np.ndarray | None):
+        """Brute-force MaxSim over every stored document (the quality reference), in blocks of
+        documents so only one block of tokens is decompressed at a time."""
+        rows_all = np.arange(len(self.tokens)) if allowed is None else np.flatnonzero(allowed[: len(self.tokens)])
+        exact = np.zeros((len(queries), len(rows_all)), dtype=np.float32)  # [B, N]
+        lengths = self.tokens.lengths(rows_all)
+        ends = np.searchsorted(np.cumsum(lengths), np.arange(MAXSIM_BLOCK, int(lengths.sum()) + MAXSIM_BLOCK, MAXSIM_BLOCK), side="right")
+        start = 0
+        for end in np.unique(np.maximum(ends, 1)):
+            if end <= start:
+                continue
+            tokens, offsets = self.tokens.gather(rows_all[start:end])
+            for b in range(len(queries)):
+                exact[b, start:end] = maxsim(queries.cloud(b), tokens, offsets, self._device)
+            start = end
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        rows = np.full((len(queries), k), -1, dtype=np.int64)
+        for b in range(len(queries)):
+            best = np.lexsort((rows_all, -exact[b]))[:k]
+            scores[b, : len(best)], rows[b, : len(best)] = exact[b, best], rows_all[best]
+        return scores, rows
+
+    @functools.cached_property
+    def _device(self) -> str:
+        return choose_device()
+
+
+@dataclass
+class PendingClouds:
+    field: MultiVectorField
+    index: FaissIndex
+    codes: np.ndarray
+    scales: np.ndarray | None
+    offsets: np.ndarray
+
+    def write(self, path, version: int, num_rows: int):
+        name = self.field.config.name
+        files: dict[str, Any] = {}
+        seg: dict[str, Any] = {"scales": None}
+        for part, array in (("codes", self.codes), ("scales", self.scales), ("offsets", self.offsets)):
+            if array is None:
+                continue
+            file = f"{name}.tokens-{version:06d}.{part}.npy"
+            files[file] = storage.write_new_file(path, file, storage.npy_bytes(array))
+            seg[part] = file
+        iname = f"{name}.index-{version:06d}.faiss"
+        files[iname] = storage.write_new_file(path, iname, self.index.to_bytes())
+        entry = {**self.field.entry, "index": iname, "tokens": [*self.field.entry["tokens"], seg]}
+        load = lambda f: np.load(path / f, mmap_mode="r") if f else None  # noqa: E731
+        segments = [*self.field.tokens.segments, (load(seg["codes"]), load(seg["scales"]), load(seg["offsets"]))]
+        return entry, files, MultiVectorField(self.field.config, entry, self.index, TokenStore(segments, self.field.dim))
+
+
+def _index_bytes(index: FaissIndex) -> int:
+    return len(index.to_bytes()) if index.ntotal else 0

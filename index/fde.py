@@ -87,8 +87,7 @@ class FdeEncoder:
             partition = _gray_index(codes, self.config.simhash_bits)  # [T]
             projected = tokens @ projection if projection is not None else tokens  # [T, d]
             keys = owner * self.partitions + partition
-            sums = np.zeros((count * self.partitions, self.width), dtype=np.float32)
-            np.add.at(sums, keys, projected)
+            sums = _sum_rows(keys, projected, count * self.partitions)
             if document:
                 sizes = np.bincount(keys, minlength=count * self.partitions).astype(np.float32)
                 sums /= np.maximum(sizes, 1)[:, None]
@@ -107,6 +106,14 @@ class FdeEncoder:
             missing = np.flatnonzero(empty[n])  # [m]
             distance = _popcount(codes[lo:hi, None] ^ self._partition_bits[None, missing])  # [t, m]
             sums[n * self.partitions + missing] = projected[lo + np.argmin(distance, axis=0)]
+
+
+def _sum_rows(keys: np.ndarray, rows: np.ndarray, size: int) -> np.ndarray:
+    """[size, d] with out[i] = sum of rows whose key is i, as one sparse x dense product."""
+    import scipy.sparse
+
+    selector = scipy.sparse.csr_matrix((np.ones(len(keys), np.float32), (keys, np.arange(len(keys)))), shape=(size, len(keys)))
+    return np.asarray(selector @ rows, dtype=np.float32)
 
 
 def _codes(sketch: np.ndarray) -> np.ndarray:

@@ -20,8 +20,9 @@ WeightsOption = typer.Option(None, "--weights", help="Weighted fusion: FIELD=WEI
 NormalizationOption = typer.Option("minmax", "--normalization", help="Weighted fusion: minmax or zscore, per field and query.")
 ParamOption = typer.Option(
     None, "--param", "-p",
-    help="Search parameter NAME=INT (nprobe, efSearch, rescore, inference_free, candidates); repeatable.",
+    help="Search parameter NAME=INT (nprobe, efSearch, rescore, inference_free, candidates, rerank); repeatable.",
 )
+ExhaustiveOption = typer.Option(False, "--exhaustive", help="Multi-vector fields: exact MaxSim over every document (the quality reference).")
 
 
 def main() -> None:
@@ -50,8 +51,9 @@ def _fields(value: Optional[str]) -> Optional[list[str]]:
     return [f.strip() for f in value.split(",") if f.strip()] if value else None
 
 
-def _params(values: Optional[list[str]]) -> dict[str, int]:
-    return _pairs(values or [], int, "--param takes NAME=INT")
+def _params(values: Optional[list[str]], exhaustive: bool = False) -> dict[str, int]:
+    params = _pairs(values or [], int, "--param takes NAME=INT")
+    return {**params, "exhaustive": 1} if exhaustive else params
 
 
 def _weights(value: Optional[str]) -> Optional[dict[str, float]]:
@@ -131,6 +133,7 @@ def search(
     normalization: str = NormalizationOption,
     filter: Optional[str] = typer.Option(None, "--filter", help='Metadata filter as JSON, e.g. \'{"year": {"gte": 2000}}\'.'),
     param: Optional[list[str]] = ParamOption,
+    exhaustive: bool = ExhaustiveOption,
     token_env: Optional[str] = typer.Option(None, "--token-env", help="For grpc:// targets: send `Bearer $VAR`."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -146,7 +149,7 @@ def search(
             raise InvalidRequest("give query texts or --vectors FILE.npy, not both or neither")
         request = _load_vectors(vectors) if vectors is not None else queries
         hits = connect(collection, **_remote_options(token_env)).search(
-            request, k=k, fields=_fields(fields), filter=conditions, params=_params(param),
+            request, k=k, fields=_fields(fields), filter=conditions, params=_params(param, exhaustive),
             fusion=fusion, weights=_weights(weights), normalization=normalization)
         labels = queries or [f"vector {i}" for i in range(len(hits))]
         return {"results": [
@@ -177,6 +180,7 @@ def evaluate(
     weights: Optional[str] = WeightsOption,
     normalization: str = NormalizationOption,
     param: Optional[list[str]] = ParamOption,
+    exhaustive: bool = ExhaustiveOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Score a collection on a BEIR split with ir-measures (nDCG@10, R@100) and time it."""
@@ -187,7 +191,7 @@ def evaluate(
 
         queries, qrels = load_beir(beir, split)
         return run_eval(Collection.open(collection), queries, qrels, batch_size=batch_size, fields=_fields(fields),
-                        params=_params(param), fusion=fusion, weights=_weights(weights), normalization=normalization, run_path=run)
+                        params=_params(param, exhaustive), fusion=fusion, weights=_weights(weights), normalization=normalization, run_path=run)
 
     _run(as_json, work, lambda r: print(json.dumps(r, indent=1)))
 

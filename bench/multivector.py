@@ -28,9 +28,9 @@ from common import emit, log  # noqa: E402
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 SETTINGS = {  # name -> fde settings
     "R20-b5-p16": {"repetitions": 20, "simhash_bits": 5, "projection_dim": 16},
-    "R20-b4-p16": {"repetitions": 20, "simhash_bits": 4, "projection_dim": 16},
     "R10-b4-p16": {"repetitions": 10, "simhash_bits": 4, "projection_dim": 16},
     "R40-b3-p16": {"repetitions": 40, "simhash_bits": 3, "projection_dim": 16},
+    "R40-b5-p16": {"repetitions": 40, "simhash_bits": 5, "projection_dim": 16},
 }
 DEPTHS = (100, 500, 1000)
 

@@ -174,3 +174,15 @@ def test_eval_with_fields_and_fusion(hybrid, corpus):
 def test_bad_fusion_options_are_clear_errors(hybrid, extra, words):
     result, _ = invoke("search", hybrid, "bread", "--fields", "dense,bm25", *extra)
     assert result.exit_code == 2 and words in result.output
+
+
+def test_multivector_search_exhaustive_and_rerank(corpus, tmp_path):
+    (corpus / "tokens.toml").write_text(
+        'name = "tok"\n[[fields]]\nname = "tok"\nkind = "multivector"\nmodel = "sentence-transformers/all-MiniLM-L6-v2"\n'
+        'token_dim = 64\nfde = { repetitions = 8, simhash_bits = 3, projection_dim = 16 }\n')
+    result, _ = invoke("build", "--config", corpus / "tokens.toml", "--input", corpus / "corpus.jsonl", "--out", tmp_path / "tok", "--json")
+    assert result.exit_code == 0, result.output
+    runs = [invoke("search", tmp_path / "tok", "which animal barks?", "-k", "3", *extra, "--json")[1]
+            for extra in (["--exhaustive"], ["-p", "rerank=6"])]
+    assert runs[0]["results"][0]["hits"][0]["id"] == "dog"
+    assert [h["id"] for h in runs[0]["results"][0]["hits"]] == [h["id"] for h in runs[1]["results"][0]["hits"]]

@@ -94,8 +94,7 @@ class MultiVectorField:
     def queries_from_texts(self, encoder, texts: list[str], params: Mapping[str, int]) -> MultiVectors:
         from .encoders.multivector import TokenSettings
 
-        queries = self.check_queries(encoder.encode(texts, TokenSettings(self.config.query_max_length, self.config.query_prefix)))
-        return queries
+        return self.check_queries(encoder.encode(texts, TokenSettings(self.config.query_max_length, self.config.query_prefix)))
 
     def check_documents(self, given, count: int) -> MultiVectors:
         clouds = self._clouds(given, "document")

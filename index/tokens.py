@@ -42,31 +42,34 @@ class TokenStore:
     def nbytes(self) -> int:
         return sum(c.nbytes + (s.nbytes if s is not None else 0) + o.nbytes for c, s, o in self.segments)
 
-    def lengths(self, rows: np.ndarray) -> np.ndarray:
-        """[C] token counts of these documents."""
+    def _locate(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """rows [C] -> (segment [C], first token [C] and token count [C] within that segment)."""
         rows = np.asarray(rows, dtype=np.int64)
         segment = np.searchsorted(self.starts, rows, side="right") - 1
-        out = np.zeros(len(rows), dtype=np.int64)
+        first, count = np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64)
         for s, (_, _, offsets) in enumerate(self.segments):
             mine = segment == s
             local = rows[mine] - self.starts[s]
-            out[mine] = offsets[local + 1] - offsets[local]
-        return out
+            first[mine] = offsets[local]
+            count[mine] = offsets[local + 1] - offsets[local]
+        return segment, first, count
+
+    def lengths(self, rows: np.ndarray) -> np.ndarray:
+        """[C] token counts of these documents."""
+        return self._locate(rows)[2]
 
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """rows [C] -> (tokens [T, D] float32 of those documents in order, offsets [C + 1])."""
-        rows = np.asarray(rows, dtype=np.int64)
-        segment = np.searchsorted(self.starts, rows, side="right") - 1  # [C]
-        lengths = self.lengths(rows)
+        segment, first, lengths = self._locate(rows)
         out_offsets = np.concatenate([[0], np.cumsum(lengths)])
         tokens = np.empty((int(out_offsets[-1]), self.dim), dtype=np.float32)
-        for s, (codes, scales, offsets) in enumerate(self.segments):
+        for s, (codes, scales, _) in enumerate(self.segments):
             mine = np.flatnonzero(segment == s)
             if not len(mine):
                 continue
             n = lengths[mine]
             within = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # position inside each document
-            source = np.repeat(offsets[rows[mine] - self.starts[s]], n) + within
+            source = np.repeat(first[mine], n) + within
             target = np.repeat(out_offsets[mine], n) + within
             tokens[target] = decompress(codes[source], scales[source] if scales is not None else None)
         return tokens, out_offsets

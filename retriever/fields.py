@@ -81,17 +81,7 @@ class DenseField:
         return check_vectors(self, array, array.shape[0], "query")
 
     def prepare(self, vectors: np.ndarray, first_row: int, deleted: np.ndarray) -> "PendingVectors":
-        return PendingVectors(self, vectors, self.index_with(vectors))
-
-    def index_with(self, vectors: np.ndarray) -> FaissIndex:
-        """A copy of the index holding these vectors [N, D] too, trained on a sample first if needed
-        (this field's own index is left unchanged for pinned readers)."""
-        index = FaissIndex(self.index.factory, self.dim, self.config.metric, index=faiss.clone_index(self.index.cpu_index))
-        if not index.cpu_index.is_trained:
-            index.train(training_sample(vectors, self.config.train_size))
-        index.add(vectors)
-        index.use_gpu()
-        return index
+        return PendingVectors(self, vectors, index_with(self.index, vectors, self.config.train_size))
 
 
 @dataclass(frozen=True)
@@ -135,6 +125,17 @@ def _explain_bad_vectors(field: DenseField, array: np.ndarray, what: str) -> Non
         raise InvalidRequest(f"a {what} vector for field {field.config.name!r} is all zeros and cannot be normalized")
     if not np.isfinite(np.linalg.norm(array.astype(np.float64), axis=1)).all():
         raise InvalidRequest(f"a {what} vector for field {field.config.name!r} has values too large for float32 arithmetic")
+
+
+def index_with(index: FaissIndex, vectors: np.ndarray, train_size: int) -> FaissIndex:
+    """A copy of `index` holding these vectors [N, D] too, trained on a sample first if needed
+    (the original is left unchanged for pinned readers)."""
+    extended = FaissIndex(index.factory, index.dim, index.metric, index=faiss.clone_index(index.cpu_index))
+    if not extended.cpu_index.is_trained:
+        extended.train(training_sample(vectors, train_size))
+    extended.add(vectors)
+    extended.use_gpu()
+    return extended
 
 
 def training_sample(vectors: np.ndarray, size: int, seed: int = 0) -> np.ndarray:

@@ -7,7 +7,6 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import faiss
 import numpy as np
 
 from retriever.index import storage
@@ -19,7 +18,7 @@ from retriever.kernels.maxsim import maxsim
 from .config import FieldConfig
 from .encoders.models import choose_device
 from .errors import CorruptIndex, InvalidConfig, InvalidRequest
-from .fields import training_sample
+from .fields import index_with
 
 MAXSIM_BLOCK = 1 << 17  # document tokens decompressed and scored per step when searching exhaustively
 
@@ -81,7 +80,7 @@ class MultiVectorField:
         return {"kind": "multivector", "model": self.config.model, "token_dim": self.dim, "fde": self.entry["fde"],
                 "fde_dim": self.entry["fde_dim"], "index": self.config.index, "ntotal": self.index.ntotal,
                 "token_dtype": self.config.token_dtype, "token_bytes": self.tokens.nbytes,
-                "bytes_per_document": round((self.tokens.nbytes + _index_bytes(self.index)) / n, 1)}
+                "bytes_per_document": round((self.tokens.nbytes + self.entry.get("index_bytes", 0)) / n, 1)}
 
     # ---- documents and queries ------------------------------------------------------------------
 
@@ -138,11 +137,7 @@ class MultiVectorField:
 
     def prepare(self, clouds: MultiVectors, first_row: int, deleted: np.ndarray) -> "PendingClouds":
         encodings = self.fde.encode_documents(clouds.tokens, clouds.offsets)  # [N, fde_dim]
-        index = FaissIndex(self.index.factory, self.index.dim, "ip", index=faiss.clone_index(self.index.cpu_index))
-        if not index.cpu_index.is_trained:
-            index.train(training_sample(encodings, self.config.train_size))
-        index.add(encodings)
-        index.use_gpu()
+        index = index_with(self.index, encodings, self.config.train_size)
         codes, scales = compress(clouds.tokens, self.config.token_dtype)
         return PendingClouds(self, index, codes, scales, clouds.offsets)
 
@@ -214,11 +209,8 @@ class PendingClouds:
             seg[part] = file
         iname = f"{name}.index-{version:06d}.faiss"
         files[iname] = storage.write_new_file(path, iname, self.index.to_bytes())
-        entry = {**self.field.entry, "index": iname, "tokens": [*self.field.entry["tokens"], seg]}
+        entry = {**self.field.entry, "index": iname, "index_bytes": files[iname]["size"], "tokens": [*self.field.entry["tokens"], seg]}
         load = lambda f: np.load(path / f, mmap_mode="r") if f else None  # noqa: E731
         segments = [*self.field.tokens.segments, (load(seg["codes"]), load(seg["scales"]), load(seg["offsets"]))]
         return entry, files, MultiVectorField(self.field.config, entry, self.index, TokenStore(segments, self.field.dim))
 
-
-def _index_bytes(index: FaissIndex) -> int:
-    return len(index.to_bytes()) if index.ntotal else 0

@@ -246,7 +246,8 @@ def test_splade_model_and_inference_free_queries_find_the_right_document(splade_
     for params in ({}, {"inference_free": 1}):
         hits = c.search(["baking bread with yeast", "a loyal dog that barks"], k=3, fields="splade", params=params)
         assert [h.ids[0] for h in hits] == ["bread", "dog"]
-    assert all(len(c.fields["splade"].segments[0].rows) <= 64 * len(TINY_CORPUS) for _ in [0])
+    kept = np.bincount(np.asarray(c.fields["splade"].segments[0].rows), minlength=len(TINY_CORPUS))
+    assert kept.max() <= 64 and kept.min() > 0  # top_terms = 64 bounds every document
 
 
 def test_splade_documents_match_the_encoder(splade_collection):

@@ -1,4 +1,5 @@
-"""Dense indexes through faiss factory strings (`Flat`, `IVF{n},Flat`, `IVF{n},PQ{m}[x4fs]`, `HNSW{M}`)."""
+"""Faiss indexes from factory strings: dense (`Flat`, `IVF{n},Flat`, `IVF{n},PQ{m}[x4fs]`, `HNSW{M}`)
+and, with metric "hamming", binary over packed codes (`BFlat`, `BIVF{n}`, `BHNSW{M}`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from retriever.errors import InvalidConfig, InvalidRequest
 
 ADD_BLOCK = 65_536
 _METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+HAMMING = "hamming"  # binary indexes: dim counts bits, vectors are uint8 [N, dim / 8]
 
 
 def gpu_count() -> int:
@@ -30,17 +32,23 @@ class FaissIndex:
         self.factory = factory
         self.dim = dim
         self.metric = metric
+        self.binary = metric == HAMMING
         if index is None:
             try:
-                index = faiss.index_factory(dim, factory, _METRICS[metric])
+                index = faiss.index_binary_factory(dim, factory) if self.binary else faiss.index_factory(dim, factory, _METRICS[metric])
             except RuntimeError as e:
                 raise InvalidConfig(f"index {factory!r} is not a valid faiss factory string for dim {dim}: {_faiss_message(e)}") from None
-        _skip_polysemous_training(index)
         self.cpu_index = index
-        self.ivf = faiss.try_extract_index_ivf(index) if "IVF" in factory.upper() else None
-        self.hnsw = _find_hnsw(index)
+        if self.binary:
+            down = faiss.downcast_IndexBinary(index)
+            self.ivf = down if isinstance(down, faiss.IndexBinaryIVF) else None
+            self.hnsw = down if isinstance(down, faiss.IndexBinaryHNSW) else None
+        else:
+            _skip_polysemous_training(index)
+            self.ivf = faiss.try_extract_index_ivf(index) if "IVF" in factory.upper() else None
+            self.hnsw = _find_hnsw(index)
         self._search_index = self.cpu_index
-        self._selectors = True
+        self._selectors = not (self.binary and self.ivf is not None)  # faiss: no IDSelector for IndexBinaryIVF
         self._parameter_cache: dict[tuple, faiss.SearchParameters | None] = {}  # read-only once made
 
     @property
@@ -50,13 +58,21 @@ class FaissIndex:
     @property
     def exact(self) -> bool:
         """True when search is exhaustive over float vectors (no approximation)."""
-        return isinstance(self.cpu_index, faiss.IndexFlat)
+        return isinstance(self.cpu_index, (faiss.IndexFlat, faiss.IndexBinaryFlat))
+
+    def clone(self) -> "FaissIndex":
+        """An independent copy (pinned readers keep the original)."""
+        if self.binary:
+            copy = faiss.deserialize_index_binary(faiss.serialize_index_binary(self.cpu_index))
+        else:
+            copy = faiss.clone_index(self.cpu_index)
+        return FaissIndex(self.factory, self.dim, self.metric, index=copy)
 
     def train(self, sample: np.ndarray) -> None:
         if self.cpu_index.is_trained:
             return
         try:
-            self.cpu_index.train(np.ascontiguousarray(sample, dtype=np.float32))
+            self.cpu_index.train(np.ascontiguousarray(sample, dtype=self._dtype))
         except RuntimeError as e:
             raise InvalidConfig(f"training {self.factory!r} on {len(sample)} vectors failed: {_faiss_message(e)}") from None
 
@@ -64,14 +80,14 @@ class FaissIndex:
         if not self.cpu_index.is_trained:
             raise InvalidRequest(f"index {self.factory!r} must be trained before vectors are added")
         for start in range(0, len(vectors), ADD_BLOCK):
-            self.cpu_index.add(np.ascontiguousarray(vectors[start : start + ADD_BLOCK], dtype=np.float32))
+            self.cpu_index.add(np.ascontiguousarray(vectors[start : start + ADD_BLOCK], dtype=self._dtype))
         if self._search_index is not self.cpu_index:
             self.use_gpu()  # re-copy: GPU clones do not see later CPU adds
 
     def use_gpu(self) -> None:
         """Search on GPU 0 when faiss has one and supports this index family; families faiss
         cannot move (HNSW, 4-bit fast-scan PQ) stay on the CPU."""
-        if gpu_count() == 0 or self.hnsw is not None:
+        if gpu_count() == 0 or self.hnsw is not None or self.binary:
             return
         res = faiss.StandardGpuResources()
         try:
@@ -84,7 +100,8 @@ class FaissIndex:
     def search(
         self, queries: np.ndarray, k: int, params: Mapping[str, int] | None = None, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """queries [B, D] float32 -> (scores [B, k] float32 higher-is-better, rows [B, k] int64, -1 padded)."""
+        """queries [B, D] float32 (or [B, D / 8] uint8 codes) -> (scores [B, k] float32 higher-is-better,
+        rows [B, k] int64, -1 padded). Hamming scores are negated distances."""
         params = params or {}
         if self.cpu_index.ntotal == 0:
             return _pad(np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), k)
@@ -139,14 +156,20 @@ class FaissIndex:
 
     def _higher_is_better(self, scores: np.ndarray) -> np.ndarray:
         """Scores where higher is better; callers tell padding apart by its row (-1), not its score."""
-        return -scores if self.metric == "l2" else scores
+        return -scores.astype(np.float32) if self.metric in ("l2", HAMMING) else scores
+
+    @property
+    def _dtype(self) -> type:
+        return np.uint8 if self.binary else np.float32
 
     def to_bytes(self) -> bytes:
-        return faiss.serialize_index(self.cpu_index).tobytes()
+        serialize = faiss.serialize_index_binary if self.binary else faiss.serialize_index
+        return serialize(self.cpu_index).tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes, factory: str, dim: int, metric: str) -> "FaissIndex":
-        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+        deserialize = faiss.deserialize_index_binary if metric == HAMMING else faiss.deserialize_index
+        index = deserialize(np.frombuffer(data, dtype=np.uint8))
         if index.d != dim:
             raise InvalidConfig(f"stored index has dimension {index.d}, the manifest says {dim}")
         return cls(factory, dim, metric, index=index)

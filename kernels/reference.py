@@ -128,3 +128,25 @@ def fde_reference(points: np.ndarray, hyperplanes: list[np.ndarray], projections
             final[bucket] += sign * out[i]
         out = final
     return out
+
+
+def code_scores(queries: np.ndarray, codes: np.ndarray, decoders: np.ndarray, output_mean: np.ndarray) -> np.ndarray:
+    """Inner products of float queries [B, dim] with decoded codes, one bit at a time: a code is
+    `bits` steps of sign bits (bit set = +1), decoded as output_mean + sum_i decoders[i] @ b_i.
+    codes [N, bits * code_dim / 8] uint8, decoders [bits, dim, code_dim] -> [B, N] float64."""
+    bits, dim, code_dim = decoders.shape
+    out = np.zeros((len(queries), len(codes)))
+    for n, code in enumerate(codes):
+        decoded = output_mean.astype(np.float64).copy()
+        for i in range(bits):
+            for j in range(code_dim):
+                byte = int(code[(i * code_dim + j) // 8])
+                sign = 1.0 if (byte >> (j % 8)) & 1 else -1.0
+                decoded += sign * decoders[i, :, j]
+        out[:, n] = queries.astype(np.float64) @ decoded
+    return out
+
+
+def hamming_distances(queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Bits that differ between packed codes: [B, P] x [N, P] uint8 -> [B, N] int."""
+    return np.array([[sum(bin(int(a) ^ int(b)).count("1") for a, b in zip(q, c)) for c in codes] for q in queries])

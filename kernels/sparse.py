@@ -79,41 +79,11 @@ def _kernel():
     """Compile on first use, so importing this module does no work (numba caches to disk)."""
     import numba
 
+    from .heap import heap_helpers
+
     jit = numba.njit(cache=True, nogil=True)
     inline = numba.njit(cache=True, nogil=True, inline="always")  # small helpers of the hot loops
-
-    @inline
-    def worse(score_a, row_a, score_b, row_b):
-        return score_a < score_b or (score_a == score_b and row_a > row_b)
-
-    @inline
-    def offer(heap_scores, heap_rows, size, s, r):
-        """Keep the k best (score, row) pairs in a min-heap whose root is the worst kept; returns the size."""
-        k = len(heap_scores)
-        if size < k:
-            j = size  # sift up
-            size += 1
-            while j > 0:
-                parent = (j - 1) // 2
-                if not worse(s, r, heap_scores[parent], heap_rows[parent]):
-                    break
-                heap_scores[j], heap_rows[j] = heap_scores[parent], heap_rows[parent]
-                j = parent
-            heap_scores[j], heap_rows[j] = s, r
-        elif worse(heap_scores[0], heap_rows[0], s, r):
-            j = 0  # replace the root, sift down
-            while True:
-                child = 2 * j + 1
-                if child >= size:
-                    break
-                if child + 1 < size and worse(heap_scores[child + 1], heap_rows[child + 1], heap_scores[child], heap_rows[child]):
-                    child += 1
-                if not worse(heap_scores[child], heap_rows[child], s, r):
-                    break
-                heap_scores[j], heap_rows[j] = heap_scores[child], heap_rows[child]
-                j = child
-            heap_scores[j], heap_rows[j] = s, r
-        return size
+    worse, offer, sort_best_first = heap_helpers()
 
     @inline
     def postings_of(indptr, starts, bases, s, t):
@@ -161,17 +131,6 @@ def _kernel():
                 for p in range(lo, hi):
                     scores[rows[p]] = 0.0
                     seen[rows[p]] = 0
-
-    @inline
-    def sort_best_first(heap_scores, heap_rows, size):
-        """Insertion sort of the kept pairs, best first (k is small)."""
-        for i in range(1, size):
-            s, r = heap_scores[i], heap_rows[i]
-            j = i - 1
-            while j >= 0 and worse(heap_scores[j], heap_rows[j], s, r):
-                heap_scores[j + 1], heap_rows[j + 1] = heap_scores[j], heap_rows[j]
-                j -= 1
-            heap_scores[j + 1], heap_rows[j + 1] = s, r
 
     @jit
     def search(indptr, starts, bases, rows, weights, offsets, terms, query_weights, scores, seen, allowed, use_allowed, k):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-import faiss
 import numpy as np
 
 from retriever.index.faiss_index import FaissIndex
@@ -130,7 +129,7 @@ def _explain_bad_vectors(field: DenseField, array: np.ndarray, what: str) -> Non
 def index_with(index: FaissIndex, vectors: np.ndarray, train_size: int) -> FaissIndex:
     """A copy of `index` holding these vectors [N, D] too, trained on a sample first if needed
     (the original is left unchanged for pinned readers)."""
-    extended = FaissIndex(index.factory, index.dim, index.metric, index=faiss.clone_index(index.cpu_index))
+    extended = index.clone()
     if not extended.cpu_index.is_trained:
         extended.train(training_sample(vectors, train_size))
     extended.add(vectors)

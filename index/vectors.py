@@ -1,4 +1,4 @@
-"""Float vectors kept on disk (one memory-mapped .npy per segment) for exact re-scoring."""
+"""Vectors kept on disk (one memory-mapped .npy per segment): floats for exact re-scoring, codes."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numpy as np
 class VectorStore:
     """Rows of several append-only segments addressed by one global row number."""
 
-    def __init__(self, segments: list[np.ndarray], dim: int) -> None:
+    def __init__(self, segments: list[np.ndarray], dim: int, dtype: type = np.float32) -> None:
         self.segments = segments
         self.dim = dim
+        self.dtype = dtype
         sizes = [len(s) for s in segments]
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)  # [S + 1]
 
@@ -18,14 +19,14 @@ class VectorStore:
         return int(self.starts[-1])
 
     def gather(self, rows: np.ndarray) -> np.ndarray:
-        """rows [...] int64 (-1 allowed) -> [..., D] float32; -1 rows come back as zeros."""
+        """rows [...] int64 (-1 allowed) -> [..., D] of the store's dtype; -1 rows come back as zeros."""
         flat = rows.reshape(-1)
         valid = flat >= 0
         if len(self.segments) == 1:  # one copy, straight from the memory map
-            out = np.take(self.segments[0], np.where(valid, flat, 0), axis=0).astype(np.float32, copy=False)
+            out = np.take(self.segments[0], np.where(valid, flat, 0), axis=0).astype(self.dtype, copy=False)
             out[~valid] = 0
             return out.reshape(*rows.shape, self.dim)
-        out = np.zeros((len(flat), self.dim), dtype=np.float32)
+        out = np.zeros((len(flat), self.dim), dtype=self.dtype)
         seg = np.searchsorted(self.starts, flat, side="right") - 1
         for s, array in enumerate(self.segments):
             hit = valid & (seg == s)
@@ -36,5 +37,5 @@ class VectorStore:
     def to_array(self) -> np.ndarray:
         """All rows in one in-memory array (for exact ground truth and checks)."""
         if not self.segments:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        return np.concatenate([np.asarray(s, dtype=np.float32) for s in self.segments])
+            return np.zeros((0, self.dim), dtype=self.dtype)
+        return np.concatenate([np.asarray(s, dtype=self.dtype) for s in self.segments])

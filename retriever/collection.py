@@ -17,16 +17,19 @@ from . import fusion as fusion_module
 from .config import CollectionConfig, FieldConfig
 from .documents import DocumentTable, concat, document_texts, documents_to_table
 from .errors import AlreadyExists, InvalidRequest, NotFound, RetrieverError
+from .binary_field import BinaryField
 from .fields import DenseField
 from .multivector_field import MultiVectorField
 from .filters import filter_mask
 from .sparse_fields import NO_TERMS, Bm25Field, InvertedField, LearnedSparseField, SparseDocuments
 from .types import Hits
 
-REQUEST_PARAMS = {"nprobe": 1, "efSearch": 1, "rescore": 0, "inference_free": 0, "candidates": 1, "rerank": 1, "exhaustive": 0}
-FIELD_CLASSES = {"dense": DenseField, "bm25": Bm25Field, "sparse": LearnedSparseField, "multivector": MultiVectorField}
+REQUEST_PARAMS = {"nprobe": 1, "efSearch": 1, "rescore": 0, "inference_free": 0, "candidates": 1, "rerank": 1, "exhaustive": 0,
+                  "asymmetric": 0}
+FIELD_CLASSES = {"dense": DenseField, "bm25": Bm25Field, "sparse": LearnedSparseField, "multivector": MultiVectorField,
+                 "binary": BinaryField}
 FUSION_CANDIDATES = 100  # per-field candidates fused when several fields are searched
-Field = DenseField | InvertedField | MultiVectorField
+Field = DenseField | InvertedField | MultiVectorField | BinaryField
 Queries = str | Sequence[str] | np.ndarray | Mapping[str, Any]
 
 
@@ -57,12 +60,13 @@ class Collection:
         config = _as_config(config)
         if (path / storage.MANIFEST).exists():
             raise AlreadyExists(f"{str(path)!r} already holds a collection; open it, or choose another directory")
-        sizes = {f.name: _initial_size(f) for f in config.fields}  # loads models: fail before touching disk
+        sizes = {f.name: _initial_size(f) for f in config.fields if f.source is None}  # loads models: fail before touching disk
+        sizes.update({f.name: sizes[f.source] for f in config.fields if f.source is not None})
         path.mkdir(parents=True, exist_ok=True)
         files: dict[str, Any] = {}
         fields = {}
         for f in config.fields:
-            if f.kind in ("dense", "multivector"):
+            if f.kind in ("dense", "multivector", "binary"):
                 fields[f.name], written = FIELD_CLASSES[f.kind].empty_entry(path, f, sizes[f.name])
                 files.update(written)
             else:
@@ -147,6 +151,10 @@ class Collection:
         payloads = {}
         for name, field in self.fields.items():
             given = (vectors or {}).get(name)
+            if field.config.source is not None:
+                if given is not None:
+                    raise InvalidRequest(f"field {name!r} binarizes the vectors of field {field.config.source!r}; pass those instead")
+                continue
             if given is not None:
                 payloads[name] = field.check_documents(given, table.num_rows)
                 continue
@@ -154,6 +162,9 @@ class Collection:
                 raise InvalidRequest(f"field {name!r} has no model: pass its vectors, e.g. vectors={{{name!r}: ...}}")
             texts = texts if texts is not None else document_texts(table, self.config.text_keys)
             payloads[name] = field.documents_from_texts(self.encoder(name), texts, progress)
+        for name, field in self.fields.items():
+            if field.config.source is not None:
+                payloads[name] = field.check_documents(payloads[field.config.source], table.num_rows)
         live = self.documents.live_rows(self.deleted)
         replaced = [live[i] for i in table.column("id").to_pylist() if i in live]
         deleted = np.concatenate([self.deleted, np.zeros(table.num_rows, dtype=bool)])
@@ -247,6 +258,8 @@ class Collection:
     def encoder(self, field: str):
         """The field's text encoder (sentence-transformers model, BM25 tokenizer or masked-LM), loaded on first use."""
         config = self.config.field(field)
+        if config.source is not None:
+            return self.encoder(config.source)
         if config.model is None and config.kind != "bm25":
             raise InvalidRequest(f"field {field!r} has no model (its vectors were brought in); search it with vectors")
         if field not in self._encoders:
@@ -309,7 +322,14 @@ class Collection:
             for i, t in enumerate(texts):
                 if not t.strip():
                     raise InvalidRequest(f"query {i} is empty")
-            return {n: self.fields[n].queries_from_texts(self.encoder(n), texts, params) for n in names}
+            encoded = {}  # a binary field and its source searched together share the encoded queries
+            for n in sorted(names, key=lambda n: self.fields[n].config.source is not None):
+                source = self.fields[n].config.source
+                if source in encoded:
+                    encoded[n] = self.fields[n].check_queries(encoded[source])
+                else:
+                    encoded[n] = self.fields[n].queries_from_texts(self.encoder(n), texts, params)
+            return {n: encoded[n] for n in names}
         if isinstance(queries, Mapping) and all(isinstance(key, str) for key in queries):
             missing = [n for n in names if n not in queries]
             if missing:
@@ -389,7 +409,7 @@ def _referenced(manifest: dict[str, Any]) -> set[str]:
 def _file_names(entry) -> list[str]:
     """Every file a field's manifest entry names (any string under it that ends like a data file)."""
     if isinstance(entry, str):
-        return [entry] if entry.endswith((".npy", ".faiss", ".parquet")) else []
+        return [entry] if entry.endswith((".npy", ".npz", ".faiss", ".parquet")) else []
     if isinstance(entry, dict):
         entry = list(entry.values())
     if isinstance(entry, list):
@@ -398,7 +418,7 @@ def _file_names(entry) -> list[str]:
 
 
 def _initial_size(config: FieldConfig) -> int:
-    """A new field's dimension: dense or token width, vocabulary size of a sparse model, 0 for BM25."""
+    """A new field's dimension: dense, binary or token width, vocabulary size of a sparse model, 0 for BM25."""
     if config.kind == "bm25":
         return 0
     if config.dim is not None:
@@ -426,6 +446,6 @@ def _make_encoder(config: FieldConfig):
 
 
 def _field_params(field: Field, params: Mapping[str, int]) -> dict[str, int]:
-    keys = {DenseField: ("nprobe", "efSearch", "rescore"), MultiVectorField: ("nprobe", "efSearch", "rerank", "exhaustive")}.get(
-        type(field), ("inference_free",))
+    keys = {DenseField: ("nprobe", "efSearch", "rescore"), MultiVectorField: ("nprobe", "efSearch", "rerank", "exhaustive"),
+            BinaryField: ("nprobe", "efSearch", "rescore", "asymmetric")}.get(type(field), ("inference_free",))
     return {key: value for key, value in params.items() if key in keys}

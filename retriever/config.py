@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from .errors import InvalidConfig, NotFound
 
-FIELD_KINDS = ("dense", "bm25", "sparse", "multivector")  # binary arrives with its issue
+FIELD_KINDS = ("dense", "bm25", "sparse", "multivector", "binary")
 METRICS = ("ip", "l2")
 DEFAULT_SPARSE_MODEL = "splade-tiny"
 BM25_VARIANTS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
@@ -24,7 +24,13 @@ KIND_KEYS = {
     "sparse": {"dim", "query", "query_weights", "top_terms", "min_weight"},
     "multivector": {"dim", "index", "train_size", "search", "fde", "token_dim", "skip_special", "skip_punctuation",
                     "query_max_length", "query_prefix", "document_prefix", "rerank", "token_dtype", "max_fde_dim"},
+    "binary": {"dim", "normalize", "source", "method", "bits", "code_dim", "index", "scoring", "rescore", "rescore_dtype",
+               "train_size", "search", "seed"},
 }
+BINARY_METHODS = ("sign", "itq", "recurrent")
+BINARY_SCORINGS = ("hamming", "sdc", "asymmetric")
+RESCORE_DTYPES = ("float32", "int8")
+DEFAULT_BINARY_RESCORE = 100
 FDE_KEYS = ("repetitions", "simhash_bits", "projection_dim", "fill_empty_partitions", "final_dim", "seed")
 TOKEN_DTYPES = ("float16", "int8")
 SEARCH_PARAMS = ("nprobe", "efSearch")
@@ -44,7 +50,8 @@ class FieldConfig:
 
     `model` names a sentence-transformers model (or a path); leave it out to bring your own
     vectors, in which case `dim` is required. `index` is a faiss factory string.
-    `rescore` > 0 re-scores that many candidates exactly with the float vectors kept on disk.
+    `rescore` > 0 re-scores that many candidates exactly with the float vectors kept on disk
+    (default 0 for dense fields, 100 for binary ones).
 
     `bm25` fields tokenize text (`stopwords` "en" or "", `stemmer` a Snowball language or "") and
     score with `variant` (lucene, robertson, atire, bm25l, bm25+) and `k1`, `b`, `delta`.
@@ -52,6 +59,12 @@ class FieldConfig:
     your own vectors over `dim` terms; documents keep their `top_terms` strongest terms above
     `min_weight`; `query` is "model" (encode queries too) or "inference-free" (tokenize only and
     weight each term by `query_weights`: "idf" from the collection, or the "faster-clip" table).
+    `binary` fields binarize the vectors of the dense field named by `source` (or of their own
+    `model` / `dim`) with `method` (sign, itq, recurrent) into `bits` (1-4) steps of `code_dim`
+    bits each, trained on the first batch added; `scoring` is "hamming", "sdc" (symmetric, the
+    query binarized too) or "asymmetric" (float query), by default hamming for 1 bit and sdc
+    above; `index` is Flat or a faiss binary index (IVF{n}, HNSW{M}); candidates are re-scored
+    with vectors kept on disk as `rescore_dtype` (float32 or int8).
     """
 
     name: str
@@ -61,7 +74,7 @@ class FieldConfig:
     index: str = "Flat"
     metric: str = "ip"
     normalize: bool = True
-    rescore: int = 0
+    rescore: int | None = None
     train_size: int = 65_536
     batch_size: int = 64
     max_length: int | None = None
@@ -86,6 +99,13 @@ class FieldConfig:
     rerank: int = 100
     token_dtype: str = "float16"
     max_fde_dim: int = 65_536
+    source: str | None = None
+    method: str = "recurrent"
+    bits: int = 1
+    code_dim: int | None = None
+    scoring: str | None = None
+    rescore_dtype: str = "float32"
+    seed: int = 0
 
     def __post_init__(self) -> None:
         where = f"field {self.name!r}"
@@ -101,6 +121,8 @@ class FieldConfig:
             self._check_sparse(where)
         elif self.kind == "multivector":
             self._check_multivector(where)
+        elif self.kind == "binary":
+            self._check_binary(where)
         else:
             self._check_dense(where)
 
@@ -158,11 +180,40 @@ class FieldConfig:
         object.__setattr__(self, "fde", dict(self.fde))
         object.__setattr__(self, "search", dict(self.search))
 
+    def _check_binary(self, where: str) -> None:
+        if self.source is not None and (self.model is not None or self.dim is not None):
+            raise InvalidConfig(f"{where}: a binary field takes its vectors from `source` {self.source!r}, or from its own `model` / `dim`, not both")
+        if self.source is None and self.model is None and self.dim is None:
+            raise InvalidConfig(f"{where}: give `source` (a dense field of this collection), a `model`, or a `dim` to bring your own vectors")
+        if self.method not in BINARY_METHODS:
+            raise InvalidConfig(f"{where}: method {self.method!r} is not one of {BINARY_METHODS}")
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 4:
+            raise InvalidConfig(f"{where}: bits must be an integer from 1 to 4 (binarization steps per dimension), got {self.bits!r}")
+        _check_int(where, "code_dim", self.code_dim, low=8, optional=True)
+        if self.code_dim is not None and self.code_dim % 8:
+            raise InvalidConfig(f"{where}: code_dim must be a multiple of 8 (codes are packed in bytes), got {self.code_dim}")
+        if self.scoring is None:
+            object.__setattr__(self, "scoring", "hamming" if self.bits == 1 else "sdc")
+        if self.scoring not in BINARY_SCORINGS:
+            raise InvalidConfig(f"{where}: scoring {self.scoring!r} is not one of {BINARY_SCORINGS}")
+        if self.rescore_dtype not in RESCORE_DTYPES:
+            raise InvalidConfig(f"{where}: rescore_dtype must be one of {RESCORE_DTYPES}, got {self.rescore_dtype!r}")
+        if self.rescore is None:
+            object.__setattr__(self, "rescore", DEFAULT_BINARY_RESCORE)
+        _check_int(where, "seed", self.seed, low=0)
+        self._check_vector_source(where)
+
     def _check_dense(self, where: str) -> None:
         if self.metric not in METRICS:
             raise InvalidConfig(f"{where}: metric {self.metric!r} is not one of {METRICS}")
         if self.model is None and self.dim is None:
             raise InvalidConfig(f"{where}: give a `model` to encode text, or a `dim` to bring your own vectors")
+        if self.rescore is None:
+            object.__setattr__(self, "rescore", 0)
+        self._check_vector_source(where)
+
+    def _check_vector_source(self, where: str) -> None:
+        """Keys dense and binary fields share: dim, rescore depth, training sample, index, search parameters."""
         _check_int(where, "dim", self.dim, low=1, optional=True)
         _check_int(where, "rescore", self.rescore, low=0)
         _check_int(where, "train_size", self.train_size, low=1)
@@ -194,6 +245,13 @@ class CollectionConfig:
         names = [f.name for f in self.fields]
         if len(set(names)) != len(names):
             raise InvalidConfig(f"collection {self.name!r} has duplicate field names: {names}")
+        for f in self.fields:
+            if f.kind == "binary" and f.source is not None:
+                source = next((s for s in self.fields if s.name == f.source), None)
+                if source is None or source.kind != "dense":
+                    raise InvalidConfig(f"binary field {f.name!r}: source {f.source!r} is not a dense field of collection {self.name!r}")
+                if source.metric != "ip":
+                    raise InvalidConfig(f"binary field {f.name!r}: codes rank by inner product, but source {f.source!r} uses metric {source.metric!r}")
         _check_int("collection", "max_k", self.max_k, low=1)
         _check_int("collection", "max_batch", self.max_batch, low=1)
         object.__setattr__(self, "fields", tuple(self.fields))

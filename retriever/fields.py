@@ -69,15 +69,7 @@ class DenseField:
         return encoder.encode(texts)
 
     def check_queries(self, given) -> np.ndarray:
-        try:
-            array = np.ascontiguousarray(given, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise InvalidRequest(f"query vectors for field {self.config.name!r} are not numeric") from None
-        if array.ndim == 1:
-            array = array[None, :]
-        if array.ndim != 2 or array.shape[0] == 0:
-            raise InvalidRequest(f"query vectors for field {self.config.name!r} must have shape [batch, {self.dim}], got {array.shape}")
-        return check_vectors(self, array, array.shape[0], "query")
+        return check_query_vectors(self, given)
 
     def prepare(self, vectors: np.ndarray, first_row: int, deleted: np.ndarray) -> "PendingVectors":
         return PendingVectors(self, vectors, index_with(self.index, vectors, self.config.train_size))
@@ -101,7 +93,20 @@ class PendingVectors:
         return entry, files, DenseField(self.field.config, self.field.dim, self.index, stored, entry)
 
 
-def check_vectors(field: DenseField, vectors, count: int, what: str) -> np.ndarray:
+def check_query_vectors(field, given) -> np.ndarray:
+    """A query vector [D] or matrix [B, D] for a field with `config` and `dim`, checked as `check_vectors`."""
+    try:
+        array = np.ascontiguousarray(given, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"query vectors for field {field.config.name!r} are not numeric") from None
+    if array.ndim == 1:
+        array = array[None, :]
+    if array.ndim != 2 or array.shape[0] == 0:
+        raise InvalidRequest(f"query vectors for field {field.config.name!r} must have shape [batch, {field.dim}], got {array.shape}")
+    return check_vectors(field, array, array.shape[0], "query")
+
+
+def check_vectors(field, vectors, count: int, what: str) -> np.ndarray:
     """Float32 [count, dim] vectors, normalized when the field asks; clear errors otherwise."""
     array = np.ascontiguousarray(vectors, dtype=np.float32)
     if array.ndim != 2 or array.shape[1] != field.dim:
@@ -114,7 +119,7 @@ def check_vectors(field: DenseField, vectors, count: int, what: str) -> np.ndarr
     return array / np.sqrt(squared)[:, None] if field.config.normalize else array
 
 
-def _explain_bad_vectors(field: DenseField, array: np.ndarray, what: str) -> None:
+def _explain_bad_vectors(field, array: np.ndarray, what: str) -> None:
     if array.shape[0] == 0:
         return
     finite = np.isfinite(array).all(axis=1)

@@ -1,0 +1,224 @@
+"""A binary field at run time: packed codes of float vectors, searched by Hamming distance (faiss
+binary indexes) or by lookup tables (SDC / asymmetric), with candidates re-scored from vectors on disk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from retriever.index import storage
+from retriever.index.faiss_index import HAMMING, FaissIndex
+from retriever.index.vectors import VectorStore
+from retriever.kernels import cpu
+from retriever.kernels.binary import candidate_scores, code_top_k
+
+from .config import FieldConfig
+from .encoders import binary
+from .errors import CorruptIndex, InvalidConfig, InvalidRequest
+from .fields import check_query_vectors, check_vectors, index_with, training_sample
+
+QUERY_BLOCK = 64  # queries whose lookup tables are built at once ([64, bytes, 256] float32)
+
+
+def code_dim_for(config: FieldConfig, dim: int) -> int:
+    """Bits per step: as set, else the vector dimension rounded to bytes (down for itq, which cannot exceed it)."""
+    if config.code_dim is not None:
+        return config.code_dim
+    if config.method == "itq":
+        return max(8, dim // 8 * 8)
+    return -(-dim // 8) * 8
+
+
+def faiss_factory(config: FieldConfig) -> str | None:
+    """The faiss binary index over the codes, or None when an exhaustive lookup-table scan scores them."""
+    name = config.index.strip()
+    if name.upper() in ("FLAT", "BFLAT"):
+        return "BFlat" if config.scoring == "hamming" else None
+    return name if name.startswith("B") else "B" + name
+
+
+class BinaryField:
+    def __init__(self, config: FieldConfig, entry: dict[str, Any], binarizer: binary.Binarizer | None, index: FaissIndex | None,
+                 codes: VectorStore, rescore: VectorStore, scales: VectorStore | None) -> None:
+        self.config = config
+        self.entry = entry
+        self.dim = int(entry["dim"])  # float vector dimension
+        self.code_dim = int(entry["code_dim"])
+        self.binarizer = binarizer
+        self.index = index
+        self.codes = codes  # [N, bytes] uint8
+        self.rescore_vectors = rescore  # [N, dim] float32 or int8
+        self.scales = scales  # [N, 1] float32 per-vector scales of int8 rescore vectors
+
+    # ---- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def empty_entry(cls, path, config: FieldConfig, dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        code_dim = code_dim_for(config, dim)
+        if config.method == "itq" and code_dim > dim:
+            raise InvalidConfig(f"field {config.name!r}: itq codes have at most {dim} dimensions (the vectors'), got code_dim {code_dim}")
+        entry = {"dim": dim, "code_dim": code_dim, "binarizer": None, "index": None, "codes": [], "rescore": [], "scales": []}
+        factory = faiss_factory(config)
+        if factory is None:
+            return entry, {}
+        name = f"{config.name}.index-{1:06d}.faiss"
+        index = FaissIndex(factory, config.bits * code_dim, HAMMING)
+        return {**entry, "index": name}, {name: storage.write_new_file(path, name, index.to_bytes())}
+
+    @classmethod
+    def open(cls, path, config: FieldConfig, entry: dict[str, Any], files: dict[str, Any], num_rows: int) -> "BinaryField":
+        load = lambda names, dim, dtype: VectorStore([storage.open_npy_verified(path, n, files[n]) for n in names], dim, dtype)  # noqa: E731
+        binarizer = None
+        if entry["binarizer"]:
+            binarizer = binary.Binarizer.from_bytes(storage.read_verified(path, entry["binarizer"], files[entry["binarizer"]]))
+        index = None
+        if entry["index"]:
+            data = storage.read_verified(path, entry["index"], files[entry["index"]])
+            index = FaissIndex.from_bytes(data, faiss_factory(config), config.bits * entry["code_dim"], HAMMING)
+        codes = load(entry["codes"], config.bits * entry["code_dim"] // 8, np.uint8)
+        dtype = np.int8 if config.rescore_dtype == "int8" else np.float32
+        rescore = load(entry["rescore"], entry["dim"], dtype)
+        scales = load(entry["scales"], 1, np.float32) if config.rescore_dtype == "int8" else None
+        counts = {len(codes), len(rescore)} | ({index.ntotal} if index is not None else set())
+        if counts != {num_rows}:
+            raise CorruptIndex(f"field {config.name!r} holds {sorted(counts)} codes / vectors for {num_rows} documents")
+        return cls(config, entry, binarizer, index, codes, rescore, scales)
+
+    def info(self) -> dict[str, Any]:
+        c = self.config
+        code_bytes = c.bits * self.code_dim // 8
+        return {"kind": "binary", "source": c.source, "model": c.model, "dim": self.dim, "method": c.method, "bits": c.bits,
+                "code_dim": self.code_dim, "bytes_per_vector": code_bytes, "scoring": c.scoring, "index": c.index,
+                "rescore": c.rescore, "rescore_dtype": c.rescore_dtype, "trained": self.binarizer is not None, "ntotal": len(self.codes)}
+
+    # ---- documents and queries ------------------------------------------------------------------
+
+    def documents_from_texts(self, encoder, texts: list[str], progress: bool = False) -> np.ndarray:
+        return self.check_documents(encoder.encode(texts, progress=progress), len(texts))
+
+    def check_documents(self, given, count: int) -> np.ndarray:
+        return check_vectors(self, given, count, "document")
+
+    def queries_from_texts(self, encoder, texts: list[str], params: Mapping[str, int]) -> np.ndarray:
+        return self.check_queries(encoder.encode(texts))
+
+    def check_queries(self, given) -> np.ndarray:
+        return check_query_vectors(self, given)
+
+    # ---- writing -------------------------------------------------------------------------------
+
+    def prepare(self, vectors: np.ndarray, first_row: int, deleted: np.ndarray) -> "PendingCodes":
+        binarizer = self.binarizer or self._train(vectors)
+        codes = binarizer.encode(vectors)
+        index = None if self.index is None else index_with(self.index, codes, self.config.train_size)
+        if self.config.rescore_dtype == "int8":
+            scales = np.abs(vectors).max(axis=1, keepdims=True) / 127  # [N, 1]
+            stored = np.round(vectors / np.where(scales > 0, scales, 1)).astype(np.int8)
+            return PendingCodes(self, binarizer, index, codes, stored, scales.astype(np.float32))
+        return PendingCodes(self, binarizer, index, codes, vectors, None)
+
+    def _train(self, vectors: np.ndarray) -> binary.Binarizer:
+        c = self.config
+        sample = training_sample(vectors, c.train_size, c.seed)
+        needed = binary.min_training_vectors(c.method, self.code_dim)
+        if len(sample) < needed:
+            raise InvalidRequest(f"field {c.name!r}: training its {c.method} binarizer needs at least {needed} vectors in the first batch "
+                                 f"added, got {len(sample)}; add more documents at once (or raise train_size)")
+        return binary.fit(sample, c.method, c.bits, self.code_dim, seed=c.seed)
+
+    # ---- search --------------------------------------------------------------------------------
+
+    def search(self, queries: np.ndarray, k: int, params: Mapping[str, int], allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """queries [B, dim] float -> (scores [B, k], rows [B, k]), -inf / -1 padded. Codes find the
+        top max(k, rescore) candidates; those are re-scored exactly from the stored vectors."""
+        if self.config.search:
+            params = {**self.config.search, **params}
+        rescore = int(params.get("rescore", self.config.rescore))
+        scoring = "asymmetric" if params.get("asymmetric") else self.config.scoring
+        depth = max(k, rescore)
+        if self.binarizer is None or len(self.codes) == 0:
+            return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+        if self.index is not None and (scoring == "hamming" or not self.index.exact):
+            scores, rows = self.index.search(self.binarizer.encode(queries), depth, params, allowed)
+            if scoring != "hamming" and not rescore:  # approximate candidates, ordered by their codes' scores
+                scores = self._lookup_scores(queries, scoring, rows)
+        else:
+            scores, rows = self._scan(queries, scoring, depth, allowed)
+        scores = self._rescore(queries, rows) if rescore else np.where(rows >= 0, scores, np.float32(-np.inf))
+        return cpu.top_k_rows(scores, rows, k)  # depth >= k columns, -1 rows at -inf
+
+    def _query_side(self, queries: np.ndarray, scoring: str) -> np.ndarray:
+        """What lookup tables are built from: the float query, or (SDC) the query's own decoded code."""
+        if scoring == "asymmetric":
+            return self.binarizer.query_side(queries)
+        return self.binarizer.decode(self.binarizer.encode(queries))
+
+    def _scan(self, queries: np.ndarray, scoring: str, depth: int, allowed: np.ndarray | None):
+        """Every code scored through lookup tables, segment by segment, best `depth` kept."""
+        side = self._query_side(queries, scoring)
+        found_scores, found_rows = [], []
+        for start in range(0, len(side), QUERY_BLOCK):
+            tables, offsets = self.binarizer.lookup_tables(side[start : start + QUERY_BLOCK])
+            per_segment = []
+            for segment, first in zip(self.codes.segments, self.codes.starts):
+                mask = None if allowed is None else np.ascontiguousarray(allowed[first : first + len(segment)])
+                scores, rows = code_top_k(tables, offsets, np.asarray(segment), depth, mask)
+                per_segment.append((scores, np.where(rows >= 0, rows + first, -1)))
+            scores = np.concatenate([s for s, _ in per_segment], axis=1)
+            rows = np.concatenate([r for _, r in per_segment], axis=1)
+            best = cpu.top_k_rows(scores, rows, depth)
+            found_scores.append(best[0])
+            found_rows.append(best[1])
+        return np.concatenate(found_scores), np.concatenate(found_rows)
+
+    def _lookup_scores(self, queries: np.ndarray, scoring: str, rows: np.ndarray) -> np.ndarray:
+        tables, offsets = self.binarizer.lookup_tables(self._query_side(queries, scoring))
+        scores = candidate_scores(tables, offsets, self.codes.gather(rows))
+        return np.where(rows >= 0, scores, np.float32(-np.inf))
+
+    def _rescore(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        candidates = self.rescore_vectors.gather(rows).astype(np.float32)  # [B, C, dim]
+        if self.scales is not None:
+            candidates *= self.scales.gather(rows)
+        return cpu.rescore(queries, candidates, rows >= 0, "ip")
+
+
+@dataclass(frozen=True)
+class PendingCodes:
+    """New codes, rescore vectors and the index holding them (and the binarizer when just trained)."""
+
+    field: BinaryField
+    binarizer: binary.Binarizer
+    index: FaissIndex | None
+    codes: np.ndarray
+    vectors: np.ndarray
+    scales: np.ndarray | None
+
+    def write(self, path, version: int, num_rows: int):
+        field, name = self.field, self.field.config.name
+        entry = dict(field.entry)
+        files: dict[str, Any] = {}
+
+        def put(file: str, data: bytes) -> str:
+            files[file] = storage.write_new_file(path, file, data)
+            return file
+
+        if field.binarizer is None:
+            entry["binarizer"] = put(f"{name}.binarizer-{version:06d}.npz", self.binarizer.to_bytes())
+        if self.index is not None:
+            entry["index"] = put(f"{name}.index-{version:06d}.faiss", self.index.to_bytes())
+        parts = {"codes": self.codes, "rescore": self.vectors, "scales": self.scales}
+        for part, array in parts.items():
+            if array is not None:
+                entry[part] = [*entry[part], put(f"{name}.{part}-{version:06d}.npy", storage.npy_bytes(array))]
+
+        def extended(store: VectorStore, part: str) -> VectorStore:
+            return VectorStore([*store.segments, np.load(path / entry[part][-1], mmap_mode="r")], store.dim, store.dtype)
+
+        scales = None if self.scales is None else extended(field.scales, "scales")
+        updated = BinaryField(field.config, entry, self.binarizer, self.index, extended(field.codes, "codes"),
+                              extended(field.rescore_vectors, "rescore"), scales)
+        return entry, files, updated
+

@@ -22,6 +22,17 @@ from .fields import check_query_vectors, check_vectors, index_with, training_sam
 QUERY_BLOCK = 64  # queries whose lookup tables are built at once ([64, bytes, 256] float32)
 
 
+@dataclass(frozen=True)
+class QueryCodes:
+    """Queries given as packed codes (uint8 [B, bytes]) rather than float vectors: scored by their
+    codes alone (Hamming or SDC), since no float query is there to re-score with."""
+
+    codes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
 def code_dim_for(config: FieldConfig, dim: int) -> int:
     """Bits per step: as set, else the vector dimension rounded to bytes (down for itq, which cannot exceed it)."""
     if config.code_dim is not None:
@@ -104,7 +115,15 @@ class BinaryField:
     def queries_from_texts(self, encoder, texts: list[str], params: Mapping[str, int]) -> np.ndarray:
         return self.check_queries(encoder.encode(texts))
 
-    def check_queries(self, given) -> np.ndarray:
+    def check_queries(self, given) -> np.ndarray | QueryCodes:
+        """Float query vectors [B, dim], or packed codes as uint8 [B, code bytes]."""
+        if isinstance(given, np.ndarray) and given.dtype == np.uint8:
+            codes = given[None, :] if given.ndim == 1 else given
+            width = self.config.bits * self.code_dim // 8
+            if codes.ndim != 2 or codes.shape[1] != width or len(codes) == 0:
+                raise InvalidRequest(f"query codes for field {self.config.name!r} must be uint8 [batch, {width}] ({self.config.bits} x "
+                                     f"{self.code_dim} bits), got shape {given.shape}")
+            return QueryCodes(np.ascontiguousarray(codes))
         return check_query_vectors(self, given)
 
     # ---- writing -------------------------------------------------------------------------------
@@ -130,18 +149,20 @@ class BinaryField:
 
     # ---- search --------------------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray, k: int, params: Mapping[str, int], allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """queries [B, dim] float -> (scores [B, k], rows [B, k]), -inf / -1 padded. Codes find the
-        top max(k, rescore) candidates; those are re-scored exactly from the stored vectors."""
+    def search(self, queries: np.ndarray | QueryCodes, k: int, params: Mapping[str, int], allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """queries [B, dim] float (or packed codes) -> (scores [B, k], rows [B, k]), -inf / -1
+        padded. Codes find the top max(k, rescore) candidates; those are re-scored exactly from
+        the stored vectors."""
         if self.config.search:
             params = {**self.config.search, **params}
-        rescore = int(params.get("rescore", self.config.rescore))
-        scoring = "asymmetric" if params.get("asymmetric") else self.config.scoring
+        given_codes = isinstance(queries, QueryCodes)
+        rescore = 0 if given_codes else int(params.get("rescore", self.config.rescore))
+        scoring = "asymmetric" if params.get("asymmetric") and not given_codes else self.config.scoring
         depth = max(k, rescore)
         if self.binarizer is None or len(self.codes) == 0:
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
         if self.index is not None and (scoring == "hamming" or not self.index.exact):
-            scores, rows = self.index.search(self.binarizer.encode(queries), depth, params, allowed)
+            scores, rows = self.index.search(self._codes_of(queries), depth, params, allowed)
             if scoring != "hamming" and not rescore:  # approximate candidates, ordered by their codes' scores
                 scores = self._lookup_scores(queries, scoring, rows)
         else:
@@ -149,11 +170,14 @@ class BinaryField:
         scores = self._rescore(queries, rows) if rescore else np.where(rows >= 0, scores, np.float32(-np.inf))
         return cpu.top_k_rows(scores, rows, k)  # depth >= k columns, -1 rows at -inf
 
-    def _query_side(self, queries: np.ndarray, scoring: str) -> np.ndarray:
-        """What lookup tables are built from: the float query, or (SDC) the query's own decoded code."""
+    def _codes_of(self, queries: np.ndarray | QueryCodes) -> np.ndarray:
+        return queries.codes if isinstance(queries, QueryCodes) else self.binarizer.encode(queries)
+
+    def _query_side(self, queries: np.ndarray | QueryCodes, scoring: str) -> np.ndarray:
+        """What lookup tables are built from: the float query, or (SDC, Hamming) the query's decoded code."""
         if scoring == "asymmetric":
             return self.binarizer.query_side(queries)
-        return self.binarizer.decode(self.binarizer.encode(queries))
+        return self.binarizer.decode(self._codes_of(queries))
 
     def _scan(self, queries: np.ndarray, scoring: str, depth: int, allowed: np.ndarray | None):
         """Every code scored through lookup tables, segment by segment, best `depth` kept."""

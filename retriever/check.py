@@ -10,8 +10,10 @@ import numpy as np
 from retriever.index import storage
 from retriever.kernels import reference
 
+from .binary_field import BinaryField
 from .collection import Collection
 from .errors import RetrieverError
+from .fields import DenseField
 from .sparse_fields import InvertedField
 
 EXACT_MIN_RECALL = 0.99  # exact indexes may differ only on ties
@@ -39,9 +41,13 @@ def check(path: str | Path, *, sample: int = 100, k: int = 10, min_recall: float
             if isinstance(field, InvertedField):
                 fields[name] = inverted_coverage(collection, field, problems)
                 continue
+            if not isinstance(field, (DenseField, BinaryField)):
+                fields[name] = {"checked": False}  # multi-vector: no cheap exact reference to sample against
+                continue
             recall = sample_recall(collection, name, rows, k)
-            floor = EXACT_MIN_RECALL if field.index.exact else min_recall
-            fields[name] = {f"recall@{k}": round(recall, 4), "exact": field.index.exact, "min_recall": floor}
+            exact = isinstance(field, DenseField) and field.index.exact
+            floor = EXACT_MIN_RECALL if exact else min_recall
+            fields[name] = {f"recall@{k}": round(recall, 4), "exact": exact, "min_recall": floor}
             if recall < floor:
                 problems.append(f"field {name!r}: recall@{k} against exact search is {recall:.3f} < {floor}")
     return {"ok": not problems, "problems": problems, "fields": fields, "version": collection.version, "counts": manifest["counts"]}
@@ -50,14 +56,22 @@ def check(path: str | Path, *, sample: int = 100, k: int = 10, min_recall: float
 def sample_recall(collection: Collection, field_name: str, rows: np.ndarray, k: int) -> float:
     """Mean overlap of the field's top-k with exact top-k, using stored vectors of `rows` as queries."""
     field = collection.fields[field_name]
-    base = field.vectors.to_array()
+    base = stored_vectors(field)
     queries = base[rows]
     allowed = ~collection.deleted
     k = min(k, int(allowed.sum()))
     _, approx = field.search(queries, k, {}, None if allowed.all() else allowed)
-    _, exact = reference.exact_search(queries, base, k, field.config.metric, allowed)
+    _, exact = reference.exact_search(queries, base, k, "ip" if isinstance(field, BinaryField) else field.config.metric, allowed)
     overlap = [len(set(a[a >= 0]) & set(e[e >= 0])) / k for a, e in zip(approx, exact)]
     return float(np.mean(overlap))
+
+
+def stored_vectors(field: DenseField | BinaryField) -> np.ndarray:
+    """The float vectors a field keeps on disk (a binary field's int8 ones scaled back)."""
+    if isinstance(field, DenseField):
+        return field.vectors.to_array()
+    base = field.rescore_vectors.to_array().astype(np.float32)
+    return base * field.scales.to_array() if field.scales is not None else base
 
 
 def inverted_coverage(collection: Collection, field: InvertedField, problems: list[str]) -> dict[str, Any]:

@@ -186,3 +186,20 @@ def test_multivector_search_exhaustive_and_rerank(corpus, tmp_path):
             for extra in (["--exhaustive"], ["-p", "rerank=6"])]
     assert runs[0]["results"][0]["hits"][0]["id"] == "dog"
     assert [h["id"] for h in runs[0]["results"][0]["hits"]] == [h["id"] for h in runs[1]["results"][0]["hits"]]
+
+
+def test_binary_field_built_from_text_and_searched(corpus, tmp_path):
+    (corpus / "binary.toml").write_text(
+        HYBRID_CONFIG.split("[[fields]]\nname = \"bm25\"")[0]
+        + '[[fields]]\nname = "bits"\nkind = "binary"\nsource = "dense"\nmethod = "sign"\nbits = 2\n')
+    result, _ = invoke("build", "--config", corpus / "binary.toml", "--input", corpus / "corpus.jsonl", "--out", tmp_path / "b", "--json")
+    assert result.exit_code == 0, result.output
+    rescored = invoke("search", tmp_path / "b", "which animal barks?", "-k", "3", "--fields", "bits", "--json")[1]
+    floats = invoke("search", tmp_path / "b", "which animal barks?", "-k", "3", "--json")[1]
+    assert [h["id"] for h in rescored["results"][0]["hits"]] == [h["id"] for h in floats["results"][0]["hits"]]
+    codes_only = invoke("search", tmp_path / "b", "which animal barks?", "-k", "3", "--fields", "bits", "-p", "rescore=0", "--json")[1]
+    assert len(codes_only["results"][0]["hits"]) == 3
+    result, data = invoke("info", tmp_path / "b", "--json")
+    assert data["fields"]["bits"]["bytes_per_vector"] == 96 and data["fields"]["bits"]["method"] == "sign"
+    result, data = invoke("check", tmp_path / "b", "--json")
+    assert result.exit_code == 0 and data["ok"] and data["fields"]["bits"]["recall@10"] >= 0.9, result.output

@@ -29,7 +29,8 @@ def served(tmp_path_factory):
     text = retriever.Collection.create(root / "tiny", CollectionConfig.from_dict(__import__("tomllib").loads(MINILM_CONFIG)))
     text.add(TINY_CORPUS)
     lexical = retriever.Collection.create(root / "lex", {"name": "lex", "fields": [
-        {"name": "bm25", "kind": "bm25"}, {"name": "sp", "kind": "sparse", "dim": 40}, {"name": "dense", "dim": 16}]})
+        {"name": "bm25", "kind": "bm25"}, {"name": "sp", "kind": "sparse", "dim": 40}, {"name": "dense", "dim": 16},
+        {"name": "bits", "kind": "binary", "source": "dense", "method": "sign", "bits": 2, "rescore": 10}]})
     lexical.add(make_docs(50), vectors={"sp": sparse_vectors(50, seed=1), "dense": random_vectors(50, 16, seed=2)})
     broken = retriever.Collection.create(root / "broken", {"name": "broken", "fields": [{"name": "dense", "dim": 4}]})
     (broken.path / "manifest.json").write_text("{not json")
@@ -81,6 +82,10 @@ def same_hits(local, far):
         ("lex", dict(queries={"sp": sparse_vectors(2, seed=6), "dense": random_vectors(2, 16, seed=7)}, k=6,
                      fields=["sp", "dense"], fusion="weighted", weights={"sp": 2.0, "dense": 0.5}, normalization="zscore")),
         ("lex", dict(queries={"sp": sparse_vectors(2, seed=8), "dense": random_vectors(2, 16, seed=9)}, k=6, fields=["dense", "sp"])),
+        ("lex", dict(queries=random_vectors(3, 16, seed=10), k=5, fields="bits")),
+        ("lex", dict(queries=random_vectors(2, 16, seed=11), k=5, fields="bits", params={"rescore": 0, "asymmetric": 1})),
+        ("lex", dict(queries={"bits": random_vectors(2, 16, seed=12), "sp": sparse_vectors(2, seed=13)}, k=6, fields=["bits", "sp"],
+                     filter={"lang": "en"})),
     ],
 )
 def test_congruence_in_process_and_remote(served, name, request_):

@@ -21,7 +21,7 @@ from .binary_field import BinaryField
 from .fields import DenseField
 from .multivector_field import MultiVectorField
 from .filters import filter_mask
-from .sparse_fields import NO_TERMS, Bm25Field, InvertedField, LearnedSparseField, SparseDocuments
+from .sparse_fields import NO_TERMS, Bm25Field, InvertedField, LearnedSparseField
 from .types import Hits
 
 REQUEST_PARAMS = {"nprobe": 1, "efSearch": 1, "rescore": 0, "inference_free": 0, "candidates": 1, "rerank": 1, "exhaustive": 0,

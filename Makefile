@@ -31,6 +31,7 @@ proto: setup
 bench: setup
 	$(BIN)/python bench/dense.py
 	$(BIN)/python bench/lexical.py
+	$(BIN)/python bench/binary.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

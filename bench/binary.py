@@ -99,7 +99,7 @@ def scifact(scifact_dir: Path, work: Path, cache: Path | None) -> dict:
     }
     for name, field in settings.items():
         start = time.perf_counter()
-        c = retriever.Collection.create(work / name, {"name": "b", "fields": [
+        c = retriever.Collection.create(work / name, {"name": "b", "max_batch": 2048, "fields": [
             {"name": "dense", "dim": docs.shape[1]},
             {"name": "bits", "kind": "binary", "source": "dense", **field}]})
         c.add([{"id": i} for i in doc_ids], vectors={"dense": docs})
@@ -145,7 +145,7 @@ def compatibility(docs: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> d
     same_version = recall_at(code_top_k(*old.lookup_tables(old.decode(old.encode(queries))), stored, K, None)[1], truth)
     return {"setup": "version 2 = unit(tanh(v1 @ M) + noise), M random 384x256; documents keep version-1 recurrent 2-bit codes",
             "recall@10_v1_queries_v1_codes": same_version, "recall@10_v2_queries_compatible": cross(compatible),
-            "recall@10_v2_queries_independent_binarizer": cross(binary.fit(docs_v2, "recurrent", 2, 256)),
+            "recall@10_v2_queries_independent_binarizer": cross(binary.fit(docs_v2, "recurrent", 2, 384)),
             "chance": round(K / len(docs) * 1.0, 5), "compatible_training_s": round(train_s, 1)}
 
 

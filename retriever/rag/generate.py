@@ -1,0 +1,117 @@
+"""Generation over retrieved chunks: build the prompt from token ids (so every mode sees the same
+tokens), prefill it through the chunk cache, then decode greedily, yielding text as it comes."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+
+from .assemble import MODES, Assembler, Prompt
+from .keys import model_identity, tokenizer_identity
+from .store import ChunkCacheStore, Tier
+
+SYSTEM_PROMPT = "You are a helpful assistant. Answer the question using the documents."
+DEFAULT_RECOMPUTE_RATIO = 0.15
+CHUNK_MAX_TOKENS = 512
+_SPLIT = "\x00"
+
+
+@dataclass
+class Piece:
+    """One step of a generation: new text, and on the last piece the request's statistics."""
+
+    text: str
+    stats: dict[str, Any] | None = None
+
+
+@dataclass
+class RagGenerator:
+    model: Any
+    tokenizer: Any
+    store: ChunkCacheStore = field(default_factory=lambda: ChunkCacheStore([Tier("cpu", 2 << 30)]))
+    system_prompt: str = SYSTEM_PROMPT
+    chunk_max_tokens: int = CHUNK_MAX_TOKENS
+
+    def __post_init__(self) -> None:
+        self.assembler = Assembler(self.model, self.store, model_identity(self.model), tokenizer_identity(self.tokenizer))
+        self._head, self._tail = self._template()
+
+    def prompt(self, question: str, chunks: list[str]) -> Prompt:
+        encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        prefix = encode(self._head + "Documents:\n\n")
+        return Prompt(prefix, [encode(f"{c.strip()}\n\n")[: self.chunk_max_tokens] for c in chunks],
+                      encode(f"Question: {question.strip()}{self._tail}"))
+
+    def generate(self, question: str, chunks: list[str], mode: str = "blend", recompute_ratio: float | None = None,
+                 max_new_tokens: int = 128) -> Iterator[Piece]:
+        """Yields pieces of the answer as tokens are decoded; the last piece carries the stats
+        (cache hits and misses, tokens computed and recomputed, time to first token)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        ratio = DEFAULT_RECOMPUTE_RATIO if recompute_ratio is None else recompute_ratio
+        if not 0 <= ratio <= 1:
+            raise ValueError(f"recompute_ratio must be within [0, 1], got {ratio}")
+        began = time.perf_counter()
+        prompt = self.prompt(question, chunks)
+        logits, keys, values, stats = self.assembler.prefill(prompt, mode, ratio if mode == "blend" else 0.0)
+        first = int(torch.argmax(logits))
+        summary = {**{k: v for k, v in vars(stats).items() if k != "seconds"}, "recompute_ratio": ratio if mode == "blend" else None,
+                   "time_to_first_token_s": time.perf_counter() - began}
+        generated: list[int] = []
+        shown = ""
+        for token in self._decode(first, keys, values, max_new_tokens):
+            generated.append(token)
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            if text.startswith(shown) and len(text) > len(shown):
+                yield Piece(text[len(shown):])
+                shown = text
+        summary.update(new_tokens=len(generated), total_s=time.perf_counter() - began, store=self.store.summary())
+        yield Piece("", summary)
+
+    @torch.inference_mode()
+    def first_tokens(self, question: str, chunks: list[str], mode: str, recompute_ratio: float = 0.0, count: int = 32):
+        """(first-token log-probabilities [vocab], the first `count` greedy tokens, stats): for
+        comparing modes' quality against `full`."""
+        prompt = self.prompt(question, chunks)
+        logits, keys, values, stats = self.assembler.prefill(prompt, mode, recompute_ratio if mode == "blend" else 0.0)
+        tokens = list(self._decode(int(torch.argmax(logits)), keys, values, count))
+        return torch.log_softmax(logits.float(), dim=-1), tokens, stats
+
+    @torch.inference_mode()
+    def _decode(self, first: int, keys, values, max_new_tokens: int) -> Iterator[int]:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for layer, (k, v) in enumerate(zip(keys, values)):
+            cache.update(k, v, layer)
+        token, eos = first, _eos_ids(self.tokenizer, self.model)
+        device = next(self.model.parameters()).device
+        for step in range(max_new_tokens):
+            if token in eos:
+                return
+            yield token
+            if step + 1 == max_new_tokens:
+                return
+            out = self.model(input_ids=torch.tensor([[token]], device=device), past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            token = int(torch.argmax(out.logits[0, -1]))
+
+    def _template(self) -> tuple[str, str]:
+        """The chat template around the user message, split where the documents and question go."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return f"{self.system_prompt}\n\n", "\nAnswer:"
+        messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": _SPLIT}]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        head, tail = text.split(_SPLIT)
+        return head, tail
+
+
+def _eos_ids(tokenizer, model) -> set[int]:
+    ids = {tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)}
+    flat = set()
+    for i in ids:
+        flat.update(i if isinstance(i, (list, tuple)) else [i])
+    return {i for i in flat if i is not None}

@@ -38,3 +38,14 @@ TINY_CORPUS = [
     {"_id": "python", "title": "Python", "text": "Python is a programming language known for readable code and many libraries."},
     {"_id": "bread", "title": "Bread", "text": "Bread is baked from flour, water and yeast in an oven."},
 ]
+
+
+def tiny_llama(seed: int):
+    """A random 2-layer Llama (no download), the same weights for the same seed in any process."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2)
+    return LlamaForCausalLM(config).eval()

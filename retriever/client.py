@@ -78,6 +78,19 @@ class RemoteCollection:
                                              fusion=fusion, weights=weights, normalization=normalization)
         return conversions.hits_from_response(self._call(self._stub.Search, request))
 
+    def generate(self, question: str, k: int = 5, *, mode: str = "blend", recompute_ratio: float | None = None,
+                 max_new_tokens: int = 128, fields: Sequence[str] | str | None = None, filter: Mapping[str, Any] | None = None,
+                 params: Mapping[str, int] | None = None) -> Iterator:
+        """As `Collection.generate`: pieces with `.text` stream in as the server decodes them;
+        the last one carries `.stats`. The deadline (`timeout`) covers the whole answer."""
+        request = conversions.generate_request(self.name, question, k, mode, recompute_ratio, max_new_tokens, fields, filter, params)
+        stream = self._stub.Generate(request, timeout=self.timeout, metadata=self._metadata)
+        try:
+            for chunk in stream:
+                yield conversions.piece_from_chunk(chunk)
+        except grpc.RpcError as e:
+            raise error_for_code(e.code().name, e.details() or "") from None
+
     def add(self, documents: Iterable[Mapping[str, Any]], vectors: Mapping[str, np.ndarray] | None = None,
             *, batch_size: int = UPSERT_BATCH) -> int:
         """Upsert in streamed batches; returns how many were upserted. Each acked batch is durable."""

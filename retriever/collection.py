@@ -255,6 +255,20 @@ class Collection:
             return self._hits(scores, rows, {names[0]: scores}, reasons)
         return self._hits(*fusion_module.fuse(per_field, k, spec), reasons)
 
+    def generate(self, question: str, k: int = 5, *, mode: str = "blend", recompute_ratio: float | None = None,
+                 max_new_tokens: int = 128, fields: Sequence[str] | str | None = None, filter: Mapping[str, Any] | None = None,
+                 params: Mapping[str, int] | None = None):
+        """Retrieve the top-k documents for `question` and answer it from them, reusing each
+        chunk's cached KV (`mode` "blend" recomputes `recompute_ratio` of chunk tokens; "full",
+        "prefix" and "reuse" are there to compare). Returns an iterator of pieces with `.text`;
+        the last piece's `.stats` has cache hits, tokens recomputed and time to first token."""
+        from .rag.generate import check_generation
+        from .rag.service import answer
+
+        check_generation(question, mode, recompute_ratio, max_new_tokens)
+        [hits] = self.search(question, k, fields=fields, filter=filter, params=params)
+        return answer(question, hits, self.config.text_keys, mode=mode, recompute_ratio=recompute_ratio, max_new_tokens=max_new_tokens)
+
     def encoder(self, field: str):
         """The field's text encoder (sentence-transformers model, BM25 tokenizer or masked-LM), loaded on first use."""
         config = self.config.field(field)

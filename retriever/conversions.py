@@ -210,3 +210,34 @@ def collection_info(info: Mapping[str, Any], config: Mapping[str, Any]) -> pb.Co
         name=info["name"], version=info["version"], documents=counts["documents"], rows=counts["rows"],
         deleted=counts["deleted"], config_json=json.dumps(config), info_json=json.dumps(info, default=str),
     )
+
+
+def generate_request(collection: str, question: str, k: int, mode: str, recompute_ratio, max_new_tokens: int, fields, filter,
+                     params) -> pb.GenerateRequest:
+    request = pb.GenerateRequest(collection=collection, question=question, k=k, mode=mode, max_new_tokens=max_new_tokens,
+                                 fields=[fields] if isinstance(fields, str) else list(fields or []),
+                                 filter_json=json.dumps(filter) if filter is not None else "", params=dict(params or {}))
+    if recompute_ratio is not None:
+        request.recompute_ratio = recompute_ratio
+    return request
+
+
+def generate_arguments(request: pb.GenerateRequest) -> dict[str, Any]:
+    try:
+        conditions = json.loads(request.filter_json) if request.filter_json else None
+    except json.JSONDecodeError as e:
+        raise InvalidRequest(f"filter_json is not valid JSON: {e}") from None
+    return {"question": request.question, "k": request.k or 5, "mode": request.mode or "blend",
+            "recompute_ratio": request.recompute_ratio if request.HasField("recompute_ratio") else None,
+            "max_new_tokens": request.max_new_tokens or 128, "fields": list(request.fields) or None, "filter": conditions,
+            "params": dict(request.params) or None}
+
+
+def generate_chunk(piece) -> pb.GenerateChunk:
+    return pb.GenerateChunk(text=piece.text, stats_json=json.dumps(piece.stats) if piece.stats is not None else "")
+
+
+def piece_from_chunk(chunk: pb.GenerateChunk):
+    from .rag.generate import Piece
+
+    return Piece(chunk.text, json.loads(chunk.stats_json) if chunk.stats_json else None)

@@ -118,7 +118,20 @@ class RetrieverServicer(pb_grpc.RetrieverServicer):
         return conversions.collection_info(collection.info(), collection.config.to_dict())
 
     def Generate(self, request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Generate arrives with the RAG issue")
+        start, code = time.perf_counter(), "OK"
+        try:
+            collection = self.registry.reader(request.collection)
+            pieces = collection.generate(**conversions.generate_arguments(request))
+            for piece in pieces:
+                if not context.is_active():
+                    return  # the client went away: stop decoding
+                yield conversions.generate_chunk(piece)
+        except RetrieverError as e:
+            code = grpc_code_name(e)
+            context.abort(getattr(grpc.StatusCode, code), str(e))
+        finally:
+            self.metrics.calls.labels("Generate", code).inc()
+            self.metrics.seconds.labels("Generate").observe(time.perf_counter() - start)
 
 
 class _BearerAuth(grpc.ServerInterceptor):

@@ -224,14 +224,6 @@ def test_deadline_is_enforced(served):
     assert got == "DEADLINE_EXCEEDED"
 
 
-def test_generate_is_reserved(served):
-    s, metadata, channel = stub(served)
-    with pytest.raises(grpc.RpcError) as info:
-        list(s.Generate(pb.GenerateRequest(collection="tiny", question="q"), metadata=metadata, timeout=5))
-    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    channel.close()
-
-
 ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.DATA_LOSS,
            grpc.StatusCode.RESOURCE_EXHAUSTED}
 
@@ -269,3 +261,28 @@ def test_generated_code_is_fresh():
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, str(root / "scripts" / "gen_proto.py"), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_generate_in_process_and_over_grpc(served):
+    from helpers import tiny_llama, word_tokenizer
+    from retriever.rag.generate import RagGenerator
+    from retriever.rag.service import set_generator
+    from retriever.rag.store import ChunkCacheStore, Tier
+
+    root, _ = served
+    set_generator(RagGenerator(tiny_llama(0), word_tokenizer(), ChunkCacheStore([Tier("memory", 1 << 26)])))
+    try:
+        options = dict(k=2, mode="blend", recompute_ratio=0.5, max_new_tokens=6)
+        local = list(retriever.connect(root / "tiny").generate("which animal barks?", **options))
+        far = list(remote(served, "tiny").generate("which animal barks?", **options))
+        assert [p.text for p in local] == [p.text for p in far]
+        assert far[-1].stats["chunk_ids"] == local[-1].stats["chunk_ids"] and len(far[-1].stats["chunk_ids"]) == 2
+        assert far[-1].stats["mode"] == "blend" and far[-1].stats["cache_hits"] == 3  # the local call cached prefix and chunks
+        with pytest.raises(retriever.errors.InvalidRequest, match="mode must be one of"):
+            list(remote(served, "tiny").generate("barks", mode="fast"))
+        with pytest.raises(retriever.errors.InvalidRequest, match="k must be"):
+            list(remote(served, "tiny").generate("barks", k=100_000))
+        with pytest.raises(retriever.errors.NotFound):
+            list(remote(served, "nope").generate("barks"))
+    finally:
+        set_generator(None)

@@ -9,21 +9,13 @@ import pytest
 import torch
 
 from helpers import tiny_llama as tiny
+from helpers import word_tokenizer
+from retriever.errors import InvalidRequest
 from retriever.rag.assemble import Assembler, Prompt
 from retriever.rag.generate import RagGenerator
 from retriever.rag.keys import chunk_key, model_identity, tokenizer_identity
 from retriever.rag.kv import ChunkKV, QuantizedKV, rerotate
 from retriever.rag.store import ChunkCacheStore, Tier
-
-
-def word_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[UNK]": 0, "</s>": 1, **{f"w{i}": i + 2 for i in range(998)}}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="</s>")
 
 
 def random_prompt(seed: int = 1, chunks=(7, 9, 6)) -> Prompt:
@@ -140,7 +132,7 @@ def test_generate_streams_pieces_and_ends_with_stats():
     first_full, tokens_full, _ = generator.first_tokens("w20 w21", chunks, "full", count=4)
     first_exact, tokens_exact, _ = generator.first_tokens("w20 w21", chunks, "blend", 1.0, count=4)
     assert tokens_full == tokens_exact and torch.allclose(first_full, first_exact, atol=1e-3)
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(InvalidRequest, match="mode must be one of"):
         next(generator.generate("q", chunks, mode="fast"))
-    with pytest.raises(ValueError, match="recompute_ratio"):
+    with pytest.raises(InvalidRequest, match="recompute_ratio"):
         next(generator.generate("q", chunks, recompute_ratio=1.5))

@@ -3,11 +3,14 @@ tokens), prefill it through the chunk cache, then decode greedily, yielding text
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
+
+from retriever.errors import InvalidRequest
 
 from .assemble import MODES, Assembler, Prompt
 from .keys import model_identity, tokenizer_identity
@@ -16,6 +19,7 @@ from .store import ChunkCacheStore, Tier
 SYSTEM_PROMPT = "You are a helpful assistant. Answer the question using the documents."
 DEFAULT_RECOMPUTE_RATIO = 0.15
 CHUNK_MAX_TOKENS = 512
+MAX_NEW_TOKENS = 4096
 _SPLIT = "\x00"
 
 
@@ -36,6 +40,7 @@ class RagGenerator:
     chunk_max_tokens: int = CHUNK_MAX_TOKENS
 
     def __post_init__(self) -> None:
+        self.lock = threading.Lock()
         self.assembler = Assembler(self.model, self.store, model_identity(self.model), tokenizer_identity(self.tokenizer))
         self._head, self._tail = self._template()
 
@@ -49,11 +54,8 @@ class RagGenerator:
                  max_new_tokens: int = 128) -> Iterator[Piece]:
         """Yields pieces of the answer as tokens are decoded; the last piece carries the stats
         (cache hits and misses, tokens computed and recomputed, time to first token)."""
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        check_generation(question, mode, recompute_ratio, max_new_tokens)
         ratio = DEFAULT_RECOMPUTE_RATIO if recompute_ratio is None else recompute_ratio
-        if not 0 <= ratio <= 1:
-            raise ValueError(f"recompute_ratio must be within [0, 1], got {ratio}")
         began = time.perf_counter()
         prompt = self.prompt(question, chunks)
         logits, keys, values, stats = self.assembler.prefill(prompt, mode, ratio if mode == "blend" else 0.0)
@@ -107,6 +109,18 @@ class RagGenerator:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         head, tail = text.split(_SPLIT)
         return head, tail
+
+
+def check_generation(question: Any, mode: Any, recompute_ratio: Any, max_new_tokens: Any) -> None:
+    if not isinstance(question, str) or not question.strip():
+        raise InvalidRequest("question must be a non-empty string")
+    if mode not in MODES:
+        raise InvalidRequest(f"mode must be one of {MODES}, got {mode!r}")
+    if recompute_ratio is not None and (isinstance(recompute_ratio, bool) or not isinstance(recompute_ratio, (int, float))
+                                        or not 0 <= recompute_ratio <= 1):
+        raise InvalidRequest(f"recompute_ratio must be a number within [0, 1], got {recompute_ratio!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise InvalidRequest(f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS}, got {max_new_tokens!r}")
 
 
 def _eos_ids(tokenizer, model) -> set[int]:

@@ -72,9 +72,20 @@ class ChunkCacheStore:
         self.stats = {t.name: TierStats() for t in self.tiers}
         self._clock = 0
         self._lock = threading.Lock()
-        for tier in self.tiers:
+        for level, tier in enumerate(self.tiers):
             if tier.path is not None:
                 tier.path.mkdir(parents=True, exist_ok=True)
+                self._adopt(level)
+
+    def _adopt(self, level: int) -> None:
+        """Entries an earlier process left on disk (keys are content addressed, so they still
+        hold): indexed with unknown cost, then trimmed to the capacity."""
+        tier = self.tiers[level]
+        for path in sorted(tier.path.glob("*.kv")):
+            entry = _Entry(path.stat().st_size, cost=1.0)
+            self._entries[level][path.stem] = entry
+            self._account(level, entry.nbytes, +1)
+        self._evict_over_capacity(level, keep="")
 
     def get(self, key: str, dtype=torch.float16) -> ChunkKV | None:
         with self._lock:

@@ -196,17 +196,38 @@ class CollectionInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., documents: _Optional[int] = ..., rows: _Optional[int] = ..., deleted: _Optional[int] = ..., config_json: _Optional[str] = ..., info_json: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("collection", "question", "k")
+    __slots__ = ("collection", "question", "k", "mode", "recompute_ratio", "max_new_tokens", "fields", "filter_json", "params")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    RECOMPUTE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     question: str
     k: int
-    def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
+    mode: str
+    recompute_ratio: float
+    max_new_tokens: int
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    filter_json: str
+    params: _containers.ScalarMap[str, int]
+    def __init__(self, collection: _Optional[str] = ..., question: _Optional[str] = ..., k: _Optional[int] = ..., mode: _Optional[str] = ..., recompute_ratio: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., fields: _Optional[_Iterable[str]] = ..., filter_json: _Optional[str] = ..., params: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
-    __slots__ = ("text",)
+    __slots__ = ("text", "stats_json")
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    STATS_JSON_FIELD_NUMBER: _ClassVar[int]
     text: str
-    def __init__(self, text: _Optional[str] = ...) -> None: ...
+    stats_json: str
+    def __init__(self, text: _Optional[str] = ..., stats_json: _Optional[str] = ...) -> None: ...

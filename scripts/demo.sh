@@ -30,3 +30,8 @@ $BIN/retriever search "grpc://127.0.0.1:$PORT/docs" -k 3 \
 # The same question answered by BM25 alone and by dense + BM25 fused with reciprocal ranks.
 $BIN/retriever search "grpc://127.0.0.1:$PORT/docs" -k 3 --fields bm25 "inverted index postings for BM25"
 $BIN/retriever search "grpc://127.0.0.1:$PORT/docs" -k 3 --fields dense,bm25 --fusion rrf "inverted index postings for BM25"
+
+# RAG over the same server: retrieve 3 chunks, answer with SmolLM2-135M-Instruct reusing cached chunk KV.
+# The second question shares chunks with the first, so its chunk KV comes from the cache (see the stats line).
+$BIN/retriever generate "grpc://127.0.0.1:$PORT/docs" -k 3 --max-new-tokens 48 "How does a commit stay atomic?"
+$BIN/retriever generate "grpc://127.0.0.1:$PORT/docs" -k 3 --max-new-tokens 48 "What happens to a commit when the writer is killed?"

@@ -203,3 +203,20 @@ def test_binary_field_built_from_text_and_searched(corpus, tmp_path):
     assert data["fields"]["bits"]["bytes_per_vector"] == 96 and data["fields"]["bits"]["method"] == "sign"
     result, data = invoke("check", tmp_path / "b", "--json")
     assert result.exit_code == 0 and data["ok"] and data["fields"]["bits"]["recall@10"] >= 0.9, result.output
+
+
+def test_generate_streams_an_answer_with_stats(built):
+    from helpers import tiny_llama, word_tokenizer
+    from retriever.rag.generate import RagGenerator
+    from retriever.rag.service import set_generator
+    from retriever.rag.store import ChunkCacheStore, Tier
+
+    set_generator(RagGenerator(tiny_llama(0), word_tokenizer(), ChunkCacheStore([Tier("memory", 1 << 26)])))
+    try:
+        result, data = invoke("generate", built, "which animal barks?", "-k", "2", "--max-new-tokens", "4", "--json")
+        assert result.exit_code == 0, result.output
+        assert data["stats"]["mode"] == "blend" and len(data["stats"]["chunk_ids"]) == 2 and data["stats"]["new_tokens"] <= 4
+        result, _ = invoke("generate", built, "which animal barks?", "--mode", "fast")
+        assert result.exit_code == 2 and "mode must be one of" in result.output
+    finally:
+        set_generator(None)

@@ -129,9 +129,10 @@ def test_generate_streams_pieces_and_ends_with_stats():
         stats = pieces[-1].stats
         assert stats["mode"] == mode and stats["new_tokens"] <= 5 and stats["time_to_first_token_s"] > 0
         assert all(p.stats is None for p in pieces[:-1])
-    first_full, tokens_full, _ = generator.first_tokens("w20 w21", chunks, "full", count=4)
-    first_exact, tokens_exact, _ = generator.first_tokens("w20 w21", chunks, "blend", 1.0, count=4)
+    first_full, tokens_full, _, _ = generator.compare("w20 w21", chunks, "full", count=4)
+    first_exact, tokens_exact, forced, _ = generator.compare("w20 w21", chunks, "blend", 1.0, count=4, reference=tokens_full)
     assert tokens_full == tokens_exact and torch.allclose(first_full, first_exact, atol=1e-3)
+    assert forced == tokens_full  # teacher forcing the same tokens gives the same greedy choices
     with pytest.raises(InvalidRequest, match="mode must be one of"):
         next(generator.generate("q", chunks, mode="fast"))
     with pytest.raises(InvalidRequest, match="recompute_ratio"):

@@ -74,21 +74,25 @@ class RagGenerator:
         yield Piece("", summary)
 
     @torch.inference_mode()
-    def first_tokens(self, question: str, chunks: list[str], mode: str, recompute_ratio: float = 0.0, count: int = 32):
-        """(first-token log-probabilities [vocab], the first `count` greedy tokens, stats): for
-        comparing modes' quality against `full`."""
+    def compare(self, question: str, chunks: list[str], mode: str, recompute_ratio: float = 0.0, count: int = 32,
+                reference: list[int] | None = None):
+        """For judging a mode against `full` on one prompt: (first-token log-probabilities [vocab],
+        the first `count` greedy tokens, and with `reference` tokens the greedy choice at each of
+        their positions when they are fed in (teacher forcing), stats)."""
         prompt = self.prompt(question, chunks)
         logits, keys, values, stats = self.assembler.prefill(prompt, mode, recompute_ratio if mode == "blend" else 0.0)
-        tokens = list(self._decode(int(torch.argmax(logits)), keys, values, count))
-        return torch.log_softmax(logits.float(), dim=-1), tokens, stats
+        first = int(torch.argmax(logits))
+        tokens = list(self._decode(first, keys, values, count))
+        forced = None
+        if reference:
+            device = next(self.model.parameters()).device
+            out = self.model(input_ids=torch.tensor([reference[:-1]], device=device), past_key_values=self._cache(keys, values), use_cache=True)
+            forced = [first, *out.logits[0].argmax(dim=-1).tolist()] if len(reference) > 1 else [first]
+        return torch.log_softmax(logits.float(), dim=-1), tokens, forced, stats
 
     @torch.inference_mode()
     def _decode(self, first: int, keys, values, max_new_tokens: int) -> Iterator[int]:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        for layer, (k, v) in enumerate(zip(keys, values)):
-            cache.update(k, v, layer)
+        cache = self._cache(keys, values)
         token, eos = first, _eos_ids(self.tokenizer, self.model)
         device = next(self.model.parameters()).device
         for step in range(max_new_tokens):
@@ -100,6 +104,15 @@ class RagGenerator:
             out = self.model(input_ids=torch.tensor([[token]], device=device), past_key_values=cache, use_cache=True)
             cache = out.past_key_values
             token = int(torch.argmax(out.logits[0, -1]))
+
+    def _cache(self, keys, values):
+        """A Hugging Face cache holding the assembled prompt KV, for decoding on from it."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for layer, (k, v) in enumerate(zip(keys, values)):
+            cache.update(k, v, layer)
+        return cache
 
     def _template(self) -> tuple[str, str]:
         """The chat template around the user message, split where the documents and question go."""

@@ -170,17 +170,18 @@ def quality(model, tokenizer, questions, chunk_texts, count: int, ratios, tokens
 
 
 def bytes_per_token(model, tokenizer, chunk: str) -> dict:
+    import torch
+
+    from retriever.rag.keys import chunk_key
     from retriever.rag.kv import QuantizedKV
 
     generator = make_generator(model, tokenizer)
     prompt = generator.prompt("q", [chunk])
-    kv = generator.assembler._cached(prompt.chunks[0], prompt.prefix, len(prompt.prefix), _Stats())
-    fp16 = kv.to(dtype=__import__("torch").float16).nbytes / kv.tokens
-    return {"fp16": round(fp16, 1), "8bit": round(QuantizedKV.of(kv, 8).nbytes / kv.tokens, 1), "4bit": round(QuantizedKV.of(kv, 4).nbytes / kv.tokens, 1)}
-
-
-class _Stats:
-    cache_hits = cache_misses = 0
+    generator.assembler.prefill(prompt, "reuse")  # computes and stores the chunk's KV
+    kv = generator.store.get(chunk_key(generator.assembler.model_id, generator.assembler.tokenizer_id, prompt.chunks[0], prompt.prefix))
+    fp16 = kv.to(dtype=torch.float16).nbytes / kv.tokens
+    return {"tokens": kv.tokens, "fp16": round(fp16, 1), "8bit": round(QuantizedKV.of(kv, 8).nbytes / kv.tokens, 1),
+            "4bit": round(QuantizedKV.of(kv, 4).nbytes / kv.tokens, 1)}
 
 
 def main() -> None:

@@ -50,10 +50,7 @@ def search_request(collection: str, queries, k: int, fields, filter, params, wit
 
 def search_arguments(request: pb.SearchRequest) -> dict[str, Any]:
     """Keyword arguments for `Collection.search` from a request (validated by the collection)."""
-    try:
-        conditions = json.loads(request.filter_json) if request.filter_json else None
-    except json.JSONDecodeError as e:
-        raise InvalidRequest(f"filter_json is not valid JSON: {e}") from None
+    conditions = _filter(request.filter_json)
     per_field = bool(request.field_vectors) or bool(request.field_sparse)
     given = [bool(request.texts), request.HasField("vectors"), request.HasField("sparse"), per_field]
     if sum(given) != 1:
@@ -223,14 +220,18 @@ def generate_request(collection: str, question: str, k: int, mode: str, recomput
 
 
 def generate_arguments(request: pb.GenerateRequest) -> dict[str, Any]:
-    try:
-        conditions = json.loads(request.filter_json) if request.filter_json else None
-    except json.JSONDecodeError as e:
-        raise InvalidRequest(f"filter_json is not valid JSON: {e}") from None
+    conditions = _filter(request.filter_json)
     return {"question": request.question, "k": request.k or 5, "mode": request.mode or "blend",
             "recompute_ratio": request.recompute_ratio if request.HasField("recompute_ratio") else None,
             "max_new_tokens": request.max_new_tokens or 128, "fields": list(request.fields) or None, "filter": conditions,
             "params": dict(request.params) or None}
+
+
+def _filter(filter_json: str):
+    try:
+        return json.loads(filter_json) if filter_json else None
+    except json.JSONDecodeError as e:
+        raise InvalidRequest(f"filter_json is not valid JSON: {e}") from None
 
 
 def generate_chunk(piece) -> pb.GenerateChunk:

@@ -100,10 +100,11 @@ class Assembler:
             stats.tokens_recomputed = len(recompute)
             run = [*recompute, *range(len(prompt.ids) - len(prompt.question), len(prompt.ids))]
         stats.seconds["assemble"] = time.perf_counter() - start
+        computing = time.perf_counter()
         hidden = self._run(prompt.ids, run, keys, values)
         stats.tokens_computed = len(run)
         if mode == "prefix":
-            self._store_prefix_segments(prompt, keys, values, run)
+            self._store_prefix_segments(prompt, keys, values, run, (time.perf_counter() - computing) / max(len(run), 1))
         logits = self.model.lm_head(self.model.model.norm(hidden[:, -1:]))[0, -1]
         stats.seconds["prefill"] = time.perf_counter() - start
         return logits, keys, values, stats
@@ -174,13 +175,14 @@ class Assembler:
             before = [*before, *ids]
         return list(range(at, len(prompt.ids)))
 
-    def _store_prefix_segments(self, prompt: Prompt, keys, values, computed: list[int]) -> None:
+    def _store_prefix_segments(self, prompt: Prompt, keys, values, computed: list[int], seconds_per_token: float) -> None:
+        """Store each newly computed segment under everything before it (its cost: its share of the run)."""
         first = computed[0] if computed else len(prompt.ids)
         at, before = 0, []
         for ids in [prompt.prefix, *prompt.chunks]:
             if at >= first:
                 kv = ChunkKV(torch.cat([k[:, :, at : at + len(ids)] for k in keys]), torch.cat([v[:, :, at : at + len(ids)] for v in values]), at)
-                self.store.put(chunk_key(self.model_id, self.tokenizer_id, ids, before), kv, cost=float(len(ids)))
+                self.store.put(chunk_key(self.model_id, self.tokenizer_id, ids, before), kv, cost=seconds_per_token * len(ids))
             at += len(ids)
             before = [*before, *ids]
 

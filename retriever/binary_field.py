@@ -161,27 +161,23 @@ class BinaryField:
         depth = max(k, rescore)
         if self.binarizer is None or len(self.codes) == 0:
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+        # float queries are binarized once: for the faiss index and for SDC tables alike
+        coded = queries.codes if given_codes else (self.binarizer.encode(queries) if scoring != "asymmetric" or self.index is not None else None)
         if self.index is not None and (scoring == "hamming" or not self.index.exact):
-            scores, rows = self.index.search(self._codes_of(queries), depth, params, allowed)
+            scores, rows = self.index.search(coded, depth, params, allowed)
             if scoring != "hamming" and not rescore:  # approximate candidates, ordered by their codes' scores
-                scores = self._lookup_scores(queries, scoring, rows)
+                scores = self._lookup_scores(self._query_side(queries, coded, scoring), rows)
         else:
-            scores, rows = self._scan(queries, scoring, depth, allowed)
+            scores, rows = self._scan(self._query_side(queries, coded, scoring), depth, allowed)
         scores = self._rescore(queries, rows) if rescore else np.where(rows >= 0, scores, np.float32(-np.inf))
         return cpu.top_k_rows(scores, rows, k)  # depth >= k columns, -1 rows at -inf
 
-    def _codes_of(self, queries: np.ndarray | QueryCodes) -> np.ndarray:
-        return queries.codes if isinstance(queries, QueryCodes) else self.binarizer.encode(queries)
-
-    def _query_side(self, queries: np.ndarray | QueryCodes, scoring: str) -> np.ndarray:
+    def _query_side(self, queries, codes: np.ndarray | None, scoring: str) -> np.ndarray:
         """What lookup tables are built from: the float query, or (SDC, Hamming) the query's decoded code."""
-        if scoring == "asymmetric":
-            return self.binarizer.query_side(queries)
-        return self.binarizer.decode(self._codes_of(queries))
+        return self.binarizer.query_side(queries) if scoring == "asymmetric" else self.binarizer.decode(codes)
 
-    def _scan(self, queries: np.ndarray, scoring: str, depth: int, allowed: np.ndarray | None):
-        """Every code scored through lookup tables, segment by segment, best `depth` kept."""
-        side = self._query_side(queries, scoring)
+    def _scan(self, side: np.ndarray, depth: int, allowed: np.ndarray | None):
+        """Every code scored through lookup tables built from `side`, segment by segment, best `depth` kept."""
         found_scores, found_rows = [], []
         for start in range(0, len(side), QUERY_BLOCK):
             tables, offsets = self.binarizer.lookup_tables(side[start : start + QUERY_BLOCK])
@@ -197,8 +193,8 @@ class BinaryField:
             found_rows.append(best[1])
         return np.concatenate(found_scores), np.concatenate(found_rows)
 
-    def _lookup_scores(self, queries: np.ndarray, scoring: str, rows: np.ndarray) -> np.ndarray:
-        tables, offsets = self.binarizer.lookup_tables(self._query_side(queries, scoring))
+    def _lookup_scores(self, side: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        tables, offsets = self.binarizer.lookup_tables(side)
         scores = candidate_scores(tables, offsets, self.codes.gather(rows))
         return np.where(rows >= 0, scores, np.float32(-np.inf))
 

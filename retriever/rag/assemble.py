@@ -10,7 +10,7 @@ A chunk's KV is computed once, right after the shared prefix (APE: chunks encode
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -50,7 +50,6 @@ class PrefillStats:
     cache_misses: int = 0
     tokens_computed: int = 0  # tokens run through every layer for this request (question included)
     tokens_recomputed: int = 0  # chunk tokens whose cached KV was replaced (blend)
-    seconds: dict[str, float] = field(default_factory=dict)
 
 
 class SlotCache:
@@ -87,7 +86,6 @@ class Assembler:
         """-> (logits of the last prompt token [vocab], keys, values per layer [1, H, T, D], stats)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        start = time.perf_counter()
         stats = PrefillStats(mode, prompt_tokens=len(prompt.ids), chunk_tokens=sum(map(len, prompt.chunks)))
         keys, values = self._empty(len(prompt.ids))
         if mode == "full":
@@ -99,14 +97,12 @@ class Assembler:
             recompute = self._select(prompt, keys, values, recompute_ratio) if mode == "blend" else []
             stats.tokens_recomputed = len(recompute)
             run = [*recompute, *range(len(prompt.ids) - len(prompt.question), len(prompt.ids))]
-        stats.seconds["assemble"] = time.perf_counter() - start
         computing = time.perf_counter()
         hidden = self._run(prompt.ids, run, keys, values)
         stats.tokens_computed = len(run)
         if mode == "prefix":
             self._store_prefix_segments(prompt, keys, values, run, (time.perf_counter() - computing) / max(len(run), 1))
         logits = self.model.lm_head(self.model.model.norm(hidden[:, -1:]))[0, -1]
-        stats.seconds["prefill"] = time.perf_counter() - start
         return logits, keys, values, stats
 
     def _place_chunks(self, prompt: Prompt, keys, values, stats: PrefillStats) -> None:

@@ -60,7 +60,7 @@ class RagGenerator:
         prompt = self.prompt(question, chunks)
         logits, keys, values, stats = self.assembler.prefill(prompt, mode, ratio if mode == "blend" else 0.0)
         first = int(torch.argmax(logits))
-        summary = {**{k: v for k, v in vars(stats).items() if k != "seconds"}, "recompute_ratio": ratio if mode == "blend" else None,
+        summary = {**vars(stats), "recompute_ratio": ratio if mode == "blend" else None,
                    "time_to_first_token_s": time.perf_counter() - began}
         generated: list[int] = []
         shown = ""

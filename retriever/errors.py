@@ -24,6 +24,10 @@ class CorruptIndex(RetrieverError):
     """Stored files disagree with the manifest (checksum, size, count) or cannot be parsed."""
 
 
+class ReadFailed(CorruptIndex):
+    """A read from an index file failed or came back short: that request fails, the process lives."""
+
+
 class AlreadyExists(RetrieverError):
     """Creating a collection where one already exists."""
 

@@ -1,0 +1,297 @@
+"""SPANN, the memory/disk hybrid index (Chen et al., "SPANN: Highly-efficient Billion-scale
+Approximate Nearest Neighbor Search", NeurIPS 2021): posting-list centroids in memory behind a
+faiss router, posting lists (row id + float32 vector) on disk in one contiguous file with an
+offsets table. A query reads only the lists whose centroid lies within (1 + prune) of the
+nearest one's distance, at most `nprobe` of them, through positioned reads that are counted.
+
+Updates go to a delta (appended vectors, searched exactly beside the lists, and removed ids)
+that is saved with the index and folded into new posting files by `compact`.
+
+A directory holds one generation at a time, named by `spann.json` (sizes and sha256 of every
+file; the manifest is replaced by rename, so a crash leaves the previous generation whole).
+`open` checks every file's checksum, the posting file's included, so a truncated posting file
+or a mismatched offsets table is a clear error, not a wrong answer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from retriever.errors import CorruptIndex, InvalidRequest
+
+from . import storage
+from .diskio import PositionalReader
+from .spann_build import (DEFAULT_MEMORY_CAP, WORK_DIR, RunSource, SpannParams, assign, build_runs, merge_runs,
+                          record_dtype, records_by_list, router_for, run_sources)
+
+FORMAT_VERSION = 1
+MANIFEST = "spann.json"
+DEFAULT_NPROBE = 32
+DEFAULT_PRUNE = 1.0  # read lists within 2x the nearest centroid's distance (capped by nprobe)
+
+
+class SpannIndex:
+    """Rows 0..rows-1 in the posting lists, later rows in the delta; ids are row numbers."""
+
+    def __init__(self, path: Path, manifest: dict, centroids: np.ndarray, router: faiss.Index, offsets: np.ndarray,
+                 reader: PositionalReader, delta: np.ndarray, removed: np.ndarray) -> None:
+        self.path, self.manifest = path, manifest
+        self.dim, self.metric = manifest["dim"], manifest["params"]["metric"]
+        self.params = SpannParams(**manifest["params"])
+        self.rows = manifest["rows"]
+        self.centroids, self.router, self.offsets, self.reader = centroids, router, offsets, reader
+        self.dtype = record_dtype(self.dim)
+        self.delta = delta  # [A, D] rows `rows`.. in order
+        self.removed = removed  # sorted int64 ids
+
+    # ---- build and open --------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, path: str | Path, params: SpannParams = SpannParams(), *,
+              memory_cap: int = DEFAULT_MEMORY_CAP, resume: bool = False, progress: bool = True) -> "SpannIndex":
+        """Index `vectors` [N, D] (an .npy memory map works: it is read in blocks under `memory_cap`
+        bytes). With `resume`, an interrupted build in `path` continues from its last finished block."""
+        path = Path(path)
+        if vectors.ndim != 2 or len(vectors) == 0:
+            raise InvalidRequest(f"SPANN needs a non-empty [rows, dim] array, got shape {vectors.shape}")
+        if (path / MANIFEST).exists():
+            raise InvalidRequest(f"{str(path)!r} already holds a SPANN index; open it, or build into another directory")
+        path.mkdir(parents=True, exist_ok=True)
+        work = path / WORK_DIR
+        centroids, runs = build_runs(vectors, work, params, memory_cap, resume, progress)
+        dtype = record_dtype(vectors.shape[1])
+        offsets, postings = merge_runs(run_sources(runs, dtype), path / "postings-000001.bin", memory_cap, progress=progress)
+        _commit(path, 1, {"dim": vectors.shape[1], "params": asdict(params), "rows": len(vectors)},
+                centroids, offsets, postings, np.zeros((0, vectors.shape[1]), np.float32), np.zeros(0, np.int64))
+        shutil.rmtree(work, ignore_errors=True)
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = True) -> "SpannIndex":
+        """Load centroids, router, offsets and delta (checksummed) and open the posting file for
+        reads. `verify` also hashes the posting file (one sequential read of it)."""
+        path = Path(path)
+        manifest = _read_manifest(path)
+        files = manifest["files"]
+        names = manifest["names"]
+        for role in ("centroids", "offsets", "router", "delta", "removed"):
+            storage.read_verified(path, names[role], files[names[role]])  # raises CorruptIndex
+        postings = path / names["postings"]
+        if not postings.exists():
+            raise CorruptIndex(f"{str(postings)!r} is missing")
+        centroids = np.load(path / names["centroids"])
+        offsets = np.load(path / names["offsets"])
+        expected = int(offsets[-1]) * record_dtype(manifest["dim"]).itemsize
+        size = postings.stat().st_size
+        if size != files[names["postings"]]["size"] or size != expected or len(offsets) != len(centroids) + 1:
+            raise CorruptIndex(f"{str(postings)!r} has {size} bytes; the offsets table describes {expected} and the manifest "
+                               f"{files[names['postings']]['size']}: posting file truncated or offsets table mismatched")
+        if verify and storage.sha256_file(postings) != files[names["postings"]]["sha256"]:
+            raise CorruptIndex(f"{str(postings)!r} failed its sha256 checksum: the posting file is corrupt")
+        router = faiss.deserialize_index(np.fromfile(path / names["router"], dtype=np.uint8))
+        return cls(path, manifest, centroids, router, offsets, PositionalReader(postings),
+                   np.load(path / names["delta"]), np.load(path / names["removed"]))
+
+    # ---- search ----------------------------------------------------------------------------------
+
+    @property
+    def ntotal(self) -> int:
+        return self.rows + len(self.delta) - len(self.removed)
+
+    @property
+    def lists(self) -> int:
+        return len(self.centroids)
+
+    def list_lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def search(self, queries: np.ndarray, k: int, nprobe: int = DEFAULT_NPROBE, prune: float = DEFAULT_PRUNE,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """queries [B, D] -> (scores [B, k] higher-is-better, ids [B, k], -1 padded). Lists read
+        by several queries of the batch are read once."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise InvalidRequest(f"queries must have shape [batch, {self.dim}], got {queries.shape}")
+        squared, lists = self.router.search(queries, min(nprobe, self.lists))  # [B, P]
+        read: dict[int, np.ndarray] = {}
+        out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        out_ids = np.full((len(queries), k), -1, dtype=np.int64)
+        for b, query in enumerate(queries):
+            distance = np.sqrt(np.maximum(squared[b], 0))
+            chosen = lists[b][(lists[b] >= 0) & (distance <= (1 + prune) * distance[0])]
+            for number in chosen:
+                if number not in read:
+                    read[number] = self._read_list(int(number))
+            parts = [read[n] for n in chosen]
+            ids = np.concatenate([p["id"] for p in parts] + [np.arange(self.rows, self.rows + len(self.delta))])
+            vectors = np.concatenate([p["vector"] for p in parts] + [self.delta]) if parts else self.delta
+            scores = self._scores(vectors, query)
+            keep = self._allowed(ids, allowed)
+            top_scores, top_ids = _top_distinct(scores[keep], ids[keep], k, self.params.replicas)
+            out_scores[b, : len(top_ids)], out_ids[b, : len(top_ids)] = top_scores, top_ids
+        return out_scores, out_ids
+
+    def _read_list(self, number: int) -> np.ndarray:
+        a, b = int(self.offsets[number]), int(self.offsets[number + 1])
+        if a == b:
+            return np.zeros(0, dtype=self.dtype)
+        return np.frombuffer(self.reader.read(a * self.dtype.itemsize, (b - a) * self.dtype.itemsize), dtype=self.dtype)
+
+    def _scores(self, vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+        dots = vectors @ query  # [C]
+        if self.metric == "ip":
+            return dots
+        return 2 * dots - np.einsum("ij,ij->i", vectors, vectors) - float(query @ query)
+
+    def _allowed(self, ids: np.ndarray, allowed: np.ndarray | None) -> np.ndarray:
+        keep = np.ones(len(ids), dtype=bool)
+        if len(self.removed):
+            keep &= ~np.isin(ids, self.removed)
+        if allowed is not None:
+            inside = ids < len(allowed)
+            keep &= inside & allowed[np.where(inside, ids, 0)]
+        return keep
+
+    # ---- updates ---------------------------------------------------------------------------------
+
+    def add(self, vectors: np.ndarray) -> np.ndarray:
+        """Append vectors [A, D] to the delta (saved before returning) -> their ids."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim or not np.isfinite(vectors).all():
+            raise InvalidRequest(f"vectors must be finite with shape [rows, {self.dim}], got {vectors.shape}")
+        first = self.rows + len(self.delta)
+        self._save_delta(np.concatenate([self.delta, vectors]), self.removed)
+        return np.arange(first, first + len(vectors))
+
+    def remove(self, ids) -> None:
+        """Mark ids deleted (saved before returning); they leave the posting file at `compact`."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if len(ids) and (ids.min() < 0 or ids.max() >= self.rows + len(self.delta)):
+            raise InvalidRequest(f"ids must be within 0..{self.rows + len(self.delta) - 1}")
+        self._save_delta(self.delta, np.union1d(self.removed, ids))
+
+    def compact(self, memory_cap: int = DEFAULT_MEMORY_CAP, progress: bool = False) -> "SpannIndex":
+        """Fold the delta into a new generation of posting lists (same centroids, same replication
+        rules, removed ids dropped) and return the index opened on it."""
+        generation = self.manifest["generation"] + 1
+        delta_ids = np.arange(self.rows, self.rows + len(self.delta))
+        live = ~np.isin(delta_ids, self.removed)
+        rows, lists = assign(self.delta[live], self.centroids, self.router, self.params)
+        records, counts = records_by_list(self.delta[live], delta_ids[live], rows, lists, self.lists)
+        old = RunSource(np.diff(self.offsets), self.dtype, reader=self.reader)
+        fresh = RunSource(counts, self.dtype, records=records)
+        offsets, postings = merge_runs([old, fresh], self.path / f"postings-{generation:06d}.bin", memory_cap,
+                                       removed=self.removed, progress=progress)
+        body = {"dim": self.dim, "params": self.manifest["params"], "rows": self.rows + len(self.delta)}
+        _commit(self.path, generation, body, self.centroids, offsets, postings, np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64))
+        self.reader.close()
+        return SpannIndex.open(self.path, verify=False)
+
+    def _save_delta(self, delta: np.ndarray, removed: np.ndarray) -> None:
+        manifest = dict(self.manifest)
+        revision = manifest.get("revision", 0) + 1
+        g = manifest["generation"]
+        names = {**manifest["names"], "delta": f"delta-{g:06d}-{revision:06d}.npy", "removed": f"removed-{g:06d}-{revision:06d}.npy"}
+        files = {n: manifest["files"][n] for n in (names["centroids"], names["offsets"], names["router"], names["postings"])}
+        files[names["delta"]] = storage.write_new_file(self.path, names["delta"], storage.npy_bytes(delta))
+        files[names["removed"]] = storage.write_new_file(self.path, names["removed"], storage.npy_bytes(removed))
+        manifest.update(names=names, files=files, revision=revision)
+        _write_manifest(self.path, manifest)
+        _remove_others(self.path, set(files))
+        self.manifest, self.delta, self.removed = manifest, delta, removed
+
+    # ---- I/O statistics --------------------------------------------------------------------------
+
+    def io_counters(self) -> dict[str, int]:
+        return self.reader.counters()
+
+    def reset_io_counters(self) -> None:
+        self.reader.reset_counters()
+
+    def drop_page_cache(self) -> None:
+        self.reader.drop_cache()
+
+    def memory_bytes(self) -> int:
+        """What the index keeps in memory: centroids, router, offsets, delta."""
+        return int(self.centroids.nbytes + faiss.serialize_index(self.router).nbytes + self.offsets.nbytes
+                   + self.delta.nbytes + self.removed.nbytes)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+def _top_distinct(scores: np.ndarray, ids: np.ndarray, k: int, replicas: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best distinct ids (ties by id). A vector appears at most `replicas` times, so the k
+    best distinct ids lie within the k x replicas best entries."""
+    if len(scores) > k * replicas:
+        best = np.argpartition(-scores, k * replicas - 1)[: k * replicas]
+        scores, ids = scores[best], ids[best]
+    by_id = np.lexsort((-scores, ids))  # each id's best copy first
+    scores, ids = scores[by_id], ids[by_id]
+    first = np.ones(len(ids), dtype=bool)
+    first[1:] = ids[1:] != ids[:-1]
+    scores, ids = scores[first], ids[first]
+    order = np.lexsort((ids, -scores))[:k]
+    return scores[order], ids[order]
+
+
+def _commit(path: Path, generation: int, body: dict, centroids: np.ndarray, offsets: np.ndarray, postings: dict,
+            delta: np.ndarray, removed: np.ndarray) -> None:
+    g = f"{generation:06d}"
+    names = {"centroids": f"centroids-{g}.npy", "offsets": f"offsets-{g}.npy", "router": f"router-{g}.faiss",
+             "postings": f"postings-{g}.bin", "delta": f"delta-{g}-000000.npy", "removed": f"removed-{g}-000000.npy"}
+    files = {
+        names["centroids"]: storage.write_new_file(path, names["centroids"], storage.npy_bytes(centroids.astype(np.float32))),
+        names["offsets"]: storage.write_new_file(path, names["offsets"], storage.npy_bytes(offsets)),
+        names["router"]: storage.write_new_file(path, names["router"], faiss.serialize_index(router_for(centroids)).tobytes()),
+        names["postings"]: postings,
+        names["delta"]: storage.write_new_file(path, names["delta"], storage.npy_bytes(delta)),
+        names["removed"]: storage.write_new_file(path, names["removed"], storage.npy_bytes(removed)),
+    }
+    _write_manifest(path, {**body, "format_version": FORMAT_VERSION, "generation": generation, "names": names, "files": files})
+    _remove_others(path, set(files))
+
+
+def _write_manifest(path: Path, manifest: dict) -> None:
+    text = json.dumps({**manifest, "checksum": storage.sha256_bytes(_canonical(manifest))}, indent=1)
+    tmp = path / f".{MANIFEST}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    storage.fsync_dir(path)
+    os.replace(tmp, path / MANIFEST)
+    storage.fsync_dir(path)
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        checksum = manifest.pop("checksum")
+    except FileNotFoundError:
+        raise CorruptIndex(f"{str(path)!r} holds no SPANN index ({MANIFEST} is missing)") from None
+    except (ValueError, KeyError, AttributeError):
+        raise CorruptIndex(f"{str(path / MANIFEST)!r} is not a valid SPANN manifest") from None
+    if storage.sha256_bytes(_canonical(manifest)) != checksum:
+        raise CorruptIndex(f"{str(path / MANIFEST)!r} failed its checksum")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise CorruptIndex(f"{str(path / MANIFEST)!r} has format_version {manifest.get('format_version')!r}; this engine reads {FORMAT_VERSION}")
+    return manifest
+
+
+def _canonical(manifest: dict) -> bytes:
+    return json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _remove_others(path: Path, keep: set[str]) -> None:
+    """Files of earlier generations and revisions, once the manifest no longer names them."""
+    for entry in path.iterdir():
+        if entry.is_file() and entry.name not in keep and entry.name != MANIFEST:
+            entry.unlink(missing_ok=True)

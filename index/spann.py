@@ -38,7 +38,8 @@ DEFAULT_PRUNE = 1.0  # read lists within 2x the nearest centroid's distance (cap
 
 
 class SpannIndex:
-    """Rows 0..rows-1 in the posting lists, later rows in the delta; ids are row numbers."""
+    """Rows 0..rows-1 in the posting lists (`live` of them not removed by a compaction), later
+    rows in the delta; ids are row numbers."""
 
     def __init__(self, path: Path, manifest: dict, centroids: np.ndarray, router: faiss.Index, offsets: np.ndarray,
                  reader: PositionalReader, delta: np.ndarray, removed: np.ndarray) -> None:
@@ -68,7 +69,7 @@ class SpannIndex:
         centroids, runs = build_runs(vectors, work, params, memory_cap, resume, progress)
         dtype = record_dtype(vectors.shape[1])
         offsets, postings = merge_runs(run_sources(runs, dtype), path / "postings-000001.bin", memory_cap, progress=progress)
-        _commit(path, 1, {"dim": vectors.shape[1], "params": asdict(params), "rows": len(vectors)},
+        _commit(path, 1, {"dim": vectors.shape[1], "params": asdict(params), "rows": len(vectors), "live": len(vectors)},
                 centroids, offsets, postings, np.zeros((0, vectors.shape[1]), np.float32), np.zeros(0, np.int64))
         shutil.rmtree(work, ignore_errors=True)
         return cls.open(path)
@@ -103,7 +104,7 @@ class SpannIndex:
 
     @property
     def ntotal(self) -> int:
-        return self.rows + len(self.delta) - len(self.removed)
+        return self.manifest["live"] + len(self.delta) - len(self.removed)
 
     @property
     def lists(self) -> int:
@@ -189,7 +190,7 @@ class SpannIndex:
         fresh = RunSource(counts, self.dtype, records=records)
         offsets, postings = merge_runs([old, fresh], self.path / f"postings-{generation:06d}.bin", memory_cap,
                                        removed=self.removed, progress=progress)
-        body = {"dim": self.dim, "params": self.manifest["params"], "rows": self.rows + len(self.delta)}
+        body = {"dim": self.dim, "params": self.manifest["params"], "rows": self.rows + len(self.delta), "live": self.ntotal}
         _commit(self.path, generation, body, self.centroids, offsets, postings, np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64))
         self.reader.close()
         return SpannIndex.open(self.path, verify=False)

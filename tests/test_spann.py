@@ -1,0 +1,215 @@
+"""SPANN: exhaustive probing equals exact search, default probing reaches high recall, streamed
+and resumed builds equal one-shot builds, updates and compaction, corrupt files and read errors."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from retriever.errors import CorruptIndex, InvalidRequest, ReadFailed
+from retriever.index import spann_build
+from retriever.index.spann import SpannIndex
+from retriever.index.spann_build import SpannParams
+
+DIM = 16
+SMALL_CAP = 256 << 10  # several assignment blocks and merge groups for a few thousand rows
+
+
+def clustered(rows: int, seed: int = 0, centers: int = 40) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    middle = rng.normal(size=(centers, DIM)).astype(np.float32)
+    return (middle[rng.integers(0, centers, rows)] + 0.35 * rng.normal(size=(rows, DIM))).astype(np.float32)
+
+
+def exact(base: np.ndarray, queries: np.ndarray, k: int, metric: str = "l2", live: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    scores = base @ queries.T if metric == "ip" else -((base[:, None, :] - queries[None]) ** 2).sum(-1)  # [N, B]
+    if live is not None:
+        scores[~live] = -np.inf
+    rows = np.argsort(-scores, axis=0, kind="stable")[:k].T
+    return np.take_along_axis(scores.T, rows, axis=1), rows
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, truth)]))
+
+
+def assert_same_top_k(scores, rows, ref_scores, ref_rows, atol=1e-3):
+    """Tie-tolerant: scores equal; ids equal wherever the score is not tied with a neighbour."""
+    np.testing.assert_allclose(scores, ref_scores, atol=atol, rtol=1e-4)
+    for s, r, rr in zip(ref_scores, rows, ref_rows):
+        untied = np.abs(np.diff(s, prepend=np.inf)) > atol
+        untied &= np.abs(np.diff(s, append=-np.inf)) > atol
+        assert set(r[untied]) == set(rr[untied])
+
+
+@pytest.fixture(scope="module")
+def data():
+    base = clustered(4000)
+    queries = clustered(50, seed=1)
+    return base, queries
+
+
+@pytest.fixture(scope="module")
+def built(data, tmp_path_factory):
+    base, _ = data
+    return SpannIndex.build(base, tmp_path_factory.mktemp("spann") / "index", SpannParams(list_size=40, closure=0.3),
+                            memory_cap=SMALL_CAP, progress=False)
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_probing_every_list_equals_exact_search(data, tmp_path, metric):
+    base, queries = data
+    if metric == "ip":
+        base = base / np.linalg.norm(base, axis=1, keepdims=True)
+    index = SpannIndex.build(base, tmp_path / "i", SpannParams(metric=metric, list_size=40, closure=0.3), memory_cap=SMALL_CAP, progress=False)
+    scores, rows = index.search(queries, 10, nprobe=index.lists, prune=1e9)
+    assert_same_top_k(scores, rows, *exact(base, queries, 10, metric))
+    assert all(len(set(r)) == len(r) for r in rows)  # replicas never show twice
+
+
+def test_default_probing_recall_and_balanced_lists(built, data):
+    base, queries = data
+    _, rows = built.search(queries, 10)
+    assert recall(rows, exact(base, queries, 10)[1]) >= 0.9
+    lengths = built.list_lengths()
+    assert lengths.sum() > len(base)  # boundary replication placed some vectors in several lists
+    assert lengths.sum() <= len(base) * built.params.replicas
+    assert lengths.max() <= 6 * built.params.list_size  # hierarchical balancing bounds list length
+    assert built.memory_bytes() < 0.5 * base.nbytes
+
+
+def test_reads_are_counted(built, data):
+    _, queries = data
+    built.reset_io_counters()
+    built.search(queries[:1], 10, nprobe=4, prune=1e9)
+    counters = built.io_counters()
+    assert counters["reads"] <= 4 and counters["bytes_read"] > 0
+    assert counters["bytes_read"] % built.dtype.itemsize == 0
+
+
+def test_memory_mapped_build_equals_in_memory_build(data, tmp_path, built):
+    base, _ = data
+    np.save(tmp_path / "vectors.npy", base)
+    streamed = SpannIndex.build(np.load(tmp_path / "vectors.npy", mmap_mode="r"), tmp_path / "i", built.params,
+                                memory_cap=SMALL_CAP, progress=False)
+    assert _postings_digest(streamed) == _postings_digest(built)
+
+
+def test_resume_refuses_other_params(data, tmp_path, built, monkeypatch):
+    base, _ = data
+    _interrupt_third_block(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        SpannIndex.build(base, tmp_path / "i", built.params, memory_cap=SMALL_CAP, progress=False)
+    assert len(list((tmp_path / "i" / spann_build.WORK_DIR).glob("*.counts.npy"))) == 2
+    with pytest.raises(InvalidRequest, match="changed"):
+        SpannIndex.build(base, tmp_path / "i", SpannParams(list_size=41), memory_cap=SMALL_CAP, resume=True, progress=False)
+
+
+def test_resume_skips_finished_blocks(data, tmp_path, built, monkeypatch):
+    base, _ = data
+    real_assign = spann_build.assign
+    _interrupt_third_block(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        SpannIndex.build(base, tmp_path / "i", built.params, memory_cap=SMALL_CAP, progress=False)
+    blocks = -(-len(base) // spann_build.block_rows_for(DIM, built.params, SMALL_CAP))
+    calls = []
+    monkeypatch.setattr(spann_build, "assign", lambda *a: (calls.append(1), real_assign(*a))[1])
+    resumed = SpannIndex.build(base, tmp_path / "i", built.params, memory_cap=SMALL_CAP, resume=True, progress=False)
+    assert len(calls) == blocks - 2
+    assert _postings_digest(resumed) == _postings_digest(built)
+    assert not (tmp_path / "i" / spann_build.WORK_DIR).exists()
+
+
+def test_updates_then_compaction_equal_a_fresh_build(data, tmp_path):
+    base, queries = data
+    head, tail = base[:3000], base[3000:]
+    params = SpannParams(list_size=40, closure=0.3)
+    index = SpannIndex.build(head, tmp_path / "i", params, memory_cap=SMALL_CAP, progress=False)
+    ids = index.add(tail)
+    assert ids.tolist() == list(range(3000, 4000))
+    gone = np.array([5, 17, 3001, 3999])
+    index.remove(gone)
+    live = np.ones(len(base), dtype=bool)
+    live[gone] = False
+    reopened = SpannIndex.open(tmp_path / "i")  # the delta was saved
+    assert reopened.ntotal == len(base) - len(gone)
+    truth = exact(base, queries, 10, live=live)
+    assert_same_top_k(*reopened.search(queries, 10, nprobe=reopened.lists, prune=1e9), *truth)
+    compacted = reopened.compact()
+    assert compacted.ntotal == len(base) - len(gone) and len(compacted.delta) == 0
+    assert_same_top_k(*compacted.search(queries, 10, nprobe=compacted.lists, prune=1e9), *truth)
+    fresh = SpannIndex.build(base[live], tmp_path / "fresh", params, memory_cap=SMALL_CAP, progress=False)
+    fresh_rows = np.flatnonzero(live)[fresh.search(queries, 10)[1]]
+    compacted_rows = compacted.search(queries, 10)[1]
+    assert abs(recall(compacted_rows, truth[1]) - recall(fresh_rows, truth[1])) <= 0.05
+    assert recall(compacted_rows, fresh_rows) >= 0.9
+
+
+def test_truncated_posting_file_is_refused_at_open(built, tmp_path):
+    copy = _copy(built, tmp_path)
+    postings = copy / built.manifest["names"]["postings"]
+    os.truncate(postings, postings.stat().st_size - 100)
+    with pytest.raises(CorruptIndex, match="truncated"):
+        SpannIndex.open(copy)
+
+
+def test_mismatched_offsets_or_flipped_bytes_are_refused(built, tmp_path):
+    copy = _copy(built, tmp_path)
+    offsets = copy / built.manifest["names"]["offsets"]
+    np.save(offsets, np.load(offsets)[::-1].copy())
+    with pytest.raises(CorruptIndex, match="checksum"):
+        SpannIndex.open(copy)
+    copy = _copy(built, tmp_path / "again")
+    postings = copy / built.manifest["names"]["postings"]
+    data = bytearray(postings.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    postings.write_bytes(bytes(data))
+    with pytest.raises(CorruptIndex, match="sha256"):
+        SpannIndex.open(copy)
+
+
+def test_a_read_error_fails_the_request_not_the_index(built, data, monkeypatch):
+    _, queries = data
+
+    def broken(offset, length):
+        raise ReadFailed("disk went away")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(built.reader, "read", broken)
+        with pytest.raises(ReadFailed):
+            built.search(queries[:2], 5)
+    assert (built.search(queries[:2], 5)[1] >= 0).all()
+
+
+def test_bad_queries_and_ids(built):
+    with pytest.raises(InvalidRequest, match="shape"):
+        built.search(np.zeros((1, DIM + 1), np.float32), 5)
+    with pytest.raises(InvalidRequest, match="within"):
+        built.remove([10**9])
+    with pytest.raises(InvalidRequest, match="finite"):
+        built.add(np.full((1, DIM), np.nan, np.float32))
+
+
+def _interrupt_third_block(monkeypatch) -> None:
+    real_assign, calls = spann_build.assign, []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_assign(*args)
+
+    monkeypatch.setattr(spann_build, "assign", interrupted)
+
+
+def _postings_digest(index: SpannIndex) -> str:
+    return index.manifest["files"][index.manifest["names"]["postings"]]["sha256"]
+
+
+def _copy(index: SpannIndex, target):
+    import shutil
+
+    shutil.copytree(index.path, target / "copy")
+    return target / "copy"

@@ -178,22 +178,30 @@ class SpannIndex:
             raise InvalidRequest(f"ids must be within 0..{self.rows + len(self.delta) - 1}")
         self._save_delta(self.delta, np.union1d(self.removed, ids))
 
-    def compact(self, memory_cap: int = DEFAULT_MEMORY_CAP, progress: bool = False) -> "SpannIndex":
-        """Fold the delta into a new generation of posting lists (same centroids, same replication
-        rules, removed ids dropped) and return the index opened on it."""
-        generation = self.manifest["generation"] + 1
-        delta_ids = np.arange(self.rows, self.rows + len(self.delta))
-        live = ~np.isin(delta_ids, self.removed)
-        rows, lists = assign(self.delta[live], self.centroids, self.router, self.params)
-        records, counts = records_by_list(self.delta[live], delta_ids[live], rows, lists, self.lists)
+    def compact(self, memory_cap: int = DEFAULT_MEMORY_CAP, progress: bool = False, *, into: str | Path | None = None,
+                appended: np.ndarray | None = None, removed: np.ndarray | None = None) -> "SpannIndex":
+        """Fold the delta (and `appended` rows after it) into a new generation of posting lists with
+        the same centroids and replication rules, leaving out removed ids (and `removed`); returns
+        the index opened on it. `into` writes the new generation to another directory instead,
+        leaving this one as it is (for readers that still use it)."""
+        delta = self.delta if appended is None else np.concatenate([self.delta, np.asarray(appended, dtype=np.float32)])
+        gone = self.removed if removed is None else np.union1d(self.removed, np.asarray(removed, dtype=np.int64))
+        target = self.path if into is None else Path(into)
+        target.mkdir(parents=True, exist_ok=True)
+        generation = self.manifest["generation"] + 1 if into is None else 1
+        delta_ids = np.arange(self.rows, self.rows + len(delta))
+        live = ~np.isin(delta_ids, gone)
+        rows, lists = assign(delta[live], self.centroids, self.router, self.params)
+        records, counts = records_by_list(delta[live], delta_ids[live], rows, lists, self.lists)
         old = RunSource(np.diff(self.offsets), self.dtype, reader=self.reader)
         fresh = RunSource(counts, self.dtype, records=records)
-        offsets, postings = merge_runs([old, fresh], self.path / f"postings-{generation:06d}.bin", memory_cap,
-                                       removed=self.removed, progress=progress)
-        body = {"dim": self.dim, "params": self.manifest["params"], "rows": self.rows + len(self.delta), "live": self.ntotal}
-        _commit(self.path, generation, body, self.centroids, offsets, postings, np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64))
-        self.reader.close()
-        return SpannIndex.open(self.path, verify=False)
+        offsets, postings = merge_runs([old, fresh], target / f"postings-{generation:06d}.bin", memory_cap, removed=gone, progress=progress)
+        live_rows = self.manifest["live"] - int(np.sum(gone < self.rows)) + int(live.sum())
+        body = {"dim": self.dim, "params": self.manifest["params"], "rows": self.rows + len(delta), "live": live_rows}
+        _commit(target, generation, body, self.centroids, offsets, postings, np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64))
+        if into is None:
+            self.reader.close()
+        return SpannIndex.open(target, verify=False)
 
     def _save_delta(self, delta: np.ndarray, removed: np.ndarray) -> None:
         manifest = dict(self.manifest)

@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -157,9 +158,14 @@ def _check(path: Path, size: int, digest: str, entry: dict[str, Any]) -> None:
 
 
 def remove_unreferenced(directory: Path, keep: set[str]) -> None:
-    """Delete data files (and stale temp files) that no kept manifest names."""
+    """Delete data files (and stale temp files) that no kept manifest names, and index
+    directories (SPANN's `*.spann`) likewise."""
     for path in Path(directory).iterdir():
-        if path.name in keep or path.name in (MANIFEST, LOCK) or path.is_dir():
+        if path.name in keep or path.name in (MANIFEST, LOCK):
+            continue
+        if path.is_dir():
+            if path.suffix == ".spann":
+                shutil.rmtree(path, ignore_errors=True)
             continue
         path.unlink(missing_ok=True)
 

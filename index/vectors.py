@@ -18,6 +18,18 @@ class VectorStore:
     def __len__(self) -> int:
         return int(self.starts[-1])
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), self.dim
+
+    ndim = 2
+
+    def __getitem__(self, rows) -> np.ndarray:
+        """Rows by slice or index array, so builders that read blocks can take a store like an array."""
+        if isinstance(rows, slice):
+            rows = np.arange(*rows.indices(len(self)))
+        return self.gather(np.asarray(rows, dtype=np.int64))
+
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """rows [...] int64 (-1 allowed) -> [..., D] of the store's dtype; -1 rows come back as zeros."""
         flat = rows.reshape(-1)

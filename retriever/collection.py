@@ -22,6 +22,7 @@ from .fields import DenseField
 from .multivector_field import MultiVectorField
 from .filters import filter_mask
 from .sparse_fields import NO_TERMS, Bm25Field, InvertedField, LearnedSparseField
+from .spann_field import SUFFIX as SPANN_SUFFIX
 from .types import Hits
 
 REQUEST_PARAMS = {"nprobe": 1, "efSearch": 1, "rescore": 0, "inference_free": 0, "candidates": 1, "rerank": 1, "exhaustive": 0,
@@ -423,7 +424,7 @@ def _referenced(manifest: dict[str, Any]) -> set[str]:
 def _file_names(entry) -> list[str]:
     """Every file a field's manifest entry names (any string under it that ends like a data file)."""
     if isinstance(entry, str):
-        return [entry] if entry.endswith((".npy", ".npz", ".faiss", ".parquet")) else []
+        return [entry] if entry.endswith((".npy", ".npz", ".faiss", ".parquet", SPANN_SUFFIX)) else []
     if isinstance(entry, dict):
         entry = list(entry.values())
     if isinstance(entry, list):

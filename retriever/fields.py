@@ -15,13 +15,14 @@ from retriever.index import storage
 
 from .config import FieldConfig
 from .errors import CorruptIndex, InvalidRequest
+from .spann_field import SpannVectors, is_spann, spann_params
 
 
 @dataclass(frozen=True)
 class DenseField:
     config: FieldConfig
     dim: int
-    index: FaissIndex
+    index: FaissIndex | SpannVectors
     vectors: VectorStore
     entry: dict[str, Any]  # this version's manifest entry
 
@@ -41,15 +42,21 @@ class DenseField:
 
     @classmethod
     def empty_entry(cls, path, config: FieldConfig, dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        if is_spann(config.index):
+            spann_params(config.index, config.metric)  # a bad factory string fails at create
+            return {"dim": dim, "index": None, "spann": None, "vectors": []}, {}
         name = f"{config.name}.index-{1:06d}.faiss"
         files = {name: storage.write_new_file(path, name, FaissIndex(config.index, dim, config.metric).to_bytes())}
         return {"dim": dim, "index": name, "vectors": []}, files
 
     @classmethod
     def open(cls, path, config: FieldConfig, entry: dict[str, Any], files: dict[str, Any], num_rows: int) -> "DenseField":
-        index = FaissIndex.from_bytes(storage.read_verified(path, entry["index"], files[entry["index"]]), config.index, entry["dim"], config.metric)
-        index.use_gpu()
         vectors = VectorStore([storage.open_npy_verified(path, n, files[n]) for n in entry["vectors"]], entry["dim"])
+        if is_spann(config.index):
+            index = SpannVectors.open(path, entry, vectors, config.metric)
+        else:
+            index = FaissIndex.from_bytes(storage.read_verified(path, entry["index"], files[entry["index"]]), config.index, entry["dim"], config.metric)
+            index.use_gpu()
         if index.ntotal != num_rows or len(vectors) != num_rows:
             raise CorruptIndex(f"field {config.name!r} holds {index.ntotal} indexed / {len(vectors)} stored vectors for {num_rows} documents")
         return cls(config, entry["dim"], index, vectors, entry)
@@ -72,7 +79,9 @@ class DenseField:
         return check_query_vectors(self, given)
 
     def prepare(self, vectors: np.ndarray, first_row: int, deleted: np.ndarray) -> "PendingVectors":
-        return PendingVectors(self, vectors, index_with(self.index, vectors, self.config.train_size))
+        if isinstance(self.index, SpannVectors):  # built from the stored vectors once they are written
+            return PendingVectors(self, vectors, self.index, deleted)
+        return PendingVectors(self, vectors, index_with(self.index, vectors, self.config.train_size), deleted)
 
 
 @dataclass(frozen=True)
@@ -81,16 +90,23 @@ class PendingVectors:
 
     field: DenseField
     vectors: np.ndarray
-    index: FaissIndex
+    index: FaissIndex | SpannVectors
+    deleted: np.ndarray
 
     def write(self, path, version: int, num_rows: int) -> tuple[dict[str, Any], dict[str, Any], DenseField]:
-        name = self.field.config.name
-        vname, iname = f"{name}.vectors-{version:06d}.npy", f"{name}.index-{version:06d}.faiss"
-        files = {vname: storage.write_new_file(path, vname, storage.npy_bytes(self.vectors)),
-                 iname: storage.write_new_file(path, iname, self.index.to_bytes())}
-        entry = {**self.field.entry, "vectors": [*self.field.entry["vectors"], vname], "index": iname}
+        config = self.field.config
+        vname = f"{config.name}.vectors-{version:06d}.npy"
+        files = {vname: storage.write_new_file(path, vname, storage.npy_bytes(self.vectors))}
+        entry = {**self.field.entry, "vectors": [*self.field.entry["vectors"], vname]}
         stored = VectorStore([*self.field.vectors.segments, np.load(path / vname, mmap_mode="r")], self.field.dim)
-        return entry, files, DenseField(self.field.config, self.field.dim, self.index, stored, entry)
+        index = self.index
+        if isinstance(index, SpannVectors):
+            index, entry["spann"] = index.refreshed(path, version, config.name, stored, self.deleted, config.index, entry["spann"])
+        else:
+            iname = f"{config.name}.index-{version:06d}.faiss"
+            files[iname] = storage.write_new_file(path, iname, index.to_bytes())
+            entry["index"] = iname
+        return entry, files, DenseField(config, self.field.dim, index, stored, entry)
 
 
 def check_query_vectors(field, given) -> np.ndarray:

@@ -213,3 +213,57 @@ def _copy(index: SpannIndex, target):
 
     shutil.copytree(index.path, target / "copy")
     return target / "copy"
+
+
+# ---- as a dense field's index in a collection ---------------------------------------------------
+
+def _two_field_collection(path, base):
+    import retriever
+
+    collection = retriever.Collection.create(path, {"name": "s", "fields": [
+        {"name": "flat", "dim": DIM, "metric": "l2"}, {"name": "spann", "dim": DIM, "metric": "l2", "index": "SPANN,L40"}]})
+    collection.add([{"id": str(i)} for i in range(len(base))], vectors={"flat": base, "spann": base})
+    return collection
+
+
+def test_collection_field_matches_exact_search_and_folds_appended_rows(data, tmp_path, monkeypatch):
+    import retriever
+    from retriever import spann_field
+
+    base, queries = data
+    collection = _two_field_collection(tmp_path / "c", base[:3000])
+    first_dir = collection.manifest["fields"]["spann"]["spann"]["dir"]
+    exact_hits = collection.search(queries, 10, fields="flat")
+    hits = collection.search(queries, 10, fields="spann")
+    assert recall(np.array([h.rows for h in hits]), np.array([h.rows for h in exact_hits])) >= 0.9
+    every_list = collection.search(queries, 10, fields="spann", params={"nprobe": 10_000})
+    np.testing.assert_allclose([h.scores for h in every_list], [h.scores for h in exact_hits], rtol=1e-4, atol=1e-3)
+
+    collection.add([{"id": str(i)} for i in range(3000, 3500)], vectors={"flat": base[3000:3500], "spann": base[3000:3500]})
+    assert collection.manifest["fields"]["spann"]["spann"]["dir"] == first_dir  # a small append is searched exactly beside the lists
+    collection.delete(["3001", "7"])
+    monkeypatch.setattr(spann_field, "FOLD_MIN_ROWS", 0)
+    collection.add([{"id": str(i)} for i in range(3500, 4000)], vectors={"flat": base[3500:], "spann": base[3500:]})
+    folded = collection.manifest["fields"]["spann"]["spann"]
+    assert folded["dir"] != first_dir and folded["rows"] == 4000
+    reopened = retriever.Collection.open(tmp_path / "c")
+    exact_hits = reopened.search(queries, 10, fields="flat", params={})
+    hits = reopened.search(queries, 10, fields="spann", params={"nprobe": 10_000})
+    np.testing.assert_allclose([h.scores for h in hits], [h.scores for h in exact_hits], rtol=1e-4, atol=1e-3)
+    assert not any({"3001", "7"} & set(h.ids) for h in hits)
+    collection.delete(["8"])  # the next commit drops the directory no kept manifest names
+    assert not (tmp_path / "c" / first_dir).exists()
+
+
+def test_collection_refuses_a_replaced_spann_manifest_and_bad_factory(data, tmp_path):
+    import retriever
+    from retriever.errors import InvalidConfig
+
+    base, _ = data
+    collection = _two_field_collection(tmp_path / "c", base[:2000])
+    manifest = tmp_path / "c" / collection.manifest["fields"]["spann"]["spann"]["dir"] / "spann.json"
+    manifest.write_text(manifest.read_text().replace('"generation": 1', '"generation": 1 '))
+    with pytest.raises(CorruptIndex, match="not the one"):
+        retriever.Collection.open(tmp_path / "c")
+    with pytest.raises(InvalidConfig, match="R<replicas>"):
+        retriever.Collection.create(tmp_path / "d", {"name": "s", "fields": [{"name": "v", "dim": DIM, "index": "SPANN,X3"}]})

@@ -1,0 +1,122 @@
+"""A dense field indexed by SPANN inside a collection (`index = "SPANN"`): posting lists built from
+the field's stored float vectors into a `{field}-{version}.spann` directory; rows added later are
+searched exactly beside the lists until they pass a share of the indexed rows, when the next
+commit folds them in (compaction into a new directory, deleted rows dropped). Old directories
+stay until no kept manifest names them, so readers pinned to an older version keep working.
+
+Factory string: `SPANN[lists][,R<replicas>][,L<list size>]`, e.g. `SPANN`, `SPANN8192,R8`.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from retriever.index import storage
+from retriever.index.spann import DEFAULT_NPROBE, MANIFEST, SpannIndex
+from retriever.index.spann_build import SpannParams
+from retriever.index.vectors import VectorStore
+from retriever.kernels import cpu
+
+from .errors import CorruptIndex, InvalidConfig
+
+SUFFIX = ".spann"
+FOLD_SHARE = 0.1  # fold the unindexed rows in once they pass 10% of the indexed ones ...
+FOLD_MIN_ROWS = 1024  # ... and this many (small appends stay cheap)
+_PART = re.compile(r"^(R|L)(\d+)$")
+
+
+def is_spann(factory: str) -> bool:
+    return isinstance(factory, str) and factory.strip().upper().startswith("SPANN")
+
+
+def spann_params(factory: str, metric: str) -> SpannParams:
+    head, *rest = [p.strip().upper() for p in factory.split(",")]
+    if not re.fullmatch(r"SPANN\d*", head):
+        raise InvalidConfig(f"index {factory!r}: expected SPANN[lists][,R<replicas>][,L<list size>]")
+    options: dict[str, Any] = {"metric": metric, "lists": int(head[5:]) if head[5:] else None}
+    for part in rest:
+        match = _PART.match(part)
+        if not match:
+            raise InvalidConfig(f"index {factory!r}: unknown part {part!r}; expected R<replicas> or L<list size>")
+        options["replicas" if match[1] == "R" else "list_size"] = int(match[2])
+    return SpannParams(**options)
+
+
+class SpannVectors:
+    """The field's search index: SPANN over rows 0..indexed-1, exact scan over the rest."""
+
+    exact = False
+
+    def __init__(self, index: SpannIndex | None, store: VectorStore, metric: str) -> None:
+        self.index, self.store, self.metric = index, store, metric
+
+    @property
+    def ntotal(self) -> int:
+        return len(self.store)
+
+    @property
+    def indexed(self) -> int:
+        return self.index.rows if self.index is not None else 0
+
+    @classmethod
+    def open(cls, path: Path, entry: Mapping[str, Any], store: VectorStore, metric: str) -> "SpannVectors":
+        spann = entry.get("spann")
+        if spann is None:
+            return cls(None, store, metric)
+        directory = Path(path) / spann["dir"]
+        try:
+            recorded = storage.sha256_file(directory / MANIFEST)
+        except FileNotFoundError:
+            raise CorruptIndex(f"{str(directory)!r} is listed in the manifest but missing") from None
+        if recorded != spann["manifest_sha256"]:
+            raise CorruptIndex(f"{str(directory / MANIFEST)!r} is not the one the collection manifest records")
+        return cls(SpannIndex.open(directory), store, metric)
+
+    def search(self, queries: np.ndarray, k: int, params: Mapping[str, int], allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """queries [B, D] -> (scores [B, k], rows [B, k]), -1 padded."""
+        parts_scores, parts_rows = [], []
+        if self.index is not None:
+            scores, rows = self.index.search(queries, k, nprobe=int(params.get("nprobe", DEFAULT_NPROBE)), allowed=allowed)
+            parts_scores.append(scores)
+            parts_rows.append(rows)
+        if self.indexed < len(self.store):
+            rows = np.arange(self.indexed, len(self.store))
+            scores = self._exact(queries, self.store.gather(rows))  # [B, A]
+            if allowed is not None:
+                scores[:, ~allowed[rows]] = -np.inf
+            parts_scores.append(scores)
+            parts_rows.append(np.broadcast_to(rows, scores.shape))
+        scores, rows = cpu.top_k_rows(np.concatenate(parts_scores, axis=1), np.concatenate(parts_rows, axis=1), k)
+        rows = np.where(np.isfinite(scores), rows, -1)
+        if rows.shape[1] < k:
+            pad = k - rows.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+        return scores, rows
+
+    def _exact(self, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        dots = queries @ vectors.T
+        if self.metric == "ip":
+            return dots
+        return 2 * dots - np.einsum("ij,ij->i", vectors, vectors)[None] - np.einsum("ij,ij->i", queries, queries)[:, None]
+
+    def refreshed(self, path: Path, version: int, field: str, store: VectorStore, deleted: np.ndarray, factory: str,
+                  current: dict[str, Any] | None) -> tuple["SpannVectors", dict[str, Any] | None]:
+        """After rows were appended to `store`: the index to search, and the field entry's `spann`
+        value (a new directory when the lists were built or compacted in this commit)."""
+        unindexed = len(store) - self.indexed
+        if self.index is not None and unindexed <= max(FOLD_MIN_ROWS, FOLD_SHARE * self.indexed):
+            return SpannVectors(self.index, store, self.metric), current
+        directory = Path(path) / f"{field}-{version:06d}{SUFFIX}"
+        shutil.rmtree(directory, ignore_errors=True)  # debris of a writer that died before its manifest named it
+        if self.index is None:
+            index = SpannIndex.build(store, directory, spann_params(factory, self.metric), progress=False)
+        else:
+            index = self.index.compact(into=directory, appended=store[self.indexed :], removed=np.flatnonzero(deleted[: len(store)]))
+        spann = {"dir": directory.name, "rows": index.rows, "manifest_sha256": storage.sha256_file(directory / MANIFEST)}
+        return SpannVectors(index, store, self.metric), spann

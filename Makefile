@@ -34,6 +34,7 @@ bench: setup
 	$(BIN)/python bench/dense.py
 	$(BIN)/python bench/lexical.py
 	$(BIN)/python bench/binary.py
+	$(BIN)/python bench/spann.py
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

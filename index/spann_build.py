@@ -15,10 +15,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
@@ -29,6 +27,7 @@ from tqdm.auto import tqdm
 
 from retriever.errors import InvalidConfig, InvalidRequest
 
+from . import storage
 from .diskio import PositionalReader
 
 DEFAULT_MEMORY_CAP = 1 << 30
@@ -232,7 +231,8 @@ def build_runs(vectors: np.ndarray, work: Path, params: SpannParams, memory_cap:
     rows, dim = vectors.shape
     block = block_rows_for(dim, params, memory_cap)
     state = {"params": asdict(params), "source": source_fingerprint(vectors), "block_rows": block}
-    _prepare(work, state, resume)
+    storage.prepare_work_dir(work, state, resume, f"the vectors or SPANN parameters changed since the build in {str(work)!r} "
+                             "was interrupted; build again without resume")
     centroids_path = work / "centroids.npy"
     if centroids_path.exists():
         centroids = np.load(centroids_path)
@@ -270,17 +270,6 @@ def _sample(vectors: np.ndarray, params: SpannParams, memory_cap: int) -> np.nda
         raise InvalidRequest(f"SPANN wants {lists} lists but can sample only {size} rows under the memory cap; raise the cap or lower lists")
     picks = np.sort(np.random.default_rng(params.seed).choice(rows, size=size, replace=False))
     return np.asarray(vectors[picks], dtype=np.float32)
-
-
-def _prepare(work: Path, state: dict, resume: bool) -> None:
-    state_file = work / "state.json"
-    if resume and state_file.exists():
-        if json.loads(state_file.read_text()) != json.loads(json.dumps(state)):
-            raise InvalidRequest(f"the vectors or SPANN parameters changed since the build in {str(work)!r} was interrupted; build again without resume")
-        return
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    state_file.write_text(json.dumps(state))
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

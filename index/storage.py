@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from retriever.errors import CorruptIndex, NotFound, RetrieverError
+from retriever.errors import CorruptIndex, InvalidRequest, NotFound, RetrieverError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -182,3 +182,16 @@ def writer_lock(directory: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def prepare_work_dir(work: Path, state: dict[str, Any], resume: bool, changed: str) -> None:
+    """A resumable job's scratch directory. With `resume` and the same `state` (JSON), what an
+    interrupted run left there is kept; a different state raises `changed`; otherwise it starts empty."""
+    state_file = work / "state.json"
+    if resume and state_file.exists():
+        if json.loads(state_file.read_text()) != json.loads(json.dumps(state)):
+            raise InvalidRequest(changed)
+        return
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    state_file.write_text(json.dumps(state))

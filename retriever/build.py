@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -36,7 +35,8 @@ def build(
     log.info("read %d documents from %s", table.num_rows, input_path)
     collection = _empty_collection(out, config, resume)
     work = out / WORK_DIR
-    _prepare_work_dir(work, _state(config, input_path, block_size, table.num_rows), resume)
+    storage.prepare_work_dir(work, _state(config, input_path, block_size, table.num_rows), resume,
+                             f"the input, config or block size changed since the build in {str(out)!r} was interrupted; build again without --resume")
     vectors: dict[str, np.ndarray] = {}
     texts = None
     for field in config.fields:
@@ -73,17 +73,6 @@ def _state(config: CollectionConfig, input_path, block_size: int, count: int) ->
     stat = os.stat(input_path)
     return {"config": config.to_dict(), "input": str(Path(input_path).resolve()), "input_size": stat.st_size,
             "input_mtime": stat.st_mtime, "block_size": block_size, "documents": count}
-
-
-def _prepare_work_dir(work: Path, state: dict[str, Any], resume: bool) -> None:
-    state_file = work / "state.json"
-    if resume and state_file.exists():
-        if json.loads(state_file.read_text()) != json.loads(json.dumps(state)):
-            raise InvalidRequest(f"the input, config or block size changed since the build in {str(work.parent)!r} was interrupted; build again without --resume")
-        return
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    state_file.write_text(json.dumps(state))
 
 
 def _encode_blocks(collection: Collection, field: str, texts: list[str], work: Path, block_size: int, progress: bool) -> np.ndarray:

@@ -132,7 +132,7 @@ def build_faiss(data: Path, target: Path, factory: str, on_disk: bool) -> dict:
     if on_disk:
         lists = faiss.OnDiskInvertedLists(index.nlist, index.code_size, str(target.with_suffix(".ivfdata")))
         index.replace_invlists(lists, True)
-        index.own_invlists = True
+        lists.this.disown()  # the index frees the lists; Python freeing them too crashes at exit
     for start in range(0, len(base), 500_000):
         index.add(np.ascontiguousarray(base[start : start + 500_000]))
     faiss.write_index(index, str(target))
@@ -166,8 +166,9 @@ def worker(system: str, index_path: Path, data: Path, sweep: list, cold: bool) -
 
     faiss.omp_set_num_threads(1)
     queries, truth = np.load(data / "queries.npy"), np.load(data / "truth.npy")
+    import_system(system)  # module imports are not the index's memory
     before = rss_bytes()
-    search, counters, drop = open_system(system, index_path, queries.shape[1])
+    search, counters, drop, structure_bytes = open_system(system, index_path, queries.shape[1])
     search(queries[:5], sweep[0])  # first touches
     out = {"points": []}
     for point in sweep:
@@ -188,11 +189,20 @@ def worker(system: str, index_path: Path, data: Path, sweep: list, cold: bool) -
         out["points"].append(row)
         log(system, "cold" if cold else "warm", row)
     out["resident_bytes"] = rss_bytes() - before
+    out["structure_bytes"] = structure_bytes
     return out
 
 
+def import_system(system: str) -> None:
+    if system == "spann":
+        import retriever.index.spann  # noqa: F401
+    elif system == "hnswlib":
+        import hnswlib  # noqa: F401
+
+
 def open_system(system: str, path: Path, dim: int):
-    """-> (search(queries, params) -> ids [B, K], io counters() -> (bytes, reads), drop_cache())."""
+    """-> (search(queries, params) -> ids [B, K], io counters() -> (bytes, reads), drop_cache(), bytes
+    the index keeps in memory by construction: SPANN's centroids, router, offsets; a peer's index file)."""
     import faiss
 
     nothing = lambda: (0, 0)  # noqa: E731
@@ -201,7 +211,7 @@ def open_system(system: str, path: Path, dim: int):
 
         index = SpannIndex.open(path)
         counters = lambda: (index.io_counters()["bytes_read"], index.io_counters()["reads"])  # noqa: E731
-        return (lambda q, p: index.search(q, K, nprobe=p["nprobe"], prune=p["prune"])[1]), counters, index.drop_page_cache
+        return (lambda q, p: index.search(q, K, nprobe=p["nprobe"], prune=p["prune"])[1]), counters, index.drop_page_cache, index.memory_bytes()
     if system == "hnswlib":
         import hnswlib
 
@@ -213,7 +223,7 @@ def open_system(system: str, path: Path, dim: int):
             index.set_ef(p["ef"])
             return index.knn_query(q, K)[0]
 
-        return search_hnsw, nothing, lambda: None
+        return search_hnsw, nothing, lambda: None, path.stat().st_size
     index = faiss.read_index(str(path))  # on-disk lists memory-map their .ivfdata file themselves
     data_file = path.with_suffix(".ivfdata")
 
@@ -226,7 +236,7 @@ def open_system(system: str, path: Path, dim: int):
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         os.close(fd)
 
-    return search_ivf, nothing, (drop if data_file.exists() else lambda: None)
+    return search_ivf, nothing, (drop if data_file.exists() else lambda: None), path.stat().st_size
 
 
 def rss_bytes() -> int:
@@ -271,6 +281,7 @@ def dataset(name: str, data: Path, work: Path, memory_cap: int, list_size: int, 
         if system in ("spann", "faiss_ivf_ondisk"):
             row["cold"] = run_worker(system, path, data, sweeps[system], cold=True)
         row["resident_share_of_raw"] = round(row["warm"]["resident_bytes"] / out["raw_float32_bytes"], 4)
+        row["structure_share_of_raw"] = round(row["warm"]["structure_bytes"] / out["raw_float32_bytes"], 4)
         out["systems"][system] = row
     out["summary"] = summary(out)
     return out
@@ -285,7 +296,8 @@ def summary(out: dict) -> dict:
 
     spann = out["systems"]["spann"]
     ours = fastest(spann["warm"]["points"], TARGET_RECALL)
-    result = {"target_recall": TARGET_RECALL, "spann": ours, "spann_resident_share_of_raw": spann["resident_share_of_raw"]}
+    result = {"target_recall": TARGET_RECALL, "spann": ours, "spann_resident_share_of_raw": spann["resident_share_of_raw"],
+              "spann_structure_share_of_raw": spann["structure_share_of_raw"]}
     if ours is None:
         return result
     for system, row in out["systems"].items():

@@ -34,6 +34,7 @@ bench: setup
 	$(BIN)/python bench/dense.py
 	$(BIN)/python bench/lexical.py
 	$(BIN)/python bench/binary.py
+	$(BIN)/pip install -e ".[peers]"
 	$(BIN)/python bench/spann.py
 
 clean:

@@ -267,7 +267,9 @@ def dataset(name: str, data: Path, work: Path, memory_cap: int, list_size: int, 
         "faiss_ivfpq": (work / f"{name}.ivfpq.faiss", lambda p: build_faiss(data, p, f"IVF{nlist},PQ{dim // 2}", False)),
         "faiss_ivf_ondisk": (work / f"{name}.ivfflat.faiss", lambda p: build_faiss(data, p, f"IVF{nlist},Flat", True)),
     }
-    if with_hnsw:
+    if with_hnsw and importlib.util.find_spec("hnswlib") is None:
+        log("hnswlib is not installed (pip install -e '.[peers]'): measured without it")
+    elif with_hnsw:
         builds["hnswlib"] = (work / f"{name}.hnswlib", lambda p: build_hnswlib(data, p))
     sweeps = {
         "spann": [{"nprobe": n, "prune": 1.0} for n in (8, 16, 32, 64, 96, 128, 192)],

@@ -129,12 +129,15 @@ def build_faiss(data: Path, target: Path, factory: str, on_disk: bool) -> dict:
     index = faiss.index_factory(base.shape[1], factory)
     sample = np.random.default_rng(0).choice(len(base), min(len(base), 200_000), replace=False)
     index.train(np.ascontiguousarray(base[np.sort(sample)]))
-    if on_disk:
-        lists = faiss.OnDiskInvertedLists(index.nlist, index.code_size, str(target.with_suffix(".ivfdata")))
-        index.replace_invlists(lists, True)
-        lists.this.disown()  # the index frees the lists; Python freeing them too crashes at exit
     for start in range(0, len(base), 500_000):
         index.add(np.ascontiguousarray(base[start : start + 500_000]))
+    if on_disk:  # filled in memory, then written once: adding to on-disk lists resizes the file again and again
+        lists = faiss.OnDiskInvertedLists(index.nlist, index.code_size, str(target.with_suffix(".ivfdata")))
+        filled = faiss.InvertedListsPtrVector()
+        filled.push_back(index.invlists)
+        lists.merge_from_multiple(filled.data(), filled.size(), False)
+        index.replace_invlists(lists, True)
+        lists.this.disown()  # the index frees the lists; Python freeing them too crashes at exit
     faiss.write_index(index, str(target))
     row = {"build_s": round(time.perf_counter() - began, 1), "factory": factory, "on_disk": on_disk}
     target.with_suffix(".build.json").write_text(json.dumps(row))
@@ -272,7 +275,7 @@ def dataset(name: str, data: Path, work: Path, memory_cap: int, list_size: int, 
     elif with_hnsw:
         builds["hnswlib"] = (work / f"{name}.hnswlib", lambda p: build_hnswlib(data, p))
     sweeps = {
-        "spann": [{"nprobe": n, "prune": 1.0} for n in (8, 16, 32, 64, 96, 128, 192)],
+        "spann": [{"nprobe": n, "prune": 1.0} for n in (8, 16, 32, 64, 96, 128, 192, 256)],
         "faiss_ivfpq": [{"nprobe": n} for n in (8, 16, 32, 64, 128, 256)],
         "faiss_ivf_ondisk": [{"nprobe": n} for n in (4, 8, 16, 32, 64, 128)],
         "hnswlib": [{"ef": e} for e in (16, 32, 64, 128, 256)],

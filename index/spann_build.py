@@ -93,7 +93,7 @@ def _split(members: np.ndarray, parts: int, target: float, seed: int) -> np.ndar
     sizes = np.bincount(assign, minlength=len(centroids))
     out = [centroids[sizes <= 2 * target]]
     for c in np.flatnonzero(sizes > 2 * target):
-        out.append(_split(members[assign == c], math.ceil(sizes[c] / target), target, seed * 31 + int(c)))
+        out.append(_split(members[assign == c], math.ceil(sizes[c] / target), target, (seed * 31 + int(c)) % 2**31))
     return np.concatenate(out)
 
 

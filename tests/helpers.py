@@ -60,3 +60,12 @@ def word_tokenizer():
     backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", eos_token="</s>")
+
+
+def assert_same_top_k(scores, rows, ref_scores, ref_rows, atol=1e-3):
+    """Tie-tolerant: scores equal; ids equal wherever the score is not tied with a neighbour."""
+    np.testing.assert_allclose(scores, ref_scores, atol=atol, rtol=1e-4)
+    for s, r, rr in zip(ref_scores, rows, ref_rows):
+        untied = np.abs(np.diff(s, prepend=np.inf)) > atol
+        untied &= np.abs(np.diff(s, append=-np.inf)) > atol
+        assert set(r[untied]) == set(rr[untied])

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from helpers import assert_same_top_k
 from retriever.errors import CorruptIndex, InvalidRequest, ReadFailed
 from retriever.index import spann_build
 from retriever.index.spann import SpannIndex
@@ -33,15 +34,6 @@ def exact(base: np.ndarray, queries: np.ndarray, k: int, metric: str = "l2", liv
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, truth)]))
-
-
-def assert_same_top_k(scores, rows, ref_scores, ref_rows, atol=1e-3):
-    """Tie-tolerant: scores equal; ids equal wherever the score is not tied with a neighbour."""
-    np.testing.assert_allclose(scores, ref_scores, atol=atol, rtol=1e-4)
-    for s, r, rr in zip(ref_scores, rows, ref_rows):
-        untied = np.abs(np.diff(s, prepend=np.inf)) > atol
-        untied &= np.abs(np.diff(s, append=-np.inf)) > atol
-        assert set(r[untied]) == set(rr[untied])
 
 
 @pytest.fixture(scope="module")

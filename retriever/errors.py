@@ -28,6 +28,10 @@ class ReadFailed(CorruptIndex):
     """A read from an index file failed or came back short: that request fails, the process lives."""
 
 
+class OutOfDeviceMemory(RetrieverError):
+    """An index or a request does not fit in the GPU's free memory."""
+
+
 class AlreadyExists(RetrieverError):
     """Creating a collection where one already exists."""
 
@@ -43,6 +47,7 @@ GRPC_CODES: dict[type[RetrieverError], str] = {
     NotFound: "NOT_FOUND",
     AlreadyExists: "ALREADY_EXISTS",
     CorruptIndex: "DATA_LOSS",
+    OutOfDeviceMemory: "RESOURCE_EXHAUSTED",
     Unavailable: "UNAVAILABLE",
     RetrieverError: "INTERNAL",
 }
@@ -58,7 +63,8 @@ def grpc_code_name(error: RetrieverError) -> str:
 def error_for_code(name: str, message: str) -> RetrieverError:
     """The exception a client raises for a status code received from the server; `grpc_code`
     keeps the code's name (e.g. RESOURCE_EXHAUSTED, UNAUTHENTICATED, DEADLINE_EXCEEDED)."""
-    cls = next((c for c, code in GRPC_CODES.items() if code == name), None)
+    # RESOURCE_EXHAUSTED also means "server busy", so it maps back to the base class, not OutOfDeviceMemory
+    cls = next((c for c, code in GRPC_CODES.items() if code == name and c is not OutOfDeviceMemory), None)
     error = cls(message) if cls is not None else RetrieverError(f"{name}: {message}")
     error.grpc_code = name
     return error

@@ -1,0 +1,88 @@
+"""Indexes on a torch device (CUDA when present, else the CPU) against their CPU counterparts:
+exact search against the numpy oracle, IVF-PQ against faiss at the same nprobe, binary codes
+against the CPU scans, and a clear error for bad queries."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from helpers import assert_same_top_k
+from retriever.errors import InvalidRequest
+from retriever.index.gpu_search import DeviceBinary, DeviceFlat, DeviceIvfPq
+from retriever.kernels import gpu, reference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def clustered(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = np.random.default_rng(99).normal(size=(40, dim)) * 3
+    return (centers[rng.integers(0, 40, n)] + rng.normal(size=(n, dim))).astype(np.float32)
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_device_flat_equals_exact_search(metric, monkeypatch):
+    monkeypatch.setattr(gpu, "CHUNK_ELEMENTS", 3000)
+    base, queries = clustered(2000), clustered(20, seed=1)
+    allowed = np.random.default_rng(2).random(2000) < 0.5
+    scores, rows = DeviceFlat(base, metric, DEVICE, torch.float32).search(queries, 10, allowed)
+    ref_scores, ref_rows = reference.exact_search(queries, base, 10, metric, allowed)
+    assert_same_top_k(scores, rows, ref_scores, ref_rows, atol=1e-2)
+    half_rows = DeviceFlat(base, metric, DEVICE).search(queries, 10)[1]  # fp16: near-exact recall
+    truth = reference.exact_search(queries, base, 10, metric)[1]
+    assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(half_rows, truth)]) >= 0.97
+
+
+@pytest.fixture(scope="module", params=[faiss.METRIC_L2, faiss.METRIC_INNER_PRODUCT], ids=["l2", "ip"])
+def ivfpq(request):
+    base = clustered(3000)
+    index = faiss.index_factory(32, "IVF32,PQ8", request.param)
+    index.do_polysemous_training = False  # slow, and beside the point here
+    index.train(base)
+    index.add(base)
+    return index, DeviceIvfPq(index, DEVICE)
+
+
+@pytest.mark.parametrize("nprobe", [1, 7, 32])
+def test_device_ivfpq_equals_faiss(ivfpq, nprobe):
+    index, on_device = ivfpq
+    metric, queries = index.metric_type, clustered(25, seed=1)
+    index.nprobe = nprobe
+    ref_scores, ref_rows = index.search(queries, 10)
+    scores, rows = on_device.search(queries, 10, nprobe)
+    ref_scores = -ref_scores if metric == faiss.METRIC_L2 else ref_scores  # ours: higher is better
+    assert_same_top_k(scores, rows, ref_scores, ref_rows, atol=2e-3 * np.abs(ref_scores).max())
+
+
+def test_device_binary_matches_cpu_scans():
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, size=(1500, 6), dtype=np.uint8)
+    queries = rng.integers(0, 256, size=(4, 6), dtype=np.uint8)
+    index = DeviceBinary(codes, DEVICE)
+    distances, rows = index.hamming(queries, 20)
+    truth = reference.hamming_distances(queries, codes)
+    for b in range(4):
+        order = np.lexsort((np.arange(1500), truth[b]))[:20]
+        np.testing.assert_array_equal(rows[b], order)
+        np.testing.assert_array_equal(distances[b], truth[b, order])
+    tables = rng.normal(size=(4, 6, 256)).astype(np.float32)
+    offsets = rng.normal(size=4).astype(np.float32)
+    from retriever.kernels.binary import code_top_k
+
+    ref_scores, ref_rows = code_top_k(tables, offsets, codes, 20, None)
+    scores, found = index.lookup(tables, offsets, 20)
+    assert_same_top_k(scores, found, ref_scores, ref_rows)
+
+
+def test_bad_queries_are_refused():
+    index = DeviceFlat(clustered(100), "ip", DEVICE)
+    with pytest.raises(InvalidRequest, match=r"\[B, 32\]"):
+        index.search(np.ones((2, 31), np.float32), 5)
+    with pytest.raises(InvalidRequest, match="NaN"):
+        index.search(np.full((1, 32), np.nan, np.float32), 5)
+    with pytest.raises(InvalidRequest, match="bytes"):
+        DeviceBinary(np.zeros((10, 4), np.uint8), DEVICE).hamming(np.zeros((1, 3), np.uint8), 2)

@@ -54,9 +54,11 @@ def glove(work: Path, queries: int) -> Path:
     return out
 
 
-def synthetic(work: Path, rows: int, queries: int, dim: int = 96, clusters: int = 20_000) -> Path:
-    """Clustered, not uniform: Gaussian clusters of random spreads around random centers, written
-    block by block to an .npy file (never all in memory)."""
+def synthetic(work: Path, rows: int, queries: int, dim: int = 96, clusters: int = 20_000, local_dim: int = 12) -> Path:
+    """Clustered, not uniform, and like real embeddings of low intrinsic dimension: each of
+    `clusters` Gaussian clusters spreads along its own random `local_dim`-dimensional subspace
+    (plus a little isotropic noise), with power-law popularity (the largest holds about 1%).
+    Written block by block to an .npy file (never all in memory)."""
     out = work / f"synthetic-{rows}"
     if (out / "truth.npy").exists():
         return out
@@ -64,13 +66,21 @@ def synthetic(work: Path, rows: int, queries: int, dim: int = 96, clusters: int 
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(clusters, dim)).astype(np.float32)
     spread = rng.uniform(0.2, 0.6, size=clusters).astype(np.float32)
-    popularity = rng.zipf(1.5, size=clusters).astype(np.float64)
+    bases = (rng.normal(size=(clusters, local_dim, dim)) / np.sqrt(local_dim)).astype(np.float32)  # [C, l, D]
+    popularity = 1.0 / (np.arange(clusters) + 10.0)
     popularity /= popularity.sum()
 
     def draw(count: int, seed: int) -> np.ndarray:
         r = np.random.default_rng(seed)
         which = r.choice(clusters, size=count, p=popularity)
-        return (centers[which] + spread[which, None] * r.normal(size=(count, dim)).astype(np.float32)).astype(np.float32)
+        local = r.normal(size=(count, local_dim)).astype(np.float32)
+        points = np.empty((count, dim), np.float32)
+        for start in range(0, count, 50_000):  # gathered bases: 50k x l x D floats at a time
+            w = which[start : start + 50_000]
+            along = np.einsum("nl,nld->nd", local[start : start + 50_000], bases[w])
+            noise = 0.1 * r.normal(size=along.shape).astype(np.float32)
+            points[start : start + 50_000] = centers[w] + spread[w, None] * (along + noise)
+        return points
 
     base = np.lib.format.open_memmap(out / ".base.npy", mode="w+", dtype=np.float32, shape=(rows, dim))
     for block, start in enumerate(range(0, rows, 500_000)):

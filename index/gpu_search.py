@@ -63,7 +63,8 @@ class DeviceIvfPq:
     faiss's residual formulation: L2 scores -||(q - c_l)_m - pq_mj||^2 summed over m; inner
     product q.c_l + sum_m q_m . pq_mj."""
 
-    def __init__(self, index, device: str = "cuda"):
+    def __init__(self, index, device: str = "cuda", refine: np.ndarray | None = None):
+        """refine: the full vectors [N, D] (kept in fp16) to re-score the best PQ candidates exactly."""
         import faiss
         from faiss.contrib.inspect_tools import get_invlist
 
@@ -84,14 +85,29 @@ class DeviceIvfPq:
         self.centroids = place(ivf.quantizer.reconstruct_n(0, ivf.nlist), device, "IVF centroids")  # [L, D]
         self.pq_centroids = place(faiss.vector_to_array(pq.centroids).reshape(pq.M, pq.ksub, pq.dsub), device,
                                   "PQ centroids")  # [M, 256, dsub]
+        self.refine = None if refine is None else place(refine, device, "refine vectors", torch.float16)  # [N, D]
 
-    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None, rescore: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """-> (scores [B, k], rows [B, k]); with `rescore` (and refine vectors) the best max(k,
+        rescore) by PQ are re-scored exactly and the best k of them kept."""
         nprobe = min(int(nprobe or self.nprobe), self.nlist)
         q = place(_queries(queries, self.dim), self.codes.device, "queries")
+        depth = max(k, rescore) if rescore and self.refine is not None else k
         widest = int(self.sizes.max()) if self.nlist else 0
         step = max(1, gpu.CHUNK_ELEMENTS // max(1, nprobe * max(widest, self.m * 256)))
-        found = [self._search_block(q[i : i + step], k, nprobe) for i in range(0, len(q), step)]
-        return _numpy(torch.cat([s for s, _ in found]), torch.cat([r for _, r in found]))
+        found = [self._search_block(q[i : i + step], depth, nprobe) for i in range(0, len(q), step)]
+        scores, rows = torch.cat([s for s, _ in found]), torch.cat([r for _, r in found])
+        if depth > k:
+            scores, rows = self._rescore(q, rows, k)
+        return _numpy(scores, rows)
+
+    def _rescore(self, q: torch.Tensor, rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        candidates = self.refine[rows.clamp(min=0)].float()  # [B, C, D]
+        scores = torch.einsum("bcd,bd->bc", candidates, q)
+        if self.metric == "l2":
+            scores = 2 * scores - (candidates**2).sum(-1) - (q**2).sum(-1, keepdim=True)
+        scores = scores.masked_fill(rows < 0, float("-inf"))
+        return gpu.pad_top_k(*gpu.merge_top_k(None, scores, rows, k), k)
 
     def _search_block(self, q: torch.Tensor, k: int, nprobe: int) -> tuple[torch.Tensor, torch.Tensor]:
         batch = q.shape[0]

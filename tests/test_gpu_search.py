@@ -44,7 +44,7 @@ def ivfpq(request):
     index.do_polysemous_training = False  # slow, and beside the point here
     index.train(base)
     index.add(base)
-    return index, DeviceIvfPq(index, DEVICE)
+    return index, DeviceIvfPq(index, DEVICE, refine=base)
 
 
 @pytest.mark.parametrize("nprobe", [1, 7, 32])
@@ -56,6 +56,20 @@ def test_device_ivfpq_equals_faiss(ivfpq, nprobe):
     scores, rows = on_device.search(queries, 10, nprobe)
     ref_scores = -ref_scores if metric == faiss.METRIC_L2 else ref_scores  # ours: higher is better
     assert_same_top_k(scores, rows, ref_scores, ref_rows, atol=2e-3 * np.abs(ref_scores).max())
+
+
+def test_device_ivfpq_rescoring_reaches_exact_recall(ivfpq):
+    index, on_device = ivfpq
+    base, queries = clustered(3000), clustered(25, seed=1)
+    metric = "l2" if index.metric_type == faiss.METRIC_L2 else "ip"
+    truth = reference.exact_search(queries, base, 10, metric)[1]
+    plain = on_device.search(queries, 10, 32)[1]
+    refined = on_device.search(queries, 10, 32, rescore=100)[1]
+
+    def recall(found):
+        return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])
+
+    assert recall(refined) >= 0.98 and recall(refined) > recall(plain)
 
 
 def test_device_binary_matches_cpu_scans():

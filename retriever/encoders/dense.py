@@ -9,8 +9,13 @@ from retriever.errors import InvalidConfig
 from .models import choose_device, resolve_model
 
 
+PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
 class DenseEncoder:
-    """Encodes texts to float32 [N, D] (L2-normalized unless `normalize=False`)."""
+    """Encodes texts to float32 [N, D] (L2-normalized unless `normalize=False`). On a GPU the model
+    runs in fp16 by default (`precision`); sentence-transformers sorts each call's texts by length
+    before batching, so a batch pads only to its own longest text."""
 
     def __init__(
         self,
@@ -20,11 +25,16 @@ class DenseEncoder:
         batch_size: int = 64,
         max_length: int | None = None,
         normalize: bool = True,
+        precision: str | None = None,
     ) -> None:
+        import torch
         from sentence_transformers import SentenceTransformer
 
         self.model_name = model
         self.device = device or choose_device()
+        self.precision = precision or ("fp16" if self.device.startswith("cuda") else "fp32")
+        if self.precision not in PRECISIONS:
+            raise InvalidConfig(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         self.batch_size = batch_size
         self.normalize = normalize
         path = resolve_model(model)
@@ -37,6 +47,7 @@ class DenseEncoder:
             ) from None
         if max_length is not None:
             self.model.max_seq_length = max_length
+        self.model.to(getattr(torch, PRECISIONS[self.precision]))
 
     @property
     def dim(self) -> int:

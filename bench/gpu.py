@@ -138,7 +138,7 @@ def bench_dense(device: str, bandwidth: float, rows: int, dim: int = 96, nlist: 
     ivf = DeviceIvfPq(cpu_ivf, device, refine=base)
     for nprobe in (8, 16, 32, 64):
         params = faiss.IndexRefineSearchParameters(k_factor=10, base_index_params=faiss.SearchParametersIVF(nprobe=nprobe))
-        systems[f"ours_ivfpq_nprobe{nprobe}_rescore100"] = lambda q, n=nprobe: ivf.search(q, K, n, rescore=100)[1]
+        systems[f"ours_ivfpq_nprobe{nprobe}_rescore100"] = lambda q, n=nprobe: ivf.search(q, K, {"nprobe": n, "rescore": 100})[1]
         systems[f"faiss_cpu_ivfpq_refine_nprobe{nprobe}"] = lambda q, p=params: refined.search(q, K, params=p)[1]
     systems["faiss_cpu_flat"] = lambda q: cpu_flat.search(q, K)[1]
     for name, search in systems.items():

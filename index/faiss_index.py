@@ -48,6 +48,7 @@ class FaissIndex:
             self.ivf = faiss.try_extract_index_ivf(index) if "IVF" in factory.upper() else None
             self.hnsw = _find_hnsw(index)
         self._search_index = self.cpu_index
+        self._device_index = None  # set by use_device: our torch/Triton copy of the index
         self._selectors = not (self.binary and self.ivf is not None)  # faiss: no IDSelector for IndexBinaryIVF
         self._parameter_cache: dict[tuple, faiss.SearchParameters | None] = {}  # read-only once made
 
@@ -81,13 +82,22 @@ class FaissIndex:
             raise InvalidRequest(f"index {self.factory!r} must be trained before vectors are added")
         for start in range(0, len(vectors), ADD_BLOCK):
             self.cpu_index.add(np.ascontiguousarray(vectors[start : start + ADD_BLOCK], dtype=self._dtype))
-        if self._search_index is not self.cpu_index:
-            self.use_gpu()  # re-copy: GPU clones do not see later CPU adds
+        if self._device_index is not None:
+            self.use_device(self._device_index.device)  # re-copy: device copies do not see later CPU adds
+        elif self._search_index is not self.cpu_index:
+            self.use_gpu()
 
     def use_gpu(self) -> None:
-        """Search on GPU 0 when faiss has one and supports this index family; families faiss
-        cannot move (HNSW, 4-bit fast-scan PQ) stay on the CPU."""
-        if gpu_count() == 0 or self.hnsw is not None or self.binary:
+        """Search on GPU 0. With a faiss GPU build, through faiss (families it cannot move, HNSW
+        and 4-bit fast-scan PQ, stay on the CPU); without one, where torch sees CUDA, through our
+        torch/Triton indexes (`use_device`)."""
+        if gpu_count() == 0:
+            import torch
+
+            if torch.cuda.is_available():
+                self.use_device("cuda")
+            return
+        if self.hnsw is not None or self.binary:
             return
         res = faiss.StandardGpuResources()
         try:
@@ -96,6 +106,13 @@ class FaissIndex:
             return
         self._gpu_resources = res  # the GPU index holds a raw pointer to it
         self._selectors = False
+
+    def use_device(self, device: str) -> None:
+        """Search Flat, 8-bit IVF-PQ and binary Flat indexes with `gpu_search` on a torch device
+        (tests use 'cpu'); other families keep searching here."""
+        from .gpu_search import on_device
+
+        self._device_index = on_device(self.cpu_index, self.metric, device)
 
     def search(
         self, queries: np.ndarray, k: int, params: Mapping[str, int] | None = None, allowed: np.ndarray | None = None
@@ -107,13 +124,15 @@ class FaissIndex:
             return _pad(np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64), k)
         if allowed is not None and allowed.all():
             allowed = None
-        if allowed is not None and self._selectors:
+        if allowed is not None and (self._selectors if self._device_index is None else self._device_index.filters):
             return self._search_once(queries, k, params, allowed)
         if allowed is None:
             return self._search_once(queries, k, params, None)
         return self._search_overfetch(queries, k, params, allowed)
 
     def _search_once(self, queries, k, params, allowed):
+        if self._device_index is not None:
+            return self._device_index.search(queries, k, params, allowed)
         keep: list = []  # the bitmap and selector must outlive the call: faiss reads them by raw pointer
         sp = self._search_parameters(params, allowed, keep)
         scores, rows = self._search_index.search(queries, k, params=sp) if sp else self._search_index.search(queries, k)

@@ -5,6 +5,8 @@ does not fit in the device's free memory is a clear `OutOfDeviceMemory`."""
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import numpy as np
 import torch
 
@@ -47,11 +49,14 @@ class DeviceFlat:
     """Exact search over vectors [N, D] on a device, fp16 by default (half the bytes to read);
     scores are fp32-accumulated inner products or negated squared L2 distances."""
 
+    filters = True  # search takes `allowed`
+
     def __init__(self, vectors: np.ndarray, metric: str, device: str = "cuda", dtype: torch.dtype = torch.float16):
-        self.metric, self.dim = metric, vectors.shape[1]
+        self.metric, self.dim, self.device = metric, vectors.shape[1], device
         self.vectors = place(vectors, device, "exact index", dtype)  # [N, D]
 
-    def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, params: Mapping[str, int] | None = None,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         q = place(_queries(queries, self.dim), self.vectors.device, "queries")
         mask = None if allowed is None else place(allowed[: len(self.vectors)], self.vectors.device, "filter")
         return _numpy(*gpu.exact_top_k(q, self.vectors, k, self.metric, mask))
@@ -63,6 +68,8 @@ class DeviceIvfPq:
     faiss's residual formulation: L2 scores -||(q - c_l)_m - pq_mj||^2 summed over m; inner
     product q.c_l + sum_m q_m . pq_mj."""
 
+    filters = False  # the caller over-fetches and filters
+
     def __init__(self, index, device: str = "cuda", refine: np.ndarray | None = None):
         """refine: the full vectors [N, D] (kept in fp16) to re-score the best PQ candidates exactly."""
         import faiss
@@ -73,6 +80,7 @@ class DeviceIvfPq:
         if pq is None or pq.nbits != 8 or not ivf.by_residual:
             raise InvalidRequest("DeviceIvfPq needs an IVF,PQ index with 8-bit codes encoded by residual")
         self.metric = "ip" if ivf.metric_type == faiss.METRIC_INNER_PRODUCT else "l2"
+        self.device = device
         self.dim, self.nlist, self.m = ivf.d, ivf.nlist, pq.M
         self.nprobe = ivf.nprobe
         lists = [get_invlist(ivf.invlists, lst) for lst in range(ivf.nlist)]
@@ -87,10 +95,15 @@ class DeviceIvfPq:
                                   "PQ centroids")  # [M, 256, dsub]
         self.refine = None if refine is None else place(refine, device, "refine vectors", torch.float16)  # [N, D]
 
-    def search(self, queries: np.ndarray, k: int, nprobe: int | None = None, rescore: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """-> (scores [B, k], rows [B, k]); with `rescore` (and refine vectors) the best max(k,
-        rescore) by PQ are re-scored exactly and the best k of them kept."""
-        nprobe = min(int(nprobe or self.nprobe), self.nlist)
+    def search(self, queries: np.ndarray, k: int, params: Mapping[str, int] | None = None,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """-> (scores [B, k], rows [B, k]); params `nprobe`, and `rescore` (with refine vectors):
+        the best max(k, rescore) by PQ are re-scored exactly and the best k of them kept."""
+        if allowed is not None:
+            raise InvalidRequest("DeviceIvfPq does not filter; over-fetch and filter the rows it returns")
+        params = params or {}
+        nprobe = min(int(params.get("nprobe", self.nprobe)), self.nlist)
+        rescore = int(params.get("rescore", 0))
         q = place(_queries(queries, self.dim), self.codes.device, "queries")
         depth = max(k, rescore) if rescore and self.refine is not None else k
         widest = int(self.sizes.max()) if self.nlist else 0
@@ -139,19 +152,49 @@ class DeviceBinary:
     """Packed binary codes [N, P] uint8 on a device: exact Hamming top-k, or lookup-table scoring
     (symmetric or asymmetric, tables from `Binarizer.lookup_tables`)."""
 
+    filters = True
+
     def __init__(self, codes: np.ndarray, device: str = "cuda"):
-        self.code_bytes = codes.shape[1]
+        self.code_bytes, self.device = codes.shape[1], device
         self.codes = place(codes, device, "binary codes")  # [N, P]
         self.words = gpu.as_words(self.codes)  # [N, ceil(P / 4)] int32
 
-    def hamming(self, query_codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def hamming(self, query_codes: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """-> (distances [B, k], rows [B, k]) nearest first, ties by row, -1 padded."""
         if query_codes.ndim != 2 or query_codes.shape[1] != self.code_bytes:
             raise InvalidRequest(f"query codes must be [B, {self.code_bytes}] bytes, got {list(query_codes.shape)}")
         q = gpu.as_words(place(query_codes.astype(np.uint8), self.codes.device, "query codes"))
-        return tuple(t.cpu().numpy() for t in gpu.hamming_top_k(q, self.words, k))
+        mask = None if allowed is None else place(allowed[: len(self.codes)], self.codes.device, "filter")
+        return tuple(t.cpu().numpy() for t in gpu.hamming_top_k(q, self.words, k, mask))
+
+    def search(self, queries: np.ndarray, k: int, params: Mapping[str, int] | None = None,
+               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Hamming search with scores as negated distances (higher is better), like a faiss BFlat."""
+        distances, rows = self.hamming(queries, k, allowed)
+        return np.where(rows >= 0, -distances, -np.inf).astype(np.float32), rows
 
     def lookup(self, tables: np.ndarray, offsets: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """tables [B, P, 256], offsets [B] -> (scores [B, k], rows [B, k]) best first."""
         t = place(tables.astype(np.float32), self.codes.device, "lookup tables")
         return _numpy(*gpu.lookup_top_k(t, place(offsets.astype(np.float32), self.codes.device, "offsets"), self.codes, k))
+
+
+def on_device(index, metric: str, device: str):
+    """Our device copy of a faiss CPU index, or None for a family without one (HNSW, IVF-Flat,
+    4-bit fast-scan PQ, binary IVF/HNSW). Exact indexes stay exact: float32 vectors."""
+    import faiss
+
+    if metric == "hamming":
+        flat = faiss.downcast_IndexBinary(index)
+        if not isinstance(flat, faiss.IndexBinaryFlat):
+            return None
+        return DeviceBinary(faiss.vector_to_array(flat.xb).reshape(flat.ntotal, flat.code_size), device)
+    down = faiss.downcast_index(index)
+    if isinstance(down, faiss.IndexFlat):
+        return DeviceFlat(down.reconstruct_n(0, down.ntotal) if down.ntotal else np.zeros((0, down.d), np.float32),
+                          metric, device, torch.float32)
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFPQ):
+        pq = faiss.downcast_index(ivf).pq
+        return DeviceIvfPq(index, device) if pq.nbits == 8 and faiss.downcast_index(ivf).by_residual else None
+    return None

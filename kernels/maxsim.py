@@ -11,6 +11,15 @@ def maxsim(query: np.ndarray, tokens: np.ndarray, offsets: np.ndarray, device: s
     sum over query tokens of the best inner product with any token of the document (0 if none)."""
     import torch
 
+    if device.startswith("cuda"):  # the Triton kernel: no per-token similarity matrix in memory
+        from .gpu import maxsim_pairs
+
+        q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)).to(device)
+        scores = maxsim_pairs(q[None], torch.tensor([len(query)], device=device),
+                              torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32)).to(device),
+                              torch.from_numpy(np.asarray(offsets, dtype=np.int64)).to(device),
+                              torch.arange(len(offsets) - 1, device=device)[None])
+        return scores[0].cpu().numpy()
     count = len(offsets) - 1
     lengths = torch.from_numpy(np.diff(offsets).astype(np.int64)).to(device)
     q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)).to(device)

@@ -147,3 +147,33 @@ def test_exact_top_k_matches_reference(metric, rows, k, monkeypatch):
     np.testing.assert_array_equal(np.isfinite(scores.cpu().numpy()), finite)
     assert_same_top_k(np.where(finite, scores.cpu().numpy(), 0), np.where(finite, found.cpu().numpy(), -1),
                       np.where(finite, ref_scores, 0), ref_rows)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_full_shapes_on_cuda_match_the_cpu():
+    """The compiled kernels on realistic shapes against the torch fallback on the CPU."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 300, size=2000)
+    tokens, offsets = documents(rng, lengths, 128)
+    queries = rng.normal(size=(16, 32, 128)).astype(np.float32)
+    candidates = rng.integers(-1, 2000, size=(16, 500))
+    args = [queries, np.full(16, 32), tokens, offsets, candidates]
+    on_gpu = gpu.maxsim_pairs(*(torch.from_numpy(a).cuda() for a in args)).cpu().numpy()
+    on_cpu = gpu.maxsim_pairs(*(torch.from_numpy(a) for a in args), backend="torch").numpy()
+    np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-3, atol=1e-2)
+
+    codes = rng.integers(0, 256, size=(100_000, 32), dtype=np.uint8)
+    query_codes = rng.integers(0, 256, size=(8, 32), dtype=np.uint8)
+    for device in ("cuda", "cpu"):
+        found = gpu.hamming_top_k(gpu.as_words(torch.from_numpy(query_codes).to(device)),
+                                  gpu.as_words(torch.from_numpy(codes).to(device)), 100)
+        if device == "cuda":
+            gpu_found = [t.cpu().numpy() for t in found]
+    np.testing.assert_array_equal(gpu_found[1], found[1].numpy())
+
+    tables = rng.normal(size=(8, 32, 256)).astype(np.float32)
+    offsets_t = np.zeros(8, np.float32)
+    scored = [gpu.lookup_top_k(*(torch.from_numpy(a).to(device) for a in (tables, offsets_t, codes)), 100)
+              for device in ("cuda", "cpu")]
+    assert_same_top_k(scored[0][0].cpu().numpy(), scored[0][1].cpu().numpy(), scored[1][0].numpy(), scored[1][1].numpy())

@@ -29,7 +29,7 @@ def test_device_flat_equals_exact_search(metric, monkeypatch):
     monkeypatch.setattr(gpu, "CHUNK_ELEMENTS", 3000)
     base, queries = clustered(2000), clustered(20, seed=1)
     allowed = np.random.default_rng(2).random(2000) < 0.5
-    scores, rows = DeviceFlat(base, metric, DEVICE, torch.float32).search(queries, 10, allowed)
+    scores, rows = DeviceFlat(base, metric, DEVICE, torch.float32).search(queries, 10, allowed=allowed)
     ref_scores, ref_rows = reference.exact_search(queries, base, 10, metric, allowed)
     assert_same_top_k(scores, rows, ref_scores, ref_rows, atol=1e-2)
     half_rows = DeviceFlat(base, metric, DEVICE).search(queries, 10)[1]  # fp16: near-exact recall
@@ -53,7 +53,7 @@ def test_device_ivfpq_equals_faiss(ivfpq, nprobe):
     metric, queries = index.metric_type, clustered(25, seed=1)
     index.nprobe = nprobe
     ref_scores, ref_rows = index.search(queries, 10)
-    scores, rows = on_device.search(queries, 10, nprobe)
+    scores, rows = on_device.search(queries, 10, {"nprobe": nprobe})
     ref_scores = -ref_scores if metric == faiss.METRIC_L2 else ref_scores  # ours: higher is better
     assert_same_top_k(scores, rows, ref_scores, ref_rows, atol=2e-3 * np.abs(ref_scores).max())
 
@@ -63,8 +63,8 @@ def test_device_ivfpq_rescoring_reaches_exact_recall(ivfpq):
     base, queries = clustered(3000), clustered(25, seed=1)
     metric = "l2" if index.metric_type == faiss.METRIC_L2 else "ip"
     truth = reference.exact_search(queries, base, 10, metric)[1]
-    plain = on_device.search(queries, 10, 32)[1]
-    refined = on_device.search(queries, 10, 32, rescore=100)[1]
+    plain = on_device.search(queries, 10, {"nprobe": 32})[1]
+    refined = on_device.search(queries, 10, {"nprobe": 32, "rescore": 100})[1]
 
     def recall(found):
         return np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])
@@ -100,3 +100,28 @@ def test_bad_queries_are_refused():
         index.search(np.full((1, 32), np.nan, np.float32), 5)
     with pytest.raises(InvalidRequest, match="bytes"):
         DeviceBinary(np.zeros((10, 4), np.uint8), DEVICE).hamming(np.zeros((1, 3), np.uint8), 2)
+
+
+@pytest.mark.parametrize("factory, metric", [("Flat", "ip"), ("Flat", "l2"), ("IVF16,PQ8", "l2"), ("IVF16,PQ8", "ip"),
+                                             ("BFlat", "hamming"), ("HNSW8", "ip")])
+def test_faiss_index_on_device_answers_like_the_cpu(factory, metric):
+    """A collection's FaissIndex moved to a torch device gives the CPU answers, filtered or not;
+    families without a device path (HNSW) keep searching on the CPU."""
+    from retriever.index.faiss_index import FaissIndex
+
+    base, queries = clustered(1500), clustered(12, seed=1)
+    if metric == "hamming":
+        base, queries = np.packbits(base > 0, axis=1), np.packbits(queries > 0, axis=1)
+    index = FaissIndex(factory, 32, metric)
+    index.train(base)
+    index.add(base)
+    allowed = np.random.default_rng(3).random(1500) < 0.6
+    params = {"nprobe": 4}
+    expected = [index.search(queries, 10, params), index.search(queries, 10, params, allowed)]
+    index.use_device(DEVICE)
+    assert (index._device_index is None) == (factory == "HNSW8")
+    tolerance = 2e-3 * max(1.0, np.abs(expected[0][0]).max())
+    for (ref_scores, ref_rows), filtered in zip(expected, [None, allowed]):
+        assert_same_top_k(*index.search(queries, 10, params, filtered), ref_scores, ref_rows, atol=tolerance)
+    index.add(base[:10] if metric == "hamming" else base[:10] * 1.5)  # later adds reach the device copy
+    assert_same_top_k(*index.search(queries, 10, params), *index.clone().search(queries, 10, params), atol=tolerance)

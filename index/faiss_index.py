@@ -72,10 +72,16 @@ class FaissIndex:
     def train(self, sample: np.ndarray) -> None:
         if self.cpu_index.is_trained:
             return
+        on_gpu = gpu_count() > 0 and self.ivf is not None and not self.binary
+        if on_gpu:  # k-means assignment on the GPUs; the trained index stays a CPU index (faiss wiki FAQ)
+            self.ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlat(self.dim, self.ivf.metric_type))
         try:
             self.cpu_index.train(np.ascontiguousarray(sample, dtype=self._dtype))
         except RuntimeError as e:
             raise InvalidConfig(f"training {self.factory!r} on {len(sample)} vectors failed: {_faiss_message(e)}") from None
+        finally:
+            if on_gpu:
+                self.ivf.clustering_index = None
 
     def add(self, vectors: np.ndarray) -> None:
         if not self.cpu_index.is_trained:
@@ -97,11 +103,14 @@ class FaissIndex:
             if torch.cuda.is_available():
                 self.use_device("cuda")
             return
-        if self.hnsw is not None or self.binary:
+        if self.hnsw is not None or (self.binary and not self.exact):
             return
         res = faiss.StandardGpuResources()
         try:
-            self._search_index = faiss.index_cpu_to_gpu(res, 0, self.cpu_index)
+            if self.binary:
+                self._search_index = faiss.GpuIndexBinaryFlat(res, self.cpu_index)
+            else:
+                self._search_index = faiss.index_cpu_to_gpu(res, 0, self.cpu_index)
         except RuntimeError:
             return
         self._gpu_resources = res  # the GPU index holds a raw pointer to it

@@ -4,6 +4,10 @@ faiss router, posting lists (row id + float32 vector) on disk in one contiguous 
 offsets table. A query reads only the lists whose centroid lies within (1 + prune) of the
 nearest one's distance, at most `nprobe` of them, through positioned reads that are counted.
 
+With `pq` set, each posting record also has a PQ code kept in memory: the chosen lists are
+scored by their codes, and only the best `rescore` records are read from disk and re-scored
+exactly (`spann_pq`).
+
 Updates go to a delta (appended vectors, searched exactly beside the lists, and removed ids)
 that is saved with the index and folded into new posting files by `compact`.
 
@@ -15,6 +19,7 @@ or a mismatched offsets table is a clear error, not a wrong answer.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -29,12 +34,14 @@ from retriever.errors import CorruptIndex, InvalidRequest
 from . import storage
 from .diskio import PositionalReader
 from .spann_build import (DEFAULT_MEMORY_CAP, WORK_DIR, RunSource, SpannParams, assign, build_runs, merge_runs,
-                          record_dtype, records_by_list, router_for, run_sources)
+                          record_dtype, records_by_list, router_for, run_sources, sample_rows)
+from .spann_pq import encode_postings, lookup_table, train_pq
 
 FORMAT_VERSION = 1
 MANIFEST = "spann.json"
 DEFAULT_NPROBE = 32
 DEFAULT_PRUNE = 1.0  # read lists within 2x the nearest centroid's distance (capped by nprobe)
+DEFAULT_RESCORE = 100  # PQ mode: records read from disk and scored exactly, per query
 
 
 class SpannIndex:
@@ -42,7 +49,7 @@ class SpannIndex:
     rows in the delta; ids are row numbers."""
 
     def __init__(self, path: Path, manifest: dict, centroids: np.ndarray, router: faiss.Index, offsets: np.ndarray,
-                 reader: PositionalReader, delta: np.ndarray, removed: np.ndarray) -> None:
+                 reader: PositionalReader, delta: np.ndarray, removed: np.ndarray, pq: tuple[np.ndarray, np.ndarray] | None) -> None:
         self.path, self.manifest = path, manifest
         self.dim, self.metric = manifest["dim"], manifest["params"]["metric"]
         self.params = SpannParams(**manifest["params"])
@@ -51,6 +58,7 @@ class SpannIndex:
         self.dtype = record_dtype(self.dim)
         self.delta = delta  # [A, D] rows `rows`.. in order
         self.removed = removed  # sorted int64 ids
+        self.pq_centroids, self.codes = pq if pq is not None else (None, None)  # [M, 256, D / M], [records, M]
 
     # ---- build and open --------------------------------------------------------------------------
 
@@ -69,8 +77,12 @@ class SpannIndex:
         centroids, runs = build_runs(vectors, work, params, memory_cap, resume, progress)
         dtype = record_dtype(vectors.shape[1])
         offsets, postings = merge_runs(run_sources(runs, dtype), path / "postings-000001.bin", memory_cap, progress=progress)
+        pq = None
+        if params.pq:
+            pq_centroids = train_pq(sample_rows(vectors, params, memory_cap), params.pq, params.seed)
+            pq = (pq_centroids, _encode(path / "postings-000001.bin", offsets, dtype, pq_centroids))
         _commit(path, 1, {"dim": vectors.shape[1], "params": asdict(params), "rows": len(vectors), "live": len(vectors)},
-                centroids, offsets, postings, np.zeros((0, vectors.shape[1]), np.float32), np.zeros(0, np.int64))
+                centroids, offsets, postings, np.zeros((0, vectors.shape[1]), np.float32), np.zeros(0, np.int64), pq)
         shutil.rmtree(work, ignore_errors=True)
         return cls.open(path)
 
@@ -97,8 +109,13 @@ class SpannIndex:
         if verify and storage.sha256_file(postings) != files[names["postings"]]["sha256"]:
             raise CorruptIndex(f"{str(postings)!r} failed its sha256 checksum: the posting file is corrupt")
         router = faiss.deserialize_index(np.fromfile(path / names["router"], dtype=np.uint8))
+        pq = None
+        if "codes" in names:
+            pq = tuple(np.load(io.BytesIO(storage.read_verified(path, names[role], files[names[role]]))) for role in ("pq", "codes"))
+            if len(pq[1]) != int(offsets[-1]):
+                raise CorruptIndex(f"{str(path / names['codes'])!r} holds {len(pq[1])} codes for {int(offsets[-1])} posting records")
         return cls(path, manifest, centroids, router, offsets, PositionalReader(postings),
-                   np.load(path / names["delta"]), np.load(path / names["removed"]))
+                   np.load(path / names["delta"]), np.load(path / names["removed"]), pq)
 
     # ---- search ----------------------------------------------------------------------------------
 
@@ -114,9 +131,10 @@ class SpannIndex:
         return np.diff(self.offsets)
 
     def search(self, queries: np.ndarray, k: int, nprobe: int = DEFAULT_NPROBE, prune: float = DEFAULT_PRUNE,
-               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+               allowed: np.ndarray | None = None, rescore: int = DEFAULT_RESCORE) -> tuple[np.ndarray, np.ndarray]:
         """queries [B, D] -> (scores [B, k] higher-is-better, ids [B, k], -1 padded). Lists read
-        by several queries of the batch are read once."""
+        by several queries of the batch are read once. In PQ mode the best max(k, rescore)
+        records by code are read and scored exactly."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise InvalidRequest(f"queries must have shape [batch, {self.dim}], got {queries.shape}")
@@ -127,10 +145,13 @@ class SpannIndex:
         for b, query in enumerate(queries):
             distance = np.sqrt(np.maximum(squared[b], 0))
             chosen = lists[b][(lists[b] >= 0) & (distance <= (1 + prune) * distance[0])]
-            for number in chosen:
-                if number not in read:
-                    read[number] = self._read_list(int(number))
-            parts = [read[n] for n in chosen]
+            if self.codes is not None:
+                parts = [self._best_by_code(query, chosen, max(k, rescore))]
+            else:
+                for number in chosen:
+                    if number not in read:
+                        read[number] = self._read_list(int(number))
+                parts = [read[n] for n in chosen]
             ids = np.concatenate([p["id"] for p in parts] + [np.arange(self.rows, self.rows + len(self.delta))])
             vectors = np.concatenate([p["vector"] for p in parts] + [self.delta]) if parts else self.delta
             scores = self._scores(vectors, query)
@@ -144,6 +165,20 @@ class SpannIndex:
         if a == b:
             return np.zeros(0, dtype=self.dtype)
         return np.frombuffer(self.reader.read(a * self.dtype.itemsize, (b - a) * self.dtype.itemsize), dtype=self.dtype)
+
+    def _best_by_code(self, query: np.ndarray, chosen: np.ndarray, depth: int) -> np.ndarray:
+        """The `depth` records of the chosen lists whose codes score best, read from disk (runs of
+        adjacent records in one read each)."""
+        positions = np.concatenate([np.arange(self.offsets[n], self.offsets[n + 1]) for n in chosen] + [np.zeros(0, np.int64)])
+        if len(positions) > depth:
+            table = lookup_table(query, self.pq_centroids, self.metric)  # [M, 256]
+            approx = table[np.arange(table.shape[0]), self.codes[positions]].sum(axis=1)  # [C]
+            positions = positions[np.argpartition(-approx, depth - 1)[:depth]]
+        positions = np.sort(positions)
+        runs = np.split(positions, np.flatnonzero(np.diff(positions) != 1) + 1) if len(positions) else []
+        size = self.dtype.itemsize
+        return np.concatenate([np.frombuffer(self.reader.read(int(run[0]) * size, len(run) * size), dtype=self.dtype)
+                               for run in runs] + [np.zeros(0, dtype=self.dtype)])
 
     def _scores(self, vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
         dots = vectors @ query  # [C]
@@ -195,10 +230,13 @@ class SpannIndex:
         records, counts = records_by_list(delta[live], delta_ids[live], rows, lists, self.lists)
         old = RunSource(np.diff(self.offsets), self.dtype, reader=self.reader)
         fresh = RunSource(counts, self.dtype, records=records)
-        offsets, postings = merge_runs([old, fresh], target / f"postings-{generation:06d}.bin", memory_cap, removed=gone, progress=progress)
+        posting_path = target / f"postings-{generation:06d}.bin"
+        offsets, postings = merge_runs([old, fresh], posting_path, memory_cap, removed=gone, progress=progress)
+        pq = None if self.codes is None else (self.pq_centroids, _encode(posting_path, offsets, self.dtype, self.pq_centroids))
         live_rows = self.manifest["live"] - int(np.sum(gone < self.rows)) + int(live.sum())
         body = {"dim": self.dim, "params": self.manifest["params"], "rows": self.rows + len(delta), "live": live_rows}
-        _commit(target, generation, body, self.centroids, offsets, postings, np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64))
+        _commit(target, generation, body, self.centroids, offsets, postings, np.zeros((0, self.dim), np.float32),
+                np.zeros(0, np.int64), pq)
         if into is None:
             self.reader.close()
         return SpannIndex.open(target, verify=False)
@@ -208,7 +246,8 @@ class SpannIndex:
         revision = manifest.get("revision", 0) + 1
         g = manifest["generation"]
         names = {**manifest["names"], "delta": f"delta-{g:06d}-{revision:06d}.npy", "removed": f"removed-{g:06d}-{revision:06d}.npy"}
-        files = {n: manifest["files"][n] for n in (names["centroids"], names["offsets"], names["router"], names["postings"])}
+        kept = [names[role] for role in ("centroids", "offsets", "router", "postings", "pq", "codes") if role in names]
+        files = {n: manifest["files"][n] for n in kept}
         files[names["delta"]] = storage.write_new_file(self.path, names["delta"], storage.npy_bytes(delta))
         files[names["removed"]] = storage.write_new_file(self.path, names["removed"], storage.npy_bytes(removed))
         manifest.update(names=names, files=files, revision=revision)
@@ -228,9 +267,10 @@ class SpannIndex:
         self.reader.drop_cache()
 
     def memory_bytes(self) -> int:
-        """What the index keeps in memory: centroids, router, offsets, delta."""
+        """What the index keeps in memory: centroids, router, offsets, delta, and PQ codes if any."""
+        codes = 0 if self.codes is None else self.codes.nbytes + self.pq_centroids.nbytes
         return int(self.centroids.nbytes + faiss.serialize_index(self.router).nbytes + self.offsets.nbytes
-                   + self.delta.nbytes + self.removed.nbytes)
+                   + self.delta.nbytes + self.removed.nbytes + codes)
 
     def close(self) -> None:
         self.reader.close()
@@ -251,8 +291,16 @@ def _top_distinct(scores: np.ndarray, ids: np.ndarray, k: int, replicas: int) ->
     return scores[order], ids[order]
 
 
+def _encode(posting_path: Path, offsets: np.ndarray, dtype: np.dtype, pq_centroids: np.ndarray) -> np.ndarray:
+    reader = PositionalReader(posting_path)
+    try:
+        return encode_postings(reader, int(offsets[-1]), dtype, pq_centroids)
+    finally:
+        reader.close()
+
+
 def _commit(path: Path, generation: int, body: dict, centroids: np.ndarray, offsets: np.ndarray, postings: dict,
-            delta: np.ndarray, removed: np.ndarray) -> None:
+            delta: np.ndarray, removed: np.ndarray, pq: tuple[np.ndarray, np.ndarray] | None) -> None:
     g = f"{generation:06d}"
     names = {"centroids": f"centroids-{g}.npy", "offsets": f"offsets-{g}.npy", "router": f"router-{g}.faiss",
              "postings": f"postings-{g}.bin", "delta": f"delta-{g}-000000.npy", "removed": f"removed-{g}-000000.npy"}
@@ -264,6 +312,10 @@ def _commit(path: Path, generation: int, body: dict, centroids: np.ndarray, offs
         names["delta"]: storage.write_new_file(path, names["delta"], storage.npy_bytes(delta)),
         names["removed"]: storage.write_new_file(path, names["removed"], storage.npy_bytes(removed)),
     }
+    if pq is not None:
+        names.update(pq=f"pq-{g}.npy", codes=f"codes-{g}.npy")
+        for role, array in zip(("pq", "codes"), pq):
+            files[names[role]] = storage.write_new_file(path, names[role], storage.npy_bytes(array))
     _write_manifest(path, {**body, "format_version": FORMAT_VERSION, "generation": generation, "names": names, "files": files})
     _remove_others(path, set(files))
 

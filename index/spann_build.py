@@ -45,6 +45,7 @@ class SpannParams:
     closure: float = 0.15  # replicate to lists within (1 + closure) x the nearest centroid's distance
     train_size: int | None = None
     seed: int = 0
+    pq: int = 0  # > 0: a PQ code of this many bytes per posting record in memory, records re-scored from disk
 
     def __post_init__(self) -> None:
         if self.metric not in ("l2", "ip"):
@@ -53,6 +54,8 @@ class SpannParams:
             raise InvalidConfig(f"SPANN lists must be >= 1, got {self.lists}")
         if not 1 <= self.replicas <= 16:
             raise InvalidConfig(f"SPANN replicas must be within 1..16, got {self.replicas}")
+        if self.pq < 0:
+            raise InvalidConfig(f"SPANN pq must be >= 0 (0 = off), got {self.pq}")
         if self.closure < 0 or self.list_size < 1:
             raise InvalidConfig(f"SPANN closure must be >= 0 and list_size >= 1, got {self.closure}, {self.list_size}")
 
@@ -237,7 +240,7 @@ def build_runs(vectors: np.ndarray, work: Path, params: SpannParams, memory_cap:
     if centroids_path.exists():
         centroids = np.load(centroids_path)
     else:
-        centroids = balanced_centroids(_sample(vectors, params, memory_cap), params.list_count(rows), params.seed)
+        centroids = balanced_centroids(sample_rows(vectors, params, memory_cap), params.list_count(rows), params.seed)
         _save_atomic(centroids_path, centroids)
     router = router_for(centroids)
     runs = []
@@ -261,7 +264,7 @@ def run_sources(runs: Iterable[Path], dtype: np.dtype) -> list[RunSource]:
     return [RunSource(np.load(run.with_name(run.name.replace(".bin", ".counts.npy"))), dtype, reader=PositionalReader(run)) for run in runs]
 
 
-def _sample(vectors: np.ndarray, params: SpannParams, memory_cap: int) -> np.ndarray:
+def sample_rows(vectors: np.ndarray, params: SpannParams, memory_cap: int) -> np.ndarray:
     rows, dim = vectors.shape
     lists = params.list_count(rows)
     size = params.train_size or max(65_536, 16 * lists)

@@ -26,7 +26,7 @@ from .spann_field import SUFFIX as SPANN_SUFFIX
 from .types import Hits
 
 REQUEST_PARAMS = {"nprobe": 1, "efSearch": 1, "rescore": 0, "inference_free": 0, "candidates": 1, "rerank": 1, "exhaustive": 0,
-                  "asymmetric": 0}
+                  "asymmetric": 0, "prune_pct": 0}
 FIELD_CLASSES = {"dense": DenseField, "bm25": Bm25Field, "sparse": LearnedSparseField, "multivector": MultiVectorField,
                  "binary": BinaryField}
 FUSION_CANDIDATES = 100  # per-field candidates fused when several fields are searched
@@ -461,6 +461,6 @@ def _make_encoder(config: FieldConfig):
 
 
 def _field_params(field: Field, params: Mapping[str, int]) -> dict[str, int]:
-    keys = {DenseField: ("nprobe", "efSearch", "rescore"), MultiVectorField: ("nprobe", "efSearch", "rerank", "exhaustive"),
+    keys = {DenseField: ("nprobe", "efSearch", "rescore", "prune_pct"), MultiVectorField: ("nprobe", "efSearch", "rerank", "exhaustive"),
             BinaryField: ("nprobe", "efSearch", "rescore", "asymmetric")}.get(type(field), ("inference_free",))
     return {key: value for key, value in params.items() if key in keys}

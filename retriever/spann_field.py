@@ -4,7 +4,10 @@ searched exactly beside the lists until they pass a share of the indexed rows, w
 commit folds them in (compaction into a new directory, deleted rows dropped). Old directories
 stay until no kept manifest names them, so readers pinned to an older version keep working.
 
-Factory string: `SPANN[lists][,R<replicas>][,L<list size>]`, e.g. `SPANN`, `SPANN8192,R8`.
+Factory string: `SPANN[lists][,R<replicas>][,L<list size>][,PQ<bytes>]`, e.g. `SPANN`,
+`SPANN8192,R8`, `SPANN,PQ24` (PQ codes in memory, only the best `rescore` records read from disk).
+Request parameters: `nprobe`, `prune_pct` (lists within (1 + prune_pct / 100) x the nearest
+centroid's distance), `rescore` (PQ mode).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from retriever.index import storage
-from retriever.index.spann import DEFAULT_NPROBE, MANIFEST, SpannIndex
+from retriever.index.spann import DEFAULT_NPROBE, DEFAULT_PRUNE, DEFAULT_RESCORE, MANIFEST, SpannIndex
 from retriever.index.spann_build import SpannParams
 from retriever.index.vectors import VectorStore
 from retriever.kernels import cpu
@@ -27,7 +30,8 @@ from .errors import CorruptIndex, InvalidConfig
 SUFFIX = ".spann"
 FOLD_SHARE = 0.1  # fold the unindexed rows in once they pass 10% of the indexed ones ...
 FOLD_MIN_ROWS = 1024  # ... and this many (small appends stay cheap)
-_PART = re.compile(r"^(R|L)(\d+)$")
+_PART = re.compile(r"^(R|L|PQ)(\d+)$")
+_OPTIONS = {"R": "replicas", "L": "list_size", "PQ": "pq"}
 
 
 def is_spann(factory: str) -> bool:
@@ -37,13 +41,13 @@ def is_spann(factory: str) -> bool:
 def spann_params(factory: str, metric: str) -> SpannParams:
     head, *rest = [p.strip().upper() for p in factory.split(",")]
     if not re.fullmatch(r"SPANN\d*", head):
-        raise InvalidConfig(f"index {factory!r}: expected SPANN[lists][,R<replicas>][,L<list size>]")
+        raise InvalidConfig(f"index {factory!r}: expected SPANN[lists][,R<replicas>][,L<list size>][,PQ<bytes>]")
     options: dict[str, Any] = {"metric": metric, "lists": int(head[5:]) if head[5:] else None}
     for part in rest:
         match = _PART.match(part)
         if not match:
-            raise InvalidConfig(f"index {factory!r}: unknown part {part!r}; expected R<replicas> or L<list size>")
-        options["replicas" if match[1] == "R" else "list_size"] = int(match[2])
+            raise InvalidConfig(f"index {factory!r}: unknown part {part!r}; expected R<replicas>, L<list size> or PQ<bytes>")
+        options[_OPTIONS[match[1]]] = int(match[2])
     return SpannParams(**options)
 
 
@@ -81,7 +85,9 @@ class SpannVectors:
         """queries [B, D] -> (scores [B, k], rows [B, k]), -1 padded."""
         parts_scores, parts_rows = [], []
         if self.index is not None:
-            scores, rows = self.index.search(queries, k, nprobe=int(params.get("nprobe", DEFAULT_NPROBE)), allowed=allowed)
+            prune = params["prune_pct"] / 100 if "prune_pct" in params else DEFAULT_PRUNE
+            scores, rows = self.index.search(queries, k, nprobe=int(params.get("nprobe", DEFAULT_NPROBE)), prune=prune,
+                                             allowed=allowed, rescore=int(params.get("rescore", DEFAULT_RESCORE)))
             parts_scores.append(scores)
             parts_rows.append(rows)
         if self.indexed < len(self.store):

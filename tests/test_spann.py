@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_same_top_k
-from retriever.errors import CorruptIndex, InvalidRequest, ReadFailed
+from retriever.errors import CorruptIndex, InvalidConfig, InvalidRequest, ReadFailed
 from retriever.index import spann_build
 from retriever.index.spann import SpannIndex
 from retriever.index.spann_build import SpannParams
@@ -139,6 +139,61 @@ def test_updates_then_compaction_equal_a_fresh_build(data, tmp_path):
     assert recall(compacted_rows, fresh_rows) >= 0.9
 
 
+@pytest.fixture(scope="module")
+def built_pq(data, tmp_path_factory):
+    base, _ = data
+    return SpannIndex.build(base, tmp_path_factory.mktemp("spann-pq") / "index", SpannParams(list_size=40, closure=0.3, pq=4),
+                            memory_cap=SMALL_CAP, progress=False)
+
+
+def test_pq_mode_rescoring_everything_equals_full_vector_mode(built, built_pq, data):
+    """Same lists (the posting file is byte-identical); with every record re-scored the answers
+    are the full-vector mode's, and with the default depth recall stays close while far fewer
+    bytes are read."""
+    base, queries = data
+    postings = [i.path / i.manifest["names"]["postings"] for i in (built, built_pq)]
+    assert postings[0].read_bytes() == postings[1].read_bytes()
+    assert_same_top_k(*built_pq.search(queries, 10, rescore=10**9), *built.search(queries, 10))
+    truth = exact(base, queries, 10)[1]
+    for index in (built, built_pq):
+        index.reset_io_counters()
+    full_rows = np.concatenate([built.search(q[None], 10)[1] for q in queries])  # one query at a time: no shared reads
+    pq_rows = np.concatenate([built_pq.search(q[None], 10, rescore=100)[1] for q in queries])
+    assert recall(pq_rows, truth) >= recall(full_rows, truth) - 0.05
+    assert built_pq.io_counters()["bytes_read"] < 0.5 * built.io_counters()["bytes_read"]
+    assert built_pq.memory_bytes() > built.memory_bytes()  # the codes live in memory
+
+
+def test_pq_mode_compaction_keeps_codes_aligned(data, tmp_path):
+    base, queries = data
+    index = SpannIndex.build(base[:3000], tmp_path / "i", SpannParams(list_size=40, closure=0.3, pq=4),
+                             memory_cap=SMALL_CAP, progress=False)
+    index.add(base[3000:])
+    index.remove([7])
+    live = np.ones(len(base), dtype=bool)
+    live[7] = False
+    compacted = SpannIndex.open(tmp_path / "i").compact()
+    assert len(compacted.codes) == int(compacted.offsets[-1])
+    assert_same_top_k(*compacted.search(queries, 10, nprobe=compacted.lists, prune=1e9, rescore=10**9),
+                      *exact(base, queries, 10, live=live))
+
+
+def test_corrupt_pq_codes_are_refused(built_pq, tmp_path):
+    copy = _copy(built_pq, tmp_path)
+    codes = copy / built_pq.manifest["names"]["codes"]
+    data = bytearray(codes.read_bytes())
+    data[-1] ^= 0xFF
+    codes.write_bytes(bytes(data))
+    with pytest.raises(CorruptIndex, match="checksum|sha256"):
+        SpannIndex.open(copy)
+    with pytest.raises(InvalidConfig, match="equal parts"):
+        SpannIndex.build(data_rows(), tmp_path / "bad", SpannParams(pq=5), progress=False)
+
+
+def data_rows() -> np.ndarray:
+    return clustered(300)
+
+
 def test_truncated_posting_file_is_refused_at_open(built, tmp_path):
     copy = _copy(built, tmp_path)
     postings = copy / built.manifest["names"]["postings"]
@@ -245,6 +300,20 @@ def test_collection_field_matches_exact_search_and_folds_appended_rows(data, tmp
     assert not any({"3001", "7"} & set(h.ids) for h in hits)
     collection.delete(["8"])  # the next commit drops the directory no kept manifest names
     assert not (tmp_path / "c" / first_dir).exists()
+
+
+def test_collection_field_in_pq_mode(data, tmp_path):
+    import retriever
+
+    base, queries = data
+    collection = retriever.Collection.create(tmp_path / "c", {"name": "s", "fields": [
+        {"name": "flat", "dim": DIM, "metric": "l2"}, {"name": "spann", "dim": DIM, "metric": "l2", "index": "SPANN,L40,PQ4"}]})
+    collection.add([{"id": str(i)} for i in range(len(base))], vectors={"flat": base, "spann": base})
+    exact_hits = collection.search(queries, 10, fields="flat")
+    everything = collection.search(queries, 10, fields="spann", params={"nprobe": 10_000, "prune_pct": 10**6, "rescore": 10**6})
+    np.testing.assert_allclose([h.scores for h in everything], [h.scores for h in exact_hits], rtol=1e-4, atol=1e-3)
+    default = collection.search(queries, 10, fields="spann")
+    assert recall(np.array([h.rows for h in default]), np.array([h.rows for h in exact_hits])) >= 0.85
 
 
 def test_collection_refuses_a_replaced_spann_manifest_and_bad_factory(data, tmp_path):

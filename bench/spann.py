@@ -112,7 +112,7 @@ def exact_truth(base: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 # ---- builds (in this process; each system is then searched in its own process) -----------------
 
-def build_spann(data: Path, target: Path, list_size: int, memory_cap: int) -> dict:
+def build_spann(data: Path, target: Path, list_size: int, memory_cap: int, pq: int = 0) -> dict:
     from retriever.index.spann import SpannIndex
     from retriever.index.spann_build import SpannParams
 
@@ -120,7 +120,8 @@ def build_spann(data: Path, target: Path, list_size: int, memory_cap: int) -> di
         return json.loads((target.parent / f"{target.name}.build.json").read_text())
     shutil.rmtree(target, ignore_errors=True)
     began = time.perf_counter()
-    index = SpannIndex.build(np.load(data / "base.npy", mmap_mode="r"), target, SpannParams(list_size=list_size), memory_cap=memory_cap)
+    index = SpannIndex.build(np.load(data / "base.npy", mmap_mode="r"), target, SpannParams(list_size=list_size, pq=pq),
+                             memory_cap=memory_cap)
     lengths = index.list_lengths()
     row = {"build_s": round(time.perf_counter() - began, 1), "memory_cap_bytes": memory_cap, "lists": index.lists,
            "replication": round(float(lengths.sum()) / index.rows, 3), "list_length": {"mean": round(float(lengths.mean()), 1),
@@ -197,7 +198,7 @@ def worker(system: str, index_path: Path, data: Path, sweep: list, cold: bool) -
         ms = np.asarray(seconds) * 1000
         row = {"params": point, "recall@10": round(float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth)])), 4),
                "p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
-        if system == "spann":
+        if system.startswith("spann"):
             row["bytes_read_per_query"], row["reads_per_query"] = (round(float(v), 1) for v in np.mean(io, axis=0))
         out["points"].append(row)
         log(system, "cold" if cold else "warm", row)
@@ -207,7 +208,7 @@ def worker(system: str, index_path: Path, data: Path, sweep: list, cold: bool) -
 
 
 def import_system(system: str) -> None:
-    if system == "spann":
+    if system.startswith("spann"):
         import retriever.index.spann  # noqa: F401
     elif system == "hnswlib":
         import hnswlib  # noqa: F401
@@ -219,12 +220,13 @@ def open_system(system: str, path: Path, dim: int):
     import faiss
 
     nothing = lambda: (0, 0)  # noqa: E731
-    if system == "spann":
+    if system.startswith("spann"):
         from retriever.index.spann import SpannIndex
 
         index = SpannIndex.open(path)
         counters = lambda: (index.io_counters()["bytes_read"], index.io_counters()["reads"])  # noqa: E731
-        return (lambda q, p: index.search(q, K, nprobe=p["nprobe"], prune=p["prune"])[1]), counters, index.drop_page_cache, index.memory_bytes()
+        search = lambda q, p: index.search(q, K, nprobe=p["nprobe"], prune=p["prune"], rescore=p.get("rescore", 100))[1]  # noqa: E731
+        return search, counters, index.drop_page_cache, index.memory_bytes()
     if system == "hnswlib":
         import hnswlib
 
@@ -277,6 +279,7 @@ def dataset(name: str, data: Path, work: Path, memory_cap: int, list_size: int, 
     out = {"rows": rows, "dim": dim, "queries": len(np.load(data / "queries.npy")), "raw_float32_bytes": rows * dim * 4, "systems": {}}
     builds = {
         "spann": (work / f"{name}.spann", lambda p: build_spann(data, p, list_size, memory_cap)),
+        "spann_pq": (work / f"{name}.spann-pq{dim // 4}", lambda p: build_spann(data, p, list_size, memory_cap, pq=dim // 4)),
         "faiss_ivfpq": (work / f"{name}.ivfpq.faiss", lambda p: build_faiss(data, p, f"IVF{nlist},PQ{dim // 2}", False)),
         "faiss_ivf_ondisk": (work / f"{name}.ivfflat.faiss", lambda p: build_faiss(data, p, f"IVF{nlist},Flat", True)),
     }
@@ -286,6 +289,7 @@ def dataset(name: str, data: Path, work: Path, memory_cap: int, list_size: int, 
         builds["hnswlib"] = (work / f"{name}.hnswlib", lambda p: build_hnswlib(data, p))
     sweeps = {
         "spann": [{"nprobe": n, "prune": 1.0} for n in (8, 16, 32, 64, 96, 128, 192, 256)],
+        "spann_pq": [{"nprobe": n, "prune": 1.0, "rescore": r} for n in (32, 64, 128, 256) for r in (100, 300)],
         "faiss_ivfpq": [{"nprobe": n} for n in (8, 16, 32, 64, 128, 256)],
         "faiss_ivf_ondisk": [{"nprobe": n} for n in (4, 8, 16, 32, 64, 128)],
         "hnswlib": [{"ef": e} for e in (16, 32, 64, 128, 256)],
@@ -293,7 +297,7 @@ def dataset(name: str, data: Path, work: Path, memory_cap: int, list_size: int, 
     for system, (path, build) in builds.items():
         log(name, "building", system)
         row = {"build": build(path), "warm": run_worker(system, path, data, sweeps[system], cold=False)}
-        if system in ("spann", "faiss_ivf_ondisk"):
+        if system in ("spann", "spann_pq", "faiss_ivf_ondisk"):
             row["cold"] = run_worker(system, path, data, sweeps[system], cold=True)
         row["resident_share_of_raw"] = round(row["warm"]["resident_bytes"] / out["raw_float32_bytes"], 4)
         row["structure_share_of_raw"] = round(row["warm"]["structure_bytes"] / out["raw_float32_bytes"], 4)
@@ -303,25 +307,28 @@ def dataset(name: str, data: Path, work: Path, memory_cap: int, list_size: int, 
 
 
 def summary(out: dict) -> dict:
-    """SPANN's fastest warm point at recall >= 0.90, and each peer's fastest point at that recall
-    or better (or its best recall when it never gets there)."""
+    """For each SPANN variant: its fastest warm point at recall >= 0.90, and each peer's fastest
+    point at that recall or better (or its best recall when it never gets there)."""
     def fastest(points, recall):
         ok = [p for p in points if p["recall@10"] >= recall]
         return min(ok, key=lambda p: p["p50_ms"]) if ok else None
 
-    spann = out["systems"]["spann"]
-    ours = fastest(spann["warm"]["points"], TARGET_RECALL)
-    result = {"target_recall": TARGET_RECALL, "spann": ours, "spann_resident_share_of_raw": spann["resident_share_of_raw"],
-              "spann_structure_share_of_raw": spann["structure_share_of_raw"]}
-    if ours is None:
-        return result
-    for system, row in out["systems"].items():
-        if system == "spann":
+    result = {"target_recall": TARGET_RECALL}
+    for variant in ("spann", "spann_pq"):
+        if variant not in out["systems"]:
             continue
-        theirs = fastest(row["warm"]["points"], ours["recall@10"])
-        best = max(row["warm"]["points"], key=lambda p: p["recall@10"])
-        result[system] = {"at_spann_recall": theirs, "best_recall": best["recall@10"],
-                          "spann_p50_over_theirs": round(ours["p50_ms"] / theirs["p50_ms"], 3) if theirs else None}
+        row = out["systems"][variant]
+        ours = fastest(row["warm"]["points"], TARGET_RECALL)
+        section = {"point": ours, "resident_share_of_raw": row["resident_share_of_raw"],
+                   "structure_share_of_raw": row["structure_share_of_raw"]}
+        for system, peer in out["systems"].items():
+            if system.startswith("spann") or ours is None:
+                continue
+            theirs = fastest(peer["warm"]["points"], ours["recall@10"])
+            best = max(peer["warm"]["points"], key=lambda p: p["recall@10"])
+            section[system] = {"at_same_recall": theirs, "best_recall": best["recall@10"],
+                               "ours_p50_over_theirs": round(ours["p50_ms"] / theirs["p50_ms"], 3) if theirs else None}
+        result[variant] = section
     return result
 
 

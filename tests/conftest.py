@@ -1,7 +1,15 @@
+import os
+
 import pytest
+import torch
 
 import retriever
 from helpers import make_docs, random_vectors, vector_config
+
+# Without CUDA the Triton kernels are tested in Triton's interpreter. It must be on before triton is
+# first imported (its standard library is decorated then), and other packages may import it early.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

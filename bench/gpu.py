@@ -203,7 +203,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     small = args.small or args.device == "cpu"
-    sizes = {"maxsim": 200 if small else 20_000, "binary": 200_000 if small else 10_000_000,
+    sizes = {"maxsim": 200 if small else 5_000, "binary": 200_000 if small else 10_000_000,
              "dense": 50_000 if small else 1_000_000, "encode": 200 if small else 20_000}
     device = args.device
     result = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else f"cpu ({os.cpu_count()} cores)",

@@ -276,10 +276,11 @@ def run_worker(system: str, index_path: Path, data: Path, sweep: list, cold: boo
 def dataset(name: str, data: Path, work: Path, memory_cap: int, list_size: int, nlist: int, with_hnsw: bool) -> dict:
     base = np.load(data / "base.npy", mmap_mode="r")
     rows, dim = base.shape
+    pq = max(b for b in range(1, dim // 4 + 1) if dim % b == 0)  # code bytes: at most a sixteenth of the float32 vector
     out = {"rows": rows, "dim": dim, "queries": len(np.load(data / "queries.npy")), "raw_float32_bytes": rows * dim * 4, "systems": {}}
     builds = {
         "spann": (work / f"{name}.spann", lambda p: build_spann(data, p, list_size, memory_cap)),
-        "spann_pq": (work / f"{name}.spann-pq{dim // 4}", lambda p: build_spann(data, p, list_size, memory_cap, pq=dim // 4)),
+        "spann_pq": (work / f"{name}.spann-pq{pq}", lambda p: build_spann(data, p, list_size, memory_cap, pq=pq)),
         "faiss_ivfpq": (work / f"{name}.ivfpq.faiss", lambda p: build_faiss(data, p, f"IVF{nlist},PQ{dim // 2}", False)),
         "faiss_ivf_ondisk": (work / f"{name}.ivfflat.faiss", lambda p: build_faiss(data, p, f"IVF{nlist},Flat", True)),
     }

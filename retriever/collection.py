@@ -461,6 +461,6 @@ def _make_encoder(config: FieldConfig):
 
 
 def _field_params(field: Field, params: Mapping[str, int]) -> dict[str, int]:
-    keys = {DenseField: ("nprobe", "efSearch", "rescore", "prune_pct"), MultiVectorField: ("nprobe", "efSearch", "rerank", "exhaustive"),
+    keys = {DenseField: ("nprobe", "efSearch", "rescore", "prune_pct"), MultiVectorField: ("nprobe", "efSearch", "rerank", "exhaustive", "prune_pct", "rescore"),
             BinaryField: ("nprobe", "efSearch", "rescore", "asymmetric")}.get(type(field), ("inference_free",))
     return {key: value for key, value in params.items() if key in keys}

@@ -1,5 +1,7 @@
 """A multi-vector field at run time: MUVERA encodings in a dense index find candidates, exact
-MaxSim over the stored token vectors re-ranks them (or scores every document, `exhaustive`)."""
+MaxSim over the stored token vectors re-ranks them (or scores every document, `exhaustive`).
+With `index = "SPANN..."` the encodings are stored as vector segments and searched by SPANN
+(posting lists on disk), exactly as a dense field's vectors are."""
 
 from __future__ import annotations
 
@@ -13,12 +15,14 @@ from retriever.index import storage
 from retriever.index.faiss_index import FaissIndex
 from retriever.index.fde import FdeConfig, FdeEncoder
 from retriever.index.tokens import TokenStore, compress
+from retriever.index.vectors import VectorStore
 from retriever.kernels.maxsim import maxsim
 
 from .config import FieldConfig
 from .encoders.models import choose_device
 from .errors import CorruptIndex, InvalidConfig, InvalidRequest
 from .fields import index_with
+from .spann_field import SpannVectors, is_spann, spann_params
 
 MAXSIM_BLOCK = 1 << 17  # document tokens decompressed and scored per step when searching exhaustively
 
@@ -42,7 +46,7 @@ class MultiVectors:
 
 
 class MultiVectorField:
-    def __init__(self, config: FieldConfig, entry: dict[str, Any], index: FaissIndex, tokens: TokenStore) -> None:
+    def __init__(self, config: FieldConfig, entry: dict[str, Any], index: FaissIndex | SpannVectors, tokens: TokenStore) -> None:
         self.config = config
         self.entry = entry
         self.dim = int(entry["dim"])  # token dimension
@@ -58,14 +62,22 @@ class MultiVectorField:
         if fde.dimension(dim) > config.max_fde_dim:
             raise InvalidConfig(f"field {config.name!r}: the FDE would have {fde.dimension(dim)} dimensions, over max_fde_dim = "
                                 f"{config.max_fde_dim}; lower repetitions, simhash_bits or projection_dim, or set fde.final_dim")
+        entry = {"dim": dim, "fde": fde.to_dict(), "fde_dim": fde.dimension(dim), "tokens": []}
+        if is_spann(config.index):
+            spann_params(config.index, "ip")  # a bad factory string fails at create
+            return {**entry, "index": None, "spann": None, "encodings": []}, {}
         name = f"{config.name}.index-{1:06d}.faiss"
         files = {name: storage.write_new_file(path, name, FaissIndex(config.index, fde.dimension(dim), "ip").to_bytes())}
-        return {"dim": dim, "fde": fde.to_dict(), "fde_dim": fde.dimension(dim), "index": name, "tokens": []}, files
+        return {**entry, "index": name}, files
 
     @classmethod
     def open(cls, path, config: FieldConfig, entry: dict[str, Any], files: dict[str, Any], num_rows: int) -> "MultiVectorField":
-        index = FaissIndex.from_bytes(storage.read_verified(path, entry["index"], files[entry["index"]]), config.index, entry["fde_dim"], "ip")
-        index.use_gpu()
+        if is_spann(config.index):
+            encodings = VectorStore([storage.open_npy_verified(path, n, files[n]) for n in entry["encodings"]], entry["fde_dim"])
+            index = SpannVectors.open(path, entry, encodings, "ip")
+        else:
+            index = FaissIndex.from_bytes(storage.read_verified(path, entry["index"], files[entry["index"]]), config.index, entry["fde_dim"], "ip")
+            index.use_gpu()
         segments = []
         for seg in entry["tokens"]:
             load = lambda name: storage.open_npy_verified(path, name, files[name]) if name else None  # noqa: E731
@@ -137,8 +149,10 @@ class MultiVectorField:
 
     def prepare(self, clouds: MultiVectors, first_row: int, deleted: np.ndarray) -> "PendingClouds":
         encodings = self.fde.encode_documents(clouds.tokens, clouds.offsets)  # [N, fde_dim]
-        index = index_with(self.index, encodings, self.config.train_size)
         codes, scales = compress(clouds.tokens, self.config.token_dtype)
+        if isinstance(self.index, SpannVectors):  # built from the stored encodings once they are written
+            return PendingClouds(self, self.index, codes, scales, clouds.offsets, encodings, deleted)
+        index = index_with(self.index, encodings, self.config.train_size)
         return PendingClouds(self, index, codes, scales, clouds.offsets)
 
     # ---- search --------------------------------------------------------------------------------
@@ -149,7 +163,7 @@ class MultiVectorField:
         if params.get("exhaustive"):
             return self._exhaustive(queries, k, allowed)
         rerank = max(k, int(params.get("rerank", self.config.rerank)))
-        search_params = {key: params[key] for key in ("nprobe", "efSearch") if key in params}
+        search_params = {key: params[key] for key in ("nprobe", "efSearch", "prune_pct", "rescore") if key in params}
         encoded = self.fde.encode_queries(queries.tokens, queries.offsets)  # [B, fde_dim]
         _, candidates = self.index.search(encoded, rerank, {**self.config.search, **search_params}, allowed)  # [B, C]
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
@@ -192,10 +206,12 @@ class MultiVectorField:
 @dataclass
 class PendingClouds:
     field: MultiVectorField
-    index: FaissIndex
+    index: FaissIndex | SpannVectors
     codes: np.ndarray
     scales: np.ndarray | None
     offsets: np.ndarray
+    encodings: np.ndarray | None = None  # SPANN: the new rows' FDEs [N, fde_dim], stored as a segment
+    deleted: np.ndarray | None = None
 
     def write(self, path, version: int, num_rows: int):
         name = self.field.config.name
@@ -207,10 +223,19 @@ class PendingClouds:
             file = f"{name}.tokens-{version:06d}.{part}.npy"
             files[file] = storage.write_new_file(path, file, storage.npy_bytes(array))
             seg[part] = file
-        iname = f"{name}.index-{version:06d}.faiss"
-        files[iname] = storage.write_new_file(path, iname, self.index.to_bytes())
-        entry = {**self.field.entry, "index": iname, "index_bytes": files[iname]["size"], "tokens": [*self.field.entry["tokens"], seg]}
+        entry = {**self.field.entry, "tokens": [*self.field.entry["tokens"], seg]}
+        index = self.index
+        if isinstance(index, SpannVectors):
+            ename = f"{name}.encodings-{version:06d}.npy"
+            files[ename] = storage.write_new_file(path, ename, storage.npy_bytes(self.encodings))
+            entry["encodings"] = [*entry["encodings"], ename]
+            stored = VectorStore([*index.store.segments, np.load(path / ename, mmap_mode="r")], entry["fde_dim"])
+            index, entry["spann"] = index.refreshed(path, version, name, stored, self.deleted, self.field.config.index, entry["spann"])
+        else:
+            iname = f"{name}.index-{version:06d}.faiss"
+            files[iname] = storage.write_new_file(path, iname, index.to_bytes())
+            entry.update(index=iname, index_bytes=files[iname]["size"])
         load = lambda f: np.load(path / f, mmap_mode="r") if f else None  # noqa: E731
         segments = [*self.field.tokens.segments, (load(seg["codes"]), load(seg["scales"]), load(seg["offsets"]))]
-        return entry, files, MultiVectorField(self.field.config, entry, self.index, TokenStore(segments, self.field.dim))
+        return entry, files, MultiVectorField(self.field.config, entry, index, TokenStore(segments, self.field.dim))
 

@@ -136,6 +136,31 @@ def test_multivector_filters_deletes_and_upserts(tmp_path):
     assert c.search(query, k=1)[0].ids == ["d3"]
 
 
+def test_spann_index_over_fdes_matches_a_flat_one(tmp_path, monkeypatch):
+    """FDEs searched by SPANN (posting lists on disk): probing every list gives the Flat field's
+    candidates, hence its answers; later rows are folded in by compaction, deletes respected."""
+    from retriever import spann_field
+
+    flat, spann = token_collection(tmp_path / "flat"), token_collection(tmp_path / "spann", index="SPANN,L10")
+    docs = split(*clouds(200, 16, seed=8, max_tokens=12))
+    for c in (flat, spann):
+        c.add([{"id": f"d{i}"} for i in range(150)], vectors={"tok": docs[:150]})
+    queries = split(*clouds(5, 16, seed=9, max_tokens=5))
+    everything = {"rerank": 30, "nprobe": 10_000, "prune_pct": 10**6}
+    for a, b in zip(flat.search(queries, k=10, params={"rerank": 30}), spann.search(queries, k=10, params=everything)):
+        np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
+    first = spann.manifest["fields"]["tok"]["spann"]["dir"]
+    monkeypatch.setattr(spann_field, "FOLD_MIN_ROWS", 0)
+    for c in (flat, spann):
+        c.add([{"id": f"d{i}"} for i in range(150, 200)], vectors={"tok": docs[150:]})
+        c.delete(["d3"])
+    assert spann.manifest["fields"]["tok"]["spann"]["dir"] != first  # folded into new posting lists
+    reopened = retriever.Collection.open(tmp_path / "spann")
+    for a, b in zip(flat.search(queries, k=10, params={"rerank": 30}), reopened.search(queries, k=10, params=everything)):
+        np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
+        assert "d3" not in b.ids
+
+
 @pytest.mark.parametrize("given, words", [
     ([np.ones((3, 15), np.float32)], "dimension|must be"),
     ([np.full((2, 16), np.nan, np.float32)], "NaN"),

@@ -27,7 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, log  # noqa: E402
 
 CHUNKS = 5
-RATIOS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+RATIOS = (0.1, 0.15, 0.2, 0.3)
+QUANTIZED_RATIOS = (0.15, 0.2)
+DEVIATION_RATIOS = (0.15, 0.2)  # CacheBlend's selection, for comparison with the default (attention)
+NEAR_TIE_NATS = 0.1  # full's top two first tokens closer than this: a coin toss that any cache error can flip
 
 
 def workload(scifact: Path, cache: Path | None, work: Path) -> tuple[list[str], list[list[str]]]:
@@ -76,11 +79,11 @@ def reuse_statistics(chunk_lists: list[list[str]]) -> dict:
             "mean_prefix_chunks_reusable": round(prefix_depths / n, 3)}
 
 
-def make_generator(model, tokenizer, bits: int = 16, capacity: int = 8 << 30):
+def make_generator(model, tokenizer, bits: int = 16, capacity: int = 8 << 30, selection: str = "attention"):
     from retriever.rag.generate import RagGenerator
     from retriever.rag.store import ChunkCacheStore, Tier
 
-    return RagGenerator(model, tokenizer, ChunkCacheStore([Tier("memory", capacity, bits=bits)]))
+    return RagGenerator(model, tokenizer, ChunkCacheStore([Tier("memory", capacity, bits=bits)]), selection=selection)
 
 
 def first_token_time(generator, question: str, chunks: list[str], mode: str, ratio: float | None) -> dict:
@@ -99,8 +102,9 @@ def distinct_stream(model, tokenizer, questions, chunk_texts, warmup: int, measu
     (distinct questions cannot share more). Then TTFT per mode over the measured questions."""
     out = {"warmup_questions": warmup, "measured_questions": measured}
     measured_q = list(range(warmup, warmup + measured))
-    for mode in ("full", "prefix", "reuse", "blend"):
-        generator = make_generator(model, tokenizer)
+    for label, mode, selection in (("full", "full", None), ("prefix", "prefix", None), ("reuse", "reuse", None),
+                                   ("blend", "blend", "attention"), ("blend_deviation", "blend", "deviation")):
+        generator = make_generator(model, tokenizer, selection=selection or "attention")
         began = time.perf_counter()
         if mode in ("reuse", "blend"):
             for i in measured_q:  # chunk KV alone (after the shared prefix): what the store keeps
@@ -112,11 +116,11 @@ def distinct_stream(model, tokenizer, questions, chunk_texts, warmup: int, measu
         stats = [first_token_time(generator, questions[i], chunk_texts[i], mode, ratio if mode == "blend" else None) for i in measured_q]
         hits = sum(s["cache_hits"] for s in stats)
         lookups = hits + sum(s["cache_misses"] for s in stats)
-        out[mode] = {**percentiles([s["time_to_first_token_s"] for s in stats]), "hit_rate": round(hits / lookups, 4) if lookups else None,
-                     "mean_tokens_computed": round(float(np.mean([s["tokens_computed"] for s in stats])), 1), "warm_s": round(warm_s, 1)}
-        log("distinct", mode, out[mode])
+        out[label] = {**percentiles([s["time_to_first_token_s"] for s in stats]), "hit_rate": round(hits / lookups, 4) if lookups else None,
+                      "mean_tokens_computed": round(float(np.mean([s["tokens_computed"] for s in stats])), 1), "warm_s": round(warm_s, 1)}
+        log("distinct", label, out[label])
     out["mean_prompt_tokens"] = round(float(np.mean([s["prompt_tokens"] for s in stats])), 1)
-    for mode in ("prefix", "reuse", "blend"):
+    for mode in ("prefix", "reuse", "blend", "blend_deviation"):
         out[f"speedup_{mode}_vs_full_p50"] = round(out["full"]["p50_ms"] / out[mode]["p50_ms"], 2)
     out["speedup_blend_vs_prefix_p50"] = round(out["prefix"]["p50_ms"] / out["blend"]["p50_ms"], 2)
     return out
@@ -138,19 +142,25 @@ def zipf_stream(model, tokenizer, questions, chunk_texts, distinct: int, request
     return out
 
 
-def quality(model, tokenizer, questions, chunk_texts, count: int, ratios, tokens: int = 32) -> dict:
-    """Against `full` on the same prompts: first-token agreement; over the first 32 greedy tokens,
-    the share of prompts whose tokens are identical, the mean share generated before the first
-    difference, and teacher-forced agreement (full's tokens fed in, the share of positions where
-    the mode's greedy choice is the same); first-token KL(full || mode). Per KV precision."""
+def quality(model, tokenizer, questions, chunk_texts, count: int, tokens: int = 32) -> dict:
+    """Against `full` on the same prompts: first-token agreement (also over the prompts whose
+    first token is not a near tie in `full`); over the first 32 greedy tokens, the share of prompts
+    whose tokens are identical, the mean share generated before the first difference, and
+    teacher-forced agreement (full's tokens fed in, the share of positions where the mode's greedy
+    choice is the same); first-token KL(full || mode). Per KV precision and blend selection."""
     import torch
 
     reference = make_generator(model, tokenizer)
     full = [reference.compare(questions[i], chunk_texts[i], "full", count=tokens) for i in range(count)]
-    out: dict = {"questions": count, "tokens": tokens}
-    for bits in (16, 8, 4):
-        generator = make_generator(model, tokenizer, bits=bits)
-        for mode, ratio in [("reuse", 0.0), *(("blend", r) for r in ratios if bits == 16 or r in (0.15, 0.3))]:
+    margins = [float(-torch.diff(torch.topk(logprobs, 2).values)) for logprobs, *_ in full]
+    clear = [m >= NEAR_TIE_NATS for m in margins]
+    out: dict = {"questions": count, "tokens": tokens, "near_tie_nats": NEAR_TIE_NATS, "near_tie_share": round(1 - float(np.mean(clear)), 4)}
+    runs = [(16, "attention", [0.0, *RATIOS]), (16, "deviation", DEVIATION_RATIOS),
+            *((bits, "attention", [0.0, *QUANTIZED_RATIOS]) for bits in (8, 4))]
+    for bits, selection, ratios in runs:
+        generator = make_generator(model, tokenizer, bits=bits, selection=selection)
+        for ratio in ratios:
+            mode = "blend" if ratio else "reuse"
             rows = []
             for i in range(count):
                 ref_logprobs, ref_tokens, _, _ = full[i]
@@ -160,11 +170,12 @@ def quality(model, tokenizer, questions, chunk_texts, count: int, ratios, tokens
                              float(np.mean([a == b for a, b in zip(forced, ref_tokens)])),
                              float(torch.sum(ref_logprobs.exp() * (ref_logprobs - logprobs)))))
             first, identical, before, forced_agreement, kl = (float(np.mean(column)) for column in zip(*rows))
-            key = "reuse" if mode == "reuse" else f"blend_r{ratio}"
+            first_clear = float(np.mean([row[0] for row, keep in zip(rows, clear) if keep])) if any(clear) else None
+            key = "reuse" if mode == "reuse" else f"blend_{selection}_r{ratio}"
             out.setdefault(f"kv_{bits}bit", {})[key] = {
-                "first_token_agreement": round(first, 4), "tokens32_identical": round(identical, 4),
-                "tokens32_share_before_first_difference": round(before, 4), "tokens32_teacher_forced_agreement": round(forced_agreement, 4),
-                "first_token_kl": round(kl, 5)}
+                "first_token_agreement": round(first, 4), "first_token_agreement_no_near_ties": round(first_clear, 4) if first_clear is not None else None,
+                "tokens32_identical": round(identical, 4), "tokens32_share_before_first_difference": round(before, 4),
+                "tokens32_teacher_forced_agreement": round(forced_agreement, 4), "first_token_kl": round(kl, 5)}
             log("quality", bits, key, out[f"kv_{bits}bit"][key])
     return out
 
@@ -192,7 +203,7 @@ def main() -> None:
     parser.add_argument("--measured", type=int, default=40)
     parser.add_argument("--quality", type=int, default=20)
     parser.add_argument("--zipf", default="20,60", help="distinct questions, requests")
-    parser.add_argument("--ratio", type=float, default=0.15, help="blend recompute ratio for the timed streams")
+    parser.add_argument("--ratio", type=float, default=0.2, help="blend recompute ratio for the timed streams")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import torch
@@ -210,7 +221,7 @@ def main() -> None:
     distinct, requests = (int(x) for x in args.zipf.split(","))
     result["distinct_stream"] = distinct_stream(model, tokenizer, questions, chunk_texts, args.warmup, args.measured, args.ratio)
     result["zipf_stream"] = zipf_stream(model, tokenizer, questions, chunk_texts, distinct, requests, args.ratio)
-    result["quality_vs_full"] = quality(model, tokenizer, questions, chunk_texts, args.quality, RATIOS)
+    result["quality_vs_full"] = quality(model, tokenizer, questions, chunk_texts, args.quality)
     emit(result, args.out)
 
 

@@ -240,7 +240,7 @@ def generate(
     question: str = typer.Argument(..., help="The question to answer from the retrieved documents."),
     k: int = typer.Option(5, "-k", help="Documents retrieved as chunks."),
     mode: str = typer.Option("blend", "--mode", help="blend (cached chunk KV, a share recomputed), reuse, prefix or full."),
-    ratio: Optional[float] = typer.Option(None, "--ratio", help="blend: share of chunk tokens recomputed (default 0.15)."),
+    ratio: Optional[float] = typer.Option(None, "--ratio", help="blend: share of chunk tokens recomputed (default 0.2)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     fields: Optional[str] = FieldsOption,
     param: Optional[list[str]] = ParamOption,

@@ -53,15 +53,31 @@ def test_full_recompute_and_exact_prefix_reuse_equal_full_prefill(mode, ratio):
     assert keys[0].shape == (1, 2, len(prompt.ids), 16)
 
 
-def test_naive_reuse_differs_and_blend_recomputes_the_chosen_share():
+@pytest.mark.parametrize("selection", ["attention", "deviation"])
+def test_naive_reuse_differs_and_blend_recomputes_the_chosen_share(selection):
     model, prompt = tiny(0), random_prompt()
     expected = model(torch.tensor([prompt.ids])).logits[0, -1]
     assembler = Assembler(model, memory_store(), "tiny", "words")
     reuse, *_, stats = assembler.prefill(prompt, "reuse")
     assert stats.tokens_recomputed == 0 and stats.tokens_computed == len(prompt.question)
     assert (reuse - expected).abs().max() > 1e-3  # chunks encoded apart from each other really differ
-    _, _, _, half = assembler.prefill(prompt, "blend", 0.5)
+    blend, _, _, half = assembler.prefill(prompt, "blend", 0.5, selection)
     assert half.tokens_recomputed == round(0.5 * 22) and half.cache_hits == 4 and half.cache_misses == 0
+    assert (blend - expected).abs().max() < (reuse - expected).abs().max()
+
+
+def test_question_attention_equals_the_models_own_attention_weights():
+    """With the full prompt's KV in place, the attention mass blend selects by is what the
+    model's eager attention gives the question's rows, summed over layers and heads."""
+    model, prompt = tiny(0), random_prompt()
+    assembler = Assembler(model, memory_store(), "tiny", "words")
+    _, keys, values, _ = assembler.prefill(prompt, "full")
+    model.set_attn_implementation("eager")
+    with torch.inference_mode():
+        got = assembler._question_attention(prompt, keys, values)
+        attentions = model(torch.tensor([prompt.ids]), output_attentions=True).attentions  # per layer [1, H, T, T]
+    expected = sum(a[0, :, -len(prompt.question):].sum(dim=(0, 1)) for a in attentions)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 
 def test_cache_keys_are_stable_across_processes_and_differ_across_models():

@@ -1,6 +1,7 @@
 """Prefill a RAG prompt from cached chunk KV: place each chunk's cache at its position (re-rotated
-keys), recompute the share of chunk tokens whose cached KV deviates most from full context
-(CacheBlend), and prefill the question on top. Works for Hugging Face causal LMs with rotary
+keys), recompute the share of chunk tokens that matter most with the whole prompt as context (by
+default those the question attends to most over the cached KV; CacheBlend's layer-1 KV deviation
+is the other choice), and prefill the question on top. Works for Hugging Face causal LMs with rotary
 embeddings whose decoder layers follow the Llama layout (Llama, Qwen2, Mistral).
 
 Prompt layout: [shared prefix][chunk 1]...[chunk k][question], positions 0..T-1 in that order.
@@ -15,11 +16,12 @@ from dataclasses import dataclass
 import torch
 
 from .keys import chunk_key
-from .kv import ChunkKV, rerotate
+from .kv import ChunkKV, rerotate, rotate
 from .store import ChunkCacheStore
 
 DEVIATION_LAYER = 1  # the first layer whose KV depends on context (layer 0's depends on token and position only)
 MODES = ("full", "prefix", "reuse", "blend")
+SELECTIONS = ("attention", "deviation")
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,14 @@ class Assembler:
     # ---- prefill modes ---------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def prefill(self, prompt: Prompt, mode: str, recompute_ratio: float = 0.0) -> tuple[torch.Tensor, list, list, PrefillStats]:
-        """-> (logits of the last prompt token [vocab], keys, values per layer [1, H, T, D], stats)."""
+    def prefill(self, prompt: Prompt, mode: str, recompute_ratio: float = 0.0, selection: str = "attention") -> tuple[torch.Tensor, list, list, PrefillStats]:
+        """-> (logits of the last prompt token [vocab], keys, values per layer [1, H, T, D], stats).
+        `selection` picks blend's tokens to recompute: "attention" (what the question attends to
+        over the cached KV) or "deviation" (CacheBlend's layer-1 KV deviation)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         stats = PrefillStats(mode, prompt_tokens=len(prompt.ids), chunk_tokens=sum(map(len, prompt.chunks)))
         keys, values = self._empty(len(prompt.ids))
         if mode == "full":
@@ -94,7 +100,7 @@ class Assembler:
             run = self._place_cached_prefix(prompt, keys, values, stats)
         else:
             self._place_chunks(prompt, keys, values, stats)
-            recompute = self._select(prompt, keys, values, recompute_ratio) if mode == "blend" else []
+            recompute = self._select(prompt, keys, values, recompute_ratio, selection) if mode == "blend" else []
             stats.tokens_recomputed = len(recompute)
             run = [*recompute, *range(len(prompt.ids) - len(prompt.question), len(prompt.ids))]
         computing = time.perf_counter()
@@ -135,24 +141,59 @@ class Assembler:
         self._run(ids if before is None else [0] * start + list(ids), list(range(start, start + len(ids))), keys, values)
         return ChunkKV(torch.cat([k[:, :, start:] for k in keys]), torch.cat([v[:, :, start:] for v in values]), start)
 
-    def _select(self, prompt: Prompt, keys, values, ratio: float) -> list[int]:
-        """Chunk token positions whose layer-1 KV moves most when computed with the whole prompt
-        before them (CacheBlend's selection): a two-layer pass over all chunk tokens."""
+    def _select(self, prompt: Prompt, keys, values, ratio: float, selection: str) -> list[int]:
+        """The `ratio` share of chunk token positions to recompute with the whole prompt as context."""
         chunk_positions = list(range(len(prompt.prefix), len(prompt.ids) - len(prompt.question)))
         count = round(ratio * len(chunk_positions))
         if count <= 0:
             return []
         if count >= len(chunk_positions):
             return chunk_positions
+        slots = torch.tensor(chunk_positions, device=self.device)
+        if selection == "attention":
+            weight = self._question_attention(prompt, keys, values)[slots]
+        else:
+            weight = self._deviation(prompt, keys, values, chunk_positions, slots)
+        chosen = torch.topk(weight, count).indices.sort().values
+        return [chunk_positions[i] for i in chosen.tolist()]
+
+    def _question_attention(self, prompt: Prompt, keys, values) -> torch.Tensor:
+        """Attention each prompt slot gets from the question's tokens over the cached KV, summed
+        over layers, heads and question tokens [T]: the chunk tokens the answer leans on, whose
+        cache error costs most (Cache-Craft's focus on attended tokens). One cheap pass of the
+        question; the KV it leaves in the question's slots is overwritten by the real pass."""
+        inner = self.model.model
+        asked = list(range(len(prompt.ids) - len(prompt.question), len(prompt.ids)))
+        inputs: dict[int, torch.Tensor] = {}
+        hooks = [layer.self_attn.register_forward_pre_hook(_keep_input(inputs, i), with_kwargs=True) for i, layer in enumerate(inner.layers)]
+        try:
+            self._run(prompt.ids, asked, keys, values)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        slots = torch.tensor(asked, device=self.device)
+        cos, sin = inner.rotary_emb(inputs[0], slots[None])
+        allowed = torch.arange(len(prompt.ids), device=self.device)[None, :] <= slots[:, None]  # [Q, T]
+        total = torch.zeros(len(prompt.ids), device=self.device)
+        for i, layer in enumerate(inner.layers):
+            attention = layer.self_attn
+            queries = attention.q_proj(inputs[i]).view(1, len(asked), -1, self.head_dim).transpose(1, 2)  # [1, H, Q, D]
+            queries = rotate(queries, cos[:, None], sin[:, None])
+            grouped = queries.reshape(1, self.kv_heads, -1, self.head_dim)  # query heads share their KV head's keys
+            scores = (grouped @ keys[i].transpose(-1, -2)).float() * getattr(attention, "scaling", self.head_dim**-0.5)
+            scores = scores.view(1, self.kv_heads, -1, len(asked), scores.shape[-1]).masked_fill(~allowed, float("-inf"))
+            total += scores.softmax(dim=-1).sum(dim=(0, 1, 2, 3))
+        return total
+
+    def _deviation(self, prompt: Prompt, keys, values, chunk_positions: list[int], slots: torch.Tensor) -> torch.Tensor:
+        """How far each chunk token's layer-1 KV moves when computed with the whole prompt before
+        it (CacheBlend's selection): a two-layer pass over all chunk tokens [chunk tokens]."""
         fresh_keys = [k.clone() for k in keys[: DEVIATION_LAYER + 1]]
         fresh_values = [v.clone() for v in values[: DEVIATION_LAYER + 1]]
         self._run(prompt.ids, chunk_positions, fresh_keys, fresh_values, layers=DEVIATION_LAYER + 1)
-        slots = torch.tensor(chunk_positions, device=self.device)
         layer = DEVIATION_LAYER
-        deviation = ((fresh_keys[layer][0][:, slots] - keys[layer][0][:, slots]).float().pow(2).sum(dim=(0, 2))
-                     + (fresh_values[layer][0][:, slots] - values[layer][0][:, slots]).float().pow(2).sum(dim=(0, 2)))  # [chunk tokens]
-        chosen = torch.topk(deviation, count).indices.sort().values
-        return [chunk_positions[i] for i in chosen.tolist()]
+        return ((fresh_keys[layer][0][:, slots] - keys[layer][0][:, slots]).float().pow(2).sum(dim=(0, 2))
+                + (fresh_values[layer][0][:, slots] - values[layer][0][:, slots]).float().pow(2).sum(dim=(0, 2)))
 
     def _place_cached_prefix(self, prompt: Prompt, keys, values, stats: PrefillStats) -> list[int]:
         """Exact-prefix caching (as vLLM): segment j (the prefix, then each chunk) is cached under
@@ -212,6 +253,13 @@ class Assembler:
         for layer in range(len(keys)):
             keys[layer][0, :, at : at + kv.tokens] = kv.keys[layer]
             values[layer][0, :, at : at + kv.tokens] = kv.values[layer]
+
+
+def _keep_input(inputs: dict, index: int):
+    """A pre-hook that keeps what an attention module is given (normed hidden states)."""
+    def hook(module, args, kwargs):
+        inputs[index] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    return hook
 
 
 def _attention_mask(allowed: torch.Tensor, config, dtype) -> torch.Tensor:

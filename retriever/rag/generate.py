@@ -17,7 +17,7 @@ from .keys import model_identity, tokenizer_identity
 from .store import ChunkCacheStore, Tier
 
 SYSTEM_PROMPT = "You are a helpful assistant. Answer the question using the documents."
-DEFAULT_RECOMPUTE_RATIO = 0.15
+DEFAULT_RECOMPUTE_RATIO = 0.2
 CHUNK_MAX_TOKENS = 512
 MAX_NEW_TOKENS = 4096
 _SPLIT = "\x00"
@@ -38,6 +38,7 @@ class RagGenerator:
     store: ChunkCacheStore = field(default_factory=lambda: ChunkCacheStore([Tier("cpu", 2 << 30)]))
     system_prompt: str = SYSTEM_PROMPT
     chunk_max_tokens: int = CHUNK_MAX_TOKENS
+    selection: str = "attention"  # how blend picks the tokens to recompute (assemble.SELECTIONS)
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -58,7 +59,7 @@ class RagGenerator:
         ratio = DEFAULT_RECOMPUTE_RATIO if recompute_ratio is None else recompute_ratio
         began = time.perf_counter()
         prompt = self.prompt(question, chunks)
-        logits, keys, values, stats = self.assembler.prefill(prompt, mode, ratio if mode == "blend" else 0.0)
+        logits, keys, values, stats = self.assembler.prefill(prompt, mode, ratio if mode == "blend" else 0.0, self.selection)
         first = int(torch.argmax(logits))
         summary = {**vars(stats), "recompute_ratio": ratio if mode == "blend" else None,
                    "time_to_first_token_s": time.perf_counter() - began}
@@ -80,7 +81,7 @@ class RagGenerator:
         the first `count` greedy tokens, and with `reference` tokens the greedy choice at each of
         their positions when they are fed in (teacher forcing), stats)."""
         prompt = self.prompt(question, chunks)
-        logits, keys, values, stats = self.assembler.prefill(prompt, mode, recompute_ratio if mode == "blend" else 0.0)
+        logits, keys, values, stats = self.assembler.prefill(prompt, mode, recompute_ratio if mode == "blend" else 0.0, self.selection)
         first = int(torch.argmax(logits))
         tokens = list(self._decode(first, keys, values, count))
         forced = None

@@ -41,10 +41,13 @@ def rerotate(keys: torch.Tensor, delta: int, rotary_emb) -> torch.Tensor:
     cos, sin = rotary_emb(keys.to(torch.float32), shift)  # [1, 1, head_dim]
     scaling = float(getattr(rotary_emb, "attention_scaling", 1.0))  # folded into cos/sin for YaRN-style scaling; a rotation needs it out
     cos, sin = cos[0, 0].to(torch.float32) / scaling, sin[0, 0].to(torch.float32) / scaling
-    k = keys.to(torch.float32)
-    half = k.shape[-1] // 2
-    rotated_half = torch.cat((-k[..., half:], k[..., :half]), dim=-1)
-    return (k * cos + rotated_half * sin).to(keys.dtype)
+    return rotate(keys.to(torch.float32), cos, sin).to(keys.dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding (half-split layout, as Llama / Qwen2 / Mistral apply it) of `x`."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
 @dataclass

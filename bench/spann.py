@@ -14,6 +14,7 @@ minus RSS before opening. Build time is wall time on this machine.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib.util
 import json
 import os
@@ -255,6 +256,10 @@ def open_system(system: str, path: Path, dim: int):
 
 
 def rss_bytes() -> int:
+    """Resident set size, after handing freed heap memory back to the system: glibc keeps freed
+    blocks (its mmap threshold grows with each large free), which would count per-query buffers
+    long released as if the index held them."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024

@@ -8,7 +8,7 @@ abstracts retrieved by MiniLM (dense, exact) as chunks. On 2 CPU cores a full pr
 tokens takes seconds, so the timed and quality parts run on the first questions of the stream
 (sizes are options); the reuse statistics cover the whole stream.
 
-    .venv/bin/python bench/rag.py --out bench/results/rag.json [--cache /tmp/binary-cache]
+    .venv/bin/python bench/rag.py --out bench/results/rag.json [--cache /tmp/binary-cache] [--parts quality,ceiling]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ CHUNKS = 5
 RATIOS = (0.1, 0.15, 0.2, 0.3)
 QUANTIZED_RATIOS = (0.15, 0.2)
 DEVIATION_RATIOS = (0.15, 0.2)  # CacheBlend's selection, for comparison with the default (attention)
+CEILING_RATIOS = (0.2, 0.3, 0.5)
 NEAR_TIE_NATS = 0.1  # full's top two first tokens closer than this: a coin toss that any cache error can flip
 
 
@@ -180,6 +181,56 @@ def quality(model, tokenizer, questions, chunk_texts, count: int, tokens: int = 
     return out
 
 
+def ceiling(model, tokenizer, questions, chunk_texts, count: int) -> dict:
+    """What blend could reach if recomputing were exact: reuse's KV with the picked chunk slots
+    replaced by full prefill's own KV, then the question run on top (first-token agreement and KL
+    against full). Picks: blend's own (attention), and an oracle that takes the tokens whose KV
+    deviates most from full's summed over all layers. Separates what the pick and the share `r`
+    can give from what the recompute loses. Reaches into the assembler: a diagnostic, not a mode."""
+    import torch
+
+    generator = make_generator(model, tokenizer)
+    rows: dict[str, list] = {}
+    for i in range(count):
+        with torch.inference_mode():
+            _ceiling_rows(model, generator, questions[i], chunk_texts[i], rows)
+    out: dict = {"questions": count}
+    for key, values in rows.items():
+        out[key] = {"first_token_agreement": round(float(np.mean([a for a, _ in values])), 4),
+                    "first_token_kl": round(float(np.mean([kl for _, kl in values])), 5)}
+        log("ceiling", key, out[key])
+    return out
+
+
+def _ceiling_rows(model, generator, question: str, chunks: list[str], rows: dict[str, list]) -> None:
+    """One prompt's (first token agrees, KL) per pick and ratio, appended to `rows`."""
+    import torch
+
+    assembler = generator.assembler
+    prompt = generator.prompt(question, chunks)
+    logits, full_keys, full_values, _ = assembler.prefill(prompt, "full")
+    reference = torch.log_softmax(logits.float(), dim=-1)
+    _, keys, values, _ = assembler.prefill(prompt, "reuse")
+    chunk_slots = torch.arange(len(prompt.prefix), len(prompt.ids) - len(prompt.question))
+    deviation = sum((fk[0][:, chunk_slots] - k[0][:, chunk_slots]).float().pow(2).sum(dim=(0, 2))
+                    + (fv[0][:, chunk_slots] - v[0][:, chunk_slots]).float().pow(2).sum(dim=(0, 2))
+                    for fk, k, fv, v in zip(full_keys, keys, full_values, values))
+    asked = list(range(len(prompt.ids) - len(prompt.question), len(prompt.ids)))
+    for ratio in CEILING_RATIOS:
+        picked = round(ratio * len(chunk_slots))
+        picks = {"attention": torch.tensor(assembler._select(prompt, keys, values, ratio, "attention"), dtype=torch.long),
+                 "oracle_deviation": chunk_slots[torch.topk(deviation, picked).indices]}
+        for pick, slots in picks.items():
+            patched_keys, patched_values = [k.clone() for k in keys], [v.clone() for v in values]
+            for layer in range(len(keys)):
+                patched_keys[layer][:, :, slots] = full_keys[layer][:, :, slots]
+                patched_values[layer][:, :, slots] = full_values[layer][:, :, slots]
+            hidden = assembler._run(prompt.ids, asked, patched_keys, patched_values)
+            logprobs = torch.log_softmax(model.lm_head(model.model.norm(hidden[:, -1:]))[0, -1].float(), dim=-1)
+            rows.setdefault(f"exact_kv_{pick}_r{ratio}", []).append(
+                (int(logprobs.argmax()) == int(reference.argmax()), float(torch.sum(reference.exp() * (reference - logprobs)))))
+
+
 def bytes_per_token(model, tokenizer, chunk: str) -> dict:
     import torch
 
@@ -195,6 +246,9 @@ def bytes_per_token(model, tokenizer, chunk: str) -> dict:
             "4bit": round(QuantizedKV.of(kv, 4).nbytes / kv.tokens, 1)}
 
 
+PARTS = ("streams", "quality", "ceiling")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scifact", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact")
@@ -204,26 +258,34 @@ def main() -> None:
     parser.add_argument("--quality", type=int, default=20)
     parser.add_argument("--zipf", default="20,60", help="distinct questions, requests")
     parser.add_argument("--ratio", type=float, default=0.2, help="blend recompute ratio for the timed streams")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}; with --out, other parts are kept from that file")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts <= set(PARTS):
+        parser.error(f"--parts takes {PARTS}, got {args.parts!r}")
     import torch
 
     from retriever.rag.model import load_causal_lm
 
     model, tokenizer = load_causal_lm()
-    result: dict = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
-                    "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to float32)", "recompute_ratio_timed": args.ratio}
+    result: dict = json.loads(args.out.read_text()) if args.out and args.out.exists() and parts != set(PARTS) else {}
+    result.update({"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
+                   "model": "SmolLM2-135M-Instruct (GGUF Q4_1 dequantized to float32)", "recompute_ratio_timed": args.ratio})
     with tempfile.TemporaryDirectory() as tmp:
         questions, chunk_ids, texts = workload(args.scifact, args.cache, Path(tmp))
     chunk_texts = [[texts[c] for c in ids] for ids in chunk_ids]
     result["stream_reuse"] = reuse_statistics(chunk_ids)
     result["bytes_per_cached_token"] = bytes_per_token(model, tokenizer, chunk_texts[0][0])
-    distinct, requests = (int(x) for x in args.zipf.split(","))
-    result["distinct_stream"] = distinct_stream(model, tokenizer, questions, chunk_texts, args.warmup, args.measured, args.ratio)
-    result["zipf_stream"] = zipf_stream(model, tokenizer, questions, chunk_texts, distinct, requests, args.ratio)
-    result["quality_vs_full"] = quality(model, tokenizer, questions, chunk_texts, args.quality)
+    if "streams" in parts:
+        distinct, requests = (int(x) for x in args.zipf.split(","))
+        result["distinct_stream"] = distinct_stream(model, tokenizer, questions, chunk_texts, args.warmup, args.measured, args.ratio)
+        result["zipf_stream"] = zipf_stream(model, tokenizer, questions, chunk_texts, distinct, requests, args.ratio)
+    if "quality" in parts:
+        result["quality_vs_full"] = quality(model, tokenizer, questions, chunk_texts, args.quality)
+    if "ceiling" in parts:
+        result["exact_recompute_ceiling"] = ceiling(model, tokenizer, questions, chunk_texts, args.quality)
     emit(result, args.out)
-
 
 if __name__ == "__main__":
     main()

@@ -68,7 +68,7 @@ def test_naive_reuse_differs_and_blend_recomputes_the_chosen_share(selection):
 
 def test_question_attention_equals_the_models_own_attention_weights():
     """With the full prompt's KV in place, the attention mass blend selects by is what the
-    model's eager attention gives the question's rows, summed over layers and heads."""
+    model's eager attention gives the prompt's last row, summed over layers and heads."""
     model, prompt = tiny(0), random_prompt()
     assembler = Assembler(model, memory_store(), "tiny", "words")
     _, keys, values, _ = assembler.prefill(prompt, "full")
@@ -76,7 +76,7 @@ def test_question_attention_equals_the_models_own_attention_weights():
     with torch.inference_mode():
         got = assembler._question_attention(prompt, keys, values)
         attentions = model(torch.tensor([prompt.ids]), output_attentions=True).attentions  # per layer [1, H, T, T]
-    expected = sum(a[0, :, -len(prompt.question):].sum(dim=(0, 1)) for a in attentions)
+    expected = sum(a[0, :, -1].sum(dim=0) for a in attentions)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
 
 

@@ -143,6 +143,11 @@ def zipf_stream(model, tokenizer, questions, chunk_texts, distinct: int, request
     return out
 
 
+def kl_divergence(reference, logprobs) -> float:
+    """KL(reference || other) of two log-probability vectors."""
+    return float((reference.exp() * (reference - logprobs)).sum())
+
+
 def quality(model, tokenizer, questions, chunk_texts, count: int, tokens: int = 32) -> dict:
     """Against `full` on the same prompts: first-token agreement (also over the prompts whose
     first token is not a near tie in `full`); over the first 32 greedy tokens, the share of prompts
@@ -169,7 +174,7 @@ def quality(model, tokenizer, questions, chunk_texts, count: int, tokens: int = 
                 before = next((j for j, (a, b) in enumerate(zip(generated, ref_tokens)) if a != b), min(len(generated), len(ref_tokens)))
                 rows.append((generated[:1] == ref_tokens[:1], generated == ref_tokens, before / max(len(ref_tokens), 1),
                              float(np.mean([a == b for a, b in zip(forced, ref_tokens)])),
-                             float(torch.sum(ref_logprobs.exp() * (ref_logprobs - logprobs)))))
+                             kl_divergence(ref_logprobs, logprobs)))
             first, identical, before, forced_agreement, kl = (float(np.mean(column)) for column in zip(*rows))
             first_clear = float(np.mean([row[0] for row, keep in zip(rows, clear) if keep])) if any(clear) else None
             key = "reuse" if mode == "reuse" else f"blend_{selection}_r{ratio}"
@@ -206,15 +211,15 @@ def _ceiling_rows(model, generator, question: str, chunks: list[str], rows: dict
     """One prompt's (first token agrees, KL) per pick and ratio, appended to `rows`."""
     import torch
 
+    from retriever.rag.kv import deviation as kv_deviation
+
     assembler = generator.assembler
     prompt = generator.prompt(question, chunks)
     logits, full_keys, full_values, _ = assembler.prefill(prompt, "full")
     reference = torch.log_softmax(logits.float(), dim=-1)
     _, keys, values, _ = assembler.prefill(prompt, "reuse")
     chunk_slots = torch.arange(len(prompt.prefix), len(prompt.ids) - len(prompt.question))
-    deviation = sum((fk[0][:, chunk_slots] - k[0][:, chunk_slots]).float().pow(2).sum(dim=(0, 2))
-                    + (fv[0][:, chunk_slots] - v[0][:, chunk_slots]).float().pow(2).sum(dim=(0, 2))
-                    for fk, k, fv, v in zip(full_keys, keys, full_values, values))
+    deviation = sum(kv_deviation(*layer, chunk_slots) for layer in zip(full_keys, full_values, keys, values))
     asked = list(range(len(prompt.ids) - len(prompt.question), len(prompt.ids)))
     for ratio in CEILING_RATIOS:
         picked = round(ratio * len(chunk_slots))
@@ -228,7 +233,7 @@ def _ceiling_rows(model, generator, question: str, chunks: list[str], rows: dict
             hidden = assembler._run(prompt.ids, asked, patched_keys, patched_values)
             logprobs = torch.log_softmax(model.lm_head(model.model.norm(hidden[:, -1:]))[0, -1].float(), dim=-1)
             rows.setdefault(f"exact_kv_{pick}_r{ratio}", []).append(
-                (int(logprobs.argmax()) == int(reference.argmax()), float(torch.sum(reference.exp() * (reference - logprobs)))))
+                (int(logprobs.argmax()) == int(reference.argmax()), kl_divergence(reference, logprobs)))
 
 
 def bytes_per_token(model, tokenizer, chunk: str) -> dict:

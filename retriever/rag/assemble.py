@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from .keys import chunk_key
-from .kv import ChunkKV, rerotate, rotate
+from .kv import ChunkKV, deviation, rerotate, rotate
 from .store import ChunkCacheStore
 
 DEVIATION_LAYER = 1  # the first layer whose KV depends on context (layer 0's depends on token and position only)
@@ -192,8 +192,7 @@ class Assembler:
         fresh_values = [v.clone() for v in values[: DEVIATION_LAYER + 1]]
         self._run(prompt.ids, chunk_positions, fresh_keys, fresh_values, layers=DEVIATION_LAYER + 1)
         layer = DEVIATION_LAYER
-        return ((fresh_keys[layer][0][:, slots] - keys[layer][0][:, slots]).float().pow(2).sum(dim=(0, 2))
-                + (fresh_values[layer][0][:, slots] - values[layer][0][:, slots]).float().pow(2).sum(dim=(0, 2)))
+        return deviation(fresh_keys[layer], fresh_values[layer], keys[layer], values[layer], slots)
 
     def _place_cached_prefix(self, prompt: Prompt, keys, values, stats: PrefillStats) -> list[int]:
         """Exact-prefix caching (as vLLM): segment j (the prefix, then each chunk) is cached under

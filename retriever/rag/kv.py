@@ -44,6 +44,13 @@ def rerotate(keys: torch.Tensor, delta: int, rotary_emb) -> torch.Tensor:
     return rotate(keys.to(torch.float32), cos, sin).to(keys.dtype)
 
 
+def deviation(keys: torch.Tensor, values: torch.Tensor, other_keys: torch.Tensor, other_values: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """Squared distance between two versions of one layer's KV [1, H, T, D] at token `slots`,
+    summed over heads and channels [len(slots)]: how far a cached token's KV is from another's."""
+    return ((keys[0][:, slots] - other_keys[0][:, slots]).float().pow(2).sum(dim=(0, 2))
+            + (values[0][:, slots] - other_values[0][:, slots]).float().pow(2).sum(dim=(0, 2)))
+
+
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """The rotary embedding (half-split layout, as Llama / Qwen2 / Mistral apply it) of `x`."""
     half = x.shape[-1] // 2

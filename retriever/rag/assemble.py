@@ -153,7 +153,7 @@ class Assembler:
         if selection == "attention":
             weight = self._question_attention(prompt, keys, values)[slots]
         else:
-            weight = self._deviation(prompt, keys, values, chunk_positions, slots)
+            weight = self._deviation(prompt, keys, values, slots)
         chosen = torch.topk(weight, count).indices.sort().values
         return [chunk_positions[i] for i in chosen.tolist()]
 
@@ -185,12 +185,12 @@ class Assembler:
             total += scores.softmax(dim=-1).sum(dim=(0, 1, 2))
         return total
 
-    def _deviation(self, prompt: Prompt, keys, values, chunk_positions: list[int], slots: torch.Tensor) -> torch.Tensor:
+    def _deviation(self, prompt: Prompt, keys, values, slots: torch.Tensor) -> torch.Tensor:
         """How far each chunk token's layer-1 KV moves when computed with the whole prompt before
         it (CacheBlend's selection): a two-layer pass over all chunk tokens [chunk tokens]."""
         fresh_keys = [k.clone() for k in keys[: DEVIATION_LAYER + 1]]
         fresh_values = [v.clone() for v in values[: DEVIATION_LAYER + 1]]
-        self._run(prompt.ids, chunk_positions, fresh_keys, fresh_values, layers=DEVIATION_LAYER + 1)
+        self._run(prompt.ids, slots.tolist(), fresh_keys, fresh_values, layers=DEVIATION_LAYER + 1)
         layer = DEVIATION_LAYER
         return deviation(fresh_keys[layer], fresh_values[layer], keys[layer], values[layer], slots)
 

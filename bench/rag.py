@@ -223,14 +223,14 @@ def _ceiling_rows(model, generator, question: str, chunks: list[str], rows: dict
     asked = list(range(len(prompt.ids) - len(prompt.question), len(prompt.ids)))
     for ratio in CEILING_RATIOS:
         picked = round(ratio * len(chunk_slots))
-        picks = {"attention": torch.tensor(assembler._select(prompt, keys, values, ratio, "attention"), dtype=torch.long),
+        picks = {"attention": torch.tensor(assembler.select(prompt, keys, values, ratio, "attention"), dtype=torch.long),
                  "oracle_deviation": chunk_slots[torch.topk(deviation, picked).indices]}
         for pick, slots in picks.items():
             patched_keys, patched_values = [k.clone() for k in keys], [v.clone() for v in values]
             for layer in range(len(keys)):
                 patched_keys[layer][:, :, slots] = full_keys[layer][:, :, slots]
                 patched_values[layer][:, :, slots] = full_values[layer][:, :, slots]
-            hidden = assembler._run(prompt.ids, asked, patched_keys, patched_values)
+            hidden = assembler.run(prompt.ids, asked, patched_keys, patched_values)
             logprobs = torch.log_softmax(model.lm_head(model.model.norm(hidden[:, -1:]))[0, -1].float(), dim=-1)
             rows.setdefault(f"exact_kv_{pick}_r{ratio}", []).append(
                 (int(logprobs.argmax()) == int(reference.argmax()), kl_divergence(reference, logprobs)))

@@ -95,19 +95,19 @@ class Assembler:
         stats = PrefillStats(mode, prompt_tokens=len(prompt.ids), chunk_tokens=sum(map(len, prompt.chunks)))
         keys, values = self._empty(len(prompt.ids))
         if mode == "full":
-            run = list(range(len(prompt.ids)))
+            to_compute = list(range(len(prompt.ids)))
         elif mode == "prefix":
-            run = self._place_cached_prefix(prompt, keys, values, stats)
+            to_compute = self._place_cached_prefix(prompt, keys, values, stats)
         else:
             self._place_chunks(prompt, keys, values, stats)
-            recompute = self._select(prompt, keys, values, recompute_ratio, selection) if mode == "blend" else []
+            recompute = self.select(prompt, keys, values, recompute_ratio, selection) if mode == "blend" else []
             stats.tokens_recomputed = len(recompute)
-            run = [*recompute, *range(len(prompt.ids) - len(prompt.question), len(prompt.ids))]
+            to_compute = [*recompute, *range(len(prompt.ids) - len(prompt.question), len(prompt.ids))]
         computing = time.perf_counter()
-        hidden = self._run(prompt.ids, run, keys, values)
-        stats.tokens_computed = len(run)
+        hidden = self.run(prompt.ids, to_compute, keys, values)
+        stats.tokens_computed = len(to_compute)
         if mode == "prefix":
-            self._store_prefix_segments(prompt, keys, values, run, (time.perf_counter() - computing) / max(len(run), 1))
+            self._store_prefix_segments(prompt, keys, values, to_compute, (time.perf_counter() - computing) / max(len(to_compute), 1))
         logits = self.model.lm_head(self.model.model.norm(hidden[:, -1:]))[0, -1]
         return logits, keys, values, stats
 
@@ -138,10 +138,10 @@ class Assembler:
         keys, values = self._empty(start + len(ids))
         if before is not None:
             self._write(keys, values, before, 0)
-        self._run(ids if before is None else [0] * start + list(ids), list(range(start, start + len(ids))), keys, values)
+        self.run(ids if before is None else [0] * start + list(ids), list(range(start, start + len(ids))), keys, values)
         return ChunkKV(torch.cat([k[:, :, start:] for k in keys]), torch.cat([v[:, :, start:] for v in values]), start)
 
-    def _select(self, prompt: Prompt, keys, values, ratio: float, selection: str) -> list[int]:
+    def select(self, prompt: Prompt, keys, values, ratio: float, selection: str) -> list[int]:
         """The `ratio` share of chunk token positions to recompute with the whole prompt as context."""
         chunk_positions = list(range(len(prompt.prefix), len(prompt.ids) - len(prompt.question)))
         count = round(ratio * len(chunk_positions))
@@ -167,9 +167,9 @@ class Assembler:
         inner = self.model.model
         asked = list(range(len(prompt.ids) - len(prompt.question), len(prompt.ids)))
         inputs: dict[int, torch.Tensor] = {}
-        hooks = [layer.self_attn.register_forward_pre_hook(_keep_input(inputs, i), with_kwargs=True) for i, layer in enumerate(inner.layers)]
+        hooks = [layer.self_attn.register_forward_pre_hook(_keep_last_input(inputs, i), with_kwargs=True) for i, layer in enumerate(inner.layers)]
         try:
-            self._run(prompt.ids, asked, keys, values)
+            self.run(prompt.ids, asked, keys, values)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -178,7 +178,7 @@ class Assembler:
         total = torch.zeros(len(prompt.ids), device=self.device)
         for i, layer in enumerate(inner.layers):
             attention = layer.self_attn
-            queries = attention.q_proj(inputs[i][:, -1:]).view(1, 1, -1, self.head_dim).transpose(1, 2)  # [1, H, 1, D]
+            queries = attention.q_proj(inputs[i]).view(1, 1, -1, self.head_dim).transpose(1, 2)  # [1, H, 1, D]
             queries = rotate(queries, cos[:, None], sin[:, None])
             grouped = queries.reshape(1, self.kv_heads, -1, self.head_dim)  # query heads share their KV head's keys
             scores = (grouped @ keys[i].transpose(-1, -2)).float() * getattr(attention, "scaling", self.head_dim**-0.5)
@@ -190,7 +190,7 @@ class Assembler:
         it (CacheBlend's selection): a two-layer pass over all chunk tokens [chunk tokens]."""
         fresh_keys = [k.clone() for k in keys[: DEVIATION_LAYER + 1]]
         fresh_values = [v.clone() for v in values[: DEVIATION_LAYER + 1]]
-        self._run(prompt.ids, slots.tolist(), fresh_keys, fresh_values, layers=DEVIATION_LAYER + 1)
+        self.run(prompt.ids, slots.tolist(), fresh_keys, fresh_values, layers=DEVIATION_LAYER + 1)
         layer = DEVIATION_LAYER
         return deviation(fresh_keys[layer], fresh_values[layer], keys[layer], values[layer], slots)
 
@@ -224,7 +224,7 @@ class Assembler:
 
     # ---- the model -------------------------------------------------------------------------------
 
-    def _run(self, ids: list[int], positions: list[int], keys, values, layers: int | None = None) -> torch.Tensor:
+    def run(self, ids: list[int], positions: list[int], keys, values, layers: int | None = None) -> torch.Tensor:
         """Run the tokens at `positions` through the first `layers` decoder layers, attending
         causally to every slot (cached or just computed) -> hidden states [1, S, hidden]."""
         inner = self.model.model
@@ -254,10 +254,10 @@ class Assembler:
             values[layer][0, :, at : at + kv.tokens] = kv.values[layer]
 
 
-def _keep_input(inputs: dict, index: int):
-    """A pre-hook that keeps what an attention module is given (normed hidden states)."""
+def _keep_last_input(inputs: dict, index: int):
+    """A pre-hook that keeps the last row of what an attention module is given (normed hidden states)."""
     def hook(module, args, kwargs):
-        inputs[index] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        inputs[index] = (kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])[:, -1:]
     return hook
 
 

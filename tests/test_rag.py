@@ -66,6 +66,23 @@ def test_naive_reuse_differs_and_blend_recomputes_the_chosen_share(selection):
     assert (blend - expected).abs().max() < (reuse - expected).abs().max()
 
 
+def test_blend_recomputes_only_stale_slots_since_the_first_chunk_is_cached_exactly():
+    model, prompt = tiny(0), random_prompt()
+    assembler = Assembler(model, memory_store(), "tiny", "words")
+    _, full_keys, full_values, _ = assembler.prefill(prompt, "full")
+    _, keys, values, _ = assembler.prefill(prompt, "reuse")
+    first = slice(len(prompt.prefix), len(prompt.prefix) + len(prompt.chunks[0]))
+    second = slice(first.stop, first.stop + len(prompt.chunks[1]))
+    torch.testing.assert_close(keys[-1][:, :, first], full_keys[-1][:, :, first], atol=2e-3, rtol=2e-3)  # float16 cache
+    torch.testing.assert_close(values[-1][:, :, first], full_values[-1][:, :, first], atol=2e-3, rtol=2e-3)
+    assert (keys[-1][:, :, second] - full_keys[-1][:, :, second]).abs().max() > 1e-2
+    stale = list(range(first.stop, len(prompt.ids) - len(prompt.question)))
+    for selection in ("attention", "deviation"):
+        picked = assembler.select(prompt, keys, values, 0.5, selection)
+        assert len(picked) == round(0.5 * 22) and set(picked) <= set(stale)
+        assert assembler.select(prompt, keys, values, 1.0, selection) == stale
+
+
 def test_question_attention_equals_the_models_own_attention_weights():
     """With the full prompt's KV in place, the attention mass blend selects by is what the
     model's eager attention gives the prompt's last row, summed over layers and heads."""

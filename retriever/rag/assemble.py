@@ -141,21 +141,25 @@ class Assembler:
         self.run(ids if before is None else [0] * start + list(ids), list(range(start, start + len(ids))), keys, values)
         return ChunkKV(torch.cat([k[:, :, start:] for k in keys]), torch.cat([v[:, :, start:] for v in values]), start)
 
+    @torch.inference_mode()
     def select(self, prompt: Prompt, keys, values, ratio: float, selection: str) -> list[int]:
-        """The `ratio` share of chunk token positions to recompute with the whole prompt as context."""
-        chunk_positions = list(range(len(prompt.prefix), len(prompt.ids) - len(prompt.question)))
-        count = round(ratio * len(chunk_positions))
+        """The `ratio` share of chunk tokens (counted over every chunk) to recompute with the whole
+        prompt as context. Only stale slots are candidates: the first chunk sits right after the
+        shared prefix, where its KV was computed, so its cache is already exact."""
+        chunk_positions = range(len(prompt.prefix), len(prompt.ids) - len(prompt.question))
+        stale = list(chunk_positions[len(prompt.chunks[0]) :]) if prompt.chunks else []
+        count = min(round(ratio * len(chunk_positions)), len(stale))
         if count <= 0:
             return []
-        if count >= len(chunk_positions):
-            return chunk_positions
-        slots = torch.tensor(chunk_positions, device=self.device)
+        if count == len(stale):
+            return stale
+        slots = torch.tensor(stale, device=self.device)
         if selection == "attention":
             weight = self._question_attention(prompt, keys, values)[slots]
         else:
             weight = self._deviation(prompt, keys, values, slots)
         chosen = torch.topk(weight, count).indices.sort().values
-        return [chunk_positions[i] for i in chosen.tolist()]
+        return [stale[i] for i in chosen.tolist()]
 
     def _question_attention(self, prompt: Prompt, keys, values) -> torch.Tensor:
         """Attention each prompt slot gets from the prompt's last token over the cached KV, summed
@@ -224,6 +228,7 @@ class Assembler:
 
     # ---- the model -------------------------------------------------------------------------------
 
+    @torch.inference_mode()
     def run(self, ids: list[int], positions: list[int], keys, values, layers: int | None = None) -> torch.Tensor:
         """Run the tokens at `positions` through the first `layers` decoder layers, attending
         causally to every slot (cached or just computed) -> hidden states [1, S, hidden]."""

@@ -83,6 +83,25 @@ def test_blend_recomputes_only_stale_slots_since_the_first_chunk_is_cached_exact
         assert assembler.select(prompt, keys, values, 1.0, selection) == stale
 
 
+def test_chunks_after_the_first_are_cached_behind_the_anchor_and_full_recompute_still_equals_full_prefill():
+    model, plain = tiny(0), random_prompt()
+    prompt = Prompt(plain.prefix, plain.chunks, plain.question, anchor=random_prompt(seed=2).chunks[1])
+    store = memory_store()
+    assembler = Assembler(model, store, "tiny", "words")
+    _, _, _, stats = assembler.prefill(prompt, "reuse")
+    assert stats.cache_misses == 1 + 1 + 3  # prefix, anchor, chunks
+    behind = [*prompt.prefix, *prompt.anchor]
+    cached = store.get(chunk_key("tiny", "words", prompt.chunks[1], behind))
+    one_pass = model(torch.tensor([behind + prompt.chunks[1]]), use_cache=True).past_key_values.layers[-1]
+    torch.testing.assert_close(cached.keys[-1].float(), one_pass.keys[0, :, len(behind):], atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(cached.values[-1].float(), one_pass.values[0, :, len(behind):], atol=2e-3, rtol=2e-3)
+    assert store.get(chunk_key("tiny", "words", prompt.chunks[0], prompt.prefix)) is not None  # the first slot's stays exact
+    assert store.get(chunk_key("tiny", "words", prompt.chunks[0], behind)) is None
+    expected = model(torch.tensor([prompt.ids])).logits[0, -1]
+    logits, *_ = assembler.prefill(prompt, "blend", 1.0)
+    torch.testing.assert_close(logits, expected, atol=1e-3, rtol=1e-3)
+
+
 def test_question_attention_equals_the_models_own_attention_weights():
     """With the full prompt's KV in place, the attention mass blend selects by is what the
     model's eager attention gives the prompt's last row, summed over layers and heads."""

@@ -5,7 +5,11 @@ is the other choice), and prefill the question on top. Works for Hugging Face ca
 embeddings whose decoder layers follow the Llama layout (Llama, Qwen2, Mistral).
 
 Prompt layout: [shared prefix][chunk 1]...[chunk k][question], positions 0..T-1 in that order.
-A chunk's KV is computed once, right after the shared prefix (APE: chunks encoded in parallel).
+A chunk's KV is computed once (APE: chunks encoded in parallel): for the first slot right after the
+shared prefix, where it sits in the prompt, so that cache is exact; for later slots after the prefix
+and fixed stand-in documents (the anchor), so the cache has already seen documents before the chunk,
+as it will in the prompt. Cached right after the prefix, a chunk's KV is that of a first document,
+and that, more than which documents precede it, is what makes it stale (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class Prompt:
     prefix: list[int]
     chunks: list[list[int]]
     question: list[int]
+    anchor: list[int] | tuple = ()  # stand-in document the chunks after the first are cached behind
 
     @property
     def ids(self) -> list[int]:
@@ -112,12 +117,18 @@ class Assembler:
         return logits, keys, values, stats
 
     def _place_chunks(self, prompt: Prompt, keys, values, stats: PrefillStats) -> None:
-        """Prefix and chunks from cache (computed on a miss), each chunk's keys re-rotated to its place."""
+        """Prefix and chunks from cache (computed on a miss), each chunk's keys re-rotated to its
+        place: the first chunk as cached after the prefix, the others as cached after prefix + anchor."""
         p = len(prompt.prefix)
         prefix_kv = self._cached(prompt.prefix, (), 0, stats)
         self._write(keys, values, prefix_kv, 0)
-        for chunk, at in zip(prompt.chunks, prompt.chunk_starts):
-            kv = self._cached(chunk, prompt.prefix, p, stats, prefix_kv)
+        after, before = prompt.prefix, prefix_kv
+        for n, (chunk, at) in enumerate(zip(prompt.chunks, prompt.chunk_starts)):
+            if n == 1 and prompt.anchor:
+                anchor_kv = self._cached(prompt.anchor, prompt.prefix, p, stats, prefix_kv)
+                after = [*prompt.prefix, *prompt.anchor]
+                before = ChunkKV(torch.cat([prefix_kv.keys, anchor_kv.keys], dim=2), torch.cat([prefix_kv.values, anchor_kv.values], dim=2), 0)
+            kv = self._cached(chunk, after, len(after), stats, before)
             moved = ChunkKV(rerotate(kv.keys, at - kv.start, self.model.model.rotary_emb), kv.values, at)
             self._write(keys, values, moved, at)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
@@ -18,6 +19,7 @@ from .store import ChunkCacheStore, Tier
 
 SYSTEM_PROMPT = "You are a helpful assistant. Answer the question using the documents."
 DEFAULT_RECOMPUTE_RATIO = 0.2
+ANCHOR_FILE = Path(__file__).with_name("anchor.txt")
 CHUNK_MAX_TOKENS = 512
 MAX_NEW_TOKENS = 4096
 _SPLIT = "\x00"
@@ -39,6 +41,9 @@ class RagGenerator:
     system_prompt: str = SYSTEM_PROMPT
     chunk_max_tokens: int = CHUNK_MAX_TOKENS
     selection: str = "attention"  # how blend picks the tokens to recompute (assemble.SELECTIONS)
+    # Plain prose that chunks after the first are cached behind (assemble.py), so their KV has seen
+    # documents before it, as it will in the prompt; None caches every chunk right after the system prompt.
+    anchor_text: str | None = field(default_factory=lambda: ANCHOR_FILE.read_text(encoding="utf-8"))
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
@@ -48,8 +53,9 @@ class RagGenerator:
     def prompt(self, question: str, chunks: list[str]) -> Prompt:
         encode = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
         prefix = encode(self._head + "Documents:\n\n")
+        anchor = encode(f"{self.anchor_text.strip()}\n\n") if self.anchor_text else ()
         return Prompt(prefix, [encode(f"{c.strip()}\n\n")[: self.chunk_max_tokens] for c in chunks],
-                      encode(f"Question: {question.strip()}{self._tail}"))
+                      encode(f"Question: {question.strip()}{self._tail}"), anchor)
 
     def generate(self, question: str, chunks: list[str], mode: str = "blend", recompute_ratio: float | None = None,
                  max_new_tokens: int = 128) -> Iterator[Piece]:

@@ -80,11 +80,14 @@ def reuse_statistics(chunk_lists: list[list[str]]) -> dict:
             "mean_prefix_chunks_reusable": round(prefix_depths / n, 3)}
 
 
-def make_generator(model, tokenizer, bits: int = 16, capacity: int = 8 << 30, selection: str = "attention"):
+def make_generator(model, tokenizer, bits: int = 16, capacity: int = 8 << 30, selection: str = "attention", anchored: bool = True):
     from retriever.rag.generate import RagGenerator
     from retriever.rag.store import ChunkCacheStore, Tier
 
-    return RagGenerator(model, tokenizer, ChunkCacheStore([Tier("memory", capacity, bits=bits)]), selection=selection)
+    generator = RagGenerator(model, tokenizer, ChunkCacheStore([Tier("memory", capacity, bits=bits)]), selection=selection)
+    if not anchored:
+        generator.anchor_text = None
+    return generator
 
 
 def first_token_time(generator, question: str, chunks: list[str], mode: str, ratio: float | None) -> dict:
@@ -108,7 +111,7 @@ def distinct_stream(model, tokenizer, questions, chunk_texts, warmup: int, measu
         generator = make_generator(model, tokenizer, selection=selection or "attention")
         began = time.perf_counter()
         if mode in ("reuse", "blend"):
-            for i in measured_q:  # chunk KV alone (after the shared prefix): what the store keeps
+            for i in measured_q:  # chunk KV alone (after the shared prefix, or prefix + anchor): what the store keeps
                 generator.assembler.prefill(generator.prompt(questions[i], chunk_texts[i]), "reuse")
         elif mode == "prefix":
             for i in range(warmup):
@@ -153,7 +156,8 @@ def quality(model, tokenizer, questions, chunk_texts, count: int, tokens: int = 
     first token is not a near tie in `full`); over the first 32 greedy tokens, the share of prompts
     whose tokens are identical, the mean share generated before the first difference, and
     teacher-forced agreement (full's tokens fed in, the share of positions where the mode's greedy
-    choice is the same); first-token KL(full || mode). Per KV precision and blend selection."""
+    choice is the same); first-token KL(full || mode). Per KV precision and blend selection, and
+    at 16 bits without the anchor (every chunk cached right after the system prompt)."""
     import torch
 
     reference = make_generator(model, tokenizer)
@@ -161,10 +165,11 @@ def quality(model, tokenizer, questions, chunk_texts, count: int, tokens: int = 
     margins = [float(-torch.diff(torch.topk(logprobs, 2).values)) for logprobs, *_ in full]
     clear = [m >= NEAR_TIE_NATS for m in margins]
     out: dict = {"questions": count, "tokens": tokens, "near_tie_nats": NEAR_TIE_NATS, "near_tie_share": round(1 - float(np.mean(clear)), 4)}
-    runs = [(16, "attention", [0.0, *RATIOS]), (16, "deviation", DEVIATION_RATIOS),
-            *((bits, "attention", [0.0, *QUANTIZED_RATIOS]) for bits in (8, 4))]
-    for bits, selection, ratios in runs:
-        generator = make_generator(model, tokenizer, bits=bits, selection=selection)
+    runs = [(16, "attention", [0.0, *RATIOS], True), (16, "deviation", DEVIATION_RATIOS, True),
+            *((bits, "attention", [0.0, *QUANTIZED_RATIOS], True) for bits in (8, 4)), (16, "attention", [0.0, 0.2], False)]
+    for bits, selection, ratios, anchored in runs:
+        generator = make_generator(model, tokenizer, bits=bits, selection=selection, anchored=anchored)
+        group = f"kv_{bits}bit" + ("" if anchored else "_no_anchor")
         for ratio in ratios:
             mode = "blend" if ratio else "reuse"
             rows = []
@@ -178,11 +183,11 @@ def quality(model, tokenizer, questions, chunk_texts, count: int, tokens: int = 
             first, identical, before, forced_agreement, kl = (float(np.mean(column)) for column in zip(*rows))
             first_clear = float(np.mean([row[0] for row, keep in zip(rows, clear) if keep])) if any(clear) else None
             key = "reuse" if mode == "reuse" else f"blend_{selection}_r{ratio}"
-            out.setdefault(f"kv_{bits}bit", {})[key] = {
+            out.setdefault(group, {})[key] = {
                 "first_token_agreement": round(first, 4), "first_token_agreement_no_near_ties": round(first_clear, 4) if first_clear is not None else None,
                 "tokens32_identical": round(identical, 4), "tokens32_share_before_first_difference": round(before, 4),
                 "tokens32_teacher_forced_agreement": round(forced_agreement, 4), "first_token_kl": round(kl, 5)}
-            log("quality", bits, key, out[f"kv_{bits}bit"][key])
+            log("quality", group, key, out[group][key])
     return out
 
 

@@ -15,6 +15,7 @@ and that, more than which documents precede it, is what makes it stale (docs/ben
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -122,26 +123,32 @@ class Assembler:
         p = len(prompt.prefix)
         prefix_kv = self._cached(prompt.prefix, (), 0, stats)
         self._write(keys, values, prefix_kv, 0)
-        after, before = prompt.prefix, prefix_kv
+        behind_anchor = [*prompt.prefix, *prompt.anchor]
+
+        def prefix_and_anchor() -> ChunkKV:  # only a miss needs it: the anchor's KV is large
+            anchor_kv = self._cached(prompt.anchor, prompt.prefix, p, stats, lambda: prefix_kv)
+            return ChunkKV(torch.cat([prefix_kv.keys, anchor_kv.keys], dim=2), torch.cat([prefix_kv.values, anchor_kv.values], dim=2), 0)
+
         for n, (chunk, at) in enumerate(zip(prompt.chunks, prompt.chunk_starts)):
-            if n == 1 and prompt.anchor:
-                anchor_kv = self._cached(prompt.anchor, prompt.prefix, p, stats, prefix_kv)
-                after = [*prompt.prefix, *prompt.anchor]
-                before = ChunkKV(torch.cat([prefix_kv.keys, anchor_kv.keys], dim=2), torch.cat([prefix_kv.values, anchor_kv.values], dim=2), 0)
-            kv = self._cached(chunk, after, len(after), stats, before)
+            if n == 0 or not prompt.anchor:
+                kv = self._cached(chunk, prompt.prefix, p, stats, lambda: prefix_kv)
+            else:
+                kv = self._cached(chunk, behind_anchor, len(behind_anchor), stats, prefix_and_anchor)
             moved = ChunkKV(rerotate(kv.keys, at - kv.start, self.model.model.rotary_emb), kv.values, at)
             self._write(keys, values, moved, at)
 
-    def _cached(self, ids: list[int], after: list[int] | tuple, start: int, stats: PrefillStats, before: ChunkKV | None = None) -> ChunkKV:
-        """The KV of `ids` computed right after `after` (whose KV is `before`), from the store or computed and stored."""
+    def _cached(self, ids: list[int], after: list[int] | tuple, start: int, stats: PrefillStats,
+                before: Callable[[], ChunkKV] | None = None) -> ChunkKV:
+        """The KV of `ids` computed right after `after` (whose KV `before` gives), from the store or computed and stored."""
         key = chunk_key(self.model_id, self.tokenizer_id, ids, after)
         kv = self.store.get(key, dtype=self.dtype)
         if kv is not None:
             stats.cache_hits += 1
             return kv.to(device=self.device)
         stats.cache_misses += 1
+        context = before() if before else None
         began = time.perf_counter()
-        kv = self._compute_alone(ids, start, before)
+        kv = self._compute_alone(ids, start, context)
         self.store.put(key, kv, cost=time.perf_counter() - began)
         return kv
 

@@ -89,7 +89,7 @@ def test_chunks_after_the_first_are_cached_behind_the_anchor_and_full_recompute_
     store = memory_store()
     assembler = Assembler(model, store, "tiny", "words")
     _, _, _, stats = assembler.prefill(prompt, "reuse")
-    assert stats.cache_misses == 1 + 1 + 3  # prefix, anchor, chunks
+    assert stats.cache_misses == 1 + 1 + 3 and stats.cache_hits == 0  # prefix, anchor (read once), chunks
     behind = [*prompt.prefix, *prompt.anchor]
     cached = store.get(chunk_key("tiny", "words", prompt.chunks[1], behind))
     one_pass = model(torch.tensor([behind + prompt.chunks[1]]), use_cache=True).past_key_values.layers[-1]

@@ -14,6 +14,7 @@ and that, more than which documents precede it, is what makes it stale (docs/ben
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -125,7 +126,8 @@ class Assembler:
         self._write(keys, values, prefix_kv, 0)
         behind_anchor = [*prompt.prefix, *prompt.anchor]
 
-        def prefix_and_anchor() -> ChunkKV:  # only a miss needs it: the anchor's KV is large
+        @functools.cache  # only a miss needs it (the anchor's KV is large), and then once per request
+        def prefix_and_anchor() -> ChunkKV:
             anchor_kv = self._cached(prompt.anchor, prompt.prefix, p, stats, lambda: prefix_kv)
             return ChunkKV(torch.cat([prefix_kv.keys, anchor_kv.keys], dim=2), torch.cat([prefix_kv.values, anchor_kv.values], dim=2), 0)
 

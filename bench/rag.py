@@ -84,10 +84,8 @@ def make_generator(model, tokenizer, bits: int = 16, capacity: int = 8 << 30, se
     from retriever.rag.generate import RagGenerator
     from retriever.rag.store import ChunkCacheStore, Tier
 
-    generator = RagGenerator(model, tokenizer, ChunkCacheStore([Tier("memory", capacity, bits=bits)]), selection=selection)
-    if not anchored:
-        generator.anchor_text = None
-    return generator
+    unanchored = {} if anchored else {"anchor_text": None}
+    return RagGenerator(model, tokenizer, ChunkCacheStore([Tier("memory", capacity, bits=bits)]), selection=selection, **unanchored)
 
 
 def first_token_time(generator, question: str, chunks: list[str], mode: str, ratio: float | None) -> dict:

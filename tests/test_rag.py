@@ -102,6 +102,15 @@ def test_chunks_after_the_first_are_cached_behind_the_anchor_and_full_recompute_
     torch.testing.assert_close(logits, expected, atol=1e-3, rtol=1e-3)
 
 
+def test_the_generator_puts_its_anchor_text_in_every_prompt_and_none_turns_it_off():
+    model, tokenizer = tiny(0), word_tokenizer()
+    anchored = RagGenerator(model, tokenizer, memory_store(), anchor_text="w30 w31 w32")
+    plain = RagGenerator(model, tokenizer, memory_store(), anchor_text=None)
+    first, second = anchored.prompt("w20", ["w1 w2"]), anchored.prompt("w21", ["w3"])
+    assert first.anchor == second.anchor == tokenizer("w30 w31 w32", add_special_tokens=False)["input_ids"]
+    assert plain.prompt("w20", ["w1 w2"]).anchor == () and plain.prompt("w20", ["w1 w2"]).ids == first.ids
+
+
 def test_question_attention_equals_the_models_own_attention_weights():
     """With the full prompt's KV in place, the attention mass blend selects by is what the
     model's eager attention gives the prompt's last row, summed over layers and heads."""

@@ -6,7 +6,8 @@ for reuse and blend at several recompute ratios and KV precisions, and bytes per
 Workload: the SciFact claims as questions in a seeded shuffled order, each with its top 5
 abstracts retrieved by MiniLM (dense, exact) as chunks. On 2 CPU cores a full prefill of ~1,300
 tokens takes seconds, so the timed and quality parts run on the first questions of the stream
-(sizes are options); the reuse statistics cover the whole stream.
+(sizes are options); the reuse statistics cover the whole stream. On a CUDA machine the model
+runs on the GPU and the chunk cache is kept in GPU memory (the store's device tier).
 
     .venv/bin/python bench/rag.py --out bench/results/rag.json [--cache /tmp/binary-cache] [--parts quality,ceiling]
 """
@@ -85,7 +86,8 @@ def make_generator(model, tokenizer, bits: int = 16, capacity: int = 8 << 30, se
     from retriever.rag.store import ChunkCacheStore, Tier
 
     unanchored = {} if anchored else {"anchor_text": None}
-    return RagGenerator(model, tokenizer, ChunkCacheStore([Tier("memory", capacity, bits=bits)]), selection=selection, **unanchored)
+    tier = Tier("device", capacity, device="cuda", bits=bits) if next(model.parameters()).is_cuda else Tier("memory", capacity, bits=bits)
+    return RagGenerator(model, tokenizer, ChunkCacheStore([tier]), selection=selection, **unanchored)
 
 
 def first_token_time(generator, question: str, chunks: list[str], mode: str, ratio: float | None) -> dict:

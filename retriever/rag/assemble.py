@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,10 +32,10 @@ SELECTIONS = ("attention", "deviation")
 
 @dataclass(frozen=True)
 class Prompt:
-    prefix: list[int]
+    prefix: Sequence[int]
     chunks: list[list[int]]
     question: list[int]
-    anchor: list[int] | tuple = ()  # stand-in document the chunks after the first are cached behind
+    anchor: Sequence[int] = ()  # stand-in document the chunks after the first are cached behind
 
     @property
     def ids(self) -> list[int]:
@@ -139,7 +139,7 @@ class Assembler:
             moved = ChunkKV(rerotate(kv.keys, at - kv.start, self.model.model.rotary_emb), kv.values, at)
             self._write(keys, values, moved, at)
 
-    def _cached(self, ids: list[int], after: list[int] | tuple, start: int, stats: PrefillStats,
+    def _cached(self, ids: Sequence[int], after: Sequence[int], start: int, stats: PrefillStats,
                 before: Callable[[], ChunkKV] | None = None) -> ChunkKV:
         """The KV of `ids` computed right after `after` (whose KV `before` gives), from the store or computed and stored."""
         key = chunk_key(self.model_id, self.tokenizer_id, ids, after)

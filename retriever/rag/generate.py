@@ -49,9 +49,10 @@ class RagGenerator:
         self.lock = threading.Lock()
         self.assembler = Assembler(self.model, self.store, model_identity(self.model), tokenizer_identity(self.tokenizer))
         self._head, self._tail = self._template()
-        # The same for every request, and the anchor is ~750 tokens: tokenized once.
-        self._prefix = self._encode(self._head + "Documents:\n\n")
-        self._anchor = self._encode(f"{self.anchor_text.strip()}\n\n") if self.anchor_text else ()
+        # The same for every request, and the anchor is ~750 tokens: tokenized once, and immutable
+        # because every request's Prompt shares them.
+        self._prefix = tuple(self._encode(self._head + "Documents:\n\n"))
+        self._anchor = tuple(self._encode(f"{self.anchor_text.strip()}\n\n")) if self.anchor_text else ()
 
     def prompt(self, question: str, chunks: list[str]) -> Prompt:
         return Prompt(self._prefix, [self._encode(f"{c.strip()}\n\n")[: self.chunk_max_tokens] for c in chunks],

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,7 +29,7 @@ import numpy as np
 
 from retriever.errors import CorruptIndex, InvalidRequest
 
-from . import storage
+from . import disk, storage
 from .diskio import PositionalReader
 from .spann_build import (DEFAULT_MEMORY_CAP, WORK_DIR, RunSource, SpannParams, assign, build_runs, merge_runs,
                           record_dtype, records_by_list, router_for, run_sources, sample_rows)
@@ -73,7 +71,7 @@ class SpannIndex:
             raise InvalidRequest(f"SPANN needs a non-empty [rows, dim] array, got shape {vectors.shape}")
         if (path / MANIFEST).exists():
             raise InvalidRequest(f"{str(path)!r} already holds a SPANN index; open it, or build into another directory")
-        path.mkdir(parents=True, exist_ok=True)
+        disk.mkdir(path)
         work = path / WORK_DIR
         centroids, runs = build_runs(vectors, work, params, memory_cap, resume, progress)
         dtype = record_dtype(vectors.shape[1])
@@ -84,7 +82,7 @@ class SpannIndex:
             pq = (pq_centroids, _encode(path / "postings-000001.bin", offsets, dtype, pq_centroids))
         _commit(path, 1, {"dim": vectors.shape[1], "params": asdict(params), "rows": len(vectors), "live": len(vectors)},
                 centroids, offsets, postings, np.zeros((0, vectors.shape[1]), np.float32), np.zeros(0, np.int64), pq)
-        shutil.rmtree(work, ignore_errors=True)
+        disk.rmtree(work)
         return cls.open(path)
 
     @classmethod
@@ -227,7 +225,7 @@ class SpannIndex:
         delta = self.delta if appended is None else np.concatenate([self.delta, np.asarray(appended, dtype=np.float32)])
         gone = self.removed if removed is None else np.union1d(self.removed, np.asarray(removed, dtype=np.int64))
         target = self.path if into is None else Path(into)
-        target.mkdir(parents=True, exist_ok=True)
+        disk.mkdir(target)
         generation = self.manifest["generation"] + 1 if into is None else 1
         delta_ids = np.arange(self.rows, self.rows + len(delta))
         live = ~np.isin(delta_ids, gone)
@@ -328,13 +326,10 @@ def _commit(path: Path, generation: int, body: dict, centroids: np.ndarray, offs
 def _write_manifest(path: Path, manifest: dict) -> None:
     text = json.dumps({**manifest, "checksum": storage.sha256_bytes(_canonical(manifest))}, indent=1)
     tmp = path / f".{MANIFEST}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    storage.fsync_dir(path)
-    os.replace(tmp, path / MANIFEST)
-    storage.fsync_dir(path)
+    disk.write_file(tmp, text.encode("utf-8"))
+    disk.fsync_dir(path)
+    disk.replace(tmp, path / MANIFEST)
+    disk.fsync_dir(path)
 
 
 def _read_manifest(path: Path) -> dict:
@@ -360,4 +355,4 @@ def _remove_others(path: Path, keep: set[str]) -> None:
     """Files of earlier generations and revisions, once the manifest no longer names them."""
     for entry in path.iterdir():
         if entry.is_file() and entry.name not in keep and entry.name != MANIFEST:
-            entry.unlink(missing_ok=True)
+            disk.unlink(entry)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 
 from retriever.errors import InvalidConfig, InvalidRequest
 
-from . import storage
+from . import disk, storage
 from .diskio import PositionalReader
 
 DEFAULT_MEMORY_CAP = 1 << 30
@@ -182,7 +181,7 @@ def merge_runs(sources: list[RunSource], path: Path, memory_cap: int, removed: n
     size = 0
     tmp = path.with_name(f".{path.name}.tmp")
     bar = tqdm(total=int(total.sum()), desc="writing posting lists", unit="vec", disable=not progress)
-    with open(tmp, "wb") as out:
+    with disk.create(tmp) as out:
         first = 0
         while first < list_count:
             end = first + 1 + int(np.searchsorted(np.cumsum(total[first + 1 :]), group_records - total[first], side="right"))
@@ -204,10 +203,8 @@ def merge_runs(sources: list[RunSource], path: Path, memory_cap: int, removed: n
             new_counts[first:end] = np.bincount(label - first, minlength=end - first)
             bar.update(int(total[first:end].sum()))
             first = end
-        out.flush()
-        os.fsync(out.fileno())
     bar.close()
-    os.replace(tmp, path)
+    disk.replace(tmp, path)
     return np.concatenate([[0], np.cumsum(new_counts)]).astype(np.int64), {"size": size, "sha256": digest.hexdigest()}
 
 
@@ -277,14 +274,11 @@ def sample_rows(vectors: np.ndarray, params: SpannParams, memory_cap: int) -> np
 
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    disk.write_file(tmp, data)
+    disk.replace(tmp, path)
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> None:
     tmp = path.with_name(f".{path.stem}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    disk.write_file(tmp, storage.npy_bytes(array))
+    disk.replace(tmp, path)

@@ -1,4 +1,4 @@
-"""On-disk collection state: manifest, checksums, atomic commit, verified loading.
+"""On-disk collection state: manifest, checksums, atomic commit, verified loading, reader leases.
 
 Invariants:
 - Data files are write-once: every commit writes new files under new names, so a reader that
@@ -7,28 +7,48 @@ Invariants:
   fsynced, then the directory is fsynced. A writer killed at any point leaves the old manifest.
 - A file is loaded only after its size and sha256 match the manifest; faiss trusts the sizes in
   its own files, so an unchecked file could crash the process instead of raising.
+- A file is removed only when no reader can still need it. A reader *pins* a version while it
+  opens (or checks) it: it holds a shared `flock` on `.lease-<version>` and confirms, after
+  locking, that the manifest still names that version. Once open, every file it uses is memory
+  mapped, read into memory or held open, so a later unlink cannot hurt it (POSIX keeps the
+  inode). A commit retires the files its manifest drops (`retired`: file -> last version that
+  names it) and removes them at a later commit, once no lease on a version that names them is
+  held. Files that no manifest names (debris of a failed or killed commit) are removed too,
+  but only names of the engine's own form: the engine deletes only files it named itself.
+- Every write, rename, fsync and unlink goes through `disk`, where tests inject faults.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
-import shutil
+import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from retriever.errors import CorruptIndex, InvalidRequest, NotFound, RetrieverError
+from retriever.errors import CorruptIndex, InvalidRequest, NotFound, RetrieverError, StorageFull, WriteFailed
+
+from . import disk
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+LEASE_PREFIX = ".lease-"
+PIN_ATTEMPTS = 100  # a reader retries when a writer publishes between its manifest read and its lease
 _CHUNK = 1 << 22
+# The names the engine gives data files and index directories: `docs-000007.parquet`,
+# `dense.vectors-000007.npy`, `bm25.seg-000007-0.rows.npy`, `tokens-000007.spann`, ...
+_DATA_NAME = re.compile(r"^(?:[A-Za-z][\w\-]{0,63}[.\-])?[a-z]+-\d{6}(?:[.\-][\w.\-]*)?\.(?:npy|npz|faiss|parquet|spann)$")
+_TEMP_NAME = re.compile(r"^\.(.+)\.tmp$")
+log = logging.getLogger(__name__)
 
 
 def sha256_bytes(data: bytes | memoryview) -> str:
@@ -43,14 +63,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_new_file(directory: Path, name: str, data: bytes) -> dict[str, Any]:
     """Write a data file durably; returns its manifest entry {size, sha256}.
 
@@ -59,11 +71,8 @@ def write_new_file(directory: Path, name: str, data: bytes) -> dict[str, Any]:
     """
     path = directory / name
     tmp = directory / f".{name}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    disk.write_file(tmp, data)
+    disk.replace(tmp, path)
     return {"size": len(data), "sha256": sha256_bytes(data)}
 
 
@@ -77,18 +86,29 @@ def _manifest_digest(body: dict[str, Any]) -> str:
     return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
-def commit_manifest(directory: Path, body: dict[str, Any]) -> None:
-    """Atomically publish `body` as the collection's manifest (temp, fsync, rename, fsync dir)."""
+def publish_manifest(directory: Path, body: dict[str, Any]) -> None:
+    """Atomically make `body` the collection's manifest (temp, fsync, fsync dir, rename). Once this
+    returns, readers see the new version; `disk.fsync_dir` afterwards makes the rename durable."""
     body = {**body, "format_version": FORMAT_VERSION}
     text = json.dumps({**body, "checksum": _manifest_digest(body)}, indent=1, sort_keys=True)
     tmp = directory / f".{MANIFEST}.{body['version']}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    fsync_dir(directory)  # the data files' directory entries are durable before the manifest names them
-    os.replace(tmp, directory / MANIFEST)
-    fsync_dir(directory)
+    disk.write_file(tmp, text.encode("utf-8"))
+    disk.fsync_dir(directory)  # the data files' directory entries are durable before the manifest names them
+    disk.replace(tmp, directory / MANIFEST)
+
+
+def commit_manifest(directory: Path, body: dict[str, Any]) -> None:
+    """Publish `body` and make it durable (temp, fsync, rename, fsync dir)."""
+    publish_manifest(directory, body)
+    disk.fsync_dir(directory)
+
+
+def write_error(directory: Path, error: OSError, what: str) -> WriteFailed:
+    """The error a caller sees when a disk operation of a write failed."""
+    where = f"{what} in {str(directory)!r}"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"{where} failed: no space left on the disk ({error.strerror}); free space and retry")
+    return WriteFailed(f"{where} failed: {error.strerror or error} ({Path(error.filename or '').name or 'disk'}); retry later")
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -157,17 +177,122 @@ def _check(path: Path, size: int, digest: str, entry: dict[str, Any]) -> None:
         raise CorruptIndex(f"{str(path)!r} failed its sha256 checksum: the file is corrupt")
 
 
-def remove_unreferenced(directory: Path, keep: set[str]) -> None:
-    """Delete data files (and stale temp files) that no kept manifest names, and index
-    directories (SPANN's `*.spann`) likewise."""
-    for path in Path(directory).iterdir():
-        if path.name in keep or path.name in (MANIFEST, LOCK):
+def retire(old: dict[str, Any], new_names: set[str], held: set[int]) -> tuple[dict[str, int], list[str]]:
+    """The next manifest's `retired` map and the files that can go once it is published.
+
+    `old` is the manifest being replaced, `new_names` what the next one names, `held` the versions
+    readers hold leases on. Files the next manifest drops are retired with `last` = old version;
+    they cannot go in this commit, since a reader may pin the old version until the rename.
+    Files retired earlier go once no lease on a version <= their `last` is held (a reader that
+    pins an older version later sees the newer manifest after locking, and moves on)."""
+    oldest = min(held, default=old["version"] + 1)
+    retired, removable = {}, []
+    for name, last in old.get("retired", {}).items():
+        if name in new_names:
             continue
-        if path.is_dir():
-            if path.suffix == ".spann":
-                shutil.rmtree(path, ignore_errors=True)
+        if last < oldest:
+            removable.append(name)
+        else:
+            retired[name] = last
+    for name in referenced_names(old) - new_names:
+        retired[name] = old["version"]
+    return retired, removable
+
+
+def remove_files(directory: Path, names: Iterable[str], manifest: dict[str, Any]) -> None:
+    """Remove `names`, then any debris (engine-named files and temp files no manifest names).
+    Best effort: a file that cannot be removed now is removed by a later commit."""
+    keep = referenced_names(manifest) | set(manifest.get("retired", {}))
+    debris = [p.name for p in Path(directory).iterdir() if p.name not in keep and _engine_named(p.name)]
+    for name in {*names, *debris}:
+        path = Path(directory) / name
+        try:
+            disk.rmtree(path) if path.is_dir() else disk.unlink(path)
+        except OSError as e:
+            log.warning("could not remove %s (removed at a later commit): %s", path, e)
+
+
+def referenced_names(manifest: dict[str, Any]) -> set[str]:
+    """Every data file and index directory a manifest's documents, deletions and fields name."""
+    names = set(_names_under(manifest.get("documents", [])))
+    if manifest.get("deleted"):
+        names.add(manifest["deleted"])
+    names.update(_names_under(manifest.get("fields", {})))
+    return names
+
+
+def _names_under(entry: Any) -> list[str]:
+    """Names of the engine's form anywhere under a manifest entry (strings in dicts and lists)."""
+    if isinstance(entry, str):
+        return [entry] if _DATA_NAME.match(entry) else []
+    if isinstance(entry, dict):
+        entry = list(entry.values())
+    if isinstance(entry, list):
+        return [name for item in entry for name in _names_under(item)]
+    return []
+
+
+def _engine_named(name: str) -> bool:
+    temp = _TEMP_NAME.match(name)
+    inner = temp[1] if temp else name
+    return bool(_DATA_NAME.match(inner)) or (temp is not None and re.fullmatch(rf"{re.escape(MANIFEST)}\.\d+", inner) is not None)
+
+
+# ---- reader leases ------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def pinned(directory: Path) -> Iterator[dict[str, Any]]:
+    """The current manifest, with every file it names kept on disk while the block runs."""
+    directory = Path(directory)
+    for _ in range(PIN_ATTEMPTS):
+        manifest = read_manifest(directory)
+        with _lease(directory, int(manifest["version"])):
+            if read_manifest(directory)["version"] == manifest["version"]:
+                yield manifest
+                return
+    raise RetrieverError(f"{str(directory)!r} changed version {PIN_ATTEMPTS} times while it was being opened; retry")
+
+
+@contextlib.contextmanager
+def _lease(directory: Path, version: int) -> Iterator[None]:
+    path = directory / f"{LEASE_PREFIX}{version:06d}"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # a read-only directory: no writer can remove files there either
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+def held_leases(directory: Path, below: int) -> set[int]:
+    """Versions below `below` that a reader holds a lease on; lease files nobody holds are removed."""
+    held = set()
+    for path in Path(directory).glob(f"{LEASE_PREFIX}*"):
+        try:
+            version = int(path.name[len(LEASE_PREFIX) :])
+        except ValueError:
             continue
-        path.unlink(missing_ok=True)
+        if version >= below:
+            continue
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held.add(version)
+            continue
+        finally:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            disk.unlink(path)  # unheld: a reader that locks it now re-reads the manifest and moves on
+    return held
 
 
 @contextlib.contextmanager
@@ -178,7 +303,8 @@ def writer_lock(directory: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RetrieverError(f"another writer holds {str(directory)!r}; wait for it to finish") from None
+            raise RetrieverError(f"another writer (another process, or another object in this one) is committing to "
+                             f"{str(directory)!r}; wait for it to finish and retry") from None
         yield
     finally:
         os.close(fd)
@@ -192,6 +318,6 @@ def prepare_work_dir(work: Path, state: dict[str, Any], resume: bool, changed: s
         if json.loads(state_file.read_text()) != json.loads(json.dumps(state)):
             raise InvalidRequest(changed)
         return
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    state_file.write_text(json.dumps(state))
+    disk.rmtree(work)
+    disk.mkdir(work)
+    disk.write_file(state_file, json.dumps(state).encode())

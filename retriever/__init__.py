@@ -2,11 +2,11 @@
 
 from .collection import Collection, connect
 from .config import CollectionConfig, FieldConfig
-from .errors import AlreadyExists, CorruptIndex, InvalidConfig, InvalidRequest, NotFound, RetrieverError
+from .errors import AlreadyExists, CorruptIndex, InvalidConfig, InvalidRequest, NotFound, RetrieverError, StorageFull, WriteFailed
 from .types import Hits
 
 __all__ = [
     "AlreadyExists", "Collection", "CollectionConfig", "CorruptIndex", "FieldConfig", "Hits",
-    "InvalidConfig", "InvalidRequest", "NotFound", "RetrieverError", "connect",
+    "InvalidConfig", "InvalidRequest", "NotFound", "RetrieverError", "StorageFull", "WriteFailed", "connect",
 ]
 __version__ = "0.1.0"

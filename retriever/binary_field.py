@@ -3,6 +3,7 @@ binary indexes) or by lookup tables (SDC / asymmetric), with candidates re-score
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -238,7 +239,7 @@ class PendingCodes:
             return VectorStore([*store.segments, np.load(path / entry[part][-1], mmap_mode="r")], store.dim, store.dtype)
 
         scales = None if self.scales is None else extended(field.scales, "scales")
-        updated = BinaryField(field.config, entry, self.binarizer, self.index, extended(field.codes, "codes"),
-                              extended(field.rescore_vectors, "rescore"), scales)
+        updated = functools.partial(BinaryField, field.config, entry, self.binarizer, self.index, extended(field.codes, "codes"),
+                                    extended(field.rescore_vectors, "rescore"), scales)
         return entry, files, updated
 

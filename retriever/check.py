@@ -23,16 +23,17 @@ def check(path: str | Path, *, sample: int = 100, k: int = 10, min_recall: float
     """{"ok", "problems", "fields": {name: {"recall@k", "exact"}}}; `ok` is False on any problem."""
     path = Path(path)
     try:
-        manifest = storage.read_manifest(path)
+        with storage.pinned(path) as manifest:  # a writer elsewhere keeps this version's files meanwhile
+            return _check_version(path, manifest, sample, k, min_recall, seed)
     except RetrieverError as e:
         return {"ok": False, "problems": [str(e)], "fields": {}}
+
+
+def _check_version(path: Path, manifest: dict[str, Any], sample: int, k: int, min_recall: float, seed: int) -> dict[str, Any]:
     problems = storage.verify_files(path, manifest["files"])
     if problems:
         return {"ok": False, "problems": problems, "fields": {}}
-    try:
-        collection = Collection.open(path)
-    except RetrieverError as e:
-        return {"ok": False, "problems": [str(e)], "fields": {}}
+    collection = Collection.load(path, manifest)
     fields = {}
     live = np.flatnonzero(~collection.deleted)
     if live.size:

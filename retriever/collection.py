@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 from pathlib import Path
@@ -11,18 +12,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from retriever.index import storage
+from retriever.index import disk, storage
 
 from . import fusion as fusion_module
 from .config import CollectionConfig, FieldConfig
 from .documents import DocumentTable, concat, document_texts, documents_to_table
-from .errors import AlreadyExists, InvalidRequest, NotFound, RetrieverError
+from .errors import AlreadyExists, InvalidRequest, NotFound
 from .binary_field import BinaryField
 from .fields import DenseField
 from .multivector_field import MultiVectorField
 from .filters import filter_mask
 from .sparse_fields import NO_TERMS, Bm25Field, InvertedField, LearnedSparseField
-from .spann_field import SUFFIX as SPANN_SUFFIX
 from .types import Hits
 
 REQUEST_PARAMS = {"nprobe": 1, "efSearch": 1, "rescore": 0, "inference_free": 0, "candidates": 1, "rerank": 1, "exhaustive": 0,
@@ -56,41 +56,36 @@ class Collection:
 
     @classmethod
     def create(cls, path: str | Path, config: CollectionConfig | Mapping[str, Any] | str | Path) -> "Collection":
-        """Make an empty collection directory (fails if one is already there)."""
+        """Make a collection in an empty or missing directory: the engine owns every file in it."""
         path = Path(path)
         config = _as_config(config)
         if (path / storage.MANIFEST).exists():
             raise AlreadyExists(f"{str(path)!r} already holds a collection; open it, or choose another directory")
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise AlreadyExists(f"{str(path)!r} is not an empty directory; a collection is created only in an empty "
+                                "or missing one (the engine owns, and may delete, every file in it)")
         sizes = {f.name: _initial_size(f) for f in config.fields if f.source is None}  # loads models: fail before touching disk
         sizes.update({f.name: sizes[f.source] for f in config.fields if f.source is not None})
-        path.mkdir(parents=True, exist_ok=True)
-        files: dict[str, Any] = {}
-        fields = {}
-        for f in config.fields:
-            if f.kind in ("dense", "multivector", "binary"):
-                fields[f.name], written = FIELD_CLASSES[f.kind].empty_entry(path, f, sizes[f.name])
-                files.update(written)
-            else:
-                fields[f.name] = InvertedField.empty_entry(f, sizes[f.name])
-        manifest = {
-            "version": 1,
-            "parent": None,
-            "config": config.to_dict(),
-            "counts": {"rows": 0, "documents": 0, "deleted": 0},
-            "documents": [],
-            "deleted": None,
-            "fields": fields,
-            "files": files,
-        }
-        with storage.writer_lock(path):
-            storage.commit_manifest(path, manifest)
+        made = not path.exists()
+        try:
+            disk.mkdir(path)
+            with storage.writer_lock(path):
+                storage.commit_manifest(path, _first_manifest(path, config, sizes))
+        except OSError as e:
+            _remove_partial_create(path, made)
+            raise storage.write_error(path, e, "creating the collection") from None
         return cls.open(path)
 
     @classmethod
     def open(cls, path: str | Path) -> "Collection":
         """Open the current version; every file is checked against the manifest before use."""
         path = Path(path)
-        manifest = storage.read_manifest(path)
+        with storage.pinned(path) as manifest:
+            return cls.load(path, manifest)
+
+    @classmethod
+    def load(cls, path: Path, manifest: dict[str, Any]) -> "Collection":
+        """Open the version `manifest` describes (pinned by the caller with `storage.pinned`)."""
         files = manifest["files"]
         segments = [pq.read_table(io.BytesIO(storage.read_verified(path, n, files[n]))) for n in manifest["documents"]]
         documents = DocumentTable(concat(segments))
@@ -166,58 +161,84 @@ class Collection:
         for name, field in self.fields.items():
             if field.config.source is not None:
                 payloads[name] = field.check_documents(payloads[field.config.source], table.num_rows)
-        live = self.documents.live_rows(self.deleted)
-        replaced = [live[i] for i in table.column("id").to_pylist() if i in live]
-        deleted = np.concatenate([self.deleted, np.zeros(table.num_rows, dtype=bool)])
-        deleted[replaced] = True
-        self._commit(table, payloads, deleted)
+        self._commit(table, payloads, table.column("id").to_pylist())
         return table.num_rows
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete documents by id; unknown ids are ignored. Returns how many were deleted."""
         ids = [ids] if isinstance(ids, str) else list(ids)
-        live = self.documents.live_rows(self.deleted)
-        rows = [live[str(i)] for i in ids if str(i) in live]
-        if not rows:
-            return 0
-        deleted = self.deleted.copy()
-        deleted[rows] = True
-        self._commit(None, {}, deleted)
+        return self._commit(None, {}, [str(i) for i in ids])
+
+    def _commit(self, table: pa.Table | None, payloads: dict[str, Any], ids: list[str]) -> int:
+        """Publish one new version holding `table` (with its fields' `payloads`) in place of the
+        live documents with these `ids`; returns how many live documents were replaced or deleted.
+
+        Runs under the writer lock, on the newest version on disk (reloaded first when another
+        writer moved it on). This object's state changes only once the new manifest is renamed
+        into place; a failure before that leaves it, and the directory, at the old version."""
+        path = self.path
+        with storage.writer_lock(path):
+            self._catch_up()
+            live = self.documents.live_rows(self.deleted)
+            rows = [live[i] for i in ids if i in live]
+            if table is None and not rows:
+                return 0
+            added = 0 if table is None else table.num_rows
+            deleted = np.concatenate([self.deleted, np.zeros(added, dtype=bool)])
+            deleted[rows] = True
+            pending = {name: self.fields[name].prepare(payload, self.documents.num_rows, deleted) for name, payload in payloads.items()}
+            held = storage.held_leases(path, below=self.version)
+            try:
+                manifest, documents, made, removable = self._write_version(table, pending, deleted, held)
+                storage.publish_manifest(path, manifest)
+            except OSError as e:
+                storage.remove_files(path, [], self.manifest)  # this attempt's files are debris now
+                raise storage.write_error(path, e, "committing a write") from None
+            self._set_state(manifest, documents, deleted, {**self.fields, **{n: make() for n, make in made.items()}})
+            try:
+                disk.fsync_dir(path)
+            except OSError as e:
+                error = storage.write_error(path, e, f"making version {self.version} durable")
+                raise type(error)(f"{error}; the write is visible but may not survive a crash") from None
+            storage.remove_files(path, removable, manifest)
         return len(rows)
 
-    def _commit(self, table: pa.Table | None, payloads: dict[str, Any], deleted: np.ndarray) -> None:
-        """Publish one new version: fallible in-memory work first, then new files, then the manifest."""
+    def _write_version(self, table: pa.Table | None, pending: dict[str, Any], deleted: np.ndarray, held: set[int]):
+        """Write the next version's files -> (its manifest, documents, {field: make its in-memory
+        state}, files to remove once it is published)."""
         path, old = self.path, self.manifest
         v = self.version + 1
-        first_row = self.documents.num_rows
-        pending = {name: self.fields[name].prepare(payload, first_row, deleted) for name, payload in payloads.items()}
-        with storage.writer_lock(path):
-            on_disk = storage.read_manifest(path)["version"]
-            if on_disk != self.version:
-                raise RetrieverError(f"{str(path)!r} moved to version {on_disk} since this object opened version {self.version}; reopen() and retry")
-            files = dict(old["files"])
-            manifest = {**old, "version": v, "parent": self.version, "fields": dict(old["fields"])}
-            documents, fields = self.documents, dict(self.fields)
-            if table is not None:
-                name = f"docs-{v:06d}.parquet"
-                files[name] = storage.write_new_file(path, name, _parquet_bytes(table))
-                manifest["documents"] = [*old["documents"], name]
-                documents = DocumentTable(concat([self.documents.table, table]))
-            for fname, work in pending.items():
-                manifest["fields"][fname], written, fields[fname] = work.write(path, v, len(deleted))
-                files.update(written)
-            manifest["deleted"] = None
-            if deleted.any():
-                dname = f"deleted-{v:06d}.npy"
-                files[dname] = storage.write_new_file(path, dname, storage.npy_bytes(np.flatnonzero(deleted).astype(np.int64)))
-                manifest["deleted"] = dname
-            referenced = _referenced(manifest)
-            manifest["files"] = {n: e for n, e in files.items() if n in referenced}
-            rows = len(deleted)
-            manifest["counts"] = {"rows": rows, "documents": int(rows - deleted.sum()), "deleted": int(deleted.sum())}
-            storage.commit_manifest(path, manifest)
-            storage.remove_unreferenced(path, referenced | _referenced(old))
-        self._set_state(manifest, documents, deleted, fields)
+        files = dict(old["files"])
+        manifest = {**old, "version": v, "parent": self.version, "fields": dict(old["fields"])}
+        documents = self.documents
+        if table is not None:
+            name = f"docs-{v:06d}.parquet"
+            files[name] = storage.write_new_file(path, name, _parquet_bytes(table))
+            manifest["documents"] = [*old["documents"], name]
+            documents = DocumentTable(concat([self.documents.table, table]))
+        made = {}
+        for fname, work in pending.items():
+            manifest["fields"][fname], written, made[fname] = work.write(path, v, len(deleted))
+            files.update(written)
+        manifest["deleted"] = None
+        if deleted.any():
+            dname = f"deleted-{v:06d}.npy"
+            files[dname] = storage.write_new_file(path, dname, storage.npy_bytes(np.flatnonzero(deleted).astype(np.int64)))
+            manifest["deleted"] = dname
+        referenced = storage.referenced_names(manifest)
+        manifest["files"] = {n: e for n, e in files.items() if n in referenced}
+        manifest["retired"], removable = storage.retire(old, referenced, held)
+        rows = len(deleted)
+        manifest["counts"] = {"rows": rows, "documents": int(rows - deleted.sum()), "deleted": int(deleted.sum())}
+        return manifest, documents, made, removable
+
+    def _catch_up(self) -> None:
+        """Move to the version on disk when it is not this object's: another writer committed, or
+        this object's last commit was published but failed after the rename."""
+        if storage.read_manifest(self.path)["version"] == self.version:
+            return
+        fresh = Collection.open(self.path)
+        self._set_state(fresh.manifest, fresh.documents, fresh.deleted, fresh.fields)
 
     # ---- search ------------------------------------------------------------------------------
 
@@ -412,24 +433,28 @@ def _parquet_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-def _referenced(manifest: dict[str, Any]) -> set[str]:
-    names = set(manifest["documents"])
-    if manifest["deleted"]:
-        names.add(manifest["deleted"])
-    for entry in manifest["fields"].values():
-        names.update(_file_names(entry))
-    return names
+def _first_manifest(path: Path, config: CollectionConfig, sizes: dict[str, int]) -> dict[str, Any]:
+    """Version 1: no documents, each field's empty entry (some write an empty index file)."""
+    files: dict[str, Any] = {}
+    fields = {}
+    for f in config.fields:
+        if f.kind in ("dense", "multivector", "binary"):
+            fields[f.name], written = FIELD_CLASSES[f.kind].empty_entry(path, f, sizes[f.name])
+            files.update(written)
+        else:
+            fields[f.name] = InvertedField.empty_entry(f, sizes[f.name])
+    return {"version": 1, "parent": None, "config": config.to_dict(), "counts": {"rows": 0, "documents": 0, "deleted": 0},
+            "documents": [], "deleted": None, "fields": fields, "files": files, "retired": {}}
 
 
-def _file_names(entry) -> list[str]:
-    """Every file a field's manifest entry names (any string under it that ends like a data file)."""
-    if isinstance(entry, str):
-        return [entry] if entry.endswith((".npy", ".npz", ".faiss", ".parquet", SPANN_SUFFIX)) else []
-    if isinstance(entry, dict):
-        entry = list(entry.values())
-    if isinstance(entry, list):
-        return [name for item in entry for name in _file_names(item)]
-    return []
+def _remove_partial_create(path: Path, made: bool) -> None:
+    """Undo a create that failed: the directory as it was (missing, or empty)."""
+    with contextlib.suppress(OSError):
+        if made:
+            disk.rmtree(path)
+            return
+        for leftover in path.iterdir():
+            disk.rmtree(leftover) if leftover.is_dir() else disk.unlink(leftover)
 
 
 def _initial_size(config: FieldConfig) -> int:

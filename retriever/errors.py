@@ -36,6 +36,15 @@ class AlreadyExists(RetrieverError):
     """Creating a collection where one already exists."""
 
 
+class WriteFailed(RetrieverError):
+    """A disk operation of a write failed (EIO, a full disk, ...): the write was not committed and
+    the collection answers as before; retrying once the cause is fixed succeeds."""
+
+
+class StorageFull(WriteFailed):
+    """A write found no space left on the disk."""
+
+
 class Unavailable(RetrieverError):
     """A remote server could not be reached (after retries) or is shutting down."""
 
@@ -48,6 +57,8 @@ GRPC_CODES: dict[type[RetrieverError], str] = {
     AlreadyExists: "ALREADY_EXISTS",
     CorruptIndex: "DATA_LOSS",
     OutOfDeviceMemory: "RESOURCE_EXHAUSTED",
+    StorageFull: "RESOURCE_EXHAUSTED",
+    WriteFailed: "ABORTED",  # nothing was committed: the client may retry the write
     Unavailable: "UNAVAILABLE",
     RetrieverError: "INTERNAL",
 }
@@ -64,7 +75,7 @@ def error_for_code(name: str, message: str) -> RetrieverError:
     """The exception a client raises for a status code received from the server; `grpc_code`
     keeps the code's name (e.g. RESOURCE_EXHAUSTED, UNAUTHENTICATED, DEADLINE_EXCEEDED)."""
     # RESOURCE_EXHAUSTED also means "server busy", so it maps back to the base class, not OutOfDeviceMemory
-    cls = next((c for c, code in GRPC_CODES.items() if code == name and c is not OutOfDeviceMemory), None)
+    cls = next((c for c, code in GRPC_CODES.items() if code == name and c not in (OutOfDeviceMemory, StorageFull)), None)
     error = cls(message) if cls is not None else RetrieverError(f"{name}: {message}")
     error.grpc_code = name
     return error

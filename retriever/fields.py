@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -93,7 +94,9 @@ class PendingVectors:
     index: FaissIndex | SpannVectors
     deleted: np.ndarray
 
-    def write(self, path, version: int, num_rows: int) -> tuple[dict[str, Any], dict[str, Any], DenseField]:
+    def write(self, path, version: int, num_rows: int) -> tuple[dict[str, Any], dict[str, Any], Callable[[], DenseField]]:
+        """Write the new files -> (manifest entry, {file: size and checksum}, the field's state at
+        the new version, made only once that version is published)."""
         config = self.field.config
         vname = f"{config.name}.vectors-{version:06d}.npy"
         files = {vname: storage.write_new_file(path, vname, storage.npy_bytes(self.vectors))}
@@ -106,7 +109,7 @@ class PendingVectors:
             iname = f"{config.name}.index-{version:06d}.faiss"
             files[iname] = storage.write_new_file(path, iname, index.to_bytes())
             entry["index"] = iname
-        return entry, files, DenseField(config, self.field.dim, index, stored, entry)
+        return entry, files, functools.partial(DenseField, config, self.field.dim, index, stored, entry)
 
 
 def check_query_vectors(field, given) -> np.ndarray:

@@ -237,5 +237,5 @@ class PendingClouds:
             entry.update(index=iname, index_bytes=files[iname]["size"])
         load = lambda f: np.load(path / f, mmap_mode="r") if f else None  # noqa: E731
         segments = [*self.field.tokens.segments, (load(seg["codes"]), load(seg["scales"]), load(seg["offsets"]))]
-        return entry, files, MultiVectorField(self.field.config, entry, index, TokenStore(segments, self.field.dim))
+        return entry, files, functools.partial(MultiVectorField, self.field.config, entry, index, TokenStore(segments, self.field.dim))
 

@@ -13,13 +13,12 @@ centroid's distance), `rescore` (PQ mode).
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from retriever.index import storage
+from retriever.index import disk, storage
 from retriever.index.spann import DEFAULT_NPROBE, DEFAULT_PRUNE, DEFAULT_RESCORE, MANIFEST, SpannIndex
 from retriever.index.spann_build import SpannParams
 from retriever.index.vectors import VectorStore
@@ -119,7 +118,7 @@ class SpannVectors:
         if self.index is not None and unindexed <= max(FOLD_MIN_ROWS, FOLD_SHARE * self.indexed):
             return SpannVectors(self.index, store, self.metric), current
         directory = Path(path) / f"{field}-{version:06d}{SUFFIX}"
-        shutil.rmtree(directory, ignore_errors=True)  # debris of a writer that died before its manifest named it
+        disk.rmtree(directory)  # debris of a writer that died before its manifest named it
         if self.index is None:
             index = SpannIndex.build(store, directory, spann_params(factory, self.metric), progress=False)
         else:

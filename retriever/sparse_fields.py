@@ -11,7 +11,7 @@ import functools
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -39,6 +39,17 @@ class SparseDocuments:
     vectors: SparseRows
     lengths: np.ndarray | None = None
     new_terms: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TokenizedDocuments:
+    """BM25 documents before their terms have vocabulary ids: `terms` [batch terms] in batch-id
+    order, `flat` [tokens] batch term ids, `lengths` [N] tokens per document. Ids are given at
+    commit (under the writer lock, against the version being extended), never earlier."""
+
+    terms: list[str]
+    flat: np.ndarray
+    lengths: np.ndarray
 
 
 class InvertedField:
@@ -150,8 +161,9 @@ class PendingSegments:
     num_terms: int
     new_terms: list[str]
 
-    def write(self, path: Path, version: int, num_rows: int) -> tuple[dict[str, Any], dict[str, Any], InvertedField]:
-        """Write the new files -> (manifest entry, {file: size and checksum}, field opened on them)."""
+    def write(self, path: Path, version: int, num_rows: int) -> tuple[dict[str, Any], dict[str, Any], Callable[[], InvertedField]]:
+        """Write the new files -> (manifest entry, {file: size and checksum}, the field opened on them,
+        made only once the version is published: a BM25 vocabulary grows only then)."""
         name = self.field.config.name
         files: dict[str, Any] = {}
         entries = [meta for _, meta in self.kept]
@@ -172,7 +184,7 @@ class PendingSegments:
             files[file] = storage.write_new_file(path, file, buf.getvalue())
             vocab.append(file)
         entry = {**self.field.entry, "num_terms": self.num_terms, "segments": entries, "vocab": vocab}
-        return entry, files, self.field.with_state(entry, segments, num_rows, self.new_terms)
+        return entry, files, functools.partial(self.field.with_state, entry, segments, num_rows, self.new_terms)
 
 
 class Bm25Field(InvertedField):
@@ -244,8 +256,8 @@ class Bm25Field(InvertedField):
     def queries_from_texts(self, tokenizer, texts: list[str], params: Mapping[str, int]) -> SparseRows:
         return self.queries_from_tokens(tokenizer.many(texts))
 
-    def documents_from_texts(self, tokenizer, texts: list[str], progress: bool = False) -> SparseDocuments:
-        """Term counts per document; terms new to the vocabulary get the next ids, in sorted order."""
+    def documents_from_texts(self, tokenizer, texts: list[str], progress: bool = False) -> "TokenizedDocuments":
+        """Each document's terms as ids within this batch; vocabulary ids are given by `prepare`."""
         from tqdm.auto import tqdm
 
         local: dict[str, int] = {}  # term -> id within this batch
@@ -262,14 +274,18 @@ class Bm25Field(InvertedField):
                 lengths.append(np.bincount(doc[kept], minlength=len(words)))
                 flat.append(block[kept])
                 bar.update(len(words))
-        return self._count(local, np.concatenate(flat) if flat else np.zeros(0, np.int64), np.concatenate(lengths))
+        return TokenizedDocuments(list(local), np.concatenate(flat) if flat else np.zeros(0, np.int64), np.concatenate(lengths))
 
-    def _count(self, local: dict[str, int], flat: np.ndarray, lengths: np.ndarray) -> SparseDocuments:
-        """Batch term ids [tokens] of documents with `lengths` -> counts per (document, vocabulary term)."""
-        base = self.num_terms
-        to_global = np.empty(len(local), dtype=np.int64)
+    def prepare(self, documents: "TokenizedDocuments", first_row: int, deleted: np.ndarray) -> PendingSegments:
+        return super().prepare(self._count(documents), first_row, deleted)
+
+    def _count(self, documents: "TokenizedDocuments") -> SparseDocuments:
+        """Batch term ids -> counts per (document, vocabulary term); terms new to this version's
+        vocabulary get the next ids, in the batch's order."""
+        base, flat, lengths = self.num_terms, documents.flat, documents.lengths
+        to_global = np.empty(len(documents.terms), dtype=np.int64)
         new_terms = []
-        for term, i in local.items():
+        for i, term in enumerate(documents.terms):
             known = self.vocabulary.get(term)
             if known is not None and known < base:
                 to_global[i] = known

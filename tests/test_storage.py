@@ -18,15 +18,12 @@ WRITER = textwrap.dedent(
     """
     import os, sys, numpy as np
     import retriever
-    from retriever.index import storage
+    from retriever.index import disk, storage
     stage = sys.argv[2]
     if stage == "before-rename":
-        real = storage.commit_manifest
-        def dying(directory, body):
-            real_replace = os.replace
-            os.replace = lambda *a: os._exit(9)  # killed after the temp manifest is durable, before the rename
-            real(directory, body)
-        storage.commit_manifest = dying
+        real_replace = disk.replace
+        # killed after the temp manifest is durable, before the rename
+        disk.replace = lambda s, t: os._exit(9) if t.name == "manifest.json" else real_replace(s, t)
     elif stage == "mid-files":
         real_write = storage.write_new_file
         calls = []

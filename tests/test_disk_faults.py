@@ -1,0 +1,128 @@
+"""Every write path under injected disk faults (ENOSPC, EIO at each operation, through
+`retriever.index.disk`), against the last committed state: the collection reopens whole, `check`
+passes, the surviving object answers as a fresh open does, and a retry succeeds."""
+
+import errno
+import shutil
+
+import numpy as np
+import pytest
+
+import retriever
+from helpers import random_vectors
+from retriever.check import check
+from retriever.index import disk, storage
+
+WORDS = ["apple", "banana", "cherry", "delta", "echo", "falcon", "garden", "harbor", "island", "jungle"]
+CONFIG = {"name": "mixed", "max_k": 100, "fields": [{"name": "dense", "dim": 16}, {"name": "bm25", "kind": "bm25"}]}
+QUERIES = ["apple banana", "zebra", "quokka yak", "garden harbor", "falcon"]
+
+
+def docs(start: int, n: int, extra: str = "") -> list[dict]:
+    return [{"id": f"d{i}", "text": f"{WORDS[i % 10]} {WORDS[(i * 3) % 10]} {extra}".strip()} for i in range(start, start + n)]
+
+
+def answers(c) -> list:
+    """What a reader sees: bm25 and dense ids and scores, and the documents' ids and texts."""
+    lexical = [(h.ids, np.round(h.scores, 4).tolist()) for h in c.search(QUERIES, k=10, fields="bm25")]
+    dense = [(h.ids, np.round(h.scores, 4).tolist()) for h in c.search(random_vectors(3, 16, seed=9), k=10)]
+    stored = sorted(zip(c.documents.ids[~c.deleted].tolist(), c.documents.table.column("text").to_numpy()[~c.deleted].tolist()))
+    return [c.version, len(c), lexical, dense, stored]
+
+
+WRITES = {
+    # new words in a batch are new BM25 vocabulary: a failed commit must not keep them
+    "add": lambda c: c.add(docs(40, 6, "zebra quokka"), vectors={"dense": random_vectors(6, 16, seed=5)}),
+    "upsert": lambda c: c.add(docs(0, 4, "yak"), vectors={"dense": random_vectors(4, 16, seed=6)}),
+    "delete": lambda c: c.delete(["d1", "d7", "d30"]),
+}
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    path = tmp_path_factory.mktemp("faults") / "template"
+    c = retriever.Collection.create(path, CONFIG)
+    c.add(docs(0, 30), vectors={"dense": random_vectors(30, 16)})
+    c.delete(["d3"])  # a deletions file exists, so a commit also retires one
+    c.add(docs(30, 10), vectors={"dense": random_vectors(10, 16, seed=1)})
+    return path
+
+
+def assert_no_debris(path):
+    """On disk: the manifest's files, those it retired (kept for readers), and bookkeeping."""
+    manifest = storage.read_manifest(path)
+    expected = storage.referenced_names(manifest) | set(manifest["retired"]) | {storage.MANIFEST, storage.LOCK}
+    on_disk = {p.name for p in path.iterdir() if not p.name.startswith(storage.LEASE_PREFIX)}
+    assert on_disk == expected
+
+
+def fresh_copy(template, path):
+    shutil.rmtree(path, ignore_errors=True)
+    shutil.copytree(template, path)
+    return retriever.Collection.open(path)
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
+@pytest.mark.parametrize("write", sorted(WRITES))
+def test_a_fault_at_any_operation_leaves_a_committed_state_and_a_retry_succeeds(template, tmp_path, write, code):
+    c = fresh_copy(template, tmp_path / "c")
+    before = answers(c)
+    with disk.inject(disk.Faults()) as counted:
+        WRITES[write](c)
+    after = answers(c)
+    WRITES[write](c)
+    twice = answers(c)  # a retry of a write that was published after all is a second write
+    assert after != before and counted.count > 10
+    assert {"create", "write", "fsync", "rename", "fsync_dir"} <= set(counted.ops)
+    for n in range(counted.count):
+        c = fresh_copy(template, tmp_path / "c")
+        try:
+            with disk.inject(disk.Faults(fail_at=n, code=code)):
+                WRITES[write](c)
+            failed = False
+        except retriever.WriteFailed as e:
+            failed = True
+            assert (code == errno.ENOSPC) == isinstance(e, retriever.StorageFull)
+        where = f"fault at {counted.ops[n]} #{n}"
+        reopened = retriever.Collection.open(c.path)
+        state = answers(reopened)
+        assert state in (before, after), where
+        assert answers(c) == state, where  # the surviving object answers as a fresh open does
+        assert check(c.path)["ok"], where
+        if not failed:  # a failed cleanup is not the write's failure
+            assert state == after, where
+        WRITES[write](c)  # the retry succeeds
+        expected = after if state == before else twice
+        assert answers(c) == expected, where
+        assert answers(retriever.Collection.open(c.path)) == expected, where
+        assert_no_debris(c.path)
+        assert check(c.path)["ok"], where
+
+
+def test_a_failed_commit_leaves_no_bm25_word_behind(template, tmp_path):
+    """The attack from the storage issue: a batch with new words fails at the manifest rename,
+    the next batch brings other new words; the failed batch's words must find nothing."""
+    c = fresh_copy(template, tmp_path / "c")
+    with disk.inject(disk.Faults()) as counted:
+        WRITES["add"](fresh_copy(template, tmp_path / "probe"))
+    rename = max(i for i, op in enumerate(counted.ops) if op == "rename")  # the manifest's rename is the last one
+    with pytest.raises(retriever.StorageFull), disk.inject(disk.Faults(fail_at=rename)):
+        WRITES["add"](c)
+    c.add([{"id": "y1", "text": "walrus narwhal"}, {"id": "y2", "text": "walrus"}], vectors={"dense": random_vectors(2, 16, seed=7)})
+    for opened in (c, retriever.Collection.open(c.path)):
+        [zebra, walrus] = opened.search(["zebra", "walrus"], k=5, fields="bm25")
+        assert zebra.ids == [] and walrus.ids == ["y2", "y1"]
+    WRITES["add"](c)
+    assert c.search("zebra", k=10, fields="bm25")[0].ids == [f"d{i}" for i in range(40, 46)]
+    assert check(c.path)["ok"]
+
+
+def test_a_failed_create_leaves_the_directory_as_it_was(tmp_path):
+    with disk.inject(disk.Faults()) as counted:
+        retriever.Collection.create(tmp_path / "probe", CONFIG)
+    for n in range(counted.count):
+        target = tmp_path / f"c{n}"
+        with pytest.raises(retriever.StorageFull), disk.inject(disk.Faults(fail_at=n)):
+            retriever.Collection.create(target, CONFIG)
+        assert not target.exists(), counted.ops[n]
+        assert len(retriever.Collection.create(target, CONFIG)) == 0  # and a retry succeeds

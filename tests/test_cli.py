@@ -93,6 +93,15 @@ def test_build_refuses_to_overwrite(built, corpus):
     assert result.exit_code == 2 and "already holds" in data["error"]
 
 
+def test_build_into_a_directory_with_other_files_refuses_and_touches_nothing(corpus, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    result, data = invoke("build", "--config", corpus / "config.toml", "--input", corpus / "corpus.jsonl", "--out", out, "--json")
+    assert result.exit_code == 2 and "not an empty directory" in data["error"]
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "my notes"
+
+
 def test_resume_encodes_only_missing_blocks(corpus, tmp_path, monkeypatch):
     config = retriever.CollectionConfig.from_toml(corpus / "config.toml")
     out = tmp_path / "resumed"

@@ -12,7 +12,9 @@ import pytest
 
 import retriever
 from retriever import CorruptIndex
+from helpers import make_docs, random_vectors
 from retriever.check import check
+from retriever.index import storage
 
 WRITER = textwrap.dedent(
     """
@@ -38,7 +40,7 @@ WRITER = textwrap.dedent(
     for r in range(rounds):
         x = np.random.default_rng(r).normal(size=(int(sys.argv[3]), 16)).astype("float32")
         c.add([{"id": f"new{r}-{i}"} for i in range(len(x))], vectors={"dense": x})
-        print("committed", flush=True)
+        print("committed", r, flush=True)
     """
 )
 
@@ -64,18 +66,99 @@ def test_writer_killed_mid_commit_leaves_old_version(vec_collection, stage):
     assert not [p for p in c.path.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_sigkill_at_random_moments_never_breaks_the_collection(vec_collection):
+def test_sigkill_at_random_moments_never_breaks_the_collection_or_loses_an_acked_write(vec_collection):
     c, _ = vec_collection
     rng = np.random.default_rng(0)
+    acked: set[str] = set()
     for _ in range(4):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(c.path), "loop", "20"], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "committed"  # the writer is now committing in a loop
+        first = proc.stdout.readline().split()  # the writer is now committing in a loop
+        assert first[0] == "committed"
+        acked.add(first[1])
         time.sleep(rng.uniform(0.0, 0.2))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        acked.update(line.split()[1] for line in proc.stdout.read().splitlines())
         opened = retriever.connect(c.path)
+        stored = set(opened.documents.ids[~opened.deleted].tolist())
         assert len(opened) % 20 == 0 and len(opened) > 300
+        assert {f"new{r}-{i}" for r in acked for i in range(20)} <= stored
         assert check(c.path)["ok"]
+
+
+def test_files_a_pinned_reader_needs_stay_until_it_lets_go(vec_collection):
+    c, x = vec_collection
+    c.delete(["d0"])
+    with storage.pinned(c.path) as manifest:
+        old = storage.referenced_names(manifest)
+        for i in range(1, 4):
+            c.delete([f"d{i}"])
+        assert all((c.path / name).exists() for name in old)
+        pinned = retriever.Collection.load(c.path, manifest)
+        assert len(pinned) == 299 and pinned.search(x[2], k=1)[0].ids == ["d2"]
+    c.delete(["d4"])
+    c.delete(["d5"])
+    gone = old - storage.referenced_names(storage.read_manifest(c.path))
+    assert gone and not any((c.path / name).exists() for name in gone)
+
+
+def test_a_snapshot_keeps_answering_after_its_files_are_removed(vec_collection):
+    c, x = vec_collection
+    snapshot = c.snapshot()
+    files = storage.referenced_names(c.manifest)
+    for i in range(4):
+        c.add(make_docs(5, start=1000 + 5 * i), vectors={"dense": random_vectors(5, 16, seed=i)})
+    assert not all((c.path / name).exists() for name in files)  # unlinked; the snapshot's maps stay valid
+    [h] = snapshot.search(x[7], k=1)
+    assert h.ids == ["d7"] and h.documents[0]["id"] == "d7" and len(snapshot) == 300
+
+
+def test_the_engine_deletes_only_files_it_named(vec_collection):
+    c, x = vec_collection
+    mine = {"notes.txt": "keep", "photo-000001.jpg": "keep", "README": "keep"}
+    for name, text in mine.items():
+        (c.path / name).write_text(text)
+    (c.path / "backup").mkdir()
+    debris = ["dense.vectors-000099.npy", ".docs-000099.parquet.tmp", ".manifest.json.99.tmp"]
+    for name in debris:
+        (c.path / name).write_bytes(b"left by a writer killed mid-commit")
+    for i in range(3):
+        c.delete([f"d{i}"])
+    assert all((c.path / name).read_text() == text for name, text in mine.items()) and (c.path / "backup").is_dir()
+    assert not any((c.path / name).exists() for name in debris)
+    assert check(c.path)["ok"]
+
+
+READER_LOOP_WRITER = textwrap.dedent(
+    """
+    import sys, numpy as np
+    import retriever
+    c = retriever.connect(sys.argv[1])
+    for r in range(10_000):
+        c.add([{"id": f"w{r}-{i}"} for i in range(5)], vectors={"dense": np.random.default_rng(r).normal(size=(5, 16))})
+        c.delete([f"w{r - 1}-0"])
+        print(r, flush=True)
+    """
+)
+
+
+def test_readers_in_other_processes_never_see_a_healthy_collection_as_damaged(vec_collection):
+    c, x = vec_collection
+    writer = subprocess.Popen([sys.executable, "-c", READER_LOOP_WRITER, str(c.path)], stdout=subprocess.PIPE, text=True)
+    try:
+        writer.stdout.readline()  # committing in a loop from here on
+        versions = set()
+        for _ in range(8):
+            report = check(c.path, sample=20)
+            assert report["ok"], report["problems"]
+            for _ in range(3):
+                opened = retriever.Collection.open(c.path)
+                assert opened.search(x[5], k=1)[0].ids == ["d5"]
+                versions.add(opened.version)
+        assert writer.poll() is None and len(versions) > 3  # the reads overlapped many commits
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 def flip_byte(path, offset_fraction=0.5):

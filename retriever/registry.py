@@ -59,9 +59,10 @@ class Registry:
         Returns the change's result and the snapshot that holds it."""
         self._check(name)
         with self._locks[name]:
-            result = change(self._writers[name])
-            snapshot = self._writers[name].snapshot()
-            self._readers[name] = snapshot
+            try:
+                result = change(self._writers[name])
+            finally:  # a write that fails after its version was published still moves readers on
+                snapshot = self._readers[name] = self._writers[name].snapshot()
         return result, snapshot
 
     def _check(self, name: str) -> None:

@@ -1,5 +1,6 @@
 """The same requests in-process and over gRPC; bad input over the wire gets the right status code."""
 
+import errno
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import retriever
 from helpers import MINILM_CONFIG, TINY_CORPUS, make_docs, random_vectors, vector_config
 from retriever.config import CollectionConfig
 from retriever.conversions import pb, pb_grpc
+from retriever.index import disk
 from retriever.registry import Registry
 from retriever.server import Server, ServerOptions
 
@@ -122,6 +124,21 @@ def test_upsert_stream_and_delete_match_in_process(served, tmp_path):
     same_hits(local.search(vectors, k=5), far.search(vectors, k=5))
     [h] = far.search(vectors[5], k=1)
     assert h.ids == ["d1005"]
+
+
+@pytest.mark.parametrize("code, status", [(errno.ENOSPC, "RESOURCE_EXHAUSTED"), (errno.EIO, "ABORTED")])
+def test_a_failed_disk_write_is_a_clear_status_and_the_next_write_succeeds(served, code, status):
+    root, _ = served
+    far = remote(served, "lex")
+    before, docs = far.version, [{"id": "late", "text": "a late document about walruses"}]
+    vectors = {"sp": sparse_vectors(1, seed=3), "dense": random_vectors(1, 16, seed=3)}
+    with disk.inject(disk.Faults(fail_at=3, code=code)):
+        got, message = code_of(lambda: far.add(docs, vectors))
+    assert got == status and "retry" in message
+    assert far.version == before and retriever.connect(root / "lex").version == before
+    assert far.add(docs, vectors) == 1
+    assert far.search("walruses", fields="bm25")[0].ids == ["late"]
+    assert far.delete(["late"]) == 1
 
 
 def code_of(call):

@@ -103,12 +103,13 @@ def commit_manifest(directory: Path, body: dict[str, Any]) -> None:
     disk.fsync_dir(directory)
 
 
-def write_error(directory: Path, error: OSError, what: str) -> WriteFailed:
+def write_error(directory: Path, error: OSError, what: str, outcome: str = "nothing changed") -> WriteFailed:
     """The error a caller sees when a disk operation of a write failed."""
     where = f"{what} in {str(directory)!r}"
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StorageFull(f"{where} failed: no space left on the disk ({error.strerror}); free space and retry")
-    return WriteFailed(f"{where} failed: {error.strerror or error} ({Path(error.filename or '').name or 'disk'}); retry later")
+        return StorageFull(f"{where} failed: no space left on the disk; {outcome}; free space and retry")
+    cause = f"{error.strerror or error} ({Path(error.filename or '').name or 'disk'})"
+    return WriteFailed(f"{where} failed: {cause}; {outcome}; retry later")
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

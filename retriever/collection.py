@@ -198,8 +198,8 @@ class Collection:
             try:
                 disk.fsync_dir(path)
             except OSError as e:
-                error = storage.write_error(path, e, f"making version {self.version} durable")
-                raise type(error)(f"{error}; the write is visible but may not survive a crash") from None
+                outcome = "the write is visible but may not survive a crash"
+                raise storage.write_error(path, e, f"making version {self.version} durable", outcome) from None
             storage.remove_files(path, removable, manifest)
         return len(rows)
 

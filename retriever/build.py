@@ -17,6 +17,7 @@ from .collection import Collection
 from .config import CollectionConfig
 from .corpus import read_corpus
 from .documents import document_texts, documents_to_table
+from .fields import kind_of
 from .errors import AlreadyExists, InvalidRequest
 
 WORK_DIR = ".build"
@@ -30,7 +31,7 @@ def build(
     """Build a collection at `out` from a corpus. Encoded blocks are kept in `out/.build/` until
     the commit, so `resume=True` after an interruption encodes only what is missing."""
     out = Path(out)
-    docs, given = read_corpus(input_path, [f.name for f in config.fields if f.kind == "dense"])
+    docs, given = read_corpus(input_path, [f.name for f in config.fields if kind_of(f).vector_input])
     table = documents_to_table(docs)  # validates ids before any encoding
     log.info("read %d documents from %s", table.num_rows, input_path)
     collection = _empty_collection(out, config, resume)
@@ -40,16 +41,16 @@ def build(
     vectors: dict[str, np.ndarray] = {}
     texts = None
     for field in config.fields:
-        if field.kind != "dense":
+        if not kind_of(field).vector_input:
             continue  # tokenized or sparse-encoded by `add` below (not resumable yet)
         if field.name in given:
             vectors[field.name] = given[field.name]
             continue
-        if field.model is None:
+        if not kind_of(field).has_encoder(field):
             raise InvalidRequest(f"field {field.name!r} has no model and the input carries no {field.name!r} vectors")
         texts = texts if texts is not None else document_texts(table, config.text_keys)
         vectors[field.name] = _encode_blocks(collection, field.name, texts, work, block_size, progress)
-    log.info("indexing %d documents (%s)", table.num_rows, ", ".join(f"{f.name}: {f.index if f.kind == 'dense' else f.kind}" for f in config.fields))
+    log.info("indexing %d documents (%s)", table.num_rows, ", ".join(f"{f.name}: {f.kind}" for f in config.fields))
     collection.add(table.to_pylist(), vectors=vectors, progress=progress)
     shutil.rmtree(work, ignore_errors=True)
     log.info("committed version %d to %s", collection.version, out)

@@ -15,22 +15,16 @@ import pyarrow.parquet as pq
 from retriever.index import disk, storage
 
 from . import fusion as fusion_module
-from .config import CollectionConfig, FieldConfig
+from .config import CollectionConfig
 from .documents import DocumentTable, concat, document_texts, documents_to_table
 from .errors import AlreadyExists, InvalidRequest, NotFound
-from .binary_field import BinaryField
-from .fields import DenseField
-from .multivector_field import MultiVectorField
+from .fields import Field, kind_of, request_params
+from .fields.base import NO_TERMS
 from .filters import filter_mask
-from .sparse_fields import NO_TERMS, Bm25Field, InvertedField, LearnedSparseField
 from .types import Hits
 
-REQUEST_PARAMS = {"nprobe": 1, "efSearch": 1, "rescore": 0, "inference_free": 0, "candidates": 1, "rerank": 1, "exhaustive": 0,
-                  "asymmetric": 0, "prune_pct": 0}
-FIELD_CLASSES = {"dense": DenseField, "bm25": Bm25Field, "sparse": LearnedSparseField, "multivector": MultiVectorField,
-                 "binary": BinaryField}
 FUSION_CANDIDATES = 100  # per-field candidates fused when several fields are searched
-Field = DenseField | InvertedField | MultiVectorField | BinaryField
+FUSION_PARAMS = {"candidates": 1}  # request parameters of the collection itself -> their smallest value
 Queries = str | Sequence[str] | np.ndarray | Mapping[str, Any]
 
 
@@ -64,7 +58,8 @@ class Collection:
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise AlreadyExists(f"{str(path)!r} is not an empty directory; a collection is created only in an empty "
                                 "or missing one (the engine owns, and may delete, every file in it)")
-        sizes = {f.name: _initial_size(f) for f in config.fields if f.source is None}  # loads models: fail before touching disk
+        # loads models: fail before touching disk
+        sizes = {f.name: kind_of(f).initial_size(f) for f in config.fields if f.source is None}
         sizes.update({f.name: sizes[f.source] for f in config.fields if f.source is not None})
         made = not path.exists()
         try:
@@ -93,7 +88,7 @@ class Collection:
         if manifest["deleted"]:
             deleted[storage.open_npy_verified(path, manifest["deleted"], files[manifest["deleted"]])] = True
         config = CollectionConfig.from_dict(manifest["config"])
-        fields = {f.name: FIELD_CLASSES[f.kind].open(path, f, manifest["fields"][f.name], files, documents.num_rows) for f in config.fields}
+        fields = {f.name: kind_of(f).open(path, f, manifest["fields"][f.name], files, documents.num_rows) for f in config.fields}
         return cls(path, config, manifest, documents, deleted, fields)
 
     def snapshot(self) -> "Collection":
@@ -154,7 +149,7 @@ class Collection:
             if given is not None:
                 payloads[name] = field.check_documents(given, table.num_rows)
                 continue
-            if field.config.model is None and field.config.kind != "bm25":
+            if not kind_of(field.config).has_encoder(field.config):
                 raise InvalidRequest(f"field {name!r} has no model: pass its vectors, e.g. vectors={{{name!r}: ...}}")
             texts = texts if texts is not None else document_texts(table, self.config.text_keys)
             payloads[name] = field.documents_from_texts(self.encoder(name), texts, progress)
@@ -296,11 +291,18 @@ class Collection:
         config = self.config.field(field)
         if config.source is not None:
             return self.encoder(config.source)
-        if config.model is None and config.kind != "bm25":
+        if not self.can_encode(field):
             raise InvalidRequest(f"field {field!r} has no model (its vectors were brought in); search it with vectors")
         if field not in self._encoders:
-            self._encoders[field] = _make_encoder(config)
+            self._encoders[field] = kind_of(config).make_encoder(config)
         return self._encoders[field]
+
+    def can_encode(self, field: str) -> bool:
+        """Whether texts can be encoded for the field (it has a model, or needs none)."""
+        config = self.config.field(field)
+        if config.source is not None:
+            return self.can_encode(config.source)
+        return kind_of(config).has_encoder(config)
 
     def _hits(self, scores: np.ndarray, rows: np.ndarray, field_scores: dict[str, np.ndarray], reasons) -> list[Hits]:
         """scores/rows [B, k] (-1 rows pad the end) -> one `Hits` per query, padding dropped.
@@ -324,15 +326,12 @@ class Collection:
         return out
 
     def _no_terms_reasons(self, batch: dict[str, Any], names: list[str], size: int) -> list[str | None]:
-        """Per query: why nothing can match when no searched field has a term for it."""
-        empty = np.ones(size, dtype=bool)
-        sparse = [n for n in names if isinstance(self.fields[n], InvertedField)]
-        if len(sparse) < len(names):
+        """Per query: why nothing can match when no searched field can match it (no known terms)."""
+        flags = [self.fields[n].unmatchable(batch[n]) for n in names]
+        if any(f is None for f in flags):
             return [None] * size
-        for n in sparse:
-            empty &= batch[n].empty
-        what = ", ".join(repr(n) for n in sparse)
-        return [f"{NO_TERMS} (field {what})" if e else None for e in empty.tolist()]
+        what = ", ".join(repr(n) for n in names)
+        return [f"{NO_TERMS} (field {what})" if e else None for e in np.logical_and.reduce(flags).tolist()]
 
     def _check_k(self, k: int) -> int:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.config.max_k:
@@ -419,11 +418,12 @@ def _check_params(params) -> dict[str, int]:
     if not params:
         return {}
     params = dict(params)
+    known = {**request_params(), **FUSION_PARAMS}
     for key, value in params.items():
-        if key not in REQUEST_PARAMS:
-            raise InvalidRequest(f"unknown search parameter {key!r}; known: {list(REQUEST_PARAMS)}")
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < REQUEST_PARAMS[key]:
-            raise InvalidRequest(f"search parameter {key!r} must be an integer >= {REQUEST_PARAMS[key]}, got {value!r}")
+        if key not in known:
+            raise InvalidRequest(f"unknown search parameter {key!r}; known: {list(known)}")
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < known[key]:
+            raise InvalidRequest(f"search parameter {key!r} must be an integer >= {known[key]}, got {value!r}")
     return params
 
 
@@ -438,11 +438,8 @@ def _first_manifest(path: Path, config: CollectionConfig, sizes: dict[str, int])
     files: dict[str, Any] = {}
     fields = {}
     for f in config.fields:
-        if f.kind in ("dense", "multivector", "binary"):
-            fields[f.name], written = FIELD_CLASSES[f.kind].empty_entry(path, f, sizes[f.name])
-            files.update(written)
-        else:
-            fields[f.name] = InvertedField.empty_entry(f, sizes[f.name])
+        fields[f.name], written = kind_of(f).create(path, f, sizes[f.name])
+        files.update(written)
     return {"version": 1, "parent": None, "config": config.to_dict(), "counts": {"rows": 0, "documents": 0, "deleted": 0},
             "documents": [], "deleted": None, "fields": fields, "files": files, "retired": {}}
 
@@ -457,35 +454,6 @@ def _remove_partial_create(path: Path, made: bool) -> None:
             disk.rmtree(leftover) if leftover.is_dir() else disk.unlink(leftover)
 
 
-def _initial_size(config: FieldConfig) -> int:
-    """A new field's dimension: dense, binary or token width, vocabulary size of a sparse model, 0 for BM25."""
-    if config.kind == "bm25":
-        return 0
-    if config.dim is not None:
-        return config.dim
-    return _make_encoder(config).vocab_size if config.kind == "sparse" else _make_encoder(config).dim
-
-
-def _make_encoder(config: FieldConfig):
-    if config.kind == "bm25":
-        from .encoders.tokenize import Tokenizer
-
-        return Tokenizer(stopwords=config.stopwords or None, stemmer=config.stemmer or None)
-    if config.kind == "multivector":
-        from .encoders.multivector import TokenEncoder
-
-        return TokenEncoder(config.model, batch_size=config.batch_size, token_dim=config.token_dim,
-                            skip_special=config.skip_special, skip_punctuation=config.skip_punctuation)
-    if config.kind == "sparse":
-        from .encoders.sparse import SpladeEncoder
-
-        return SpladeEncoder(config.model, batch_size=config.batch_size, max_length=config.max_length)
-    from .encoders.dense import DenseEncoder
-
-    return DenseEncoder(config.model, batch_size=config.batch_size, max_length=config.max_length, normalize=config.normalize)
-
-
 def _field_params(field: Field, params: Mapping[str, int]) -> dict[str, int]:
-    keys = {DenseField: ("nprobe", "efSearch", "rescore", "prune_pct"), MultiVectorField: ("nprobe", "efSearch", "rerank", "exhaustive", "prune_pct", "rescore"),
-            BinaryField: ("nprobe", "efSearch", "rescore", "asymmetric")}.get(type(field), ("inference_free",))
+    keys = kind_of(field.config).request_params
     return {key: value for key, value in params.items() if key in keys}

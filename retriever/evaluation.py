@@ -50,8 +50,7 @@ def evaluate(
     """
     names = fields or [collection.config.fields[0].name]
     for name in names:
-        config = collection.config.field(name)
-        if config.model is not None or config.kind == "bm25":
+        if collection.can_encode(name):
             collection.encoder(name)  # load the model before the clock starts
     qids = list(queries)
     options = {"fields": names, "params": params, "fusion": fusion, "weights": weights, "normalization": normalization}

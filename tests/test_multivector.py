@@ -139,7 +139,7 @@ def test_multivector_filters_deletes_and_upserts(tmp_path):
 def test_spann_index_over_fdes_matches_a_flat_one(tmp_path, monkeypatch):
     """FDEs searched by SPANN (posting lists on disk): probing every list gives the Flat field's
     candidates, hence its answers; later rows are folded in by compaction, deletes respected."""
-    from retriever import spann_field
+    from retriever.fields import spann as spann_field
 
     flat, spann = token_collection(tmp_path / "flat"), token_collection(tmp_path / "spann", index="SPANN,L10")
     docs = split(*clouds(200, 16, seed=8, max_tokens=12))

@@ -275,7 +275,7 @@ def _two_field_collection(path, base):
 
 def test_collection_field_matches_exact_search_and_folds_appended_rows(data, tmp_path, monkeypatch):
     import retriever
-    from retriever import spann_field
+    from retriever.fields import spann as spann_field
 
     base, queries = data
     collection = _two_field_collection(tmp_path / "c", base[:3000])

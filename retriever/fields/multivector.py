@@ -1,4 +1,4 @@
-"""A multi-vector field at run time: MUVERA encodings in a dense index find candidates, exact
+"""The `multivector` kind: token vectors per document. MUVERA encodings in a dense index find candidates, exact
 MaxSim over the stored token vectors re-ranks them (or scores every document, `exhaustive`).
 With `index = "SPANN..."` the encodings are stored as vector segments and searched by SPANN
 (posting lists on disk), exactly as a dense field's vectors are."""
@@ -6,11 +6,13 @@ With `index = "SPANN..."` the encodings are stored as vector segments and search
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 
+from retriever.encoders.models import choose_device
+from retriever.errors import CorruptIndex, InvalidConfig, InvalidRequest
 from retriever.index import storage
 from retriever.index.faiss_index import FaissIndex
 from retriever.index.fde import FdeConfig, FdeEncoder
@@ -18,13 +20,87 @@ from retriever.index.tokens import TokenStore, compress
 from retriever.index.vectors import VectorStore
 from retriever.kernels.maxsim import maxsim
 
-from .config import FieldConfig
-from .encoders.models import choose_device
-from .errors import CorruptIndex, InvalidConfig, InvalidRequest
-from .fields import index_with
-from .spann_field import SpannVectors, is_spann, spann_params
+from .base import FieldConfig, check_int
+from .dense import index_with
+from .spann import SpannVectors, is_spann, spann_params
 
 MAXSIM_BLOCK = 1 << 17  # document tokens decompressed and scored per step when searching exhaustively
+FDE_KEYS = ("repetitions", "simhash_bits", "projection_dim", "fill_empty_partitions", "final_dim", "seed")
+TOKEN_DTYPES = ("float16", "int8")
+
+
+@dataclass(frozen=True)
+class MultiVectorConfig(FieldConfig):
+    """Token vectors from a sentence-transformers `model` (projected to `token_dim` when set) or
+    your own of width `dim`; MUVERA encodings (`fde` settings) in a faiss `index` find `rerank`
+    candidates that exact MaxSim re-ranks; tokens are kept as `token_dtype` (float16 or int8)."""
+
+    dim: int | None = None
+    index: str = "Flat"
+    train_size: int = 65_536
+    search: Mapping[str, int] = field(default_factory=dict)
+    fde: Mapping[str, Any] = field(default_factory=dict)
+    token_dim: int | None = None
+    skip_special: bool = True
+    skip_punctuation: bool = True
+    query_max_length: int = 32
+    query_prefix: str = ""
+    document_prefix: str = ""
+    rerank: int = 100
+    token_dtype: str = "float16"
+    max_fde_dim: int = 65_536
+
+    def check(self) -> None:
+        where = self.where
+        if self.model is None and self.dim is None:
+            raise InvalidConfig(f"{where}: give a sentence-transformers `model` for token vectors, or `dim` to bring your own")
+        for key in ("dim", "token_dim", "query_max_length", "rerank", "max_fde_dim", "train_size"):
+            check_int(where, key, getattr(self, key), low=1, optional=key in ("dim", "token_dim"))
+        if self.token_dtype not in TOKEN_DTYPES:
+            raise InvalidConfig(f"{where}: token_dtype must be one of {TOKEN_DTYPES}, got {self.token_dtype!r}")
+        unknown = sorted(set(self.fde) - set(FDE_KEYS))
+        if unknown:
+            raise InvalidConfig(f"{where}: unknown fde setting(s) {unknown}; known: {list(FDE_KEYS)}")
+        try:
+            fde = FdeConfig(**self.fde)
+        except ValueError as e:
+            raise InvalidConfig(f"{where}: {e}") from None
+        width = self.token_dim or self.dim
+        if width is not None and fde.dimension(width) > self.max_fde_dim:
+            raise InvalidConfig(f"{where}: the FDE would have {fde.dimension(width)} dimensions, over max_fde_dim = {self.max_fde_dim}; "
+                                "lower repetitions, simhash_bits or projection_dim, or set fde.final_dim")
+        if not isinstance(self.index, str) or not self.index.strip():
+            raise InvalidConfig(f"{where}: index must be a faiss factory string such as 'Flat' or 'HNSW32'")
+        object.__setattr__(self, "fde", dict(self.fde))
+        object.__setattr__(self, "search", dict(self.search))
+
+
+class MultiVectorKind:
+    name = "multivector"
+    config = MultiVectorConfig
+    request_params = {"nprobe": 1, "efSearch": 1, "rerank": 1, "exhaustive": 0, "prune_pct": 0, "rescore": 0}
+    vector_input = False
+
+    def has_encoder(self, config: MultiVectorConfig) -> bool:
+        return config.model is not None
+
+    def make_encoder(self, config: MultiVectorConfig):
+        from retriever.encoders.multivector import TokenEncoder
+
+        return TokenEncoder(config.model, batch_size=config.batch_size, token_dim=config.token_dim,
+                            skip_special=config.skip_special, skip_punctuation=config.skip_punctuation)
+
+    def initial_size(self, config: MultiVectorConfig) -> int:
+        return config.dim if config.dim is not None else self.make_encoder(config).dim
+
+    def create(self, path, config: MultiVectorConfig, dim: int):
+        return MultiVectorField.empty_entry(path, config, dim)
+
+    def open(self, path, config: MultiVectorConfig, entry, files, num_rows: int) -> "MultiVectorField":
+        return MultiVectorField.open(path, config, entry, files, num_rows)
+
+
+MULTIVECTOR = MultiVectorKind()
 
 
 @dataclass(frozen=True)
@@ -46,7 +122,7 @@ class MultiVectors:
 
 
 class MultiVectorField:
-    def __init__(self, config: FieldConfig, entry: dict[str, Any], index: FaissIndex | SpannVectors, tokens: TokenStore) -> None:
+    def __init__(self, config: MultiVectorConfig, entry: dict[str, Any], index: FaissIndex | SpannVectors, tokens: TokenStore) -> None:
         self.config = config
         self.entry = entry
         self.dim = int(entry["dim"])  # token dimension
@@ -57,7 +133,7 @@ class MultiVectorField:
     # ---- opening -----------------------------------------------------------------------------
 
     @classmethod
-    def empty_entry(cls, path, config: FieldConfig, dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    def empty_entry(cls, path, config: MultiVectorConfig, dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
         fde = FdeConfig(**config.fde)
         if fde.dimension(dim) > config.max_fde_dim:
             raise InvalidConfig(f"field {config.name!r}: the FDE would have {fde.dimension(dim)} dimensions, over max_fde_dim = "
@@ -71,7 +147,7 @@ class MultiVectorField:
         return {**entry, "index": name}, files
 
     @classmethod
-    def open(cls, path, config: FieldConfig, entry: dict[str, Any], files: dict[str, Any], num_rows: int) -> "MultiVectorField":
+    def open(cls, path, config: MultiVectorConfig, entry: dict[str, Any], files: dict[str, Any], num_rows: int) -> "MultiVectorField":
         if is_spann(config.index):
             encodings = VectorStore([storage.open_npy_verified(path, n, files[n]) for n in entry["encodings"]], entry["fde_dim"])
             index = SpannVectors.open(path, entry, encodings, "ip")
@@ -97,15 +173,21 @@ class MultiVectorField:
     # ---- documents and queries ------------------------------------------------------------------
 
     def documents_from_texts(self, encoder, texts: list[str], progress: bool = False) -> MultiVectors:
-        from .encoders.multivector import TokenSettings
+        from retriever.encoders.multivector import TokenSettings
 
         settings = TokenSettings(self.config.max_length or 256, self.config.document_prefix)
         return self.check_documents(encoder.encode(texts, settings, progress=progress), len(texts))
 
     def queries_from_texts(self, encoder, texts: list[str], params: Mapping[str, int]) -> MultiVectors:
-        from .encoders.multivector import TokenSettings
+        from retriever.encoders.multivector import TokenSettings
 
         return self.check_queries(encoder.encode(texts, TokenSettings(self.config.query_max_length, self.config.query_prefix)))
+
+    def unmatchable(self, queries: MultiVectors) -> None:
+        return None
+
+    def probe(self, rows: np.ndarray, deleted: np.ndarray, k: int, min_recall: float):
+        return {"checked": False}, []  # no cheap exact reference to sample against
 
     def check_documents(self, given, count: int) -> MultiVectors:
         clouds = self._clouds(given, "document")

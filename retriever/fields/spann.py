@@ -24,7 +24,7 @@ from retriever.index.spann_build import SpannParams
 from retriever.index.vectors import VectorStore
 from retriever.kernels import cpu
 
-from .errors import CorruptIndex, InvalidConfig
+from retriever.errors import CorruptIndex, InvalidConfig
 
 SUFFIX = ".spann"
 FOLD_SHARE = 0.1  # fold the unindexed rows in once they pass 10% of the indexed ones ...

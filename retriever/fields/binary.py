@@ -1,26 +1,112 @@
-"""A binary field at run time: packed codes of float vectors, searched by Hamming distance (faiss
-binary indexes) or by lookup tables (SDC / asymmetric), with candidates re-scored from vectors on disk."""
+"""The `binary` kind: packed codes of float vectors (recurrent binarization, sign, ITQ), searched
+by Hamming distance (faiss binary indexes) or by lookup tables (SDC / asymmetric), with
+candidates re-scored from vectors on disk."""
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
+from retriever.encoders import binary
+from retriever.errors import CorruptIndex, InvalidConfig, InvalidRequest
 from retriever.index import storage
 from retriever.index.faiss_index import HAMMING, FaissIndex
 from retriever.index.vectors import VectorStore
 from retriever.kernels import cpu
 from retriever.kernels.binary import candidate_scores, code_top_k
 
-from .config import FieldConfig
-from .encoders import binary
-from .errors import CorruptIndex, InvalidConfig, InvalidRequest
-from .fields import check_query_vectors, check_vectors, index_with, training_sample
+from .base import FieldConfig, check_choice, check_int, recall_probe
+from .dense import DENSE, check_query_vectors, check_vector_keys, check_vectors, index_with, training_sample
 
 QUERY_BLOCK = 64  # queries whose lookup tables are built at once ([64, bytes, 256] float32)
+METHODS = ("sign", "itq", "recurrent")
+SCORINGS = ("hamming", "sdc", "asymmetric")
+RESCORE_DTYPES = ("float32", "int8")
+DEFAULT_RESCORE = 100
+
+
+@dataclass(frozen=True)
+class BinaryConfig(FieldConfig):
+    """Binarizes the vectors of the dense field named by `source` (or of its own `model` / `dim`)
+    with `method` (sign, itq, recurrent) into `bits` (1-4) steps of `code_dim` bits each, trained
+    on the first batch added; `scoring` is "hamming", "sdc" (symmetric, the query binarized too) or
+    "asymmetric" (float query), by default hamming for 1 bit and sdc above; `index` is Flat or a
+    faiss binary index (IVF{n}, HNSW{M}); the best `rescore` candidates (default 100) are
+    re-scored with vectors kept on disk as `rescore_dtype` (float32 or int8)."""
+
+    dim: int | None = None
+    normalize: bool = True
+    method: str = "recurrent"
+    bits: int = 1
+    code_dim: int | None = None
+    index: str = "Flat"
+    scoring: str | None = None
+    rescore: int | None = None
+    rescore_dtype: str = "float32"
+    train_size: int = 65_536
+    search: Mapping[str, int] = field(default_factory=dict)
+    seed: int = 0
+
+    takes_source: ClassVar[bool] = True
+
+    def check(self) -> None:
+        where = self.where
+        if self.source is not None and (self.model is not None or self.dim is not None):
+            raise InvalidConfig(f"{where}: a binary field takes its vectors from `source` {self.source!r}, or from its own `model` / `dim`, not both")
+        if self.source is None and self.model is None and self.dim is None:
+            raise InvalidConfig(f"{where}: give `source` (a dense field of this collection), a `model`, or a `dim` to bring your own vectors")
+        check_choice(where, "method", self.method, METHODS)
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 4:
+            raise InvalidConfig(f"{where}: bits must be an integer from 1 to 4 (binarization steps per dimension), got {self.bits!r}")
+        check_int(where, "code_dim", self.code_dim, low=8, optional=True)
+        if self.code_dim is not None and self.code_dim % 8:
+            raise InvalidConfig(f"{where}: code_dim must be a multiple of 8 (codes are packed in bytes), got {self.code_dim}")
+        if self.scoring is None:
+            object.__setattr__(self, "scoring", "hamming" if self.bits == 1 else "sdc")
+        check_choice(where, "scoring", self.scoring, SCORINGS)
+        if self.rescore_dtype not in RESCORE_DTYPES:
+            raise InvalidConfig(f"{where}: rescore_dtype must be one of {RESCORE_DTYPES}, got {self.rescore_dtype!r}")
+        if self.rescore is None:
+            object.__setattr__(self, "rescore", DEFAULT_RESCORE)
+        check_int(where, "seed", self.seed, low=0)
+        check_vector_keys(self, "'Flat' or 'IVF1024,PQ48'")
+
+    def check_among(self, fields: Mapping[str, FieldConfig], collection: str) -> None:
+        if self.source is None:
+            return
+        source = fields.get(self.source)
+        if source is None or source.kind != DENSE.name:
+            raise InvalidConfig(f"binary field {self.name!r}: source {self.source!r} is not a dense field of collection {collection!r}")
+        if source.metric != "ip":
+            raise InvalidConfig(f"binary field {self.name!r}: codes rank by inner product, but source {self.source!r} uses metric {source.metric!r}")
+
+
+class BinaryKind:
+    name = "binary"
+    config = BinaryConfig
+    request_params = {"nprobe": 1, "efSearch": 1, "rescore": 0, "asymmetric": 0}
+    vector_input = False
+
+    def has_encoder(self, config: BinaryConfig) -> bool:
+        return config.model is not None
+
+    def make_encoder(self, config: BinaryConfig):
+        return DENSE.make_encoder(config)
+
+    def initial_size(self, config: BinaryConfig) -> int:
+        return config.dim if config.dim is not None else self.make_encoder(config).dim
+
+    def create(self, path, config: BinaryConfig, dim: int):
+        return BinaryField.empty_entry(path, config, dim)
+
+    def open(self, path, config: BinaryConfig, entry, files, num_rows: int) -> "BinaryField":
+        return BinaryField.open(path, config, entry, files, num_rows)
+
+
+BINARY = BinaryKind()
 
 
 @dataclass(frozen=True)
@@ -34,7 +120,7 @@ class QueryCodes:
         return len(self.codes)
 
 
-def code_dim_for(config: FieldConfig, dim: int) -> int:
+def code_dim_for(config: BinaryConfig, dim: int) -> int:
     """Bits per step: as set, else the vector dimension rounded to bytes (down for itq, which cannot exceed it)."""
     if config.code_dim is not None:
         return config.code_dim
@@ -43,7 +129,7 @@ def code_dim_for(config: FieldConfig, dim: int) -> int:
     return -(-dim // 8) * 8
 
 
-def faiss_factory(config: FieldConfig) -> str | None:
+def faiss_factory(config: BinaryConfig) -> str | None:
     """The faiss binary index over the codes, or None when an exhaustive lookup-table scan scores them."""
     name = config.index.strip()
     if name.upper() in ("FLAT", "BFLAT"):
@@ -52,7 +138,7 @@ def faiss_factory(config: FieldConfig) -> str | None:
 
 
 class BinaryField:
-    def __init__(self, config: FieldConfig, entry: dict[str, Any], binarizer: binary.Binarizer | None, index: FaissIndex | None,
+    def __init__(self, config: BinaryConfig, entry: dict[str, Any], binarizer: binary.Binarizer | None, index: FaissIndex | None,
                  codes: VectorStore, rescore: VectorStore, scales: VectorStore | None) -> None:
         self.config = config
         self.entry = entry
@@ -67,7 +153,7 @@ class BinaryField:
     # ---- opening -----------------------------------------------------------------------------
 
     @classmethod
-    def empty_entry(cls, path, config: FieldConfig, dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    def empty_entry(cls, path, config: BinaryConfig, dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
         code_dim = code_dim_for(config, dim)
         if config.method == "itq" and code_dim > dim:
             raise InvalidConfig(f"field {config.name!r}: itq codes have at most {dim} dimensions (the vectors'), got code_dim {code_dim}")
@@ -80,7 +166,7 @@ class BinaryField:
         return {**entry, "index": name}, {name: storage.write_new_file(path, name, index.to_bytes())}
 
     @classmethod
-    def open(cls, path, config: FieldConfig, entry: dict[str, Any], files: dict[str, Any], num_rows: int) -> "BinaryField":
+    def open(cls, path, config: BinaryConfig, entry: dict[str, Any], files: dict[str, Any], num_rows: int) -> "BinaryField":
         load = lambda names, dim, dtype: VectorStore([storage.open_npy_verified(path, n, files[n]) for n in names], dim, dtype)  # noqa: E731
         binarizer = None
         if entry["binarizer"]:
@@ -115,6 +201,15 @@ class BinaryField:
 
     def queries_from_texts(self, encoder, texts: list[str], params: Mapping[str, int]) -> np.ndarray:
         return self.check_queries(encoder.encode(texts))
+
+    def unmatchable(self, queries) -> None:
+        return None
+
+    def probe(self, rows: np.ndarray, deleted: np.ndarray, k: int, min_recall: float):
+        base = self.rescore_vectors.to_array().astype(np.float32)  # the float vectors kept on disk
+        if self.scales is not None:
+            base *= self.scales.to_array()
+        return recall_probe(self, base, "ip", False, rows, deleted, k, min_recall)
 
     def check_queries(self, given) -> np.ndarray | QueryCodes:
         """Float query vectors [B, dim], or packed codes as uint8 [B, code bytes]."""

@@ -1,27 +1,96 @@
-"""A dense field at run time: its index, its float vectors on disk, and candidate re-scoring."""
+"""The `dense` kind: one vector per document in a faiss index (or SPANN), float vectors kept on
+disk for exact re-scoring of an approximate index's candidates."""
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from retriever.errors import CorruptIndex, InvalidConfig, InvalidRequest
+from retriever.index import storage
 from retriever.index.faiss_index import FaissIndex
 from retriever.index.vectors import VectorStore
 from retriever.kernels import cpu
 
-from retriever.index import storage
+from .base import FieldConfig, check_choice, check_int, recall_probe
+from .spann import SpannVectors, is_spann, spann_params
 
-from .config import FieldConfig
-from .errors import CorruptIndex, InvalidRequest
-from .spann_field import SpannVectors, is_spann, spann_params
+METRICS = ("ip", "l2")
+SEARCH_PARAMS = ("nprobe", "efSearch")  # settable per field in the config's `search` table
+
+
+@dataclass(frozen=True)
+class DenseConfig(FieldConfig):
+    """`model` names a sentence-transformers model (or a path); leave it out to bring your own
+    vectors, in which case `dim` is required. `index` is a faiss factory string (or SPANN...).
+    `rescore` > 0 re-scores that many candidates exactly with the float vectors kept on disk."""
+
+    dim: int | None = None
+    index: str = "Flat"
+    metric: str = "ip"
+    normalize: bool = True
+    rescore: int | None = None
+    train_size: int = 65_536
+    search: Mapping[str, int] = field(default_factory=dict)
+
+    def check(self) -> None:
+        check_choice(self.where, "metric", self.metric, METRICS)
+        if self.model is None and self.dim is None:
+            raise InvalidConfig(f"{self.where}: give a `model` to encode text, or a `dim` to bring your own vectors")
+        if self.rescore is None:
+            object.__setattr__(self, "rescore", 0)
+        check_vector_keys(self, "'Flat' or 'IVF1024,PQ48'")
+
+
+def check_vector_keys(config, example: str) -> None:
+    """Keys dense and binary fields share: dim, rescore depth, training sample, index, search parameters."""
+    where = config.where
+    check_int(where, "dim", config.dim, low=1, optional=True)
+    check_int(where, "rescore", config.rescore, low=0)
+    check_int(where, "train_size", config.train_size, low=1)
+    if not isinstance(config.index, str) or not config.index.strip():
+        raise InvalidConfig(f"{where}: index must be a faiss factory string such as {example}")
+    unknown = set(config.search) - set(SEARCH_PARAMS)
+    if unknown:
+        raise InvalidConfig(f"{where}: unknown search parameter(s) {sorted(unknown)}; known: {list(SEARCH_PARAMS)}")
+    for key, value in config.search.items():
+        check_int(where, f"search.{key}", value, low=1)
+    object.__setattr__(config, "search", dict(config.search))
+
+
+class DenseKind:
+    name = "dense"
+    config = DenseConfig
+    request_params = {"nprobe": 1, "efSearch": 1, "rescore": 0, "prune_pct": 0}
+    vector_input = True
+
+    def has_encoder(self, config: DenseConfig) -> bool:
+        return config.model is not None
+
+    def make_encoder(self, config: DenseConfig):
+        from retriever.encoders.dense import DenseEncoder
+
+        return DenseEncoder(config.model, batch_size=config.batch_size, max_length=config.max_length, normalize=config.normalize)
+
+    def initial_size(self, config: DenseConfig) -> int:
+        return config.dim if config.dim is not None else self.make_encoder(config).dim
+
+    def create(self, path, config: DenseConfig, dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        return DenseField.empty_entry(path, config, dim)
+
+    def open(self, path, config: DenseConfig, entry, files, num_rows: int) -> "DenseField":
+        return DenseField.open(path, config, entry, files, num_rows)
+
+
+DENSE = DenseKind()
 
 
 @dataclass(frozen=True)
 class DenseField:
-    config: FieldConfig
+    config: DenseConfig
     dim: int
     index: FaissIndex | SpannVectors
     vectors: VectorStore
@@ -42,7 +111,7 @@ class DenseField:
         return cpu.top_k_rows(exact, rows, k)
 
     @classmethod
-    def empty_entry(cls, path, config: FieldConfig, dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    def empty_entry(cls, path, config: DenseConfig, dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
         if is_spann(config.index):
             spann_params(config.index, config.metric)  # a bad factory string fails at create
             return {"dim": dim, "index": None, "spann": None, "vectors": []}, {}
@@ -51,7 +120,7 @@ class DenseField:
         return {"dim": dim, "index": name, "vectors": []}, files
 
     @classmethod
-    def open(cls, path, config: FieldConfig, entry: dict[str, Any], files: dict[str, Any], num_rows: int) -> "DenseField":
+    def open(cls, path, config: DenseConfig, entry: dict[str, Any], files: dict[str, Any], num_rows: int) -> "DenseField":
         vectors = VectorStore([storage.open_npy_verified(path, n, files[n]) for n in entry["vectors"]], entry["dim"])
         if is_spann(config.index):
             index = SpannVectors.open(path, entry, vectors, config.metric)
@@ -78,6 +147,12 @@ class DenseField:
 
     def check_queries(self, given) -> np.ndarray:
         return check_query_vectors(self, given)
+
+    def unmatchable(self, queries: np.ndarray) -> None:
+        return None
+
+    def probe(self, rows: np.ndarray, deleted: np.ndarray, k: int, min_recall: float):
+        return recall_probe(self, self.vectors.to_array(), self.config.metric, self.index.exact, rows, deleted, k, min_recall)
 
     def prepare(self, vectors: np.ndarray, first_row: int, deleted: np.ndarray) -> "PendingVectors":
         if isinstance(self.index, SpannVectors):  # built from the stored vectors once they are written

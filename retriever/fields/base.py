@@ -1,0 +1,167 @@
+"""The field-kind interface: what every kind of field implements, and the keys every kind's config shares.
+
+A kind (dense, bm25, sparse, multivector, binary) is one module of this package holding three
+things: its config (a frozen dataclass extending `FieldConfig` with its own keys), its opened
+field (the `Field` protocol: encode, check, prepare a write, search, describe itself), and a
+`FieldKind` object that ties them together. `retriever/fields/__init__.py` registers the kinds
+and is the only place that dispatches on a kind's name: the collection, `check`, `build` and
+`eval` call these methods and know no kind.
+
+A write goes: `documents_from_texts` or `check_documents` (outside the writer lock, the slow
+part: models run here) -> `prepare` (under the lock, against the version being extended; pure
+in-memory work) -> `Pending.write` (files) -> the returned maker, called only once the new
+manifest is published (so a failed commit changes nothing in memory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Mapping, Protocol
+
+import numpy as np
+
+from retriever.errors import InvalidConfig
+
+NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
+NO_TERMS = "the query has no searchable terms after tokenization"
+EXACT_MIN_RECALL = 0.99  # `check`: exact indexes may differ from exact search only on ties
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    """Keys every field takes: `name`, `kind`, `model` (a model name or path; leave it out to
+    bring your own vectors), `source` (another field whose vectors this one is derived from, for
+    kinds that take one), `batch_size` and `max_length` for the encoder."""
+
+    name: str
+    kind: str = "dense"
+    model: str | None = None
+    source: str | None = None
+    batch_size: int = 64
+    max_length: int | None = None
+
+    takes_source: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not NAME.match(self.name):
+            raise InvalidConfig(f"field name {self.name!r} must start with a letter and use letters, digits, _ or -")
+        if self.source is not None and not self.takes_source:
+            raise InvalidConfig(f"{self.where}: key(s) ['source'] do not apply to a {self.kind!r} field")
+        check_int(self.where, "batch_size", self.batch_size, low=1)
+        check_int(self.where, "max_length", self.max_length, low=1, optional=True)
+        self.check()
+
+    @property
+    def where(self) -> str:
+        return f"field {self.name!r}"
+
+    def check(self) -> None:
+        """The kind's own keys; raise InvalidConfig naming the key and what it must be."""
+
+    def check_among(self, fields: Mapping[str, "FieldConfig"], collection: str) -> None:
+        """Rules that involve the collection's other fields (a binary field's `source`)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for a manifest or TOML: this kind's keys, None values left out."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+class Field(Protocol):
+    """A field opened at one version of a collection. Rows are the collection's row numbers."""
+
+    config: FieldConfig
+    dim: int
+
+    def info(self) -> dict[str, Any]: ...
+
+    def documents_from_texts(self, encoder: Any, texts: list[str], progress: bool = False) -> Any:
+        """What `prepare` takes, encoded from the documents' texts."""
+
+    def check_documents(self, given: Any, count: int) -> Any:
+        """What `prepare` takes, from vectors the caller brought (InvalidRequest when malformed)."""
+
+    def queries_from_texts(self, encoder: Any, texts: list[str], params: Mapping[str, int]) -> Any: ...
+
+    def check_queries(self, given: Any) -> Any: ...
+
+    def prepare(self, payload: Any, first_row: int, deleted: np.ndarray) -> "Pending":
+        """In-memory work for adding `payload` as rows first_row.. ; `deleted` [rows] is the next
+        version's deletions. Must not change this field: readers may share it."""
+
+    def search(self, queries: Any, k: int, params: Mapping[str, int],
+               allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """-> (scores [B, k] float32, rows [B, k] int64), best first, -inf / -1 padded."""
+
+    def unmatchable(self, queries: Any) -> np.ndarray | None:
+        """[B] True where a query can match nothing (no known terms), or None if any query can match."""
+
+    def probe(self, rows: np.ndarray, deleted: np.ndarray, k: int, min_recall: float) -> tuple[dict[str, Any], list[str]]:
+        """`retriever check`'s test of this field: (its report, problems found). `rows` are live
+        rows to use as queries where the field can (stored vectors against exact search)."""
+
+
+class Pending(Protocol):
+    def write(self, path: Path, version: int, num_rows: int) -> tuple[dict[str, Any], dict[str, Any], Callable[[], Field]]:
+        """Write the new files -> (the field's manifest entry, {file: size and checksum}, a maker of
+        the field's state at the new version, called only once that version is published)."""
+
+
+class FieldKind(Protocol):
+    """One kind, as the registry holds it."""
+
+    name: str
+    config: type[FieldConfig]
+    request_params: Mapping[str, int]  # search parameters it reads -> their smallest value
+    vector_input: bool  # documents may bring a [N, D] matrix (`build` encodes it in resumable blocks)
+
+    def has_encoder(self, config: FieldConfig) -> bool:
+        """Whether texts can be encoded for this field (a model, or a tokenizer that needs none)."""
+
+    def make_encoder(self, config: FieldConfig) -> Any: ...
+
+    def initial_size(self, config: FieldConfig) -> int:
+        """The new field's dimension (vector width, vocabulary size, 0 for a growing vocabulary)."""
+
+    def create(self, path: Path, config: FieldConfig, size: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """An empty field -> (its manifest entry, {file written: size and checksum})."""
+
+    def open(self, path: Path, config: FieldConfig, entry: dict[str, Any], files: dict[str, Any], num_rows: int) -> Field:
+        """The field at one version, every file checked against `files` before use."""
+
+
+def check_int(where: str, key: str, value: Any, *, low: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InvalidConfig(f"{where}: {key} must be an integer >= {low}, got {value!r}")
+
+
+def check_number(where: str, key: str, value: Any, low: float, high: float = float("inf")) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        bounds = f"from {low} to {high}" if high != float("inf") else f">= {low}"
+        raise InvalidConfig(f"{where}: {key} must be a number {bounds}, got {value!r}")
+
+
+def check_choice(where: str, key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InvalidConfig(f"{where}: {key} {value!r} is not one of {choices}")
+
+
+def recall_probe(field: Field, base: np.ndarray, metric: str, exact: bool, rows: np.ndarray, deleted: np.ndarray,
+                 k: int, min_recall: float) -> tuple[dict[str, Any], list[str]]:
+    """`check` for a field with stored vectors `base` [N, D]: the stored vectors of `rows` as
+    queries, the field's top-k against exact search; a recall under the floor is a problem."""
+    from retriever.kernels import reference
+
+    allowed = ~deleted
+    depth = min(k, int(allowed.sum()))
+    _, approx = field.search(base[rows], depth, {}, None if allowed.all() else allowed)
+    _, truth = reference.exact_search(base[rows], base, depth, metric, allowed)
+    recall = float(np.mean([len(set(a[a >= 0]) & set(e[e >= 0])) / depth for a, e in zip(approx, truth)]))
+    floor = EXACT_MIN_RECALL if exact else min_recall
+    report = {f"recall@{k}": round(recall, 4), "exact": exact, "min_recall": floor}
+    problems = [f"field {field.config.name!r}: recall@{k} against exact search is {recall:.3f} < {floor}"] if recall < floor else []
+    return report, problems

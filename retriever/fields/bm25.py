@@ -1,0 +1,206 @@
+"""The `bm25` kind: documents tokenized into term counts (a vocabulary that grows with the
+collection), scored with a BM25 variant; queries are text only."""
+
+from __future__ import annotations
+
+import functools
+import io
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from retriever.errors import CorruptIndex, InvalidConfig, InvalidRequest
+from retriever.index import storage
+from retriever.index.bm25 import VARIANTS
+from retriever.index.sparse import PostingSegment, SparseRows, build_segment, smallest_dtype
+
+from .base import FieldConfig, check_choice, check_number
+from .inverted import InvertedField, PendingSegments, SparseDocuments, distinct_per_row
+
+WEIGHT_CHUNK = 1 << 22  # postings turned into weights per step (bounds the temporary memory)
+TOKENIZE_BLOCK = 50_000  # documents per tokenizer call (progress steps)
+
+
+@dataclass(frozen=True)
+class Bm25Config(FieldConfig):
+    """Text tokenized (`stopwords` "en" or "", `stemmer` a Snowball language or "") and scored
+    with `variant` (lucene, robertson, atire, bm25l, bm25+) and `k1`, `b`, `delta`."""
+
+    variant: str = "lucene"
+    k1: float = 1.2
+    b: float = 0.75
+    delta: float | None = None
+    stopwords: str = "en"
+    stemmer: str = "english"
+
+    def check(self) -> None:
+        check_choice(self.where, "variant", self.variant, tuple(VARIANTS))
+        check_number(self.where, "k1", self.k1, 0.0, 100.0)
+        check_number(self.where, "b", self.b, 0.0, 1.0)
+        if self.delta is not None:
+            check_number(self.where, "delta", self.delta, 0.0, 100.0)
+        if self.stopwords not in ("", "en"):
+            raise InvalidConfig(f"{self.where}: stopwords must be 'en' or '' (none), got {self.stopwords!r}")
+        if self.stemmer:
+            import Stemmer
+
+            if self.stemmer not in Stemmer.algorithms():
+                raise InvalidConfig(f"{self.where}: stemmer {self.stemmer!r} is not one of {Stemmer.algorithms()} (or '' for none)")
+
+
+class Bm25Kind:
+    name = "bm25"
+    config = Bm25Config
+    request_params: Mapping[str, int] = {}
+    vector_input = False
+
+    def has_encoder(self, config: Bm25Config) -> bool:
+        return True  # a tokenizer, no model
+
+    def make_encoder(self, config: Bm25Config):
+        from retriever.encoders.tokenize import Tokenizer
+
+        return Tokenizer(stopwords=config.stopwords or None, stemmer=config.stemmer or None)
+
+    def initial_size(self, config: Bm25Config) -> int:
+        return 0  # the vocabulary grows with the documents
+
+    def create(self, path, config: Bm25Config, size: int):
+        return Bm25Field.empty_entry(config, size)
+
+    def open(self, path, config: Bm25Config, entry, files, num_rows: int) -> "Bm25Field":
+        return Bm25Field.open(path, config, entry, files, num_rows)
+
+
+BM25 = Bm25Kind()
+
+
+@dataclass(frozen=True)
+class TokenizedDocuments:
+    """BM25 documents before their terms have vocabulary ids: `terms` [batch terms] in batch-id
+    order, `flat` [tokens] batch term ids, `lengths` [N] tokens per document. Ids are given at
+    commit (under the writer lock, against the version being extended), never earlier."""
+
+    terms: list[str]
+    flat: np.ndarray
+    lengths: np.ndarray
+
+
+class Bm25Field(InvertedField):
+    """Term counts and document lengths on disk; BM25 tf parts as posting weights, idf per query term."""
+
+    def __init__(self, config: Bm25Config, entry: dict[str, Any], segments: list[PostingSegment], num_rows: int,
+                 vocabulary: dict[str, int] | None = None) -> None:
+        super().__init__(config, entry, segments, num_rows)
+        self.variant = VARIANTS[config.variant]
+        self.delta = config.delta if config.delta is not None else self.variant.delta
+        # append-only and shared between versions: ids never change; a version ignores ids >= its num_terms
+        self.vocabulary = vocabulary if vocabulary is not None else {}
+
+    @classmethod
+    def open(cls, path, config, entry, files, num_rows):
+        field = super().open(path, config, entry, files, num_rows)
+        terms: list[str] = []
+        for file in entry["vocab"]:
+            terms.extend(pq.read_table(io.BytesIO(storage.read_verified(path, file, files[file]))).column("term").to_pylist())
+        if len(terms) != field.num_terms:
+            raise CorruptIndex(f"field {config.name!r}: vocabulary holds {len(terms)} terms, the manifest says {field.num_terms}")
+        field.vocabulary.update((t, i) for i, t in enumerate(terms))
+        return field
+
+    def with_state(self, entry, segments, num_rows, new_terms):
+        # readers of older versions share this dict safely: they ignore ids >= their num_terms
+        self.vocabulary.update((term, self.num_terms + i) for i, term in enumerate(new_terms))
+        return Bm25Field(self.config, entry, segments, num_rows, self.vocabulary)
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "variant": self.config.variant, "k1": self.config.k1, "b": self.config.b}
+
+    @functools.cached_property
+    def _length_stats(self) -> tuple[np.ndarray, float]:
+        """Document length by row [rows] float32 and the average length."""
+        by_row = np.zeros(self.num_rows, dtype=np.float32)
+        total = 0
+        for s in self.segments:
+            by_row[s.doc_rows] = s.doc_lengths
+            total += int(np.asarray(s.doc_lengths, dtype=np.int64).sum())
+        return by_row, total / max(self.num_documents, 1)
+
+    @functools.cached_property
+    def idf(self) -> np.ndarray:
+        return self.variant.idf(self.df.astype(np.float64), self.num_documents).astype(np.float32)
+
+    def posting_weights(self, i: int) -> np.ndarray:
+        segment, (by_row, avg_len) = self.segments[i], self._length_stats
+        out = np.empty(len(segment.rows), dtype=np.float32)
+        for lo in range(0, len(out), WEIGHT_CHUNK):
+            hi = lo + WEIGHT_CHUNK
+            tf = np.asarray(segment.values[lo:hi], dtype=np.float32)
+            out[lo:hi] = self.variant.tf(tf, by_row[segment.rows[lo:hi]], avg_len, self.config.k1, self.config.b, self.delta)
+        return out
+
+    def queries_from_tokens(self, tokens: list[list[str]]) -> SparseRows:
+        """Each query's terms known to this version, weighted by count x idf."""
+        get, limit = self.vocabulary.get, self.num_terms
+        ids = [[i for i in map(get, words) if i is not None and i < limit] for words in tokens]
+        rows = distinct_per_row(ids)
+        return SparseRows(rows.indptr, rows.terms, (rows.values * self.idf[rows.terms]).astype(np.float32))
+
+    def check_queries(self, given) -> SparseRows:
+        raise InvalidRequest(f"field {self.config.name!r} is a bm25 field: search it with text")
+
+    def check_documents(self, given, count: int) -> SparseDocuments:
+        raise InvalidRequest(f"field {self.config.name!r} is a bm25 field: it is built from the documents' text, not from vectors")
+
+    def queries_from_texts(self, tokenizer, texts: list[str], params: Mapping[str, int]) -> SparseRows:
+        return self.queries_from_tokens(tokenizer.many(texts))
+
+    def documents_from_texts(self, tokenizer, texts: list[str], progress: bool = False) -> "TokenizedDocuments":
+        """Each document's terms as ids within this batch; vocabulary ids are given by `prepare`."""
+        from tqdm.auto import tqdm
+
+        local: dict[str, int] = {}  # term -> id within this batch
+        word_ids: dict[str, int] = {}  # word -> its term's batch id, -1 for stopwords
+        flat, lengths = [], []
+        with tqdm(total=len(texts), desc="tokenizing", unit="doc", disable=not progress) as bar:
+            for start in range(0, len(texts), TOKENIZE_BLOCK):
+                words = tokenizer.words(texts[start : start + TOKENIZE_BLOCK])
+                for word, term in tokenizer.terms(set().union(*words) - word_ids.keys()).items():
+                    word_ids[word] = -1 if term is None else local.setdefault(term, len(local))
+                block = np.fromiter((word_ids[w] for ws in words for w in ws), dtype=np.int64)
+                doc = np.repeat(np.arange(len(words)), [len(ws) for ws in words])  # [tokens]
+                kept = block >= 0
+                lengths.append(np.bincount(doc[kept], minlength=len(words)))
+                flat.append(block[kept])
+                bar.update(len(words))
+        return TokenizedDocuments(list(local), np.concatenate(flat) if flat else np.zeros(0, np.int64), np.concatenate(lengths))
+
+    def prepare(self, documents: "TokenizedDocuments", first_row: int, deleted: np.ndarray) -> PendingSegments:
+        return super().prepare(self._count(documents), first_row, deleted)
+
+    def _count(self, documents: "TokenizedDocuments") -> SparseDocuments:
+        """Batch term ids -> counts per (document, vocabulary term); terms new to this version's
+        vocabulary get the next ids, in the batch's order."""
+        base, flat, lengths = self.num_terms, documents.flat, documents.lengths
+        to_global = np.empty(len(documents.terms), dtype=np.int64)
+        new_terms = []
+        for i, term in enumerate(documents.terms):
+            known = self.vocabulary.get(term)
+            if known is not None and known < base:
+                to_global[i] = known
+            else:
+                to_global[i] = base + len(new_terms)
+                new_terms.append(term)
+        num_terms = max(base + len(new_terms), 1)
+        docs = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+        keys, counts = np.unique(docs * num_terms + to_global[flat], return_counts=True)  # sorted by doc, then term
+        indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(keys // num_terms, minlength=len(lengths)), out=indptr[1:])
+        return SparseDocuments(SparseRows(indptr, keys % num_terms, counts.astype(np.float32)), lengths, new_terms)
+
+    def _new_segment(self, documents, first_row, num_terms):
+        counts = documents.vectors.values
+        return build_segment(documents.vectors, first_row, num_terms, smallest_dtype(counts), documents.lengths), 1.0
+

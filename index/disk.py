@@ -22,12 +22,14 @@ from typing import BinaryIO, Iterator
 @dataclass
 class Faults:
     """Counts operations; the one numbered `fail_at` (0-based) raises OSError(`code`), once.
-    `fail_at=None` only counts (how many operations a write takes), `ops` records their kinds."""
+    `fail_at=None` only counts (how many operations a write takes); `ops` records their kinds and
+    `names` the file each one touched."""
 
     fail_at: int | None = None
     code: int = errno.ENOSPC
     count: int = 0
     ops: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def step(self, kind: str, path: Path) -> None:
@@ -35,6 +37,7 @@ class Faults:
             n = self.count
             self.count += 1
             self.ops.append(kind)
+            self.names.append(path.name)
         if n == self.fail_at:
             raise OSError(self.code, f"{os.strerror(self.code)} (injected at {kind} #{n})", str(path))
 

@@ -38,7 +38,8 @@ from retriever.errors import CorruptIndex, InvalidRequest, NotFound, RetrieverEr
 
 from . import disk
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: segments (documents + deletions per segment); 1 is read, and converted by `migrate`
+READABLE_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 LEASE_PREFIX = ".lease-"
@@ -127,8 +128,9 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise CorruptIndex(f"{str(path)!r} is not a valid manifest (unreadable JSON or no checksum)") from None
     if _manifest_digest(data) != checksum:
         raise CorruptIndex(f"{str(path)!r} failed its checksum: the manifest was modified or damaged")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise CorruptIndex(f"{str(path)!r} has format_version {data.get('format_version')!r}; this engine reads {FORMAT_VERSION}")
+    if data.get("format_version") not in READABLE_FORMATS:
+        raise CorruptIndex(f"{str(path)!r} has format_version {data.get('format_version')!r}; this engine reads "
+                           f"{', '.join(map(str, READABLE_FORMATS))}")
     return data
 
 
@@ -215,7 +217,8 @@ def remove_files(directory: Path, names: Iterable[str], manifest: dict[str, Any]
 
 def referenced_names(manifest: dict[str, Any]) -> set[str]:
     """Every data file and index directory a manifest's documents, deletions and fields name."""
-    names = set(_names_under(manifest.get("documents", [])))
+    names = set(_names_under(manifest.get("segments", [])))
+    names.update(_names_under(manifest.get("documents", [])))  # format 1
     if manifest.get("deleted"):
         names.add(manifest["deleted"])
     names.update(_names_under(manifest.get("fields", {})))

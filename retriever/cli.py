@@ -312,3 +312,25 @@ def check(
     _run(as_json, work, show)
     if not result.get("ok", True):
         raise typer.Exit(1)
+
+
+@app.command()
+def migrate(
+    collection: Path = typer.Argument(..., help="Collection directory in an older storage format."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Convert a collection written by an older engine to the current storage format (in place,
+    as one atomic commit; its data files are kept). Older engines cannot open it afterwards."""
+    from .collection import Collection
+
+    def work():
+        opened = Collection.open(collection)
+        before = opened.manifest["format_version"]
+        changed = opened.migrate()
+        return {"path": str(collection), "from_format": before, "format": opened.manifest["format_version"],
+                "changed": changed, "version": opened.version}
+
+    def show(r):
+        print(f"{r['path']}: format {r['from_format']} -> {r['format']}" if r["changed"] else f"{r['path']}: already format {r['format']}")
+
+    _run(as_json, work, show)

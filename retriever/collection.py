@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import io
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from retriever.index import disk, storage
 
@@ -21,6 +19,7 @@ from .errors import AlreadyExists, InvalidRequest, NotFound
 from .fields import Field, kind_of, request_params
 from .fields.base import NO_TERMS
 from .filters import filter_mask
+from .segments import Segment, new_segment, open_segments, with_deletions
 from .types import Hits
 
 FUSION_CANDIDATES = 100  # per-field candidates fused when several fields are searched
@@ -32,19 +31,20 @@ class Collection:
     """Documents plus searchable fields. A `Collection` object is pinned to the manifest version
     it was opened at: writers elsewhere never change what it sees; `reopen()` moves forward."""
 
-    def __init__(self, path: Path, config: CollectionConfig, manifest: dict[str, Any], documents: DocumentTable,
-                 deleted: np.ndarray, fields: dict[str, Field]) -> None:
+    def __init__(self, path: Path, config: CollectionConfig, manifest: dict[str, Any],
+                 segments: list[Segment], fields: dict[str, Field]) -> None:
         self.path = path
         self.config = config  # fixed at create: commits never change it
         self._encoders: dict[str, Any] = {}
-        self._set_state(manifest, documents, deleted, fields)
+        self._set_state(manifest, segments, fields)
 
-    def _set_state(self, manifest, documents: DocumentTable, deleted: np.ndarray, fields: dict[str, Field]) -> None:
+    def _set_state(self, manifest, segments: list[Segment], fields: dict[str, Field]) -> None:
         self.manifest = manifest
-        self.documents = documents
-        self.deleted = deleted  # [rows] bool
+        self.segments = segments
+        self.documents = DocumentTable(concat([s.table for s in segments]))
+        self.deleted = np.concatenate([s.deleted for s in segments]) if segments else np.zeros(0, bool)  # [rows]
         self.fields = fields
-        self._live = None if not deleted.any() else ~deleted
+        self._live = None if not self.deleted.any() else ~self.deleted
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -82,14 +82,11 @@ class Collection:
     def load(cls, path: Path, manifest: dict[str, Any]) -> "Collection":
         """Open the version `manifest` describes (pinned by the caller with `storage.pinned`)."""
         files = manifest["files"]
-        segments = [pq.read_table(io.BytesIO(storage.read_verified(path, n, files[n]))) for n in manifest["documents"]]
-        documents = DocumentTable(concat(segments))
-        deleted = np.zeros(documents.num_rows, dtype=bool)
-        if manifest["deleted"]:
-            deleted[storage.open_npy_verified(path, manifest["deleted"], files[manifest["deleted"]])] = True
+        segments = open_segments(path, manifest)
+        rows = sum(s.rows for s in segments)
         config = CollectionConfig.from_dict(manifest["config"])
-        fields = {f.name: kind_of(f).open(path, f, manifest["fields"][f.name], files, documents.num_rows) for f in config.fields}
-        return cls(path, config, manifest, documents, deleted, fields)
+        fields = {f.name: kind_of(f).open(path, f, manifest["fields"][f.name], files, rows) for f in config.fields}
+        return cls(path, config, manifest, segments, fields)
 
     def snapshot(self) -> "Collection":
         """A view pinned at this object's current version: later writes through this object
@@ -174,6 +171,9 @@ class Collection:
         path = self.path
         with storage.writer_lock(path):
             self._catch_up()
+            if self.manifest["format_version"] < storage.FORMAT_VERSION:
+                raise InvalidRequest(f"{str(path)!r} is in storage format {self.manifest['format_version']}, which this engine "
+                                     f"reads but does not write; convert it with `retriever migrate {path}`, then retry")
             live = self.documents.live_rows(self.deleted)
             rows = [live[i] for i in ids if i in live]
             if table is None and not rows:
@@ -182,50 +182,72 @@ class Collection:
             deleted = np.concatenate([self.deleted, np.zeros(added, dtype=bool)])
             deleted[rows] = True
             pending = {name: self.fields[name].prepare(payload, self.documents.num_rows, deleted) for name, payload in payloads.items()}
-            held = storage.held_leases(path, below=self.version)
-            try:
-                manifest, documents, made, removable = self._write_version(table, pending, deleted, held)
-                storage.publish_manifest(path, manifest)
-            except OSError as e:
-                storage.remove_files(path, [], self.manifest)  # this attempt's files are debris now
-                raise storage.write_error(path, e, "committing a write") from None
-            self._set_state(manifest, documents, deleted, {**self.fields, **{n: make() for n, make in made.items()}})
-            try:
-                disk.fsync_dir(path)
-            except OSError as e:
-                outcome = "the write is visible but may not survive a crash"
-                raise storage.write_error(path, e, f"making version {self.version} durable", outcome) from None
-            storage.remove_files(path, removable, manifest)
+            self._publish(table, pending, deleted)
         return len(rows)
 
+    def migrate(self) -> bool:
+        """Rewrite an older storage format's manifest in the current one (data files are kept;
+        deletions move into per-segment files). Returns False when there was nothing to do."""
+        with storage.writer_lock(self.path):
+            self._catch_up()
+            if self.manifest["format_version"] == storage.FORMAT_VERSION:
+                return False
+            self._publish(None, {}, self.deleted)
+        return True
+
+    def _publish(self, table: pa.Table | None, pending: dict[str, Any], deleted: np.ndarray) -> None:
+        """Write and publish the next version (the writer lock is held); this object moves to it
+        only once its manifest is renamed into place."""
+        path = self.path
+        held = storage.held_leases(path, below=self.version)
+        try:
+            manifest, segments, made, removable = self._write_version(table, pending, deleted, held)
+            storage.publish_manifest(path, manifest)
+        except OSError as e:
+            storage.remove_files(path, [], self.manifest)  # this attempt's files are debris now
+            raise storage.write_error(path, e, "committing a write") from None
+        self._set_state(manifest, segments, {**self.fields, **{n: make() for n, make in made.items()}})
+        try:
+            disk.fsync_dir(path)
+        except OSError as e:
+            outcome = "the write is visible but may not survive a crash"
+            raise storage.write_error(path, e, f"making version {self.version} durable", outcome) from None
+        storage.remove_files(path, removable, manifest)
+
     def _write_version(self, table: pa.Table | None, pending: dict[str, Any], deleted: np.ndarray, held: set[int]):
-        """Write the next version's files -> (its manifest, documents, {field: make its in-memory
+        """Write the next version's files -> (its manifest, segments, {field: make its in-memory
         state}, files to remove once it is published)."""
         path, old = self.path, self.manifest
         v = self.version + 1
         files = dict(old["files"])
-        manifest = {**old, "version": v, "parent": self.version, "fields": dict(old["fields"])}
-        documents = self.documents
+        manifest = {**old, "format_version": storage.FORMAT_VERSION, "version": v, "parent": self.version,
+                    "fields": dict(old["fields"])}
+        for legacy in ("documents", "deleted"):  # format 1 kept these at the top; segments hold them now
+            manifest.pop(legacy, None)
+        segments, start = [], 0
+        for segment in self.segments:  # a segment whose deletions changed gets a new deletions file
+            now = deleted[start : start + segment.rows]
+            start += segment.rows
+            if not np.array_equal(now, segment.deleted) or (now.any() and not segment.entry["deleted"]):
+                entry, written = with_deletions(path, v, segment.entry, now)
+                files.update(written)
+                segment = Segment(entry, segment.table, now)
+            segments.append(segment)
         if table is not None:
-            name = f"docs-{v:06d}.parquet"
-            files[name] = storage.write_new_file(path, name, _parquet_bytes(table))
-            manifest["documents"] = [*old["documents"], name]
-            documents = DocumentTable(concat([self.documents.table, table]))
+            entry, written = new_segment(path, v, table)
+            files.update(written)
+            segments.append(Segment(entry, table, np.zeros(table.num_rows, dtype=bool)))
+        manifest["segments"] = [s.entry for s in segments]
         made = {}
         for fname, work in pending.items():
             manifest["fields"][fname], written, made[fname] = work.write(path, v, len(deleted))
             files.update(written)
-        manifest["deleted"] = None
-        if deleted.any():
-            dname = f"deleted-{v:06d}.npy"
-            files[dname] = storage.write_new_file(path, dname, storage.npy_bytes(np.flatnonzero(deleted).astype(np.int64)))
-            manifest["deleted"] = dname
         referenced = storage.referenced_names(manifest)
         manifest["files"] = {n: e for n, e in files.items() if n in referenced}
         manifest["retired"], removable = storage.retire(old, referenced, held)
         rows = len(deleted)
         manifest["counts"] = {"rows": rows, "documents": int(rows - deleted.sum()), "deleted": int(deleted.sum())}
-        return manifest, documents, made, removable
+        return manifest, segments, made, removable
 
     def _catch_up(self) -> None:
         """Move to the version on disk when it is not this object's: another writer committed, or
@@ -233,7 +255,7 @@ class Collection:
         if storage.read_manifest(self.path)["version"] == self.version:
             return
         fresh = Collection.open(self.path)
-        self._set_state(fresh.manifest, fresh.documents, fresh.deleted, fresh.fields)
+        self._set_state(fresh.manifest, fresh.segments, fresh.fields)
 
     # ---- search ------------------------------------------------------------------------------
 
@@ -427,12 +449,6 @@ def _check_params(params) -> dict[str, int]:
     return params
 
 
-def _parquet_bytes(table: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
-
-
 def _first_manifest(path: Path, config: CollectionConfig, sizes: dict[str, int]) -> dict[str, Any]:
     """Version 1: no documents, each field's empty entry (some write an empty index file)."""
     files: dict[str, Any] = {}
@@ -441,7 +457,7 @@ def _first_manifest(path: Path, config: CollectionConfig, sizes: dict[str, int])
         fields[f.name], written = kind_of(f).create(path, f, sizes[f.name])
         files.update(written)
     return {"version": 1, "parent": None, "config": config.to_dict(), "counts": {"rows": 0, "documents": 0, "deleted": 0},
-            "documents": [], "deleted": None, "fields": fields, "files": files, "retired": {}}
+            "segments": [], "fields": fields, "files": files, "retired": {}}
 
 
 def _remove_partial_create(path: Path, made: bool) -> None:

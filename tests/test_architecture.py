@@ -8,7 +8,7 @@ KERNELS = {"retriever.kernels"}
 INDEX = KERNELS | {"retriever.index", "retriever.errors"}
 ENCODERS = INDEX | {"retriever.encoders"}
 FIELDS = ENCODERS | {"retriever.fields"}
-COLLECTION = FIELDS | {f"retriever.{m}" for m in ("collection", "config", "documents", "filters", "fusion", "types", "corpus", "rag")}
+COLLECTION = FIELDS | {f"retriever.{m}" for m in ("collection", "config", "documents", "filters", "fusion", "types", "corpus", "rag", "segments")}
 # what each layer may import from the engine (by top-level module under `retriever`)
 ALLOWED = {
     "retriever.kernels": KERNELS,
@@ -18,7 +18,8 @@ ALLOWED = {
     "retriever.rag": ENCODERS | {"retriever.rag"},
     **{m: COLLECTION | {"retriever.check", "retriever.build", "retriever.evaluation"} for m in
        ("retriever.collection", "retriever.config", "retriever.documents", "retriever.filters", "retriever.fusion",
-        "retriever.types", "retriever.corpus", "retriever.check", "retriever.build", "retriever.evaluation")},
+        "retriever.types", "retriever.corpus", "retriever.segments", "retriever.check", "retriever.build",
+        "retriever.evaluation")},
 }
 FACES_ONLY = {"grpc", "typer", "click"}  # only the faces (server, client, cli, conversions) parse arguments or speak gRPC
 EXCEPTIONS = {("retriever.collection", "retriever.client")}  # `connect()` picks in-process or remote, imported lazily

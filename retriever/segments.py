@@ -1,0 +1,94 @@
+"""Segments: a collection is an ordered list of immutable segments, each a run of rows.
+
+A segment's manifest entry names its documents (Parquet, written once) and a small deletions
+file (its deleted local rows, `.npy`), the only part a later commit replaces, so a delete costs
+O(rows deleted in the segment), not O(collection). Rows are numbered across segments in order:
+segment s holds rows starts[s] .. starts[s + 1] - 1.
+
+Format 1 collections (documents as a list of Parquet files, one global deletions list) open as
+segments too, read-only; `retriever migrate` rewrites their manifest into format 2.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from retriever.errors import CorruptIndex
+from retriever.index import storage
+
+
+@dataclass(frozen=True)
+class Segment:
+    entry: dict[str, Any]  # {"name", "rows", "documents", "deleted"}
+    table: pa.Table  # [rows] documents
+    deleted: np.ndarray  # [rows] bool
+
+    @property
+    def rows(self) -> int:
+        return int(self.entry["rows"])
+
+    @classmethod
+    def open(cls, path: Path, entry: dict[str, Any], files: dict[str, Any]) -> "Segment":
+        table = read_documents(path, entry["documents"], files)
+        if table.num_rows != entry["rows"]:
+            raise CorruptIndex(f"segment {entry['name']!r} has {table.num_rows} documents; the manifest says {entry['rows']}")
+        deleted = np.zeros(entry["rows"], dtype=bool)
+        if entry["deleted"]:
+            local = storage.open_npy_verified(path, entry["deleted"], files[entry["deleted"]])
+            if len(local) and (local.min() < 0 or local.max() >= entry["rows"]):
+                raise CorruptIndex(f"{entry['deleted']!r} names rows outside its segment of {entry['rows']}")
+            deleted[local] = True
+        return cls(entry, table, deleted)
+
+
+def read_documents(path: Path, name: str, files: dict[str, Any]) -> pa.Table:
+    return pq.read_table(io.BytesIO(storage.read_verified(path, name, files[name])))
+
+
+def new_segment(path: Path, version: int, table: pa.Table) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A segment of these documents, written -> (its entry, {file: size and checksum})."""
+    name = f"seg-{version:06d}"
+    documents = f"{name}.docs.parquet"
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    files = {documents: storage.write_new_file(path, documents, buf.getvalue())}
+    return {"name": name, "rows": table.num_rows, "documents": documents, "deleted": None}, files
+
+
+def with_deletions(path: Path, version: int, entry: dict[str, Any], deleted: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The segment's entry with `deleted` [rows] bool as its deletions (a new small file)."""
+    name = f"{entry['name']}.del-{version:06d}.npy"
+    data = storage.npy_bytes(np.flatnonzero(deleted).astype(np.int64))
+    return {**entry, "deleted": name}, {name: storage.write_new_file(path, name, data)}
+
+
+def open_segments(path: Path, manifest: dict[str, Any]) -> list[Segment]:
+    """The segments a manifest describes, in row order."""
+    files = manifest["files"]
+    if "segments" in manifest:
+        return [Segment.open(path, entry, files) for entry in manifest["segments"]]
+    return _legacy_segments(path, manifest)
+
+
+def _legacy_segments(path: Path, manifest: dict[str, Any]) -> list[Segment]:
+    """Format 1: each documents file is a segment; the global deletions list is split by segment."""
+    files = manifest["files"]
+    global_deleted = np.zeros(0, np.int64)
+    if manifest.get("deleted"):
+        global_deleted = np.asarray(storage.open_npy_verified(path, manifest["deleted"], files[manifest["deleted"]]))
+    segments, start = [], 0
+    for name in manifest["documents"]:
+        table = read_documents(path, name, files)
+        deleted = np.zeros(table.num_rows, dtype=bool)
+        deleted[global_deleted[(global_deleted >= start) & (global_deleted < start + table.num_rows)] - start] = True
+        entry = {"name": name.removesuffix(".parquet"), "rows": table.num_rows, "documents": name, "deleted": None}
+        segments.append(Segment(entry, table, deleted))
+        start += table.num_rows
+    return segments

@@ -1,8 +1,8 @@
 """Inverted index for sparse vectors (BM25 term counts or learned impacts), kept in segments.
 
-A segment covers some documents (global rows) and holds, per term, the rows containing it and a
-value each (a term count, or a quantized impact). Its arrays are .npy files opened with mmap.
-New documents arrive as new segments; small tail segments are merged, dropping deleted rows.
+A segment covers some documents and holds, per term, the rows containing it and a value each (a
+term count, or a quantized impact). Its arrays are .npy files opened with mmap. A collection keeps
+one per segment of its own (rows from 0); merging keeps only the live documents, renumbered.
 """
 
 from __future__ import annotations
@@ -122,15 +122,25 @@ def build_segment(vectors: SparseRows, first_row: int, num_terms: int, values_dt
                     doc_lengths if doc_lengths is not None else np.zeros(len(vectors), np.uint32))
 
 
-def merge_segments(segments: list[PostingSegment], num_terms: int, deleted: np.ndarray) -> PostingSegment:
-    """One segment holding the live postings of `segments` (deleted [rows] bool drops documents)."""
-    terms = np.concatenate([s.posting_terms() for s in segments])
-    rows = np.concatenate([np.asarray(s.rows) for s in segments])
-    values = np.concatenate([np.asarray(s.values) for s in segments])
-    doc_rows = np.concatenate([np.asarray(s.doc_rows) for s in segments])
-    doc_lengths = np.concatenate([np.asarray(s.doc_lengths) for s in segments])
-    keep, keep_docs = ~deleted[rows], ~deleted[doc_rows]
-    return _by_term(terms[keep], rows[keep], values[keep], num_terms, doc_rows[keep_docs], doc_lengths[keep_docs])
+def merge_kept(segments: list[PostingSegment], starts: list[int], kept: np.ndarray, num_rows: int, num_terms: int) -> PostingSegment:
+    """One segment holding the documents at global rows `kept` [R] (ascending) of `segments`
+    (segment i's rows are global rows starts[i]..), renumbered 0..R-1 in order."""
+    new_row = np.full(num_rows, -1, dtype=np.int64)
+    new_row[kept] = np.arange(len(kept))
+    terms, rows, values = [], [], []
+    lengths = np.zeros(len(kept), dtype=np.uint32)
+    for segment, start in zip(segments, starts):
+        moved = new_row[np.asarray(segment.rows, dtype=np.int64) + start]  # [P] new row, -1 when dropped
+        live = moved >= 0
+        terms.append(segment.posting_terms()[live])
+        rows.append(moved[live])
+        values.append(np.asarray(segment.values)[live])
+        docs = new_row[np.asarray(segment.doc_rows, dtype=np.int64) + start]
+        lengths[docs[docs >= 0]] = np.asarray(segment.doc_lengths)[docs >= 0]
+    values_dtype = np.result_type(*[np.asarray(s.values).dtype for s in segments]) if segments else np.uint8
+    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+    return _by_term(cat(terms, np.int64), cat(rows, np.int64), cat(values, values_dtype), num_terms,
+                    np.arange(len(kept), dtype=np.int32), lengths)
 
 
 def _by_term(terms, rows, values, num_terms, doc_rows, doc_lengths) -> PostingSegment:
@@ -150,8 +160,12 @@ def smallest_dtype(values: np.ndarray):
 class InvertedIndex:
     """Exact top-k over segments whose posting weights (float32, one array per segment) are given."""
 
-    def __init__(self, segments: list[PostingSegment], weights: list[np.ndarray], num_rows: int) -> None:
-        self._postings = sparse_kernels.Postings.of([(s.indptr, s.rows, w) for s, w in zip(segments, weights)])
+    def __init__(self, segments: list[PostingSegment], weights: list[np.ndarray], num_rows: int,
+                 starts: list[int] | None = None) -> None:
+        """`starts[i]` is added to segment i's rows (segments numbered from 0 each); none by default."""
+        starts = starts or [0] * len(segments)
+        rows = [s.rows if start == 0 else np.asarray(s.rows, dtype=np.int32) + np.int32(start) for s, start in zip(segments, starts)]
+        self._postings = sparse_kernels.Postings.of([(s.indptr, r, w) for s, r, w in zip(segments, rows, weights)])
         self._scratch = sparse_kernels.SparseScratch(num_rows)
 
     def search(self, queries: SparseRows, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -13,15 +14,17 @@ import pyarrow as pa
 from retriever.index import disk, storage
 
 from . import fusion as fusion_module
+from . import merge_policy
 from .config import CollectionConfig
 from .documents import DocumentTable, concat, document_texts, documents_to_table
-from .errors import AlreadyExists, InvalidRequest, NotFound
+from .errors import AlreadyExists, InvalidRequest, NotFound, WriteFailed
 from .fields import Field, kind_of, request_params
-from .fields.base import NO_TERMS
+from .fields.base import NO_TERMS, SegmentView
 from .filters import filter_mask
 from .segments import Segment, new_segment, open_segments, with_deletions
 from .types import Hits
 
+log = logging.getLogger(__name__)
 FUSION_CANDIDATES = 100  # per-field candidates fused when several fields are searched
 FUSION_PARAMS = {"candidates": 1}  # request parameters of the collection itself -> their smallest value
 Queries = str | Sequence[str] | np.ndarray | Mapping[str, Any]
@@ -83,9 +86,11 @@ class Collection:
         """Open the version `manifest` describes (pinned by the caller with `storage.pinned`)."""
         files = manifest["files"]
         segments = open_segments(path, manifest)
-        rows = sum(s.rows for s in segments)
         config = CollectionConfig.from_dict(manifest["config"])
-        fields = {f.name: kind_of(f).open(path, f, manifest["fields"][f.name], files, rows) for f in config.fields}
+        fields = {}
+        for f in config.fields:
+            views = [SegmentView(s.entry["name"], s.rows, s.entry.get("fields", {}).get(f.name)) for s in segments]
+            fields[f.name] = kind_of(f).open(path, f, manifest["fields"][f.name], files, views)
         return cls(path, config, manifest, segments, fields)
 
     def snapshot(self) -> "Collection":
@@ -171,9 +176,7 @@ class Collection:
         path = self.path
         with storage.writer_lock(path):
             self._catch_up()
-            if self.manifest["format_version"] < storage.FORMAT_VERSION:
-                raise InvalidRequest(f"{str(path)!r} is in storage format {self.manifest['format_version']}, which this engine "
-                                     f"reads but does not write; convert it with `retriever migrate {path}`, then retry")
+            self._check_format()
             live = self.documents.live_rows(self.deleted)
             rows = [live[i] for i in ids if i in live]
             if table is None and not rows:
@@ -181,32 +184,69 @@ class Collection:
             added = 0 if table is None else table.num_rows
             deleted = np.concatenate([self.deleted, np.zeros(added, dtype=bool)])
             deleted[rows] = True
-            pending = {name: self.fields[name].prepare(payload, self.documents.num_rows, deleted) for name, payload in payloads.items()}
-            self._publish(table, pending, deleted)
+            pending = {name: self.fields[name].prepare(payload) for name, payload in payloads.items()}
+            self._publish(lambda v: self._write_version(v, deleted, table, pending))
+            self._merge_while_needed()
         return len(rows)
 
+    def optimize(self) -> int:
+        """Merge every segment into one, dropping deleted rows (what `retriever optimize` runs).
+        Returns how many segments were merged."""
+        with storage.writer_lock(self.path):
+            self._catch_up()
+            self._check_format()
+            count = len(self.segments)
+            if count > 1 or self.deleted.any():
+                self._publish(lambda v: self._write_merge(v, 0, count))
+                return count
+        return 0
+
     def migrate(self) -> bool:
-        """Rewrite an older storage format's manifest in the current one (data files are kept;
-        deletions move into per-segment files). Returns False when there was nothing to do."""
+        """Rewrite a collection of an older storage format in the current one: its segments merged
+        into one (deleted rows dropped), every field in the current layout. Returns False when
+        there was nothing to do."""
         with storage.writer_lock(self.path):
             self._catch_up()
             if self.manifest["format_version"] == storage.FORMAT_VERSION:
                 return False
-            self._publish(None, {}, self.deleted)
+            self._publish(lambda v: self._write_merge(v, 0, len(self.segments)))
         return True
 
-    def _publish(self, table: pa.Table | None, pending: dict[str, Any], deleted: np.ndarray) -> None:
-        """Write and publish the next version (the writer lock is held); this object moves to it
-        only once its manifest is renamed into place."""
+    def _check_format(self) -> None:
+        if self.manifest["format_version"] < storage.FORMAT_VERSION:
+            raise InvalidRequest(f"{str(self.path)!r} is in storage format {self.manifest['format_version']}, which this engine "
+                                 f"reads but does not write; convert it with `retriever migrate {self.path}`, then retry")
+
+    def _merge_while_needed(self) -> None:
+        """Merges the policy asks for after a write (the writer lock is held). A merge that fails
+        is logged and left for a later write: the write itself is already committed."""
+        while (run := merge_policy.next_merge([s.rows for s in self.segments], [int(s.deleted.sum()) for s in self.segments])):
+            try:
+                self._publish(lambda v: self._write_merge(v, *run))
+            except WriteFailed as e:
+                log.warning("merging segments %d..%d of %s failed, retried after a later write: %s", run[0], run[1] - 1, self.path, e)
+                return
+
+    def _publish(self, write: Callable[[int], tuple]) -> None:
+        """Write and publish the next version (the writer lock is held): `write(version)` writes its
+        files -> (manifest, segments, {field: make its in-memory state} or None to reopen). This
+        object moves to the new version only once its manifest is renamed into place."""
         path = self.path
         held = storage.held_leases(path, below=self.version)
         try:
-            manifest, segments, made, removable = self._write_version(table, pending, deleted, held)
+            manifest, segments, made = write(self.version + 1)
+            referenced = storage.referenced_names(manifest)
+            manifest["files"] = {n: e for n, e in manifest["files"].items() if n in referenced}
+            manifest["retired"], removable = storage.retire(self.manifest, referenced, held)
             storage.publish_manifest(path, manifest)
         except OSError as e:
             storage.remove_files(path, [], self.manifest)  # this attempt's files are debris now
             raise storage.write_error(path, e, "committing a write") from None
-        self._set_state(manifest, segments, {**self.fields, **{n: make() for n, make in made.items()}})
+        if made is None:  # a merge: segments were replaced, so the fields are opened anew
+            fresh = Collection.load(path, manifest)
+            self._set_state(fresh.manifest, fresh.segments, fresh.fields)
+        else:
+            self._set_state(manifest, segments, {**self.fields, **{n: make() for n, make in made.items()}})
         try:
             disk.fsync_dir(path)
         except OSError as e:
@@ -214,40 +254,59 @@ class Collection:
             raise storage.write_error(path, e, f"making version {self.version} durable", outcome) from None
         storage.remove_files(path, removable, manifest)
 
-    def _write_version(self, table: pa.Table | None, pending: dict[str, Any], deleted: np.ndarray, held: set[int]):
-        """Write the next version's files -> (its manifest, segments, {field: make its in-memory
-        state}, files to remove once it is published)."""
-        path, old = self.path, self.manifest
-        v = self.version + 1
-        files = dict(old["files"])
-        manifest = {**old, "format_version": storage.FORMAT_VERSION, "version": v, "parent": self.version,
-                    "fields": dict(old["fields"])}
+    def _next_manifest(self, v: int) -> dict[str, Any]:
+        manifest = {**self.manifest, "format_version": storage.FORMAT_VERSION, "version": v, "parent": self.version,
+                    "fields": dict(self.manifest["fields"]), "files": dict(self.manifest["files"])}
         for legacy in ("documents", "deleted"):  # format 1 kept these at the top; segments hold them now
             manifest.pop(legacy, None)
+        return manifest
+
+    def _write_version(self, v: int, deleted: np.ndarray, table: pa.Table | None, pending: dict[str, Any]):
+        """Version v: `deleted` [rows, new rows included] applied segment by segment, and a new
+        segment for `table` (its fields' `pending` work) -> (manifest, segments, makers)."""
+        path, manifest = self.path, self._next_manifest(v)
+        files = manifest["files"]
         segments, start = [], 0
         for segment in self.segments:  # a segment whose deletions changed gets a new deletions file
             now = deleted[start : start + segment.rows]
             start += segment.rows
-            if not np.array_equal(now, segment.deleted) or (now.any() and not segment.entry["deleted"]):
+            if not np.array_equal(now, segment.deleted):
                 entry, written = with_deletions(path, v, segment.entry, now)
                 files.update(written)
                 segment = Segment(entry, segment.table, now)
             segments.append(segment)
+        made = {}
         if table is not None:
             entry, written = new_segment(path, v, table)
             files.update(written)
+            entry["fields"] = {}
+            for fname, work in pending.items():
+                manifest["fields"][fname], entry["fields"][fname], written, made[fname] = work.write(path, entry["name"])
+                files.update(written)
             segments.append(Segment(entry, table, np.zeros(table.num_rows, dtype=bool)))
         manifest["segments"] = [s.entry for s in segments]
-        made = {}
-        for fname, work in pending.items():
-            manifest["fields"][fname], written, made[fname] = work.write(path, v, len(deleted))
-            files.update(written)
-        referenced = storage.referenced_names(manifest)
-        manifest["files"] = {n: e for n, e in files.items() if n in referenced}
-        manifest["retired"], removable = storage.retire(old, referenced, held)
-        rows = len(deleted)
-        manifest["counts"] = {"rows": rows, "documents": int(rows - deleted.sum()), "deleted": int(deleted.sum())}
-        return manifest, segments, made, removable
+        manifest["counts"] = _counts(segments)
+        return manifest, segments, made
+
+    def _write_merge(self, v: int, first: int, end: int):
+        """Version v: segments first..end-1 replaced by one holding their live rows -> (manifest,
+        segments, None: the fields are reopened)."""
+        path, manifest = self.path, self._next_manifest(v)
+        merging = self.segments[first:end]
+        base = sum(s.rows for s in self.segments[:first])
+        rows = base + np.flatnonzero(np.concatenate([~s.deleted for s in merging]))  # [R] live rows, global
+        table = concat([s.table.filter(pa.array(~s.deleted)) for s in merging])
+        entry, written = new_segment(path, v, table)
+        manifest["files"].update(written)
+        entry["fields"] = {}
+        for name, field in self.fields.items():
+            manifest["fields"][name], entry["fields"][name], written = field.merge(path, entry["name"], rows)
+            manifest["files"].update(written)
+        merged = Segment(entry, table, np.zeros(table.num_rows, dtype=bool))
+        segments = [*self.segments[:first], merged, *self.segments[end:]]
+        manifest["segments"] = [s.entry for s in segments]
+        manifest["counts"] = _counts(segments)
+        return manifest, segments, None
 
     def _catch_up(self) -> None:
         """Move to the version on disk when it is not this object's: another writer committed, or
@@ -447,6 +506,12 @@ def _check_params(params) -> dict[str, int]:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < known[key]:
             raise InvalidRequest(f"search parameter {key!r} must be an integer >= {known[key]}, got {value!r}")
     return params
+
+
+def _counts(segments: list[Segment]) -> dict[str, int]:
+    rows = sum(s.rows for s in segments)
+    deleted = sum(int(s.deleted.sum()) for s in segments)
+    return {"rows": rows, "documents": rows - deleted, "deleted": deleted}
 
 
 def _first_manifest(path: Path, config: CollectionConfig, sizes: dict[str, int]) -> dict[str, Any]:

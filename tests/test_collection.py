@@ -190,9 +190,13 @@ def test_unknown_collection_and_missing_manifest(tmp_path):
         retriever.connect(tmp_path / "empty")
 
 
-def test_ivf_with_too_few_training_vectors_changes_nothing(tmp_path):
+def test_a_segment_too_small_to_train_its_index_is_searched_exactly_until_merges_grow_it(tmp_path):
     c = retriever.Collection.create(tmp_path / "ivf", vector_config("IVF64,Flat"))
-    before = files_snapshot(c.path)
-    with pytest.raises(retriever.InvalidConfig, match="training"):
-        c.add(make_docs(10), vectors={"dense": random_vectors(10, 16)})
-    assert files_snapshot(c.path) == before
+    x = random_vectors(3000, 16)
+    c.add(make_docs(10), vectors={"dense": x[:10]})
+    assert c.fields["dense"].info()["segment_indexes"] == ["Flat"]
+    _, exact = reference.exact_search(x[:5], x[:10], 3)
+    assert [h.rows.tolist() for h in c.search(x[:5], k=3)] == exact.tolist()
+    c.add(make_docs(2990, start=10), vectors={"dense": x[10:]})  # merged with the first: 3000 rows, IVF64 needs 2496
+    assert len(c.segments) == 1 and c.fields["dense"].info()["segment_indexes"] == ["IVF64,Flat"]
+    assert c.search(x[7], k=1, params={"nprobe": 64})[0].ids == ["d7"]

@@ -138,9 +138,10 @@ def test_multivector_filters_deletes_and_upserts(tmp_path):
 
 def test_spann_index_over_fdes_matches_a_flat_one(tmp_path, monkeypatch):
     """FDEs searched by SPANN (posting lists on disk): probing every list gives the Flat field's
-    candidates, hence its answers; later rows are folded in by compaction, deletes respected."""
-    from retriever.fields import spann as spann_field
+    candidates, hence its answers; a merge builds new lists without the deleted rows."""
+    from retriever.fields import parts
 
+    monkeypatch.setattr(parts, "SPANN_MIN_ROWS", 100)  # segments of 100 rows or more get posting lists
     flat, spann = token_collection(tmp_path / "flat"), token_collection(tmp_path / "spann", index="SPANN,L10")
     docs = split(*clouds(200, 16, seed=8, max_tokens=12))
     for c in (flat, spann):
@@ -149,12 +150,13 @@ def test_spann_index_over_fdes_matches_a_flat_one(tmp_path, monkeypatch):
     everything = {"rerank": 30, "nprobe": 10_000, "prune_pct": 10**6}
     for a, b in zip(flat.search(queries, k=10, params={"rerank": 30}), spann.search(queries, k=10, params=everything)):
         np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
-    first = spann.manifest["fields"]["tok"]["spann"]["dir"]
-    monkeypatch.setattr(spann_field, "FOLD_MIN_ROWS", 0)
+    first = spann.segments[0].entry["fields"]["tok"]["spann"]["dir"]
     for c in (flat, spann):
-        c.add([{"id": f"d{i}"} for i in range(150, 200)], vectors={"tok": docs[150:]})
+        c.add([{"id": f"d{i}"} for i in range(150, 200)], vectors={"tok": docs[150:]})  # a small segment: searched exactly
         c.delete(["d3"])
-    assert spann.manifest["fields"]["tok"]["spann"]["dir"] != first  # folded into new posting lists
+        c.optimize()
+    [merged] = spann.segments
+    assert merged.entry["fields"]["tok"]["spann"]["dir"] != first and merged.rows == 199
     reopened = retriever.Collection.open(tmp_path / "spann")
     for a, b in zip(flat.search(queries, k=10, params={"rerank": 30}), reopened.search(queries, k=10, params=everything)):
         np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)

@@ -273,13 +273,16 @@ def _two_field_collection(path, base):
     return collection
 
 
-def test_collection_field_matches_exact_search_and_folds_appended_rows(data, tmp_path, monkeypatch):
+def _spann_dir(collection, segment=0):
+    return collection.segments[segment].entry["fields"]["spann"]["spann"]["dir"]
+
+
+def test_collection_field_matches_exact_search_and_merges_build_new_lists(data, tmp_path):
     import retriever
-    from retriever.fields import spann as spann_field
 
     base, queries = data
     collection = _two_field_collection(tmp_path / "c", base[:3000])
-    first_dir = collection.manifest["fields"]["spann"]["spann"]["dir"]
+    first_dir = _spann_dir(collection)
     exact_hits = collection.search(queries, 10, fields="flat")
     hits = collection.search(queries, 10, fields="spann")
     assert recall(np.array([h.rows for h in hits]), np.array([h.rows for h in exact_hits])) >= 0.9
@@ -287,12 +290,13 @@ def test_collection_field_matches_exact_search_and_folds_appended_rows(data, tmp
     np.testing.assert_allclose([h.scores for h in every_list], [h.scores for h in exact_hits], rtol=1e-4, atol=1e-3)
 
     collection.add([{"id": str(i)} for i in range(3000, 3500)], vectors={"flat": base[3000:3500], "spann": base[3000:3500]})
-    assert collection.manifest["fields"]["spann"]["spann"]["dir"] == first_dir  # a small append is searched exactly beside the lists
+    assert _spann_dir(collection) == first_dir  # a small segment beside it, searched exactly
+    assert "spann" not in collection.segments[1].entry["fields"]["spann"]
     collection.delete(["3001", "7"])
-    monkeypatch.setattr(spann_field, "FOLD_MIN_ROWS", 0)
     collection.add([{"id": str(i)} for i in range(3500, 4000)], vectors={"flat": base[3500:], "spann": base[3500:]})
-    folded = collection.manifest["fields"]["spann"]["spann"]
-    assert folded["dir"] != first_dir and folded["rows"] == 4000
+    assert collection.optimize() == 2
+    merged = collection.segments[0].entry["fields"]["spann"]["spann"]
+    assert merged["dir"] != first_dir and merged["rows"] == 3998
     reopened = retriever.Collection.open(tmp_path / "c")
     exact_hits = reopened.search(queries, 10, fields="flat", params={})
     hits = reopened.search(queries, 10, fields="spann", params={"nprobe": 10_000})
@@ -322,7 +326,7 @@ def test_collection_refuses_a_replaced_spann_manifest_and_bad_factory(data, tmp_
 
     base, _ = data
     collection = _two_field_collection(tmp_path / "c", base[:2000])
-    manifest = tmp_path / "c" / collection.manifest["fields"]["spann"]["spann"]["dir"] / "spann.json"
+    manifest = tmp_path / "c" / _spann_dir(collection) / "spann.json"
     manifest.write_text(manifest.read_text().replace('"generation": 1', '"generation": 1 '))
     with pytest.raises(CorruptIndex, match="not the one"):
         retriever.Collection.open(tmp_path / "c")

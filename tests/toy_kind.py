@@ -4,15 +4,13 @@ documents ranked by closeness to the query's number. Registering it is one line
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 from retriever.errors import InvalidRequest
-from retriever.fields.base import FieldConfig, check_int
+from retriever.fields.base import FieldConfig, check_int, merge_top_k
 from retriever.index import storage
-from retriever.kernels import cpu
 
 
 @dataclass(frozen=True)
@@ -39,11 +37,11 @@ class ToyKind:
         return 1
 
     def create(self, path, config, size):
-        return {"values": []}, {}
+        return {}, {}
 
-    def open(self, path, config, entry, files, num_rows):
-        values = [storage.open_npy_verified(path, name, files[name]) for name in entry["values"]]
-        return ToyField(config, entry, np.concatenate(values) if values else np.zeros(0, np.float32))
+    def open(self, path, config, shared, files, segments):
+        values = [storage.open_npy_verified(path, s.entry["values"], files[s.entry["values"]]) for s in segments]
+        return ToyField(config, values)
 
 
 TOY = ToyKind()
@@ -52,12 +50,15 @@ TOY = ToyKind()
 @dataclass(frozen=True)
 class ToyField:
     config: ToyConfig
-    entry: dict
-    values: np.ndarray  # [rows] float32
+    parts: list  # [rows] float32 per segment
     dim: int = 1
 
+    @property
+    def values(self) -> np.ndarray:
+        return np.concatenate(self.parts) if self.parts else np.zeros(0, np.float32)
+
     def info(self):
-        return {"kind": "toy", "documents": len(self.values)}
+        return {"kind": "toy", "documents": len(self.values), "segments": len(self.parts)}
 
     def documents_from_texts(self, encoder, texts, progress=False):
         return np.array([encoder(t) for t in texts], np.float32)
@@ -74,18 +75,24 @@ class ToyField:
     def check_queries(self, given):
         return np.asarray(given, np.float32).reshape(-1)
 
-    def prepare(self, values, first_row, deleted):
+    def prepare(self, values):
         return ToyPending(self, values)
 
+    def merge(self, path, name, rows):
+        entry, files = write_values(path, name, self.config, self.values[rows])
+        return {}, entry, files
+
     def search(self, queries, k, params, allowed):
-        scores = -np.abs(queries[:, None] - self.values[None, :]) * self.config.scale  # [B, N]
-        if allowed is not None:
-            scores[:, ~allowed] = -np.inf
-        rows = np.broadcast_to(np.arange(len(self.values)), scores.shape)
-        scores, rows = cpu.top_k_rows(scores, rows, min(k, len(self.values)))
-        rows = np.where(np.isfinite(scores), rows, -1)
-        pad = k - rows.shape[1]
-        return np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf), np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+        found, starts, start = [], [], 0
+        for values in self.parts:  # each segment on its own, then the best k over all
+            scores = -np.abs(queries[:, None] - np.asarray(values)[None, :]) * self.config.scale  # [B, n]
+            if allowed is not None:
+                scores[:, ~allowed[start : start + len(values)]] = -np.inf
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+            found.append((np.take_along_axis(scores, order, axis=1), order))
+            starts.append(start)
+            start += len(values)
+        return merge_top_k(found, starts, len(queries), k)
 
     def unmatchable(self, queries):
         return None
@@ -99,9 +106,12 @@ class ToyPending:
     field: ToyField
     values: np.ndarray
 
-    def write(self, path, version, num_rows):
-        name = f"{self.field.config.name}.values-{version:06d}.npy"
-        files = {name: storage.write_new_file(path, name, storage.npy_bytes(self.values))}
-        entry = {"values": [*self.field.entry["values"], name]}
-        values = np.concatenate([self.field.values, self.values])
-        return entry, files, functools.partial(ToyField, self.field.config, entry, values)
+    def write(self, path, name):
+        entry, files = write_values(path, name, self.field.config, self.values)
+        stored = np.load(path / entry["values"], mmap_mode="r")
+        return {}, entry, files, lambda: ToyField(self.field.config, [*self.field.parts, stored])
+
+
+def write_values(path, segment, config, values):
+    name = f"{segment}.{config.name}.values.npy"
+    return {"values": name}, {name: storage.write_new_file(path, name, storage.npy_bytes(values))}

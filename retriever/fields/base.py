@@ -69,8 +69,19 @@ class FieldConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
+@dataclass(frozen=True)
+class SegmentView:
+    """What a field sees of one collection segment: its name (the prefix of its files), its rows,
+    and this field's entry in it."""
+
+    name: str
+    rows: int
+    entry: dict[str, Any]
+
+
 class Field(Protocol):
-    """A field opened at one version of a collection. Rows are the collection's row numbers."""
+    """A field opened at one version of a collection: one part per segment, rows numbered across
+    segments in order (segment s holds rows starts[s]..starts[s + 1] - 1)."""
 
     config: FieldConfig
     dim: int
@@ -87,9 +98,14 @@ class Field(Protocol):
 
     def check_queries(self, given: Any) -> Any: ...
 
-    def prepare(self, payload: Any, first_row: int, deleted: np.ndarray) -> "Pending":
-        """In-memory work for adding `payload` as rows first_row.. ; `deleted` [rows] is the next
-        version's deletions. Must not change this field: readers may share it."""
+    def prepare(self, payload: Any) -> "Pending":
+        """In-memory work for a new segment holding `payload`. Must not change this field:
+        readers may share it."""
+
+    def merge(self, path: Path, name: str, rows: np.ndarray) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Write segment `name` holding these rows [R] (ascending; the live rows of the segments
+        being merged), renumbered from 0 -> (the field's shared entry, its entry in the segment,
+        {file: size and checksum}). Storage format 1 fields come out in the current layout."""
 
     def search(self, queries: Any, k: int, params: Mapping[str, int],
                allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -104,9 +120,10 @@ class Field(Protocol):
 
 
 class Pending(Protocol):
-    def write(self, path: Path, version: int, num_rows: int) -> tuple[dict[str, Any], dict[str, Any], Callable[[], Field]]:
-        """Write the new files -> (the field's manifest entry, {file: size and checksum}, a maker of
-        the field's state at the new version, called only once that version is published)."""
+    def write(self, path: Path, name: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], Callable[[], Field]]:
+        """Write the new segment `name`'s files -> (the field's shared entry, its entry in the
+        segment, {file: size and checksum}, a maker of the field at the new version, called only
+        once that version is published)."""
 
 
 class FieldKind(Protocol):
@@ -126,10 +143,36 @@ class FieldKind(Protocol):
         """The new field's dimension (vector width, vocabulary size, 0 for a growing vocabulary)."""
 
     def create(self, path: Path, config: FieldConfig, size: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        """An empty field -> (its manifest entry, {file written: size and checksum})."""
+        """An empty field -> (its shared manifest entry, {file written: size and checksum})."""
 
-    def open(self, path: Path, config: FieldConfig, entry: dict[str, Any], files: dict[str, Any], num_rows: int) -> Field:
+    def open(self, path: Path, config: FieldConfig, shared: dict[str, Any], files: dict[str, Any],
+             segments: list[SegmentView]) -> Field:
         """The field at one version, every file checked against `files` before use."""
+
+
+def merge_top_k(found: list[tuple[np.ndarray, np.ndarray]], starts: list[int], batch: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each segment's (scores [B, k_s], local rows [B, k_s]) -> the best k over all, rows global,
+    -inf / -1 padded."""
+    if not found:
+        return np.full((batch, k), -np.inf, np.float32), np.full((batch, k), -1, np.int64)
+    scores = np.concatenate([s for s, _ in found], axis=1).astype(np.float32)
+    rows = np.concatenate([np.where(r >= 0, r + start, -1) for (_, r), start in zip(found, starts)], axis=1)
+    scores = np.where(rows >= 0, scores, np.float32(-np.inf))
+    if len(found) > 1:  # ties go to the lower row, whatever the segmentation
+        order = np.lexsort((np.where(rows >= 0, rows, np.iinfo(np.int64).max), -scores), axis=1)[:, :k]
+        scores, rows = np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
+    scores, rows = scores[:, :k], rows[:, :k]
+    rows = np.where(np.isfinite(scores), rows, -1)
+    if rows.shape[1] < k:
+        pad = k - rows.shape[1]
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+        rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
+    return scores, rows
+
+
+def row_starts(segments: list[SegmentView]) -> np.ndarray:
+    """[S + 1] first row of each segment, then the total."""
+    return np.concatenate([[0], np.cumsum([s.rows for s in segments])]).astype(np.int64)
 
 
 def check_int(where: str, key: str, value: Any, *, low: int, optional: bool = False) -> None:

@@ -4,7 +4,6 @@ candidates re-scored from vectors on disk."""
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
@@ -19,7 +18,8 @@ from retriever.kernels import cpu
 from retriever.kernels.binary import candidate_scores, code_top_k
 
 from .base import FieldConfig, check_choice, check_int, recall_probe
-from .dense import DENSE, check_query_vectors, check_vector_keys, check_vectors, index_with, training_sample
+from .dense import DENSE, check_query_vectors, check_vector_keys, check_vectors
+from .parts import train_floor, training_sample
 
 QUERY_BLOCK = 64  # queries whose lookup tables are built at once ([64, bytes, 256] float32)
 METHODS = ("sign", "itq", "recurrent")
@@ -102,8 +102,8 @@ class BinaryKind:
     def create(self, path, config: BinaryConfig, dim: int):
         return BinaryField.empty_entry(path, config, dim)
 
-    def open(self, path, config: BinaryConfig, entry, files, num_rows: int) -> "BinaryField":
-        return BinaryField.open(path, config, entry, files, num_rows)
+    def open(self, path, config: BinaryConfig, entry, files, segments) -> "BinaryField":
+        return BinaryField.open(path, config, entry, files, segments)
 
 
 BINARY = BinaryKind()
@@ -137,15 +137,27 @@ def faiss_factory(config: BinaryConfig) -> str | None:
     return name if name.startswith("B") else "B" + name
 
 
+@dataclass(frozen=True)
+class BinaryPart:
+    """One segment's binary index (None: scanned through lookup tables) and row count."""
+
+    index: FaissIndex | None
+    rows: int
+
+
 class BinaryField:
-    def __init__(self, config: BinaryConfig, entry: dict[str, Any], binarizer: binary.Binarizer | None, index: FaissIndex | None,
+    """Codes, rescore vectors and scales of every segment in stores addressed by global row
+    (one array per segment), and one index per segment."""
+
+    def __init__(self, config: BinaryConfig, entry: dict[str, Any], binarizer: binary.Binarizer | None, parts: list[BinaryPart],
                  codes: VectorStore, rescore: VectorStore, scales: VectorStore | None) -> None:
         self.config = config
-        self.entry = entry
+        self.entry = entry  # the shared manifest entry
         self.dim = int(entry["dim"])  # float vector dimension
         self.code_dim = int(entry["code_dim"])
         self.binarizer = binarizer
-        self.index = index
+        self.parts = parts
+        self.starts = np.concatenate([[0], np.cumsum([p.rows for p in parts])]).astype(np.int64).tolist()
         self.codes = codes  # [N, bytes] uint8
         self.rescore_vectors = rescore  # [N, dim] float32 or int8
         self.scales = scales  # [N, 1] float32 per-vector scales of int8 rescore vectors
@@ -157,39 +169,48 @@ class BinaryField:
         code_dim = code_dim_for(config, dim)
         if config.method == "itq" and code_dim > dim:
             raise InvalidConfig(f"field {config.name!r}: itq codes have at most {dim} dimensions (the vectors'), got code_dim {code_dim}")
-        entry = {"dim": dim, "code_dim": code_dim, "binarizer": None, "index": None, "codes": [], "rescore": [], "scales": []}
         factory = faiss_factory(config)
-        if factory is None:
-            return entry, {}
-        name = f"{config.name}.index-{1:06d}.faiss"
-        index = FaissIndex(factory, config.bits * code_dim, HAMMING)
-        return {**entry, "index": name}, {name: storage.write_new_file(path, name, index.to_bytes())}
+        if factory is not None:
+            FaissIndex(factory, config.bits * code_dim, HAMMING)  # a bad factory string fails at create
+        return {"dim": dim, "code_dim": code_dim, "binarizer": None}, {}
 
     @classmethod
-    def open(cls, path, config: BinaryConfig, entry: dict[str, Any], files: dict[str, Any], num_rows: int) -> "BinaryField":
-        load = lambda names, dim, dtype: VectorStore([storage.open_npy_verified(path, n, files[n]) for n in names], dim, dtype)  # noqa: E731
+    def open(cls, path, config: BinaryConfig, entry: dict[str, Any], files: dict[str, Any], segments: list) -> "BinaryField":
         binarizer = None
         if entry["binarizer"]:
             binarizer = binary.Binarizer.from_bytes(storage.read_verified(path, entry["binarizer"], files[entry["binarizer"]]))
-        index = None
-        if entry["index"]:
-            data = storage.read_verified(path, entry["index"], files[entry["index"]])
-            index = FaissIndex.from_bytes(data, faiss_factory(config), config.bits * entry["code_dim"], HAMMING)
-        codes = load(entry["codes"], config.bits * entry["code_dim"] // 8, np.uint8)
-        dtype = np.int8 if config.rescore_dtype == "int8" else np.float32
-        rescore = load(entry["rescore"], entry["dim"], dtype)
-        scales = load(entry["scales"], 1, np.float32) if config.rescore_dtype == "int8" else None
-        counts = {len(codes), len(rescore)} | ({index.ntotal} if index is not None else set())
-        if counts != {num_rows}:
-            raise CorruptIndex(f"field {config.name!r} holds {sorted(counts)} codes / vectors for {num_rows} documents")
-        return cls(config, entry, binarizer, index, codes, rescore, scales)
+        width = config.bits * entry["code_dim"]
+        int8 = config.rescore_dtype == "int8"
+        arrays: dict[str, list[np.ndarray]] = {"codes": [], "rescore": [], "scales": []}
+        parts = []
+        # storage format 1 kept one index and lists of files in the shared entry: one part
+        for piece in [entry] if "codes" in entry else [s.entry for s in segments]:
+            before = sum(len(a) for a in arrays["codes"])
+            for key in ("codes", "rescore", "scales") if int8 else ("codes", "rescore"):
+                names = piece[key] if isinstance(piece[key], list) else [piece[key]]
+                arrays[key] += [storage.open_npy_verified(path, n, files[n]) for n in names]
+            index = None
+            if piece.get("index"):
+                data = storage.read_verified(path, piece["index"], files[piece["index"]])
+                index = FaissIndex.from_bytes(data, piece.get("factory") or faiss_factory(config), width, HAMMING)
+            parts.append(BinaryPart(index, sum(len(a) for a in arrays["codes"]) - before))
+        field = cls(config, entry, binarizer, parts, VectorStore(arrays["codes"], width // 8, np.uint8),
+                    VectorStore(arrays["rescore"], entry["dim"], np.int8 if int8 else np.float32),
+                    VectorStore(arrays["scales"], 1, np.float32) if int8 else None)
+        rows = sum(s.rows for s in segments)
+        if len(field.codes) != rows or len(field.rescore_vectors) != rows or \
+                any(p.index is not None and p.index.ntotal != p.rows for p in parts):
+            raise CorruptIndex(f"field {config.name!r} holds {len(field.codes)} codes / {len(field.rescore_vectors)} vectors for "
+                               f"{rows} documents, or an index disagrees with its segment")
+        return field
 
     def info(self) -> dict[str, Any]:
         c = self.config
         code_bytes = c.bits * self.code_dim // 8
         return {"kind": "binary", "source": c.source, "model": c.model, "dim": self.dim, "method": c.method, "bits": c.bits,
                 "code_dim": self.code_dim, "bytes_per_vector": code_bytes, "scoring": c.scoring, "index": c.index,
-                "rescore": c.rescore, "rescore_dtype": c.rescore_dtype, "trained": self.binarizer is not None, "ntotal": len(self.codes)}
+                "rescore": c.rescore, "rescore_dtype": c.rescore_dtype, "trained": self.binarizer is not None, "ntotal": len(self.codes),
+                "segments": len(self.parts)}
 
     # ---- documents and queries ------------------------------------------------------------------
 
@@ -224,15 +245,19 @@ class BinaryField:
 
     # ---- writing -------------------------------------------------------------------------------
 
-    def prepare(self, vectors: np.ndarray, first_row: int, deleted: np.ndarray) -> "PendingCodes":
+    def prepare(self, vectors: np.ndarray) -> "PendingCodes":
         binarizer = self.binarizer or self._train(vectors)
         codes = binarizer.encode(vectors)
-        index = None if self.index is None else index_with(self.index, codes, self.config.train_size)
         if self.config.rescore_dtype == "int8":
             scales = np.abs(vectors).max(axis=1, keepdims=True) / 127  # [N, 1]
             stored = np.round(vectors / np.where(scales > 0, scales, 1)).astype(np.int8)
-            return PendingCodes(self, binarizer, index, codes, stored, scales.astype(np.float32))
-        return PendingCodes(self, binarizer, index, codes, vectors, None)
+            return PendingCodes(self, binarizer, codes, stored, scales.astype(np.float32))
+        return PendingCodes(self, binarizer, codes, vectors, None)
+
+    def merge(self, path, name: str, rows: np.ndarray):
+        scales = None if self.scales is None else self.scales.gather(rows)
+        entry, files, _ = write_part(path, name, self.config, self.codes.gather(rows), self.rescore_vectors.gather(rows), scales)
+        return {key: self.entry[key] for key in ("dim", "code_dim", "binarizer")}, entry, files
 
     def _train(self, vectors: np.ndarray) -> binary.Binarizer:
         c = self.config
@@ -257,14 +282,24 @@ class BinaryField:
         depth = max(k, rescore)
         if self.binarizer is None or len(self.codes) == 0:
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
-        # float queries are binarized once: for the faiss index and for SDC tables alike
-        coded = queries.codes if given_codes else (self.binarizer.encode(queries) if scoring != "asymmetric" or self.index is not None else None)
-        if self.index is not None and (scoring == "hamming" or not self.index.exact):
-            scores, rows = self.index.search(coded, depth, params, allowed)
-            if scoring != "hamming" and not rescore:  # approximate candidates, ordered by their codes' scores
-                scores = self._lookup_scores(self._query_side(queries, coded, scoring), rows)
-        else:
-            scores, rows = self._scan(self._query_side(queries, coded, scoring), depth, allowed)
+        # float queries are binarized once: for the faiss indexes and for SDC tables alike
+        indexed = any(p.index is not None for p in self.parts)
+        coded = queries.codes if given_codes else (self.binarizer.encode(queries) if scoring != "asymmetric" or indexed else None)
+        found, scanned = [], []
+        for i, (part, first) in enumerate(zip(self.parts, self.starts)):
+            if part.index is not None and (scoring == "hamming" or not part.index.exact):
+                local = None if allowed is None else allowed[first : first + part.rows]
+                scores, rows = part.index.search(coded, depth, params, local)
+                rows = np.where(rows >= 0, rows + first, -1)
+                if scoring != "hamming" and not rescore:  # approximate candidates, ordered by their codes' scores
+                    scores = self._lookup_scores(self._query_side(queries, coded, scoring), rows)
+                found.append((scores, rows))
+            else:
+                scanned.append(i)
+        if scanned:
+            found.append(self._scan(self._query_side(queries, coded, scoring), depth, allowed, scanned))
+        scores = np.concatenate([s for s, _ in found], axis=1)
+        rows = np.concatenate([r for _, r in found], axis=1)
         scores = self._rescore(queries, rows) if rescore else np.where(rows >= 0, scores, np.float32(-np.inf))
         return cpu.top_k_rows(scores, rows, k)  # depth >= k columns, -1 rows at -inf
 
@@ -272,13 +307,13 @@ class BinaryField:
         """What lookup tables are built from: the float query, or (SDC, Hamming) the query's decoded code."""
         return self.binarizer.query_side(queries) if scoring == "asymmetric" else self.binarizer.decode(codes)
 
-    def _scan(self, side: np.ndarray, depth: int, allowed: np.ndarray | None):
-        """Every code scored through lookup tables built from `side`, segment by segment, best `depth` kept."""
+    def _scan(self, side: np.ndarray, depth: int, allowed: np.ndarray | None, segments: list[int]):
+        """The codes of these segments scored through lookup tables built from `side`, best `depth` kept."""
         found_scores, found_rows = [], []
         for start in range(0, len(side), QUERY_BLOCK):
             tables, offsets = self.binarizer.lookup_tables(side[start : start + QUERY_BLOCK])
             per_segment = []
-            for segment, first in zip(self.codes.segments, self.codes.starts):
+            for segment, first in self._code_pieces(segments):
                 mask = None if allowed is None else np.ascontiguousarray(allowed[first : first + len(segment)])
                 scores, rows = code_top_k(tables, offsets, np.asarray(segment), depth, mask)
                 per_segment.append((scores, np.where(rows >= 0, rows + first, -1)))
@@ -301,40 +336,75 @@ class BinaryField:
         return cpu.rescore(queries, candidates, rows >= 0, "ip")
 
 
+    def _code_pieces(self, segments: list[int]):
+        """(codes array, first global row) of the code files these segments hold."""
+        wanted = [(self.starts[s], self.starts[s + 1]) for s in segments]
+        for array, first in zip(self.codes.segments, self.codes.starts):
+            if any(lo <= first < hi for lo, hi in wanted):
+                yield array, int(first)
+
+
 @dataclass(frozen=True)
 class PendingCodes:
-    """New codes, rescore vectors and the index holding them (and the binarizer when just trained)."""
+    """A new segment's codes and rescore vectors (and the binarizer when just trained)."""
 
     field: BinaryField
     binarizer: binary.Binarizer
-    index: FaissIndex | None
     codes: np.ndarray
     vectors: np.ndarray
     scales: np.ndarray | None
 
-    def write(self, path, version: int, num_rows: int):
-        field, name = self.field, self.field.config.name
-        entry = dict(field.entry)
+    def write(self, path, name: str):
+        field = self.field
+        shared = dict(field.entry)
         files: dict[str, Any] = {}
+        if field.binarizer is None:  # trained on this, the first batch: shared by every segment from now on
+            binarizer_file = f"{name}.{field.config.name}.binarizer.npz"
+            files[binarizer_file] = storage.write_new_file(path, binarizer_file, self.binarizer.to_bytes())
+            shared["binarizer"] = binarizer_file
+        entry, written, (part, stored) = write_part(path, name, field.config, self.codes, self.vectors, self.scales)
+        files.update(written)
 
-        def put(file: str, data: bytes) -> str:
-            files[file] = storage.write_new_file(path, file, data)
-            return file
+        def extended(store: VectorStore | None, array) -> VectorStore | None:
+            return None if store is None else VectorStore([*store.segments, array], store.dim, store.dtype)
 
-        if field.binarizer is None:
-            entry["binarizer"] = put(f"{name}.binarizer-{version:06d}.npz", self.binarizer.to_bytes())
-        if self.index is not None:
-            entry["index"] = put(f"{name}.index-{version:06d}.faiss", self.index.to_bytes())
-        parts = {"codes": self.codes, "rescore": self.vectors, "scales": self.scales}
-        for part, array in parts.items():
-            if array is not None:
-                entry[part] = [*entry[part], put(f"{name}.{part}-{version:06d}.npy", storage.npy_bytes(array))]
+        def make() -> BinaryField:
+            return BinaryField(field.config, shared, self.binarizer, [*field.parts, part], extended(field.codes, stored["codes"]),
+                               extended(field.rescore_vectors, stored["rescore"]), extended(field.scales, stored.get("scales")))
 
-        def extended(store: VectorStore, part: str) -> VectorStore:
-            return VectorStore([*store.segments, np.load(path / entry[part][-1], mmap_mode="r")], store.dim, store.dtype)
+        return shared, entry, files, make
 
-        scales = None if self.scales is None else extended(field.scales, "scales")
-        updated = functools.partial(BinaryField, field.config, entry, self.binarizer, self.index, extended(field.codes, "codes"),
-                                    extended(field.rescore_vectors, "rescore"), scales)
-        return entry, files, updated
 
+def write_part(path, segment: str, config: BinaryConfig, codes: np.ndarray, vectors: np.ndarray, scales: np.ndarray | None):
+    """A segment's codes, rescore vectors, scales and index -> (entry, files, (part, {name: stored array}))."""
+    prefix = f"{segment}.{config.name}"
+    files: dict[str, Any] = {}
+    entry: dict[str, Any] = {"scales": None, "index": None, "factory": None}
+    stored = {}
+    for part, array in (("codes", codes), ("rescore", vectors), ("scales", scales)):
+        if array is None:
+            continue
+        file = f"{prefix}.{part}.npy"
+        files[file] = storage.write_new_file(path, file, storage.npy_bytes(array))
+        entry[part] = file
+        stored[part] = np.load(path / file, mmap_mode="r")
+    factory = segment_factory(config, len(codes))
+    index = None
+    if factory is not None:
+        index = FaissIndex(factory, codes.shape[1] * 8, HAMMING)
+        if not index.cpu_index.is_trained:
+            index.train(training_sample(codes, config.train_size))
+        index.add(codes)
+        file = f"{prefix}.index.faiss"
+        files[file] = storage.write_new_file(path, file, index.to_bytes())
+        entry.update(index=file, factory=factory)
+    return entry, files, (BinaryPart(index, len(codes)), stored)
+
+
+def segment_factory(config: BinaryConfig, rows: int) -> str | None:
+    """The binary index of a segment of `rows` codes: the configured one once the segment is big
+    enough to train it, else its exhaustive equivalent (BFlat for Hamming, a lookup-table scan)."""
+    factory = faiss_factory(config)
+    if factory is None or rows >= train_floor(factory):
+        return factory
+    return "BFlat" if config.scoring == "hamming" else None

@@ -17,7 +17,7 @@ from retriever.index.bm25 import VARIANTS
 from retriever.index.sparse import PostingSegment, SparseRows, build_segment, smallest_dtype
 
 from .base import FieldConfig, check_choice, check_number
-from .inverted import InvertedField, PendingSegments, SparseDocuments, distinct_per_row
+from .inverted import InvertedField, PendingPostings, SparseDocuments, distinct_per_row
 
 WEIGHT_CHUNK = 1 << 22  # postings turned into weights per step (bounds the temporary memory)
 TOKENIZE_BLOCK = 50_000  # documents per tokenizer call (progress steps)
@@ -70,8 +70,8 @@ class Bm25Kind:
     def create(self, path, config: Bm25Config, size: int):
         return Bm25Field.empty_entry(config, size)
 
-    def open(self, path, config: Bm25Config, entry, files, num_rows: int) -> "Bm25Field":
-        return Bm25Field.open(path, config, entry, files, num_rows)
+    def open(self, path, config: Bm25Config, entry, files, segments) -> "Bm25Field":
+        return Bm25Field.open(path, config, entry, files, segments)
 
 
 BM25 = Bm25Kind()
@@ -91,17 +91,17 @@ class TokenizedDocuments:
 class Bm25Field(InvertedField):
     """Term counts and document lengths on disk; BM25 tf parts as posting weights, idf per query term."""
 
-    def __init__(self, config: Bm25Config, entry: dict[str, Any], segments: list[PostingSegment], num_rows: int,
-                 vocabulary: dict[str, int] | None = None) -> None:
-        super().__init__(config, entry, segments, num_rows)
+    def __init__(self, config: Bm25Config, entry: dict[str, Any], segments: list[PostingSegment], starts: list[int],
+                 scales: list[float], num_rows: int, vocabulary: dict[str, int] | None = None) -> None:
+        super().__init__(config, entry, segments, starts, scales, num_rows)
         self.variant = VARIANTS[config.variant]
         self.delta = config.delta if config.delta is not None else self.variant.delta
         # append-only and shared between versions: ids never change; a version ignores ids >= its num_terms
         self.vocabulary = vocabulary if vocabulary is not None else {}
 
     @classmethod
-    def open(cls, path, config, entry, files, num_rows):
-        field = super().open(path, config, entry, files, num_rows)
+    def open(cls, path, config, entry, files, segments):
+        field = super().open(path, config, entry, files, segments)
         terms: list[str] = []
         for file in entry["vocab"]:
             terms.extend(pq.read_table(io.BytesIO(storage.read_verified(path, file, files[file]))).column("term").to_pylist())
@@ -110,10 +110,10 @@ class Bm25Field(InvertedField):
         field.vocabulary.update((t, i) for i, t in enumerate(terms))
         return field
 
-    def with_state(self, entry, segments, num_rows, new_terms):
+    def with_state(self, entry, segments, starts, scales, num_rows, new_terms):
         # readers of older versions share this dict safely: they ignore ids >= their num_terms
         self.vocabulary.update((term, self.num_terms + i) for i, term in enumerate(new_terms))
-        return Bm25Field(self.config, entry, segments, num_rows, self.vocabulary)
+        return Bm25Field(self.config, entry, segments, starts, scales, num_rows, self.vocabulary)
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "variant": self.config.variant, "k1": self.config.k1, "b": self.config.b}
@@ -123,8 +123,8 @@ class Bm25Field(InvertedField):
         """Document length by row [rows] float32 and the average length."""
         by_row = np.zeros(self.num_rows, dtype=np.float32)
         total = 0
-        for s in self.segments:
-            by_row[s.doc_rows] = s.doc_lengths
+        for s, start in zip(self.segments, self.starts):
+            by_row[np.asarray(s.doc_rows, dtype=np.int64) + start] = s.doc_lengths
             total += int(np.asarray(s.doc_lengths, dtype=np.int64).sum())
         return by_row, total / max(self.num_documents, 1)
 
@@ -133,12 +133,13 @@ class Bm25Field(InvertedField):
         return self.variant.idf(self.df.astype(np.float64), self.num_documents).astype(np.float32)
 
     def posting_weights(self, i: int) -> np.ndarray:
-        segment, (by_row, avg_len) = self.segments[i], self._length_stats
+        segment, start, (by_row, avg_len) = self.segments[i], self.starts[i], self._length_stats
         out = np.empty(len(segment.rows), dtype=np.float32)
         for lo in range(0, len(out), WEIGHT_CHUNK):
             hi = lo + WEIGHT_CHUNK
             tf = np.asarray(segment.values[lo:hi], dtype=np.float32)
-            out[lo:hi] = self.variant.tf(tf, by_row[segment.rows[lo:hi]], avg_len, self.config.k1, self.config.b, self.delta)
+            lengths = by_row[np.asarray(segment.rows[lo:hi], dtype=np.int64) + start]
+            out[lo:hi] = self.variant.tf(tf, lengths, avg_len, self.config.k1, self.config.b, self.delta)
         return out
 
     def queries_from_tokens(self, tokens: list[list[str]]) -> SparseRows:
@@ -177,8 +178,8 @@ class Bm25Field(InvertedField):
                 bar.update(len(words))
         return TokenizedDocuments(list(local), np.concatenate(flat) if flat else np.zeros(0, np.int64), np.concatenate(lengths))
 
-    def prepare(self, documents: "TokenizedDocuments", first_row: int, deleted: np.ndarray) -> PendingSegments:
-        return super().prepare(self._count(documents), first_row, deleted)
+    def prepare(self, documents: "TokenizedDocuments") -> PendingPostings:
+        return super().prepare(self._count(documents))
 
     def _count(self, documents: "TokenizedDocuments") -> SparseDocuments:
         """Batch term ids -> counts per (document, vocabulary term); terms new to this version's
@@ -200,7 +201,7 @@ class Bm25Field(InvertedField):
         np.cumsum(np.bincount(keys // num_terms, minlength=len(lengths)), out=indptr[1:])
         return SparseDocuments(SparseRows(indptr, keys % num_terms, counts.astype(np.float32)), lengths, new_terms)
 
-    def _new_segment(self, documents, first_row, num_terms):
+    def _new_segment(self, documents, num_terms):
         counts = documents.vectors.values
-        return build_segment(documents.vectors, first_row, num_terms, smallest_dtype(counts), documents.lengths), 1.0
+        return build_segment(documents.vectors, 0, num_terms, smallest_dtype(counts), documents.lengths), 1.0
 

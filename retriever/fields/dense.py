@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -13,9 +13,9 @@ from retriever.errors import CorruptIndex, InvalidConfig, InvalidRequest
 from retriever.index import storage
 from retriever.index.faiss_index import FaissIndex
 from retriever.index.vectors import VectorStore
-from retriever.kernels import cpu
 
-from .base import FieldConfig, check_choice, check_int, recall_probe
+from . import parts as parts_module
+from .base import FieldConfig, SegmentView, check_choice, check_int, merge_top_k, recall_probe
 from .spann import SpannVectors, is_spann, spann_params
 
 METRICS = ("ip", "l2")
@@ -79,62 +79,81 @@ class DenseKind:
         return config.dim if config.dim is not None else self.make_encoder(config).dim
 
     def create(self, path, config: DenseConfig, dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        return DenseField.empty_entry(path, config, dim)
+        if is_spann(config.index):
+            spann_params(config.index, config.metric)  # a bad factory string fails at create
+        else:
+            FaissIndex(config.index, dim, config.metric)  # likewise
+        return {"dim": dim}, {}
 
-    def open(self, path, config: DenseConfig, entry, files, num_rows: int) -> "DenseField":
-        return DenseField.open(path, config, entry, files, num_rows)
+    def open(self, path, config: DenseConfig, shared, files, segments: list[SegmentView]) -> "DenseField":
+        dim = shared["dim"]
+        if "vectors" in shared:  # storage format 1: one index over every row, vectors per commit
+            return DenseField(config, dim, [_legacy_part(path, config, shared, files)], shared)
+        parts = []
+        for segment in segments:
+            vectors = VectorStore([storage.open_npy_verified(path, segment.entry["vectors"], files[segment.entry["vectors"]])], dim)
+            index = parts_module.open_index(path, segment.entry, files, vectors, config.metric)
+            if index.ntotal != segment.rows or len(vectors) != segment.rows:
+                raise CorruptIndex(f"field {config.name!r} holds {index.ntotal} indexed / {len(vectors)} stored vectors for the "
+                                   f"{segment.rows} documents of segment {segment.name!r}")
+            parts.append(DensePart(index, vectors))
+        return DenseField(config, dim, parts, shared)
 
 
 DENSE = DenseKind()
 
 
 @dataclass(frozen=True)
+class DensePart:
+    """One segment's vectors [rows, D] (memory-mapped) and their index."""
+
+    index: FaissIndex | SpannVectors
+    vectors: VectorStore
+
+
+@dataclass(frozen=True)
 class DenseField:
     config: DenseConfig
     dim: int
-    index: FaissIndex | SpannVectors
-    vectors: VectorStore
-    entry: dict[str, Any]  # this version's manifest entry
+    parts: list[DensePart]
+    entry: dict[str, Any]  # the shared manifest entry
+
+    @functools.cached_property
+    def starts(self) -> list[int]:
+        return np.concatenate([[0], np.cumsum([len(p.vectors) for p in self.parts])]).astype(np.int64).tolist()
+
+    @functools.cached_property
+    def vectors(self) -> VectorStore:
+        """Every row's stored vector, across segments (for re-scoring and `check`)."""
+        return VectorStore([array for p in self.parts for array in p.vectors.segments], self.dim)
 
     def search(
         self, queries: np.ndarray, k: int, params: Mapping[str, int], allowed: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """queries [B, D] -> (scores [B, k], rows [B, k]); the top `rescore` candidates of an
-        approximate index are re-scored exactly with the stored float vectors."""
+        """queries [B, D] -> (scores [B, k], rows [B, k]) over every segment; the top `rescore`
+        candidates of an approximate index are re-scored exactly with the stored float vectors."""
         if self.config.search:
             params = {**self.config.search, **params}
         rescore = int(params.get("rescore", self.config.rescore))
-        if rescore == 0 or self.index.exact:
-            return self.index.search(queries, k, params, allowed)
-        scores, rows = self.index.search(queries, max(k, rescore), params, allowed)
-        exact = cpu.rescore(queries, self.vectors.gather(rows), rows >= 0, self.config.metric)  # [B, C]
-        return cpu.top_k_rows(exact, rows, k)
+        found = []
+        for part, start in zip(self.parts, self.starts):
+            local = None if allowed is None else allowed[start : start + len(part.vectors)]
+            found.append(parts_module.search(part.index, part.vectors, queries, k, params, local, rescore, self.config.metric))
+        return merge_top_k(found, self.starts, len(queries), k)
 
-    @classmethod
-    def empty_entry(cls, path, config: DenseConfig, dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        if is_spann(config.index):
-            spann_params(config.index, config.metric)  # a bad factory string fails at create
-            return {"dim": dim, "index": None, "spann": None, "vectors": []}, {}
-        name = f"{config.name}.index-{1:06d}.faiss"
-        files = {name: storage.write_new_file(path, name, FaissIndex(config.index, dim, config.metric).to_bytes())}
-        return {"dim": dim, "index": name, "vectors": []}, files
+    def merge(self, path, name: str, rows: np.ndarray):
+        entry, files, _ = _write_part(path, name, self.config, self.vectors.gather(rows))
+        return {"dim": self.dim}, entry, files
 
-    @classmethod
-    def open(cls, path, config: DenseConfig, entry: dict[str, Any], files: dict[str, Any], num_rows: int) -> "DenseField":
-        vectors = VectorStore([storage.open_npy_verified(path, n, files[n]) for n in entry["vectors"]], entry["dim"])
-        if is_spann(config.index):
-            index = SpannVectors.open(path, entry, vectors, config.metric)
-        else:
-            index = FaissIndex.from_bytes(storage.read_verified(path, entry["index"], files[entry["index"]]), config.index, entry["dim"], config.metric)
-            index.use_gpu()
-        if index.ntotal != num_rows or len(vectors) != num_rows:
-            raise CorruptIndex(f"field {config.name!r} holds {index.ntotal} indexed / {len(vectors)} stored vectors for {num_rows} documents")
-        return cls(config, entry["dim"], index, vectors, entry)
+    @property
+    def exact(self) -> bool:
+        return all(p.index.exact for p in self.parts)
 
     def info(self) -> dict[str, Any]:
         c = self.config
         return {"kind": c.kind, "model": c.model, "dim": self.dim, "index": c.index, "metric": c.metric,
-                "rescore": c.rescore, "ntotal": self.index.ntotal}
+                "rescore": c.rescore, "ntotal": len(self.vectors), "segments": len(self.parts),
+                "segment_indexes": sorted({p.index.factory if isinstance(p.index, FaissIndex) else "SPANN" for p in self.parts})}
 
     def documents_from_texts(self, encoder, texts: list[str], progress: bool = False) -> np.ndarray:
         return self.check_documents(encoder.encode(texts, progress=progress), len(texts))
@@ -152,39 +171,48 @@ class DenseField:
         return None
 
     def probe(self, rows: np.ndarray, deleted: np.ndarray, k: int, min_recall: float):
-        return recall_probe(self, self.vectors.to_array(), self.config.metric, self.index.exact, rows, deleted, k, min_recall)
+        return recall_probe(self, self.vectors.to_array(), self.config.metric, self.exact, rows, deleted, k, min_recall)
 
-    def prepare(self, vectors: np.ndarray, first_row: int, deleted: np.ndarray) -> "PendingVectors":
-        if isinstance(self.index, SpannVectors):  # built from the stored vectors once they are written
-            return PendingVectors(self, vectors, self.index, deleted)
-        return PendingVectors(self, vectors, index_with(self.index, vectors, self.config.train_size), deleted)
+    def prepare(self, vectors: np.ndarray) -> "PendingVectors":
+        return PendingVectors(self, vectors)
 
 
 @dataclass(frozen=True)
 class PendingVectors:
-    """New vectors and the index that holds them, written at commit time."""
+    """A new segment's vectors, written (with their index) at commit time."""
 
     field: DenseField
     vectors: np.ndarray
-    index: FaissIndex | SpannVectors
-    deleted: np.ndarray
 
-    def write(self, path, version: int, num_rows: int) -> tuple[dict[str, Any], dict[str, Any], Callable[[], DenseField]]:
-        """Write the new files -> (manifest entry, {file: size and checksum}, the field's state at
-        the new version, made only once that version is published)."""
-        config = self.field.config
-        vname = f"{config.name}.vectors-{version:06d}.npy"
-        files = {vname: storage.write_new_file(path, vname, storage.npy_bytes(self.vectors))}
-        entry = {**self.field.entry, "vectors": [*self.field.entry["vectors"], vname]}
-        stored = VectorStore([*self.field.vectors.segments, np.load(path / vname, mmap_mode="r")], self.field.dim)
-        index = self.index
-        if isinstance(index, SpannVectors):
-            index, entry["spann"] = index.refreshed(path, version, config.name, stored, self.deleted, config.index, entry["spann"])
-        else:
-            iname = f"{config.name}.index-{version:06d}.faiss"
-            files[iname] = storage.write_new_file(path, iname, index.to_bytes())
-            entry["index"] = iname
-        return entry, files, functools.partial(DenseField, config, self.field.dim, index, stored, entry)
+    def write(self, path, name: str):
+        entry, files, part = _write_part(path, name, self.field.config, self.vectors)
+        field = self.field
+        return field.entry, entry, files, lambda: DenseField(field.config, field.dim, [*field.parts, part], field.entry)
+
+
+def _write_part(path, segment: str, config: DenseConfig, vectors: np.ndarray):
+    """A segment's vectors and index -> (entry, files, the part opened on them)."""
+    prefix = f"{segment}.{config.name}"
+    vname = f"{prefix}.vectors.npy"
+    files = {vname: storage.write_new_file(path, vname, storage.npy_bytes(vectors))}
+    stored = VectorStore([np.load(path / vname, mmap_mode="r")], vectors.shape[1])
+    entry, written, index = parts_module.build(path, prefix, config.index, stored.segments[0], config.metric, config.train_size)
+    files.update(written)
+    return {"vectors": vname, **entry}, files, DensePart(index, stored)
+
+
+def _legacy_part(path, config: DenseConfig, entry, files) -> DensePart:
+    """Storage format 1: one index (or SPANN directory) over every row, vectors in several files."""
+    vectors = VectorStore([storage.open_npy_verified(path, n, files[n]) for n in entry["vectors"]], entry["dim"])
+    if entry.get("spann") is not None or is_spann(config.index):
+        index = SpannVectors.open(path, entry, vectors, config.metric)
+    else:
+        data = storage.read_verified(path, entry["index"], files[entry["index"]])
+        index = FaissIndex.from_bytes(data, config.index, entry["dim"], config.metric)
+        index.use_gpu()
+    if index.ntotal != len(vectors):
+        raise CorruptIndex(f"field {config.name!r} holds {index.ntotal} indexed / {len(vectors)} stored vectors")
+    return DensePart(index, vectors)
 
 
 def check_query_vectors(field, given) -> np.ndarray:
@@ -223,22 +251,3 @@ def _explain_bad_vectors(field, array: np.ndarray, what: str) -> None:
         raise InvalidRequest(f"a {what} vector for field {field.config.name!r} is all zeros and cannot be normalized")
     if not np.isfinite(np.linalg.norm(array.astype(np.float64), axis=1)).all():
         raise InvalidRequest(f"a {what} vector for field {field.config.name!r} has values too large for float32 arithmetic")
-
-
-def index_with(index: FaissIndex, vectors: np.ndarray, train_size: int) -> FaissIndex:
-    """A copy of `index` holding these vectors [N, D] too, trained on a sample first if needed
-    (the original is left unchanged for pinned readers)."""
-    extended = index.clone()
-    if not extended.cpu_index.is_trained:
-        extended.train(training_sample(vectors, train_size))
-    extended.add(vectors)
-    extended.use_gpu()
-    return extended
-
-
-def training_sample(vectors: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
-    """At most `size` rows drawn without replacement (seeded, so builds are reproducible)."""
-    if len(vectors) <= size:
-        return vectors
-    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size=size, replace=False))
-    return vectors[rows]

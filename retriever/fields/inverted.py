@@ -11,7 +11,7 @@ import functools
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
@@ -19,12 +19,12 @@ import pyarrow.parquet as pq
 
 from retriever.errors import InvalidRequest
 from retriever.index import storage
-from retriever.index.sparse import SEGMENT_ARRAYS, InvertedIndex, PostingSegment, SparseRows, merge_segments
+from retriever.errors import CorruptIndex
+from retriever.index.sparse import SEGMENT_ARRAYS, InvertedIndex, PostingSegment, SparseRows, merge_kept
 
-from .base import FieldConfig
+from .base import FieldConfig, row_starts
 
 IMPACT_LEVELS = 255  # learned weights are stored as uint8 impacts: weight ~= impact x scale
-MAX_SEGMENTS = 16
 
 
 @dataclass(frozen=True)
@@ -38,12 +38,16 @@ class SparseDocuments:
 
 
 class InvertedField:
-    """Shared run-time behaviour of `bm25` and `sparse` fields."""
+    """Shared run-time behaviour of `bm25` and `sparse` fields: one posting segment per collection
+    segment (its rows local, from 0), term ids global to the field."""
 
-    def __init__(self, config: FieldConfig, entry: dict[str, Any], segments: list[PostingSegment], num_rows: int) -> None:
+    def __init__(self, config: FieldConfig, entry: dict[str, Any], segments: list[PostingSegment], starts: list[int],
+                 scales: list[float], num_rows: int) -> None:
         self.config = config
-        self.entry = entry  # this version's manifest entry
-        self.segments = segments
+        self.entry = entry  # the shared manifest entry
+        self.segments = segments  # posting segments ...
+        self.starts = starts  # ... and the global row of each one's local row 0
+        self.scales = scales  # learned impacts: weight = impact x scale, per posting segment
         self.num_rows = num_rows
         self.num_terms = int(entry["num_terms"])
 
@@ -51,15 +55,22 @@ class InvertedField:
 
     @classmethod
     def empty_entry(cls, config: FieldConfig, num_terms: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        return {"num_terms": num_terms, "segments": [], "vocab": []}, {}
+        return {"num_terms": num_terms, "vocab": []}, {}
 
     @classmethod
-    def open(cls, path: Path, config: FieldConfig, entry: dict[str, Any], files: dict[str, Any], num_rows: int) -> "InvertedField":
-        segments = []
-        for seg in entry["segments"]:
-            arrays = {name: storage.open_npy_verified(path, seg["arrays"][name], files[seg["arrays"][name]]) for name in SEGMENT_ARRAYS}
-            segments.append(PostingSegment.from_arrays(arrays))
-        return cls(config, entry, segments, num_rows)
+    def open(cls, path: Path, config: FieldConfig, entry: dict[str, Any], files: dict[str, Any], segments: list) -> "InvertedField":
+        load = lambda meta: PostingSegment.from_arrays(  # noqa: E731
+            {name: storage.open_npy_verified(path, meta["arrays"][name], files[meta["arrays"][name]]) for name in SEGMENT_ARRAYS})
+        if "segments" in entry:  # storage format 1: posting segments over global rows, in the shared entry
+            metas, starts = entry["segments"], [0] * len(entry["segments"])
+        else:
+            metas, starts = [s.entry for s in segments], row_starts(segments)[:-1].tolist()
+        postings = [load(meta) for meta in metas]
+        for posting, segment in zip(postings, [] if "segments" in entry else segments):
+            if len(posting.doc_rows) != segment.rows:
+                raise CorruptIndex(f"field {config.name!r}: segment {segment.name!r} has postings for {len(posting.doc_rows)} "
+                                   f"of its {segment.rows} documents")
+        return cls(config, entry, postings, starts, [float(m["scale"]) for m in metas], sum(s.rows for s in segments))
 
     # ---- facts -----------------------------------------------------------------------------
 
@@ -87,7 +98,8 @@ class InvertedField:
 
     @functools.cached_property
     def index(self) -> InvertedIndex:
-        return InvertedIndex(self.segments, [self.posting_weights(i) for i in range(len(self.segments))], self.num_rows)
+        weights = [self.posting_weights(i) for i in range(len(self.segments))]
+        return InvertedIndex(self.segments, weights, self.num_rows, self.starts)
 
     def posting_weights(self, i: int) -> np.ndarray:
         raise NotImplementedError
@@ -104,8 +116,8 @@ class InvertedField:
     def probe(self, rows: np.ndarray, deleted: np.ndarray, k: int, min_recall: float):
         """Every live document must be in exactly one segment (search here is exact)."""
         covered = np.zeros(len(deleted), dtype=np.int64)
-        for segment in self.segments:
-            np.add.at(covered, np.asarray(segment.doc_rows), 1)
+        for segment, start in zip(self.segments, self.starts):
+            np.add.at(covered, np.asarray(segment.doc_rows, dtype=np.int64) + start, 1)
         live = ~deleted
         missing, doubled = int((covered[live] == 0).sum()), int((covered[live] > 1).sum())
         problems = []
@@ -121,70 +133,66 @@ class InvertedField:
 
     # ---- writing ---------------------------------------------------------------------------
 
-    def prepare(self, documents: SparseDocuments, first_row: int, deleted: np.ndarray) -> "PendingSegments":
-        """In-memory work for adding documents (rows first_row..): the new segment, plus a merge of
-        the tail segments when they have grown comparable (so a collection keeps few segments)."""
+    def prepare(self, documents: SparseDocuments) -> "PendingPostings":
+        """In-memory work for a new segment holding these documents (its rows from 0)."""
         num_terms = self.num_terms + len(documents.new_terms)
-        new, scale = self._new_segment(documents, first_row, num_terms)
-        kept = [(seg, meta) for seg, meta in zip(self.segments, self.entry["segments"])]
-        tail = [(new, {"scale": scale})]
-        while kept and (len(kept) + len(tail) > MAX_SEGMENTS or len(kept[-1][0].doc_rows) <= 2 * sum(len(s.doc_rows) for s, _ in tail)):
-            tail.insert(0, kept.pop())
-        if len(tail) > 1:
-            tail = [self._merge(tail, num_terms, deleted)]
-        return PendingSegments(self, kept, tail, num_terms, documents.new_terms)
+        posting, scale = self._new_segment(documents, num_terms)
+        return PendingPostings(self, posting, scale, num_terms, documents.new_terms)
 
-    def _new_segment(self, documents: SparseDocuments, first_row: int, num_terms: int) -> tuple[PostingSegment, float]:
+    def _new_segment(self, documents: SparseDocuments, num_terms: int) -> tuple[PostingSegment, float]:
         raise NotImplementedError
 
-    def _merge(self, parts, num_terms: int, deleted: np.ndarray):
-        scales = {meta["scale"] for _, meta in parts}
-        if len(scales) == 1:
-            return merge_segments([s for s, _ in parts], num_terms, deleted), {"scale": scales.pop()}
-        # learned impacts with different scales: requantize to the largest one
-        scale = max(scales)
-        rescaled = [_rescaled(s, meta["scale"] / scale) for s, meta in parts]
-        return merge_segments(rescaled, num_terms, deleted), {"scale": scale}
+    def merge(self, path: Path, name: str, rows: np.ndarray):
+        scale = max(self.scales, default=1.0)  # learned impacts of several scales: requantized to the largest
+        parts = [s if f == scale else _rescaled(s, f / scale) for s, f in zip(self.segments, self.scales)]
+        merged = merge_kept(parts, self.starts, rows, self.num_rows, self.num_terms)
+        entry, files, _ = write_postings(path, f"{name}.{self.config.name}", merged, scale)
+        return {"num_terms": self.num_terms, "vocab": self.entry["vocab"]}, entry, files
 
-    def with_state(self, entry: dict[str, Any], segments: list[PostingSegment], num_rows: int, new_terms: list[str]) -> "InvertedField":
+    def with_state(self, entry: dict[str, Any], segments: list[PostingSegment], starts: list[int], scales: list[float],
+                   num_rows: int, new_terms: list[str]) -> "InvertedField":
         """This field at the next version (`new_terms` extend a BM25 vocabulary)."""
-        return type(self)(self.config, entry, segments, num_rows)
+        return type(self)(self.config, entry, segments, starts, scales, num_rows)
 
 
 @dataclass
-class PendingSegments:
-    """A field's new segments, built in memory and written at commit time."""
+class PendingPostings:
+    """A new segment's postings, built in memory and written at commit time."""
 
     field: InvertedField
-    kept: list[tuple[PostingSegment, dict[str, Any]]]
-    fresh: list[tuple[PostingSegment, dict[str, Any]]]
+    posting: PostingSegment
+    scale: float
     num_terms: int
     new_terms: list[str]
 
-    def write(self, path: Path, version: int, num_rows: int) -> tuple[dict[str, Any], dict[str, Any], Callable[[], InvertedField]]:
-        """Write the new files -> (manifest entry, {file: size and checksum}, the field opened on them,
-        made only once the version is published: a BM25 vocabulary grows only then)."""
-        name = self.field.config.name
-        files: dict[str, Any] = {}
-        entries = [meta for _, meta in self.kept]
-        segments = [seg for seg, _ in self.kept]
-        for n, (seg, meta) in enumerate(self.fresh):
-            arrays = {}
-            for array_name, array in seg.arrays().items():
-                file = f"{name}.seg-{version:06d}-{n}.{array_name}.npy"
-                files[file] = storage.write_new_file(path, file, storage.npy_bytes(array))
-                arrays[array_name] = file
-            entries.append({**meta, "arrays": arrays, "documents": len(seg.doc_rows)})
-            segments.append(PostingSegment.from_arrays({k: np.load(path / f, mmap_mode="r") for k, f in arrays.items()}))
-        vocab = list(self.field.entry["vocab"])
+    def write(self, path: Path, name: str):
+        """Write the new files -> (shared entry, segment entry, files, a maker of the field at the new
+        version, called only once it is published: a BM25 vocabulary grows only then)."""
+        field = self.field
+        entry, files, stored = write_postings(path, f"{name}.{field.config.name}", self.posting, self.scale)
+        vocab = list(field.entry["vocab"])
         if self.new_terms:
-            file = f"{name}.vocab-{version:06d}.parquet"
+            file = f"{name}.{field.config.name}.vocab.parquet"
             buf = io.BytesIO()
             pq.write_table(pa.table({"term": pa.array(self.new_terms, pa.string())}), buf)
             files[file] = storage.write_new_file(path, file, buf.getvalue())
             vocab.append(file)
-        entry = {**self.field.entry, "num_terms": self.num_terms, "segments": entries, "vocab": vocab}
-        return entry, files, functools.partial(self.field.with_state, entry, segments, num_rows, self.new_terms)
+        shared = {**field.entry, "num_terms": self.num_terms, "vocab": vocab}
+        rows = len(self.posting.doc_rows)
+        make = functools.partial(field.with_state, shared, [*field.segments, stored], [*field.starts, field.num_rows],
+                                 [*field.scales, self.scale], field.num_rows + rows, self.new_terms)
+        return shared, entry, files, make
+
+
+def write_postings(path: Path, prefix: str, posting: PostingSegment, scale: float):
+    """A posting segment's arrays -> (entry, files, the segment on its memory maps)."""
+    files, arrays = {}, {}
+    for array_name, array in posting.arrays().items():
+        file = f"{prefix}.postings.{array_name}.npy"
+        files[file] = storage.write_new_file(path, file, storage.npy_bytes(array))
+        arrays[array_name] = file
+    stored = PostingSegment.from_arrays({k: np.load(path / f, mmap_mode="r") for k, f in arrays.items()})
+    return {"arrays": arrays, "scale": scale}, files, stored
 
 
 def _rescaled(segment: PostingSegment, factor: float) -> PostingSegment:

@@ -16,12 +16,12 @@ from retriever.errors import CorruptIndex, InvalidConfig, InvalidRequest
 from retriever.index import storage
 from retriever.index.faiss_index import FaissIndex
 from retriever.index.fde import FdeConfig, FdeEncoder
-from retriever.index.tokens import TokenStore, compress
+from retriever.index.tokens import TokenStore, compress, decompress
 from retriever.index.vectors import VectorStore
 from retriever.kernels.maxsim import maxsim
 
-from .base import FieldConfig, check_int
-from .dense import index_with
+from . import parts as parts_module
+from .base import FieldConfig, check_int, merge_top_k
 from .spann import SpannVectors, is_spann, spann_params
 
 MAXSIM_BLOCK = 1 << 17  # document tokens decompressed and scored per step when searching exhaustively
@@ -96,8 +96,8 @@ class MultiVectorKind:
     def create(self, path, config: MultiVectorConfig, dim: int):
         return MultiVectorField.empty_entry(path, config, dim)
 
-    def open(self, path, config: MultiVectorConfig, entry, files, num_rows: int) -> "MultiVectorField":
-        return MultiVectorField.open(path, config, entry, files, num_rows)
+    def open(self, path, config: MultiVectorConfig, entry, files, segments) -> "MultiVectorField":
+        return MultiVectorField.open(path, config, entry, files, segments)
 
 
 MULTIVECTOR = MultiVectorKind()
@@ -121,13 +121,22 @@ class MultiVectors:
         return np.diff(self.offsets) == 0
 
 
+@dataclass(frozen=True)
+class EncodingPart:
+    """One segment's FDE index (faiss, or SPANN with the encodings on disk) and row count."""
+
+    index: FaissIndex | SpannVectors
+    rows: int
+
+
 class MultiVectorField:
-    def __init__(self, config: MultiVectorConfig, entry: dict[str, Any], index: FaissIndex | SpannVectors, tokens: TokenStore) -> None:
+    def __init__(self, config: MultiVectorConfig, entry: dict[str, Any], parts: list[EncodingPart], tokens: TokenStore) -> None:
         self.config = config
-        self.entry = entry
+        self.entry = entry  # the shared manifest entry
         self.dim = int(entry["dim"])  # token dimension
-        self.index = index
-        self.tokens = tokens
+        self.parts = parts
+        self.starts = np.concatenate([[0], np.cumsum([p.rows for p in parts])]).astype(np.int64).tolist()
+        self.tokens = tokens  # every segment's tokens, addressed by global row
         self.fde = FdeEncoder(FdeConfig(**entry["fde"]), self.dim)
 
     # ---- opening -----------------------------------------------------------------------------
@@ -138,37 +147,45 @@ class MultiVectorField:
         if fde.dimension(dim) > config.max_fde_dim:
             raise InvalidConfig(f"field {config.name!r}: the FDE would have {fde.dimension(dim)} dimensions, over max_fde_dim = "
                                 f"{config.max_fde_dim}; lower repetitions, simhash_bits or projection_dim, or set fde.final_dim")
-        entry = {"dim": dim, "fde": fde.to_dict(), "fde_dim": fde.dimension(dim), "tokens": []}
         if is_spann(config.index):
             spann_params(config.index, "ip")  # a bad factory string fails at create
-            return {**entry, "index": None, "spann": None, "encodings": []}, {}
-        name = f"{config.name}.index-{1:06d}.faiss"
-        files = {name: storage.write_new_file(path, name, FaissIndex(config.index, fde.dimension(dim), "ip").to_bytes())}
-        return {**entry, "index": name}, files
+        else:
+            FaissIndex(config.index, fde.dimension(dim), "ip")  # likewise
+        return {"dim": dim, "fde": fde.to_dict(), "fde_dim": fde.dimension(dim)}, {}
 
     @classmethod
-    def open(cls, path, config: MultiVectorConfig, entry: dict[str, Any], files: dict[str, Any], num_rows: int) -> "MultiVectorField":
-        if is_spann(config.index):
-            encodings = VectorStore([storage.open_npy_verified(path, n, files[n]) for n in entry["encodings"]], entry["fde_dim"])
-            index = SpannVectors.open(path, entry, encodings, "ip")
-        else:
-            index = FaissIndex.from_bytes(storage.read_verified(path, entry["index"], files[entry["index"]]), config.index, entry["fde_dim"], "ip")
-            index.use_gpu()
-        segments = []
-        for seg in entry["tokens"]:
-            load = lambda name: storage.open_npy_verified(path, name, files[name]) if name else None  # noqa: E731
-            segments.append((load(seg["codes"]), load(seg["scales"]), load(seg["offsets"])))
-        tokens = TokenStore(segments, entry["dim"])
-        if index.ntotal != num_rows or len(tokens) != num_rows:
-            raise CorruptIndex(f"field {config.name!r} holds {index.ntotal} encodings / {len(tokens)} token lists for {num_rows} documents")
-        return cls(config, entry, index, tokens)
+    def open(cls, path, config: MultiVectorConfig, entry: dict[str, Any], files: dict[str, Any], segments: list) -> "MultiVectorField":
+        load = lambda name: storage.open_npy_verified(path, name, files[name]) if name else None  # noqa: E731
+        pieces = [entry] if "tokens" in entry else [s.entry for s in segments]  # format 1: one index over every row
+        parts, token_arrays = [], []
+        for piece in pieces:
+            token_lists = piece["tokens"] if isinstance(piece["tokens"], list) else [piece["tokens"]]
+            token_arrays += [(load(t["codes"]), load(t["scales"]), load(t["offsets"])) for t in token_lists]
+            rows = sum(len(t[2]) - 1 for t in token_arrays) - sum(p.rows for p in parts)
+            if piece.get("spann") or (piece is entry and is_spann(config.index)):
+                names = piece["encodings"] if isinstance(piece["encodings"], list) else [piece["encodings"]]
+                index = SpannVectors.open(path, piece, VectorStore([load(n) for n in names], entry["fde_dim"]), "ip")
+            else:
+                data = storage.read_verified(path, piece["index"], files[piece["index"]])
+                index = FaissIndex.from_bytes(data, piece.get("factory") or config.index, entry["fde_dim"], "ip")
+                index.use_gpu()
+            if index.ntotal != rows:
+                raise CorruptIndex(f"field {config.name!r} holds {index.ntotal} encodings for {rows} token lists")
+            parts.append(EncodingPart(index, rows))
+        tokens = TokenStore(token_arrays, entry["dim"])
+        total = sum(s.rows for s in segments)
+        if len(tokens) != total:
+            raise CorruptIndex(f"field {config.name!r} holds {len(tokens)} token lists for {total} documents")
+        return cls(config, entry, parts, tokens)
 
     def info(self) -> dict[str, Any]:
         n = max(len(self.tokens), 1)
+        index_bytes = sum(p.index.cpu_index.ntotal * self.entry["fde_dim"] * 4 for p in self.parts if isinstance(p.index, FaissIndex)
+                          and p.index.exact)
         return {"kind": "multivector", "model": self.config.model, "token_dim": self.dim, "fde": self.entry["fde"],
-                "fde_dim": self.entry["fde_dim"], "index": self.config.index, "ntotal": self.index.ntotal,
-                "token_dtype": self.config.token_dtype, "token_bytes": self.tokens.nbytes,
-                "bytes_per_document": round((self.tokens.nbytes + self.entry.get("index_bytes", 0)) / n, 1)}
+                "fde_dim": self.entry["fde_dim"], "index": self.config.index, "ntotal": len(self.tokens),
+                "segments": len(self.parts), "token_dtype": self.config.token_dtype, "token_bytes": self.tokens.nbytes,
+                "bytes_per_document": round((self.tokens.nbytes + index_bytes) / n, 1)}
 
     # ---- documents and queries ------------------------------------------------------------------
 
@@ -229,13 +246,15 @@ class MultiVectorField:
 
     # ---- writing -------------------------------------------------------------------------------
 
-    def prepare(self, clouds: MultiVectors, first_row: int, deleted: np.ndarray) -> "PendingClouds":
-        encodings = self.fde.encode_documents(clouds.tokens, clouds.offsets)  # [N, fde_dim]
+    def prepare(self, clouds: MultiVectors) -> "PendingClouds":
         codes, scales = compress(clouds.tokens, self.config.token_dtype)
-        if isinstance(self.index, SpannVectors):  # built from the stored encodings once they are written
-            return PendingClouds(self, self.index, codes, scales, clouds.offsets, encodings, deleted)
-        index = index_with(self.index, encodings, self.config.train_size)
-        return PendingClouds(self, index, codes, scales, clouds.offsets)
+        return PendingClouds(self, codes, scales, clouds.offsets)
+
+    def merge(self, path, name: str, rows: np.ndarray):
+        tokens, offsets = self.tokens.gather(rows)
+        codes, scales = compress(tokens, self.config.token_dtype)
+        entry, files, _ = write_part(path, name, self, codes, scales, offsets)
+        return {key: self.entry[key] for key in ("dim", "fde", "fde_dim")}, entry, files
 
     # ---- search --------------------------------------------------------------------------------
 
@@ -247,7 +266,12 @@ class MultiVectorField:
         rerank = max(k, int(params.get("rerank", self.config.rerank)))
         search_params = {key: params[key] for key in ("nprobe", "efSearch", "prune_pct", "rescore") if key in params}
         encoded = self.fde.encode_queries(queries.tokens, queries.offsets)  # [B, fde_dim]
-        _, candidates = self.index.search(encoded, rerank, {**self.config.search, **search_params}, allowed)  # [B, C]
+        search_params = {**self.config.search, **search_params}
+        found = []
+        for part, start in zip(self.parts, self.starts):
+            local = None if allowed is None else allowed[start : start + part.rows]
+            found.append(part.index.search(encoded, rerank, search_params, local))
+        _, candidates = merge_top_k(found, self.starts, len(queries), rerank)  # [B, C] the best by FDE over all segments
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         rows = np.full((len(queries), k), -1, dtype=np.int64)
         for b in range(len(queries)):
@@ -287,37 +311,46 @@ class MultiVectorField:
 
 @dataclass
 class PendingClouds:
+    """A new segment's compressed tokens, written (with their FDE index) at commit time."""
+
     field: MultiVectorField
-    index: FaissIndex | SpannVectors
     codes: np.ndarray
     scales: np.ndarray | None
     offsets: np.ndarray
-    encodings: np.ndarray | None = None  # SPANN: the new rows' FDEs [N, fde_dim], stored as a segment
-    deleted: np.ndarray | None = None
 
-    def write(self, path, version: int, num_rows: int):
-        name = self.field.config.name
-        files: dict[str, Any] = {}
-        seg: dict[str, Any] = {"scales": None}
-        for part, array in (("codes", self.codes), ("scales", self.scales), ("offsets", self.offsets)):
-            if array is None:
-                continue
-            file = f"{name}.tokens-{version:06d}.{part}.npy"
+    def write(self, path, name: str):
+        field = self.field
+        entry, files, (part, stored) = write_part(path, name, field, self.codes, self.scales, self.offsets)
+
+        def make() -> MultiVectorField:
+            tokens = TokenStore([*field.tokens.segments, stored], field.dim)
+            return MultiVectorField(field.config, field.entry, [*field.parts, part], tokens)
+
+        return field.entry, entry, files, make
+
+
+def write_part(path, segment: str, field: MultiVectorField, codes: np.ndarray, scales: np.ndarray | None, offsets: np.ndarray):
+    """A segment's tokens and the FDE index over them -> (entry, files, (part, stored token arrays)).
+    FDEs are computed from the stored (compressed) tokens, so a document's encoding is the same
+    whether it was written in this segment or merged into another."""
+    config = field.config
+    prefix = f"{segment}.{config.name}"
+    files: dict[str, Any] = {}
+    tokens: dict[str, Any] = {"scales": None}
+    for part, array in (("codes", codes), ("scales", scales), ("offsets", offsets)):
+        if array is not None:
+            file = f"{prefix}.tokens.{part}.npy"
             files[file] = storage.write_new_file(path, file, storage.npy_bytes(array))
-            seg[part] = file
-        entry = {**self.field.entry, "tokens": [*self.field.entry["tokens"], seg]}
-        index = self.index
-        if isinstance(index, SpannVectors):
-            ename = f"{name}.encodings-{version:06d}.npy"
-            files[ename] = storage.write_new_file(path, ename, storage.npy_bytes(self.encodings))
-            entry["encodings"] = [*entry["encodings"], ename]
-            stored = VectorStore([*index.store.segments, np.load(path / ename, mmap_mode="r")], entry["fde_dim"])
-            index, entry["spann"] = index.refreshed(path, version, name, stored, self.deleted, self.field.config.index, entry["spann"])
-        else:
-            iname = f"{name}.index-{version:06d}.faiss"
-            files[iname] = storage.write_new_file(path, iname, index.to_bytes())
-            entry.update(index=iname, index_bytes=files[iname]["size"])
-        load = lambda f: np.load(path / f, mmap_mode="r") if f else None  # noqa: E731
-        segments = [*self.field.tokens.segments, (load(seg["codes"]), load(seg["scales"]), load(seg["offsets"]))]
-        return entry, files, functools.partial(MultiVectorField, self.field.config, entry, index, TokenStore(segments, self.field.dim))
-
+            tokens[part] = file
+    load = lambda key: np.load(path / tokens[key], mmap_mode="r") if tokens[key] else None  # noqa: E731
+    stored = (load("codes"), load("scales"), load("offsets"))
+    encodings = field.fde.encode_documents(decompress(stored[0], stored[1]), np.asarray(stored[2]))  # [N, fde_dim]
+    entry: dict[str, Any] = {"tokens": tokens}
+    if is_spann(config.index) and len(encodings) >= parts_module.SPANN_MIN_ROWS:
+        file = f"{prefix}.encodings.npy"
+        files[file] = storage.write_new_file(path, file, storage.npy_bytes(encodings))
+        encodings = np.load(path / file, mmap_mode="r")
+        entry["encodings"] = file
+    built, written, index = parts_module.build(path, prefix, config.index, encodings, "ip", config.train_size)
+    files.update(written)
+    return {**entry, **built}, files, (EncodingPart(index, len(encodings)), stored)

@@ -1,7 +1,6 @@
-"""A dense field indexed by SPANN inside a collection (`index = "SPANN"`): posting lists built from
-the field's stored float vectors into a `{field}-{version}.spann` directory; rows added later are
-searched exactly beside the lists until they pass a share of the indexed rows, when the next
-commit folds them in (compaction into a new directory, deleted rows dropped). Old directories
+"""SPANN as a segment's index (`index = "SPANN"`): posting lists built from the segment's stored
+float vectors into a `<segment>.<field>.spann` directory (`parts.build`), once the segment is
+large enough; smaller segments are searched exactly. Merges build new directories, and old ones
 stay until no kept manifest names them, so readers pinned to an older version keep working.
 
 Factory string: `SPANN[lists][,R<replicas>][,L<list size>][,PQ<bytes>]`, e.g. `SPANN`,
@@ -18,7 +17,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from retriever.index import disk, storage
+from retriever.index import storage
 from retriever.index.spann import DEFAULT_NPROBE, DEFAULT_PRUNE, DEFAULT_RESCORE, MANIFEST, SpannIndex
 from retriever.index.spann_build import SpannParams
 from retriever.index.vectors import VectorStore
@@ -26,9 +25,6 @@ from retriever.kernels import cpu
 
 from retriever.errors import CorruptIndex, InvalidConfig
 
-SUFFIX = ".spann"
-FOLD_SHARE = 0.1  # fold the unindexed rows in once they pass 10% of the indexed ones ...
-FOLD_MIN_ROWS = 1024  # ... and this many (small appends stay cheap)
 _PART = re.compile(r"^(R|L|PQ)(\d+)$")
 _OPTIONS = {"R": "replicas", "L": "list_size", "PQ": "pq"}
 
@@ -109,19 +105,3 @@ class SpannVectors:
         if self.metric == "ip":
             return dots
         return 2 * dots - np.einsum("ij,ij->i", vectors, vectors)[None] - np.einsum("ij,ij->i", queries, queries)[:, None]
-
-    def refreshed(self, path: Path, version: int, field: str, store: VectorStore, deleted: np.ndarray, factory: str,
-                  current: dict[str, Any] | None) -> tuple["SpannVectors", dict[str, Any] | None]:
-        """After rows were appended to `store`: the index to search, and the field entry's `spann`
-        value (a new directory when the lists were built or compacted in this commit)."""
-        unindexed = len(store) - self.indexed
-        if self.index is not None and unindexed <= max(FOLD_MIN_ROWS, FOLD_SHARE * self.indexed):
-            return SpannVectors(self.index, store, self.metric), current
-        directory = Path(path) / f"{field}-{version:06d}{SUFFIX}"
-        disk.rmtree(directory)  # debris of a writer that died before its manifest named it
-        if self.index is None:
-            index = SpannIndex.build(store, directory, spann_params(factory, self.metric), progress=False)
-        else:
-            index = self.index.compact(into=directory, appended=store[self.indexed :], removed=np.flatnonzero(deleted[: len(store)]))
-        spann = {"dir": directory.name, "rows": index.rows, "manifest_sha256": storage.sha256_file(directory / MANIFEST)}
-        return SpannVectors(index, store, self.metric), spann

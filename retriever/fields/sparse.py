@@ -66,8 +66,8 @@ class SparseKind:
     def create(self, path, config: SparseConfig, size: int):
         return LearnedSparseField.empty_entry(config, size)
 
-    def open(self, path, config: SparseConfig, entry, files, num_rows: int) -> "LearnedSparseField":
-        return LearnedSparseField.open(path, config, entry, files, num_rows)
+    def open(self, path, config: SparseConfig, entry, files, segments) -> "LearnedSparseField":
+        return LearnedSparseField.open(path, config, entry, files, segments)
 
 
 SPARSE = SparseKind()
@@ -81,7 +81,7 @@ class LearnedSparseField(InvertedField):
                 "top_terms": self.config.top_terms, "impacts": "uint8"}
 
     def posting_weights(self, i: int) -> np.ndarray:
-        scale = np.float32(self.entry["segments"][i]["scale"])
+        scale = np.float32(self.scales[i])
         return np.asarray(self.segments[i].values, dtype=np.float32) * scale
 
     @functools.cached_property
@@ -117,7 +117,7 @@ class LearnedSparseField(InvertedField):
         """Inference-free with a fixed token weight table ({token id: weight} per query)."""
         return self.check_queries([{int(t): float(w) for t, w in table.items() if int(t) < self.num_terms} for table in tables])
 
-    def _new_segment(self, documents, first_row, num_terms):
+    def _new_segment(self, documents, num_terms):
         vectors = documents.vectors
         top = float(vectors.values.max()) if len(vectors.values) else 0.0
         scale = top / IMPACT_LEVELS if top > 0 else 1.0
@@ -128,7 +128,7 @@ class LearnedSparseField(InvertedField):
         indptr = np.zeros(len(vectors) + 1, dtype=np.int64)
         np.cumsum(sizes, out=indptr[1:])
         kept = SparseRows(indptr, vectors.terms[keep], impacts[keep])
-        return build_segment(kept, first_row, num_terms, np.uint8), scale
+        return build_segment(kept, 0, num_terms, np.uint8), scale
 
 
 @functools.cache

@@ -1,0 +1,83 @@
+"""One segment's vector index, for the kinds that keep float vectors (dense, and the multi-vector
+kind's encodings): the configured faiss index trained on the segment's own vectors, Flat while a
+segment is too small to train one, SPANN (posting lists on disk) once it is large enough.
+Segments grow by merging, so a collection's big segments get the configured index."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from retriever.index import disk, storage
+from retriever.index.faiss_index import FaissIndex
+from retriever.index.spann import SpannIndex
+from retriever.index.vectors import VectorStore
+from retriever.kernels import cpu
+
+from .spann import SpannVectors, is_spann, spann_params
+
+MIN_TRAINED_ROWS = 1024  # below this a segment is searched exactly (Flat), whatever the config says
+SPANN_MIN_ROWS = 1024  # below this a SPANN field's segment is searched exactly
+
+
+def train_floor(factory: str) -> int:
+    """Rows a segment needs before `factory` is trained on it (faiss wants ~39 per IVF list)."""
+    if is_spann(factory):
+        return SPANN_MIN_ROWS
+    ivf = re.search(r"IVF(\d+)", factory.upper())
+    pq = re.search(r"PQ\d+", factory.upper())
+    return max(MIN_TRAINED_ROWS, 39 * int(ivf[1]) if ivf else 0, 256 if pq else 0)
+
+
+def build(path: Path, prefix: str, factory: str, vectors: np.ndarray, metric: str,
+          train_size: int) -> tuple[dict[str, Any], dict[str, Any], FaissIndex | SpannVectors]:
+    """Index a segment's vectors [N, D] -> (its entry, {file: size and checksum}, the index)."""
+    dim = vectors.shape[1]
+    if is_spann(factory) and len(vectors) >= SPANN_MIN_ROWS:
+        directory = Path(path) / f"{prefix}.spann"
+        disk.rmtree(directory)  # debris of a writer that died before its manifest named it
+        index = SpannIndex.build(vectors, directory, spann_params(factory, metric), progress=False)
+        entry = {"spann": {"dir": directory.name, "rows": index.rows,
+                           "manifest_sha256": storage.sha256_file(directory / "spann.json")}, "index": None}
+        return entry, {}, SpannVectors(index, VectorStore([vectors], dim), metric)
+    used = factory if not is_spann(factory) and len(vectors) >= train_floor(factory) else "Flat"
+    index = FaissIndex(used, dim, metric)
+    if not index.cpu_index.is_trained:
+        index.train(training_sample(vectors, train_size))
+    index.add(vectors)
+    name = f"{prefix}.index.faiss"
+    files = {name: storage.write_new_file(path, name, index.to_bytes())}
+    index.use_gpu()
+    return {"index": name, "factory": used}, files, index
+
+
+def open_index(path: Path, entry: Mapping[str, Any], files: dict[str, Any], vectors: VectorStore, metric: str):
+    """A segment's index, after its files' checksums matched."""
+    if entry.get("spann"):
+        return SpannVectors.open(path, entry, vectors, metric)
+    data = storage.read_verified(path, entry["index"], files[entry["index"]])
+    index = FaissIndex.from_bytes(data, entry["factory"], vectors.dim, metric)
+    index.use_gpu()
+    return index
+
+
+def search(index, vectors: VectorStore, queries: np.ndarray, k: int, params: Mapping[str, int], allowed: np.ndarray | None,
+           rescore: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """One segment: queries [B, D] -> (scores [B, k], local rows [B, k]); the best `rescore`
+    candidates of an approximate index are re-scored exactly with the stored vectors."""
+    if rescore == 0 or index.exact:
+        return index.search(queries, k, params, allowed)
+    scores, rows = index.search(queries, max(k, rescore), params, allowed)
+    exact = cpu.rescore(queries, vectors.gather(rows), rows >= 0, metric)  # [B, C]
+    return cpu.top_k_rows(exact, rows, k)
+
+
+def training_sample(vectors: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """At most `size` rows drawn without replacement (seeded, so builds are reproducible)."""
+    if len(vectors) <= size:
+        return vectors
+    rows = np.sort(np.random.default_rng(seed).choice(len(vectors), size=size, replace=False))
+    return vectors[rows]

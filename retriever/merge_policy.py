@@ -1,0 +1,31 @@
+"""Which segments to merge next: a tiered policy over the newest segments, as Lucene's
+LogMergePolicy with a factor of 2, plus compaction of segments that are mostly deleted rows.
+
+Every write adds a segment at the end. A run of the newest segments is merged once the segment
+before it holds no more live rows than the run: sizes then at least double going back, so a
+collection of N rows keeps O(log N) segments (and so O(log N) files and descriptors), and each
+row is rewritten O(log N) times over its life, not once per commit.
+"""
+
+from __future__ import annotations
+
+MAX_SEGMENTS = 32  # more than this (many equal segments): the two smallest neighbours are merged
+DELETED_SHARE = 0.3  # a segment whose rows are more than this share deleted is rewritten without them
+
+
+def next_merge(rows: list[int], deleted: list[int]) -> tuple[int, int] | None:
+    """Segments first..end-1 to merge next (rows and deleted rows per segment, oldest first), or None."""
+    live = [r - d for r, d in zip(rows, deleted)]
+    end = len(live)
+    first = end - 1
+    while first > 0 and live[first - 1] <= sum(live[first:end]):
+        first -= 1
+    if end - first >= 2:
+        return first, end
+    for i, (r, d) in enumerate(zip(rows, deleted)):
+        if d and (d > DELETED_SHARE * r or d == r):
+            return i, i + 1
+    if len(live) > MAX_SEGMENTS:
+        pair = min(range(len(live) - 1), key=lambda i: live[i] + live[i + 1])
+        return pair, pair + 2
+    return None

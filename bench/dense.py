@@ -79,7 +79,8 @@ def ivfpq_sweep(name: str, base: np.ndarray, queries: np.ndarray, factories: lis
         start = time.perf_counter()
         c.add([{"id": str(i)} for i in range(len(base))], vectors={"dense": base})
         build_s = time.perf_counter() - start
-        index_bytes = len(c.fields["dense"].index.to_bytes())
+        [part] = c.fields["dense"].parts  # one add: one segment, its index trained on every vector
+        index_bytes = len(part.index.to_bytes())
         for nprobe in nprobes:
             for rescore in (0, 50, 100):
                 params = {"nprobe": nprobe, "rescore": rescore}
@@ -109,7 +110,8 @@ def ivfpq_sweep(name: str, base: np.ndarray, queries: np.ndarray, factories: lis
 
 def overhead_vs_faiss(name: str, c: retriever.Collection, queries: np.ndarray, params: dict) -> dict:
     """Queries/s of `Collection.search` and of `faiss.Index.search` on the same index object."""
-    index = c.fields["dense"].index.cpu_index
+    [part] = c.fields["dense"].parts
+    index = part.index.cpu_index
     ivf = faiss.try_extract_index_ivf(index) if "IVF" in c.fields["dense"].config.index else None
     raw_params = faiss.SearchParametersIVF(nprobe=params["nprobe"]) if ivf is not None else None
     ours_params = {**params, "rescore": 0}

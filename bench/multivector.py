@@ -145,7 +145,8 @@ def scifact(scifact_dir: Path, work: Path, cache: Path | None) -> dict:
             out["collection_exhaustive_float16_first20"] = {"latency": latency(lat), "top10_agreement_with_float32": round(float(agree), 4)}
         field = c.fields["tok"]
         encoded = field.fde.encode_queries(np.concatenate(query_clouds), np.concatenate([[0], np.cumsum([len(q) for q in query_clouds])]))
-        _, found = field.index.search(encoded, max(DEPTHS), {}, None)
+        [part] = field.parts  # one add: one segment
+        _, found = part.index.search(encoded, max(DEPTHS), {}, None)
         recall = {f"recall@{n}": round(float(np.mean([len(t & set(f[:n].tolist())) / len(t) for t, f in zip(truth, found)])), 4) for n in DEPTHS}
         setting = {"fde": fde, "fde_dim": field.fde.dim, "candidate_recall_of_exact_top10": recall, "bytes_per_document": c.info()["fields"]["tok"]["bytes_per_document"]}
         for rerank in DEPTHS:

@@ -82,15 +82,17 @@ class Collection:
             return cls.load(path, manifest)
 
     @classmethod
-    def load(cls, path: Path, manifest: dict[str, Any]) -> "Collection":
-        """Open the version `manifest` describes (pinned by the caller with `storage.pinned`)."""
+    def load(cls, path: Path, manifest: dict[str, Any], previous: "Collection | None" = None) -> "Collection":
+        """Open the version `manifest` describes (pinned by the caller with `storage.pinned`);
+        segments `previous` (an earlier version) has open are taken from it, not read again."""
         files = manifest["files"]
-        segments = open_segments(path, manifest)
+        segments = open_segments(path, manifest, {s.entry["name"]: s for s in previous.segments} if previous else {})
         config = CollectionConfig.from_dict(manifest["config"])
         fields = {}
         for f in config.fields:
             views = [SegmentView(s.entry["name"], s.rows, s.entry.get("fields", {}).get(f.name)) for s in segments]
-            fields[f.name] = kind_of(f).open(path, f, manifest["fields"][f.name], files, views)
+            reuse = previous.fields[f.name].opened() if previous else {}
+            fields[f.name] = kind_of(f).open(path, f, manifest["fields"][f.name], files, views, reuse)
         return cls(path, config, manifest, segments, fields)
 
     def snapshot(self) -> "Collection":
@@ -243,7 +245,7 @@ class Collection:
             storage.remove_files(path, [], self.manifest)  # this attempt's files are debris now
             raise storage.write_error(path, e, "committing a write") from None
         if made is None:  # a merge: segments were replaced, so the fields are opened anew
-            fresh = Collection.load(path, manifest)
+            fresh = Collection.load(path, manifest, previous=self)
             self._set_state(fresh.manifest, fresh.segments, fresh.fields)
         else:
             self._set_state(manifest, segments, {**self.fields, **{n: make() for n, make in made.items()}})

@@ -69,12 +69,20 @@ def with_deletions(path: Path, version: int, entry: dict[str, Any], deleted: np.
     return {**entry, "deleted": name}, {name: storage.write_new_file(path, name, data)}
 
 
-def open_segments(path: Path, manifest: dict[str, Any]) -> list[Segment]:
-    """The segments a manifest describes, in row order."""
+def open_segments(path: Path, manifest: dict[str, Any], opened: dict[str, Segment]) -> list[Segment]:
+    """The segments a manifest describes, in row order; those in `opened` (by name) whose
+    deletions are the same are taken as they are."""
     files = manifest["files"]
-    if "segments" in manifest:
-        return [Segment.open(path, entry, files) for entry in manifest["segments"]]
-    return _legacy_segments(path, manifest)
+    if "segments" not in manifest:
+        return _legacy_segments(path, manifest)
+    out = []
+    for entry in manifest["segments"]:
+        known = opened.get(entry["name"])
+        if known is not None and known.entry["deleted"] == entry["deleted"]:
+            out.append(Segment(entry, known.table, known.deleted))
+        else:
+            out.append(Segment.open(path, entry, files))
+    return out
 
 
 def _legacy_segments(path: Path, manifest: dict[str, Any]) -> list[Segment]:

@@ -39,9 +39,10 @@ class ToyKind:
     def create(self, path, config, size):
         return {}, {}
 
-    def open(self, path, config, shared, files, segments):
-        values = [storage.open_npy_verified(path, s.entry["values"], files[s.entry["values"]]) for s in segments]
-        return ToyField(config, values)
+    def open(self, path, config, shared, files, segments, reuse):
+        values = [reuse.get(s.name) if s.name in reuse else storage.open_npy_verified(path, s.entry["values"], files[s.entry["values"]])
+                  for s in segments]
+        return ToyField(config, values, [s.name for s in segments])
 
 
 TOY = ToyKind()
@@ -51,7 +52,11 @@ TOY = ToyKind()
 class ToyField:
     config: ToyConfig
     parts: list  # [rows] float32 per segment
+    names: list  # each part's segment
     dim: int = 1
+
+    def opened(self):
+        return dict(zip(self.names, self.parts))
 
     @property
     def values(self) -> np.ndarray:
@@ -109,7 +114,8 @@ class ToyPending:
     def write(self, path, name):
         entry, files = write_values(path, name, self.field.config, self.values)
         stored = np.load(path / entry["values"], mmap_mode="r")
-        return {}, entry, files, lambda: ToyField(self.field.config, [*self.field.parts, stored])
+        field = self.field
+        return {}, entry, files, lambda: ToyField(field.config, [*field.parts, stored], [*field.names, name])
 
 
 def write_values(path, segment, config, values):

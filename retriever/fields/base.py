@@ -118,6 +118,9 @@ class Field(Protocol):
         """`retriever check`'s test of this field: (its report, problems found). `rows` are live
         rows to use as queries where the field can (stored vectors against exact search)."""
 
+    def opened(self) -> Mapping[str, Any]:
+        """Its segments as they are open, by segment name (for `FieldKind.open`'s `reuse`)."""
+
 
 class Pending(Protocol):
     def write(self, path: Path, name: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], Callable[[], Field]]:
@@ -146,8 +149,10 @@ class FieldKind(Protocol):
         """An empty field -> (its shared manifest entry, {file written: size and checksum})."""
 
     def open(self, path: Path, config: FieldConfig, shared: dict[str, Any], files: dict[str, Any],
-             segments: list[SegmentView]) -> Field:
-        """The field at one version, every file checked against `files` before use."""
+             segments: list[SegmentView], reuse: Mapping[str, Any]) -> Field:
+        """The field at one version, every file checked against `files` before use. `reuse` holds
+        segments already open (by name, from `Field.opened()` of an earlier version): a segment's
+        files never change, so those are taken as they are."""
 
 
 def merge_top_k(found: list[tuple[np.ndarray, np.ndarray]], starts: list[int], batch: int, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -102,8 +102,8 @@ class BinaryKind:
     def create(self, path, config: BinaryConfig, dim: int):
         return BinaryField.empty_entry(path, config, dim)
 
-    def open(self, path, config: BinaryConfig, entry, files, segments) -> "BinaryField":
-        return BinaryField.open(path, config, entry, files, segments)
+    def open(self, path, config: BinaryConfig, entry, files, segments, reuse) -> "BinaryField":
+        return BinaryField.open(path, config, entry, files, segments, reuse)
 
 
 BINARY = BinaryKind()
@@ -150,8 +150,9 @@ class BinaryField:
     (one array per segment), and one index per segment."""
 
     def __init__(self, config: BinaryConfig, entry: dict[str, Any], binarizer: binary.Binarizer | None, parts: list[BinaryPart],
-                 codes: VectorStore, rescore: VectorStore, scales: VectorStore | None) -> None:
+                 codes: VectorStore, rescore: VectorStore, scales: VectorStore | None, names: list[str]) -> None:
         self.config = config
+        self.names = names  # each part's segment
         self.entry = entry  # the shared manifest entry
         self.dim = int(entry["dim"])  # float vector dimension
         self.code_dim = int(entry["code_dim"])
@@ -161,6 +162,12 @@ class BinaryField:
         self.codes = codes  # [N, bytes] uint8
         self.rescore_vectors = rescore  # [N, dim] float32 or int8
         self.scales = scales  # [N, 1] float32 per-vector scales of int8 rescore vectors
+
+    def opened(self) -> dict[str, tuple]:
+        """Per segment: (its part, codes, rescore vectors, scales) as open."""
+        scales = self.scales.segments if self.scales is not None else [None] * len(self.parts)
+        return {name: (part, c, r, sc) for name, part, c, r, sc in
+                zip(self.names, self.parts, self.codes.segments, self.rescore_vectors.segments, scales)}
 
     # ---- opening -----------------------------------------------------------------------------
 
@@ -175,7 +182,8 @@ class BinaryField:
         return {"dim": dim, "code_dim": code_dim, "binarizer": None}, {}
 
     @classmethod
-    def open(cls, path, config: BinaryConfig, entry: dict[str, Any], files: dict[str, Any], segments: list) -> "BinaryField":
+    def open(cls, path, config: BinaryConfig, entry: dict[str, Any], files: dict[str, Any], segments: list,
+             reuse) -> "BinaryField":
         binarizer = None
         if entry["binarizer"]:
             binarizer = binary.Binarizer.from_bytes(storage.read_verified(path, entry["binarizer"], files[entry["binarizer"]]))
@@ -184,7 +192,15 @@ class BinaryField:
         arrays: dict[str, list[np.ndarray]] = {"codes": [], "rescore": [], "scales": []}
         parts = []
         # storage format 1 kept one index and lists of files in the shared entry: one part
-        for piece in [entry] if "codes" in entry else [s.entry for s in segments]:
+        legacy = "codes" in entry
+        for name, piece in [("", entry)] if legacy else [(s.name, s.entry) for s in segments]:
+            if name in reuse:
+                part, *stored = reuse[name]
+                for key, array in zip(("codes", "rescore", "scales"), stored):
+                    if array is not None:
+                        arrays[key].append(array)
+                parts.append(part)
+                continue
             before = sum(len(a) for a in arrays["codes"])
             for key in ("codes", "rescore", "scales") if int8 else ("codes", "rescore"):
                 names = piece[key] if isinstance(piece[key], list) else [piece[key]]
@@ -196,7 +212,7 @@ class BinaryField:
             parts.append(BinaryPart(index, sum(len(a) for a in arrays["codes"]) - before))
         field = cls(config, entry, binarizer, parts, VectorStore(arrays["codes"], width // 8, np.uint8),
                     VectorStore(arrays["rescore"], entry["dim"], np.int8 if int8 else np.float32),
-                    VectorStore(arrays["scales"], 1, np.float32) if int8 else None)
+                    VectorStore(arrays["scales"], 1, np.float32) if int8 else None, [""] if legacy else [s.name for s in segments])
         rows = sum(s.rows for s in segments)
         if len(field.codes) != rows or len(field.rescore_vectors) != rows or \
                 any(p.index is not None and p.index.ntotal != p.rows for p in parts):
@@ -370,7 +386,8 @@ class PendingCodes:
 
         def make() -> BinaryField:
             return BinaryField(field.config, shared, self.binarizer, [*field.parts, part], extended(field.codes, stored["codes"]),
-                               extended(field.rescore_vectors, stored["rescore"]), extended(field.scales, stored.get("scales")))
+                               extended(field.rescore_vectors, stored["rescore"]), extended(field.scales, stored.get("scales")),
+                               [*field.names, name])
 
         return shared, entry, files, make
 

@@ -19,6 +19,7 @@ from retriever.index.sparse import PostingSegment, SparseRows, build_segment, sm
 from .base import FieldConfig, check_choice, check_number
 from .inverted import InvertedField, PendingPostings, SparseDocuments, distinct_per_row
 
+VOCABULARY = ".vocabulary"  # the vocabulary among `opened()`'s segments (no segment has this name)
 WEIGHT_CHUNK = 1 << 22  # postings turned into weights per step (bounds the temporary memory)
 TOKENIZE_BLOCK = 50_000  # documents per tokenizer call (progress steps)
 
@@ -70,8 +71,8 @@ class Bm25Kind:
     def create(self, path, config: Bm25Config, size: int):
         return Bm25Field.empty_entry(config, size)
 
-    def open(self, path, config: Bm25Config, entry, files, segments) -> "Bm25Field":
-        return Bm25Field.open(path, config, entry, files, segments)
+    def open(self, path, config: Bm25Config, entry, files, segments, reuse) -> "Bm25Field":
+        return Bm25Field.open(path, config, entry, files, segments, reuse)
 
 
 BM25 = Bm25Kind()
@@ -92,16 +93,19 @@ class Bm25Field(InvertedField):
     """Term counts and document lengths on disk; BM25 tf parts as posting weights, idf per query term."""
 
     def __init__(self, config: Bm25Config, entry: dict[str, Any], segments: list[PostingSegment], starts: list[int],
-                 scales: list[float], num_rows: int, vocabulary: dict[str, int] | None = None) -> None:
-        super().__init__(config, entry, segments, starts, scales, num_rows)
+                 scales: list[float], num_rows: int, names: list[str], vocabulary: dict[str, int] | None = None) -> None:
+        super().__init__(config, entry, segments, starts, scales, num_rows, names)
         self.variant = VARIANTS[config.variant]
         self.delta = config.delta if config.delta is not None else self.variant.delta
         # append-only and shared between versions: ids never change; a version ignores ids >= its num_terms
         self.vocabulary = vocabulary if vocabulary is not None else {}
 
     @classmethod
-    def open(cls, path, config, entry, files, segments):
-        field = super().open(path, config, entry, files, segments)
+    def open(cls, path, config, entry, files, segments, reuse):
+        field = super().open(path, config, entry, files, segments, reuse)
+        if VOCABULARY in reuse and reuse[VOCABULARY][0] == entry["vocab"]:  # the same files: the same terms
+            field.vocabulary = reuse[VOCABULARY][1]
+            return field
         terms: list[str] = []
         for file in entry["vocab"]:
             terms.extend(pq.read_table(io.BytesIO(storage.read_verified(path, file, files[file]))).column("term").to_pylist())
@@ -110,10 +114,13 @@ class Bm25Field(InvertedField):
         field.vocabulary.update((t, i) for i, t in enumerate(terms))
         return field
 
-    def with_state(self, entry, segments, starts, scales, num_rows, new_terms):
+    def with_state(self, entry, segments, starts, scales, num_rows, names, new_terms):
         # readers of older versions share this dict safely: they ignore ids >= their num_terms
         self.vocabulary.update((term, self.num_terms + i) for i, term in enumerate(new_terms))
-        return Bm25Field(self.config, entry, segments, starts, scales, num_rows, self.vocabulary)
+        return Bm25Field(self.config, entry, segments, starts, scales, num_rows, names, self.vocabulary)
+
+    def opened(self) -> dict[str, Any]:
+        return {**super().opened(), VOCABULARY: (self.entry["vocab"], self.vocabulary)}
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "variant": self.config.variant, "k1": self.config.k1, "b": self.config.b}

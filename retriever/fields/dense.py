@@ -85,19 +85,22 @@ class DenseKind:
             FaissIndex(config.index, dim, config.metric)  # likewise
         return {"dim": dim}, {}
 
-    def open(self, path, config: DenseConfig, shared, files, segments: list[SegmentView]) -> "DenseField":
+    def open(self, path, config: DenseConfig, shared, files, segments: list[SegmentView], reuse) -> "DenseField":
         dim = shared["dim"]
         if "vectors" in shared:  # storage format 1: one index over every row, vectors per commit
-            return DenseField(config, dim, [_legacy_part(path, config, shared, files)], shared)
+            return DenseField(config, dim, [_legacy_part(path, config, shared, files)], shared, [""])
         parts = []
         for segment in segments:
+            if segment.name in reuse:
+                parts.append(reuse[segment.name])
+                continue
             vectors = VectorStore([storage.open_npy_verified(path, segment.entry["vectors"], files[segment.entry["vectors"]])], dim)
             index = parts_module.open_index(path, segment.entry, files, vectors, config.metric)
             if index.ntotal != segment.rows or len(vectors) != segment.rows:
                 raise CorruptIndex(f"field {config.name!r} holds {index.ntotal} indexed / {len(vectors)} stored vectors for the "
                                    f"{segment.rows} documents of segment {segment.name!r}")
             parts.append(DensePart(index, vectors))
-        return DenseField(config, dim, parts, shared)
+        return DenseField(config, dim, parts, shared, [s.name for s in segments])
 
 
 DENSE = DenseKind()
@@ -117,6 +120,10 @@ class DenseField:
     dim: int
     parts: list[DensePart]
     entry: dict[str, Any]  # the shared manifest entry
+    names: list[str]  # each part's segment
+
+    def opened(self) -> dict[str, DensePart]:
+        return dict(zip(self.names, self.parts))
 
     @functools.cached_property
     def starts(self) -> list[int]:
@@ -187,7 +194,8 @@ class PendingVectors:
     def write(self, path, name: str):
         entry, files, part = _write_part(path, name, self.field.config, self.vectors)
         field = self.field
-        return field.entry, entry, files, lambda: DenseField(field.config, field.dim, [*field.parts, part], field.entry)
+        return field.entry, entry, files, lambda: DenseField(field.config, field.dim, [*field.parts, part], field.entry,
+                                                              [*field.names, name])
 
 
 def _write_part(path, segment: str, config: DenseConfig, vectors: np.ndarray):

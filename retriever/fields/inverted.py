@@ -42,8 +42,9 @@ class InvertedField:
     segment (its rows local, from 0), term ids global to the field."""
 
     def __init__(self, config: FieldConfig, entry: dict[str, Any], segments: list[PostingSegment], starts: list[int],
-                 scales: list[float], num_rows: int) -> None:
+                 scales: list[float], num_rows: int, names: list[str]) -> None:
         self.config = config
+        self.names = names  # each posting segment's collection segment
         self.entry = entry  # the shared manifest entry
         self.segments = segments  # posting segments ...
         self.starts = starts  # ... and the global row of each one's local row 0
@@ -58,19 +59,27 @@ class InvertedField:
         return {"num_terms": num_terms, "vocab": []}, {}
 
     @classmethod
-    def open(cls, path: Path, config: FieldConfig, entry: dict[str, Any], files: dict[str, Any], segments: list) -> "InvertedField":
+    def open(cls, path: Path, config: FieldConfig, entry: dict[str, Any], files: dict[str, Any], segments: list,
+             reuse) -> "InvertedField":
         load = lambda meta: PostingSegment.from_arrays(  # noqa: E731
             {name: storage.open_npy_verified(path, meta["arrays"][name], files[meta["arrays"][name]]) for name in SEGMENT_ARRAYS})
+        rows = sum(s.rows for s in segments)
         if "segments" in entry:  # storage format 1: posting segments over global rows, in the shared entry
-            metas, starts = entry["segments"], [0] * len(entry["segments"])
-        else:
-            metas, starts = [s.entry for s in segments], row_starts(segments)[:-1].tolist()
-        postings = [load(meta) for meta in metas]
-        for posting, segment in zip(postings, [] if "segments" in entry else segments):
+            metas = entry["segments"]
+            return cls(config, entry, [load(m) for m in metas], [0] * len(metas), [float(m["scale"]) for m in metas], rows,
+                       [""] * len(metas))
+        postings, scales = [], []
+        for segment in segments:
+            posting, scale = reuse[segment.name] if segment.name in reuse else (load(segment.entry), float(segment.entry["scale"]))
             if len(posting.doc_rows) != segment.rows:
                 raise CorruptIndex(f"field {config.name!r}: segment {segment.name!r} has postings for {len(posting.doc_rows)} "
                                    f"of its {segment.rows} documents")
-        return cls(config, entry, postings, starts, [float(m["scale"]) for m in metas], sum(s.rows for s in segments))
+            postings.append(posting)
+            scales.append(scale)
+        return cls(config, entry, postings, row_starts(segments)[:-1].tolist(), scales, rows, [s.name for s in segments])
+
+    def opened(self) -> dict[str, tuple[PostingSegment, float]]:
+        return {name: (posting, scale) for name, posting, scale in zip(self.names, self.segments, self.scales)}
 
     # ---- facts -----------------------------------------------------------------------------
 
@@ -150,9 +159,9 @@ class InvertedField:
         return {"num_terms": self.num_terms, "vocab": self.entry["vocab"]}, entry, files
 
     def with_state(self, entry: dict[str, Any], segments: list[PostingSegment], starts: list[int], scales: list[float],
-                   num_rows: int, new_terms: list[str]) -> "InvertedField":
+                   num_rows: int, names: list[str], new_terms: list[str]) -> "InvertedField":
         """This field at the next version (`new_terms` extend a BM25 vocabulary)."""
-        return type(self)(self.config, entry, segments, starts, scales, num_rows)
+        return type(self)(self.config, entry, segments, starts, scales, num_rows, names)
 
 
 @dataclass
@@ -180,7 +189,7 @@ class PendingPostings:
         shared = {**field.entry, "num_terms": self.num_terms, "vocab": vocab}
         rows = len(self.posting.doc_rows)
         make = functools.partial(field.with_state, shared, [*field.segments, stored], [*field.starts, field.num_rows],
-                                 [*field.scales, self.scale], field.num_rows + rows, self.new_terms)
+                                 [*field.scales, self.scale], field.num_rows + rows, [*field.names, name], self.new_terms)
         return shared, entry, files, make
 
 

@@ -96,8 +96,8 @@ class MultiVectorKind:
     def create(self, path, config: MultiVectorConfig, dim: int):
         return MultiVectorField.empty_entry(path, config, dim)
 
-    def open(self, path, config: MultiVectorConfig, entry, files, segments) -> "MultiVectorField":
-        return MultiVectorField.open(path, config, entry, files, segments)
+    def open(self, path, config: MultiVectorConfig, entry, files, segments, reuse) -> "MultiVectorField":
+        return MultiVectorField.open(path, config, entry, files, segments, reuse)
 
 
 MULTIVECTOR = MultiVectorKind()
@@ -130,14 +130,20 @@ class EncodingPart:
 
 
 class MultiVectorField:
-    def __init__(self, config: MultiVectorConfig, entry: dict[str, Any], parts: list[EncodingPart], tokens: TokenStore) -> None:
+    def __init__(self, config: MultiVectorConfig, entry: dict[str, Any], parts: list[EncodingPart], tokens: TokenStore,
+                 names: list[str]) -> None:
         self.config = config
+        self.names = names  # each part's segment
         self.entry = entry  # the shared manifest entry
         self.dim = int(entry["dim"])  # token dimension
         self.parts = parts
         self.starts = np.concatenate([[0], np.cumsum([p.rows for p in parts])]).astype(np.int64).tolist()
         self.tokens = tokens  # every segment's tokens, addressed by global row
         self.fde = FdeEncoder(FdeConfig(**entry["fde"]), self.dim)
+
+    def opened(self) -> dict[str, tuple]:
+        """Per segment: (its part, its token arrays) as open."""
+        return {name: (part, stored) for name, part, stored in zip(self.names, self.parts, self.tokens.segments)}
 
     # ---- opening -----------------------------------------------------------------------------
 
@@ -154,15 +160,21 @@ class MultiVectorField:
         return {"dim": dim, "fde": fde.to_dict(), "fde_dim": fde.dimension(dim)}, {}
 
     @classmethod
-    def open(cls, path, config: MultiVectorConfig, entry: dict[str, Any], files: dict[str, Any], segments: list) -> "MultiVectorField":
+    def open(cls, path, config: MultiVectorConfig, entry: dict[str, Any], files: dict[str, Any], segments: list,
+             reuse) -> "MultiVectorField":
         load = lambda name: storage.open_npy_verified(path, name, files[name]) if name else None  # noqa: E731
-        pieces = [entry] if "tokens" in entry else [s.entry for s in segments]  # format 1: one index over every row
+        legacy = "tokens" in entry  # format 1: one index over every row
         parts, token_arrays = [], []
-        for piece in pieces:
+        for name, piece in [("", entry)] if legacy else [(s.name, s.entry) for s in segments]:
+            if name in reuse:
+                part, stored = reuse[name]
+                parts.append(part)
+                token_arrays.append(stored)
+                continue
             token_lists = piece["tokens"] if isinstance(piece["tokens"], list) else [piece["tokens"]]
             token_arrays += [(load(t["codes"]), load(t["scales"]), load(t["offsets"])) for t in token_lists]
             rows = sum(len(t[2]) - 1 for t in token_arrays) - sum(p.rows for p in parts)
-            if piece.get("spann") or (piece is entry and is_spann(config.index)):
+            if piece.get("spann") or (legacy and is_spann(config.index)):
                 names = piece["encodings"] if isinstance(piece["encodings"], list) else [piece["encodings"]]
                 index = SpannVectors.open(path, piece, VectorStore([load(n) for n in names], entry["fde_dim"]), "ip")
             else:
@@ -176,7 +188,7 @@ class MultiVectorField:
         total = sum(s.rows for s in segments)
         if len(tokens) != total:
             raise CorruptIndex(f"field {config.name!r} holds {len(tokens)} token lists for {total} documents")
-        return cls(config, entry, parts, tokens)
+        return cls(config, entry, parts, tokens, [""] if legacy else [s.name for s in segments])
 
     def info(self) -> dict[str, Any]:
         n = max(len(self.tokens), 1)
@@ -324,7 +336,7 @@ class PendingClouds:
 
         def make() -> MultiVectorField:
             tokens = TokenStore([*field.tokens.segments, stored], field.dim)
-            return MultiVectorField(field.config, field.entry, [*field.parts, part], tokens)
+            return MultiVectorField(field.config, field.entry, [*field.parts, part], tokens, [*field.names, name])
 
         return field.entry, entry, files, make
 

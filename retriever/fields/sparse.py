@@ -66,8 +66,8 @@ class SparseKind:
     def create(self, path, config: SparseConfig, size: int):
         return LearnedSparseField.empty_entry(config, size)
 
-    def open(self, path, config: SparseConfig, entry, files, segments) -> "LearnedSparseField":
-        return LearnedSparseField.open(path, config, entry, files, segments)
+    def open(self, path, config: SparseConfig, entry, files, segments, reuse) -> "LearnedSparseField":
+        return LearnedSparseField.open(path, config, entry, files, segments, reuse)
 
 
 SPARSE = SparseKind()

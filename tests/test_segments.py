@@ -98,3 +98,104 @@ def test_a_delete_writes_one_small_file_for_its_segment_only(tmp_path):
     assert deletions == [f"{holder.entry['name']}.del-{c.version:06d}.npy"] and not any("docs" in n for n in written)
     assert sum(s.deleted.sum() for s in c.segments) == 2 and len(c) == 298
     assert c.search(random_vectors(300, 16, seed=3)[5], k=1)[0].ids != ["d95"]
+
+
+MIXED = {"name": "mixed", "max_k": 50, "fields": [
+    {"name": "dense", "dim": 16}, {"name": "bm25", "kind": "bm25"},
+    {"name": "bits", "kind": "binary", "source": "dense", "method": "sign", "bits": 2, "rescore": 1000},  # every candidate
+    {"name": "tok", "kind": "multivector", "dim": 8, "fde": {"repetitions": 4, "simhash_bits": 2}}]}
+
+
+def mixed_batch(start, n):
+    rng = np.random.default_rng(start)
+    docs = [{"id": f"m{i}", "text": " ".join(rng.choice(WORDS + ["zeta", "omega", "sigma"], size=int(rng.integers(2, 9))))}
+            for i in range(start, start + n)]
+    tokens = [rng.normal(size=(int(rng.integers(1, 6)), 8)).astype(np.float32) for _ in range(n)]
+    return docs, {"dense": random_vectors(n, 16, seed=start + 1), "tok": tokens}
+
+
+def mixed_answers(c):
+    queries = random_vectors(6, 16, seed=99)
+    out = [c.search(queries, k=20, fields="dense"), c.search(["apple zeta", "omega", "harbor sigma delta"], k=20, fields="bm25"),
+           c.search(queries, k=20, fields="bits"),
+           c.search({"tok": [np.random.default_rng(5).normal(size=(3, 8))]}, k=20, fields="tok", params={"exhaustive": 1})]
+    return [[(h.ids, h.scores) for h in hits] for hits in out]
+
+
+def assert_same(a, b):
+    for field_a, field_b in zip(a, b):
+        for (ids_a, scores_a), (ids_b, scores_b) in zip(field_a, field_b):
+            assert ids_a == ids_b
+            np.testing.assert_allclose(scores_a, scores_b, rtol=1e-5, atol=1e-5)
+
+
+def test_the_same_documents_in_one_or_twenty_segments_give_the_same_ids_and_scores(tmp_path, monkeypatch):
+    batches = [mixed_batch(25 * i, 25) for i in range(20)]
+    one = retriever.Collection.create(tmp_path / "one", MIXED)
+    one.add([d for docs, _ in batches for d in docs], vectors={
+        "dense": np.concatenate([v["dense"] for _, v in batches]), "tok": [t for _, v in batches for t in v["tok"]]})
+    monkeypatch.setattr("retriever.merge_policy.next_merge", lambda rows, deleted: None)  # keep every segment
+    twenty = retriever.Collection.create(tmp_path / "twenty", MIXED)
+    for docs, vectors in batches:
+        twenty.add(docs, vectors=vectors)
+    assert len(one.segments) == 1 and len(twenty.segments) == 20
+    assert_same(mixed_answers(one), mixed_answers(twenty))
+    assert_same(mixed_answers(twenty), mixed_answers(retriever.Collection.open(twenty.path)))
+    assert twenty.optimize() == 20 and len(twenty.segments) == 1
+    assert_same(mixed_answers(one), mixed_answers(twenty))
+    assert check(twenty.path)["ok"]
+
+
+def test_segments_files_and_descriptors_stay_logarithmic_under_single_document_upserts(tmp_path):
+    import math
+    import os
+
+    c = retriever.Collection.create(tmp_path / "c", {"name": "c", "fields": [{"name": "dense", "dim": 8}, {"name": "bm25", "kind": "bm25"}]})
+    rng = np.random.default_rng(0)
+    most = 0
+    for i in range(300):
+        doc_id = f"d{int(rng.integers(0, 150))}"  # half the upserts replace a live document
+        c.add([{"id": doc_id, "text": f"text {i} {WORDS[i % 8]}"}], vectors={"dense": rng.normal(size=(1, 8))})
+        if i % 50 == 49:
+            c.delete([f"d{int(rng.integers(0, 150))}"])
+        most = max(most, len(c.segments))
+    bound = 2 * math.log2(len(c) + 1) + 2
+    assert most <= bound, (most, bound)
+    files = [p for p in c.path.iterdir() if not p.name.startswith((".lease", ".lock"))]
+    assert len(files) <= 12 * bound  # a dozen files per segment at most (docs, deletions, each field's few)
+    fds = len(os.listdir("/proc/self/fd"))
+    reopened = retriever.Collection.open(c.path)
+    assert len(os.listdir("/proc/self/fd")) - fds <= 6 * bound  # memory maps hold a descriptor each
+    assert reopened.search("text", k=5, fields="bm25")[0].ids and check(c.path)["ok"]
+
+
+def test_a_fault_at_any_operation_of_a_merge_leaves_a_committed_state(tmp_path):
+    template = tmp_path / "template"
+    c = retriever.Collection.create(template, MIXED)
+    for i in range(3):
+        c.add(*mixed_batch(100 * i, 60 - 20 * i))
+    c.delete(["m0", "m101"])
+    before = mixed_answers(c)
+    with disk.inject(disk.Faults()) as counted:
+        merged = retriever.Collection.open(shutil.copytree(template, tmp_path / "probe"))
+        assert merged.optimize() == len(c.segments)
+    after = mixed_answers(merged)
+    for n in range(0, counted.count, 3 if counted.count > 150 else 1):
+        target = tmp_path / f"c{n}"
+        shutil.copytree(template, target)
+        c = retriever.Collection.open(target)
+        try:
+            with disk.inject(disk.Faults(fail_at=n, code=5)):
+                c.optimize()
+        except retriever.WriteFailed:
+            pass
+        reopened = retriever.Collection.open(target)
+        state = mixed_answers(reopened)
+        assert len(reopened.segments) in (1, 3), counted.ops[n]
+        assert_same(state, before if len(reopened.segments) == 3 else after)
+        assert_same(mixed_answers(c), state)  # the surviving object answers as a fresh open does
+        assert check(target)["ok"]
+        c.optimize()  # a retry succeeds
+        assert len(c.segments) == 1
+        assert_same(mixed_answers(c), after)
+        shutil.rmtree(target)

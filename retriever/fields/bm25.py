@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retriever.errors import CorruptIndex, InvalidConfig, InvalidRequest
@@ -98,29 +99,55 @@ class Bm25Field(InvertedField):
         self.variant = VARIANTS[config.variant]
         self.delta = config.delta if config.delta is not None else self.variant.delta
         # append-only and shared between versions: ids never change; a version ignores ids >= its num_terms
-        self.vocabulary = vocabulary if vocabulary is not None else {}
+        self.vocabulary = vocabulary if vocabulary is not None else {}  # term -> id
+        self.terms: list[str] = []  # id -> term, shared as the vocabulary is
+        self.sizes: list[int] = []  # terms per vocabulary file
 
     @classmethod
     def open(cls, path, config, entry, files, segments, reuse):
         field = super().open(path, config, entry, files, segments, reuse)
         if VOCABULARY in reuse and reuse[VOCABULARY][0] == entry["vocab"]:  # the same files: the same terms
-            field.vocabulary = reuse[VOCABULARY][1]
+            field.vocabulary, field.terms, field.sizes = reuse[VOCABULARY][1:]
             return field
-        terms: list[str] = []
         for file in entry["vocab"]:
-            terms.extend(pq.read_table(io.BytesIO(storage.read_verified(path, file, files[file]))).column("term").to_pylist())
-        if len(terms) != field.num_terms:
-            raise CorruptIndex(f"field {config.name!r}: vocabulary holds {len(terms)} terms, the manifest says {field.num_terms}")
-        field.vocabulary.update((t, i) for i, t in enumerate(terms))
+            terms = pq.read_table(io.BytesIO(storage.read_verified(path, file, files[file]))).column("term").to_pylist()
+            field.terms.extend(terms)
+            field.sizes.append(len(terms))
+        if len(field.terms) != field.num_terms:
+            raise CorruptIndex(f"field {config.name!r}: vocabulary holds {len(field.terms)} terms, the manifest says {field.num_terms}")
+        field.vocabulary.update((t, i) for i, t in enumerate(field.terms))
         return field
 
+    def write_vocabulary(self, path, name: str, new_terms: list[str]):
+        """New terms go in a new vocabulary file, merged with the newest files while the one before
+        holds no more terms than they do: O(log V) files, each term rewritten O(log V) times."""
+        if not new_terms:
+            return self.vocabulary_keys(), {}
+        first, tail = len(self.sizes), len(new_terms)
+        while first > 0 and self.sizes[first - 1] <= tail:
+            first -= 1
+            tail += self.sizes[first]
+        start = sum(self.sizes[:first])
+        file = f"{name}.{self.config.name}.vocab.parquet"
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"term": pa.array(self.terms[start : self.num_terms] + new_terms, pa.string())}), buf)
+        files = {file: storage.write_new_file(path, file, buf.getvalue())}
+        return {"vocab": [*self.entry["vocab"][:first], file], "vocab_sizes": [*self.sizes[:first], tail]}, files
+
+    def vocabulary_keys(self) -> dict[str, Any]:
+        return {"vocab": self.entry["vocab"], "vocab_sizes": self.sizes}
+
     def with_state(self, entry, segments, starts, scales, num_rows, names, new_terms):
-        # readers of older versions share this dict safely: they ignore ids >= their num_terms
+        # readers of older versions share these safely: they ignore ids >= their num_terms
         self.vocabulary.update((term, self.num_terms + i) for i, term in enumerate(new_terms))
-        return Bm25Field(self.config, entry, segments, starts, scales, num_rows, names, self.vocabulary)
+        del self.terms[self.num_terms :]  # ids past this version's (none, unless a commit failed after writing)
+        self.terms.extend(new_terms)
+        field = Bm25Field(self.config, entry, segments, starts, scales, num_rows, names, self.vocabulary)
+        field.terms, field.sizes = self.terms, list(entry["vocab_sizes"])
+        return field
 
     def opened(self) -> dict[str, Any]:
-        return {**super().opened(), VOCABULARY: (self.entry["vocab"], self.vocabulary)}
+        return {**super().opened(), VOCABULARY: (self.entry["vocab"], self.vocabulary, self.terms, self.sizes)}
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "variant": self.config.variant, "k1": self.config.k1, "b": self.config.b}

@@ -8,14 +8,11 @@ is a list of (term, weight) pairs scored exactly by `kernels/sparse.py`.
 from __future__ import annotations
 
 import functools
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from retriever.errors import InvalidRequest
 from retriever.index import storage
@@ -156,7 +153,15 @@ class InvertedField:
         parts = [s if f == scale else _rescaled(s, f / scale) for s, f in zip(self.segments, self.scales)]
         merged = merge_kept(parts, self.starts, rows, self.num_rows, self.num_terms)
         entry, files, _ = write_postings(path, f"{name}.{self.config.name}", merged, scale)
-        return {"num_terms": self.num_terms, "vocab": self.entry["vocab"]}, entry, files
+        return {"num_terms": self.num_terms, **self.vocabulary_keys()}, entry, files
+
+    def vocabulary_keys(self) -> dict[str, Any]:
+        return {"vocab": []}
+
+    def write_vocabulary(self, path: Path, name: str, new_terms: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Terms first seen in a new segment, written -> (the shared entry's vocabulary keys, files).
+        Only BM25 fields grow a vocabulary; learned sparse fields use their model's."""
+        return {}, {}
 
     def with_state(self, entry: dict[str, Any], segments: list[PostingSegment], starts: list[int], scales: list[float],
                    num_rows: int, names: list[str], new_terms: list[str]) -> "InvertedField":
@@ -179,14 +184,9 @@ class PendingPostings:
         version, called only once it is published: a BM25 vocabulary grows only then)."""
         field = self.field
         entry, files, stored = write_postings(path, f"{name}.{field.config.name}", self.posting, self.scale)
-        vocab = list(field.entry["vocab"])
-        if self.new_terms:
-            file = f"{name}.{field.config.name}.vocab.parquet"
-            buf = io.BytesIO()
-            pq.write_table(pa.table({"term": pa.array(self.new_terms, pa.string())}), buf)
-            files[file] = storage.write_new_file(path, file, buf.getvalue())
-            vocab.append(file)
-        shared = {**field.entry, "num_terms": self.num_terms, "vocab": vocab}
+        vocabulary, written = field.write_vocabulary(path, name, self.new_terms)
+        files.update(written)
+        shared = {**field.entry, "num_terms": self.num_terms, **vocabulary}
         rows = len(self.posting.doc_rows)
         make = functools.partial(field.with_state, shared, [*field.segments, stored], [*field.starts, field.num_rows],
                                  [*field.scales, self.scale], field.num_rows + rows, [*field.names, name], self.new_terms)

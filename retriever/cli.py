@@ -334,3 +334,22 @@ def migrate(
         print(f"{r['path']}: format {r['from_format']} -> {r['format']}" if r["changed"] else f"{r['path']}: already format {r['format']}")
 
     _run(as_json, work, show)
+
+
+@app.command()
+def optimize(
+    collection: Path = typer.Argument(..., help="Collection directory."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Merge every segment into one, dropping deleted rows (each field's index is rebuilt on the
+    merged segment). Searches elsewhere keep running; other writers wait for it."""
+    from .collection import Collection
+
+    def work():
+        opened = Collection.open(collection)
+        before = len(opened.segments)
+        merged = opened.optimize()
+        return {"path": str(collection), "segments_before": before, "segments": len(opened.segments), "merged": merged,
+                "version": opened.version, "counts": opened.manifest["counts"]}
+
+    _run(as_json, work, lambda r: print(f"{r['path']}: {r['segments_before']} segments -> {r['segments']}"))

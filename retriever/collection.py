@@ -123,6 +123,8 @@ class Collection:
             "path": str(self.path),
             "version": self.version,
             "counts": dict(self.manifest["counts"]),
+            "format_version": self.manifest["format_version"],
+            "segments": [{"name": s.entry["name"], "rows": s.rows, "deleted": int(s.deleted.sum())} for s in self.segments],
             "fields": {name: f.info() for name, f in self.fields.items()},
             "bytes_on_disk": sum(e["size"] for e in self.manifest["files"].values()),
         }

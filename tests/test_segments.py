@@ -199,3 +199,15 @@ def test_a_fault_at_any_operation_of_a_merge_leaves_a_committed_state(tmp_path):
         assert len(c.segments) == 1
         assert_same(mixed_answers(c), after)
         shutil.rmtree(target)
+
+
+def test_optimize_on_the_command_line(tmp_path):
+    c = retriever.Collection.create(tmp_path / "c", vector_config())
+    for i in range(3):
+        c.add(make_docs(10 * (3 - i), start=100 * i), vectors={"dense": random_vectors(10 * (3 - i), 16, seed=i)})
+    c.delete(["d0"])
+    result = CliRunner().invoke(app, ["optimize", str(c.path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"segments": 1' in result.stdout and '"deleted": 0' in result.stdout
+    assert len(retriever.Collection.open(c.path)) == 59 and check(c.path)["ok"]
+

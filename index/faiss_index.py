@@ -3,6 +3,7 @@ and, with metric "hamming", binary over packed codes (`BFlat`, `BIVF{n}`, `BHNSW
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping
 
 import faiss
@@ -18,6 +19,16 @@ HAMMING = "hamming"  # binary indexes: dim counts bits, vectors are uint8 [N, di
 def gpu_count() -> int:
     """GPUs faiss can use here (0 with faiss-cpu)."""
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def torch_cuda_available() -> bool:
+    """Whether torch sees a CUDA device, without importing torch (~250 MB resident) on machines
+    that have no NVIDIA driver at all."""
+    if not Path("/proc/driver/nvidia").exists() and not Path("/dev/nvidiactl").exists():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 class FaissIndex:
@@ -98,9 +109,7 @@ class FaissIndex:
         and 4-bit fast-scan PQ, stay on the CPU); without one, where torch sees CUDA, through our
         torch/Triton indexes (`use_device`)."""
         if gpu_count() == 0:
-            import torch
-
-            if torch.cuda.is_available():
+            if torch_cuda_available():
                 self.use_device("cuda")
             return
         if self.hnsw is not None or (self.binary and not self.exact):

@@ -49,7 +49,7 @@ class Segment:
 
 
 def read_documents(path: Path, name: str, files: dict[str, Any]) -> pa.Table:
-    return pq.read_table(io.BytesIO(storage.read_verified(path, name, files[name])))
+    return storage.read_parquet_verified(path, name, files[name])
 
 
 def new_segment(path: Path, version: int, table: pa.Table) -> tuple[dict[str, Any], dict[str, Any]]:

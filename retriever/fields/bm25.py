@@ -110,7 +110,7 @@ class Bm25Field(InvertedField):
             field.vocabulary, field.terms, field.sizes = reuse[VOCABULARY][1:]
             return field
         for file in entry["vocab"]:
-            terms = pq.read_table(io.BytesIO(storage.read_verified(path, file, files[file]))).column("term").to_pylist()
+            terms = storage.read_parquet_verified(path, file, files[file]).column("term").to_pylist()
             field.terms.extend(terms)
             field.sizes.append(len(terms))
         if len(field.terms) != field.num_terms:

@@ -1,0 +1,238 @@
+"""Storage-engine benchmark: commit latency as a collection grows, a long run of single-document
+upserts through the server (files, descriptors, ack latency over time), search speed of a
+collection shaped by small upserts against a fully merged one, resident memory and open time.
+
+The previous storage format (the engine at --peer-ref, a git revision) runs the commit-latency
+part in its own process on the same machine in the same run. Prints one JSON object on stdout
+(progress on stderr).
+
+    python bench/storage.py [--sizes 10000,100000] [--upserts 2000] [--memory-size 100000] [--out r.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import emit, log, timed  # noqa: E402
+
+DIM = 96
+BATCH = 1000
+WORDS = 50_000  # synthetic vocabulary: Zipf-distributed words, 20 per document
+CONFIG = {"name": "store", "max_k": 100, "max_batch": 100_000,
+          "fields": [{"name": "dense", "dim": DIM}, {"name": "bm25", "kind": "bm25", "stemmer": "", "stopwords": ""}]}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def documents(start: int, count: int, seed: int) -> tuple[list[dict], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    words = np.minimum(rng.zipf(1.3, size=(count, 20)), WORDS)
+    docs = [{"id": f"d{start + i}", "text": " ".join(f"w{w}" for w in row), "n": start + i} for i, row in enumerate(words)]
+    return docs, rng.standard_normal((count, DIM)).astype(np.float32)
+
+
+def grow(collection, have: int, want: int) -> int:
+    while have < want:
+        n = min(20_000, want - have)
+        docs, vectors = documents(have, n, seed=have)
+        collection.add(docs, vectors={"dense": vectors})
+        have += n
+    return have
+
+
+def commit_latency(sizes: list[int], work: Path, repeats: int = 7) -> dict:
+    """p50 / p90 seconds of one 1,000-document upsert batch (10% replacing live documents) at each size."""
+    import retriever
+
+    collection = retriever.Collection.create(work / "commit", CONFIG)
+    out, have = {}, 0
+    rng = np.random.default_rng(1)
+    for size in sizes:
+        log(f"commit latency: growing to {size} documents")
+        have = grow(collection, have, size)
+        times = []
+        for r in range(repeats):
+            docs, vectors = documents(have, BATCH, seed=10_000 + r)
+            for i, row in enumerate(rng.choice(have, size=BATCH // 10, replace=False)):  # a tenth replaces live documents
+                docs[i]["id"] = f"d{int(row)}"
+            start = time.perf_counter()
+            collection.add(docs, vectors={"dense": vectors})
+            times.append(time.perf_counter() - start)
+            have += BATCH - len({d["id"] for d in docs[: BATCH // 10]})
+        files = sum(1 for p in collection.path.iterdir() if not p.name.startswith("."))
+        out[str(size)] = {"p50_s": round(statistics.median(times), 4), "p90_s": round(float(np.percentile(times, 90)), 4),
+                          "documents": len(collection), "files": files,
+                          "segments": len(getattr(collection, "segments", [])) or None}
+    first, last = out[str(sizes[0])]["p50_s"], out[str(sizes[-1])]["p50_s"]
+    out["p50_last_over_first"] = round(last / first, 2)
+    return out
+
+
+def peer_commit_latency(ref: str, sizes: list[int], work: Path) -> dict:
+    """The same measure, run by the engine at git revision `ref` in its own process."""
+    engine = work / "peer-engine"
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "retriever", "index", "kernels"], capture_output=True, check=True)
+    engine.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(engine)], input=archive.stdout, check=True)
+    shutil.move(str(engine / "index"), str(engine / "retriever" / "index"))
+    shutil.move(str(engine / "kernels"), str(engine / "retriever" / "kernels"))
+    peer_work = work / "peer"
+    peer_work.mkdir()
+    command = [sys.executable, str(Path(__file__).resolve()), "--only-commit", "--sizes", ",".join(map(str, sizes)),
+               "--work", str(peer_work)]
+    env = {**os.environ, "PYTHONPATH": str(engine)}
+    result = subprocess.run(command, cwd=engine, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        return {"error": result.stderr[-2000:]}
+    return json.loads(result.stdout)
+
+
+def server_upserts(count: int, base: int, work: Path) -> dict:
+    """`count` single-document upserts through `retriever serve` (a tenth replacing live ones) on
+    a collection of `base` documents: files and descriptors of the server, ack latency over time."""
+    import retriever
+
+    path = work / "served"
+    collection = retriever.Collection.create(path, CONFIG)
+    grow(collection, 0, base)
+    command = [sys.executable, "-c", "from retriever.cli import main; main()", "serve", str(path), "--port", "0"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    port = None
+    for line in proc.stderr:
+        found = re.search(r"serving .* on [\d.]+:(\d+)", line)
+        if found:
+            port = int(found.group(1))
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            break
+    if port is None:
+        raise SystemExit(f"server did not start (exit {proc.wait()})")
+    remote = retriever.connect(f"grpc://127.0.0.1:{port}/store", timeout=120)
+    rng = np.random.default_rng(2)
+    latencies, most_files, most_fds, have = [], 0, 0, base
+    start = time.perf_counter()
+    try:
+        for i in range(count):
+            docs, vectors = documents(have, 1, seed=100_000 + i)
+            if i % 10 == 0:
+                docs[0]["id"] = f"d{int(rng.integers(0, have))}"
+            else:
+                have += 1
+            t0 = time.perf_counter()
+            remote.add(docs, vectors={"dense": vectors})
+            latencies.append(time.perf_counter() - t0)
+            if i % 50 == 0 or i == count - 1:
+                most_files = max(most_files, sum(1 for _ in path.iterdir()))
+                most_fds = max(most_fds, len(os.listdir(f"/proc/{proc.pid}/fd")))
+        elapsed = time.perf_counter() - start
+    finally:
+        remote.close()
+        proc.terminate()
+        proc.wait()
+    windows = np.array_split(np.asarray(latencies) * 1000, 5)
+    return {"upserts": count, "base_documents": base, "documents_per_s": round(count / elapsed, 1),
+            "max_files": most_files, "max_open_fds": most_fds,
+            "ack_ms_by_fifth": [{"p50": round(float(np.median(w)), 2), "p99": round(float(np.percentile(w, 99)), 2)} for w in windows]}
+
+
+def search_after_small_upserts(base: int, upserts: int, work: Path) -> dict:
+    """Queries/s (bm25 and dense, batch 32) of a collection after `upserts` single-document upserts
+    with the default merge policy, against the same collection after `optimize`."""
+    import retriever
+
+    collection = retriever.Collection.create(work / "shaped", CONFIG)
+    grow(collection, 0, base)
+    for i in range(upserts):
+        docs, vectors = documents(base + i, 1, seed=200_000 + i)
+        collection.add(docs, vectors={"dense": vectors})
+    queries = np.random.default_rng(3).standard_normal((32, DIM)).astype(np.float32)
+    texts = [f"w{a} w{b}" for a, b in np.random.default_rng(4).integers(1, 200, size=(32, 2))]
+
+    def qps() -> dict:
+        return {"dense": round(32 / timed(lambda: collection.search(queries, k=10), 7), 1),
+                "bm25": round(32 / timed(lambda: collection.search(texts, k=10, fields="bm25"), 7), 1)}
+
+    shaped, segments = qps(), len(collection.segments)
+    collection.optimize()
+    merged = qps()
+    return {"base_documents": base, "single_upserts": upserts, "segments_after_upserts": segments, "qps_after_upserts": shaped,
+            "qps_optimized": merged, "ratio": {k: round(shaped[k] / merged[k], 3) for k in shaped}}
+
+
+def memory_and_open(size: int, work: Path) -> dict:
+    """Resident memory and wall time of opening a collection of `size` documents, in a fresh process."""
+    import retriever
+
+    path = work / "opened"
+    collection = retriever.Collection.create(path, CONFIG)
+    grow(collection, 0, size)
+    collection.optimize()
+    index_bytes = sum(p.stat().st_size for p in path.iterdir() if p.name.endswith(".faiss"))
+    probe = ("import resource, time, sys, retriever\n"
+             "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()\n"
+             "before = rss()\n"
+             "t = time.perf_counter(); c = retriever.Collection.open(sys.argv[1]); cold = time.perf_counter() - t\n"
+             "opened = rss() - before; del c\n"
+             "t = time.perf_counter(); c = retriever.Collection.open(sys.argv[1]); warm = time.perf_counter() - t\n"
+             "c.search('w1 w2', k=10, fields='bm25'); c.search(c.fields['dense'].vectors[0:1], k=10)\n"
+             "print(cold, warm, opened, rss() - before)")
+    runs = [subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(3)]
+    median = lambda i: statistics.median(float(r[i]) for r in runs)  # noqa: E731
+    return {"documents": size, "open_s_first_in_process": round(median(0), 3), "open_s": round(median(1), 3),
+            "resident_mb_added_by_open": round(median(2) / 2**20, 1),
+            "resident_mb_added_by_open_and_a_search_of_each_field": round(median(3) / 2**20, 1),
+            "faiss_index_mb": round(index_bytes / 2**20, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000", help="collection sizes for commit latency")
+    parser.add_argument("--upserts", type=int, default=2000, help="single-document upserts through the server")
+    parser.add_argument("--search-upserts", type=int, default=1000)
+    parser.add_argument("--memory-size", type=int, default=100_000)
+    parser.add_argument("--peer-ref", default="b65a118", help="git revision of the previous storage format")
+    parser.add_argument("--parts", default="commit,peer,server,search,memory")
+    parser.add_argument("--only-commit", action="store_true", help=argparse.SUPPRESS)  # the peer's own process
+    parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if args.only_commit:
+        print(json.dumps(commit_latency(sizes, args.work)))
+        return
+    parts = set(args.parts.split(","))
+    result: dict = {"machine": {"cpus": os.cpu_count()}, "batch": BATCH, "dim": DIM}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if "commit" in parts:
+            result["commit_latency"] = commit_latency(sizes, work)
+        if "peer" in parts:
+            log(f"commit latency of the previous format ({args.peer_ref})")
+            result["commit_latency_previous_format"] = {"ref": args.peer_ref, **peer_commit_latency(args.peer_ref, sizes, work)}
+        if "server" in parts:
+            log(f"{args.upserts} single-document upserts through the server")
+            result["server_single_upserts"] = server_upserts(args.upserts, 10_000, work)
+        if "search" in parts:
+            log("search after small upserts")
+            result["search_after_small_upserts"] = search_after_small_upserts(20_000, args.search_upserts, work)
+        if "memory" in parts:
+            log(f"memory and open time at {args.memory_size}")
+            result["open"] = memory_and_open(args.memory_size, work)
+    emit(result, args.out)
+
+
+if __name__ == "__main__":
+    main()

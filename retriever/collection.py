@@ -299,6 +299,11 @@ class Collection:
         merging = self.segments[first:end]
         base = sum(s.rows for s in self.segments[:first])
         rows = base + np.flatnonzero(np.concatenate([~s.deleted for s in merging]))  # [R] live rows, global
+        if len(rows) == 0 and self.manifest["format_version"] == storage.FORMAT_VERSION:  # nothing live: the run goes
+            segments = [*self.segments[:first], *self.segments[end:]]
+            manifest["segments"] = [s.entry for s in segments]
+            manifest["counts"] = _counts(segments)
+            return manifest, segments, None
         table = concat([s.table.filter(pa.array(~s.deleted)) for s in merging])
         entry, written = new_segment(path, v, table)
         manifest["files"].update(written)

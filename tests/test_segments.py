@@ -211,3 +211,16 @@ def test_optimize_on_the_command_line(tmp_path):
     assert '"segments": 1' in result.stdout and '"deleted": 0' in result.stdout
     assert len(retriever.Collection.open(c.path)) == 59 and check(c.path)["ok"]
 
+
+
+def test_a_segment_whose_rows_are_all_deleted_disappears(tmp_path):
+    c = retriever.Collection.create(tmp_path / "c", MIXED)
+    c.add(*mixed_batch(0, 40))
+    c.add(*mixed_batch(100, 10))
+    c.delete([f"m{i}" for i in range(100, 110)])
+    assert [s.rows for s in c.segments] == [40] and len(c) == 40
+    c.delete([f"m{i}" for i in range(40)])
+    assert c.segments == [] and len(c) == 0 and check(c.path)["ok"]
+    c.add(*mixed_batch(200, 5))
+    assert [s.rows for s in retriever.Collection.open(c.path).segments] == [5]
+    assert c.search("apple zeta omega sigma", fields="bm25", k=5)[0].ids

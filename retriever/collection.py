@@ -44,7 +44,7 @@ class Collection:
     def _set_state(self, manifest, segments: list[Segment], fields: dict[str, Field]) -> None:
         self.manifest = manifest
         self.segments = segments
-        self.documents = DocumentTable(concat([s.table for s in segments]))
+        self.documents = DocumentTable([s.table for s in segments], [s.ids for s in segments])
         self.deleted = np.concatenate([s.deleted for s in segments]) if segments else np.zeros(0, bool)  # [rows]
         self.fields = fields
         self._live = None if not self.deleted.any() else ~self.deleted
@@ -181,8 +181,7 @@ class Collection:
         with storage.writer_lock(path):
             self._catch_up()
             self._check_format()
-            live = self.documents.live_rows(self.deleted)
-            rows = [live[i] for i in ids if i in live]
+            rows = self._live_rows(ids)
             if table is None and not rows:
                 return 0
             added = 0 if table is None else table.num_rows
@@ -215,6 +214,18 @@ class Collection:
                 return False
             self._publish(lambda v: self._write_merge(v, 0, len(self.segments)))
         return True
+
+    def _live_rows(self, ids: list[str]) -> list[int]:
+        """The rows of these ids' live copies (each id has at most one)."""
+        rows, start = [], 0
+        for segment in self.segments:
+            positions = segment.positions
+            for doc_id in ids:
+                row = positions.get(doc_id)
+                if row is not None and not segment.deleted[row]:
+                    rows.append(start + row)
+            start += segment.rows
+        return rows
 
     def _check_format(self) -> None:
         if self.manifest["format_version"] < storage.FORMAT_VERSION:
@@ -277,7 +288,7 @@ class Collection:
             if not np.array_equal(now, segment.deleted):
                 entry, written = with_deletions(path, v, segment.entry, now)
                 files.update(written)
-                segment = Segment(entry, segment.table, now)
+                segment = segment.moved(entry, now)
             segments.append(segment)
         made = {}
         if table is not None:

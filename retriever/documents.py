@@ -65,11 +65,11 @@ def concat(tables: list[pa.Table]) -> pa.Table:
 
 
 class DocumentTable:
-    """Read access by row; id -> live row lookup for upserts and deletes."""
+    """Read access by row over segments' tables (row order), with each segment's ids given."""
 
-    def __init__(self, table: pa.Table) -> None:
-        self.table = table
-        self.ids = np.asarray(table.column(ID).to_pylist(), dtype=object)  # [rows]
+    def __init__(self, tables: list[pa.Table], ids: list[np.ndarray]) -> None:
+        self.table = concat(tables)  # zero-copy: the segments' chunks
+        self.ids = np.concatenate(ids) if ids else np.zeros(0, dtype=object)  # [rows]
 
     @property
     def num_rows(self) -> int:
@@ -80,7 +80,3 @@ class DocumentTable:
 
     def take_table(self, rows: np.ndarray) -> pa.Table:
         return self.table.take(pa.array(np.asarray(rows, dtype=np.int64)))
-
-    def live_rows(self, deleted: np.ndarray) -> dict[str, int]:
-        """id -> row of its live (not deleted) copy."""
-        return {doc_id: row for row, doc_id in enumerate(self.ids) if not deleted[row]}

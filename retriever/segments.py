@@ -11,6 +11,7 @@ segments too, read-only; `retriever migrate` rewrites their manifest into format
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,22 @@ class Segment:
     @property
     def rows(self) -> int:
         return int(self.entry["rows"])
+
+    @functools.cached_property
+    def ids(self) -> np.ndarray:
+        """[rows] document ids (object array), made once per opened segment."""
+        return np.asarray(self.table.column("id").to_pylist(), dtype=object)
+
+    @functools.cached_property
+    def positions(self) -> dict[str, int]:
+        """id -> row in this segment (deleted rows too: check `deleted`), made once per opened segment."""
+        return {doc_id: row for row, doc_id in enumerate(self.ids.tolist())}
+
+    def moved(self, entry: dict[str, Any], deleted: np.ndarray) -> "Segment":
+        """This segment with other deletions, keeping what it has already made."""
+        out = Segment(entry, self.table, deleted)
+        out.__dict__.update({k: v for k, v in self.__dict__.items() if k in ("ids", "positions")})
+        return out
 
     @classmethod
     def open(cls, path: Path, entry: dict[str, Any], files: dict[str, Any]) -> "Segment":
@@ -79,7 +96,7 @@ def open_segments(path: Path, manifest: dict[str, Any], opened: dict[str, Segmen
     for entry in manifest["segments"]:
         known = opened.get(entry["name"])
         if known is not None and known.entry["deleted"] == entry["deleted"]:
-            out.append(Segment(entry, known.table, known.deleted))
+            out.append(known.moved(entry, known.deleted))
         else:
             out.append(Segment.open(path, entry, files))
     return out

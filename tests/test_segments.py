@@ -224,3 +224,23 @@ def test_a_segment_whose_rows_are_all_deleted_disappears(tmp_path):
     c.add(*mixed_batch(200, 5))
     assert [s.rows for s in retriever.Collection.open(c.path).segments] == [5]
     assert c.search("apple zeta omega sigma", fields="bm25", k=5)[0].ids
+
+
+def test_merged_segments_hold_what_a_fresh_build_of_the_live_documents_holds(tmp_path):
+    config = {"name": "c", "max_k": 100, "fields": [{"name": "dense", "dim": 8}, {"name": "bm25", "kind": "bm25"}]}
+    c = retriever.Collection.create(tmp_path / "c", config)
+    rng = np.random.default_rng(3)
+    for i in range(40):  # upserts of new and live ids, deletes, with the merge policy at work
+        ids = sorted({f"d{int(x)}" for x in rng.integers(0, 120, size=int(rng.integers(1, 12)))})
+        docs = [{"id": d, "text": " ".join(rng.choice(WORDS, size=3)) + f" v{i}"} for d in ids]
+        c.add(docs, vectors={"dense": rng.normal(size=(len(docs), 8))})
+        if i % 4 == 3:
+            c.delete([f"d{int(x)}" for x in rng.integers(0, 120, size=5)])
+    c.optimize()
+    fresh = live_copy(c, tmp_path / "fresh")
+    queries = WORDS + ["v3", "v39", "apple v7"]
+    for a, b in zip(c.search(queries, k=30, fields="bm25"), fresh.search(queries, k=30, fields="bm25")):
+        assert a.ids == b.ids
+        np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
+    x = rng.normal(size=(5, 8)).astype(np.float32)
+    assert [h.ids for h in c.search(x, k=30)] == [h.ids for h in fresh.search(x, k=30)]

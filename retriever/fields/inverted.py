@@ -149,9 +149,16 @@ class InvertedField:
         raise NotImplementedError
 
     def merge(self, path: Path, name: str, rows: np.ndarray):
-        scale = max(self.scales, default=1.0)  # learned impacts of several scales: requantized to the largest
-        parts = [s if f == scale else _rescaled(s, f / scale) for s, f in zip(self.segments, self.scales)]
-        merged = merge_kept(parts, self.starts, rows, self.num_rows, self.num_terms)
+        if self.names[:1] == [""]:  # storage format 1: every posting segment may hold any row
+            lo, hi, touched = 0, self.num_rows, list(range(len(self.segments)))
+        else:  # only the segments holding the merged rows are read
+            first, last = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
+            spans = [(start, start + len(s.doc_rows)) for s, start in zip(self.segments, self.starts)]
+            touched = [i for i, (start, end) in enumerate(spans) if start < last and end > first]
+            lo, hi = min((spans[i][0] for i in touched), default=0), max((spans[i][1] for i in touched), default=0)
+        scale = max((self.scales[i] for i in touched), default=1.0)  # impacts of several scales: requantized to the largest
+        parts = [self.segments[i] if self.scales[i] == scale else _rescaled(self.segments[i], self.scales[i] / scale) for i in touched]
+        merged = merge_kept(parts, [self.starts[i] - lo for i in touched], rows - lo, hi - lo, self.num_terms)
         entry, files, _ = write_postings(path, f"{name}.{self.config.name}", merged, scale)
         return {"num_terms": self.num_terms, **self.vocabulary_keys()}, entry, files
 

@@ -166,13 +166,27 @@ def merge_top_k(found: list[tuple[np.ndarray, np.ndarray]], starts: list[int], b
     if len(found) > 1:  # ties go to the lower row, whatever the segmentation
         order = np.lexsort((np.where(rows >= 0, rows, np.iinfo(np.int64).max), -scores), axis=1)[:, :k]
         scores, rows = np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
-    scores, rows = scores[:, :k], rows[:, :k]
+    return padded(scores[:, :k], rows[:, :k], k)
+
+
+def padded(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top lists [B, <= k] with -1 rows where nothing was found, widened to k with -inf / -1."""
     rows = np.where(np.isfinite(scores), rows, -1)
     if rows.shape[1] < k:
         pad = k - rows.shape[1]
         scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
         rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
     return scores, rows
+
+
+class ModelKind:
+    """What kinds share whose texts a `model` encodes, or whose vectors are brought in (`dim`)."""
+
+    def has_encoder(self, config) -> bool:
+        return config.model is not None
+
+    def initial_size(self, config) -> int:
+        return config.dim if config.dim is not None else self.make_encoder(config).dim
 
 
 def row_starts(segments: list[SegmentView]) -> np.ndarray:

@@ -17,7 +17,7 @@ from retriever.index.vectors import VectorStore
 from retriever.kernels import cpu
 from retriever.kernels.binary import candidate_scores, code_top_k
 
-from .base import FieldConfig, check_choice, check_int, recall_probe
+from .base import ModelKind, FieldConfig, check_choice, check_int, recall_probe
 from .dense import DENSE, check_query_vectors, check_vector_keys, check_vectors
 from .parts import train_floor, training_sample
 
@@ -84,20 +84,14 @@ class BinaryConfig(FieldConfig):
             raise InvalidConfig(f"binary field {self.name!r}: codes rank by inner product, but source {self.source!r} uses metric {source.metric!r}")
 
 
-class BinaryKind:
+class BinaryKind(ModelKind):
     name = "binary"
     config = BinaryConfig
     request_params = {"nprobe": 1, "efSearch": 1, "rescore": 0, "asymmetric": 0}
     vector_input = False
 
-    def has_encoder(self, config: BinaryConfig) -> bool:
-        return config.model is not None
-
     def make_encoder(self, config: BinaryConfig):
         return DENSE.make_encoder(config)
-
-    def initial_size(self, config: BinaryConfig) -> int:
-        return config.dim if config.dim is not None else self.make_encoder(config).dim
 
     def create(self, path, config: BinaryConfig, dim: int):
         return BinaryField.empty_entry(path, config, dim)
@@ -350,7 +344,6 @@ class BinaryField:
         if self.scales is not None:
             candidates *= self.scales.gather(rows)
         return cpu.rescore(queries, candidates, rows >= 0, "ip")
-
 
     def _code_pieces(self, segments: list[int]):
         """(codes array, first global row) of the code files these segments hold."""

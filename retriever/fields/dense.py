@@ -15,7 +15,7 @@ from retriever.index.faiss_index import FaissIndex
 from retriever.index.vectors import VectorStore
 
 from . import parts as parts_module
-from .base import FieldConfig, SegmentView, check_choice, check_int, merge_top_k, recall_probe
+from .base import ModelKind, FieldConfig, SegmentView, check_choice, check_int, merge_top_k, recall_probe
 from .spann import SpannVectors, is_spann, spann_params
 
 METRICS = ("ip", "l2")
@@ -61,22 +61,16 @@ def check_vector_keys(config, example: str) -> None:
     object.__setattr__(config, "search", dict(config.search))
 
 
-class DenseKind:
+class DenseKind(ModelKind):
     name = "dense"
     config = DenseConfig
     request_params = {"nprobe": 1, "efSearch": 1, "rescore": 0, "prune_pct": 0}
     vector_input = True
 
-    def has_encoder(self, config: DenseConfig) -> bool:
-        return config.model is not None
-
     def make_encoder(self, config: DenseConfig):
         from retriever.encoders.dense import DenseEncoder
 
         return DenseEncoder(config.model, batch_size=config.batch_size, max_length=config.max_length, normalize=config.normalize)
-
-    def initial_size(self, config: DenseConfig) -> int:
-        return config.dim if config.dim is not None else self.make_encoder(config).dim
 
     def create(self, path, config: DenseConfig, dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
         if is_spann(config.index):

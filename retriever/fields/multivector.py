@@ -21,7 +21,7 @@ from retriever.index.vectors import VectorStore
 from retriever.kernels.maxsim import maxsim
 
 from . import parts as parts_module
-from .base import FieldConfig, check_int, merge_top_k
+from .base import ModelKind, FieldConfig, check_int, merge_top_k
 from .spann import SpannVectors, is_spann, spann_params
 
 MAXSIM_BLOCK = 1 << 17  # document tokens decompressed and scored per step when searching exhaustively
@@ -75,23 +75,17 @@ class MultiVectorConfig(FieldConfig):
         object.__setattr__(self, "search", dict(self.search))
 
 
-class MultiVectorKind:
+class MultiVectorKind(ModelKind):
     name = "multivector"
     config = MultiVectorConfig
     request_params = {"nprobe": 1, "efSearch": 1, "rerank": 1, "exhaustive": 0, "prune_pct": 0, "rescore": 0}
     vector_input = False
-
-    def has_encoder(self, config: MultiVectorConfig) -> bool:
-        return config.model is not None
 
     def make_encoder(self, config: MultiVectorConfig):
         from retriever.encoders.multivector import TokenEncoder
 
         return TokenEncoder(config.model, batch_size=config.batch_size, token_dim=config.token_dim,
                             skip_special=config.skip_special, skip_punctuation=config.skip_punctuation)
-
-    def initial_size(self, config: MultiVectorConfig) -> int:
-        return config.dim if config.dim is not None else self.make_encoder(config).dim
 
     def create(self, path, config: MultiVectorConfig, dim: int):
         return MultiVectorField.empty_entry(path, config, dim)

@@ -25,6 +25,8 @@ from retriever.kernels import cpu
 
 from retriever.errors import CorruptIndex, InvalidConfig
 
+from .base import padded
+
 _PART = re.compile(r"^(R|L|PQ)(\d+)$")
 _OPTIONS = {"R": "replicas", "L": "list_size", "PQ": "pq"}
 
@@ -92,13 +94,7 @@ class SpannVectors:
                 scores[:, ~allowed[rows]] = -np.inf
             parts_scores.append(scores)
             parts_rows.append(np.broadcast_to(rows, scores.shape))
-        scores, rows = cpu.top_k_rows(np.concatenate(parts_scores, axis=1), np.concatenate(parts_rows, axis=1), k)
-        rows = np.where(np.isfinite(scores), rows, -1)
-        if rows.shape[1] < k:
-            pad = k - rows.shape[1]
-            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
-            rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
-        return scores, rows
+        return padded(*cpu.top_k_rows(np.concatenate(parts_scores, axis=1), np.concatenate(parts_rows, axis=1), k), k)
 
     def _exact(self, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         dots = queries @ vectors.T

@@ -13,7 +13,7 @@ from retriever.errors import InvalidConfig, InvalidRequest
 from retriever.index.bm25 import VARIANTS
 from retriever.index.sparse import SparseRows, build_segment
 
-from .base import FieldConfig, check_int, check_number
+from .base import ModelKind, FieldConfig, check_int, check_number
 from .inverted import IMPACT_LEVELS, InvertedField, SparseDocuments, as_list, distinct_per_row
 
 DEFAULT_MODEL = "splade-tiny"
@@ -46,14 +46,11 @@ class SparseConfig(FieldConfig):
         check_number(self.where, "min_weight", self.min_weight, 0.0)
 
 
-class SparseKind:
+class SparseKind(ModelKind):
     name = "sparse"
     config = SparseConfig
     request_params = {"inference_free": 0}
     vector_input = False
-
-    def has_encoder(self, config: SparseConfig) -> bool:
-        return config.model is not None
 
     def make_encoder(self, config: SparseConfig):
         from retriever.encoders.sparse import SpladeEncoder

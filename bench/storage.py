@@ -179,7 +179,8 @@ def memory_and_open(size: int, work: Path) -> dict:
     collection = retriever.Collection.create(path, CONFIG)
     grow(collection, 0, size)
     collection.optimize()
-    index_bytes = sum(p.stat().st_size for p in path.iterdir() if p.name.endswith(".faiss"))
+    files = retriever.Collection.open(path).manifest["files"]  # this version's (retired ones may linger a commit)
+    index_bytes = sum(e["size"] for name, e in files.items() if name.endswith(".faiss"))
     probe = ("import resource, time, sys, retriever\n"
              "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()\n"
              "before = rss()\n"

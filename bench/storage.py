@@ -32,15 +32,25 @@ from common import emit, log, timed  # noqa: E402
 DIM = 96
 BATCH = 1000
 WORDS = 50_000  # synthetic vocabulary: Zipf-distributed words, 20 per document
-CONFIG = {"name": "store", "max_k": 100, "max_batch": 100_000,
-          "fields": [{"name": "dense", "dim": DIM}, {"name": "bm25", "kind": "bm25", "stemmer": "", "stopwords": ""}]}
+CONFIG = {
+    "name": "store",
+    "max_k": 100,
+    "max_batch": 100_000,
+    "fields": [
+        {"name": "dense", "dim": DIM},
+        {"name": "bm25", "kind": "bm25", "stemmer": "", "stopwords": ""},
+    ],
+}
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def documents(start: int, count: int, seed: int) -> tuple[list[dict], np.ndarray]:
     rng = np.random.default_rng(seed)
     words = np.minimum(rng.zipf(1.3, size=(count, 20)), WORDS)
-    docs = [{"id": f"d{start + i}", "text": " ".join(f"w{w}" for w in row), "n": start + i} for i, row in enumerate(words)]
+    docs = [
+        {"id": f"d{start + i}", "text": " ".join(f"w{w}" for w in row), "n": start + i}
+        for i, row in enumerate(words)
+    ]
     return docs, rng.standard_normal((count, DIM)).astype(np.float32)
 
 
@@ -53,29 +63,38 @@ def grow(collection, have: int, want: int) -> int:
     return have
 
 
-def commit_latency(sizes: list[int], work: Path, repeats: int = 7) -> dict:
+def commit_latency(sizes: list[int], work: Path, repeats: int = 9) -> dict:
     """p50 / p90 seconds of one 1,000-document upsert batch (10% replacing live documents) at each size."""
     import retriever
 
     collection = retriever.Collection.create(work / "commit", CONFIG)
     out, have = {}, 0
     rng = np.random.default_rng(1)
+    have = grow(
+        collection, 0, BATCH
+    )  # warm-up: first-use costs (imports, compiled kernels) are not a commit's
     for size in sizes:
         log(f"commit latency: growing to {size} documents")
         have = grow(collection, have, size)
         times = []
         for r in range(repeats):
             docs, vectors = documents(have, BATCH, seed=10_000 + r)
-            for i, row in enumerate(rng.choice(have, size=BATCH // 10, replace=False)):  # a tenth replaces live documents
+            for i, row in enumerate(
+                rng.choice(have, size=BATCH // 10, replace=False)
+            ):  # a tenth replaces live documents
                 docs[i]["id"] = f"d{int(row)}"
             start = time.perf_counter()
             collection.add(docs, vectors={"dense": vectors})
             times.append(time.perf_counter() - start)
             have += BATCH - len({d["id"] for d in docs[: BATCH // 10]})
         files = sum(1 for p in collection.path.iterdir() if not p.name.startswith("."))
-        out[str(size)] = {"p50_s": round(statistics.median(times), 4), "p90_s": round(float(np.percentile(times, 90)), 4),
-                          "documents": len(collection), "files": files,
-                          "segments": len(getattr(collection, "segments", [])) or None}
+        out[str(size)] = {
+            "p50_s": round(statistics.median(times), 4),
+            "p90_s": round(float(np.percentile(times, 90)), 4),
+            "documents": len(collection),
+            "files": files,
+            "segments": len(getattr(collection, "segments", [])) or None,
+        }
     first, last = out[str(sizes[0])]["p50_s"], out[str(sizes[-1])]["p50_s"]
     out["p50_last_over_first"] = round(last / first, 2)
     return out
@@ -84,15 +103,26 @@ def commit_latency(sizes: list[int], work: Path, repeats: int = 7) -> dict:
 def peer_commit_latency(ref: str, sizes: list[int], work: Path) -> dict:
     """The same measure, run by the engine at git revision `ref` in its own process."""
     engine = work / "peer-engine"
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "retriever", "index", "kernels"], capture_output=True, check=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "retriever", "index", "kernels"],
+        capture_output=True,
+        check=True,
+    )
     engine.mkdir()
     subprocess.run(["tar", "-x", "-C", str(engine)], input=archive.stdout, check=True)
     shutil.move(str(engine / "index"), str(engine / "retriever" / "index"))
     shutil.move(str(engine / "kernels"), str(engine / "retriever" / "kernels"))
     peer_work = work / "peer"
     peer_work.mkdir()
-    command = [sys.executable, str(Path(__file__).resolve()), "--only-commit", "--sizes", ",".join(map(str, sizes)),
-               "--work", str(peer_work)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--only-commit",
+        "--sizes",
+        ",".join(map(str, sizes)),
+        "--work",
+        str(peer_work),
+    ]
     env = {**os.environ, "PYTHONPATH": str(engine)}
     result = subprocess.run(command, cwd=engine, env=env, capture_output=True, text=True)
     if result.returncode != 0:
@@ -108,7 +138,15 @@ def server_upserts(count: int, base: int, work: Path) -> dict:
     path = work / "served"
     collection = retriever.Collection.create(path, CONFIG)
     grow(collection, 0, base)
-    command = [sys.executable, "-c", "from retriever.cli import main; main()", "serve", str(path), "--port", "0"]
+    command = [
+        sys.executable,
+        "-c",
+        "from retriever.cli import main; main()",
+        "serve",
+        str(path),
+        "--port",
+        "0",
+    ]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     port = None
     for line in proc.stderr:
@@ -142,9 +180,17 @@ def server_upserts(count: int, base: int, work: Path) -> dict:
         proc.terminate()
         proc.wait()
     windows = np.array_split(np.asarray(latencies) * 1000, 5)
-    return {"upserts": count, "base_documents": base, "documents_per_s": round(count / elapsed, 1),
-            "max_files": most_files, "max_open_fds": most_fds,
-            "ack_ms_by_fifth": [{"p50": round(float(np.median(w)), 2), "p99": round(float(np.percentile(w, 99)), 2)} for w in windows]}
+    return {
+        "upserts": count,
+        "base_documents": base,
+        "documents_per_s": round(count / elapsed, 1),
+        "max_files": most_files,
+        "max_open_fds": most_fds,
+        "ack_ms_by_fifth": [
+            {"p50": round(float(np.median(w)), 2), "p99": round(float(np.percentile(w, 99)), 2)}
+            for w in windows
+        ],
+    }
 
 
 def search_after_small_upserts(base: int, upserts: int, work: Path) -> dict:
@@ -161,14 +207,22 @@ def search_after_small_upserts(base: int, upserts: int, work: Path) -> dict:
     texts = [f"w{a} w{b}" for a, b in np.random.default_rng(4).integers(1, 200, size=(32, 2))]
 
     def qps() -> dict:
-        return {"dense": round(32 / timed(lambda: collection.search(queries, k=10), 7), 1),
-                "bm25": round(32 / timed(lambda: collection.search(texts, k=10, fields="bm25"), 7), 1)}
+        return {
+            "dense": round(32 / timed(lambda: collection.search(queries, k=10), 7), 1),
+            "bm25": round(32 / timed(lambda: collection.search(texts, k=10, fields="bm25"), 7), 1),
+        }
 
     shaped, segments = qps(), len(collection.segments)
     collection.optimize()
     merged = qps()
-    return {"base_documents": base, "single_upserts": upserts, "segments_after_upserts": segments, "qps_after_upserts": shaped,
-            "qps_optimized": merged, "ratio": {k: round(shaped[k] / merged[k], 3) for k in shaped}}
+    return {
+        "base_documents": base,
+        "single_upserts": upserts,
+        "segments_after_upserts": segments,
+        "qps_after_upserts": shaped,
+        "qps_optimized": merged,
+        "ratio": {k: round(shaped[k] / merged[k], 3) for k in shaped},
+    }
 
 
 def memory_and_open(size: int, work: Path) -> dict:
@@ -179,34 +233,52 @@ def memory_and_open(size: int, work: Path) -> dict:
     collection = retriever.Collection.create(path, CONFIG)
     grow(collection, 0, size)
     collection.optimize()
-    files = retriever.Collection.open(path).manifest["files"]  # this version's (retired ones may linger a commit)
+    files = retriever.Collection.open(path).manifest[
+        "files"
+    ]  # this version's (retired ones may linger a commit)
     index_bytes = sum(e["size"] for name, e in files.items() if name.endswith(".faiss"))
-    probe = ("import resource, time, sys, retriever\n"
-             "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()\n"
-             "before = rss()\n"
-             "t = time.perf_counter(); c = retriever.Collection.open(sys.argv[1]); cold = time.perf_counter() - t\n"
-             "opened = rss() - before; del c\n"
-             "t = time.perf_counter(); c = retriever.Collection.open(sys.argv[1]); warm = time.perf_counter() - t\n"
-             "c.search('w1 w2', k=10, fields='bm25'); c.search(c.fields['dense'].vectors[0:1], k=10)\n"
-             "print(cold, warm, opened, rss() - before)")
-    runs = [subprocess.run([sys.executable, "-c", probe, str(path)], capture_output=True, text=True, check=True).stdout.split()
-            for _ in range(3)]
+    probe = (
+        "import resource, time, sys, retriever\n"
+        "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()\n"
+        "before = rss()\n"
+        "t = time.perf_counter(); c = retriever.Collection.open(sys.argv[1]); cold = time.perf_counter() - t\n"
+        "opened = rss() - before; del c\n"
+        "t = time.perf_counter(); c = retriever.Collection.open(sys.argv[1]); warm = time.perf_counter() - t\n"
+        "c.search('w1 w2', k=10, fields='bm25'); c.search(c.fields['dense'].vectors[0:1], k=10)\n"
+        "print(cold, warm, opened, rss() - before)"
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", probe, str(path)], capture_output=True, text=True, check=True
+        ).stdout.split()
+        for _ in range(3)
+    ]
     median = lambda i: statistics.median(float(r[i]) for r in runs)  # noqa: E731
-    return {"documents": size, "open_s_first_in_process": round(median(0), 3), "open_s": round(median(1), 3),
-            "resident_mb_added_by_open": round(median(2) / 2**20, 1),
-            "resident_mb_added_by_open_and_a_search_of_each_field": round(median(3) / 2**20, 1),
-            "faiss_index_mb": round(index_bytes / 2**20, 1)}
+    return {
+        "documents": size,
+        "open_s_first_in_process": round(median(0), 3),
+        "open_s": round(median(1), 3),
+        "resident_mb_added_by_open": round(median(2) / 2**20, 1),
+        "resident_mb_added_by_open_and_a_search_of_each_field": round(median(3) / 2**20, 1),
+        "faiss_index_mb": round(index_bytes / 2**20, 1),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="10000,100000", help="collection sizes for commit latency")
-    parser.add_argument("--upserts", type=int, default=2000, help="single-document upserts through the server")
+    parser.add_argument(
+        "--upserts", type=int, default=2000, help="single-document upserts through the server"
+    )
     parser.add_argument("--search-upserts", type=int, default=1000)
     parser.add_argument("--memory-size", type=int, default=100_000)
     parser.add_argument("--peer-ref", default="b65a118", help="git revision of the previous storage format")
     parser.add_argument("--parts", default="commit,peer,server,search,memory")
-    parser.add_argument("--only-commit", action="store_true", help=argparse.SUPPRESS)  # the peer's own process
+    parser.add_argument(
+        "--only-commit", action="store_true", help=argparse.SUPPRESS
+    )  # the peer's own process
     parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -222,13 +294,18 @@ def main() -> None:
             result["commit_latency"] = commit_latency(sizes, work)
         if "peer" in parts:
             log(f"commit latency of the previous format ({args.peer_ref})")
-            result["commit_latency_previous_format"] = {"ref": args.peer_ref, **peer_commit_latency(args.peer_ref, sizes, work)}
+            result["commit_latency_previous_format"] = {
+                "ref": args.peer_ref,
+                **peer_commit_latency(args.peer_ref, sizes, work),
+            }
         if "server" in parts:
             log(f"{args.upserts} single-document upserts through the server")
             result["server_single_upserts"] = server_upserts(args.upserts, 10_000, work)
         if "search" in parts:
             log("search after small upserts")
-            result["search_after_small_upserts"] = search_after_small_upserts(20_000, args.search_upserts, work)
+            result["search_after_small_upserts"] = search_after_small_upserts(
+                20_000, args.search_upserts, work
+            )
         if "memory" in parts:
             log(f"memory and open time at {args.memory_size}")
             result["open"] = memory_and_open(args.memory_size, work)

@@ -55,7 +55,9 @@ class Segment:
     def open(cls, path: Path, entry: dict[str, Any], files: dict[str, Any]) -> "Segment":
         table = read_documents(path, entry["documents"], files)
         if table.num_rows != entry["rows"]:
-            raise CorruptIndex(f"segment {entry['name']!r} has {table.num_rows} documents; the manifest says {entry['rows']}")
+            raise CorruptIndex(
+                f"segment {entry['name']!r} has {table.num_rows} documents; the manifest says {entry['rows']}"
+            )
         deleted = np.zeros(entry["rows"], dtype=bool)
         if entry["deleted"]:
             local = storage.open_npy_verified(path, entry["deleted"], files[entry["deleted"]])
@@ -79,7 +81,9 @@ def new_segment(path: Path, version: int, table: pa.Table) -> tuple[dict[str, An
     return {"name": name, "rows": table.num_rows, "documents": documents, "deleted": None}, files
 
 
-def with_deletions(path: Path, version: int, entry: dict[str, Any], deleted: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
+def with_deletions(
+    path: Path, version: int, entry: dict[str, Any], deleted: np.ndarray
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The segment's entry with `deleted` [rows] bool as its deletions (a new small file)."""
     name = f"{entry['name']}.del-{version:06d}.npy"
     data = storage.npy_bytes(np.flatnonzero(deleted).astype(np.int64))
@@ -107,13 +111,22 @@ def _legacy_segments(path: Path, manifest: dict[str, Any]) -> list[Segment]:
     files = manifest["files"]
     global_deleted = np.zeros(0, np.int64)
     if manifest.get("deleted"):
-        global_deleted = np.asarray(storage.open_npy_verified(path, manifest["deleted"], files[manifest["deleted"]]))
+        global_deleted = np.asarray(
+            storage.open_npy_verified(path, manifest["deleted"], files[manifest["deleted"]])
+        )
     segments, start = [], 0
     for name in manifest["documents"]:
         table = read_documents(path, name, files)
         deleted = np.zeros(table.num_rows, dtype=bool)
-        deleted[global_deleted[(global_deleted >= start) & (global_deleted < start + table.num_rows)] - start] = True
-        entry = {"name": name.removesuffix(".parquet"), "rows": table.num_rows, "documents": name, "deleted": None}
+        deleted[
+            global_deleted[(global_deleted >= start) & (global_deleted < start + table.num_rows)] - start
+        ] = True
+        entry = {
+            "name": name.removesuffix(".parquet"),
+            "rows": table.num_rows,
+            "documents": name,
+            "deleted": None,
+        }
         segments.append(Segment(entry, table, deleted))
         start += table.num_rows
     return segments

@@ -8,7 +8,10 @@ KERNELS = {"retriever.kernels"}
 INDEX = KERNELS | {"retriever.index", "retriever.errors"}
 ENCODERS = INDEX | {"retriever.encoders"}
 FIELDS = ENCODERS | {"retriever.fields"}
-COLLECTION = FIELDS | {f"retriever.{m}" for m in ("collection", "config", "documents", "filters", "fusion", "types", "corpus", "rag", "segments")}
+COLLECTION = FIELDS | {
+    f"retriever.{m}"
+    for m in ("collection", "config", "documents", "filters", "fusion", "types", "corpus", "rag", "segments")
+}
 # what each layer may import from the engine (by top-level module under `retriever`)
 ALLOWED = {
     "retriever.kernels": KERNELS,
@@ -16,17 +19,39 @@ ALLOWED = {
     "retriever.encoders": ENCODERS,
     "retriever.fields": FIELDS,
     "retriever.rag": ENCODERS | {"retriever.rag"},
-    **{m: COLLECTION | {"retriever.check", "retriever.build", "retriever.evaluation"} for m in
-       ("retriever.collection", "retriever.config", "retriever.documents", "retriever.filters", "retriever.fusion",
-        "retriever.types", "retriever.corpus", "retriever.segments", "retriever.check", "retriever.build",
-        "retriever.evaluation")},
+    **{
+        m: COLLECTION | {"retriever.check", "retriever.build", "retriever.evaluation"}
+        for m in (
+            "retriever.collection",
+            "retriever.config",
+            "retriever.documents",
+            "retriever.filters",
+            "retriever.fusion",
+            "retriever.types",
+            "retriever.corpus",
+            "retriever.segments",
+            "retriever.check",
+            "retriever.build",
+            "retriever.evaluation",
+        )
+    },
 }
-FACES_ONLY = {"grpc", "typer", "click"}  # only the faces (server, client, cli, conversions) parse arguments or speak gRPC
-EXCEPTIONS = {("retriever.collection", "retriever.client")}  # `connect()` picks in-process or remote, imported lazily
+FACES_ONLY = {
+    "grpc",
+    "typer",
+    "click",
+}  # only the faces (server, client, cli, conversions) parse arguments or speak gRPC
+EXCEPTIONS = {
+    ("retriever.collection", "retriever.client")
+}  # `connect()` picks in-process or remote, imported lazily
 
 
 def modules():
-    for folder, package in (("retriever", "retriever"), ("index", "retriever.index"), ("kernels", "retriever.kernels")):
+    for folder, package in (
+        ("retriever", "retriever"),
+        ("index", "retriever.index"),
+        ("kernels", "retriever.kernels"),
+    ):
         for path in (ROOT / folder).rglob("*.py"):
             if "_proto" in path.parts:
                 continue
@@ -56,7 +81,12 @@ def test_layers_depend_one_way():
         own = layer(name)
         for module in imports(name, path):
             top = module.split(".")[0]
-            if top in FACES_ONLY and own not in ("retriever.server", "retriever.client", "retriever.cli", "retriever.conversions"):
+            if top in FACES_ONLY and own not in (
+                "retriever.server",
+                "retriever.client",
+                "retriever.cli",
+                "retriever.conversions",
+            ):
                 wrong.append(f"{name} imports {module}")
             if top != "retriever" or own not in ALLOWED or (own, layer(module)) in EXCEPTIONS:
                 continue

@@ -14,19 +14,31 @@ from retriever.check import check
 from retriever.index import disk, storage
 
 WORDS = ["apple", "banana", "cherry", "delta", "echo", "falcon", "garden", "harbor", "island", "jungle"]
-CONFIG = {"name": "mixed", "max_k": 100, "fields": [{"name": "dense", "dim": 16}, {"name": "bm25", "kind": "bm25"}]}
+CONFIG = {
+    "name": "mixed",
+    "max_k": 100,
+    "fields": [{"name": "dense", "dim": 16}, {"name": "bm25", "kind": "bm25"}],
+}
 QUERIES = ["apple banana", "zebra", "quokka yak", "garden harbor", "falcon"]
 
 
 def docs(start: int, n: int, extra: str = "") -> list[dict]:
-    return [{"id": f"d{i}", "text": f"{WORDS[i % 10]} {WORDS[(i * 3) % 10]} {extra}".strip()} for i in range(start, start + n)]
+    return [
+        {"id": f"d{i}", "text": f"{WORDS[i % 10]} {WORDS[(i * 3) % 10]} {extra}".strip()}
+        for i in range(start, start + n)
+    ]
 
 
 def answers(c) -> list:
     """What a reader sees: bm25 and dense ids and scores, and the documents' ids and texts."""
     lexical = [(h.ids, np.round(h.scores, 4).tolist()) for h in c.search(QUERIES, k=10, fields="bm25")]
     dense = [(h.ids, np.round(h.scores, 4).tolist()) for h in c.search(random_vectors(3, 16, seed=9), k=10)]
-    stored = sorted(zip(c.documents.ids[~c.deleted].tolist(), c.documents.table.column("text").to_numpy()[~c.deleted].tolist()))
+    stored = sorted(
+        zip(
+            c.documents.ids[~c.deleted].tolist(),
+            c.documents.table.column("text").to_numpy()[~c.deleted].tolist(),
+        )
+    )
     return [c.version, len(c), lexical, dense, stored]
 
 
@@ -51,7 +63,9 @@ def template(tmp_path_factory):
 def assert_no_debris(path):
     """On disk: the manifest's files, those it retired (kept for readers), and bookkeeping."""
     manifest = storage.read_manifest(path)
-    expected = storage.referenced_names(manifest) | set(manifest["retired"]) | {storage.MANIFEST, storage.LOCK}
+    expected = (
+        storage.referenced_names(manifest) | set(manifest["retired"]) | {storage.MANIFEST, storage.LOCK}
+    )
     on_disk = {p.name for p in path.iterdir() if not p.name.startswith(storage.LEASE_PREFIX)}
     assert on_disk == expected
 
@@ -64,7 +78,9 @@ def fresh_copy(template, path):
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
 @pytest.mark.parametrize("write", sorted(WRITES))
-def test_a_fault_at_any_operation_leaves_a_committed_state_and_a_retry_succeeds(template, tmp_path, write, code):
+def test_a_fault_at_any_operation_leaves_a_committed_state_and_a_retry_succeeds(
+    template, tmp_path, write, code
+):
     c = fresh_copy(template, tmp_path / "c")
     before = answers(c)
     with disk.inject(disk.Faults()) as counted:
@@ -106,10 +122,15 @@ def test_a_failed_commit_leaves_no_bm25_word_behind(template, tmp_path):
     c = fresh_copy(template, tmp_path / "c")
     with disk.inject(disk.Faults()) as counted:
         WRITES["add"](fresh_copy(template, tmp_path / "probe"))
-    rename = max(i for i, op in enumerate(counted.ops) if op == "rename")  # the manifest's rename is the last one
+    rename = max(
+        i for i, op in enumerate(counted.ops) if op == "rename"
+    )  # the manifest's rename is the last one
     with pytest.raises(retriever.StorageFull), disk.inject(disk.Faults(fail_at=rename)):
         WRITES["add"](c)
-    c.add([{"id": "y1", "text": "walrus narwhal"}, {"id": "y2", "text": "walrus"}], vectors={"dense": random_vectors(2, 16, seed=7)})
+    c.add(
+        [{"id": "y1", "text": "walrus narwhal"}, {"id": "y2", "text": "walrus"}],
+        vectors={"dense": random_vectors(2, 16, seed=7)},
+    )
     for opened in (c, retriever.Collection.open(c.path)):
         [zebra, walrus] = opened.search(["zebra", "walrus"], k=5, fields="bm25")
         assert zebra.ids == [] and walrus.ids == ["y2", "y1"]

@@ -15,7 +15,10 @@ def toy_registered(monkeypatch):
 
 
 def test_a_toy_kind_needs_one_module_and_one_registry_line(toy_registered, tmp_path):
-    config = {"name": "t", "fields": [{"name": "near", "kind": "toy", "scale": 2}, {"name": "words", "kind": "bm25"}]}
+    config = {
+        "name": "t",
+        "fields": [{"name": "near", "kind": "toy", "scale": 2}, {"name": "words", "kind": "bm25"}],
+    }
     c = retriever.Collection.create(tmp_path / "t", config)
     c.add([{"id": "a", "text": "xx"}, {"id": "b", "text": "xxxxx"}, {"id": "c", "text": "x"}])
     c.add([{"id": "d", "text": "four"}], vectors={"near": [4.0]})
@@ -32,12 +35,18 @@ def test_a_toy_kind_needs_one_module_and_one_registry_line(toy_registered, tmp_p
     assert again.search(np.array([5.0]), k=1, fields="near")[0].ids == ["d"]
     rows = again.manifest["counts"]["rows"]  # 4, or 3 once the delete's segment was compacted
     assert check(c.path)["ok"] and check(c.path)["fields"]["near"] == {"documents": rows}
-    assert again.info()["fields"]["near"] == {"kind": "toy", "documents": rows, "segments": len(again.segments)}
+    assert again.info()["fields"]["near"] == {
+        "kind": "toy",
+        "documents": rows,
+        "segments": len(again.segments),
+    }
 
 
 def test_a_kind_is_refused_until_registered_and_its_keys_are_its_own(toy_registered):
     with pytest.raises(retriever.InvalidConfig, match="scale must be"):
-        retriever.CollectionConfig.from_dict({"name": "t", "fields": [{"name": "n", "kind": "toy", "scale": 0}]})
+        retriever.CollectionConfig.from_dict(
+            {"name": "t", "fields": [{"name": "n", "kind": "toy", "scale": 0}]}
+        )
     with pytest.raises(retriever.InvalidConfig, match=r"\['scale'\] do not apply to a 'dense' field"):
         retriever.CollectionConfig.from_dict({"name": "t", "fields": [{"name": "n", "dim": 4, "scale": 2}]})
 

@@ -21,7 +21,9 @@ def same_writes(path):
     """What made the format 1 fixture, done by this engine."""
     config = {"name": "old", "fields": [{"name": "dense", "dim": 8}, {"name": "bm25", "kind": "bm25"}]}
     c = retriever.Collection.create(path, config)
-    docs = lambda a, b: [{"id": f"d{i}", "text": f"{WORDS[i % 8]} {WORDS[(i * 3) % 8]}", "year": 2000 + i} for i in range(a, b)]  # noqa: E731
+    docs = lambda a, b: [
+        {"id": f"d{i}", "text": f"{WORDS[i % 8]} {WORDS[(i * 3) % 8]}", "year": 2000 + i} for i in range(a, b)
+    ]  # noqa: E731
     vecs = lambda a, b: np.random.default_rng(a).normal(size=(b - a, 8)).astype("float32")  # noqa: E731
     c.add(docs(0, 8), vectors={"dense": vecs(0, 8)})
     c.add(docs(8, 12), vectors={"dense": vecs(8, 12)})
@@ -33,7 +35,9 @@ def same_writes(path):
 def answers(c):
     queries = np.random.default_rng(7).normal(size=(4, 8)).astype("float32")
     dense = [(h.ids, np.round(h.scores, 5).tolist()) for h in c.search(queries, k=12)]
-    lexical = [(h.ids, np.round(h.scores, 5).tolist()) for h in c.search(WORDS + ["replaced"], k=12, fields="bm25")]
+    lexical = [
+        (h.ids, np.round(h.scores, 5).tolist()) for h in c.search(WORDS + ["replaced"], k=12, fields="bm25")
+    ]
     return len(c), dense, lexical, sorted(c.documents.take(np.flatnonzero(~c.deleted)), key=lambda d: d["id"])
 
 
@@ -57,8 +61,12 @@ def test_a_format_1_collection_opens_read_only(format1, tmp_path):
     assert old.manifest["format_version"] == 1
     this_engine = answers(same_writes(tmp_path / "new"))
     read = answers(old)
-    assert read[0] == this_engine[0] and read[1] == this_engine[1] and read[3] == this_engine[3]  # count, dense, documents
-    assert [ids for ids, _ in read[2]] == [ids for ids, _ in this_engine[2]]  # bm25 ranks (scores: deleted rows in its statistics)
+    assert (
+        read[0] == this_engine[0] and read[1] == this_engine[1] and read[3] == this_engine[3]
+    )  # count, dense, documents
+    assert [ids for ids, _ in read[2]] == [
+        ids for ids, _ in this_engine[2]
+    ]  # bm25 ranks (scores: deleted rows in its statistics)
     assert check(format1)["ok"]
     with pytest.raises(retriever.InvalidRequest, match="retriever migrate"):
         old.add([{"id": "x", "text": "x"}], vectors={"dense": np.ones((1, 8))})
@@ -93,32 +101,64 @@ def test_a_delete_writes_one_small_file_for_its_segment_only(tmp_path):
     holder = next(s for s in c.segments if "d95" in s.table.column("id").to_pylist())
     with disk.inject(disk.Faults()) as counted:
         c.delete(["d95", "d97"])
-    written = [name.removeprefix(".").removesuffix(".tmp") for op, name in zip(counted.ops, counted.names) if op == "create"]
+    written = [
+        name.removeprefix(".").removesuffix(".tmp")
+        for op, name in zip(counted.ops, counted.names)
+        if op == "create"
+    ]
     deletions = [n for n in written if ".del-" in n]
-    assert deletions == [f"{holder.entry['name']}.del-{c.version:06d}.npy"] and not any("docs" in n for n in written)
+    assert deletions == [f"{holder.entry['name']}.del-{c.version:06d}.npy"] and not any(
+        "docs" in n for n in written
+    )
     assert sum(s.deleted.sum() for s in c.segments) == 2 and len(c) == 298
     assert c.search(random_vectors(300, 16, seed=3)[5], k=1)[0].ids != ["d95"]
 
 
-MIXED = {"name": "mixed", "max_k": 50, "fields": [
-    {"name": "dense", "dim": 16}, {"name": "bm25", "kind": "bm25"},
-    {"name": "bits", "kind": "binary", "source": "dense", "method": "sign", "bits": 2, "rescore": 1000},  # every candidate
-    {"name": "tok", "kind": "multivector", "dim": 8, "fde": {"repetitions": 4, "simhash_bits": 2}}]}
+MIXED = {
+    "name": "mixed",
+    "max_k": 50,
+    "fields": [
+        {"name": "dense", "dim": 16},
+        {"name": "bm25", "kind": "bm25"},
+        {
+            "name": "bits",
+            "kind": "binary",
+            "source": "dense",
+            "method": "sign",
+            "bits": 2,
+            "rescore": 1000,
+        },  # every candidate
+        {"name": "tok", "kind": "multivector", "dim": 8, "fde": {"repetitions": 4, "simhash_bits": 2}},
+    ],
+}
 
 
 def mixed_batch(start, n):
     rng = np.random.default_rng(start)
-    docs = [{"id": f"m{i}", "text": " ".join(rng.choice(WORDS + ["zeta", "omega", "sigma"], size=int(rng.integers(2, 9))))}
-            for i in range(start, start + n)]
+    docs = [
+        {
+            "id": f"m{i}",
+            "text": " ".join(rng.choice(WORDS + ["zeta", "omega", "sigma"], size=int(rng.integers(2, 9)))),
+        }
+        for i in range(start, start + n)
+    ]
     tokens = [rng.normal(size=(int(rng.integers(1, 6)), 8)).astype(np.float32) for _ in range(n)]
     return docs, {"dense": random_vectors(n, 16, seed=start + 1), "tok": tokens}
 
 
 def mixed_answers(c):
     queries = random_vectors(6, 16, seed=99)
-    out = [c.search(queries, k=20, fields="dense"), c.search(["apple zeta", "omega", "harbor sigma delta"], k=20, fields="bm25"),
-           c.search(queries, k=20, fields="bits"),
-           c.search({"tok": [np.random.default_rng(5).normal(size=(3, 8))]}, k=20, fields="tok", params={"exhaustive": 1})]
+    out = [
+        c.search(queries, k=20, fields="dense"),
+        c.search(["apple zeta", "omega", "harbor sigma delta"], k=20, fields="bm25"),
+        c.search(queries, k=20, fields="bits"),
+        c.search(
+            {"tok": [np.random.default_rng(5).normal(size=(3, 8))]},
+            k=20,
+            fields="tok",
+            params={"exhaustive": 1},
+        ),
+    ]
     return [[(h.ids, h.scores) for h in hits] for hits in out]
 
 
@@ -132,8 +172,13 @@ def assert_same(a, b):
 def test_the_same_documents_in_one_or_twenty_segments_give_the_same_ids_and_scores(tmp_path, monkeypatch):
     batches = [mixed_batch(25 * i, 25) for i in range(20)]
     one = retriever.Collection.create(tmp_path / "one", MIXED)
-    one.add([d for docs, _ in batches for d in docs], vectors={
-        "dense": np.concatenate([v["dense"] for _, v in batches]), "tok": [t for _, v in batches for t in v["tok"]]})
+    one.add(
+        [d for docs, _ in batches for d in docs],
+        vectors={
+            "dense": np.concatenate([v["dense"] for _, v in batches]),
+            "tok": [t for _, v in batches for t in v["tok"]],
+        },
+    )
     monkeypatch.setattr("retriever.merge_policy.next_merge", lambda rows, deleted: None)  # keep every segment
     twenty = retriever.Collection.create(tmp_path / "twenty", MIXED)
     for docs, vectors in batches:
@@ -150,12 +195,17 @@ def test_segments_files_and_descriptors_stay_logarithmic_under_single_document_u
     import math
     import os
 
-    c = retriever.Collection.create(tmp_path / "c", {"name": "c", "fields": [{"name": "dense", "dim": 8}, {"name": "bm25", "kind": "bm25"}]})
+    c = retriever.Collection.create(
+        tmp_path / "c",
+        {"name": "c", "fields": [{"name": "dense", "dim": 8}, {"name": "bm25", "kind": "bm25"}]},
+    )
     rng = np.random.default_rng(0)
     most = 0
     for i in range(300):
         doc_id = f"d{int(rng.integers(0, 150))}"  # half the upserts replace a live document
-        c.add([{"id": doc_id, "text": f"text {i} {WORDS[i % 8]}"}], vectors={"dense": rng.normal(size=(1, 8))})
+        c.add(
+            [{"id": doc_id, "text": f"text {i} {WORDS[i % 8]}"}], vectors={"dense": rng.normal(size=(1, 8))}
+        )
         if i % 50 == 49:
             c.delete([f"d{int(rng.integers(0, 150))}"])
         most = max(most, len(c.segments))
@@ -204,13 +254,15 @@ def test_a_fault_at_any_operation_of_a_merge_leaves_a_committed_state(tmp_path):
 def test_optimize_on_the_command_line(tmp_path):
     c = retriever.Collection.create(tmp_path / "c", vector_config())
     for i in range(3):
-        c.add(make_docs(10 * (3 - i), start=100 * i), vectors={"dense": random_vectors(10 * (3 - i), 16, seed=i)})
+        c.add(
+            make_docs(10 * (3 - i), start=100 * i),
+            vectors={"dense": random_vectors(10 * (3 - i), 16, seed=i)},
+        )
     c.delete(["d0"])
     result = CliRunner().invoke(app, ["optimize", str(c.path), "--json"])
     assert result.exit_code == 0, result.output
     assert '"segments": 1' in result.stdout and '"deleted": 0' in result.stdout
     assert len(retriever.Collection.open(c.path)) == 59 and check(c.path)["ok"]
-
 
 
 def test_a_segment_whose_rows_are_all_deleted_disappears(tmp_path):
@@ -227,7 +279,11 @@ def test_a_segment_whose_rows_are_all_deleted_disappears(tmp_path):
 
 
 def test_merged_segments_hold_what_a_fresh_build_of_the_live_documents_holds(tmp_path):
-    config = {"name": "c", "max_k": 100, "fields": [{"name": "dense", "dim": 8}, {"name": "bm25", "kind": "bm25"}]}
+    config = {
+        "name": "c",
+        "max_k": 100,
+        "fields": [{"name": "dense", "dim": 8}, {"name": "bm25", "kind": "bm25"}],
+    }
     c = retriever.Collection.create(tmp_path / "c", config)
     rng = np.random.default_rng(3)
     for i in range(40):  # upserts of new and live ids, deletes, with the merge policy at work

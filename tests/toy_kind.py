@@ -40,8 +40,12 @@ class ToyKind:
         return {}, {}
 
     def open(self, path, config, shared, files, segments, reuse):
-        values = [reuse.get(s.name) if s.name in reuse else storage.open_npy_verified(path, s.entry["values"], files[s.entry["values"]])
-                  for s in segments]
+        values = [
+            reuse.get(s.name)
+            if s.name in reuse
+            else storage.open_npy_verified(path, s.entry["values"], files[s.entry["values"]])
+            for s in segments
+        ]
         return ToyField(config, values, [s.name for s in segments])
 
 
@@ -103,7 +107,9 @@ class ToyField:
         return None
 
     def probe(self, rows, deleted, k, min_recall):
-        return {"documents": len(self.values)}, [] if len(self.values) == len(deleted) else ["toy values lost"]
+        return {"documents": len(self.values)}, [] if len(self.values) == len(deleted) else [
+            "toy values lost"
+        ]
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,9 @@ def config_from_dict(raw: Mapping[str, Any], where: str) -> FieldConfig:
     if foreign:
         others = set().union(*(k.config.__dataclass_fields__ for k in KINDS.values()))
         if foreign - others:
-            raise InvalidConfig(f"{where}: unknown key(s) {sorted(foreign - others)}; known keys: {sorted(own)}")
+            raise InvalidConfig(
+                f"{where}: unknown key(s) {sorted(foreign - others)}; known keys: {sorted(own)}"
+            )
         raise InvalidConfig(f"{where}: key(s) {sorted(foreign)} do not apply to a {kind!r} field")
     try:
         return config(**raw)

@@ -47,7 +47,9 @@ class FieldConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME.match(self.name):
-            raise InvalidConfig(f"field name {self.name!r} must start with a letter and use letters, digits, _ or -")
+            raise InvalidConfig(
+                f"field name {self.name!r} must start with a letter and use letters, digits, _ or -"
+            )
         if self.source is not None and not self.takes_source:
             raise InvalidConfig(f"{self.where}: key(s) ['source'] do not apply to a {self.kind!r} field")
         check_int(self.where, "batch_size", self.batch_size, low=1)
@@ -102,19 +104,24 @@ class Field(Protocol):
         """In-memory work for a new segment holding `payload`. Must not change this field:
         readers may share it."""
 
-    def merge(self, path: Path, name: str, rows: np.ndarray) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    def merge(
+        self, path: Path, name: str, rows: np.ndarray
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         """Write segment `name` holding these rows [R] (ascending; the live rows of the segments
         being merged), renumbered from 0 -> (the field's shared entry, its entry in the segment,
         {file: size and checksum}). Storage format 1 fields come out in the current layout."""
 
-    def search(self, queries: Any, k: int, params: Mapping[str, int],
-               allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: Any, k: int, params: Mapping[str, int], allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """-> (scores [B, k] float32, rows [B, k] int64), best first, -inf / -1 padded."""
 
     def unmatchable(self, queries: Any) -> np.ndarray | None:
         """[B] True where a query can match nothing (no known terms), or None if any query can match."""
 
-    def probe(self, rows: np.ndarray, deleted: np.ndarray, k: int, min_recall: float) -> tuple[dict[str, Any], list[str]]:
+    def probe(
+        self, rows: np.ndarray, deleted: np.ndarray, k: int, min_recall: float
+    ) -> tuple[dict[str, Any], list[str]]:
         """`retriever check`'s test of this field: (its report, problems found). `rows` are live
         rows to use as queries where the field can (stored vectors against exact search)."""
 
@@ -123,7 +130,9 @@ class Field(Protocol):
 
 
 class Pending(Protocol):
-    def write(self, path: Path, name: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], Callable[[], Field]]:
+    def write(
+        self, path: Path, name: str
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], Callable[[], Field]]:
         """Write the new segment `name`'s files -> (the field's shared entry, its entry in the
         segment, {file: size and checksum}, a maker of the field at the new version, called only
         once that version is published)."""
@@ -148,14 +157,23 @@ class FieldKind(Protocol):
     def create(self, path: Path, config: FieldConfig, size: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """An empty field -> (its shared manifest entry, {file written: size and checksum})."""
 
-    def open(self, path: Path, config: FieldConfig, shared: dict[str, Any], files: dict[str, Any],
-             segments: list[SegmentView], reuse: Mapping[str, Any]) -> Field:
+    def open(
+        self,
+        path: Path,
+        config: FieldConfig,
+        shared: dict[str, Any],
+        files: dict[str, Any],
+        segments: list[SegmentView],
+        reuse: Mapping[str, Any],
+    ) -> Field:
         """The field at one version, every file checked against `files` before use. `reuse` holds
         segments already open (by name, from `Field.opened()` of an earlier version): a segment's
         files never change, so those are taken as they are."""
 
 
-def merge_top_k(found: list[tuple[np.ndarray, np.ndarray]], starts: list[int], batch: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+def merge_top_k(
+    found: list[tuple[np.ndarray, np.ndarray]], starts: list[int], batch: int, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Each segment's (scores [B, k_s], local rows [B, k_s]) -> the best k over all, rows global,
     -inf / -1 padded."""
     if not found:
@@ -212,8 +230,16 @@ def check_choice(where: str, key: str, value: Any, choices: tuple[str, ...]) -> 
         raise InvalidConfig(f"{where}: {key} {value!r} is not one of {choices}")
 
 
-def recall_probe(field: Field, base: np.ndarray, metric: str, exact: bool, rows: np.ndarray, deleted: np.ndarray,
-                 k: int, min_recall: float) -> tuple[dict[str, Any], list[str]]:
+def recall_probe(
+    field: Field,
+    base: np.ndarray,
+    metric: str,
+    exact: bool,
+    rows: np.ndarray,
+    deleted: np.ndarray,
+    k: int,
+    min_recall: float,
+) -> tuple[dict[str, Any], list[str]]:
     """`check` for a field with stored vectors `base` [N, D]: the stored vectors of `rows` as
     queries, the field's top-k against exact search; a recall under the floor is a problem."""
     from retriever.kernels import reference
@@ -225,5 +251,9 @@ def recall_probe(field: Field, base: np.ndarray, metric: str, exact: bool, rows:
     recall = float(np.mean([len(set(a[a >= 0]) & set(e[e >= 0])) / depth for a, e in zip(approx, truth)]))
     floor = EXACT_MIN_RECALL if exact else min_recall
     report = {f"recall@{k}": round(recall, 4), "exact": exact, "min_recall": floor}
-    problems = [f"field {field.config.name!r}: recall@{k} against exact search is {recall:.3f} < {floor}"] if recall < floor else []
+    problems = (
+        [f"field {field.config.name!r}: recall@{k} against exact search is {recall:.3f} < {floor}"]
+        if recall < floor
+        else []
+    )
     return report, problems

@@ -32,16 +32,23 @@ def train_floor(factory: str) -> int:
     return max(MIN_TRAINED_ROWS, 39 * int(ivf[1]) if ivf else 0, 256 if pq else 0)
 
 
-def build(path: Path, prefix: str, factory: str, vectors: np.ndarray, metric: str,
-          train_size: int) -> tuple[dict[str, Any], dict[str, Any], FaissIndex | SpannVectors]:
+def build(
+    path: Path, prefix: str, factory: str, vectors: np.ndarray, metric: str, train_size: int
+) -> tuple[dict[str, Any], dict[str, Any], FaissIndex | SpannVectors]:
     """Index a segment's vectors [N, D] -> (its entry, {file: size and checksum}, the index)."""
     dim = vectors.shape[1]
     if is_spann(factory) and len(vectors) >= SPANN_MIN_ROWS:
         directory = Path(path) / f"{prefix}.spann"
         disk.rmtree(directory)  # debris of a writer that died before its manifest named it
         index = SpannIndex.build(vectors, directory, spann_params(factory, metric), progress=False)
-        entry = {"spann": {"dir": directory.name, "rows": index.rows,
-                           "manifest_sha256": storage.sha256_file(directory / "spann.json")}, "index": None}
+        entry = {
+            "spann": {
+                "dir": directory.name,
+                "rows": index.rows,
+                "manifest_sha256": storage.sha256_file(directory / "spann.json"),
+            },
+            "index": None,
+        }
         return entry, {}, SpannVectors(index, VectorStore([vectors], dim), metric)
     used = factory if not is_spann(factory) and len(vectors) >= train_floor(factory) else "Flat"
     index = FaissIndex(used, dim, metric)
@@ -54,7 +61,9 @@ def build(path: Path, prefix: str, factory: str, vectors: np.ndarray, metric: st
     return {"index": name, "factory": used}, files, index
 
 
-def open_index(path: Path, entry: Mapping[str, Any], files: dict[str, Any], vectors: VectorStore, metric: str):
+def open_index(
+    path: Path, entry: Mapping[str, Any], files: dict[str, Any], vectors: VectorStore, metric: str
+):
     """A segment's index, after its files' checksums matched."""
     if entry.get("spann"):
         return SpannVectors.open(path, entry, vectors, metric)
@@ -64,8 +73,16 @@ def open_index(path: Path, entry: Mapping[str, Any], files: dict[str, Any], vect
     return index
 
 
-def search(index, vectors: VectorStore, queries: np.ndarray, k: int, params: Mapping[str, int], allowed: np.ndarray | None,
-           rescore: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+def search(
+    index,
+    vectors: VectorStore,
+    queries: np.ndarray,
+    k: int,
+    params: Mapping[str, int],
+    allowed: np.ndarray | None,
+    rescore: int,
+    metric: str,
+) -> tuple[np.ndarray, np.ndarray]:
     """One segment: queries [B, D] -> (scores [B, k], local rows [B, k]); the best `rescore`
     candidates of an approximate index are re-scored exactly with the stored vectors."""
     if rescore == 0 or index.exact:

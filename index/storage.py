@@ -47,7 +47,7 @@ PIN_ATTEMPTS = 100  # a reader retries when a writer publishes between its manif
 _CHUNK = 1 << 22
 # The names the engine gives data files and index directories: `docs-000007.parquet`,
 # `dense.vectors-000007.npy`, `bm25.seg-000007-0.rows.npy`, `tokens-000007.spann`, ...
-_DATA_NAME = re.compile(r"^(?:[A-Za-z][\w\-]{0,63}[.\-])?[a-z]+-\d{6}(?:[.\-][\w.\-]*)?\.(?:npy|npz|faiss|parquet|spann)$")
+_DATA_NAME = re.compile(r"^(?:[A-Za-z][\w\-]{0,63}[.\-])?[a-z]+-\d{6}(?:[.\-][\w.\-]*)?\.(?:npy|npz|faiss|parquet|arrow|spann)$")
 _TEMP_NAME = re.compile(r"^\.(.+)\.tmp$")
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,23 @@ def read_parquet_verified(directory: Path, name: str, entry: dict[str, Any]):
     import pyarrow.parquet as pq
 
     return pq.ParquetFile(io.BytesIO(read_verified(directory, name, entry))).read()
+
+
+def open_arrow_verified(directory: Path, name: str, entry: dict[str, Any]):
+    """An Arrow IPC file as a table on a read-only memory map, after its checksum matched
+    (streamed, not loaded: pages are read as rows are used)."""
+    import pyarrow as pa
+
+    path = Path(directory) / name
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise CorruptIndex(f"{str(path)!r} is listed in the manifest but missing") from None
+    _check(path, size, sha256_file(path), entry)
+    try:
+        return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise CorruptIndex(f"{str(path)!r} is not a readable Arrow file: {e}") from None
 
 
 def open_npy_verified(directory: Path, name: str, entry: dict[str, Any]) -> np.ndarray:

@@ -44,7 +44,7 @@ class Collection:
     def _set_state(self, manifest, segments: list[Segment], fields: dict[str, Field]) -> None:
         self.manifest = manifest
         self.segments = segments
-        self.documents = DocumentTable([s.table for s in segments], [s.ids for s in segments])
+        self.documents = DocumentTable([s.table for s in segments])
         self.deleted = np.concatenate([s.deleted for s in segments]) if segments else np.zeros(0, bool)  # [rows]
         self.fields = fields
         self._live = None if not self.deleted.any() else ~self.deleted
@@ -413,7 +413,7 @@ class Collection:
         if self.documents.num_rows == 0:
             ids: list[list[str]] = [[] for _ in range(len(rows))]
         else:
-            ids = self.documents.ids[rows].tolist()  # [B][k]; -1 rows are dropped below
+            ids = self.documents.ids_at(rows)  # [B][k]; -1 rows are dropped below
         complete = (rows[:, -1] >= 0).tolist() if rows.shape[1] else [True] * len(rows)  # [B]
         documents, out = self.documents, []
         for b, (s, r, i) in enumerate(zip(scores, rows, ids)):

@@ -65,15 +65,23 @@ def concat(tables: list[pa.Table]) -> pa.Table:
 
 
 class DocumentTable:
-    """Read access by row over segments' tables (row order), with each segment's ids given."""
+    """Read access by row over the segments' tables (row order), memory-mapped where stored so."""
 
-    def __init__(self, tables: list[pa.Table], ids: list[np.ndarray]) -> None:
+    def __init__(self, tables: list[pa.Table]) -> None:
         self.table = concat(tables)  # zero-copy: the segments' chunks
-        self.ids = np.concatenate(ids) if ids else np.zeros(0, dtype=object)  # [rows]
 
     @property
     def num_rows(self) -> int:
         return self.table.num_rows
+
+    def ids_at(self, rows: np.ndarray) -> list[list[str]]:
+        """rows [B, k] (-1 allowed: those come back as None) -> ids [B][k]."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(len(rows), -1)
+        flat, width = rows.reshape(-1), rows.shape[1]
+        if width == 0:
+            return [[] for _ in range(len(rows))]
+        ids = self.table.column(ID).take(pa.array(np.where(flat >= 0, flat, 0))).to_pylist()
+        return [[i if r >= 0 else None for i, r in zip(ids[b : b + width], flat[b : b + width])] for b in range(0, len(flat), width)]
 
     def take(self, rows: np.ndarray) -> list[dict[str, Any]]:
         return self.take_table(rows).to_pylist()

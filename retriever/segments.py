@@ -1,7 +1,7 @@
 """Segments: a collection is an ordered list of immutable segments, each a run of rows.
 
-A segment's manifest entry names its documents (Parquet, written once) and a small deletions
-file (its deleted local rows, `.npy`), the only part a later commit replaces, so a delete costs
+A segment's manifest entry names its documents (Arrow IPC, written once, memory-mapped when
+read) and a small deletions file (its deleted local rows, `.npy`), the only part a later commit replaces, so a delete costs
 O(rows deleted in the segment), not O(collection). Rows are numbered across segments in order:
 segment s holds rows starts[s] .. starts[s + 1] - 1.
 
@@ -12,14 +12,12 @@ segments too, read-only; `retriever migrate` rewrites their manifest into format
 from __future__ import annotations
 
 import functools
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from retriever.errors import CorruptIndex
 from retriever.index import storage
@@ -68,16 +66,21 @@ class Segment:
 
 
 def read_documents(path: Path, name: str, files: dict[str, Any]) -> pa.Table:
+    """A segment's documents: Arrow IPC memory-mapped (read on access, never all decoded at
+    open), or Parquet read whole (segments written before IPC)."""
+    if name.endswith(".arrow"):
+        return storage.open_arrow_verified(path, name, files[name])
     return storage.read_parquet_verified(path, name, files[name])
 
 
 def new_segment(path: Path, version: int, table: pa.Table) -> tuple[dict[str, Any], dict[str, Any]]:
     """A segment of these documents, written -> (its entry, {file: size and checksum})."""
     name = f"seg-{version:06d}"
-    documents = f"{name}.docs.parquet"
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    files = {documents: storage.write_new_file(path, documents, buf.getvalue())}
+    documents = f"{name}.docs.arrow"
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    files = {documents: storage.write_new_file(path, documents, sink.getvalue())}
     return {"name": name, "rows": table.num_rows, "documents": documents, "deleted": None}, files
 
 

@@ -69,3 +69,9 @@ def assert_same_top_k(scores, rows, ref_scores, ref_rows, atol=1e-3):
         untied = np.abs(np.diff(s, prepend=np.inf)) > atol
         untied &= np.abs(np.diff(s, append=-np.inf)) > atol
         assert set(r[untied]) == set(rr[untied])
+
+
+def live_ids(collection) -> list[str]:
+    """The ids of a collection's live documents, in row order."""
+    ids = collection.documents.table.column("id").to_pylist()
+    return [i for i, gone in zip(ids, collection.deleted) if not gone]

@@ -33,12 +33,7 @@ def answers(c) -> list:
     """What a reader sees: bm25 and dense ids and scores, and the documents' ids and texts."""
     lexical = [(h.ids, np.round(h.scores, 4).tolist()) for h in c.search(QUERIES, k=10, fields="bm25")]
     dense = [(h.ids, np.round(h.scores, 4).tolist()) for h in c.search(random_vectors(3, 16, seed=9), k=10)]
-    stored = sorted(
-        zip(
-            c.documents.ids[~c.deleted].tolist(),
-            c.documents.table.column("text").to_numpy()[~c.deleted].tolist(),
-        )
-    )
+    stored = sorted(d["id"] + " " + d["text"] for d in c.documents.take(np.flatnonzero(~c.deleted)))
     return [c.version, len(c), lexical, dense, stored]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import retriever
 from retriever import CorruptIndex
-from helpers import make_docs, random_vectors
+from helpers import live_ids, make_docs, random_vectors
 from retriever.check import check
 from retriever.index import storage
 
@@ -80,7 +80,7 @@ def test_sigkill_at_random_moments_never_breaks_the_collection_or_loses_an_acked
         proc.wait()
         acked.update(line.split()[1] for line in proc.stdout.read().splitlines())
         opened = retriever.connect(c.path)
-        stored = set(opened.documents.ids[~opened.deleted].tolist())
+        stored = set(live_ids(opened))
         assert len(opened) % 20 == 0 and len(opened) > 300
         assert {f"new{r}-{i}" for r in acked for i in range(20)} <= stored
         assert check(c.path)["ok"]
@@ -174,7 +174,7 @@ def test_a_flipped_byte_in_any_file_is_detected(vec_collection):
     c, x = vec_collection
     c.delete(["d3"])
     files = [p for p in sorted(c.path.iterdir()) if p.is_file() and p.name != ".lock"]
-    assert {p.suffix for p in files} >= {".json", ".parquet", ".npy", ".faiss"}
+    assert {p.suffix for p in files} >= {".json", ".arrow", ".npy", ".faiss"}
     for path in files:
         original = path.read_bytes()
         for fraction in (0.0, 0.5, 0.999):

@@ -79,7 +79,7 @@ def new_segment(path: Path, version: int, table: pa.Table) -> tuple[dict[str, An
     documents = f"{name}.docs.arrow"
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
+        writer.write_table(table.combine_chunks())  # one record batch: one chunk when mapped again
     files = {documents: storage.write_new_file(path, documents, sink.getvalue())}
     return {"name": name, "rows": table.num_rows, "documents": documents, "deleted": None}, files
 

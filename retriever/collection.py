@@ -44,7 +44,7 @@ class Collection:
     def _set_state(self, manifest, segments: list[Segment], fields: dict[str, Field]) -> None:
         self.manifest = manifest
         self.segments = segments
-        self.documents = DocumentTable([s.table for s in segments])
+        self.documents = DocumentTable([s.table for s in segments], segments)
         self.deleted = np.concatenate([s.deleted for s in segments]) if segments else np.zeros(0, bool)  # [rows]
         self.fields = fields
         self._live = None if not self.deleted.any() else ~self.deleted

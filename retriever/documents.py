@@ -65,10 +65,14 @@ def concat(tables: list[pa.Table]) -> pa.Table:
 
 
 class DocumentTable:
-    """Read access by row over the segments' tables (row order), memory-mapped where stored so."""
+    """Read access by row over the segments' tables (row order), memory-mapped where stored so.
+    `parts` are the segments, each with an `ids` [rows] array made on its first use (and kept
+    by the segment across versions), so no version pays for every row's id."""
 
-    def __init__(self, tables: list[pa.Table]) -> None:
+    def __init__(self, tables: list[pa.Table], parts: list[Any]) -> None:
         self.table = concat(tables)  # zero-copy: the segments' chunks
+        self._parts = parts
+        self._starts = np.cumsum([0] + [t.num_rows for t in tables]).astype(np.int64)  # [S + 1]
 
     @property
     def num_rows(self) -> int:
@@ -76,12 +80,14 @@ class DocumentTable:
 
     def ids_at(self, rows: np.ndarray) -> list[list[str]]:
         """rows [B, k] (-1 allowed: those come back as None) -> ids [B][k]."""
-        rows = np.asarray(rows, dtype=np.int64).reshape(len(rows), -1)
-        flat, width = rows.reshape(-1), rows.shape[1]
-        if width == 0:
-            return [[] for _ in range(len(rows))]
-        ids = self.table.column(ID).take(pa.array(np.where(flat >= 0, flat, 0))).to_pylist()
-        return [[i if r >= 0 else None for i, r in zip(ids[b : b + width], flat[b : b + width])] for b in range(0, len(flat), width)]
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.full(rows.shape, None, dtype=object)
+        found = rows >= 0
+        segment = np.searchsorted(self._starts, rows, side="right") - 1  # [B, k]
+        for s in np.unique(segment[found]).tolist():
+            mine = found & (segment == s)
+            out[mine] = self._parts[s].ids[rows[mine] - self._starts[s]]
+        return out.tolist()
 
     def take(self, rows: np.ndarray) -> list[dict[str, Any]]:
         return self.take_table(rows).to_pylist()

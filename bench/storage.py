@@ -264,6 +264,75 @@ def memory_and_open(size: int, work: Path) -> dict:
     }
 
 
+CRASH_WRITER = """
+import json, sys, numpy as np, retriever
+c = retriever.connect(sys.argv[1])
+rng = np.random.default_rng(int(sys.argv[2]))
+for step in range(100_000):
+    ids = sorted({f"k{int(x)}" for x in rng.integers(0, 3000, size=int(rng.integers(1, 40)))})
+    docs = [{"id": i, "text": f"w{int(rng.integers(1, 500))} round {sys.argv[2]} step {step}"} for i in ids]
+    print(json.dumps({"add": {d["id"]: d["text"] for d in docs}}), flush=True)  # about to be written
+    c.add(docs, vectors={"dense": rng.standard_normal((len(docs), 96)).astype("float32")})
+    print("ack", flush=True)
+    if step % 5 == 4:
+        gone = [f"k{int(x)}" for x in rng.integers(0, 3000, size=3)]
+        print(json.dumps({"delete": gone}), flush=True)
+        c.delete(gone)
+        print("ack", flush=True)
+"""
+
+
+def crash_loop(rounds: int, work: Path) -> dict:
+    """`rounds` times: a writer upserting and deleting (merging as it goes) is killed with SIGKILL
+    at a random moment; every write it acknowledged must be there, as acknowledged, after."""
+    import signal
+
+    import retriever
+    from retriever.check import check
+
+    path = work / "crash"
+    retriever.Collection.create(path, CONFIG)
+    expected: dict[str, str | None] = {}  # id -> text of its last acknowledged write (None: deleted)
+    rng = np.random.default_rng(5)
+    wrong, acked, checks_failed = 0, 0, 0
+    for r in range(rounds):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CRASH_WRITER, str(path), str(r)], stdout=subprocess.PIPE, text=True
+        )
+        first = proc.stdout.readline()  # committing from here on
+        time.sleep(float(rng.uniform(0.0, 0.4)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        pending: dict[str, str | None] = {}  # the write in flight when killed: it may or may not be there
+        for line in [first, *proc.stdout.read().splitlines()]:
+            if line == "ack":
+                acked += 1
+                expected.update(pending)
+                pending = {}
+                continue
+            record = json.loads(line)
+            pending = {**record.get("add", {}), **dict.fromkeys(record.get("delete", []))}
+        opened = retriever.Collection.open(path)
+        live = {d["id"]: d["text"] for d in opened.documents.take(np.flatnonzero(~opened.deleted))}
+        for doc_id in expected.keys() | pending.keys():
+            allowed = {expected.get(doc_id)} | ({pending[doc_id]} if doc_id in pending else set())
+            wrong += live.get(doc_id) not in allowed
+        for doc_id in pending.keys() & live.keys():  # the unacknowledged write landed: it is the truth now
+            expected[doc_id] = live[doc_id]
+        for doc_id in pending.keys() - live.keys():
+            expected[doc_id] = None
+        if (r % 10 == 9 or r == rounds - 1) and not check(path, sample=20)["ok"]:
+            checks_failed += 1
+    return {
+        "rounds": rounds,
+        "acknowledged_writes": acked,
+        "documents_tracked": len(expected),
+        "lost_or_wrong_after_a_kill": wrong,
+        "failed_checks": checks_failed,
+        "segments_at_end": len(retriever.Collection.open(path).segments),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -274,8 +343,9 @@ def main() -> None:
     )
     parser.add_argument("--search-upserts", type=int, default=1000)
     parser.add_argument("--memory-size", type=int, default=100_000)
+    parser.add_argument("--crash-rounds", type=int, default=200, help="kill -9 rounds of a writer")
     parser.add_argument("--peer-ref", default="b65a118", help="git revision of the previous storage format")
-    parser.add_argument("--parts", default="commit,peer,server,search,memory")
+    parser.add_argument("--parts", default="commit,peer,server,search,memory,crash")
     parser.add_argument(
         "--only-commit", action="store_true", help=argparse.SUPPRESS
     )  # the peer's own process
@@ -306,6 +376,9 @@ def main() -> None:
             result["search_after_small_upserts"] = search_after_small_upserts(
                 20_000, args.search_upserts, work
             )
+        if "crash" in parts:
+            log(f"{args.crash_rounds} kill -9 rounds")
+            result["kill_9_loop"] = crash_loop(args.crash_rounds, work)
         if "memory" in parts:
             log(f"memory and open time at {args.memory_size}")
             result["open"] = memory_and_open(args.memory_size, work)

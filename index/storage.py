@@ -227,11 +227,14 @@ def retire(old: dict[str, Any], new_names: set[str], held: set[int]) -> tuple[di
     return retired, removable
 
 
-def remove_files(directory: Path, names: Iterable[str], manifest: dict[str, Any]) -> None:
-    """Remove `names`, then any debris (engine-named files and temp files no manifest names).
+def remove_files(directory: Path, names: Iterable[str], manifest: dict[str, Any], in_flight: Iterable[str] = ()) -> None:
+    """Remove `names`, then any debris (engine-named files and temp files no manifest names, but
+    not those of segments being written: names starting with an `in_flight` name and a dot).
     Best effort: a file that cannot be removed now is removed by a later commit."""
     keep = referenced_names(manifest) | set(manifest.get("retired", {}))
-    debris = [p.name for p in Path(directory).iterdir() if p.name not in keep and _engine_named(p.name)]
+    busy = tuple(f"{name}." for name in in_flight) + tuple(f".{name}." for name in in_flight)
+    debris = [p.name for p in Path(directory).iterdir()
+              if p.name not in keep and _engine_named(p.name) and not p.name.startswith(busy)]
     for name in {*names, *debris}:
         path = Path(directory) / name
         try:

@@ -14,7 +14,7 @@ import pyarrow as pa
 from retriever.index import disk, storage
 
 from . import fusion as fusion_module
-from . import merge_policy
+from . import merge_policy, merging
 from .config import CollectionConfig
 from .documents import DocumentTable, concat, document_texts, documents_to_table
 from .errors import AlreadyExists, InvalidRequest, NotFound, WriteFailed
@@ -25,6 +25,11 @@ from .segments import Segment, new_segment, open_segments, with_deletions
 from .types import Hits
 
 log = logging.getLogger(__name__)
+
+
+class _RunGone(Exception):
+    """A planned merge's segments are no longer there as planned."""
+
 FUSION_CANDIDATES = 100  # per-field candidates fused when several fields are searched
 FUSION_PARAMS = {"candidates": 1}  # request parameters of the collection itself -> their smallest value
 Queries = str | Sequence[str] | np.ndarray | Mapping[str, Any]
@@ -39,6 +44,9 @@ class Collection:
         self.path = path
         self.config = config  # fixed at create: commits never change it
         self._encoders: dict[str, Any] = {}
+        self.merge_inline = True  # merges run in the writing call; a server's background merger sets False
+        self._merging: set[str] = set()  # names of merges in flight: their files are not debris
+        self._holds_lock = False
         self._set_state(manifest, segments, fields)
 
     def _set_state(self, manifest, segments: list[Segment], fields: dict[str, Field]) -> None:
@@ -178,7 +186,7 @@ class Collection:
         writer moved it on). This object's state changes only once the new manifest is renamed
         into place; a failure before that leaves it, and the directory, at the old version."""
         path = self.path
-        with storage.writer_lock(path):
+        with self._writer():
             self._catch_up()
             self._check_format()
             rows = self._live_rows(ids)
@@ -195,12 +203,12 @@ class Collection:
     def optimize(self) -> int:
         """Merge every segment into one, dropping deleted rows (what `retriever optimize` runs).
         Returns how many segments were merged."""
-        with storage.writer_lock(self.path):
+        with self._writer():
             self._catch_up()
             self._check_format()
             count = len(self.segments)
             if count > 1 or self.deleted.any():
-                self._publish(lambda v: self._write_merge(v, 0, count))
+                self._merge_now(0, count)
                 return count
         return 0
 
@@ -208,12 +216,91 @@ class Collection:
         """Rewrite a collection of an older storage format in the current one: its segments merged
         into one (deleted rows dropped), every field in the current layout. Returns False when
         there was nothing to do."""
-        with storage.writer_lock(self.path):
+        with self._writer():
             self._catch_up()
             if self.manifest["format_version"] == storage.FORMAT_VERSION:
                 return False
-            self._publish(lambda v: self._write_merge(v, 0, len(self.segments)))
+            self._merge_now(0, len(self.segments))
         return True
+
+    # ---- merges ------------------------------------------------------------------------------
+
+    def plan_merge(self) -> merging.MergePlan | None:
+        """The next merge the policy asks for, pinned at this version (call it, and `finish_merge`,
+        where writes to this object are serialized; `write_merge` needs no lock)."""
+        run = merge_policy.next_merge([s.rows for s in self.segments], [int(s.deleted.sum()) for s in self.segments])
+        if run is None:
+            return None
+        plan = merging.plan(self.version, self.segments, self.fields, *run)
+        self._merging.add(plan.name)
+        return plan
+
+    def write_merge(self, plan: merging.MergePlan) -> merging.MergePlan:
+        """The merged segment's files, from the pinned version only: writes may go on meanwhile."""
+        try:
+            return merging.write(self.path, plan)
+        except OSError as e:
+            self.forget_merge(plan)
+            raise storage.write_error(self.path, e, "merging segments") from None
+
+    def finish_merge(self, plan: merging.MergePlan) -> bool:
+        """Publish a written merge on the newest version, with deletions that reached its segments
+        since the plan carried over. False when the run is gone (another process merged it)."""
+        done = False
+        try:
+            with self._writer():
+                self._catch_up()
+
+                def write(v: int):
+                    nonlocal done
+                    manifest = self._next_manifest(v)
+                    if plan.entry is None:  # nothing live was left: the run goes
+                        segments = [s for s in self.segments if s.entry["name"] not in plan.names]
+                    else:
+                        finished = merging.finish(self.path, v, plan, self.segments)
+                        if finished is None:
+                            raise _RunGone
+                        segments, written = finished
+                        manifest["files"].update({**plan.files, **written})
+                        if self.manifest["format_version"] < storage.FORMAT_VERSION:  # migration: the new layout
+                            manifest["fields"].update(plan.shared)
+                    manifest["segments"] = [s.entry for s in segments]
+                    manifest["counts"] = _counts(segments)
+                    done = True
+                    return manifest, segments, None
+
+                self._publish(write)
+        except _RunGone:
+            log.info("merge %s of %s dropped: its segments changed in another process", plan.name, self.path)
+        finally:
+            self.forget_merge(plan)
+        return done
+
+    def forget_merge(self, plan: merging.MergePlan) -> None:
+        """A merge given up: its files are debris from now on."""
+        self._merging.discard(plan.name)
+
+    def _merge_now(self, first: int, end: int) -> None:
+        """Plan, write and publish a merge of segments first..end-1 (the writer lock is held)."""
+        plan = merging.plan(self.version, self.segments, self.fields, first, end)
+        self._merging.add(plan.name)
+        if plan.live.any() or self.manifest["format_version"] < storage.FORMAT_VERSION:
+            self.write_merge(plan)
+        self.finish_merge(plan)
+
+    def _merge_while_needed(self) -> None:
+        """Merges the policy asks for after a write (the writer lock is held), unless a background
+        merger does them. A merge that fails is logged and left for a later write: the write itself
+        is already committed."""
+        while self.merge_inline and (plan := self.plan_merge()) is not None:
+            try:
+                if plan.live.any():
+                    self.write_merge(plan)
+                self.finish_merge(plan)
+            except WriteFailed as e:
+                self.forget_merge(plan)
+                log.warning("merge %s of %s failed, retried after a later write: %s", plan.name, self.path, e)
+                return
 
     def _live_rows(self, ids: list[str]) -> list[int]:
         """The rows of these ids' live copies (each id has at most one)."""
@@ -227,20 +314,23 @@ class Collection:
             start += segment.rows
         return rows
 
+    @contextlib.contextmanager
+    def _writer(self):
+        """The collection's writer lock, held by this object (re-entered by its own merges)."""
+        if self._holds_lock:
+            yield
+            return
+        with storage.writer_lock(self.path):
+            self._holds_lock = True
+            try:
+                yield
+            finally:
+                self._holds_lock = False
+
     def _check_format(self) -> None:
         if self.manifest["format_version"] < storage.FORMAT_VERSION:
             raise InvalidRequest(f"{str(self.path)!r} is in storage format {self.manifest['format_version']}, which this engine "
                                  f"reads but does not write; convert it with `retriever migrate {self.path}`, then retry")
-
-    def _merge_while_needed(self) -> None:
-        """Merges the policy asks for after a write (the writer lock is held). A merge that fails
-        is logged and left for a later write: the write itself is already committed."""
-        while (run := merge_policy.next_merge([s.rows for s in self.segments], [int(s.deleted.sum()) for s in self.segments])):
-            try:
-                self._publish(lambda v: self._write_merge(v, *run))
-            except WriteFailed as e:
-                log.warning("merging segments %d..%d of %s failed, retried after a later write: %s", run[0], run[1] - 1, self.path, e)
-                return
 
     def _publish(self, write: Callable[[int], tuple]) -> None:
         """Write and publish the next version (the writer lock is held): `write(version)` writes its
@@ -255,7 +345,7 @@ class Collection:
             manifest["retired"], removable = storage.retire(self.manifest, referenced, held)
             storage.publish_manifest(path, manifest)
         except OSError as e:
-            storage.remove_files(path, [], self.manifest)  # this attempt's files are debris now
+            storage.remove_files(path, [], self.manifest, self._merging)  # this attempt's files are debris now
             raise storage.write_error(path, e, "committing a write") from None
         if made is None:  # a merge: segments were replaced, so the fields are opened anew
             fresh = Collection.load(path, manifest, previous=self)
@@ -267,7 +357,7 @@ class Collection:
         except OSError as e:
             outcome = "the write is visible but may not survive a crash"
             raise storage.write_error(path, e, f"making version {self.version} durable", outcome) from None
-        storage.remove_files(path, removable, manifest)
+        storage.remove_files(path, removable, manifest, self._merging)
 
     def _next_manifest(self, v: int) -> dict[str, Any]:
         manifest = {**self.manifest, "format_version": storage.FORMAT_VERSION, "version": v, "parent": self.version,
@@ -292,7 +382,7 @@ class Collection:
             segments.append(segment)
         made = {}
         if table is not None:
-            entry, written = new_segment(path, v, table)
+            entry, written = new_segment(path, f"seg-{v:06d}", table)
             files.update(written)
             entry["fields"] = {}
             for fname, work in pending.items():
@@ -302,31 +392,6 @@ class Collection:
         manifest["segments"] = [s.entry for s in segments]
         manifest["counts"] = _counts(segments)
         return manifest, segments, made
-
-    def _write_merge(self, v: int, first: int, end: int):
-        """Version v: segments first..end-1 replaced by one holding their live rows -> (manifest,
-        segments, None: the fields are reopened)."""
-        path, manifest = self.path, self._next_manifest(v)
-        merging = self.segments[first:end]
-        base = sum(s.rows for s in self.segments[:first])
-        rows = base + np.flatnonzero(np.concatenate([~s.deleted for s in merging]))  # [R] live rows, global
-        if len(rows) == 0 and self.manifest["format_version"] == storage.FORMAT_VERSION:  # nothing live: the run goes
-            segments = [*self.segments[:first], *self.segments[end:]]
-            manifest["segments"] = [s.entry for s in segments]
-            manifest["counts"] = _counts(segments)
-            return manifest, segments, None
-        table = concat([s.table.filter(pa.array(~s.deleted)) for s in merging])
-        entry, written = new_segment(path, v, table)
-        manifest["files"].update(written)
-        entry["fields"] = {}
-        for name, field in self.fields.items():
-            manifest["fields"][name], entry["fields"][name], written = field.merge(path, entry["name"], rows)
-            manifest["files"].update(written)
-        merged = Segment(entry, table, np.zeros(table.num_rows, dtype=bool))
-        segments = [*self.segments[:first], merged, *self.segments[end:]]
-        manifest["segments"] = [s.entry for s in segments]
-        manifest["counts"] = _counts(segments)
-        return manifest, segments, None
 
     def _catch_up(self) -> None:
         """Move to the version on disk when it is not this object's: another writer committed, or

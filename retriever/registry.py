@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from .collection import Collection
 from .config import check_name
-from .errors import CorruptIndex, InvalidConfig, InvalidRequest, NotFound
+from .errors import CorruptIndex, InvalidConfig, InvalidRequest, NotFound, RetrieverError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class Registry:
@@ -22,6 +24,11 @@ class Registry:
         self._writers: dict[str, Collection] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._broken: dict[str, str] = {}
+        self._merger: threading.Thread | None = None
+        self._to_merge: set[str] = set()
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._busy = False  # the merger is merging a collection
 
     @classmethod
     def open(cls, paths: list[str | Path]) -> "Registry":
@@ -63,7 +70,67 @@ class Registry:
                 result = change(self._writers[name])
             finally:  # a write that fails after its version was published still moves readers on
                 snapshot = self._readers[name] = self._writers[name].snapshot()
+        if self._merger is not None:
+            with self._wake:
+                self._to_merge.add(name)
+                self._wake.notify()
         return result, snapshot
+
+    # ---- background merges -------------------------------------------------------------------
+
+    def start_merging(self) -> None:
+        """Merge segments in a background thread instead of in the writes: a write returns once
+        committed, and a merge holds writers back only to pin its run and to publish."""
+        for writer in self._writers.values():
+            writer.merge_inline = False
+        self._merger = threading.Thread(target=self._merge_loop, name="retriever-merger", daemon=True)
+        self._merger.start()
+        with self._wake:
+            self._to_merge.update(self._writers)
+            self._wake.notify()
+
+    def stop_merging(self) -> None:
+        if self._merger is None:
+            return
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._merger.join()
+        self._merger = None
+
+    def merges_pending(self) -> bool:
+        with self._wake:
+            return bool(self._to_merge) or self._busy
+
+    def _merge_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._to_merge and not self._stopping:
+                    self._busy = False
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                name = self._to_merge.pop()
+                self._busy = True
+            self._merge_collection(name)
+
+    def _merge_collection(self, name: str) -> None:
+        writer = self._writers[name]
+        while not self._stopping:
+            with self._locks[name]:
+                plan = writer.plan_merge()
+            if plan is None:
+                return
+            try:
+                if plan.live.any():
+                    writer.write_merge(plan)  # writes and searches go on meanwhile
+                with self._locks[name]:
+                    writer.finish_merge(plan)
+                    self._readers[name] = writer.snapshot()
+            except RetrieverError as e:
+                writer.forget_merge(plan)
+                log.warning("merging %s failed, retried after its next write: %s", name, e)
+                return
 
     def _check(self, name: str) -> None:
         try:

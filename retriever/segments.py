@@ -73,9 +73,8 @@ def read_documents(path: Path, name: str, files: dict[str, Any]) -> pa.Table:
     return storage.read_parquet_verified(path, name, files[name])
 
 
-def new_segment(path: Path, version: int, table: pa.Table) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A segment of these documents, written -> (its entry, {file: size and checksum})."""
-    name = f"seg-{version:06d}"
+def new_segment(path: Path, name: str, table: pa.Table) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Segment `name` holding these documents, written -> (its entry, {file: size and checksum})."""
     documents = f"{name}.docs.arrow"
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as writer:

@@ -205,11 +205,13 @@ class Server:
 
             start_http_server(self.options.metrics_port, addr=self.options.host, registry=self.metrics.registry)
         self.grpc_server.start()
+        self.registry.start_merging()
         return self
 
     def stop(self) -> None:
         self.health.enter_graceful_shutdown()  # load balancers stop sending before calls are cut
         self.grpc_server.stop(self.options.grace_seconds).wait()
+        self.registry.stop_merging()
         self._stopped.set()
 
     def wait(self) -> None:

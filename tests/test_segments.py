@@ -1,6 +1,7 @@
 """Segments: documents and deletions per segment; format 1 collections open read-only and migrate."""
 
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -300,3 +301,55 @@ def test_merged_segments_hold_what_a_fresh_build_of_the_live_documents_holds(tmp
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
     x = rng.normal(size=(5, 8)).astype(np.float32)
     assert [h.ids for h in c.search(x, k=30)] == [h.ids for h in fresh.search(x, k=30)]
+
+
+def test_a_merge_written_while_writes_go_on_carries_their_deletes_over(tmp_path):
+    c = retriever.Collection.create(tmp_path / "c", vector_config())
+    c.merge_inline = False  # as a server's background merger runs it
+    for i in range(4):
+        c.add(make_docs(20, start=20 * i), vectors={"dense": random_vectors(20, 16, seed=i)})
+    assert len(c.segments) == 4
+    plan = c.plan_merge()
+    assert plan is not None and len(plan.segments) >= 2
+    merged_ids = [i for s in plan.segments for i in s.table.column("id").to_pylist()]
+    gone, replaced = merged_ids[0], merged_ids[-1]
+    c.delete([gone])  # writes go on while the merge is written
+    c.add([{"id": replaced, "text": "newer"}], vectors={"dense": random_vectors(1, 16, seed=50)})
+    c.add(make_docs(3, start=500), vectors={"dense": random_vectors(3, 16, seed=51)})
+    c.write_merge(plan)
+    assert any(p.name.startswith(plan.name) for p in c.path.iterdir())
+    c.add(
+        make_docs(1, start=600), vectors={"dense": random_vectors(1, 16, seed=52)}
+    )  # its sweep spares the merge's files
+    assert c.finish_merge(plan)
+    for opened in (c, retriever.Collection.open(c.path)):
+        assert plan.name in [s.entry["name"] for s in opened.segments]
+        live = {d["id"]: d for d in opened.documents.take(np.flatnonzero(~opened.deleted))}
+        assert gone not in live and live[replaced]["text"] == "newer" and len(live) == 80 - 1 + 3 + 1
+    assert check(c.path)["ok"]
+
+
+def test_a_server_merges_in_the_background(tmp_path):
+    from retriever.registry import Registry
+
+    c = retriever.Collection.create(tmp_path / "c", vector_config())
+    registry = Registry.open([c.path])
+    registry.start_merging()
+    try:
+        for i in range(12):
+            registry.write(
+                "vecs",
+                lambda w, i=i: w.add(
+                    make_docs(10, start=10 * i), vectors={"dense": random_vectors(10, 16, seed=i)}
+                ),
+            )
+        deadline = time.time() + 30
+        while registry.merges_pending() and time.time() < deadline:
+            time.sleep(0.05)
+        reader = registry.reader("vecs")
+        assert len(reader) == 120 and len(reader.segments) <= 4
+        x = np.concatenate([random_vectors(10, 16, seed=i) for i in range(12)])
+        assert reader.search(x[37], k=1)[0].ids == ["d37"]
+    finally:
+        registry.stop_merging()
+    assert check(c.path)["ok"]

@@ -63,38 +63,51 @@ def grow(collection, have: int, want: int) -> int:
     return have
 
 
-def commit_latency(sizes: list[int], work: Path, repeats: int = 9) -> dict:
-    """p50 / p90 seconds of one 1,000-document upsert batch (10% replacing live documents) at each size."""
+def commit_latency(sizes: list[int], work: Path, repeats: int = 9, background: bool = False) -> dict:
+    """p50 / p90 seconds of one 1,000-document upsert batch (10% replacing live documents) at each
+    size. With `background`, as `retriever serve` runs it: a merger thread merges beside the
+    writes, and a commit's time is what an upsert's ack waits for."""
     import retriever
 
-    collection = retriever.Collection.create(work / "commit", CONFIG)
+    collection = retriever.Collection.create(work / f"commit{'-bg' if background else ''}", CONFIG)
+    registry = None
+    if background:
+        from retriever.registry import Registry
+
+        registry = Registry.open([collection.path])
+        registry.start_merging()
+
+    def write(change):
+        return registry.write(CONFIG["name"], change)[0] if registry else change(collection)
+
     out, have = {}, 0
     rng = np.random.default_rng(1)
-    have = grow(
-        collection, 0, BATCH
-    )  # warm-up: first-use costs (imports, compiled kernels) are not a commit's
+    have = write(
+        lambda c: grow(c, 0, BATCH)
+    )  # warm-up: first-use costs (imports, kernels) are not a commit's
     for size in sizes:
-        log(f"commit latency: growing to {size} documents")
-        have = grow(collection, have, size)
+        log(f"commit latency{' (background merges)' if background else ''}: growing to {size} documents")
+        have = write(lambda c: grow(c, have, size))
         times = []
         for r in range(repeats):
             docs, vectors = documents(have, BATCH, seed=10_000 + r)
-            for i, row in enumerate(
-                rng.choice(have, size=BATCH // 10, replace=False)
-            ):  # a tenth replaces live documents
+            for i, row in enumerate(rng.choice(have, size=BATCH // 10, replace=False)):  # a tenth replaces
                 docs[i]["id"] = f"d{int(row)}"
             start = time.perf_counter()
-            collection.add(docs, vectors={"dense": vectors})
+            write(lambda c: c.add(docs, vectors={"dense": vectors}))
             times.append(time.perf_counter() - start)
             have += BATCH - len({d["id"] for d in docs[: BATCH // 10]})
-        files = sum(1 for p in collection.path.iterdir() if not p.name.startswith("."))
+        current = registry.reader(CONFIG["name"]) if registry else collection
+        files = sum(1 for p in current.path.iterdir() if not p.name.startswith("."))
         out[str(size)] = {
             "p50_s": round(statistics.median(times), 4),
             "p90_s": round(float(np.percentile(times, 90)), 4),
-            "documents": len(collection),
+            "documents": len(current),
             "files": files,
-            "segments": len(getattr(collection, "segments", [])) or None,
+            "segments": len(getattr(current, "segments", [])) or None,
         }
+    if registry:
+        registry.stop_merging()
     first, last = out[str(sizes[0])]["p50_s"], out[str(sizes[-1])]["p50_s"]
     out["p50_last_over_first"] = round(last / first, 2)
     return out
@@ -345,7 +358,7 @@ def main() -> None:
     parser.add_argument("--memory-size", type=int, default=100_000)
     parser.add_argument("--crash-rounds", type=int, default=200, help="kill -9 rounds of a writer")
     parser.add_argument("--peer-ref", default="b65a118", help="git revision of the previous storage format")
-    parser.add_argument("--parts", default="commit,peer,server,search,memory,crash")
+    parser.add_argument("--parts", default="commit,background,peer,server,search,memory,crash")
     parser.add_argument(
         "--only-commit", action="store_true", help=argparse.SUPPRESS
     )  # the peer's own process
@@ -362,6 +375,8 @@ def main() -> None:
         work = Path(tmp)
         if "commit" in parts:
             result["commit_latency"] = commit_latency(sizes, work)
+        if "background" in parts:
+            result["commit_latency_background_merges"] = commit_latency(sizes, work, background=True)
         if "peer" in parts:
             log(f"commit latency of the previous format ({args.peer_ref})")
             result["commit_latency_previous_format"] = {

@@ -290,9 +290,10 @@ class Collection:
 
     def _merge_while_needed(self) -> None:
         """Merges the policy asks for after a write (the writer lock is held), unless a background
-        merger does them. A merge that fails is logged and left for a later write: the write itself
-        is already committed."""
-        while self.merge_inline and (plan := self.plan_merge()) is not None:
+        merger does them and keeps up: past MAX_SEGMENTS the writer merges too (backpressure), so
+        segments stay bounded whatever the write rate. A merge that fails is logged and left for a
+        later write: the write itself is already committed."""
+        while (self.merge_inline or len(self.segments) > merge_policy.MAX_SEGMENTS) and (plan := self.plan_merge()) is not None:
             try:
                 if plan.live.any():
                     self.write_merge(plan)

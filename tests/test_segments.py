@@ -353,3 +353,13 @@ def test_a_server_merges_in_the_background(tmp_path):
     finally:
         registry.stop_merging()
     assert check(c.path)["ok"]
+
+
+def test_writes_merge_themselves_when_merges_fall_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr("retriever.merge_policy.MAX_SEGMENTS", 6)
+    c = retriever.Collection.create(tmp_path / "c", vector_config())
+    c.merge_inline = False  # a background merger that never runs
+    for i in range(20):
+        c.add(make_docs(5, start=5 * i), vectors={"dense": random_vectors(5, 16, seed=i)})
+        assert len(c.segments) <= 6 + 1
+    assert len(c) == 100 and check(c.path)["ok"]

@@ -317,7 +317,10 @@ def crash_loop(rounds: int, work: Path) -> dict:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         pending: dict[str, str | None] = {}  # the write in flight when killed: it may or may not be there
-        for line in [first, *proc.stdout.read().splitlines()]:
+        for line in [
+            first.rstrip("\n"),
+            *proc.stdout.read().split("\n")[:-1],
+        ]:  # a line cut by the kill is no ack
             if line == "ack":
                 acked += 1
                 expected.update(pending)

@@ -185,7 +185,6 @@ class Collection:
         Runs under the writer lock, on the newest version on disk (reloaded first when another
         writer moved it on). This object's state changes only once the new manifest is renamed
         into place; a failure before that leaves it, and the directory, at the old version."""
-        path = self.path
         with self._writer():
             self._catch_up()
             self._check_format()

@@ -24,6 +24,7 @@ demo: setup
 	scripts/demo.sh
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 # Regenerate retriever/_proto/ from proto/retriever/v1/retriever.proto (a test fails when stale).

@@ -49,3 +49,18 @@ def test_unknown_field_lookup():
     config = CollectionConfig.from_dict({"name": "x", "fields": [{"name": "d", "dim": 4}]})
     with pytest.raises(NotFound, match="unknown field 'e'"):
         config.field("e")
+
+
+def test_field_config_builds_the_kind_s_own_dataclass():
+    from retriever import FieldConfig
+    from retriever.fields.bm25 import Bm25Config
+    from retriever.fields.dense import DenseConfig
+
+    dense = FieldConfig(name="d", dim=4, index="HNSW32")
+    assert type(dense) is DenseConfig and isinstance(dense, FieldConfig) and dense.rescore == 0
+    assert type(FieldConfig(name="b", kind="bm25", k1=0.9)) is Bm25Config
+    with pytest.raises(TypeError):
+        FieldConfig(name="b", kind="bm25", dim=4)  # not a bm25 key
+    with pytest.raises(InvalidConfig, match="kind 'graph'"):
+        FieldConfig(name="g", kind="graph")
+

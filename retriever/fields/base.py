@@ -45,6 +45,18 @@ class FieldConfig:
 
     takes_source: ClassVar[bool] = False
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> "FieldConfig":
+        """`FieldConfig(name=..., kind=..., ...)` builds the kind's own dataclass, as it always
+        has for callers (the registry names the class; its keys are that kind's)."""
+        if cls is FieldConfig:
+            from . import KINDS
+
+            kind = kwargs.get("kind", args[1] if len(args) > 1 else "dense")
+            if kind not in KINDS:
+                raise InvalidConfig(f"field {kwargs.get('name')!r}: kind {kind!r} is not supported (supported: {', '.join(KINDS)})")
+            cls = KINDS[kind].config
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME.match(self.name):
             raise InvalidConfig(

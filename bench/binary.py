@@ -173,15 +173,29 @@ def scan_speed(count: int, queries: int) -> dict:
     sample = rng.standard_normal((4096, 384)).astype(np.float32)
     one_bit = binary.fit(sample, "sign", 1, 384)
     entry = {"dim": 384, "code_dim": 384}
-    field = BinaryField(BinaryConfig(name="bits", kind="binary", dim=384, method="sign", bits=1), entry, one_bit, index,
-                        VectorStore([codes], 48, np.uint8), VectorStore([], 384), None)
+    field = BinaryField(
+        BinaryConfig(name="bits", kind="binary", dim=384, method="sign", bits=1),
+        entry,
+        one_bit,
+        index,
+        VectorStore([codes], 48, np.uint8),
+        VectorStore([], 384),
+        None,
+    )
     raw_s = timed(lambda: raw.search(query_codes, K), repeats=5)
     ours_s = timed(lambda: field.search(QueryCodes(query_codes), K, {}, None), repeats=5)
     same = np.array_equal(raw.search(query_codes, K)[0], -field.search(QueryCodes(query_codes), K, {}, None)[0])
     two_bit = binary.fit(sample, "sign", 2, 384)
     codes2 = rng.integers(0, 256, size=(count, 96), dtype=np.uint8)
-    sdc_field = BinaryField(BinaryConfig(name="bits", kind="binary", dim=384, method="sign", bits=2), entry, two_bit, None,
-                            VectorStore([codes2], 96, np.uint8), VectorStore([], 384), None)
+    sdc_field = BinaryField(
+        BinaryConfig(name="bits", kind="binary", dim=384, method="sign", bits=2),
+        entry,
+        two_bit,
+        None,
+        VectorStore([codes2], 96, np.uint8),
+        VectorStore([], 384),
+        None,
+    )
     sdc_queries = QueryCodes(codes2[:queries])
     sdc_s = timed(lambda: sdc_field.search(sdc_queries, K, {}, None), repeats=3)
     return {"codes": count, "queries_per_batch": queries, "threads": 1,

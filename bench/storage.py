@@ -254,9 +254,11 @@ def memory_and_open(size: int, work: Path) -> dict:
         "import resource, time, sys, retriever\n"
         "rss = lambda: int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize()\n"
         "before = rss()\n"
-        "t = time.perf_counter(); c = retriever.Collection.open(sys.argv[1]); cold = time.perf_counter() - t\n"
+        "t = time.perf_counter(); c = retriever.Collection.open(sys.argv[1]); cold = time.perf_counter() - "
+        "t\n"
         "opened = rss() - before; del c\n"
-        "t = time.perf_counter(); c = retriever.Collection.open(sys.argv[1]); warm = time.perf_counter() - t\n"
+        "t = time.perf_counter(); c = retriever.Collection.open(sys.argv[1]); warm = time.perf_counter() - "
+        "t\n"
         "c.search('w1 w2', k=10, fields='bm25'); c.search(c.fields['dense'].vectors[0:1], k=10)\n"
         "print(cold, warm, opened, rss() - before)"
     )

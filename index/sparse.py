@@ -122,7 +122,9 @@ def build_segment(vectors: SparseRows, first_row: int, num_terms: int, values_dt
                     doc_lengths if doc_lengths is not None else np.zeros(len(vectors), np.uint32))
 
 
-def merge_kept(segments: list[PostingSegment], starts: list[int], kept: np.ndarray, num_rows: int, num_terms: int) -> PostingSegment:
+def merge_kept(
+    segments: list[PostingSegment], starts: list[int], kept: np.ndarray, num_rows: int, num_terms: int
+) -> PostingSegment:
     """One segment holding the documents at global rows `kept` [R] (ascending) of `segments`
     (segment i's rows are global rows starts[i]..), renumbered 0..R-1 in order."""
     new_row = np.full(num_rows, -1, dtype=np.int64)
@@ -138,7 +140,9 @@ def merge_kept(segments: list[PostingSegment], starts: list[int], kept: np.ndarr
         docs = new_row[np.asarray(segment.doc_rows, dtype=np.int64) + start]
         lengths[docs[docs >= 0]] = np.asarray(segment.doc_lengths)[docs >= 0]
     values_dtype = np.result_type(*[np.asarray(s.values).dtype for s in segments]) if segments else np.uint8
-    cat = lambda parts, dtype: np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)  # noqa: E731
+    def cat(parts, dtype):
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
     return _by_term(cat(terms, np.int64), cat(rows, np.int64), cat(values, values_dtype), num_terms,
                     np.arange(len(kept), dtype=np.int32), lengths)
 
@@ -164,8 +168,13 @@ class InvertedIndex:
                  starts: list[int] | None = None) -> None:
         """`starts[i]` is added to segment i's rows (segments numbered from 0 each); none by default."""
         starts = starts or [0] * len(segments)
-        rows = [s.rows if start == 0 else np.asarray(s.rows, dtype=np.int32) + np.int32(start) for s, start in zip(segments, starts)]
-        self._postings = sparse_kernels.Postings.of([(s.indptr, r, w) for s, r, w in zip(segments, rows, weights)])
+        rows = [
+            s.rows if start == 0 else np.asarray(s.rows, dtype=np.int32) + np.int32(start)
+            for s, start in zip(segments, starts)
+        ]
+        self._postings = sparse_kernels.Postings.of(
+            [(s.indptr, r, w) for s, r, w in zip(segments, rows, weights)]
+        )
         self._scratch = sparse_kernels.SparseScratch(num_rows)
 
     def search(self, queries: SparseRows, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

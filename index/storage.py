@@ -47,7 +47,9 @@ PIN_ATTEMPTS = 100  # a reader retries when a writer publishes between its manif
 _CHUNK = 1 << 22
 # The names the engine gives data files and index directories: `docs-000007.parquet`,
 # `dense.vectors-000007.npy`, `bm25.seg-000007-0.rows.npy`, `tokens-000007.spann`, ...
-_DATA_NAME = re.compile(r"^(?:[A-Za-z][\w\-]{0,63}[.\-])?[a-z]+-\d{6}(?:[.\-][\w.\-]*)?\.(?:npy|npz|faiss|parquet|arrow|spann)$")
+_DATA_NAME = re.compile(
+    r"^(?:[A-Za-z][\w\-]{0,63}[.\-])?[a-z]+-\d{6}(?:[.\-][\w.\-]*)?\.(?:npy|npz|faiss|parquet|arrow|spann)$"
+)
 _TEMP_NAME = re.compile(r"^\.(.+)\.tmp$")
 log = logging.getLogger(__name__)
 
@@ -129,8 +131,10 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     if _manifest_digest(data) != checksum:
         raise CorruptIndex(f"{str(path)!r} failed its checksum: the manifest was modified or damaged")
     if data.get("format_version") not in READABLE_FORMATS:
-        raise CorruptIndex(f"{str(path)!r} has format_version {data.get('format_version')!r}; this engine reads "
-                           f"{', '.join(map(str, READABLE_FORMATS))}")
+        raise CorruptIndex(
+            f"{str(path)!r} has format_version {data.get('format_version')!r}; this engine reads "
+            f"{', '.join(map(str, READABLE_FORMATS))}"
+        )
     return data
 
 
@@ -227,7 +231,9 @@ def retire(old: dict[str, Any], new_names: set[str], held: set[int]) -> tuple[di
     return retired, removable
 
 
-def remove_files(directory: Path, names: Iterable[str], manifest: dict[str, Any], in_flight: Iterable[str] = ()) -> None:
+def remove_files(
+    directory: Path, names: Iterable[str], manifest: dict[str, Any], in_flight: Iterable[str] = ()
+) -> None:
     """Remove `names`, then any debris (engine-named files and temp files no manifest names, but
     not those of segments being written: names starting with an `in_flight` name and a dot).
     Best effort: a file that cannot be removed now is removed by a later commit."""
@@ -267,7 +273,9 @@ def _names_under(entry: Any) -> list[str]:
 def _engine_named(name: str) -> bool:
     temp = _TEMP_NAME.match(name)
     inner = temp[1] if temp else name
-    return bool(_DATA_NAME.match(inner)) or (temp is not None and re.fullmatch(rf"{re.escape(MANIFEST)}\.\d+", inner) is not None)
+    if _DATA_NAME.match(inner):
+        return True
+    return temp is not None and re.fullmatch(rf"{re.escape(MANIFEST)}\.\d+", inner) is not None
 
 
 # ---- reader leases ------------------------------------------------------------------------------
@@ -283,7 +291,9 @@ def pinned(directory: Path) -> Iterator[dict[str, Any]]:
             if read_manifest(directory)["version"] == manifest["version"]:
                 yield manifest
                 return
-    raise RetrieverError(f"{str(directory)!r} changed version {PIN_ATTEMPTS} times while it was being opened; retry")
+    raise RetrieverError(
+        f"{str(directory)!r} changed version {PIN_ATTEMPTS} times while it was being opened; retry"
+    )
 
 
 @contextlib.contextmanager
@@ -335,8 +345,10 @@ def writer_lock(directory: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RetrieverError(f"another writer (another process, or another object in this one) is committing to "
-                             f"{str(directory)!r}; wait for it to finish and retry") from None
+            raise RetrieverError(
+                f"another writer (another process, or another object in this one) is committing to "
+                f"{str(directory)!r}; wait for it to finish and retry"
+            ) from None
         yield
     finally:
         os.close(fd)

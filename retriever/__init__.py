@@ -2,7 +2,16 @@
 
 from .collection import Collection, connect
 from .config import CollectionConfig, FieldConfig
-from .errors import AlreadyExists, CorruptIndex, InvalidConfig, InvalidRequest, NotFound, RetrieverError, StorageFull, WriteFailed
+from .errors import (
+    AlreadyExists,
+    CorruptIndex,
+    InvalidConfig,
+    InvalidRequest,
+    NotFound,
+    RetrieverError,
+    StorageFull,
+    WriteFailed,
+)
 from .types import Hits
 
 __all__ = [

@@ -50,7 +50,9 @@ def build(
             raise InvalidRequest(f"field {field.name!r} has no model and the input carries no {field.name!r} vectors")
         texts = texts if texts is not None else document_texts(table, config.text_keys)
         vectors[field.name] = _encode_blocks(collection, field.name, texts, work, block_size, progress)
-    log.info("indexing %d documents (%s)", table.num_rows, ", ".join(f"{f.name}: {f.kind}" for f in config.fields))
+    log.info(
+        "indexing %d documents (%s)", table.num_rows, ", ".join(f"{f.name}: {f.kind}" for f in config.fields)
+    )
     collection.add(table.to_pylist(), vectors=vectors, progress=progress)
     shutil.rmtree(work, ignore_errors=True)
     log.info("committed version %d to %s", collection.version, out)

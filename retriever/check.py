@@ -23,7 +23,9 @@ def check(path: str | Path, *, sample: int = 100, k: int = 10, min_recall: float
         return {"ok": False, "problems": [str(e)], "fields": {}}
 
 
-def _check_version(path: Path, manifest: dict[str, Any], sample: int, k: int, min_recall: float, seed: int) -> dict[str, Any]:
+def _check_version(
+    path: Path, manifest: dict[str, Any], sample: int, k: int, min_recall: float, seed: int
+) -> dict[str, Any]:
     problems = storage.verify_files(path, manifest["files"])
     if problems:
         return {"ok": False, "problems": problems, "fields": {}}

@@ -327,11 +327,19 @@ def migrate(
         opened = Collection.open(collection)
         before = opened.manifest["format_version"]
         changed = opened.migrate()
-        return {"path": str(collection), "from_format": before, "format": opened.manifest["format_version"],
-                "changed": changed, "version": opened.version}
+        return {
+            "path": str(collection),
+            "from_format": before,
+            "format": opened.manifest["format_version"],
+            "changed": changed,
+            "version": opened.version,
+        }
 
     def show(r):
-        print(f"{r['path']}: format {r['from_format']} -> {r['format']}" if r["changed"] else f"{r['path']}: already format {r['format']}")
+        done = f"format {r['from_format']} -> {r['format']}"
+        if not r["changed"]:
+            done = f"already format {r['format']}"
+        print(f"{r['path']}: {done}")
 
     _run(as_json, work, show)
 
@@ -349,7 +357,7 @@ def optimize(
         opened = Collection.open(collection)
         before = len(opened.segments)
         merged = opened.optimize()
-        return {"path": str(collection), "segments_before": before, "segments": len(opened.segments), "merged": merged,
-                "version": opened.version, "counts": opened.manifest["counts"]}
+        return {"path": str(collection), "segments_before": before, "segments": len(opened.segments),
+                "merged": merged, "version": opened.version, "counts": opened.manifest["counts"]}
 
     _run(as_json, work, lambda r: print(f"{r['path']}: {r['segments_before']} segments -> {r['segments']}"))

@@ -53,7 +53,9 @@ class Collection:
         self.manifest = manifest
         self.segments = segments
         self.documents = DocumentTable([s.table for s in segments], segments)
-        self.deleted = np.concatenate([s.deleted for s in segments]) if segments else np.zeros(0, bool)  # [rows]
+        self.deleted = (
+            np.concatenate([s.deleted for s in segments]) if segments else np.zeros(0, bool)
+        )  # [rows]
         self.fields = fields
         self._live = None if not self.deleted.any() else ~self.deleted
 
@@ -67,8 +69,10 @@ class Collection:
         if (path / storage.MANIFEST).exists():
             raise AlreadyExists(f"{str(path)!r} already holds a collection; open it, or choose another directory")
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise AlreadyExists(f"{str(path)!r} is not an empty directory; a collection is created only in an empty "
-                                "or missing one (the engine owns, and may delete, every file in it)")
+            raise AlreadyExists(
+                f"{str(path)!r} is not an empty directory; a collection is created only in an empty "
+                "or missing one (the engine owns, and may delete, every file in it)"
+            )
         # loads models: fail before touching disk
         sizes = {f.name: kind_of(f).initial_size(f) for f in config.fields if f.source is None}
         sizes.update({f.name: sizes[f.source] for f in config.fields if f.source is not None})
@@ -94,11 +98,15 @@ class Collection:
         """Open the version `manifest` describes (pinned by the caller with `storage.pinned`);
         segments `previous` (an earlier version) has open are taken from it, not read again."""
         files = manifest["files"]
-        segments = open_segments(path, manifest, {s.entry["name"]: s for s in previous.segments} if previous else {})
+        segments = open_segments(
+            path, manifest, {s.entry["name"]: s for s in previous.segments} if previous else {}
+        )
         config = CollectionConfig.from_dict(manifest["config"])
         fields = {}
         for f in config.fields:
-            views = [SegmentView(s.entry["name"], s.rows, s.entry.get("fields", {}).get(f.name)) for s in segments]
+            views = [
+                SegmentView(s.entry["name"], s.rows, s.entry.get("fields", {}).get(f.name)) for s in segments
+            ]
             reuse = previous.fields[f.name].opened() if previous else {}
             fields[f.name] = kind_of(f).open(path, f, manifest["fields"][f.name], files, views, reuse)
         return cls(path, config, manifest, segments, fields)
@@ -132,7 +140,10 @@ class Collection:
             "version": self.version,
             "counts": dict(self.manifest["counts"]),
             "format_version": self.manifest["format_version"],
-            "segments": [{"name": s.entry["name"], "rows": s.rows, "deleted": int(s.deleted.sum())} for s in self.segments],
+            "segments": [
+                {"name": s.entry["name"], "rows": s.rows, "deleted": int(s.deleted.sum())}
+                for s in self.segments
+            ],
             "fields": {name: f.info() for name, f in self.fields.items()},
             "bytes_on_disk": sum(e["size"] for e in self.manifest["files"].values()),
         }
@@ -227,7 +238,8 @@ class Collection:
     def plan_merge(self) -> merging.MergePlan | None:
         """The next merge the policy asks for, pinned at this version (call it, and `finish_merge`,
         where writes to this object are serialized; `write_merge` needs no lock)."""
-        run = merge_policy.next_merge([s.rows for s in self.segments], [int(s.deleted.sum()) for s in self.segments])
+        rows, deleted = [s.rows for s in self.segments], [int(s.deleted.sum()) for s in self.segments]
+        run = merge_policy.next_merge(rows, deleted)
         if run is None:
             return None
         plan = merging.plan(self.version, self.segments, self.fields, *run)
@@ -261,8 +273,8 @@ class Collection:
                             raise _RunGone
                         segments, written = finished
                         manifest["files"].update({**plan.files, **written})
-                        if self.manifest["format_version"] < storage.FORMAT_VERSION:  # migration: the new layout
-                            manifest["fields"].update(plan.shared)
+                        if self.manifest["format_version"] < storage.FORMAT_VERSION:
+                            manifest["fields"].update(plan.shared)  # migration: the fields' new layout
                     manifest["segments"] = [s.entry for s in segments]
                     manifest["counts"] = _counts(segments)
                     done = True
@@ -292,7 +304,10 @@ class Collection:
         merger does them and keeps up: past MAX_SEGMENTS the writer merges too (backpressure), so
         segments stay bounded whatever the write rate. A merge that fails is logged and left for a
         later write: the write itself is already committed."""
-        while (self.merge_inline or len(self.segments) > merge_policy.MAX_SEGMENTS) and (plan := self.plan_merge()) is not None:
+        while self.merge_inline or len(self.segments) > merge_policy.MAX_SEGMENTS:
+            plan = self.plan_merge()
+            if plan is None:
+                return
             try:
                 if plan.live.any():
                     self.write_merge(plan)
@@ -329,8 +344,11 @@ class Collection:
 
     def _check_format(self) -> None:
         if self.manifest["format_version"] < storage.FORMAT_VERSION:
-            raise InvalidRequest(f"{str(self.path)!r} is in storage format {self.manifest['format_version']}, which this engine "
-                                 f"reads but does not write; convert it with `retriever migrate {self.path}`, then retry")
+            raise InvalidRequest(
+                f"{str(self.path)!r} is in storage format {self.manifest['format_version']}, "
+                "which this engine reads but does not write; convert it with "
+                f"`retriever migrate {self.path}`, then retry"
+            )
 
     def _publish(self, write: Callable[[int], tuple]) -> None:
         """Write and publish the next version (the writer lock is held): `write(version)` writes its
@@ -345,7 +363,9 @@ class Collection:
             manifest["retired"], removable = storage.retire(self.manifest, referenced, held)
             storage.publish_manifest(path, manifest)
         except OSError as e:
-            storage.remove_files(path, [], self.manifest, self._merging)  # this attempt's files are debris now
+            storage.remove_files(
+                path, [], self.manifest, self._merging
+            )  # this attempt's files are debris now
             raise storage.write_error(path, e, "committing a write") from None
         if made is None:  # a merge: segments were replaced, so the fields are opened anew
             fresh = Collection.load(path, manifest, previous=self)
@@ -360,8 +380,9 @@ class Collection:
         storage.remove_files(path, removable, manifest, self._merging)
 
     def _next_manifest(self, v: int) -> dict[str, Any]:
-        manifest = {**self.manifest, "format_version": storage.FORMAT_VERSION, "version": v, "parent": self.version,
-                    "fields": dict(self.manifest["fields"]), "files": dict(self.manifest["files"])}
+        manifest = {**self.manifest, "format_version": storage.FORMAT_VERSION, "version": v,
+                    "parent": self.version, "fields": dict(self.manifest["fields"]),
+                    "files": dict(self.manifest["files"])}
         for legacy in ("documents", "deleted"):  # format 1 kept these at the top; segments hold them now
             manifest.pop(legacy, None)
         return manifest
@@ -386,7 +407,9 @@ class Collection:
             files.update(written)
             entry["fields"] = {}
             for fname, work in pending.items():
-                manifest["fields"][fname], entry["fields"][fname], written, made[fname] = work.write(path, entry["name"])
+                manifest["fields"][fname], entry["fields"][fname], written, made[fname] = work.write(
+                    path, entry["name"]
+                )
                 files.update(written)
             segments.append(Segment(entry, table, np.zeros(table.num_rows, dtype=bool)))
         manifest["segments"] = [s.entry for s in segments]
@@ -589,7 +612,9 @@ def _check_params(params) -> dict[str, int]:
         if key not in known:
             raise InvalidRequest(f"unknown search parameter {key!r}; known: {list(known)}")
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < known[key]:
-            raise InvalidRequest(f"search parameter {key!r} must be an integer >= {known[key]}, got {value!r}")
+            raise InvalidRequest(
+                f"search parameter {key!r} must be an integer >= {known[key]}, got {value!r}"
+            )
     return params
 
 
@@ -606,8 +631,16 @@ def _first_manifest(path: Path, config: CollectionConfig, sizes: dict[str, int])
     for f in config.fields:
         fields[f.name], written = kind_of(f).create(path, f, sizes[f.name])
         files.update(written)
-    return {"version": 1, "parent": None, "config": config.to_dict(), "counts": {"rows": 0, "documents": 0, "deleted": 0},
-            "segments": [], "fields": fields, "files": files, "retired": {}}
+    return {
+        "version": 1,
+        "parent": None,
+        "config": config.to_dict(),
+        "counts": {"rows": 0, "documents": 0, "deleted": 0},
+        "segments": [],
+        "fields": fields,
+        "files": files,
+        "retired": {},
+    }
 
 
 def _remove_partial_create(path: Path, made: bool) -> None:

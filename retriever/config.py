@@ -91,5 +91,10 @@ class CollectionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the manifest; `from_dict(to_dict())` gives an equal config."""
-        return {"name": self.name, "fields": [f.to_dict() for f in self.fields], "text_keys": list(self.text_keys),
-                "max_k": self.max_k, "max_batch": self.max_batch}
+        return {
+            "name": self.name,
+            "fields": [f.to_dict() for f in self.fields],
+            "text_keys": list(self.text_keys),
+            "max_k": self.max_k,
+            "max_batch": self.max_batch,
+        }

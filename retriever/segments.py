@@ -1,9 +1,9 @@
 """Segments: a collection is an ordered list of immutable segments, each a run of rows.
 
 A segment's manifest entry names its documents (Arrow IPC, written once, memory-mapped when
-read) and a small deletions file (its deleted local rows, `.npy`), the only part a later commit replaces, so a delete costs
-O(rows deleted in the segment), not O(collection). Rows are numbered across segments in order:
-segment s holds rows starts[s] .. starts[s + 1] - 1.
+read) and a small deletions file (its deleted local rows, `.npy`), the only part a later commit
+replaces, so a delete costs O(rows deleted in the segment), not O(collection). Rows are numbered
+across segments in order: segment s holds rows starts[s] .. starts[s + 1] - 1.
 
 Format 1 collections (documents as a list of Parquet files, one global deletions list) open as
 segments too, read-only; `retriever migrate` rewrites their manifest into format 2.

@@ -97,7 +97,16 @@ def test_build_into_a_directory_with_other_files_refuses_and_touches_nothing(cor
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("my notes")
-    result, data = invoke("build", "--config", corpus / "config.toml", "--input", corpus / "corpus.jsonl", "--out", out, "--json")
+    result, data = invoke(
+        "build",
+        "--config",
+        corpus / "config.toml",
+        "--input",
+        corpus / "corpus.jsonl",
+        "--out",
+        out,
+        "--json",
+    )
     assert result.exit_code == 2 and "not an empty directory" in data["error"]
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "my notes"
 

@@ -197,6 +197,8 @@ def test_a_segment_too_small_to_train_its_index_is_searched_exactly_until_merges
     assert c.fields["dense"].info()["segment_indexes"] == ["Flat"]
     _, exact = reference.exact_search(x[:5], x[:10], 3)
     assert [h.rows.tolist() for h in c.search(x[:5], k=3)] == exact.tolist()
-    c.add(make_docs(2990, start=10), vectors={"dense": x[10:]})  # merged with the first: 3000 rows, IVF64 needs 2496
+    c.add(
+        make_docs(2990, start=10), vectors={"dense": x[10:]}
+    )  # merged with the first: 3000 rows, IVF64 needs 2496
     assert len(c.segments) == 1 and c.fields["dense"].info()["segment_indexes"] == ["IVF64,Flat"]
     assert c.search(x[7], k=1, params={"nprobe": 64})[0].ids == ["d7"]

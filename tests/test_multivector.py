@@ -152,7 +152,9 @@ def test_spann_index_over_fdes_matches_a_flat_one(tmp_path, monkeypatch):
         np.testing.assert_allclose(b.scores, a.scores, atol=1e-4)
     first = spann.segments[0].entry["fields"]["tok"]["spann"]["dir"]
     for c in (flat, spann):
-        c.add([{"id": f"d{i}"} for i in range(150, 200)], vectors={"tok": docs[150:]})  # a small segment: searched exactly
+        c.add(
+            [{"id": f"d{i}"} for i in range(150, 200)], vectors={"tok": docs[150:]}
+        )  # a small segment: searched exactly
         c.delete(["d3"])
         c.optimize()
     [merged] = spann.segments

@@ -127,7 +127,8 @@ def test_the_engine_deletes_only_files_it_named(vec_collection):
         (c.path / name).write_bytes(b"left by a writer killed mid-commit")
     for i in range(3):
         c.delete([f"d{i}"])
-    assert all((c.path / name).read_text() == text for name, text in mine.items()) and (c.path / "backup").is_dir()
+    assert all((c.path / name).read_text() == text for name, text in mine.items())
+    assert (c.path / "backup").is_dir()
     assert not any((c.path / name).exists() for name in debris)
     assert check(c.path)["ok"]
 
@@ -138,7 +139,8 @@ READER_LOOP_WRITER = textwrap.dedent(
     import retriever
     c = retriever.connect(sys.argv[1])
     for r in range(10_000):
-        c.add([{"id": f"w{r}-{i}"} for i in range(5)], vectors={"dense": np.random.default_rng(r).normal(size=(5, 16))})
+        x = np.random.default_rng(r).normal(size=(5, 16))
+        c.add([{"id": f"w{r}-{i}"} for i in range(5)], vectors={"dense": x})
         c.delete([f"w{r - 1}-0"])
         print(r, flush=True)
     """
@@ -147,7 +149,8 @@ READER_LOOP_WRITER = textwrap.dedent(
 
 def test_readers_in_other_processes_never_see_a_healthy_collection_as_damaged(vec_collection):
     c, x = vec_collection
-    writer = subprocess.Popen([sys.executable, "-c", READER_LOOP_WRITER, str(c.path)], stdout=subprocess.PIPE, text=True)
+    command = [sys.executable, "-c", READER_LOOP_WRITER, str(c.path)]
+    writer = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     try:
         writer.stdout.readline()  # committing in a loop from here on
         versions = set()

@@ -53,7 +53,10 @@ class FieldConfig:
 
             kind = kwargs.get("kind", args[1] if len(args) > 1 else "dense")
             if kind not in KINDS:
-                raise InvalidConfig(f"field {kwargs.get('name')!r}: kind {kind!r} is not supported (supported: {', '.join(KINDS)})")
+                raise InvalidConfig(
+                    f"field {kwargs.get('name')!r}: kind {kind!r} is not supported (supported: "
+                    f"{', '.join(KINDS)})"
+                )
             cls = KINDS[kind].config
         return super().__new__(cls)
 

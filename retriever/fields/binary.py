@@ -55,20 +55,33 @@ class BinaryConfig(FieldConfig):
     def check(self) -> None:
         where = self.where
         if self.source is not None and (self.model is not None or self.dim is not None):
-            raise InvalidConfig(f"{where}: a binary field takes its vectors from `source` {self.source!r}, or from its own `model` / `dim`, not both")
+            raise InvalidConfig(
+                f"{where}: a binary field takes its vectors from `source` {self.source!r}, or from its own "
+                "`model` / `dim`, not both"
+            )
         if self.source is None and self.model is None and self.dim is None:
-            raise InvalidConfig(f"{where}: give `source` (a dense field of this collection), a `model`, or a `dim` to bring your own vectors")
+            raise InvalidConfig(
+                f"{where}: give `source` (a dense field of this collection), a `model`, or a `dim` to "
+                "bring your own vectors"
+            )
         check_choice(where, "method", self.method, METHODS)
         if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= 4:
-            raise InvalidConfig(f"{where}: bits must be an integer from 1 to 4 (binarization steps per dimension), got {self.bits!r}")
+            raise InvalidConfig(
+                f"{where}: bits must be an integer from 1 to 4 (binarization steps per dimension), got "
+                f"{self.bits!r}"
+            )
         check_int(where, "code_dim", self.code_dim, low=8, optional=True)
         if self.code_dim is not None and self.code_dim % 8:
-            raise InvalidConfig(f"{where}: code_dim must be a multiple of 8 (codes are packed in bytes), got {self.code_dim}")
+            raise InvalidConfig(
+                f"{where}: code_dim must be a multiple of 8 (codes are packed in bytes), got {self.code_dim}"
+            )
         if self.scoring is None:
             object.__setattr__(self, "scoring", "hamming" if self.bits == 1 else "sdc")
         check_choice(where, "scoring", self.scoring, SCORINGS)
         if self.rescore_dtype not in RESCORE_DTYPES:
-            raise InvalidConfig(f"{where}: rescore_dtype must be one of {RESCORE_DTYPES}, got {self.rescore_dtype!r}")
+            raise InvalidConfig(
+                f"{where}: rescore_dtype must be one of {RESCORE_DTYPES}, got {self.rescore_dtype!r}"
+            )
         if self.rescore is None:
             object.__setattr__(self, "rescore", DEFAULT_RESCORE)
         check_int(where, "seed", self.seed, low=0)
@@ -79,9 +92,15 @@ class BinaryConfig(FieldConfig):
             return
         source = fields.get(self.source)
         if source is None or source.kind != DENSE.name:
-            raise InvalidConfig(f"binary field {self.name!r}: source {self.source!r} is not a dense field of collection {collection!r}")
+            raise InvalidConfig(
+                f"binary field {self.name!r}: source {self.source!r} is not a dense field of collection "
+                f"{collection!r}"
+            )
         if source.metric != "ip":
-            raise InvalidConfig(f"binary field {self.name!r}: codes rank by inner product, but source {self.source!r} uses metric {source.metric!r}")
+            raise InvalidConfig(
+                f"binary field {self.name!r}: codes rank by inner product, but source {self.source!r} uses "
+                f"metric {source.metric!r}"
+            )
 
 
 class BinaryKind(ModelKind):
@@ -115,7 +134,8 @@ class QueryCodes:
 
 
 def code_dim_for(config: BinaryConfig, dim: int) -> int:
-    """Bits per step: as set, else the vector dimension rounded to bytes (down for itq, which cannot exceed it)."""
+    """Bits per step: as set, else the vector dimension rounded to bytes (down for itq, which
+    cannot exceed it)."""
     if config.code_dim is not None:
         return config.code_dim
     if config.method == "itq":
@@ -143,8 +163,17 @@ class BinaryField:
     """Codes, rescore vectors and scales of every segment in stores addressed by global row
     (one array per segment), and one index per segment."""
 
-    def __init__(self, config: BinaryConfig, entry: dict[str, Any], binarizer: binary.Binarizer | None, parts: list[BinaryPart],
-                 codes: VectorStore, rescore: VectorStore, scales: VectorStore | None, names: list[str]) -> None:
+    def __init__(
+        self,
+        config: BinaryConfig,
+        entry: dict[str, Any],
+        binarizer: binary.Binarizer | None,
+        parts: list[BinaryPart],
+        codes: VectorStore,
+        rescore: VectorStore,
+        scales: VectorStore | None,
+        names: list[str],
+    ) -> None:
         self.config = config
         self.names = names  # each part's segment
         self.entry = entry  # the shared manifest entry
@@ -160,8 +189,12 @@ class BinaryField:
     def opened(self) -> dict[str, tuple]:
         """Per segment: (its part, codes, rescore vectors, scales) as open."""
         scales = self.scales.segments if self.scales is not None else [None] * len(self.parts)
-        return {name: (part, c, r, sc) for name, part, c, r, sc in
-                zip(self.names, self.parts, self.codes.segments, self.rescore_vectors.segments, scales)}
+        return {
+            name: (part, c, r, sc)
+            for name, part, c, r, sc in zip(
+                self.names, self.parts, self.codes.segments, self.rescore_vectors.segments, scales
+            )
+        }
 
     # ---- opening -----------------------------------------------------------------------------
 
@@ -169,18 +202,24 @@ class BinaryField:
     def empty_entry(cls, path, config: BinaryConfig, dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
         code_dim = code_dim_for(config, dim)
         if config.method == "itq" and code_dim > dim:
-            raise InvalidConfig(f"field {config.name!r}: itq codes have at most {dim} dimensions (the vectors'), got code_dim {code_dim}")
+            raise InvalidConfig(
+                f"field {config.name!r}: itq codes have at most {dim} dimensions (the vectors'), got "
+                f"code_dim {code_dim}"
+            )
         factory = faiss_factory(config)
         if factory is not None:
             FaissIndex(factory, config.bits * code_dim, HAMMING)  # a bad factory string fails at create
         return {"dim": dim, "code_dim": code_dim, "binarizer": None}, {}
 
     @classmethod
-    def open(cls, path, config: BinaryConfig, entry: dict[str, Any], files: dict[str, Any], segments: list,
-             reuse) -> "BinaryField":
+    def open(
+        cls, path, config: BinaryConfig, entry: dict[str, Any], files: dict[str, Any], segments: list, reuse
+    ) -> "BinaryField":
         binarizer = None
         if entry["binarizer"]:
-            binarizer = binary.Binarizer.from_bytes(storage.read_verified(path, entry["binarizer"], files[entry["binarizer"]]))
+            binarizer = binary.Binarizer.from_bytes(
+                storage.read_verified(path, entry["binarizer"], files[entry["binarizer"]])
+            )
         width = config.bits * entry["code_dim"]
         int8 = config.rescore_dtype == "int8"
         arrays: dict[str, list[np.ndarray]] = {"codes": [], "rescore": [], "scales": []}
@@ -202,25 +241,53 @@ class BinaryField:
             index = None
             if piece.get("index"):
                 data = storage.read_verified(path, piece["index"], files[piece["index"]])
-                index = FaissIndex.from_bytes(data, piece.get("factory") or faiss_factory(config), width, HAMMING)
+                index = FaissIndex.from_bytes(
+                    data, piece.get("factory") or faiss_factory(config), width, HAMMING
+                )
             parts.append(BinaryPart(index, sum(len(a) for a in arrays["codes"]) - before))
-        field = cls(config, entry, binarizer, parts, VectorStore(arrays["codes"], width // 8, np.uint8),
-                    VectorStore(arrays["rescore"], entry["dim"], np.int8 if int8 else np.float32),
-                    VectorStore(arrays["scales"], 1, np.float32) if int8 else None, [""] if legacy else [s.name for s in segments])
+        field = cls(
+            config,
+            entry,
+            binarizer,
+            parts,
+            VectorStore(arrays["codes"], width // 8, np.uint8),
+            VectorStore(arrays["rescore"], entry["dim"], np.int8 if int8 else np.float32),
+            VectorStore(arrays["scales"], 1, np.float32) if int8 else None,
+            [""] if legacy else [s.name for s in segments],
+        )
         rows = sum(s.rows for s in segments)
-        if len(field.codes) != rows or len(field.rescore_vectors) != rows or \
-                any(p.index is not None and p.index.ntotal != p.rows for p in parts):
-            raise CorruptIndex(f"field {config.name!r} holds {len(field.codes)} codes / {len(field.rescore_vectors)} vectors for "
-                               f"{rows} documents, or an index disagrees with its segment")
+        if (
+            len(field.codes) != rows
+            or len(field.rescore_vectors) != rows
+            or any(p.index is not None and p.index.ntotal != p.rows for p in parts)
+        ):
+            raise CorruptIndex(
+                f"field {config.name!r} holds {len(field.codes)} codes / {len(field.rescore_vectors)} "
+                "vectors for "
+                f"{rows} documents, or an index disagrees with its segment"
+            )
         return field
 
     def info(self) -> dict[str, Any]:
         c = self.config
         code_bytes = c.bits * self.code_dim // 8
-        return {"kind": "binary", "source": c.source, "model": c.model, "dim": self.dim, "method": c.method, "bits": c.bits,
-                "code_dim": self.code_dim, "bytes_per_vector": code_bytes, "scoring": c.scoring, "index": c.index,
-                "rescore": c.rescore, "rescore_dtype": c.rescore_dtype, "trained": self.binarizer is not None, "ntotal": len(self.codes),
-                "segments": len(self.parts)}
+        return {
+            "kind": "binary",
+            "source": c.source,
+            "model": c.model,
+            "dim": self.dim,
+            "method": c.method,
+            "bits": c.bits,
+            "code_dim": self.code_dim,
+            "bytes_per_vector": code_bytes,
+            "scoring": c.scoring,
+            "index": c.index,
+            "rescore": c.rescore,
+            "rescore_dtype": c.rescore_dtype,
+            "trained": self.binarizer is not None,
+            "ntotal": len(self.codes),
+            "segments": len(self.parts),
+        }
 
     # ---- documents and queries ------------------------------------------------------------------
 
@@ -248,8 +315,11 @@ class BinaryField:
             codes = given[None, :] if given.ndim == 1 else given
             width = self.config.bits * self.code_dim // 8
             if codes.ndim != 2 or codes.shape[1] != width or len(codes) == 0:
-                raise InvalidRequest(f"query codes for field {self.config.name!r} must be uint8 [batch, {width}] ({self.config.bits} x "
-                                     f"{self.code_dim} bits), got shape {given.shape}")
+                raise InvalidRequest(
+                    f"query codes for field {self.config.name!r} must be uint8 [batch, {width}] "
+                    f"({self.config.bits} x "
+                    f"{self.code_dim} bits), got shape {given.shape}"
+                )
             return QueryCodes(np.ascontiguousarray(codes))
         return check_query_vectors(self, given)
 
@@ -266,7 +336,9 @@ class BinaryField:
 
     def merge(self, path, name: str, rows: np.ndarray):
         scales = None if self.scales is None else self.scales.gather(rows)
-        entry, files, _ = write_part(path, name, self.config, self.codes.gather(rows), self.rescore_vectors.gather(rows), scales)
+        entry, files, _ = write_part(
+            path, name, self.config, self.codes.gather(rows), self.rescore_vectors.gather(rows), scales
+        )
         return {key: self.entry[key] for key in ("dim", "code_dim", "binarizer")}, entry, files
 
     def _train(self, vectors: np.ndarray) -> binary.Binarizer:
@@ -274,13 +346,18 @@ class BinaryField:
         sample = training_sample(vectors, c.train_size, c.seed)
         needed = binary.min_training_vectors(c.method, self.code_dim)
         if len(sample) < needed:
-            raise InvalidRequest(f"field {c.name!r}: training its {c.method} binarizer needs at least {needed} vectors in the first batch "
-                                 f"added, got {len(sample)}; add more documents at once (or raise train_size)")
+            raise InvalidRequest(
+                f"field {c.name!r}: training its {c.method} binarizer needs at least {needed} vectors in "
+                "the first batch "
+                f"added, got {len(sample)}; add more documents at once (or raise train_size)"
+            )
         return binary.fit(sample, c.method, c.bits, self.code_dim, seed=c.seed)
 
     # ---- search --------------------------------------------------------------------------------
 
-    def search(self, queries: np.ndarray | QueryCodes, k: int, params: Mapping[str, int], allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray | QueryCodes, k: int, params: Mapping[str, int], allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """queries [B, dim] float (or packed codes) -> (scores [B, k], rows [B, k]), -inf / -1
         padded. Codes find the top max(k, rescore) candidates; those are re-scored exactly from
         the stored vectors."""
@@ -294,14 +371,20 @@ class BinaryField:
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
         # float queries are binarized once: for the faiss indexes and for SDC tables alike
         indexed = any(p.index is not None for p in self.parts)
-        coded = queries.codes if given_codes else (self.binarizer.encode(queries) if scoring != "asymmetric" or indexed else None)
+        coded = (
+            queries.codes
+            if given_codes
+            else (self.binarizer.encode(queries) if scoring != "asymmetric" or indexed else None)
+        )
         found, scanned = [], []
         for i, (part, first) in enumerate(zip(self.parts, self.starts)):
             if part.index is not None and (scoring == "hamming" or not part.index.exact):
                 local = None if allowed is None else allowed[first : first + part.rows]
                 scores, rows = part.index.search(coded, depth, params, local)
                 rows = np.where(rows >= 0, rows + first, -1)
-                if scoring != "hamming" and not rescore:  # approximate candidates, ordered by their codes' scores
+                if (
+                    scoring != "hamming" and not rescore
+                ):  # approximate candidates, ordered by their codes' scores
                     scores = self._lookup_scores(self._query_side(queries, coded, scoring), rows)
                 found.append((scores, rows))
             else:
@@ -324,7 +407,9 @@ class BinaryField:
             tables, offsets = self.binarizer.lookup_tables(side[start : start + QUERY_BLOCK])
             per_segment = []
             for segment, first in self._code_pieces(segments):
-                mask = None if allowed is None else np.ascontiguousarray(allowed[first : first + len(segment)])
+                mask = (
+                    None if allowed is None else np.ascontiguousarray(allowed[first : first + len(segment)])
+                )
                 scores, rows = code_top_k(tables, offsets, np.asarray(segment), depth, mask)
                 per_segment.append((scores, np.where(rows >= 0, rows + first, -1)))
             scores = np.concatenate([s for s, _ in per_segment], axis=1)
@@ -371,22 +456,39 @@ class PendingCodes:
             binarizer_file = f"{name}.{field.config.name}.binarizer.npz"
             files[binarizer_file] = storage.write_new_file(path, binarizer_file, self.binarizer.to_bytes())
             shared["binarizer"] = binarizer_file
-        entry, written, (part, stored) = write_part(path, name, field.config, self.codes, self.vectors, self.scales)
+        entry, written, (part, stored) = write_part(
+            path, name, field.config, self.codes, self.vectors, self.scales
+        )
         files.update(written)
 
         def extended(store: VectorStore | None, array) -> VectorStore | None:
             return None if store is None else VectorStore([*store.segments, array], store.dim, store.dtype)
 
         def make() -> BinaryField:
-            return BinaryField(field.config, shared, self.binarizer, [*field.parts, part], extended(field.codes, stored["codes"]),
-                               extended(field.rescore_vectors, stored["rescore"]), extended(field.scales, stored.get("scales")),
-                               [*field.names, name])
+            return BinaryField(
+                field.config,
+                shared,
+                self.binarizer,
+                [*field.parts, part],
+                extended(field.codes, stored["codes"]),
+                extended(field.rescore_vectors, stored["rescore"]),
+                extended(field.scales, stored.get("scales")),
+                [*field.names, name],
+            )
 
         return shared, entry, files, make
 
 
-def write_part(path, segment: str, config: BinaryConfig, codes: np.ndarray, vectors: np.ndarray, scales: np.ndarray | None):
-    """A segment's codes, rescore vectors, scales and index -> (entry, files, (part, {name: stored array}))."""
+def write_part(
+    path,
+    segment: str,
+    config: BinaryConfig,
+    codes: np.ndarray,
+    vectors: np.ndarray,
+    scales: np.ndarray | None,
+):
+    """A segment's codes, rescore vectors, scales and index -> (entry, files, (part, {name: stored
+    array}))."""
     prefix = f"{segment}.{config.name}"
     files: dict[str, Any] = {}
     entry: dict[str, Any] = {"scales": None, "index": None, "factory": None}

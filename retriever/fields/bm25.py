@@ -49,7 +49,10 @@ class Bm25Config(FieldConfig):
             import Stemmer
 
             if self.stemmer not in Stemmer.algorithms():
-                raise InvalidConfig(f"{self.where}: stemmer {self.stemmer!r} is not one of {Stemmer.algorithms()} (or '' for none)")
+                raise InvalidConfig(
+                    f"{self.where}: stemmer {self.stemmer!r} is not one of {Stemmer.algorithms()} (or '' "
+                    "for none)"
+                )
 
 
 class Bm25Kind:
@@ -93,8 +96,17 @@ class TokenizedDocuments:
 class Bm25Field(InvertedField):
     """Term counts and document lengths on disk; BM25 tf parts as posting weights, idf per query term."""
 
-    def __init__(self, config: Bm25Config, entry: dict[str, Any], segments: list[PostingSegment], starts: list[int],
-                 scales: list[float], num_rows: int, names: list[str], vocabulary: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        config: Bm25Config,
+        entry: dict[str, Any],
+        segments: list[PostingSegment],
+        starts: list[int],
+        scales: list[float],
+        num_rows: int,
+        names: list[str],
+        vocabulary: dict[str, int] | None = None,
+    ) -> None:
         super().__init__(config, entry, segments, starts, scales, num_rows, names)
         self.variant = VARIANTS[config.variant]
         self.delta = config.delta if config.delta is not None else self.variant.delta
@@ -114,7 +126,10 @@ class Bm25Field(InvertedField):
             field.terms.extend(terms)
             field.sizes.append(len(terms))
         if len(field.terms) != field.num_terms:
-            raise CorruptIndex(f"field {config.name!r}: vocabulary holds {len(field.terms)} terms, the manifest says {field.num_terms}")
+            raise CorruptIndex(
+                f"field {config.name!r}: vocabulary holds {len(field.terms)} terms, the manifest says "
+                f"{field.num_terms}"
+            )
         field.vocabulary.update((t, i) for i, t in enumerate(field.terms))
         return field
 
@@ -130,9 +145,14 @@ class Bm25Field(InvertedField):
         start = sum(self.sizes[:first])
         file = f"{name}.{self.config.name}.vocab.parquet"
         buf = io.BytesIO()
-        pq.write_table(pa.table({"term": pa.array(self.terms[start : self.num_terms] + new_terms, pa.string())}), buf)
+        pq.write_table(
+            pa.table({"term": pa.array(self.terms[start : self.num_terms] + new_terms, pa.string())}), buf
+        )
         files = {file: storage.write_new_file(path, file, buf.getvalue())}
-        return {"vocab": [*self.entry["vocab"][:first], file], "vocab_sizes": [*self.sizes[:first], tail]}, files
+        return {
+            "vocab": [*self.entry["vocab"][:first], file],
+            "vocab_sizes": [*self.sizes[:first], tail],
+        }, files
 
     def vocabulary_keys(self) -> dict[str, Any]:
         return {"vocab": self.entry["vocab"], "vocab_sizes": self.sizes}
@@ -140,14 +160,19 @@ class Bm25Field(InvertedField):
     def with_state(self, entry, segments, starts, scales, num_rows, names, new_terms):
         # readers of older versions share these safely: they ignore ids >= their num_terms
         self.vocabulary.update((term, self.num_terms + i) for i, term in enumerate(new_terms))
-        del self.terms[self.num_terms :]  # ids past this version's (none, unless a commit failed after writing)
+        del self.terms[
+            self.num_terms :
+        ]  # ids past this version's (none, unless a commit failed after writing)
         self.terms.extend(new_terms)
         field = Bm25Field(self.config, entry, segments, starts, scales, num_rows, names, self.vocabulary)
         field.terms, field.sizes = self.terms, list(entry["vocab_sizes"])
         return field
 
     def opened(self) -> dict[str, Any]:
-        return {**super().opened(), VOCABULARY: (self.entry["vocab"], self.vocabulary, self.terms, self.sizes)}
+        return {
+            **super().opened(),
+            VOCABULARY: (self.entry["vocab"], self.vocabulary, self.terms, self.sizes),
+        }
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "variant": self.config.variant, "k1": self.config.k1, "b": self.config.b}
@@ -187,12 +212,17 @@ class Bm25Field(InvertedField):
         raise InvalidRequest(f"field {self.config.name!r} is a bm25 field: search it with text")
 
     def check_documents(self, given, count: int) -> SparseDocuments:
-        raise InvalidRequest(f"field {self.config.name!r} is a bm25 field: it is built from the documents' text, not from vectors")
+        raise InvalidRequest(
+            f"field {self.config.name!r} is a bm25 field: it is built from the documents' text, not from "
+            "vectors"
+        )
 
     def queries_from_texts(self, tokenizer, texts: list[str], params: Mapping[str, int]) -> SparseRows:
         return self.queries_from_tokens(tokenizer.many(texts))
 
-    def documents_from_texts(self, tokenizer, texts: list[str], progress: bool = False) -> "TokenizedDocuments":
+    def documents_from_texts(
+        self, tokenizer, texts: list[str], progress: bool = False
+    ) -> "TokenizedDocuments":
         """Each document's terms as ids within this batch; vocabulary ids are given by `prepare`."""
         from tqdm.auto import tqdm
 
@@ -210,7 +240,9 @@ class Bm25Field(InvertedField):
                 lengths.append(np.bincount(doc[kept], minlength=len(words)))
                 flat.append(block[kept])
                 bar.update(len(words))
-        return TokenizedDocuments(list(local), np.concatenate(flat) if flat else np.zeros(0, np.int64), np.concatenate(lengths))
+        return TokenizedDocuments(
+            list(local), np.concatenate(flat) if flat else np.zeros(0, np.int64), np.concatenate(lengths)
+        )
 
     def prepare(self, documents: "TokenizedDocuments") -> PendingPostings:
         return super().prepare(self._count(documents))
@@ -230,12 +262,15 @@ class Bm25Field(InvertedField):
                 new_terms.append(term)
         num_terms = max(base + len(new_terms), 1)
         docs = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-        keys, counts = np.unique(docs * num_terms + to_global[flat], return_counts=True)  # sorted by doc, then term
+        keys, counts = np.unique(
+            docs * num_terms + to_global[flat], return_counts=True
+        )  # sorted by doc, then term
         indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(np.bincount(keys // num_terms, minlength=len(lengths)), out=indptr[1:])
-        return SparseDocuments(SparseRows(indptr, keys % num_terms, counts.astype(np.float32)), lengths, new_terms)
+        return SparseDocuments(
+            SparseRows(indptr, keys % num_terms, counts.astype(np.float32)), lengths, new_terms
+        )
 
     def _new_segment(self, documents, num_terms):
         counts = documents.vectors.values
         return build_segment(documents.vectors, 0, num_terms, smallest_dtype(counts), documents.lengths), 1.0
-

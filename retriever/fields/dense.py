@@ -39,7 +39,9 @@ class DenseConfig(FieldConfig):
     def check(self) -> None:
         check_choice(self.where, "metric", self.metric, METRICS)
         if self.model is None and self.dim is None:
-            raise InvalidConfig(f"{self.where}: give a `model` to encode text, or a `dim` to bring your own vectors")
+            raise InvalidConfig(
+                f"{self.where}: give a `model` to encode text, or a `dim` to bring your own vectors"
+            )
         if self.rescore is None:
             object.__setattr__(self, "rescore", 0)
         check_vector_keys(self, "'Flat' or 'IVF1024,PQ48'")
@@ -55,7 +57,9 @@ def check_vector_keys(config, example: str) -> None:
         raise InvalidConfig(f"{where}: index must be a faiss factory string such as {example}")
     unknown = set(config.search) - set(SEARCH_PARAMS)
     if unknown:
-        raise InvalidConfig(f"{where}: unknown search parameter(s) {sorted(unknown)}; known: {list(SEARCH_PARAMS)}")
+        raise InvalidConfig(
+            f"{where}: unknown search parameter(s) {sorted(unknown)}; known: {list(SEARCH_PARAMS)}"
+        )
     for key, value in config.search.items():
         check_int(where, f"search.{key}", value, low=1)
     object.__setattr__(config, "search", dict(config.search))
@@ -70,7 +74,12 @@ class DenseKind(ModelKind):
     def make_encoder(self, config: DenseConfig):
         from retriever.encoders.dense import DenseEncoder
 
-        return DenseEncoder(config.model, batch_size=config.batch_size, max_length=config.max_length, normalize=config.normalize)
+        return DenseEncoder(
+            config.model,
+            batch_size=config.batch_size,
+            max_length=config.max_length,
+            normalize=config.normalize,
+        )
 
     def create(self, path, config: DenseConfig, dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
         if is_spann(config.index):
@@ -79,7 +88,9 @@ class DenseKind(ModelKind):
             FaissIndex(config.index, dim, config.metric)  # likewise
         return {"dim": dim}, {}
 
-    def open(self, path, config: DenseConfig, shared, files, segments: list[SegmentView], reuse) -> "DenseField":
+    def open(
+        self, path, config: DenseConfig, shared, files, segments: list[SegmentView], reuse
+    ) -> "DenseField":
         dim = shared["dim"]
         if "vectors" in shared:  # storage format 1: one index over every row, vectors per commit
             return DenseField(config, dim, [_legacy_part(path, config, shared, files)], shared, [""])
@@ -88,11 +99,17 @@ class DenseKind(ModelKind):
             if segment.name in reuse:
                 parts.append(reuse[segment.name])
                 continue
-            vectors = VectorStore([storage.open_npy_verified(path, segment.entry["vectors"], files[segment.entry["vectors"]])], dim)
+            vectors = VectorStore(
+                [storage.open_npy_verified(path, segment.entry["vectors"], files[segment.entry["vectors"]])],
+                dim,
+            )
             index = parts_module.open_index(path, segment.entry, files, vectors, config.metric)
             if index.ntotal != segment.rows or len(vectors) != segment.rows:
-                raise CorruptIndex(f"field {config.name!r} holds {index.ntotal} indexed / {len(vectors)} stored vectors for the "
-                                   f"{segment.rows} documents of segment {segment.name!r}")
+                raise CorruptIndex(
+                    f"field {config.name!r} holds {index.ntotal} indexed / {len(vectors)} stored vectors "
+                    "for the "
+                    f"{segment.rows} documents of segment {segment.name!r}"
+                )
             parts.append(DensePart(index, vectors))
         return DenseField(config, dim, parts, shared, [s.name for s in segments])
 
@@ -121,7 +138,9 @@ class DenseField:
 
     @functools.cached_property
     def starts(self) -> list[int]:
-        return np.concatenate([[0], np.cumsum([len(p.vectors) for p in self.parts])]).astype(np.int64).tolist()
+        return (
+            np.concatenate([[0], np.cumsum([len(p.vectors) for p in self.parts])]).astype(np.int64).tolist()
+        )
 
     @functools.cached_property
     def vectors(self) -> VectorStore:
@@ -139,7 +158,11 @@ class DenseField:
         found = []
         for part, start in zip(self.parts, self.starts):
             local = None if allowed is None else allowed[start : start + len(part.vectors)]
-            found.append(parts_module.search(part.index, part.vectors, queries, k, params, local, rescore, self.config.metric))
+            found.append(
+                parts_module.search(
+                    part.index, part.vectors, queries, k, params, local, rescore, self.config.metric
+                )
+            )
         return merge_top_k(found, self.starts, len(queries), k)
 
     def merge(self, path, name: str, rows: np.ndarray):
@@ -152,9 +175,19 @@ class DenseField:
 
     def info(self) -> dict[str, Any]:
         c = self.config
-        return {"kind": c.kind, "model": c.model, "dim": self.dim, "index": c.index, "metric": c.metric,
-                "rescore": c.rescore, "ntotal": len(self.vectors), "segments": len(self.parts),
-                "segment_indexes": sorted({p.index.factory if isinstance(p.index, FaissIndex) else "SPANN" for p in self.parts})}
+        return {
+            "kind": c.kind,
+            "model": c.model,
+            "dim": self.dim,
+            "index": c.index,
+            "metric": c.metric,
+            "rescore": c.rescore,
+            "ntotal": len(self.vectors),
+            "segments": len(self.parts),
+            "segment_indexes": sorted(
+                {p.index.factory if isinstance(p.index, FaissIndex) else "SPANN" for p in self.parts}
+            ),
+        }
 
     def documents_from_texts(self, encoder, texts: list[str], progress: bool = False) -> np.ndarray:
         return self.check_documents(encoder.encode(texts, progress=progress), len(texts))
@@ -172,7 +205,9 @@ class DenseField:
         return None
 
     def probe(self, rows: np.ndarray, deleted: np.ndarray, k: int, min_recall: float):
-        return recall_probe(self, self.vectors.to_array(), self.config.metric, self.exact, rows, deleted, k, min_recall)
+        return recall_probe(
+            self, self.vectors.to_array(), self.config.metric, self.exact, rows, deleted, k, min_recall
+        )
 
     def prepare(self, vectors: np.ndarray) -> "PendingVectors":
         return PendingVectors(self, vectors)
@@ -188,8 +223,14 @@ class PendingVectors:
     def write(self, path, name: str):
         entry, files, part = _write_part(path, name, self.field.config, self.vectors)
         field = self.field
-        return field.entry, entry, files, lambda: DenseField(field.config, field.dim, [*field.parts, part], field.entry,
-                                                              [*field.names, name])
+        return (
+            field.entry,
+            entry,
+            files,
+            lambda: DenseField(
+                field.config, field.dim, [*field.parts, part], field.entry, [*field.names, name]
+            ),
+        )
 
 
 def _write_part(path, segment: str, config: DenseConfig, vectors: np.ndarray):
@@ -198,14 +239,18 @@ def _write_part(path, segment: str, config: DenseConfig, vectors: np.ndarray):
     vname = f"{prefix}.vectors.npy"
     files = {vname: storage.write_new_file(path, vname, storage.npy_bytes(vectors))}
     stored = VectorStore([np.load(path / vname, mmap_mode="r")], vectors.shape[1])
-    entry, written, index = parts_module.build(path, prefix, config.index, stored.segments[0], config.metric, config.train_size)
+    entry, written, index = parts_module.build(
+        path, prefix, config.index, stored.segments[0], config.metric, config.train_size
+    )
     files.update(written)
     return {"vectors": vname, **entry}, files, DensePart(index, stored)
 
 
 def _legacy_part(path, config: DenseConfig, entry, files) -> DensePart:
     """Storage format 1: one index (or SPANN directory) over every row, vectors in several files."""
-    vectors = VectorStore([storage.open_npy_verified(path, n, files[n]) for n in entry["vectors"]], entry["dim"])
+    vectors = VectorStore(
+        [storage.open_npy_verified(path, n, files[n]) for n in entry["vectors"]], entry["dim"]
+    )
     if entry.get("spann") is not None or is_spann(config.index):
         index = SpannVectors.open(path, entry, vectors, config.metric)
     else:
@@ -213,7 +258,9 @@ def _legacy_part(path, config: DenseConfig, entry, files) -> DensePart:
         index = FaissIndex.from_bytes(data, config.index, entry["dim"], config.metric)
         index.use_gpu()
     if index.ntotal != len(vectors):
-        raise CorruptIndex(f"field {config.name!r} holds {index.ntotal} indexed / {len(vectors)} stored vectors")
+        raise CorruptIndex(
+            f"field {config.name!r} holds {index.ntotal} indexed / {len(vectors)} stored vectors"
+        )
     return DensePart(index, vectors)
 
 
@@ -226,7 +273,10 @@ def check_query_vectors(field, given) -> np.ndarray:
     if array.ndim == 1:
         array = array[None, :]
     if array.ndim != 2 or array.shape[0] == 0:
-        raise InvalidRequest(f"query vectors for field {field.config.name!r} must have shape [batch, {field.dim}], got {array.shape}")
+        raise InvalidRequest(
+            f"query vectors for field {field.config.name!r} must have shape [batch, {field.dim}], got "
+            f"{array.shape}"
+        )
     return check_vectors(field, array, array.shape[0], "query")
 
 
@@ -234,7 +284,10 @@ def check_vectors(field, vectors, count: int, what: str) -> np.ndarray:
     """Float32 [count, dim] vectors, normalized when the field asks; clear errors otherwise."""
     array = np.ascontiguousarray(vectors, dtype=np.float32)
     if array.ndim != 2 or array.shape[1] != field.dim:
-        raise InvalidRequest(f"{what} vectors for field {field.config.name!r} must have dimension {field.dim}, got shape {array.shape}")
+        raise InvalidRequest(
+            f"{what} vectors for field {field.config.name!r} must have dimension {field.dim}, got shape "
+            f"{array.shape}"
+        )
     if array.shape[0] != count:
         raise InvalidRequest(f"{count} {what}s but {array.shape[0]} vectors for field {field.config.name!r}")
     squared = np.vecdot(array, array)  # [N]; NaN/inf in a row makes its sum non-finite
@@ -248,8 +301,15 @@ def _explain_bad_vectors(field, array: np.ndarray, what: str) -> None:
         return
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
-        raise InvalidRequest(f"{what} vector {int(np.flatnonzero(~finite)[0])} for field {field.config.name!r} contains NaN or inf")
+        raise InvalidRequest(
+            f"{what} vector {int(np.flatnonzero(~finite)[0])} for field {field.config.name!r} contains NaN "
+            "or inf"
+        )
     if field.config.normalize and not array.any(axis=1).all():
-        raise InvalidRequest(f"a {what} vector for field {field.config.name!r} is all zeros and cannot be normalized")
+        raise InvalidRequest(
+            f"a {what} vector for field {field.config.name!r} is all zeros and cannot be normalized"
+        )
     if not np.isfinite(np.linalg.norm(array.astype(np.float64), axis=1)).all():
-        raise InvalidRequest(f"a {what} vector for field {field.config.name!r} has values too large for float32 arithmetic")
+        raise InvalidRequest(
+            f"a {what} vector for field {field.config.name!r} has values too large for float32 arithmetic"
+        )

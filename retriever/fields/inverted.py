@@ -38,8 +38,16 @@ class InvertedField:
     """Shared run-time behaviour of `bm25` and `sparse` fields: one posting segment per collection
     segment (its rows local, from 0), term ids global to the field."""
 
-    def __init__(self, config: FieldConfig, entry: dict[str, Any], segments: list[PostingSegment], starts: list[int],
-                 scales: list[float], num_rows: int, names: list[str]) -> None:
+    def __init__(
+        self,
+        config: FieldConfig,
+        entry: dict[str, Any],
+        segments: list[PostingSegment],
+        starts: list[int],
+        scales: list[float],
+        num_rows: int,
+        names: list[str],
+    ) -> None:
         self.config = config
         self.names = names  # each posting segment's collection segment
         self.entry = entry  # the shared manifest entry
@@ -56,27 +64,62 @@ class InvertedField:
         return {"num_terms": num_terms, "vocab": []}, {}
 
     @classmethod
-    def open(cls, path: Path, config: FieldConfig, entry: dict[str, Any], files: dict[str, Any], segments: list,
-             reuse) -> "InvertedField":
+    def open(
+        cls,
+        path: Path,
+        config: FieldConfig,
+        entry: dict[str, Any],
+        files: dict[str, Any],
+        segments: list,
+        reuse,
+    ) -> "InvertedField":
         load = lambda meta: PostingSegment.from_arrays(  # noqa: E731
-            {name: storage.open_npy_verified(path, meta["arrays"][name], files[meta["arrays"][name]]) for name in SEGMENT_ARRAYS})
+            {
+                name: storage.open_npy_verified(path, meta["arrays"][name], files[meta["arrays"][name]])
+                for name in SEGMENT_ARRAYS
+            }
+        )
         rows = sum(s.rows for s in segments)
         if "segments" in entry:  # storage format 1: posting segments over global rows, in the shared entry
             metas = entry["segments"]
-            return cls(config, entry, [load(m) for m in metas], [0] * len(metas), [float(m["scale"]) for m in metas], rows,
-                       [""] * len(metas))
+            return cls(
+                config,
+                entry,
+                [load(m) for m in metas],
+                [0] * len(metas),
+                [float(m["scale"]) for m in metas],
+                rows,
+                [""] * len(metas),
+            )
         postings, scales = [], []
         for segment in segments:
-            posting, scale = reuse[segment.name] if segment.name in reuse else (load(segment.entry), float(segment.entry["scale"]))
+            posting, scale = (
+                reuse[segment.name]
+                if segment.name in reuse
+                else (load(segment.entry), float(segment.entry["scale"]))
+            )
             if len(posting.doc_rows) != segment.rows:
-                raise CorruptIndex(f"field {config.name!r}: segment {segment.name!r} has postings for {len(posting.doc_rows)} "
-                                   f"of its {segment.rows} documents")
+                raise CorruptIndex(
+                    f"field {config.name!r}: segment {segment.name!r} has postings for "
+                    f"{len(posting.doc_rows)} "
+                    f"of its {segment.rows} documents"
+                )
             postings.append(posting)
             scales.append(scale)
-        return cls(config, entry, postings, row_starts(segments)[:-1].tolist(), scales, rows, [s.name for s in segments])
+        return cls(
+            config,
+            entry,
+            postings,
+            row_starts(segments)[:-1].tolist(),
+            scales,
+            rows,
+            [s.name for s in segments],
+        )
 
     def opened(self) -> dict[str, tuple[PostingSegment, float]]:
-        return {name: (posting, scale) for name, posting, scale in zip(self.names, self.segments, self.scales)}
+        return {
+            name: (posting, scale) for name, posting, scale in zip(self.names, self.segments, self.scales)
+        }
 
     # ---- facts -----------------------------------------------------------------------------
 
@@ -91,8 +134,14 @@ class InvertedField:
 
     def info(self) -> dict[str, Any]:
         postings = sum(len(s.rows) for s in self.segments)
-        return {"kind": self.config.kind, "model": self.config.model, "terms": self.num_terms,
-                "segments": len(self.segments), "postings": postings, "documents_indexed": self.num_documents}
+        return {
+            "kind": self.config.kind,
+            "model": self.config.model,
+            "terms": self.num_terms,
+            "segments": len(self.segments),
+            "postings": postings,
+            "documents_indexed": self.num_documents,
+        }
 
     @functools.cached_property
     def df(self) -> np.ndarray:
@@ -112,8 +161,11 @@ class InvertedField:
 
     # ---- search ----------------------------------------------------------------------------
 
-    def search(self, queries: SparseRows, k: int, params: Mapping[str, int], allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """Queries with distinct terms each -> (scores [B, k] float32, rows [B, k] int64), -inf / -1 padded."""
+    def search(
+        self, queries: SparseRows, k: int, params: Mapping[str, int], allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Queries with distinct terms each -> (scores [B, k] float32, rows [B, k] int64), -inf / -1
+        padded."""
         return self.index.search(queries, k, allowed)
 
     def unmatchable(self, queries: SparseRows) -> np.ndarray:
@@ -128,14 +180,23 @@ class InvertedField:
         missing, doubled = int((covered[live] == 0).sum()), int((covered[live] > 1).sum())
         problems = []
         if missing or doubled:
-            problems.append(f"field {self.config.name!r}: {missing} live documents missing from the postings, {doubled} indexed twice")
-        return {"exact": True, "segments": len(self.segments), "documents_indexed": int(covered.sum())}, problems
+            problems.append(
+                f"field {self.config.name!r}: {missing} live documents missing from the postings, "
+                f"{doubled} indexed twice"
+            )
+        return {
+            "exact": True,
+            "segments": len(self.segments),
+            "documents_indexed": int(covered.sum()),
+        }, problems
 
     def check_queries(self, given) -> SparseRows:
         """Sparse query vectors passed directly: a list of (term ids, weights) pairs or dicts."""
         if isinstance(given, SparseRows):
             return given
-        return SparseRows.from_pairs(as_list(given, "sparse query vectors"), "sparse query vector", self.num_terms)
+        return SparseRows.from_pairs(
+            as_list(given, "sparse query vectors"), "sparse query vector", self.num_terms
+        )
 
     # ---- writing ---------------------------------------------------------------------------
 
@@ -155,9 +216,19 @@ class InvertedField:
             first, last = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 0)
             spans = [(start, start + len(s.doc_rows)) for s, start in zip(self.segments, self.starts)]
             touched = [i for i, (start, end) in enumerate(spans) if start < last and end > first]
-            lo, hi = min((spans[i][0] for i in touched), default=0), max((spans[i][1] for i in touched), default=0)
-        scale = max((self.scales[i] for i in touched), default=1.0)  # impacts of several scales: requantized to the largest
-        parts = [self.segments[i] if self.scales[i] == scale else _rescaled(self.segments[i], self.scales[i] / scale) for i in touched]
+            lo, hi = (
+                min((spans[i][0] for i in touched), default=0),
+                max((spans[i][1] for i in touched), default=0),
+            )
+        scale = max(
+            (self.scales[i] for i in touched), default=1.0
+        )  # impacts of several scales: requantized to the largest
+        parts = [
+            self.segments[i]
+            if self.scales[i] == scale
+            else _rescaled(self.segments[i], self.scales[i] / scale)
+            for i in touched
+        ]
         merged = merge_kept(parts, [self.starts[i] - lo for i in touched], rows - lo, hi - lo, self.num_terms)
         entry, files, _ = write_postings(path, f"{name}.{self.config.name}", merged, scale)
         return {"num_terms": self.num_terms, **self.vocabulary_keys()}, entry, files
@@ -165,13 +236,23 @@ class InvertedField:
     def vocabulary_keys(self) -> dict[str, Any]:
         return {"vocab": []}
 
-    def write_vocabulary(self, path: Path, name: str, new_terms: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    def write_vocabulary(
+        self, path: Path, name: str, new_terms: list[str]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Terms first seen in a new segment, written -> (the shared entry's vocabulary keys, files).
         Only BM25 fields grow a vocabulary; learned sparse fields use their model's."""
         return {}, {}
 
-    def with_state(self, entry: dict[str, Any], segments: list[PostingSegment], starts: list[int], scales: list[float],
-                   num_rows: int, names: list[str], new_terms: list[str]) -> "InvertedField":
+    def with_state(
+        self,
+        entry: dict[str, Any],
+        segments: list[PostingSegment],
+        starts: list[int],
+        scales: list[float],
+        num_rows: int,
+        names: list[str],
+        new_terms: list[str],
+    ) -> "InvertedField":
         """This field at the next version (`new_terms` extend a BM25 vocabulary)."""
         return type(self)(self.config, entry, segments, starts, scales, num_rows, names)
 
@@ -195,8 +276,16 @@ class PendingPostings:
         files.update(written)
         shared = {**field.entry, "num_terms": self.num_terms, **vocabulary}
         rows = len(self.posting.doc_rows)
-        make = functools.partial(field.with_state, shared, [*field.segments, stored], [*field.starts, field.num_rows],
-                                 [*field.scales, self.scale], field.num_rows + rows, [*field.names, name], self.new_terms)
+        make = functools.partial(
+            field.with_state,
+            shared,
+            [*field.segments, stored],
+            [*field.starts, field.num_rows],
+            [*field.scales, self.scale],
+            field.num_rows + rows,
+            [*field.names, name],
+            self.new_terms,
+        )
         return shared, entry, files, make
 
 
@@ -212,7 +301,9 @@ def write_postings(path: Path, prefix: str, posting: PostingSegment, scale: floa
 
 
 def _rescaled(segment: PostingSegment, factor: float) -> PostingSegment:
-    values = np.clip(np.rint(np.asarray(segment.values, dtype=np.float32) * factor), 0, IMPACT_LEVELS).astype(np.uint8)
+    values = np.clip(np.rint(np.asarray(segment.values, dtype=np.float32) * factor), 0, IMPACT_LEVELS).astype(
+        np.uint8
+    )
     return PostingSegment(segment.indptr, segment.rows, values, segment.doc_rows, segment.doc_lengths)
 
 
@@ -235,5 +326,7 @@ def as_list(given, what: str) -> list:
     if isinstance(given, (dict, tuple)):
         return [given]
     if not isinstance(given, list) or not given:
-        raise InvalidRequest(f"{what} must be a non-empty list of (term ids, values) pairs or {{term id: value}} dicts")
+        raise InvalidRequest(
+            f"{what} must be a non-empty list of (term ids, values) pairs or {{term id: value}} dicts"
+        )
     return given

@@ -1,5 +1,5 @@
-"""The `multivector` kind: token vectors per document. MUVERA encodings in a dense index find candidates, exact
-MaxSim over the stored token vectors re-ranks them (or scores every document, `exhaustive`).
+"""The `multivector` kind: token vectors per document. MUVERA encodings in a dense index find
+candidates, exact MaxSim over the stored token vectors re-ranks them (or scores every document, `exhaustive`).
 With `index = "SPANN..."` the encodings are stored as vector segments and searched by SPANN
 (posting lists on disk), exactly as a dense field's vectors are."""
 
@@ -53,11 +53,15 @@ class MultiVectorConfig(FieldConfig):
     def check(self) -> None:
         where = self.where
         if self.model is None and self.dim is None:
-            raise InvalidConfig(f"{where}: give a sentence-transformers `model` for token vectors, or `dim` to bring your own")
+            raise InvalidConfig(
+                f"{where}: give a sentence-transformers `model` for token vectors, or `dim` to bring your own"
+            )
         for key in ("dim", "token_dim", "query_max_length", "rerank", "max_fde_dim", "train_size"):
             check_int(where, key, getattr(self, key), low=1, optional=key in ("dim", "token_dim"))
         if self.token_dtype not in TOKEN_DTYPES:
-            raise InvalidConfig(f"{where}: token_dtype must be one of {TOKEN_DTYPES}, got {self.token_dtype!r}")
+            raise InvalidConfig(
+                f"{where}: token_dtype must be one of {TOKEN_DTYPES}, got {self.token_dtype!r}"
+            )
         unknown = sorted(set(self.fde) - set(FDE_KEYS))
         if unknown:
             raise InvalidConfig(f"{where}: unknown fde setting(s) {unknown}; known: {list(FDE_KEYS)}")
@@ -67,8 +71,11 @@ class MultiVectorConfig(FieldConfig):
             raise InvalidConfig(f"{where}: {e}") from None
         width = self.token_dim or self.dim
         if width is not None and fde.dimension(width) > self.max_fde_dim:
-            raise InvalidConfig(f"{where}: the FDE would have {fde.dimension(width)} dimensions, over max_fde_dim = {self.max_fde_dim}; "
-                                "lower repetitions, simhash_bits or projection_dim, or set fde.final_dim")
+            raise InvalidConfig(
+                f"{where}: the FDE would have {fde.dimension(width)} dimensions, over max_fde_dim = "
+                f"{self.max_fde_dim}; "
+                "lower repetitions, simhash_bits or projection_dim, or set fde.final_dim"
+            )
         if not isinstance(self.index, str) or not self.index.strip():
             raise InvalidConfig(f"{where}: index must be a faiss factory string such as 'Flat' or 'HNSW32'")
         object.__setattr__(self, "fde", dict(self.fde))
@@ -84,8 +91,13 @@ class MultiVectorKind(ModelKind):
     def make_encoder(self, config: MultiVectorConfig):
         from retriever.encoders.multivector import TokenEncoder
 
-        return TokenEncoder(config.model, batch_size=config.batch_size, token_dim=config.token_dim,
-                            skip_special=config.skip_special, skip_punctuation=config.skip_punctuation)
+        return TokenEncoder(
+            config.model,
+            batch_size=config.batch_size,
+            token_dim=config.token_dim,
+            skip_special=config.skip_special,
+            skip_punctuation=config.skip_punctuation,
+        )
 
     def create(self, path, config: MultiVectorConfig, dim: int):
         return MultiVectorField.empty_entry(path, config, dim)
@@ -124,8 +136,14 @@ class EncodingPart:
 
 
 class MultiVectorField:
-    def __init__(self, config: MultiVectorConfig, entry: dict[str, Any], parts: list[EncodingPart], tokens: TokenStore,
-                 names: list[str]) -> None:
+    def __init__(
+        self,
+        config: MultiVectorConfig,
+        entry: dict[str, Any],
+        parts: list[EncodingPart],
+        tokens: TokenStore,
+        names: list[str],
+    ) -> None:
         self.config = config
         self.names = names  # each part's segment
         self.entry = entry  # the shared manifest entry
@@ -137,7 +155,9 @@ class MultiVectorField:
 
     def opened(self) -> dict[str, tuple]:
         """Per segment: (its part, its token arrays) as open."""
-        return {name: (part, stored) for name, part, stored in zip(self.names, self.parts, self.tokens.segments)}
+        return {
+            name: (part, stored) for name, part, stored in zip(self.names, self.parts, self.tokens.segments)
+        }
 
     # ---- opening -----------------------------------------------------------------------------
 
@@ -145,8 +165,12 @@ class MultiVectorField:
     def empty_entry(cls, path, config: MultiVectorConfig, dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
         fde = FdeConfig(**config.fde)
         if fde.dimension(dim) > config.max_fde_dim:
-            raise InvalidConfig(f"field {config.name!r}: the FDE would have {fde.dimension(dim)} dimensions, over max_fde_dim = "
-                                f"{config.max_fde_dim}; lower repetitions, simhash_bits or projection_dim, or set fde.final_dim")
+            raise InvalidConfig(
+                f"field {config.name!r}: the FDE would have {fde.dimension(dim)} dimensions, over "
+                "max_fde_dim = "
+                f"{config.max_fde_dim}; lower repetitions, simhash_bits or projection_dim, or set "
+                "fde.final_dim"
+            )
         if is_spann(config.index):
             spann_params(config.index, "ip")  # a bad factory string fails at create
         else:
@@ -154,8 +178,15 @@ class MultiVectorField:
         return {"dim": dim, "fde": fde.to_dict(), "fde_dim": fde.dimension(dim)}, {}
 
     @classmethod
-    def open(cls, path, config: MultiVectorConfig, entry: dict[str, Any], files: dict[str, Any], segments: list,
-             reuse) -> "MultiVectorField":
+    def open(
+        cls,
+        path,
+        config: MultiVectorConfig,
+        entry: dict[str, Any],
+        files: dict[str, Any],
+        segments: list,
+        reuse,
+    ) -> "MultiVectorField":
         load = lambda name: storage.open_npy_verified(path, name, files[name]) if name else None  # noqa: E731
         legacy = "tokens" in entry  # format 1: one index over every row
         parts, token_arrays = [], []
@@ -170,13 +201,19 @@ class MultiVectorField:
             rows = sum(len(t[2]) - 1 for t in token_arrays) - sum(p.rows for p in parts)
             if piece.get("spann") or (legacy and is_spann(config.index)):
                 names = piece["encodings"] if isinstance(piece["encodings"], list) else [piece["encodings"]]
-                index = SpannVectors.open(path, piece, VectorStore([load(n) for n in names], entry["fde_dim"]), "ip")
+                index = SpannVectors.open(
+                    path, piece, VectorStore([load(n) for n in names], entry["fde_dim"]), "ip"
+                )
             else:
                 data = storage.read_verified(path, piece["index"], files[piece["index"]])
-                index = FaissIndex.from_bytes(data, piece.get("factory") or config.index, entry["fde_dim"], "ip")
+                index = FaissIndex.from_bytes(
+                    data, piece.get("factory") or config.index, entry["fde_dim"], "ip"
+                )
                 index.use_gpu()
             if index.ntotal != rows:
-                raise CorruptIndex(f"field {config.name!r} holds {index.ntotal} encodings for {rows} token lists")
+                raise CorruptIndex(
+                    f"field {config.name!r} holds {index.ntotal} encodings for {rows} token lists"
+                )
             parts.append(EncodingPart(index, rows))
         tokens = TokenStore(token_arrays, entry["dim"])
         total = sum(s.rows for s in segments)
@@ -186,12 +223,24 @@ class MultiVectorField:
 
     def info(self) -> dict[str, Any]:
         n = max(len(self.tokens), 1)
-        index_bytes = sum(p.index.cpu_index.ntotal * self.entry["fde_dim"] * 4 for p in self.parts if isinstance(p.index, FaissIndex)
-                          and p.index.exact)
-        return {"kind": "multivector", "model": self.config.model, "token_dim": self.dim, "fde": self.entry["fde"],
-                "fde_dim": self.entry["fde_dim"], "index": self.config.index, "ntotal": len(self.tokens),
-                "segments": len(self.parts), "token_dtype": self.config.token_dtype, "token_bytes": self.tokens.nbytes,
-                "bytes_per_document": round((self.tokens.nbytes + index_bytes) / n, 1)}
+        index_bytes = sum(
+            p.index.cpu_index.ntotal * self.entry["fde_dim"] * 4
+            for p in self.parts
+            if isinstance(p.index, FaissIndex) and p.index.exact
+        )
+        return {
+            "kind": "multivector",
+            "model": self.config.model,
+            "token_dim": self.dim,
+            "fde": self.entry["fde"],
+            "fde_dim": self.entry["fde_dim"],
+            "index": self.config.index,
+            "ntotal": len(self.tokens),
+            "segments": len(self.parts),
+            "token_dtype": self.config.token_dtype,
+            "token_bytes": self.tokens.nbytes,
+            "bytes_per_document": round((self.tokens.nbytes + index_bytes) / n, 1),
+        }
 
     # ---- documents and queries ------------------------------------------------------------------
 
@@ -204,7 +253,9 @@ class MultiVectorField:
     def queries_from_texts(self, encoder, texts: list[str], params: Mapping[str, int]) -> MultiVectors:
         from retriever.encoders.multivector import TokenSettings
 
-        return self.check_queries(encoder.encode(texts, TokenSettings(self.config.query_max_length, self.config.query_prefix)))
+        return self.check_queries(
+            encoder.encode(texts, TokenSettings(self.config.query_max_length, self.config.query_prefix))
+        )
 
     def unmatchable(self, queries: MultiVectors) -> None:
         return None
@@ -215,14 +266,19 @@ class MultiVectorField:
     def check_documents(self, given, count: int) -> MultiVectors:
         clouds = self._clouds(given, "document")
         if len(clouds) != count:
-            raise InvalidRequest(f"{count} documents but {len(clouds)} token lists for field {self.config.name!r}")
+            raise InvalidRequest(
+                f"{count} documents but {len(clouds)} token lists for field {self.config.name!r}"
+            )
         return clouds
 
     def check_queries(self, given) -> MultiVectors:
         clouds = self._clouds(given, "query")
         empty = np.flatnonzero(clouds.empty)
         if len(empty):
-            raise InvalidRequest(f"query {int(empty[0])} has no tokens for field {self.config.name!r} after skipping special tokens and punctuation")
+            raise InvalidRequest(
+                f"query {int(empty[0])} has no tokens for field {self.config.name!r} after skipping "
+                "special tokens and punctuation"
+            )
         return clouds
 
     def _clouds(self, given, what: str) -> MultiVectors:
@@ -233,18 +289,34 @@ class MultiVectorField:
             if isinstance(given, tuple) and len(given) == 2 and np.ndim(given[1]) == 1:
                 tokens, offsets = np.asarray(given[0], dtype=np.float32), np.asarray(given[1], dtype=np.int64)
             else:
-                arrays = [np.asarray(a, dtype=np.float32).reshape(-1, self.dim) if np.size(a) == 0 else np.asarray(a, dtype=np.float32) for a in given]
+                arrays = [
+                    np.asarray(a, dtype=np.float32).reshape(-1, self.dim)
+                    if np.size(a) == 0
+                    else np.asarray(a, dtype=np.float32)
+                    for a in given
+                ]
                 if any(a.ndim != 2 or a.shape[1] != self.dim for a in arrays):
                     bad = next(a.shape for a in arrays if a.ndim != 2 or a.shape[1] != self.dim)
-                    raise InvalidRequest(f"{what} token vectors for field {self.config.name!r} must be [tokens, {self.dim}], got {bad}")
+                    raise InvalidRequest(
+                        f"{what} token vectors for field {self.config.name!r} must be [tokens, "
+                        f"{self.dim}], got {bad}"
+                    )
                 tokens = np.concatenate(arrays) if arrays else np.zeros((0, self.dim), np.float32)
                 offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
         except (TypeError, ValueError):
-            raise InvalidRequest(f"{what} token vectors for field {self.config.name!r} must be a list of [tokens, {self.dim}] arrays") from None
+            raise InvalidRequest(
+                f"{what} token vectors for field {self.config.name!r} must be a list of [tokens, "
+                f"{self.dim}] arrays"
+            ) from None
         if tokens.ndim != 2 or tokens.shape[1] != self.dim:
-            raise InvalidRequest(f"{what} token vectors for field {self.config.name!r} must have dimension {self.dim}, got shape {tokens.shape}")
+            raise InvalidRequest(
+                f"{what} token vectors for field {self.config.name!r} must have dimension {self.dim}, got "
+                f"shape {tokens.shape}"
+            )
         if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(tokens) or (np.diff(offsets) < 0).any():
-            raise InvalidRequest(f"{what} token offsets must rise from 0 to the number of tokens ({len(tokens)})")
+            raise InvalidRequest(
+                f"{what} token offsets must rise from 0 to the number of tokens ({len(tokens)})"
+            )
         if not np.isfinite(tokens).all():
             raise InvalidRequest(f"{what} token vectors for field {self.config.name!r} contain NaN or inf")
         norms = np.linalg.norm(tokens, axis=1, keepdims=True)
@@ -264,20 +336,26 @@ class MultiVectorField:
 
     # ---- search --------------------------------------------------------------------------------
 
-    def search(self, queries: MultiVectors, k: int, params: Mapping[str, int], allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: MultiVectors, k: int, params: Mapping[str, int], allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """-> (scores [B, k], rows [B, k]) by exact MaxSim, -inf / -1 padded. Candidates come from the
         FDE index (`rerank` of them), or every document with `exhaustive=1`."""
         if params.get("exhaustive"):
             return self._exhaustive(queries, k, allowed)
         rerank = max(k, int(params.get("rerank", self.config.rerank)))
-        search_params = {key: params[key] for key in ("nprobe", "efSearch", "prune_pct", "rescore") if key in params}
+        search_params = {
+            key: params[key] for key in ("nprobe", "efSearch", "prune_pct", "rescore") if key in params
+        }
         encoded = self.fde.encode_queries(queries.tokens, queries.offsets)  # [B, fde_dim]
         search_params = {**self.config.search, **search_params}
         found = []
         for part, start in zip(self.parts, self.starts):
             local = None if allowed is None else allowed[start : start + part.rows]
             found.append(part.index.search(encoded, rerank, search_params, local))
-        _, candidates = merge_top_k(found, self.starts, len(queries), rerank)  # [B, C] the best by FDE over all segments
+        _, candidates = merge_top_k(
+            found, self.starts, len(queries), rerank
+        )  # [B, C] the best by FDE over all segments
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         rows = np.full((len(queries), k), -1, dtype=np.int64)
         for b in range(len(queries)):
@@ -291,10 +369,16 @@ class MultiVectorField:
     def _exhaustive(self, queries: MultiVectors, k: int, allowed: np.ndarray | None):
         """Brute-force MaxSim over every stored document (the quality reference), in blocks of
         documents so only one block of tokens is decompressed at a time."""
-        rows_all = np.arange(len(self.tokens)) if allowed is None else np.flatnonzero(allowed[: len(self.tokens)])
+        rows_all = (
+            np.arange(len(self.tokens)) if allowed is None else np.flatnonzero(allowed[: len(self.tokens)])
+        )
         exact = np.zeros((len(queries), len(rows_all)), dtype=np.float32)  # [B, N]
         lengths = self.tokens.lengths(rows_all)
-        ends = np.searchsorted(np.cumsum(lengths), np.arange(MAXSIM_BLOCK, int(lengths.sum()) + MAXSIM_BLOCK, MAXSIM_BLOCK), side="right")
+        ends = np.searchsorted(
+            np.cumsum(lengths),
+            np.arange(MAXSIM_BLOCK, int(lengths.sum()) + MAXSIM_BLOCK, MAXSIM_BLOCK),
+            side="right",
+        )
         start = 0
         for end in np.unique(np.maximum(ends, 1)):
             if end <= start:
@@ -330,12 +414,21 @@ class PendingClouds:
 
         def make() -> MultiVectorField:
             tokens = TokenStore([*field.tokens.segments, stored], field.dim)
-            return MultiVectorField(field.config, field.entry, [*field.parts, part], tokens, [*field.names, name])
+            return MultiVectorField(
+                field.config, field.entry, [*field.parts, part], tokens, [*field.names, name]
+            )
 
         return field.entry, entry, files, make
 
 
-def write_part(path, segment: str, field: MultiVectorField, codes: np.ndarray, scales: np.ndarray | None, offsets: np.ndarray):
+def write_part(
+    path,
+    segment: str,
+    field: MultiVectorField,
+    codes: np.ndarray,
+    scales: np.ndarray | None,
+    offsets: np.ndarray,
+):
     """A segment's tokens and the FDE index over them -> (entry, files, (part, stored token arrays)).
     FDEs are computed from the stored (compressed) tokens, so a document's encoding is the same
     whether it was written in this segment or merged into another."""
@@ -350,7 +443,9 @@ def write_part(path, segment: str, field: MultiVectorField, codes: np.ndarray, s
             tokens[part] = file
     load = lambda key: np.load(path / tokens[key], mmap_mode="r") if tokens[key] else None  # noqa: E731
     stored = (load("codes"), load("scales"), load("offsets"))
-    encodings = field.fde.encode_documents(decompress(stored[0], stored[1]), np.asarray(stored[2]))  # [N, fde_dim]
+    encodings = field.fde.encode_documents(
+        decompress(stored[0], stored[1]), np.asarray(stored[2])
+    )  # [N, fde_dim]
     entry: dict[str, Any] = {"tokens": tokens}
     if is_spann(config.index) and len(encodings) >= parts_module.SPANN_MIN_ROWS:
         file = f"{prefix}.encodings.npy"

@@ -38,12 +38,16 @@ def is_spann(factory: str) -> bool:
 def spann_params(factory: str, metric: str) -> SpannParams:
     head, *rest = [p.strip().upper() for p in factory.split(",")]
     if not re.fullmatch(r"SPANN\d*", head):
-        raise InvalidConfig(f"index {factory!r}: expected SPANN[lists][,R<replicas>][,L<list size>][,PQ<bytes>]")
+        raise InvalidConfig(
+            f"index {factory!r}: expected SPANN[lists][,R<replicas>][,L<list size>][,PQ<bytes>]"
+        )
     options: dict[str, Any] = {"metric": metric, "lists": int(head[5:]) if head[5:] else None}
     for part in rest:
         match = _PART.match(part)
         if not match:
-            raise InvalidConfig(f"index {factory!r}: unknown part {part!r}; expected R<replicas>, L<list size> or PQ<bytes>")
+            raise InvalidConfig(
+                f"index {factory!r}: unknown part {part!r}; expected R<replicas>, L<list size> or PQ<bytes>"
+            )
         options[_OPTIONS[match[1]]] = int(match[2])
     return SpannParams(**options)
 
@@ -75,16 +79,26 @@ class SpannVectors:
         except FileNotFoundError:
             raise CorruptIndex(f"{str(directory)!r} is listed in the manifest but missing") from None
         if recorded != spann["manifest_sha256"]:
-            raise CorruptIndex(f"{str(directory / MANIFEST)!r} is not the one the collection manifest records")
+            raise CorruptIndex(
+                f"{str(directory / MANIFEST)!r} is not the one the collection manifest records"
+            )
         return cls(SpannIndex.open(directory), store, metric)
 
-    def search(self, queries: np.ndarray, k: int, params: Mapping[str, int], allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, params: Mapping[str, int], allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """queries [B, D] -> (scores [B, k], rows [B, k]), -1 padded."""
         parts_scores, parts_rows = [], []
         if self.index is not None:
             prune = params["prune_pct"] / 100 if "prune_pct" in params else DEFAULT_PRUNE
-            scores, rows = self.index.search(queries, k, nprobe=int(params.get("nprobe", DEFAULT_NPROBE)), prune=prune,
-                                             allowed=allowed, rescore=int(params.get("rescore", DEFAULT_RESCORE)))
+            scores, rows = self.index.search(
+                queries,
+                k,
+                nprobe=int(params.get("nprobe", DEFAULT_NPROBE)),
+                prune=prune,
+                allowed=allowed,
+                rescore=int(params.get("rescore", DEFAULT_RESCORE)),
+            )
             parts_scores.append(scores)
             parts_rows.append(rows)
         if self.indexed < len(self.store):
@@ -94,10 +108,16 @@ class SpannVectors:
                 scores[:, ~allowed[rows]] = -np.inf
             parts_scores.append(scores)
             parts_rows.append(np.broadcast_to(rows, scores.shape))
-        return padded(*cpu.top_k_rows(np.concatenate(parts_scores, axis=1), np.concatenate(parts_rows, axis=1), k), k)
+        return padded(
+            *cpu.top_k_rows(np.concatenate(parts_scores, axis=1), np.concatenate(parts_rows, axis=1), k), k
+        )
 
     def _exact(self, queries: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         dots = queries @ vectors.T
         if self.metric == "ip":
             return dots
-        return 2 * dots - np.einsum("ij,ij->i", vectors, vectors)[None] - np.einsum("ij,ij->i", queries, queries)[:, None]
+        return (
+            2 * dots
+            - np.einsum("ij,ij->i", vectors, vectors)[None]
+            - np.einsum("ij,ij->i", queries, queries)[:, None]
+        )

@@ -42,7 +42,9 @@ class SparseConfig(FieldConfig):
         if self.query not in QUERY_MODES:
             raise InvalidConfig(f"{self.where}: query must be one of {QUERY_MODES}, got {self.query!r}")
         if self.query_weights not in QUERY_WEIGHTS:
-            raise InvalidConfig(f"{self.where}: query_weights must be one of {QUERY_WEIGHTS}, got {self.query_weights!r}")
+            raise InvalidConfig(
+                f"{self.where}: query_weights must be one of {QUERY_WEIGHTS}, got {self.query_weights!r}"
+            )
         check_number(self.where, "min_weight", self.min_weight, 0.0)
 
 
@@ -74,8 +76,13 @@ class LearnedSparseField(InvertedField):
     """uint8 impacts with a per-segment scale; queries from the model, or inference-free."""
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "query": self.config.query, "query_weights": self.config.query_weights,
-                "top_terms": self.config.top_terms, "impacts": "uint8"}
+        return {
+            **super().info(),
+            "query": self.config.query,
+            "query_weights": self.config.query_weights,
+            "top_terms": self.config.top_terms,
+            "impacts": "uint8",
+        }
 
     def posting_weights(self, i: int) -> np.ndarray:
         scale = np.float32(self.scales[i])
@@ -87,13 +94,21 @@ class LearnedSparseField(InvertedField):
         return VARIANTS["lucene"].idf(self.df.astype(np.float64), self.num_documents).astype(np.float32)
 
     def check_documents(self, given, count: int) -> SparseDocuments:
-        vectors = SparseRows.from_pairs(as_list(given, "sparse document vectors"), "sparse document vector", self.num_terms)
+        vectors = SparseRows.from_pairs(
+            as_list(given, "sparse document vectors"), "sparse document vector", self.num_terms
+        )
         if len(vectors) != count:
-            raise InvalidRequest(f"{count} documents but {len(vectors)} sparse vectors for field {self.config.name!r}")
+            raise InvalidRequest(
+                f"{count} documents but {len(vectors)} sparse vectors for field {self.config.name!r}"
+            )
         return SparseDocuments(vectors)
 
     def documents_from_texts(self, encoder, texts: list[str], progress: bool = False) -> SparseDocuments:
-        return SparseDocuments(encoder.encode(texts, top_terms=self.config.top_terms, min_weight=self.config.min_weight, progress=progress))
+        return SparseDocuments(
+            encoder.encode(
+                texts, top_terms=self.config.top_terms, min_weight=self.config.min_weight, progress=progress
+            )
+        )
 
     def queries_from_texts(self, encoder, texts: list[str], params: Mapping[str, int]) -> SparseRows:
         """Model queries, or inference-free ones (config `query`, or the request's `inference_free=1`)."""
@@ -112,7 +127,9 @@ class LearnedSparseField(InvertedField):
 
     def queries_from_table(self, tables: list[dict]) -> SparseRows:
         """Inference-free with a fixed token weight table ({token id: weight} per query)."""
-        return self.check_queries([{int(t): float(w) for t, w in table.items() if int(t) < self.num_terms} for table in tables])
+        return self.check_queries(
+            [{int(t): float(w) for t, w in table.items() if int(t) < self.num_terms} for table in tables]
+        )
 
     def _new_segment(self, documents, num_terms):
         vectors = documents.vectors
@@ -133,6 +150,7 @@ def _faster_clip():
     try:
         import faster_clip
     except ImportError:
-        raise InvalidRequest("query_weights = 'faster-clip' needs the faster-clip package: pip install faster-clip==0.4.0") from None
+        raise InvalidRequest(
+            "query_weights = 'faster-clip' needs the faster-clip package: pip install faster-clip==0.4.0"
+        ) from None
     return faster_clip.SparseEncoder()
-

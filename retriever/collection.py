@@ -399,7 +399,7 @@ class Collection:
             if not np.array_equal(now, segment.deleted):
                 entry, written = with_deletions(path, v, segment.entry, now)
                 files.update(written)
-                segment = segment.moved(entry, now)
+                segment = segment.with_state(entry, now)
             segments.append(segment)
         made = {}
         if table is not None:

@@ -11,6 +11,7 @@ segments too, read-only; `retriever migrate` rewrites their manifest into format
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,31 +24,50 @@ from retriever.errors import CorruptIndex
 from retriever.index import storage
 
 
+class DocumentIds:
+    """A segment's document ids, made on first use. Shared by every version of the segment (its
+    documents never change), so an upsert's lookup pays for them once per segment, not per commit."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self._table = table
+
+    @functools.cached_property
+    def ids(self) -> np.ndarray:
+        """[rows] document ids (object array)."""
+        return np.asarray(self._table.column("id").to_pylist(), dtype=object)
+
+    @functools.cached_property
+    def positions(self) -> dict[str, int]:
+        """id -> row (deleted rows too: the segment's `deleted` says which are live)."""
+        return {doc_id: row for row, doc_id in enumerate(self.ids.tolist())}
+
+
 @dataclass(frozen=True)
 class Segment:
     entry: dict[str, Any]  # {"name", "rows", "documents", "deleted"}
     table: pa.Table  # [rows] documents
     deleted: np.ndarray  # [rows] bool
+    lookup: DocumentIds | None = None  # given by `with_state`; made from `table` otherwise
+
+    def __post_init__(self) -> None:
+        if self.lookup is None:
+            object.__setattr__(self, "lookup", DocumentIds(self.table))
 
     @property
     def rows(self) -> int:
         return int(self.entry["rows"])
 
-    @functools.cached_property
+    @property
     def ids(self) -> np.ndarray:
-        """[rows] document ids (object array), made once per opened segment."""
-        return np.asarray(self.table.column("id").to_pylist(), dtype=object)
+        return self.lookup.ids
 
-    @functools.cached_property
+    @property
     def positions(self) -> dict[str, int]:
-        """id -> row in this segment (deleted rows too: check `deleted`), made once per opened segment."""
-        return {doc_id: row for row, doc_id in enumerate(self.ids.tolist())}
+        return self.lookup.positions
 
-    def moved(self, entry: dict[str, Any], deleted: np.ndarray) -> "Segment":
-        """This segment with other deletions, keeping what it has already made."""
-        out = Segment(entry, self.table, deleted)
-        out.__dict__.update({k: v for k, v in self.__dict__.items() if k in ("ids", "positions")})
-        return out
+    def with_state(self, entry: dict[str, Any], deleted: np.ndarray) -> "Segment":
+        """This segment at another version (other deletions), sharing its document ids."""
+        return dataclasses.replace(self, entry=entry, deleted=deleted)
 
     @classmethod
     def open(cls, path: Path, entry: dict[str, Any], files: dict[str, Any]) -> "Segment":
@@ -102,7 +122,7 @@ def open_segments(path: Path, manifest: dict[str, Any], opened: dict[str, Segmen
     for entry in manifest["segments"]:
         known = opened.get(entry["name"])
         if known is not None and known.entry["deleted"] == entry["deleted"]:
-            out.append(known.moved(entry, known.deleted))
+            out.append(known.with_state(entry, known.deleted))
         else:
             out.append(Segment.open(path, entry, files))
     return out

@@ -25,11 +25,6 @@ from .segments import Segment, new_segment, open_segments, with_deletions
 from .types import Hits
 
 log = logging.getLogger(__name__)
-
-
-class _RunGone(Exception):
-    """A planned merge's segments are no longer there as planned."""
-
 FUSION_CANDIDATES = 100  # per-field candidates fused when several fields are searched
 FUSION_PARAMS = {"candidates": 1}  # request parameters of the collection itself -> their smallest value
 Queries = str | Sequence[str] | np.ndarray | Mapping[str, Any]
@@ -240,11 +235,7 @@ class Collection:
         where writes to this object are serialized; `write_merge` needs no lock)."""
         rows, deleted = [s.rows for s in self.segments], [int(s.deleted.sum()) for s in self.segments]
         run = merge_policy.next_merge(rows, deleted)
-        if run is None:
-            return None
-        plan = merging.plan(self.version, self.segments, self.fields, *run)
-        self._merging.add(plan.name)
-        return plan
+        return None if run is None else self._plan(*run)
 
     def write_merge(self, plan: merging.MergePlan) -> merging.MergePlan:
         """The merged segment's files, from the pinned version only: writes may go on meanwhile."""
@@ -257,46 +248,44 @@ class Collection:
     def finish_merge(self, plan: merging.MergePlan) -> bool:
         """Publish a written merge on the newest version, with deletions that reached its segments
         since the plan carried over. False when the run is gone (another process merged it)."""
-        done = False
         try:
             with self._writer():
                 self._catch_up()
-
-                def write(v: int):
-                    nonlocal done
-                    manifest = self._next_manifest(v)
-                    if plan.entry is None:  # nothing live was left: the run goes
-                        segments = [s for s in self.segments if s.entry["name"] not in plan.names]
-                    else:
-                        finished = merging.finish(self.path, v, plan, self.segments)
-                        if finished is None:
-                            raise _RunGone
-                        segments, written = finished
-                        manifest["files"].update({**plan.files, **written})
-                        if self.manifest["format_version"] < storage.FORMAT_VERSION:
-                            manifest["fields"].update(plan.shared)  # migration: the fields' new layout
-                    manifest["segments"] = [s.entry for s in segments]
-                    manifest["counts"] = _counts(segments)
-                    done = True
-                    return manifest, segments, None
-
-                self._publish(write)
-        except _RunGone:
-            log.info("merge %s of %s dropped: its segments changed in another process", plan.name, self.path)
+                at = merging.locate(plan, self.segments)
+                if at is None:
+                    log.info("merge %s of %s dropped: its segments changed in another process", plan.name, self.path)
+                    return False
+                self._publish(lambda v: self._merged_version(v, plan, at))
+                return True
         finally:
             self.forget_merge(plan)
-        return done
 
     def forget_merge(self, plan: merging.MergePlan) -> None:
-        """A merge given up: its files are debris from now on."""
+        """A merge given up or done: its files, unless published, are debris from now on."""
         self._merging.discard(plan.name)
+
+    def _plan(self, first: int, end: int) -> merging.MergePlan:
+        migrating = self.manifest["format_version"] < storage.FORMAT_VERSION
+        plan = merging.plan(self.version, self.segments, self.fields, first, end, keep_empty=migrating)
+        self._merging.add(plan.name)
+        return plan
+
+    def _merged_version(self, v: int, plan: merging.MergePlan, at: int):
+        """Version v: the planned run replaced by its merged segment -> (manifest, segments, None:
+        the fields are opened again, reusing every segment but the new one)."""
+        manifest = self._next_manifest(v)
+        segments, written = merging.finish(self.path, v, plan, self.segments, at)
+        manifest["files"].update(written)
+        if self.manifest["format_version"] < storage.FORMAT_VERSION:
+            manifest["fields"].update(plan.shared)  # migration: the fields' new layout
+        manifest["segments"] = [s.entry for s in segments]
+        manifest["counts"] = _counts(segments)
+        return manifest, segments, None
 
     def _merge_now(self, first: int, end: int) -> None:
         """Plan, write and publish a merge of segments first..end-1 (the writer lock is held)."""
-        plan = merging.plan(self.version, self.segments, self.fields, first, end)
-        self._merging.add(plan.name)
-        if plan.live.any() or self.manifest["format_version"] < storage.FORMAT_VERSION:
-            self.write_merge(plan)
+        plan = self._plan(first, end)
+        self.write_merge(plan)
         self.finish_merge(plan)
 
     def _merge_while_needed(self) -> None:
@@ -309,8 +298,7 @@ class Collection:
             if plan is None:
                 return
             try:
-                if plan.live.any():
-                    self.write_merge(plan)
+                self.write_merge(plan)
                 self.finish_merge(plan)
             except WriteFailed as e:
                 self.forget_merge(plan)

@@ -31,6 +31,7 @@ class MergePlan:
     fields: dict[str, Any]  # the fields then (what the merged data is read from)
     base: int  # the run's first row then
     name: str  # the merged segment's name: a prefix no other writer uses
+    keep_empty: bool  # write the segment even with no live row (a format migration must)
     entry: dict[str, Any] | None = None  # written: the merged segment's entry ...
     table: pa.Table | None = None  # ... its documents ...
     shared: dict[str, Any] = field(default_factory=dict)  # ... each field's shared entry ...
@@ -46,13 +47,20 @@ class MergePlan:
         return np.concatenate([~s.deleted for s in self.segments])
 
 
-def plan(version: int, segments: list[Segment], fields: dict[str, Any], first: int, end: int) -> MergePlan:
+def plan(
+    version: int, segments: list[Segment], fields: dict[str, Any], first: int, end: int, keep_empty: bool
+) -> MergePlan:
     base = sum(s.rows for s in segments[:first])
-    return MergePlan(version, first, segments[first:end], dict(fields), base, f"seg-{version:06d}-m")
+    return MergePlan(
+        version, first, segments[first:end], dict(fields), base, f"seg-{version:06d}-m", keep_empty
+    )
 
 
 def write(path: Path, merge: MergePlan) -> MergePlan:
-    """The merged segment's documents and each field's data (live rows of the run, in order)."""
+    """The merged segment's documents and each field's data (live rows of the run, in order);
+    nothing when no row is live (the run is then dropped), unless `keep_empty`."""
+    if not merge.live.any() and not merge.keep_empty:
+        return merge
     rows = merge.base + np.flatnonzero(merge.live)  # [R] rows of the planned version
     merge.table = concat([s.table.filter(pa.array(~s.deleted)) for s in merge.segments])
     entry, written = new_segment(path, merge.name, merge.table)
@@ -65,21 +73,24 @@ def write(path: Path, merge: MergePlan) -> MergePlan:
     return merge
 
 
-def finish(
-    path: Path, v: int, merge: MergePlan, segments: list[Segment]
-) -> tuple[list[Segment], dict[str, Any]] | None:
-    """Version v's segments with the run replaced by the merged segment, and the files written
-    for that (a deletions file, when rows of the run were deleted since the plan). None when the
-    run is no longer there as planned (another process merged it)."""
+def locate(merge: MergePlan, segments: list[Segment]) -> int | None:
+    """Where the planned run is among `segments` (a later version's), or None when it is no
+    longer there as planned (another process merged it)."""
     names = [s.entry["name"] for s in segments]
     at = names.index(merge.names[0]) if merge.names[0] in names else -1
-    if at < 0 or names[at : at + len(merge.segments)] != merge.names:
-        return None
+    return at if at >= 0 and names[at : at + len(merge.segments)] == merge.names else None
+
+
+def finish(
+    path: Path, v: int, merge: MergePlan, segments: list[Segment], at: int
+) -> tuple[list[Segment], dict[str, Any]]:
+    """Version v's segments with the run (at `at`) replaced by the merged segment, or dropped when
+    nothing in it was live, and the files written for that: a deletions file, when rows of the run
+    were deleted since the plan."""
+    after = segments[at + len(merge.segments) :]
+    if merge.entry is None:
+        return [*segments[:at], *after], {}
     now = np.concatenate([s.deleted for s in segments[at : at + len(merge.segments)]])
     deleted = now[merge.live]  # [R] rows of the merged segment deleted since the plan
-    merged = Segment(merge.entry, merge.table, deleted)
-    files: dict[str, Any] = {}
-    if deleted.any():
-        entry, files = with_deletions(path, v, merge.entry, deleted)
-        merged = Segment(entry, merge.table, deleted)
-    return [*segments[:at], merged, *segments[at + len(merge.segments) :]], files
+    entry, files = with_deletions(path, v, merge.entry, deleted) if deleted.any() else (merge.entry, {})
+    return [*segments[:at], Segment(entry, merge.table, deleted), *after], {**merge.files, **files}

@@ -122,8 +122,7 @@ class Registry:
             if plan is None:
                 return
             try:
-                if plan.live.any():
-                    writer.write_merge(plan)  # writes and searches go on meanwhile
+                writer.write_merge(plan)  # writes and searches go on meanwhile
                 with self._locks[name]:
                     writer.finish_merge(plan)
                     self._readers[name] = writer.snapshot()

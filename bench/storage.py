@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import emit, log, timed  # noqa: E402
+from serve import start_server  # noqa: E402
 
 DIM = 96
 BATCH = 1000
@@ -151,25 +150,7 @@ def server_upserts(count: int, base: int, work: Path) -> dict:
     path = work / "served"
     collection = retriever.Collection.create(path, CONFIG)
     grow(collection, 0, base)
-    command = [
-        sys.executable,
-        "-c",
-        "from retriever.cli import main; main()",
-        "serve",
-        str(path),
-        "--port",
-        "0",
-    ]
-    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    port = None
-    for line in proc.stderr:
-        found = re.search(r"serving .* on [\d.]+:(\d+)", line)
-        if found:
-            port = int(found.group(1))
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            break
-    if port is None:
-        raise SystemExit(f"server did not start (exit {proc.wait()})")
+    proc, port = start_server(path, workers=8)  # the serving bench's: `retriever serve` in its own process
     remote = retriever.connect(f"grpc://127.0.0.1:{port}/store", timeout=120)
     rng = np.random.default_rng(2)
     latencies, most_files, most_fds, have = [], 0, 0, base

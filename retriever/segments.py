@@ -76,13 +76,18 @@ class Segment:
             raise CorruptIndex(
                 f"segment {entry['name']!r} has {table.num_rows} documents; the manifest says {entry['rows']}"
             )
-        deleted = np.zeros(entry["rows"], dtype=bool)
-        if entry["deleted"]:
-            local = storage.open_npy_verified(path, entry["deleted"], files[entry["deleted"]])
-            if len(local) and (local.min() < 0 or local.max() >= entry["rows"]):
-                raise CorruptIndex(f"{entry['deleted']!r} names rows outside its segment of {entry['rows']}")
-            deleted[local] = True
-        return cls(entry, table, deleted)
+        return cls(entry, table, read_deleted(path, entry, files))
+
+
+def read_deleted(path: Path, entry: dict[str, Any], files: dict[str, Any]) -> np.ndarray:
+    """A segment's deletions as [rows] bool, from its deletions file (none: nothing deleted)."""
+    deleted = np.zeros(entry["rows"], dtype=bool)
+    if entry["deleted"]:
+        local = storage.open_npy_verified(path, entry["deleted"], files[entry["deleted"]])
+        if len(local) and (local.min() < 0 or local.max() >= entry["rows"]):
+            raise CorruptIndex(f"{entry['deleted']!r} names rows outside its segment of {entry['rows']}")
+        deleted[local] = True
+    return deleted
 
 
 def read_documents(path: Path, name: str, files: dict[str, Any]) -> pa.Table:
@@ -113,18 +118,19 @@ def with_deletions(
 
 
 def open_segments(path: Path, manifest: dict[str, Any], opened: dict[str, Segment]) -> list[Segment]:
-    """The segments a manifest describes, in row order; those in `opened` (by name) whose
-    deletions are the same are taken as they are."""
+    """The segments a manifest describes, in row order; those in `opened` (by name) keep their
+    documents, and read only a deletions file that changed."""
     files = manifest["files"]
     if "segments" not in manifest:
         return _legacy_segments(path, manifest)
     out = []
     for entry in manifest["segments"]:
         known = opened.get(entry["name"])
-        if known is not None and known.entry["deleted"] == entry["deleted"]:
-            out.append(known.with_state(entry, known.deleted))
-        else:
+        if known is None:
             out.append(Segment.open(path, entry, files))
+            continue
+        same = known.entry["deleted"] == entry["deleted"]
+        out.append(known.with_state(entry, known.deleted if same else read_deleted(path, entry, files)))
     return out
 
 

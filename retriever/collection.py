@@ -253,7 +253,8 @@ class Collection:
                 self._catch_up()
                 at = merging.locate(plan, self.segments)
                 if at is None:
-                    log.info("merge %s of %s dropped: its segments changed in another process", plan.name, self.path)
+                    log.info("merge %s of %s dropped: its segments changed in another process",
+                             plan.name, self.path)
                     return False
                 self._publish(lambda v: self._merged_version(v, plan, at))
                 return True

@@ -1,7 +1,8 @@
 """The one I/O layer that index and collection writes go through: create and write a file, fsync,
 rename, unlink, make and remove directories. Each of these is one numbered operation, so a test
 can make the Nth operation fail (ENOSPC, EIO) and check what the engine leaves behind, as SQLite's
-`ioerr` tests and Lucene's MockDirectoryWrapper do. Reads do not pass through here.
+`ioerr` tests and Lucene's MockDirectoryWrapper do. Appends and truncation (the write-ahead log)
+are operations too. Reads do not pass through here.
 
 The fault seam is process-wide (`inject`): faults exist for tests, and a flag passed down every
 call path would be threaded through code that otherwise never needs it.
@@ -100,6 +101,42 @@ def fsync_dir(directory: Path) -> None:
     _step("fsync_dir", Path(directory))
     fd = os.open(directory, os.O_RDONLY)
     try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def append(path: Path, data: bytes | memoryview) -> None:
+    """Add `data` at the end of `path` (created if missing); durable only after `fsync_file`."""
+    _step("append", Path(path))
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    """Make `path`'s data durable (what `append` added)."""
+    _step("fsync", Path(path))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def truncate(path: Path, size: int) -> None:
+    """Cut `path` to `size` bytes, durably (a missing file is not an error)."""
+    _step("truncate", Path(path))
+    try:
+        fd = os.open(path, os.O_WRONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.ftruncate(fd, size)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -48,7 +48,7 @@ _CHUNK = 1 << 22
 # The names the engine gives data files and index directories: `docs-000007.parquet`,
 # `dense.vectors-000007.npy`, `bm25.seg-000007-0.rows.npy`, `tokens-000007.spann`, ...
 _DATA_NAME = re.compile(
-    r"^(?:[A-Za-z][\w\-]{0,63}[.\-])?[a-z]+-\d{6}(?:[.\-][\w.\-]*)?\.(?:npy|npz|faiss|parquet|arrow|spann)$"
+    r"^(?:[A-Za-z][\w\-]{0,63}[.\-])?[a-z]+-\d{6,}(?:[.\-][\w.\-]*)?\.(?:npy|npz|faiss|parquet|arrow|spann)$"
 )
 _TEMP_NAME = re.compile(r"^\.(.+)\.tmp$")
 log = logging.getLogger(__name__)

@@ -54,6 +54,7 @@ def build(
         "indexing %d documents (%s)", table.num_rows, ", ".join(f"{f.name}: {f.kind}" for f in config.fields)
     )
     collection.add(table.to_pylist(), vectors=vectors, progress=progress)
+    collection.flush()  # a small build is logged first: into a segment, so the output holds no log
     shutil.rmtree(work, ignore_errors=True)
     log.info("committed version %d to %s", collection.version, out)
     return collection
@@ -63,7 +64,7 @@ def _empty_collection(out: Path, config: CollectionConfig, resume: bool) -> Coll
     if not (out / storage.MANIFEST).exists():
         return Collection.create(out, config)
     existing = Collection.open(out)
-    if existing.manifest["counts"]["rows"] > 0:
+    if existing.counts["rows"] > 0:
         raise AlreadyExists(f"{str(out)!r} already holds a built collection ({len(existing)} documents); choose another --out")
     if not resume:
         raise AlreadyExists(f"{str(out)!r} holds an unfinished build; pass --resume to continue it")

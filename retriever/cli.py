@@ -358,6 +358,6 @@ def optimize(
         before = len(opened.segments)
         merged = opened.optimize()
         return {"path": str(collection), "segments_before": before, "segments": len(opened.segments),
-                "merged": merged, "version": opened.version, "counts": opened.manifest["counts"]}
+                "merged": merged, "version": opened.version, "counts": opened.counts}
 
     _run(as_json, work, lambda r: print(f"{r['path']}: {r['segments_before']} segments -> {r['segments']}"))

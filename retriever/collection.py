@@ -11,13 +11,13 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from retriever.index import disk, storage
+from retriever.index import disk, storage, wal
 
 from . import fusion as fusion_module
-from . import merge_policy, merging
+from . import buffer, merge_policy, merging
 from .config import CollectionConfig
 from .documents import DocumentTable, concat, document_texts, documents_to_table
-from .errors import AlreadyExists, InvalidRequest, NotFound, WriteFailed
+from .errors import AlreadyExists, CorruptIndex, InvalidRequest, NotFound, RetrieverError, WriteFailed
 from .fields import Field, kind_of, request_params
 from .fields.base import NO_TERMS, SegmentView
 from .filters import filter_mask
@@ -32,7 +32,13 @@ Queries = str | Sequence[str] | np.ndarray | Mapping[str, Any]
 
 class Collection:
     """Documents plus searchable fields. A `Collection` object is pinned to the manifest version
-    it was opened at: writers elsewhere never change what it sees; `reopen()` moves forward."""
+    it was opened at, plus the write-ahead log's writes after it (replayed at open into a buffer):
+    writers elsewhere never change what it sees; `reopen()` moves forward.
+
+    A small write (up to `buffer.LOG_MAX_ROWS` documents, or a delete) is acknowledged once its
+    record is fsynced in the log, and searchable at once from the buffer; a flush (when the buffer
+    is full, before a merge, on `flush()`) publishes the buffer as one segment in a new version.
+    A larger write is committed as a segment of its own."""
 
     def __init__(self, path: Path, config: CollectionConfig, manifest: dict[str, Any],
                  segments: list[Segment], fields: dict[str, Field]) -> None:
@@ -42,11 +48,29 @@ class Collection:
         self.merge_inline = True  # merges run in the writing call; a server's background merger sets False
         self._merging: set[str] = set()  # names of merges in flight: their files are not debris
         self._holds_lock = False
+        self.sync_writes = True  # a write returns once its log record is durable; a server syncs itself
+        self._log = wal.Log(path)
+        self._log_seq = int(manifest.get("log_applied", 0))  # the last logged write applied here
+        self._log_end = 0  # bytes of the log read (or written) so far
         self._set_state(manifest, segments, fields)
 
-    def _set_state(self, manifest, segments: list[Segment], fields: dict[str, Field]) -> None:
+    def _set_state(
+        self,
+        manifest,
+        segments: list[Segment],
+        fields: dict[str, Field],
+        buffered: tuple[tuple[int, buffer.Write], ...] = (),
+    ) -> None:
+        """`segments`: the manifest's, then one per buffered write (`buffered`, with its sequence
+        number); the manifest's segments may carry deletions made by buffered writes."""
         self.manifest = manifest
         self.segments = segments
+        self._buffered = buffered
+        self._committed = len(segments) - sum(w.table is not None for _, w in buffered)
+        if not buffered:
+            self._base = segments  # the segments as the manifest has them (deletions too)
+            self._scratch: buffer.Scratch | None = None
+        self.counts = _counts(segments)
         self.documents = DocumentTable([s.table for s in segments], segments)
         self.deleted = (
             np.concatenate([s.deleted for s in segments]) if segments else np.zeros(0, bool)
@@ -83,10 +107,15 @@ class Collection:
 
     @classmethod
     def open(cls, path: str | Path) -> "Collection":
-        """Open the current version; every file is checked against the manifest before use."""
+        """Open the current version and replay the log's writes after it; every file is checked
+        against the manifest before use."""
         path = Path(path)
-        with storage.pinned(path) as manifest:
-            return cls.load(path, manifest)
+        for _ in range(storage.PIN_ATTEMPTS):
+            with storage.pinned(path) as manifest:
+                collection = cls.load(path, manifest)
+                if collection.replay_log():
+                    return collection
+        raise RetrieverError(f"{str(path)!r} flushed its log too often while it was being opened; retry")
 
     @classmethod
     def load(cls, path: Path, manifest: dict[str, Any], previous: "Collection | None" = None) -> "Collection":
@@ -105,6 +134,22 @@ class Collection:
             reuse = previous.fields[f.name].opened() if previous else {}
             fields[f.name] = kind_of(f).open(path, f, manifest["fields"][f.name], files, views, reuse)
         return cls(path, config, manifest, segments, fields)
+
+    def replay_log(self) -> bool:
+        """Apply the log's writes newer than this object's into its buffer. False when the
+        collection moved to a newer version meanwhile (a flush may have emptied the log)."""
+        records, self._log_end, _ = wal.read(self.path, self._log_end)
+        if storage.read_manifest(self.path)["version"] != self.version:
+            return False
+        for record in records:
+            if record.seq <= self._log_seq:
+                continue  # already in a segment: the log is emptied only after a flush publishes
+            if record.seq != self._log_seq + 1:
+                raise CorruptIndex(
+                    f"{str(self.path)!r}: the write-ahead log jumps from write {self._log_seq} to {record.seq}"
+                )
+            self._apply(record.seq, buffer.Write.from_bytes(record.body))
+        return True
 
     def snapshot(self) -> "Collection":
         """A view pinned at this object's current version: later writes through this object
@@ -125,20 +170,30 @@ class Collection:
     def version(self) -> int:
         return int(self.manifest["version"])
 
+    @property
+    def log_position(self) -> int:
+        """The last logged write this object holds (writes are numbered from 1, across flushes)."""
+        return self._log_seq
+
     def __len__(self) -> int:
-        return int(self.manifest["counts"]["documents"])
+        return int(self.counts["documents"])
 
     def info(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "path": str(self.path),
             "version": self.version,
-            "counts": dict(self.manifest["counts"]),
+            "counts": dict(self.counts),
             "format_version": self.manifest["format_version"],
             "segments": [
                 {"name": s.entry["name"], "rows": s.rows, "deleted": int(s.deleted.sum())}
-                for s in self.segments
+                for s in self.segments[: self._committed]
             ],
+            "buffer": {
+                "writes": len(self._buffered),
+                "rows": sum(s.rows for s in self.segments[self._committed :]),
+                "log_applied": self._log_seq,
+            },
             "fields": {name: f.info() for name, f in self.fields.items()},
             "bytes_on_disk": sum(e["size"] for e in self.manifest["files"].values()),
         }
@@ -173,11 +228,16 @@ class Collection:
                 raise InvalidRequest(f"field {name!r} has no model: pass its vectors, e.g. vectors={{{name!r}: ...}}")
             texts = texts if texts is not None else document_texts(table, self.config.text_keys)
             payloads[name] = field.documents_from_texts(self.encoder(name), texts, progress)
+        self._commit(table, self._derived(payloads, table.num_rows), table.column("id").to_pylist())
+        return table.num_rows
+
+    def _derived(self, payloads: dict[str, Any], count: int) -> dict[str, Any]:
+        """`payloads` plus those of fields derived from another field's vectors (binary fields)."""
+        out = dict(payloads)
         for name, field in self.fields.items():
             if field.config.source is not None:
-                payloads[name] = field.check_documents(payloads[field.config.source], table.num_rows)
-        self._commit(table, payloads, table.column("id").to_pylist())
-        return table.num_rows
+                out[name] = field.check_documents(payloads[field.config.source], count)
+        return out
 
     def delete(self, ids: Iterable[str]) -> int:
         """Delete documents by id; unknown ids are ignored. Returns how many were deleted."""
@@ -197,13 +257,144 @@ class Collection:
             rows = self._live_rows(ids)
             if table is None and not rows:
                 return 0
-            added = 0 if table is None else table.num_rows
-            deleted = np.concatenate([self.deleted, np.zeros(added, dtype=bool)])
-            deleted[rows] = True
-            pending = {name: self.fields[name].prepare(payload) for name, payload in payloads.items()}
-            self._publish(lambda v: self._write_version(v, deleted, table, pending))
-            self._merge_while_needed()
+            if table is not None and table.num_rows > buffer.LOG_MAX_ROWS:
+                self._flush()
+                deleted = np.concatenate([self.deleted, np.zeros(table.num_rows, dtype=bool)])
+                deleted[rows] = True
+                pending = {name: self.fields[name].prepare(payload) for name, payload in payloads.items()}
+                self._publish(lambda v: self._write_version(v, deleted, table, pending))
+                self._merge_while_needed()
+                return len(rows)
+            self._log_write(table, payloads, ids)
+        if self.sync_writes:
+            self.sync_log()
         return len(rows)
+
+    # ---- the write-ahead log and its buffer ------------------------------------------------
+
+    def _log_write(self, table: pa.Table | None, payloads: dict[str, Any], ids: list[str]) -> None:
+        """Append a small write to the log and apply it to the buffer (the writer lock is held);
+        durable once `sync_log` returns. A full buffer is flushed: should that fail, the write
+        stands (it is logged) and a later write flushes."""
+        logged = {n: p for n, p in payloads.items() if self.fields[n].config.source is None}
+        write, seq, start = buffer.Write(table, logged, ids), self._log_seq + 1, self._log_end
+        pending = self._prepare(write, payloads)  # a payload the fields refuse is refused before logging
+        try:
+            end = self._log.append(seq, write.to_bytes(), start)
+        except OSError as e:
+            raise storage.write_error(self.path, e, "logging a write") from None
+        try:
+            self._apply(seq, write, pending)
+        except BaseException:
+            with contextlib.suppress(OSError):  # else the next writer finds a record past this object's
+                self._log.cut(start)
+            raise
+        self._log_end = end
+        if self._buffer_full():
+            try:
+                self._flush()
+                self._merge_while_needed()
+            except WriteFailed as e:
+                log.warning("flushing the write buffer of %s failed, retried after a later write: %s",
+                            self.path, e)
+
+    def _prepare(self, write: buffer.Write, payloads: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Each field's in-memory work for a write's documents (`payloads`, derived fields' included,
+        or made from the logged ones)."""
+        if write.table is None:
+            return {}
+        payloads = payloads if payloads is not None else self._derived(write.payloads, write.table.num_rows)
+        return {name: self.fields[name].prepare(payload) for name, payload in payloads.items()}
+
+    def _apply(self, seq: int, write: buffer.Write, pending: dict[str, Any] | None = None) -> None:
+        """Logged write `seq` applied to this object's buffer: its documents a new scratch segment,
+        its deletions marked in memory. Nothing changes here unless all of it succeeds."""
+        pending = pending if pending is not None else self._prepare(write)
+        rows = self._live_rows(write.ids)
+        deleted = np.concatenate([s.deleted for s in self.segments]) if self.segments else np.zeros(0, bool)
+        deleted[rows] = True
+        segments, start = [], 0
+        for segment in self.segments:
+            now = deleted[start : start + segment.rows]
+            start += segment.rows
+            segments.append(segment if not now.any() else segment.with_state(segment.entry, now))
+        fields = self.fields
+        if write.table is not None:
+            rows_added = write.table.num_rows
+            scratch = self._scratch or buffer.Scratch()
+            name = f"buf-{seq:06d}"
+            made = {}
+            for fname, work in pending.items():
+                *_, made[fname] = work.write(scratch.path, name)
+            fields = {**fields, **{fname: make() for fname, make in made.items()}}
+            entry = {"name": name, "rows": rows_added, "documents": None, "deleted": None}
+            segments.append(Segment(entry, write.table, np.zeros(rows_added, dtype=bool)))
+            self._scratch = scratch
+        self._set_state(self.manifest, segments, fields, (*self._buffered, (seq, write)))
+        self._log_seq = seq
+
+    def _buffer_full(self) -> bool:
+        rows = sum(s.rows for s in self.segments[self._committed :])
+        return (
+            len(self._buffered) >= buffer.FLUSH_WRITES
+            or rows >= buffer.FLUSH_ROWS
+            or self._log_end >= buffer.FLUSH_LOG_BYTES
+        )
+
+    def sync_log(self) -> None:
+        """Make every write this object has logged durable (concurrent callers share one fsync)."""
+        try:
+            self._log.sync(self._log_end)
+        except OSError as e:
+            raise storage.write_error(self.path, e, "making a logged write durable") from None
+
+    def flush(self) -> bool:
+        """Publish the write buffer as a segment in a new version. False when it was empty."""
+        with self._writer():
+            self._catch_up()
+            if not self._buffered:
+                return False
+            self._flush()
+        return True
+
+    def _flush(self) -> None:
+        """The writer lock is held. The log is emptied once the new version is published."""
+        if not self._buffered:
+            return
+        self._publish(self._flushed_version)
+        try:
+            self._log.cut(0)
+            self._log_end = 0
+        except OSError as e:  # its records are at or below `log_applied`: readers skip them
+            log.warning("emptying the write-ahead log of %s failed: %s", self.path, e)
+
+    def _flushed_version(self, v: int):
+        """Version v: the buffer's live documents as one segment, the deletions buffered writes
+        made in the manifest's segments as deletions files -> (manifest, segments, None)."""
+        path, manifest, first = self.path, self._next_manifest(v), self._committed
+        plan = merging.plan(self.version, self.segments, self.fields, first, len(self.segments), False,
+                            name=f"seg-{v:06d}")
+        merging.write(path, plan)
+        files = manifest["files"]
+        segments = []
+        for segment, base in zip(self.segments[:first], self._base):
+            if not np.array_equal(segment.deleted, base.deleted):
+                entry, written = with_deletions(path, v, segment.entry, segment.deleted)
+                files.update(written)
+                segment = segment.with_state(entry, segment.deleted)
+            segments.append(segment)
+        if plan.entry is not None:
+            segments.append(Segment(plan.entry, plan.table, np.zeros(plan.table.num_rows, dtype=bool)))
+            files.update(plan.files)
+            for fname, shared in plan.shared.items():
+                manifest["fields"][fname] = {**manifest["fields"][fname], **shared}
+        manifest["segments"] = [s.entry for s in segments]
+        manifest["counts"] = _counts(segments)
+        manifest["log_applied"] = self._log_seq
+        for name in storage.referenced_names({"fields": manifest["fields"]}) - set(files):
+            # shared files a buffered write made (a grown vocabulary, a binarizer): into the directory
+            files[name] = storage.write_new_file(path, name, (self._scratch.path / name).read_bytes())
+        return manifest, segments, None
 
     def optimize(self) -> int:
         """Merge every segment into one, dropping deleted rows (what `retriever optimize` runs).
@@ -211,6 +402,7 @@ class Collection:
         with self._writer():
             self._catch_up()
             self._check_format()
+            self._flush()
             count = len(self.segments)
             if count > 1 or self.deleted.any():
                 self._merge_now(0, count)
@@ -225,6 +417,11 @@ class Collection:
             self._catch_up()
             if self.manifest["format_version"] == storage.FORMAT_VERSION:
                 return False
+            if self._buffered:
+                raise CorruptIndex(
+                    f"{str(self.path)!r} is in storage format {self.manifest['format_version']} but has a "
+                    "write-ahead log, which only the current format writes"
+                )
             self._merge_now(0, len(self.segments))
         return True
 
@@ -233,7 +430,8 @@ class Collection:
     def plan_merge(self) -> merging.MergePlan | None:
         """The next merge the policy asks for, pinned at this version (call it, and `finish_merge`,
         where writes to this object are serialized; `write_merge` needs no lock)."""
-        rows, deleted = [s.rows for s in self.segments], [int(s.deleted.sum()) for s in self.segments]
+        committed = self.segments[: self._committed]  # buffered writes are flushed before a merge finishes
+        rows, deleted = [s.rows for s in committed], [int(s.deleted.sum()) for s in committed]
         run = merge_policy.next_merge(rows, deleted)
         return None if run is None else self._plan(*run)
 
@@ -251,6 +449,7 @@ class Collection:
         try:
             with self._writer():
                 self._catch_up()
+                self._flush()
                 at = merging.locate(plan, self.segments)
                 if at is None:
                     log.info("merge %s of %s dropped: its segments changed in another process",
@@ -406,12 +605,22 @@ class Collection:
         return manifest, segments, made
 
     def _catch_up(self) -> None:
-        """Move to the version on disk when it is not this object's: another writer committed, or
-        this object's last commit was published but failed after the rename."""
-        if storage.read_manifest(self.path)["version"] == self.version:
-            return
-        fresh = Collection.open(self.path)
-        self._set_state(fresh.manifest, fresh.segments, fresh.fields)
+        """Move to the newest state on disk (the writer lock is held): the newest version, when
+        another writer committed or this object's last commit failed after its rename, then any
+        write another writer logged since; a torn record at the log's end is cut off."""
+        if storage.read_manifest(self.path)["version"] != self.version:
+            fresh = Collection.open(self.path)
+            kept = ("_encoders", "merge_inline", "_merging", "_holds_lock", "sync_writes", "_log")
+            vars(self).update({k: v for k, v in vars(fresh).items() if k not in kept})
+        records, good, size = wal.read(self.path, self._log_end)
+        try:
+            self._log.cut_torn_tail(good, size)
+        except OSError as e:
+            raise storage.write_error(self.path, e, "cutting a torn record off the log") from None
+        for record in records:
+            if record.seq > self._log_seq:
+                self._apply(record.seq, buffer.Write.from_bytes(record.body))
+            self._log_end = record.end
 
     # ---- search ------------------------------------------------------------------------------
 

@@ -44,16 +44,22 @@ class MergePlan:
     @property
     def live(self) -> np.ndarray:
         """[rows of the run] True where a row was live at the plan (the rows the merge keeps)."""
-        return np.concatenate([~s.deleted for s in self.segments])
+        return np.concatenate([np.zeros(0, bool), *(~s.deleted for s in self.segments)])
 
 
 def plan(
-    version: int, segments: list[Segment], fields: dict[str, Any], first: int, end: int, keep_empty: bool
+    version: int,
+    segments: list[Segment],
+    fields: dict[str, Any],
+    first: int,
+    end: int,
+    keep_empty: bool,
+    name: str | None = None,
 ) -> MergePlan:
+    """Segments first..end-1 of `version`, merged into `name` (by default `seg-<version>-m`)."""
     base = sum(s.rows for s in segments[:first])
-    return MergePlan(
-        version, first, segments[first:end], dict(fields), base, f"seg-{version:06d}-m", keep_empty
-    )
+    name = name or f"seg-{version:06d}-m"
+    return MergePlan(version, first, segments[first:end], dict(fields), base, name, keep_empty)
 
 
 def write(path: Path, merge: MergePlan) -> MergePlan:

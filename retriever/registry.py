@@ -46,6 +46,7 @@ class Registry:
         name = collection.name
         if name in self._writers or name in self._broken:
             raise InvalidConfig(f"two directories hold a collection named {name!r}")
+        collection.sync_writes = False  # `write` syncs the log after releasing the collection's lock
         self._writers[name] = collection
         self._readers[name] = collection.snapshot()
         self._locks[name] = threading.Lock()
@@ -65,11 +66,18 @@ class Registry:
         """Apply `change` to the collection's writer, then publish a new snapshot to readers.
         Returns the change's result and the snapshot that holds it."""
         self._check(name)
+        writer = self._writers[name]
         with self._locks[name]:
             try:
-                result = change(self._writers[name])
+                result = change(writer)
             finally:  # a write that fails after its version was published still moves readers on
-                snapshot = self._readers[name] = self._writers[name].snapshot()
+                snapshot = writer.snapshot()
+        try:
+            snapshot.sync_log()  # outside the lock: writes logged meanwhile share the fsync (group commit)
+        finally:
+            with self._locks[name]:
+                if _newer(snapshot, self._readers[name]):
+                    self._readers[name] = snapshot
         if self._merger is not None:
             with self._wake:
                 self._to_merge.add(name)
@@ -141,3 +149,8 @@ class Registry:
         if name not in self._writers:
             raise NotFound(f"unknown collection {name!r}")  # never list the others: names can be private
 
+
+
+def _newer(candidate: Collection, current: Collection) -> bool:
+    """Whether `candidate` holds writes `current` lacks (snapshots may be published out of order)."""
+    return (candidate.version, candidate.log_position) >= (current.version, current.log_position)

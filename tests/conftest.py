@@ -20,3 +20,12 @@ def vec_collection(tmp_path):
     c.add(make_docs(300), vectors={"dense": x})
     return c, x
 
+
+
+@pytest.fixture
+def flush_each_write(monkeypatch):
+    """Every small write flushed as soon as it is logged: each write makes a segment and a version,
+    as tests of segments, merges and files need."""
+    from retriever import buffer
+
+    monkeypatch.setattr(buffer, "FLUSH_WRITES", 1)

@@ -14,6 +14,8 @@ from retriever.cli import app
 from retriever.index import disk
 from typer.testing import CliRunner
 
+pytestmark = pytest.mark.usefixtures("flush_each_write")  # each write a segment
+
 FORMAT1 = Path(__file__).parent / "data" / "format1"  # written by the engine at b65a118 (storage format 1)
 WORDS = ["apple", "banana", "cherry", "delta", "echo", "falcon", "garden", "harbor"]
 

@@ -192,7 +192,7 @@ class Collection:
             "buffer": {
                 "writes": len(self._buffered),
                 "rows": sum(s.rows for s in self.segments[self._committed :]),
-                "log_applied": self._log_seq,
+                "last_write": self._log_seq,  # its number in the log (writes are numbered from 1)
             },
             "fields": {name: f.info() for name, f in self.fields.items()},
             "bytes_on_disk": sum(e["size"] for e in self.manifest["files"].values()),
@@ -324,8 +324,11 @@ class Collection:
             scratch = self._scratch or buffer.Scratch()
             name = f"buf-{seq:06d}"
             made = {}
-            for fname, work in pending.items():
-                *_, made[fname] = work.write(scratch.path, name)
+            try:
+                for fname, work in pending.items():
+                    *_, made[fname] = work.write(scratch.path, name)
+            except OSError as e:
+                raise storage.write_error(self.path, e, "buffering a logged write") from None
             fields = {**fields, **{fname: make() for fname, make in made.items()}}
             entry = {"name": name, "rows": rows_added, "documents": None, "deleted": None}
             segments.append(Segment(entry, write.table, np.zeros(rows_added, dtype=bool)))

@@ -33,7 +33,7 @@ def test_a_toy_kind_needs_one_module_and_one_registry_line(toy_registered, tmp_p
     again = retriever.Collection.open(c.path)
     assert again.config == c.config and again.config.field("near").scale == 2
     assert again.search(np.array([5.0]), k=1, fields="near")[0].ids == ["d"]
-    rows = again.manifest["counts"]["rows"]  # 4, or 3 once the delete's segment was compacted
+    rows = again.counts["rows"]  # 4, or 3 once the delete's segment was compacted
     assert check(c.path)["ok"] and check(c.path)["fields"]["near"] == {"documents": rows}
     assert again.info()["fields"]["near"] == {
         "kind": "toy",

@@ -118,8 +118,8 @@ def test_upsert_stream_and_delete_match_in_process(served, tmp_path):
     docs, vectors = make_docs(30, start=1000), random_vectors(30, 16, seed=12)
     acks = list(far.upsert_stream(docs, {"dense": vectors}, batch_size=8))
     assert [a.batch for a in acks] == [0, 1, 2, 3] and sum(a.upserted for a in acks) == 30
-    versions = [a.version for a in acks]  # each batch commits a version (merges may add more)
-    assert versions == sorted(set(versions)) and versions[0] > before and far.version == versions[-1]
+    versions = [a.version for a in acks]  # small batches are logged: a version comes with a flush
+    assert versions == sorted(versions) and versions[0] >= before and far.version == versions[-1]
     assert far.delete(["d1000", "d1001", "missing"]) == 2
     local = retriever.connect(root / "vecs")  # what is on disk: every acked batch and the delete
     assert len(local) == len(far) == 428

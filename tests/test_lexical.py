@@ -102,6 +102,7 @@ def test_bm25_variants_match_reference(tmp_path, variant):
         assert_same_ranking(hits, expected, touched, [d["id"] for d in docs], 15)
 
 
+@pytest.mark.usefixtures("flush_each_write")  # each batch a segment: tail segments merge
 def test_bm25_survives_reopen_upsert_and_delete(tmp_path):
     docs = word_docs(60, seed=1)
     c = bm25_collection(tmp_path / "c")

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from retriever import buffer
 from retriever.index.fde import FdeConfig, FdeEncoder
 from retriever.kernels import reference
 
@@ -142,6 +143,7 @@ def test_spann_index_over_fdes_matches_a_flat_one(tmp_path, monkeypatch):
     from retriever.fields import parts
 
     monkeypatch.setattr(parts, "SPANN_MIN_ROWS", 100)  # segments of 100 rows or more get posting lists
+    monkeypatch.setattr(buffer, "FLUSH_WRITES", 1)  # each write a segment
     flat, spann = token_collection(tmp_path / "flat"), token_collection(tmp_path / "spann", index="SPANN,L10")
     docs = split(*clouds(200, 16, seed=8, max_tokens=12))
     for c in (flat, spann):

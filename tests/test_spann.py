@@ -277,6 +277,7 @@ def _spann_dir(collection, segment=0):
     return collection.segments[segment].entry["fields"]["spann"]["spann"]["dir"]
 
 
+@pytest.mark.usefixtures("flush_each_write")  # each batch a segment
 def test_collection_field_matches_exact_search_and_merges_build_new_lists(data, tmp_path):
     import retriever
 

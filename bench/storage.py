@@ -105,6 +105,7 @@ def commit_latency(sizes: list[int], work: Path, repeats: int = 60, background: 
             "p90_s": round(float(np.percentile(times, 90)), 4),
             "p99_s": round(float(np.percentile(times, 99)), 4),
             "mean_s": round(float(np.mean(times)), 4),
+            "documents_at_start": size,
             "documents": len(current),
             "files": files,
             "segments": len(getattr(current, "segments", [])) or None,

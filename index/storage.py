@@ -43,6 +43,7 @@ READABLE_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 LEASE_PREFIX = ".lease-"
+SCRATCH_PREFIX = "retriever-buffer-"  # a write buffer's private directory (retriever/buffer.py)
 PIN_ATTEMPTS = 100  # a reader retries when a writer publishes between its manifest read and its lease
 _CHUNK = 1 << 22
 # The names the engine gives data files and index directories: `docs-000007.parquet`,
@@ -77,6 +78,15 @@ def write_new_file(directory: Path, name: str, data: bytes) -> dict[str, Any]:
     disk.write_file(tmp, data)
     disk.replace(tmp, path)
     return {"size": len(data), "sha256": sha256_bytes(data)}
+
+
+def load_written(directory: Path, name: str) -> np.ndarray:
+    """An array this process just wrote: memory-mapped from a collection directory, read whole from
+    a write buffer's scratch directory (in memory already; a map holds a descriptor per file)."""
+    path = Path(directory) / name
+    if Path(directory).name.startswith(SCRATCH_PREFIX):
+        return np.load(path, allow_pickle=False)
+    return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -32,3 +32,51 @@ def top_k_rows(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray,
     order = np.argsort(-part_scores, axis=1, kind="stable")
     best = np.take_along_axis(part, order, axis=1)
     return np.take_along_axis(scores, best, axis=1), np.take_along_axis(ids, best, axis=1)
+
+
+FLAT_BLOCK = 32_768  # rows scored per matrix product: [B, block] scores stay in cache-sized pieces
+
+
+def flat_top_k(
+    queries: np.ndarray, base: np.ndarray, k: int, metric: str, allowed: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over every row of `base` [N, D] (a memory map is read block by block), ties to
+    the lower row. queries [B, D] -> (scores [B, k] float32 higher-is-better, rows [B, k] int64),
+    -inf / -1 padded. After the first block only scores above each query's current k-th best are
+    kept, as a heap would (faiss's IndexFlat), so most blocks cost their matrix product only."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    size = len(q)
+    best_scores = np.full((size, k), -np.inf, np.float32)
+    best_rows = np.full((size, k), -1, np.int64)
+    q_norms = np.vecdot(q, q)[:, None] if metric == "l2" else None
+    for lo in range(0, len(base), FLAT_BLOCK):
+        x = np.asarray(base[lo : lo + FLAT_BLOCK], dtype=np.float32)
+        scores = q @ x.T  # [B, n]
+        if q_norms is not None:  # -|q - x|^2
+            scores = 2 * scores - np.vecdot(x, x)[None, :] - q_norms
+        if allowed is not None:
+            scores[:, ~allowed[lo : lo + len(x)]] = -np.inf
+        better = scores > best_scores[:, -1:]  # a tie with a kept row loses: the kept row is lower
+        if better.sum() > 8 * k * size:  # cut each query to its k best of the block first, ties kept
+            cut = min(k, len(x))
+            kth = np.partition(scores, len(x) - cut, axis=1)[:, len(x) - cut]
+            better &= scores >= kth[:, None]
+        which, cols = np.nonzero(better)
+        if len(which):
+            best_scores, best_rows = _merge_best(
+                best_scores, best_rows, which, scores[which, cols], cols.astype(np.int64) + lo
+            )
+    return best_scores, np.where(np.isfinite(best_scores), best_rows, -1)
+
+
+def _merge_best(best_scores, best_rows, which, scores, rows):
+    """Each query's k best of its kept list and its new candidates (query `which`), ties to the
+    lower row: one sort by (query, -score, row)."""
+    size, k = best_scores.shape
+    owner = np.concatenate([np.repeat(np.arange(size), k), which])
+    all_scores = np.concatenate([best_scores.ravel(), scores])
+    all_rows = np.concatenate([best_rows.ravel(), rows])
+    order = np.lexsort((np.where(all_rows >= 0, all_rows, np.iinfo(np.int64).max), -all_scores, owner))
+    starts = np.searchsorted(owner[order], np.arange(size))  # every query has at least its k kept
+    take = order[starts[:, None] + np.arange(k)]
+    return all_scores[take], all_rows[take]

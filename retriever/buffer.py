@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from retriever.index import storage
+
 from .errors import CorruptIndex
 from .fields.payloads import from_arrays, to_arrays
 
@@ -84,7 +86,7 @@ class Scratch:
     def __init__(self) -> None:
         shm = Path("/dev/shm")
         where = str(shm) if shm.is_dir() and _writable(shm) else None
-        self.path = Path(tempfile.mkdtemp(prefix="retriever-buffer-", dir=where))
+        self.path = Path(tempfile.mkdtemp(prefix=storage.SCRATCH_PREFIX, dir=where))
         weakref.finalize(self, shutil.rmtree, str(self.path), True)
 
 

@@ -499,7 +499,7 @@ def write_part(
         file = f"{prefix}.{part}.npy"
         files[file] = storage.write_new_file(path, file, storage.npy_bytes(array))
         entry[part] = file
-        stored[part] = np.load(path / file, mmap_mode="r")
+        stored[part] = storage.load_written(path, file)
     factory = segment_factory(config, len(codes))
     index = None
     if factory is not None:

@@ -238,7 +238,7 @@ def _write_part(path, segment: str, config: DenseConfig, vectors: np.ndarray):
     prefix = f"{segment}.{config.name}"
     vname = f"{prefix}.vectors.npy"
     files = {vname: storage.write_new_file(path, vname, storage.npy_bytes(vectors))}
-    stored = VectorStore([np.load(path / vname, mmap_mode="r")], vectors.shape[1])
+    stored = VectorStore([storage.load_written(path, vname)], vectors.shape[1])
     entry, written, index = parts_module.build(
         path, prefix, config.index, stored.segments[0], config.metric, config.train_size
     )

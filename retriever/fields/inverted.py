@@ -296,7 +296,7 @@ def write_postings(path: Path, prefix: str, posting: PostingSegment, scale: floa
         file = f"{prefix}.postings.{array_name}.npy"
         files[file] = storage.write_new_file(path, file, storage.npy_bytes(array))
         arrays[array_name] = file
-    stored = PostingSegment.from_arrays({k: np.load(path / f, mmap_mode="r") for k, f in arrays.items()})
+    stored = PostingSegment.from_arrays({k: storage.load_written(path, f) for k, f in arrays.items()})
     return {"arrays": arrays, "scale": scale}, files, stored
 
 

@@ -441,7 +441,7 @@ def write_part(
             file = f"{prefix}.tokens.{part}.npy"
             files[file] = storage.write_new_file(path, file, storage.npy_bytes(array))
             tokens[part] = file
-    load = lambda key: np.load(path / tokens[key], mmap_mode="r") if tokens[key] else None  # noqa: E731
+    load = lambda key: storage.load_written(path, tokens[key]) if tokens[key] else None  # noqa: E731
     stored = (load("codes"), load("scales"), load("offsets"))
     encodings = field.fde.encode_documents(
         decompress(stored[0], stored[1]), np.asarray(stored[2])
@@ -450,7 +450,7 @@ def write_part(
     if is_spann(config.index) and len(encodings) >= parts_module.SPANN_MIN_ROWS:
         file = f"{prefix}.encodings.npy"
         files[file] = storage.write_new_file(path, file, storage.npy_bytes(encodings))
-        encodings = np.load(path / file, mmap_mode="r")
+        encodings = storage.load_written(path, file)
         entry["encodings"] = file
     built, written, index = parts_module.build(path, prefix, config.index, encodings, "ip", config.train_size)
     files.update(written)

@@ -376,7 +376,7 @@ class Collection:
         made in the manifest's segments as deletions files -> (manifest, segments, None)."""
         path, manifest, first = self.path, self._next_manifest(v), self._committed
         plan = merging.plan(self.version, self.segments, self.fields, first, len(self.segments), False,
-                            name=f"seg-{v:06d}")
+                            self.manifest["files"], name=f"seg-{v:06d}")
         merging.write(path, plan)
         files = manifest["files"]
         segments = []
@@ -445,6 +445,9 @@ class Collection:
         except OSError as e:
             self.forget_merge(plan)
             raise storage.write_error(self.path, e, "merging segments") from None
+        except CorruptIndex:  # a damaged source file: the merge is refused, the segments stay
+            self.forget_merge(plan)
+            raise
 
     def finish_merge(self, plan: merging.MergePlan) -> bool:
         """Publish a written merge on the newest version, with deletions that reached its segments
@@ -469,7 +472,9 @@ class Collection:
 
     def _plan(self, first: int, end: int) -> merging.MergePlan:
         migrating = self.manifest["format_version"] < storage.FORMAT_VERSION
-        plan = merging.plan(self.version, self.segments, self.fields, first, end, keep_empty=migrating)
+        plan = merging.plan(
+            self.version, self.segments, self.fields, first, end, migrating, self.manifest["files"]
+        )
         self._merging.add(plan.name)
         return plan
 
@@ -503,7 +508,7 @@ class Collection:
             try:
                 self.write_merge(plan)
                 self.finish_merge(plan)
-            except WriteFailed as e:
+            except (WriteFailed, CorruptIndex) as e:
                 self.forget_merge(plan)
                 log.warning("merge %s of %s failed, retried after a later write: %s", plan.name, self.path, e)
                 return

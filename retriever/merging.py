@@ -19,7 +19,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from retriever.index import storage
+
 from .documents import concat
+from .errors import CorruptIndex
 from .segments import Segment, new_segment, with_deletions
 
 
@@ -32,6 +35,7 @@ class MergePlan:
     base: int  # the run's first row then
     name: str  # the merged segment's name: a prefix no other writer uses
     keep_empty: bool  # write the segment even with no live row (a format migration must)
+    sources: dict[str, Any] = field(default_factory=dict)  # the run's files: {name: size and checksums}
     entry: dict[str, Any] | None = None  # written: the merged segment's entry ...
     table: pa.Table | None = None  # ... its documents ...
     shared: dict[str, Any] = field(default_factory=dict)  # ... each field's shared entry ...
@@ -54,12 +58,17 @@ def plan(
     first: int,
     end: int,
     keep_empty: bool,
+    files: dict[str, Any],
     name: str | None = None,
 ) -> MergePlan:
-    """Segments first..end-1 of `version`, merged into `name` (by default `seg-<version>-m`)."""
+    """Segments first..end-1 of `version` (whose manifest lists `files`), merged into `name` (by
+    default `seg-<version>-m`)."""
     base = sum(s.rows for s in segments[:first])
     name = name or f"seg-{version:06d}-m"
-    return MergePlan(version, first, segments[first:end], dict(fields), base, name, keep_empty)
+    run = segments[first:end]
+    names = storage.referenced_names({"segments": [s.entry for s in run]})
+    sources = {n: files[n] for n in names if n in files}  # a write buffer's segments have none
+    return MergePlan(version, first, run, dict(fields), base, name, keep_empty, sources)
 
 
 def write(path: Path, merge: MergePlan) -> MergePlan:
@@ -67,6 +76,9 @@ def write(path: Path, merge: MergePlan) -> MergePlan:
     nothing when no row is live (the run is then dropped), unless `keep_empty`."""
     if not merge.live.any() and not merge.keep_empty:
         return merge
+    problems = storage.verify_files(path, merge.sources)  # opening checked their ends only
+    if problems:
+        raise CorruptIndex(f"segments {merge.names} cannot be merged: {'; '.join(problems)}")
     rows = merge.base + np.flatnonzero(merge.live)  # [R] rows of the planned version
     merge.table = concat([s.table.filter(pa.array(~s.deleted)) for s in merge.segments])
     entry, written = new_segment(path, merge.name, merge.table)

@@ -12,7 +12,7 @@ import pytest
 
 import retriever
 from retriever import CorruptIndex
-from helpers import live_ids, make_docs, random_vectors
+from helpers import live_ids, make_docs, random_vectors, vector_config
 from retriever.check import check
 from retriever.index import storage, wal
 
@@ -182,9 +182,20 @@ def flip_byte(path, offset_fraction=0.5):
     path.write_bytes(bytes(data))
 
 
-def test_a_flipped_byte_in_any_file_is_detected(vec_collection):
-    c, x = vec_collection
+@pytest.fixture
+def ivf_collection(tmp_path):
+    """1,100 vectors under IVF4,Flat: a faiss file beside the documents and vectors."""
+    c = retriever.Collection.create(tmp_path / "ivf", vector_config("IVF4,Flat"))
+    x = random_vectors(1100, 16)
+    c.add(make_docs(1100), vectors={"dense": x})
+    return c, x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_a_flipped_byte_in_any_file_is_detected(ivf_collection):
+    """Files this small are verified whole when opened (both ends cover them)."""
+    c, x = ivf_collection
     c.delete(["d3"])
+    c.flush()
     files = [p for p in sorted(c.path.iterdir()) if p.is_file() and p.name not in (".lock", wal.LOG)]
     assert {p.suffix for p in files} >= {".json", ".arrow", ".npy", ".faiss"}
     for path in files:
@@ -199,8 +210,29 @@ def test_a_flipped_byte_in_any_file_is_detected(vec_collection):
     assert retriever.connect(c.path).search(x[0], k=1)[0].ids == ["d0"]
 
 
-def test_truncated_and_missing_files_are_detected(vec_collection):
-    c, _ = vec_collection
+def test_a_flipped_byte_inside_a_large_file_is_found_by_check_and_refused_by_a_merge(ivf_collection, monkeypatch):
+    """Opening verifies a memory-mapped file's ends only (O(files), as Lucene's footer check);
+    `check` verifies every byte, and a merge verifies what it reads before it reads it."""
+    monkeypatch.setattr(storage, "END_BLOCK", 64)
+    c = retriever.Collection.create(c_path := ivf_collection[0].path.parent / "big", vector_config())
+    c.merge_inline = False
+    for start in (0, 300):  # two segments
+        c.add(make_docs(300, start=start), vectors={"dense": random_vectors(300, 16, seed=start)})
+        c.flush()
+    vectors = c.path / c.segments[0].entry["fields"]["dense"]["vectors"]
+    flip_byte(vectors, 0.5)
+    retriever.connect(c_path)  # the damage sits between the ends
+    report = check(c_path)
+    assert not report["ok"] and "checksum" in report["problems"][0]
+    with pytest.raises(CorruptIndex, match="cannot be merged.*checksum"):
+        retriever.connect(c_path).optimize()
+    flip_byte(vectors, 0.999)
+    with pytest.raises(CorruptIndex, match="its ends"):
+        retriever.connect(c_path)
+
+
+def test_truncated_and_missing_files_are_detected(ivf_collection):
+    c, _ = ivf_collection
     faiss_file = next(p for p in c.path.iterdir() if p.suffix == ".faiss")
     data = faiss_file.read_bytes()
     faiss_file.write_bytes(data[: len(data) // 2])

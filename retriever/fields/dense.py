@@ -185,7 +185,7 @@ class DenseField:
             "ntotal": len(self.vectors),
             "segments": len(self.parts),
             "segment_indexes": sorted(
-                {p.index.factory if isinstance(p.index, FaissIndex) else "SPANN" for p in self.parts}
+                {"SPANN" if isinstance(p.index, SpannVectors) else p.index.factory for p in self.parts}
             ),
         }
 
@@ -240,7 +240,7 @@ def _write_part(path, segment: str, config: DenseConfig, vectors: np.ndarray):
     files = {vname: storage.write_new_file(path, vname, storage.npy_bytes(vectors))}
     stored = VectorStore([storage.load_written(path, vname)], vectors.shape[1])
     entry, written, index = parts_module.build(
-        path, prefix, config.index, stored.segments[0], config.metric, config.train_size
+        path, prefix, config.index, stored.segments[0], config.metric, config.train_size, stored=True
     )
     files.update(written)
     return {"vectors": vname, **entry}, files, DensePart(index, stored)

@@ -13,6 +13,7 @@ import numpy as np
 
 from retriever.index import disk, storage
 from retriever.index.faiss_index import FaissIndex
+from retriever.index.flat import FlatVectors
 from retriever.index.spann import SpannIndex
 from retriever.index.vectors import VectorStore
 from retriever.kernels import cpu
@@ -33,9 +34,16 @@ def train_floor(factory: str) -> int:
 
 
 def build(
-    path: Path, prefix: str, factory: str, vectors: np.ndarray, metric: str, train_size: int
-) -> tuple[dict[str, Any], dict[str, Any], FaissIndex | SpannVectors]:
-    """Index a segment's vectors [N, D] -> (its entry, {file: size and checksum}, the index)."""
+    path: Path,
+    prefix: str,
+    factory: str,
+    vectors: np.ndarray,
+    metric: str,
+    train_size: int,
+    stored: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any], FaissIndex | FlatVectors | SpannVectors]:
+    """Index a segment's vectors [N, D] -> (its entry, {file: size and checksum}, the index).
+    `stored`: `vectors` is the segment's own vectors file, which is then a Flat index as it is."""
     dim = vectors.shape[1]
     if is_spann(factory) and len(vectors) >= SPANN_MIN_ROWS:
         directory = Path(path) / f"{prefix}.spann"
@@ -51,6 +59,10 @@ def build(
         }
         return entry, {}, SpannVectors(index, VectorStore([vectors], dim), metric)
     used = factory if not is_spann(factory) and len(vectors) >= train_floor(factory) else "Flat"
+    if used == "Flat" and stored:
+        index = FlatVectors(vectors, metric)
+        index.use_gpu()
+        return {"index": None, "factory": "Flat"}, {}, index
     index = FaissIndex(used, dim, metric)
     if not index.cpu_index.is_trained:
         index.train(training_sample(vectors, train_size))
@@ -67,6 +79,10 @@ def open_index(
     """A segment's index, after its files' checksums matched."""
     if entry.get("spann"):
         return SpannVectors.open(path, entry, vectors, metric)
+    if entry["index"] is None:  # Flat over the stored vectors
+        index = FlatVectors(vectors.segments[0], metric)
+        index.use_gpu()
+        return index
     data = storage.read_verified(path, entry["index"], files[entry["index"]])
     index = FaissIndex.from_bytes(data, entry["factory"], vectors.dim, metric)
     index.use_gpu()

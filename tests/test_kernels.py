@@ -48,3 +48,19 @@ def test_vector_store_single_segment_fast_path_matches_segmented():
     full = rng.normal(size=(50, 7)).astype(np.float32)
     rows = rng.integers(-1, 50, size=(6, 9))
     np.testing.assert_array_equal(VectorStore([full], 7).gather(rows), VectorStore([full[:20], full[20:]], 7).gather(rows))
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("rows", [3, 250, 1000])
+@pytest.mark.parametrize("filtered", [False, True])
+def test_flat_top_k_matches_exact_search_ties_to_the_lower_row(metric, rows, filtered, monkeypatch):
+    monkeypatch.setattr(cpu, "FLAT_BLOCK", 97)  # several blocks, the last one short
+    rng = np.random.default_rng(rows)
+    base = np.round(rng.standard_normal((rows, 8)), 1).astype(np.float32)  # coarse: ties happen
+    base[rows // 2 :: 7] = base[0]  # exact duplicates across blocks
+    queries = np.concatenate([base[:1], rng.standard_normal((4, 8)).astype(np.float32)])
+    allowed = rng.random(rows) > 0.4 if filtered else None
+    scores, ids = cpu.flat_top_k(queries, base, 10, metric, allowed)
+    expected_scores, expected_ids = reference.exact_search(queries, base, 10, metric, allowed)
+    assert np.array_equal(ids, expected_ids)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-4, atol=1e-3)

@@ -517,11 +517,8 @@ class Collection:
         """The rows of these ids' live copies (each id has at most one)."""
         rows, start = [], 0
         for segment in self.segments:
-            positions = segment.positions
-            for doc_id in ids:
-                row = positions.get(doc_id)
-                if row is not None and not segment.deleted[row]:
-                    rows.append(start + row)
+            for found in segment.lookup.rows_of(ids):
+                rows.extend(start + row for row in found if not segment.deleted[row])
             start += segment.rows
         return rows
 

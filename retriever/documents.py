@@ -66,8 +66,7 @@ def concat(tables: list[pa.Table]) -> pa.Table:
 
 class DocumentTable:
     """Read access by row over the segments' tables (row order), memory-mapped where stored so.
-    `parts` are the segments, each with an `ids` [rows] array made on its first use (and kept
-    by the segment across versions), so no version pays for every row's id."""
+    `parts` are the segments, each with its `lookup` of document ids (kept across versions)."""
 
     def __init__(self, tables: list[pa.Table], parts: list[Any]) -> None:
         self.table = concat(tables)  # zero-copy: the segments' chunks
@@ -86,7 +85,7 @@ class DocumentTable:
         segment = np.searchsorted(self._starts, rows, side="right") - 1  # [B, k]
         for s in np.unique(segment[found]).tolist():
             mine = found & (segment == s)
-            out[mine] = self._parts[s].ids[rows[mine] - self._starts[s]]
+            out[mine] = self._parts[s].lookup.at(rows[mine] - self._starts[s])
         return out.tolist()
 
     def take(self, rows: np.ndarray) -> list[dict[str, Any]]:

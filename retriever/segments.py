@@ -25,21 +25,41 @@ from retriever.index import storage
 
 
 class DocumentIds:
-    """A segment's document ids, made on first use. Shared by every version of the segment (its
-    documents never change), so an upsert's lookup pays for them once per segment, not per commit."""
+    """Finding a segment's rows by document id: a sorted array of the ids' hashes (16 bytes a row,
+    where a dict of ids would take ~100), made on first use and shared by every version of the
+    segment (its documents never change), so an upsert's lookup pays for it once per segment."""
 
     def __init__(self, table: pa.Table) -> None:
-        self._table = table
+        self._column = table.column("id")
 
     @functools.cached_property
-    def ids(self) -> np.ndarray:
-        """[rows] document ids (object array)."""
-        return np.asarray(self._table.column("id").to_pylist(), dtype=object)
+    def _hashes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(hashes sorted [rows] int64, the row of each [rows] int64); built a chunk at a time."""
+        hashes = np.empty(len(self._column), np.int64)
+        start = 0
+        for chunk in self._column.chunks:
+            for lo in range(0, len(chunk), 1 << 16):
+                part = chunk.slice(lo, 1 << 16).to_pylist()
+                hashes[start : start + len(part)] = np.fromiter(map(hash, part), np.int64, len(part))
+                start += len(part)
+        order = np.argsort(hashes, kind="stable")
+        return hashes[order], order
 
-    @functools.cached_property
-    def positions(self) -> dict[str, int]:
-        """id -> row (deleted rows too: the segment's `deleted` says which are live)."""
-        return {doc_id: row for row, doc_id in enumerate(self.ids.tolist())}
+    def rows_of(self, ids: list[str]) -> list[list[int]]:
+        """Each id's rows here (deleted rows too: the segment's `deleted` says which are live)."""
+        if not ids or not len(self._column):
+            return [[] for _ in ids]
+        hashes, order = self._hashes
+        wanted = np.fromiter(map(hash, ids), np.int64, len(ids))
+        lo, hi = np.searchsorted(hashes, wanted, "left"), np.searchsorted(hashes, wanted, "right")
+        candidates = [order[a:b] for a, b in zip(lo.tolist(), hi.tolist())]
+        flat = np.concatenate([np.zeros(0, np.int64), *candidates])
+        found = iter(self.at(flat))  # hashes collide rarely: compare the ids themselves
+        return [[int(r) for r in rows if next(found) == doc_id] for doc_id, rows in zip(ids, candidates)]
+
+    def at(self, rows: np.ndarray) -> list[str]:
+        """The ids of these rows [R]."""
+        return self._column.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
 
 
 @dataclass(frozen=True)
@@ -57,13 +77,6 @@ class Segment:
     def rows(self) -> int:
         return int(self.entry["rows"])
 
-    @property
-    def ids(self) -> np.ndarray:
-        return self.lookup.ids
-
-    @property
-    def positions(self) -> dict[str, int]:
-        return self.lookup.positions
 
     def with_state(self, entry: dict[str, Any], deleted: np.ndarray) -> "Segment":
         """This segment at another version (other deletions), sharing its document ids."""

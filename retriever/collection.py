@@ -46,6 +46,7 @@ class Collection:
         self.config = config  # fixed at create: commits never change it
         self._encoders: dict[str, Any] = {}
         self.merge_inline = True  # merges run in the writing call; a server's background merger sets False
+        self.max_segment_rows: int | None = None  # merges stop at this size (a build under a memory cap)
         self._merging: set[str] = set()  # names of merges in flight: their files are not debris
         self._holds_lock = False
         self.sync_writes = True  # a write returns once its log record is durable; a server syncs itself
@@ -435,7 +436,7 @@ class Collection:
         where writes to this object are serialized; `write_merge` needs no lock)."""
         committed = self.segments[: self._committed]  # buffered writes are flushed before a merge finishes
         rows, deleted = [s.rows for s in committed], [int(s.deleted.sum()) for s in committed]
-        run = merge_policy.next_merge(rows, deleted)
+        run = merge_policy.next_merge(rows, deleted, self.max_segment_rows)
         return None if run is None else self._plan(*run)
 
     def write_merge(self, plan: merging.MergePlan) -> merging.MergePlan:

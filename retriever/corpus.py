@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,49 +15,85 @@ TEXT_SUFFIXES = (".md", ".rst", ".txt", ".py", ".toml", ".proto", ".cfg", ".yaml
 SKIP_DIRS = {".git", ".venv", "venv", "__pycache__", "build", "dist", "node_modules", ".pytest_cache", ".hypothesis"}
 
 
-def read_corpus(path: str | Path, vector_fields: list[str]) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Documents, and any precomputed vectors they carry ({field: [N, D]}).
+Chunk = tuple[list[dict[str, Any]], dict[str, np.ndarray]]
+
+
+def read_corpus(path: str | Path, vector_fields: list[str]) -> Chunk:
+    """Documents, and any precomputed vectors they carry ({field: [N, D]}), all at once."""
+    docs: list[dict[str, Any]] = []
+    given: dict[str, list[np.ndarray]] = {}
+    for part, vectors in iter_corpus(path, vector_fields, 1 << 16):
+        docs.extend(part)
+        for name, array in vectors.items():
+            given.setdefault(name, []).append(array)
+    return docs, {name: np.concatenate(arrays) for name, arrays in given.items()}
+
+
+def iter_corpus(path: str | Path, vector_fields: list[str], rows: int) -> Iterator[Chunk]:
+    """The corpus in chunks of `rows` documents (the last may be shorter), each with the vectors
+    its documents carry ({field: [n, D]}), read as it goes: memory does not grow with the corpus.
 
     A key (JSONL) or column (Parquet) named after a field holds that field's vectors; an .npy
     file is a matrix of vectors for the collection's only field, with ids "0".."N-1".
     """
     path = Path(path)
     if path.is_dir():
-        return chunk_folder(path), {}
+        docs = chunk_folder(path)
+        for start in range(0, len(docs), rows):
+            yield docs[start : start + rows], {}
+        return
     if not path.exists():
         raise InvalidRequest(f"input {str(path)!r} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        return _read_npy(path, vector_fields)
+        yield from _iter_npy(path, vector_fields, rows)
+        return
     if suffix == ".parquet":
-        docs = pq.read_table(path).to_pylist()
+        batches = (b.to_pylist() for b in pq.ParquetFile(path).iter_batches(batch_size=rows))
     elif suffix in (".jsonl", ".json"):
-        docs = read_jsonl(path)
+        batches = _batched(iter_jsonl(path), rows)
     else:
         raise InvalidRequest(f"input {str(path)!r}: expected .jsonl, .parquet, .npy or a folder")
-    return docs, _pop_vectors(docs, vector_fields)
+    for docs in batches:
+        yield docs, _pop_vectors(docs, vector_fields)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return list(iter_jsonl(path))
+
+
+def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """One JSON object per line. Splits on '\\n' only: corpus text may hold U+2028."""
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise InvalidRequest(f"{str(path)!r} line {number} is not valid JSON: {e}") from None
-    return records
+    with open(path, "rb") as lines:  # binary lines end at a newline byte only
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line.decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise InvalidRequest(f"{str(path)!r} line {number} is not valid JSON: {e}") from None
 
 
-def _read_npy(path: Path, vector_fields: list[str]):
+def _batched(records: Iterator[dict[str, Any]], rows: int) -> Iterator[list[dict[str, Any]]]:
+    batch = []
+    for record in records:
+        batch.append(record)
+        if len(batch) == rows:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _iter_npy(path: Path, vector_fields: list[str], rows: int) -> Iterator[Chunk]:
     if len(vector_fields) != 1:
         raise InvalidRequest(f"an .npy input fills exactly one field, but the config has {vector_fields}")
     vectors = np.load(path, mmap_mode="r", allow_pickle=False)
     if vectors.ndim != 2:
         raise InvalidRequest(f"{str(path)!r} must hold a [N, D] matrix, got shape {vectors.shape}")
-    return [{"id": str(i)} for i in range(len(vectors))], {vector_fields[0]: vectors}
+    for start in range(0, len(vectors), rows):
+        block = np.asarray(vectors[start : start + rows], dtype=np.float32)
+        yield [{"id": str(i)} for i in range(start, start + len(block))], {vector_fields[0]: block}
 
 
 def _pop_vectors(docs: list[dict[str, Any]], vector_fields: list[str]) -> dict[str, np.ndarray]:

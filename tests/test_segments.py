@@ -182,7 +182,7 @@ def test_the_same_documents_in_one_or_twenty_segments_give_the_same_ids_and_scor
             "tok": [t for _, v in batches for t in v["tok"]],
         },
     )
-    monkeypatch.setattr("retriever.merge_policy.next_merge", lambda rows, deleted: None)  # keep every segment
+    monkeypatch.setattr("retriever.merge_policy.next_merge", lambda rows, deleted, cap: None)  # keep every segment
     twenty = retriever.Collection.create(tmp_path / "twenty", MIXED)
     for docs, vectors in batches:
         twenty.add(docs, vectors=vectors)
@@ -365,3 +365,16 @@ def test_writes_merge_themselves_when_merges_fall_behind(tmp_path, monkeypatch):
         c.add(make_docs(5, start=5 * i), vectors={"dense": random_vectors(5, 16, seed=i)})
         assert len(c.segments) <= 6 + 1
     assert len(c) == 100 and check(c.path)["ok"]
+
+
+def test_the_merge_policy_keeps_tiers_logarithmic_and_stops_at_the_size_cap():
+    from retriever import merge_policy
+
+    assert merge_policy.next_merge([8, 4, 2, 1, 1], [0] * 5) == (0, 5)  # each tier no bigger than the rest
+    assert merge_policy.next_merge([8, 4, 2, 1, 1], [0] * 5, max_rows=4) == (2, 5)  # 2 + 1 + 1 fits
+    assert merge_policy.next_merge([4, 4, 1, 1], [0] * 4, max_rows=4) == (2, 4)
+    assert merge_policy.next_merge([4, 4, 4], [0] * 3, max_rows=4) is None  # every merge would overflow
+    assert merge_policy.next_merge([4, 1, 1], [0] * 3, max_rows=2) == (1, 3)
+    equal = [4] * (merge_policy.MAX_SEGMENTS + 1)
+    assert merge_policy.next_merge(equal, [0] * len(equal), max_rows=4) is None  # even past MAX_SEGMENTS
+    assert merge_policy.next_merge([10, 5], [6, 0], max_rows=4) == (0, 1)  # compaction only shrinks

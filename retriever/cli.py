@@ -104,6 +104,9 @@ def build(
     out: Path = typer.Option(..., "--out", "-o", help="Collection directory to create."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted build, skipping encoded blocks."),
     block_size: int = typer.Option(512, "--block-size", help="Documents per resumable encoding block."),
+    memory_cap: str = typer.Option(
+        "4GB", "--memory-cap", help="Memory the build may use (e.g. 2GB): the corpus streams through in chunks."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Build a collection from a corpus."""
@@ -111,10 +114,14 @@ def build(
         import time
 
         from .build import build as run_build
+        from .build import parse_size
         from .config import CollectionConfig
 
         start = time.perf_counter()
-        collection = run_build(CollectionConfig.from_toml(config), input, out, resume=resume, block_size=block_size)
+        collection = run_build(
+            CollectionConfig.from_toml(config), input, out, resume=resume, block_size=block_size,
+            memory_cap=parse_size(memory_cap),
+        )
         seconds = time.perf_counter() - start
         return {**collection.info(), "seconds": round(seconds, 3), "docs_per_s": round(len(collection) / seconds, 2)}
 

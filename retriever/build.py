@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from retriever.index import storage
 
+from .buffer import LOG_MAX_ROWS
 from .collection import Collection
 from .config import CollectionConfig
 from .corpus import iter_corpus
@@ -91,7 +92,7 @@ def chunk_rows(config: CollectionConfig, memory_cap: int) -> tuple[int, int]:
         4 * (getattr(f, "dim", None) or 1024) for f in config.fields if kind_of(f).vector_input
     )
     per_row = DOCUMENT_BYTES + 3 * vector_bytes  # encoded, normalized, written
-    chunk = max(1000, memory_cap // CHUNK_SHARE // per_row)
+    chunk = max(LOG_MAX_ROWS + 1, memory_cap // CHUNK_SHARE // per_row)  # each chunk its own segment
     return int(chunk), int(max(chunk, memory_cap // MERGED_SHARE // per_row))
 
 

@@ -49,13 +49,34 @@ def iter_corpus(path: str | Path, vector_fields: list[str], rows: int) -> Iterat
         yield from _iter_npy(path, vector_fields, rows)
         return
     if suffix == ".parquet":
-        batches = (b.to_pylist() for b in pq.ParquetFile(path).iter_batches(batch_size=rows))
-    elif suffix in (".jsonl", ".json"):
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+            vectors = {n: _vector_column(batch, n) for n in vector_fields if n in batch.schema.names}
+            yield batch.drop_columns(list(vectors)).to_pylist(), vectors
+        return
+    if suffix in (".jsonl", ".json"):
         batches = _batched(iter_jsonl(path), rows)
     else:
         raise InvalidRequest(f"input {str(path)!r}: expected .jsonl, .parquet, .npy or a folder")
     for docs in batches:
         yield docs, _pop_vectors(docs, vector_fields)
+
+
+def _vector_column(batch, name: str) -> np.ndarray:
+    """A Parquet column of equal-length number lists -> [n, D] float32, without Python objects."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = batch.column(name)
+    if not (pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type)) or column.null_count:
+        raise InvalidRequest(f"the {name!r} column must hold a list of numbers in every row")
+    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+    if len(lengths) and (lengths != lengths[0]).any():
+        raise InvalidRequest(f"the {name!r} vectors in the input are not all numbers of one length")
+    try:
+        values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    except (pa.ArrowInvalid, ValueError, TypeError):
+        raise InvalidRequest(f"the {name!r} vectors in the input are not all numbers") from None
+    return values.reshape(len(column), int(lengths[0]) if len(lengths) else 0)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

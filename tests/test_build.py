@@ -13,18 +13,18 @@ from retriever.kernels import reference
 
 @pytest.fixture
 def vectors_file(tmp_path):
-    x = random_vectors(2500, 16, seed=3)
+    x = random_vectors(4600, 16, seed=3)
     np.save(tmp_path / "vectors.npy", x)
     return tmp_path / "vectors.npy", x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def test_a_capped_build_streams_chunks_into_bounded_segments(vectors_file, tmp_path, monkeypatch):
     path, x = vectors_file
-    monkeypatch.setattr(build_module, "chunk_rows", lambda config, cap: (500, 1200))  # tiny "memory"
+    monkeypatch.setattr(build_module, "chunk_rows", lambda config, cap: (1100, 2300))  # tiny "memory"
     config = retriever.CollectionConfig.from_dict(vector_config())
     built = build_module.build(config, path, tmp_path / "out", memory_cap=64 << 20, progress=False)
     rows = [s["rows"] for s in built.info()["segments"]]
-    assert len(built) == 2500 and rows == [1000, 1000, 500]  # five chunks; merges stop at 1,200 rows
+    assert len(built) == 4600 and rows == [2200, 2200, 200]  # five chunks; merges stop at 2,300 rows
     assert not (tmp_path / "out" / ".build").exists() and built.info()["buffer"]["writes"] == 0
     _, truth = reference.exact_search(x[:20], x, 10)
     assert [list(h.rows) for h in Collection.open(tmp_path / "out").search(x[:20], k=10)] == truth.tolist()
@@ -32,7 +32,7 @@ def test_a_capped_build_streams_chunks_into_bounded_segments(vectors_file, tmp_p
 
 def test_an_interrupted_build_resumes_after_its_committed_chunks(vectors_file, tmp_path, monkeypatch):
     path, x = vectors_file
-    monkeypatch.setattr(build_module, "chunk_rows", lambda config, cap: (1000, 5000))
+    monkeypatch.setattr(build_module, "chunk_rows", lambda config, cap: (1500, 5000))
     config = retriever.CollectionConfig.from_dict(vector_config())
     added = []
     real_add = Collection.add
@@ -46,15 +46,15 @@ def test_an_interrupted_build_resumes_after_its_committed_chunks(vectors_file, t
     monkeypatch.setattr(Collection, "add", dying_add)
     with pytest.raises(KeyboardInterrupt):
         build_module.build(config, path, tmp_path / "out", progress=False)
-    assert len(Collection.open(tmp_path / "out")) == 2000
+    assert len(Collection.open(tmp_path / "out")) == 3000
     with pytest.raises(retriever.AlreadyExists, match="--resume"):
         build_module.build(config, path, tmp_path / "out", progress=False)
     added.clear()
     monkeypatch.setattr(Collection, "add", lambda self, docs, vectors=None, **kw: (
         added.append(len(docs)), real_add(self, docs, vectors, **kw))[1])
     resumed = build_module.build(config, path, tmp_path / "out", resume=True, progress=False)
-    assert added == [500] and len(resumed) == 2500  # only the last chunk was written again
-    assert resumed.search(x[2400], k=1)[0].ids == ["2400"]
+    assert added == [1500, 100] and len(resumed) == 4600  # only the chunks not committed
+    assert resumed.search(x[4400], k=1)[0].ids == ["4400"]
     with pytest.raises(retriever.AlreadyExists, match="already holds a built collection"):
         build_module.build(config, path, tmp_path / "out", resume=True, progress=False)
 

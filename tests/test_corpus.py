@@ -65,3 +65,17 @@ def test_vectors_from_parquet_column(tmp_path):
     c.add(docs, vectors=vectors)
     [h] = c.search(np.array([0.0, 1.0, 0.0]), k=1, filter={"year": {"gte": 2002}})
     assert h.ids == ["b"] and h.scores[0] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    "column, words",
+    [([[1.0, 0.0], [1.0]], "one length"), ([[1.0, 0.0], None], "list of numbers in every row"),
+     (["x", "y"], "list of numbers in every row")],
+)
+def test_bad_vector_columns_in_parquet_are_refused(tmp_path, column, words):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ["a", "b"], "dense": column}), tmp_path / "bad.parquet")
+    with pytest.raises(retriever.InvalidRequest, match=words):
+        read_corpus(tmp_path / "bad.parquet", ["dense"])

@@ -6,7 +6,8 @@ The previous storage format (the engine at --peer-ref, a git revision) runs the 
 part in its own process on the same machine in the same run. Prints one JSON object on stdout
 (progress on stderr).
 
-    python bench/storage.py [--sizes 10000,100000] [--upserts 2000] [--memory-size 100000] [--out r.json]
+    python bench/storage.py [--sizes 10000,100000] [--upserts 2000] [--memory-size 100000]
+                            [--build-size 200000 --memory-cap 2GB] [--parts commit,...] [--out r.json]
 """
 
 from __future__ import annotations
@@ -267,6 +268,55 @@ def memory_and_open(size: int, work: Path) -> dict:
     }
 
 
+def capped_build(rows: int, cap: str, work: Path) -> dict:
+    """`retriever build` of `rows` documents with 96-d vectors (a Parquet corpus: id, text, the
+    vectors as a list column) under `--memory-cap`, in its own process: its peak resident memory
+    (the kernel's high-water mark), seconds, and the segments it made."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    corpus = work / "corpus.parquet"
+    log(f"capped build: writing a corpus of {rows} documents")
+    with pq.ParquetWriter(corpus, pa.schema([("id", pa.string()), ("text", pa.string()),
+                                             ("dense", pa.list_(pa.float32(), DIM))])) as writer:
+        for start in range(0, rows, 100_000):
+            docs, vectors = documents(start, min(100_000, rows - start), seed=start)
+            writer.write_table(pa.table({
+                "id": [d["id"] for d in docs],
+                "text": [d["text"] for d in docs],
+                "dense": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM),
+            }))
+    config = work / "build.toml"
+    config.write_text(
+        'name = "store"\nmax_k = 100\n[[fields]]\nname = "dense"\ndim = 96\n'
+        '[[fields]]\nname = "bm25"\nkind = "bm25"\nstemmer = ""\nstopwords = ""\n'
+    )
+    out = work / "built"
+    command = [str(Path(sys.executable).parent / "retriever"), "build", "--config", str(config), "--input",
+               str(corpus), "--out", str(out), "--memory-cap", cap, "--json"]
+    measure = ("import resource, subprocess, sys, time\n"
+               "t = time.perf_counter(); r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+               "print(r.returncode, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+               "print(r.stderr[-2000:], file=sys.stderr)")
+    log(f"capped build: building under --memory-cap {cap}")
+    result = subprocess.run([sys.executable, "-c", measure, *command], capture_output=True, text=True)
+    code, seconds, peak_kb = result.stdout.split()
+    if code != "0":
+        return {"error": result.stderr[-2000:]}
+    import retriever
+
+    built = retriever.Collection.open(out)
+    return {
+        "documents": len(built),
+        "memory_cap": cap,
+        "peak_resident_gb": round(int(peak_kb) / 2**20, 3),
+        "seconds": round(float(seconds), 1),
+        "documents_per_s": round(rows / float(seconds), 1),
+        "segments": [s["rows"] for s in built.info()["segments"]],
+        "corpus_gb": round(corpus.stat().st_size / 2**30, 2),
+    }
+
+
 CRASH_WRITER = """
 import json, sys, numpy as np, retriever
 c = retriever.connect(sys.argv[1])
@@ -351,7 +401,9 @@ def main() -> None:
     parser.add_argument("--memory-size", type=int, default=100_000)
     parser.add_argument("--crash-rounds", type=int, default=200, help="kill -9 rounds of a writer")
     parser.add_argument("--peer-ref", default="b65a118", help="git revision of the previous storage format")
-    parser.add_argument("--parts", default="commit,background,peer,server,search,memory,crash")
+    parser.add_argument("--build-size", type=int, default=200_000, help="documents of the capped build")
+    parser.add_argument("--memory-cap", default="2GB", help="the capped build's --memory-cap")
+    parser.add_argument("--parts", default="commit,background,peer,server,search,memory,crash,build")
     parser.add_argument(
         "--only-commit", action="store_true", help=argparse.SUPPRESS
     )  # the peer's own process
@@ -390,6 +442,8 @@ def main() -> None:
         if "memory" in parts:
             log(f"memory and open time at {args.memory_size}")
             result["open"] = memory_and_open(args.memory_size, work)
+        if "build" in parts:
+            result["capped_build"] = capped_build(args.build_size, args.memory_cap, work)
     emit(result, args.out)
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from retriever.errors import CorruptIndex, InvalidConfig, InvalidRequest
 from retriever.index import storage
 from retriever.index.faiss_index import FaissIndex
+from retriever.index.flat import FlatVectors
 from retriever.index.vectors import VectorStore
 
 from . import parts as parts_module
@@ -19,6 +20,7 @@ from .base import ModelKind, FieldConfig, SegmentView, check_choice, check_int, 
 from .spann import SpannVectors, is_spann, spann_params
 
 METRICS = ("ip", "l2")
+SMALL_PART = 4096  # exact parts smaller than this are scanned together (`DenseField._scans`)
 SEARCH_PARAMS = ("nprobe", "efSearch")  # settable per field in the config's `search` table
 
 
@@ -155,15 +157,38 @@ class DenseField:
         if self.config.search:
             params = {**self.config.search, **params}
         rescore = int(params.get("rescore", self.config.rescore))
-        found = []
-        for part, start in zip(self.parts, self.starts):
+        found, starts = [], []
+        for part, start in self._scans:
             local = None if allowed is None else allowed[start : start + len(part.vectors)]
             found.append(
                 parts_module.search(
                     part.index, part.vectors, queries, k, params, local, rescore, self.config.metric
                 )
             )
-        return merge_top_k(found, self.starts, len(queries), k)
+            starts.append(start)
+        return merge_top_k(found, starts, len(queries), k)
+
+    @functools.cached_property
+    def _scans(self) -> list[tuple[DensePart, int]]:
+        """The parts a search visits, with their first row: a run of adjacent small exact parts (a
+        write buffer's, fresh segments') is scanned as one, so each costs one call, not many."""
+        out: list[tuple[DensePart, int]] = []
+        run: list[DensePart] = []
+        for part, start in zip([*self.parts, None], self.starts):
+            if part is not None and isinstance(part.index, FlatVectors) and part.index.ntotal < SMALL_PART:
+                run.append(part)
+                continue
+            if len(run) > 1:
+                joined = np.concatenate([np.asarray(p.vectors.segments[0]) for p in run])
+                index = FlatVectors(joined, self.config.metric)
+                index.use_gpu()
+                out.append((DensePart(index, VectorStore([joined], self.dim)), start - len(joined)))
+            elif run:
+                out.append((run[0], start - len(run[0].vectors)))
+            run = []
+            if part is not None:
+                out.append((part, start))
+        return out
 
     def merge(self, path, name: str, rows: np.ndarray):
         entry, files, _ = _write_part(path, name, self.config, self.vectors.gather(rows))

@@ -16,7 +16,7 @@ import json
 import shutil
 import tempfile
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,24 @@ LOG_MAX_ROWS = 1000
 FLUSH_ROWS = 50_000  # a buffer this large becomes a segment ...
 FLUSH_WRITES = 16  # ... as does one of this many writes (one scratch segment each: searches visit each)
 FLUSH_LOG_BYTES = 64 << 20  # ... or one whose log has grown this large
+
+
+@dataclass
+class FlushPlan:
+    """A write buffer taken to be flushed: written without the writer lock, published with it."""
+
+    version: int  # the version the buffer was taken on: the flush is dropped if another follows it
+    upto: int  # the last logged write it holds
+    merge: Any  # merging.MergePlan: the buffer's segments, merged into one segment of the directory
+    segments: list  # the manifest's segments with the buffer's deletions then
+    scratch: "Scratch | None"  # where the buffer's shared files (a grown vocabulary, a binarizer) are
+    known: set[str] = field(default_factory=set)  # files the manifest listed then
+    files: dict[str, Any] = field(default_factory=dict)  # shared files copied into the directory
+
+    @property
+    def names(self) -> list[str]:
+        """Prefixes of the files it writes, which the debris sweep leaves alone meanwhile."""
+        return [self.merge.name, *(s.entry["name"] for s in self.merge.segments)]
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from .types import Hits
 
 log = logging.getLogger(__name__)
 FUSION_CANDIDATES = 100  # per-field candidates fused when several fields are searched
+BACKGROUND_SLACK = 4  # a buffer this many times full is flushed by the write itself (backpressure)
 FUSION_PARAMS = {"candidates": 1}  # request parameters of the collection itself -> their smallest value
 Queries = str | Sequence[str] | np.ndarray | Mapping[str, Any]
 
@@ -291,7 +292,7 @@ class Collection:
                 self._log.cut(start)
             raise
         self._log_end = end
-        if self._buffer_full():
+        if self._buffer_full(1 if self.merge_inline else BACKGROUND_SLACK):  # else the server's merger flushes
             try:
                 self._flush()
                 self._merge_while_needed()
@@ -337,12 +338,16 @@ class Collection:
         self._set_state(self.manifest, segments, fields, (*self._buffered, (seq, write)))
         self._log_seq = seq
 
-    def _buffer_full(self) -> bool:
+    def needs_flush(self) -> bool:
+        """Whether the write buffer is full (what a background merger asks before flushing it)."""
+        return self._buffer_full()
+
+    def _buffer_full(self, times: int = 1) -> bool:
         rows = sum(s.rows for s in self.segments[self._committed :])
         return (
-            len(self._buffered) >= buffer.FLUSH_WRITES
-            or rows >= buffer.FLUSH_ROWS
-            or self._log_end >= buffer.FLUSH_LOG_BYTES
+            len(self._buffered) >= times * buffer.FLUSH_WRITES
+            or rows >= times * buffer.FLUSH_ROWS
+            or self._log_end >= times * buffer.FLUSH_LOG_BYTES
         )
 
     def sync_log(self) -> None:
@@ -362,43 +367,97 @@ class Collection:
         return True
 
     def _flush(self) -> None:
-        """The writer lock is held. The log is emptied once the new version is published."""
-        if not self._buffered:
-            return
-        self._publish(self._flushed_version)
-        try:
-            self._log.cut(0)
-            self._log_end = 0
-        except OSError as e:  # its records are at or below `log_applied`: readers skip them
-            log.warning("emptying the write-ahead log of %s failed: %s", self.path, e)
+        """Flush the buffer in the call (the writer lock is held)."""
+        plan = self.plan_flush()
+        if plan is not None:
+            self.write_flush(plan)
+            self.finish_flush(plan)
 
-    def _flushed_version(self, v: int):
+    def plan_flush(self) -> buffer.FlushPlan | None:
+        """The buffer as it is now, to flush (call it, and `finish_flush`, where writes to this
+        object are serialized; `write_flush` needs no lock, so writes go on meanwhile)."""
+        if not self._buffered:
+            return None
+        first = self._committed
+        merge = merging.plan(self.version, self.segments, self.fields, first, len(self.segments), False,
+                             self.manifest["files"], name=f"seg-{self.version:06d}-f{self._log_seq}")
+        plan = buffer.FlushPlan(self.version, self._log_seq, merge, self.segments[:first], self._scratch,
+                                set(self.manifest["files"]))
+        self._merging.update(plan.names)
+        return plan
+
+    def write_flush(self, plan: buffer.FlushPlan) -> None:
+        """The flushed segment's files, and the shared files the buffer grew, into the directory."""
+        try:
+            merging.write(self.path, plan.merge)
+            for name in storage.referenced_names({"fields": plan.merge.shared}) - plan.known:
+                data = (plan.scratch.path / name).read_bytes()
+                plan.files[name] = storage.write_new_file(self.path, name, data)
+        except OSError as e:
+            self.forget_flush(plan)
+            raise storage.write_error(self.path, e, "flushing the write buffer") from None
+
+    def finish_flush(self, plan: buffer.FlushPlan) -> bool:
+        """Publish a written flush; writes logged since its plan stay in the buffer. False when
+        another version came first (a direct commit or another process flushed those writes)."""
+        try:
+            with self._writer():
+                self._catch_up()
+                if self.version != plan.version:
+                    log.info("flush %s of %s dropped: version %d came first", plan.merge.name, self.path,
+                             self.version)
+                    return False
+                self._publish_keeping_buffer(lambda v: self._flushed_version(v, plan), plan.upto)
+                return True
+        finally:
+            self.forget_flush(plan)
+
+    def forget_flush(self, plan: buffer.FlushPlan) -> None:
+        self._merging.difference_update(plan.names)
+
+    def _flushed_version(self, v: int, plan: buffer.FlushPlan):
         """Version v: the buffer's live documents as one segment, the deletions buffered writes
         made in the manifest's segments as deletions files -> (manifest, segments, None)."""
-        path, manifest, first = self.path, self._next_manifest(v), self._committed
-        plan = merging.plan(self.version, self.segments, self.fields, first, len(self.segments), False,
-                            self.manifest["files"], name=f"seg-{v:06d}")
-        merging.write(path, plan)
+        path, manifest = self.path, self._next_manifest(v)
         files = manifest["files"]
         segments = []
-        for segment, base in zip(self.segments[:first], self._base):
-            if not np.array_equal(segment.deleted, base.deleted):
-                entry, written = with_deletions(path, v, segment.entry, segment.deleted)
+        for now, base in zip(plan.segments, self._base):
+            if not np.array_equal(now.deleted, base.deleted):
+                entry, written = with_deletions(path, v, base.entry, now.deleted)
                 files.update(written)
-                segment = segment.with_state(entry, segment.deleted)
-            segments.append(segment)
-        if plan.entry is not None:
-            segments.append(Segment(plan.entry, plan.table, np.zeros(plan.table.num_rows, dtype=bool)))
-            files.update(plan.files)
-            for fname, shared in plan.shared.items():
+                base = base.with_state(entry, now.deleted)
+            segments.append(base)
+        merged = plan.merge
+        if merged.entry is not None:
+            segments.append(Segment(merged.entry, merged.table, np.zeros(merged.table.num_rows, dtype=bool)))
+            files.update(merged.files)
+            for fname, shared in merged.shared.items():
                 manifest["fields"][fname] = {**manifest["fields"][fname], **shared}
+        files.update(plan.files)
         manifest["segments"] = [s.entry for s in segments]
         manifest["counts"] = _counts(segments)
-        manifest["log_applied"] = self._log_seq
-        for name in storage.referenced_names({"fields": manifest["fields"]}) - set(files):
-            # shared files a buffered write made (a grown vocabulary, a binarizer): into the directory
-            files[name] = storage.write_new_file(path, name, (self._scratch.path / name).read_bytes())
+        manifest["log_applied"] = plan.upto
         return manifest, segments, None
+
+    def _publish_keeping_buffer(self, write: Callable[[int], tuple], upto: int) -> None:
+        """Publish a version that holds the logged writes up to `upto` (a flush, or a merge: those
+        already published), then apply the buffered writes after it again on top; the log is
+        emptied when none are left."""
+        tail = [(seq, w) for seq, w in self._buffered if seq > upto]
+        self._publish(write)
+        self._log_seq = upto
+        try:
+            for seq, w in tail:
+                self._apply(seq, w)
+        except RetrieverError:
+            self._log_seq, self._log_end = upto, 0  # the next write replays the rest from the log
+            raise
+        if not tail:
+            try:
+                self._log.cut(0)
+                self._log_end = 0
+            except OSError as e:  # its records are at or below `log_applied`: readers skip them
+                log.warning("emptying the write-ahead log of %s failed: %s", self.path, e)
 
     def optimize(self) -> int:
         """Merge every segment into one, dropping deleted rows (what `retriever optimize` runs).
@@ -434,8 +493,8 @@ class Collection:
     def plan_merge(self) -> merging.MergePlan | None:
         """The next merge the policy asks for, pinned at this version (call it, and `finish_merge`,
         where writes to this object are serialized; `write_merge` needs no lock)."""
-        committed = self.segments[: self._committed]  # buffered writes are flushed before a merge finishes
-        rows, deleted = [s.rows for s in committed], [int(s.deleted.sum()) for s in committed]
+        # the manifest's segments as it has them: a merge publishes those; buffered writes stay buffered
+        rows, deleted = [s.rows for s in self._base], [int(s.deleted.sum()) for s in self._base]
         run = merge_policy.next_merge(rows, deleted, self.max_segment_rows)
         return None if run is None else self._plan(*run)
 
@@ -456,13 +515,13 @@ class Collection:
         try:
             with self._writer():
                 self._catch_up()
-                self._flush()
-                at = merging.locate(plan, self.segments)
+                at = merging.locate(plan, self._base)
                 if at is None:
                     log.info("merge %s of %s dropped: its segments changed in another process",
                              plan.name, self.path)
                     return False
-                self._publish(lambda v: self._merged_version(v, plan, at))
+                upto = int(self.manifest.get("log_applied", 0))
+                self._publish_keeping_buffer(lambda v: self._merged_version(v, plan, at), upto)
                 return True
         finally:
             self.forget_merge(plan)
@@ -474,7 +533,7 @@ class Collection:
     def _plan(self, first: int, end: int) -> merging.MergePlan:
         migrating = self.manifest["format_version"] < storage.FORMAT_VERSION
         plan = merging.plan(
-            self.version, self.segments, self.fields, first, end, migrating, self.manifest["files"]
+            self.version, self._base, self.fields, first, end, migrating, self.manifest["files"]
         )
         self._merging.add(plan.name)
         return plan
@@ -483,7 +542,7 @@ class Collection:
         """Version v: the planned run replaced by its merged segment -> (manifest, segments, None:
         the fields are opened again, reusing every segment but the new one)."""
         manifest = self._next_manifest(v)
-        segments, written = merging.finish(self.path, v, plan, self.segments, at)
+        segments, written = merging.finish(self.path, v, plan, self._base, at)
         manifest["files"].update(written)
         if self.manifest["format_version"] < storage.FORMAT_VERSION:
             manifest["fields"].update(plan.shared)  # migration: the fields' new layout

@@ -87,8 +87,9 @@ class Registry:
     # ---- background merges -------------------------------------------------------------------
 
     def start_merging(self) -> None:
-        """Merge segments in a background thread instead of in the writes: a write returns once
-        committed, and a merge holds writers back only to pin its run and to publish."""
+        """Flush write buffers and merge segments in a background thread instead of in the writes:
+        a write returns once logged, and a flush or merge holds writers back only to pin what it
+        takes and to publish."""
         for writer in self._writers.values():
             writer.merge_inline = False
         self._merger = threading.Thread(target=self._merge_loop, name="retriever-merger", daemon=True)
@@ -124,6 +125,18 @@ class Registry:
 
     def _merge_collection(self, name: str) -> None:
         writer = self._writers[name]
+        with self._locks[name]:
+            flush = writer.plan_flush() if writer.needs_flush() else None
+        if flush is not None:
+            try:
+                writer.write_flush(flush)  # writes and searches go on meanwhile
+                with self._locks[name]:
+                    writer.finish_flush(flush)
+                    self._readers[name] = writer.snapshot()
+            except RetrieverError as e:
+                writer.forget_flush(flush)
+                log.warning("flushing %s failed, retried after its next write: %s", name, e)
+                return
         while not self._stopping:
             with self._locks[name]:
                 plan = writer.plan_merge()

@@ -26,6 +26,7 @@ def vec_collection(tmp_path):
 def flush_each_write(monkeypatch):
     """Every small write flushed as soon as it is logged: each write makes a segment and a version,
     as tests of segments, merges and files need."""
-    from retriever import buffer
+    from retriever import buffer, collection
 
     monkeypatch.setattr(buffer, "FLUSH_WRITES", 1)
+    monkeypatch.setattr(collection, "BACKGROUND_SLACK", 1)  # even where a background merger would flush

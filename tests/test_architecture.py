@@ -10,7 +10,10 @@ ENCODERS = INDEX | {"retriever.encoders"}
 FIELDS = ENCODERS | {"retriever.fields"}
 COLLECTION = FIELDS | {
     f"retriever.{m}"
-    for m in ("collection", "config", "documents", "filters", "fusion", "types", "corpus", "rag", "segments")
+    for m in (
+        "collection", "config", "documents", "filters", "fusion", "types", "corpus", "rag", "segments",
+        "buffer", "merging", "merge_policy",
+    )
 }
 # what each layer may import from the engine (by top-level module under `retriever`)
 ALLOWED = {
@@ -30,6 +33,9 @@ ALLOWED = {
             "retriever.types",
             "retriever.corpus",
             "retriever.segments",
+            "retriever.buffer",
+            "retriever.merging",
+            "retriever.merge_policy",
             "retriever.check",
             "retriever.build",
             "retriever.evaluation",

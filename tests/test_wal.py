@@ -142,3 +142,52 @@ def test_a_log_record_holds_every_kind_of_payload_without_pickle():
     assert np.array_equal(back.payloads["sparse"].vectors.terms, [4, 5])
     deleted = buffer.Write.from_bytes(buffer.Write(None, {}, ["q"]).to_bytes())
     assert deleted.table is None and deleted.ids == ["q"]
+
+
+def fresh_answers(c, queries):
+    return [(h.ids, np.round(h.scores, 4).tolist()) for h in c.search(queries, k=20)]
+
+
+def test_writes_go_on_while_a_flush_is_written(collection):
+    c = collection
+    c.merge_inline = False  # as a server's background merger runs it
+    for i in range(3):
+        c.add(make_docs(3, start=3000 + 3 * i), vectors={"dense": random_vectors(3, 16, seed=i)})
+    plan = c.plan_flush()
+    c.delete(["d3000", "d5"])  # a flushed row and a committed row, deleted while the flush is written
+    c.add(make_docs(2, start=3100), vectors={"dense": random_vectors(2, 16, seed=9)})
+    c.write_flush(plan)
+    assert c.finish_flush(plan) and c.info()["buffer"]["writes"] == 2  # the later writes stay buffered
+    assert storage.read_manifest(c.path)["log_applied"] == plan.upto == 3
+    queries = random_vectors(4, 16, seed=11)
+    reopened = retriever.Collection.open(c.path)
+    assert fresh_answers(c, queries) == fresh_answers(reopened, queries) and len(reopened) == len(c) == 2009
+    assert {"d3000", "d5"}.isdisjoint(d["id"] for d in reopened.documents.take(np.flatnonzero(~reopened.deleted)))
+    assert c.flush() and (c.path / wal.LOG).stat().st_size == 0 and check(c.path)["ok"]
+
+
+def test_a_flush_another_version_overtook_is_dropped_and_loses_nothing(collection):
+    c = collection
+    c.add(make_docs(2, start=4000), vectors={"dense": random_vectors(2, 16, seed=1)})
+    plan = c.plan_flush()
+    c.write_flush(plan)
+    c.add(make_docs(1001, start=5000), vectors={"dense": random_vectors(1001, 16, seed=2)})  # direct: flushes
+    assert not c.finish_flush(plan)
+    assert len(retriever.Collection.open(c.path)) == 2000 + 2 + 1001 and check(c.path)["ok"]
+
+
+def test_a_merge_finishes_beside_buffered_writes(collection, flush_each_write, monkeypatch):
+    c = collection
+    c.merge_inline = False
+    for i in range(3):  # segments to merge
+        c.add(make_docs(5, start=6000 + 5 * i), vectors={"dense": random_vectors(5, 16, seed=i)})
+    plan = c.plan_merge()
+    assert plan is not None
+    c.write_merge(plan)
+    monkeypatch.setattr(buffer, "FLUSH_WRITES", 100)
+    c.delete(plan.segments[-1].table.column("id").to_pylist()[:2])  # buffered deletes of merged rows
+    assert c.info()["buffer"]["writes"] == 1
+    assert c.finish_merge(plan) and c.info()["buffer"]["writes"] == 1  # still buffered, on the merge
+    queries = random_vectors(4, 16, seed=12)
+    assert fresh_answers(c, queries) == fresh_answers(retriever.Collection.open(c.path), queries)
+    assert len(c) == 2000 + 15 - 2 and check(c.path)["ok"]

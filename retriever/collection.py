@@ -656,7 +656,7 @@ class Collection:
             segments.append(segment)
         made = {}
         if table is not None:
-            entry, written = new_segment(path, f"seg-{v:06d}", table)
+            entry, written, table = new_segment(path, f"seg-{v:06d}", table)
             files.update(written)
             entry["fields"] = {}
             for fname, work in pending.items():

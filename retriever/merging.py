@@ -80,8 +80,8 @@ def write(path: Path, merge: MergePlan) -> MergePlan:
     if problems:
         raise CorruptIndex(f"segments {merge.names} cannot be merged: {'; '.join(problems)}")
     rows = merge.base + np.flatnonzero(merge.live)  # [R] rows of the planned version
-    merge.table = concat([s.table.filter(pa.array(~s.deleted)) for s in merge.segments])
-    entry, written = new_segment(path, merge.name, merge.table)
+    documents = concat([s.table.filter(pa.array(~s.deleted)) for s in merge.segments])
+    entry, written, merge.table = new_segment(path, merge.name, documents)
     merge.files.update(written)
     entry["fields"] = {}
     for name, f in merge.fields.items():

@@ -111,14 +111,17 @@ def read_documents(path: Path, name: str, files: dict[str, Any]) -> pa.Table:
     return storage.read_parquet_verified(path, name, files[name])
 
 
-def new_segment(path: Path, name: str, table: pa.Table) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Segment `name` holding these documents, written -> (its entry, {file: size and checksum})."""
+def new_segment(path: Path, name: str, table: pa.Table) -> tuple[dict[str, Any], dict[str, Any], pa.Table]:
+    """Segment `name` holding these documents, written -> (its entry, {file: size and checksum},
+    the documents memory-mapped from the file: a collection keeps no segment's documents in
+    memory, so a long build or write stream does not grow with the documents it wrote)."""
     documents = f"{name}.docs.arrow"
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table.combine_chunks())  # one record batch: one chunk when mapped again
     files = {documents: storage.write_new_file(path, documents, sink.getvalue())}
-    return {"name": name, "rows": table.num_rows, "documents": documents, "deleted": None}, files
+    entry = {"name": name, "rows": table.num_rows, "documents": documents, "deleted": None}
+    return entry, files, pa.ipc.open_file(pa.memory_map(str(path / documents), "r")).read_all()
 
 
 def with_deletions(

@@ -400,6 +400,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--sizes", default="10000,100000", help="collection sizes for commit latency")
+    parser.add_argument("--peer-sizes", default=None, help="sizes for the previous format (default: --sizes)")
     parser.add_argument(
         "--upserts", type=int, default=2000, help="single-document upserts through the server"
     )
@@ -432,7 +433,9 @@ def main() -> None:
             log(f"commit latency of the previous format ({args.peer_ref})")
             result["commit_latency_previous_format"] = {
                 "ref": args.peer_ref,
-                **peer_commit_latency(args.peer_ref, sizes, work),
+                **peer_commit_latency(
+                    args.peer_ref, [int(s) for s in (args.peer_sizes or args.sizes).split(",")], work
+                ),
             }
         if "server" in parts:
             log(f"{args.upserts} single-document upserts through the server")

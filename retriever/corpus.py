@@ -49,7 +49,8 @@ def iter_corpus(path: str | Path, vector_fields: list[str], rows: int) -> Iterat
         yield from _iter_npy(path, vector_fields, rows)
         return
     if suffix == ".parquet":
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+        # pre-buffering keeps every row group read so far in memory: off, so memory stays flat
+        for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=rows):
             vectors = {n: _vector_column(batch, n) for n in vector_fields if n in batch.schema.names}
             yield batch.drop_columns(list(vectors)).to_pylist(), vectors
         return

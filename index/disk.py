@@ -98,12 +98,7 @@ def replace(source: Path, target: Path) -> None:
 
 def fsync_dir(directory: Path) -> None:
     """Make the directory's entries (new names, renames, removals) durable."""
-    _step("fsync_dir", Path(directory))
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync("fsync_dir", Path(directory))
 
 
 def append(path: Path, data: bytes | memoryview) -> None:
@@ -120,7 +115,11 @@ def append(path: Path, data: bytes | memoryview) -> None:
 
 def fsync_file(path: Path) -> None:
     """Make `path`'s data durable (what `append` added)."""
-    _step("fsync", Path(path))
+    _fsync("fsync", Path(path))
+
+
+def _fsync(kind: str, path: Path) -> None:
+    _step(kind, path)
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -124,33 +124,34 @@ class Registry:
             self._merge_collection(name)
 
     def _merge_collection(self, name: str) -> None:
+        """Flush the collection's write buffer when full, then merge while the policy asks."""
         writer = self._writers[name]
+        flush = (lambda: writer.plan_flush() if writer.needs_flush() else None, writer.write_flush,
+                 writer.finish_flush, writer.forget_flush, "flushing")
+        merge = (writer.plan_merge, writer.write_merge, writer.finish_merge, writer.forget_merge, "merging")
+        if self._in_background(name, *flush) is False:
+            return
+        while not self._stopping and self._in_background(name, *merge):
+            pass
+
+    def _in_background(self, name: str, plan, write, finish, forget, what: str) -> bool | None:
+        """One flush or merge: planned and finished under the collection's lock, written without
+        it (writes and searches go on meanwhile). None when there was nothing to do, False when
+        it failed (logged: retried after the next write)."""
         with self._locks[name]:
-            flush = writer.plan_flush() if writer.needs_flush() else None
-        if flush is not None:
-            try:
-                writer.write_flush(flush)  # writes and searches go on meanwhile
-                with self._locks[name]:
-                    writer.finish_flush(flush)
-                    self._readers[name] = writer.snapshot()
-            except RetrieverError as e:
-                writer.forget_flush(flush)
-                log.warning("flushing %s failed, retried after its next write: %s", name, e)
-                return
-        while not self._stopping:
+            planned = plan()
+        if planned is None:
+            return None
+        try:
+            write(planned)
             with self._locks[name]:
-                plan = writer.plan_merge()
-            if plan is None:
-                return
-            try:
-                writer.write_merge(plan)  # writes and searches go on meanwhile
-                with self._locks[name]:
-                    writer.finish_merge(plan)
-                    self._readers[name] = writer.snapshot()
-            except RetrieverError as e:
-                writer.forget_merge(plan)
-                log.warning("merging %s failed, retried after its next write: %s", name, e)
-                return
+                finish(planned)
+                self._readers[name] = self._writers[name].snapshot()
+        except RetrieverError as e:
+            forget(planned)
+            log.warning("%s %s failed, retried after its next write: %s", what, name, e)
+            return False
+        return True
 
     def _check(self, name: str) -> None:
         try:

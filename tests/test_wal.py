@@ -191,3 +191,24 @@ def test_a_merge_finishes_beside_buffered_writes(collection, flush_each_write, m
     queries = random_vectors(4, 16, seed=12)
     assert fresh_answers(c, queries) == fresh_answers(retriever.Collection.open(c.path), queries)
     assert len(c) == 2000 + 15 - 2 and check(c.path)["ok"]
+
+
+def test_a_server_flushes_full_write_buffers_in_the_background(collection):
+    import time
+
+    from retriever.registry import Registry
+
+    registry = Registry.open([collection.path])
+    registry.start_merging()
+    try:
+        version = registry.reader("vecs").version
+        for i in range(buffer.FLUSH_WRITES):
+            docs, x = make_docs(1, start=70_000 + i), random_vectors(1, 16, seed=i)
+            registry.write("vecs", lambda c: c.add(docs, vectors={"dense": x}))
+        while registry.merges_pending():
+            time.sleep(0.01)
+        reader = registry.reader("vecs")
+        assert reader.version > version and reader.info()["buffer"]["writes"] == 0
+        assert len(retriever.Collection.open(collection.path)) == 2000 + buffer.FLUSH_WRITES
+    finally:
+        registry.stop_merging()

@@ -47,7 +47,8 @@ class Collection:
         self.config = config  # fixed at create: commits never change it
         self._encoders: dict[str, Any] = {}
         self.merge_inline = True  # merges run in the writing call; a server's background merger sets False
-        self.max_segment_rows: int | None = None  # merges stop at this size (a build under a memory cap)
+        # merges stop at this size: set by a build under a memory cap, kept in every later manifest
+        self.max_segment_rows: int | None = manifest.get("max_segment_rows")
         self._merging: set[str] = set()  # names of merges in flight: their files are not debris
         self._holds_lock = False
         self.sync_writes = True  # a write returns once its log record is durable; a server syncs itself
@@ -638,6 +639,8 @@ class Collection:
                     "files": dict(self.manifest["files"])}
         for legacy in ("documents", "deleted"):  # format 1 kept these at the top; segments hold them now
             manifest.pop(legacy, None)
+        if self.max_segment_rows is not None:
+            manifest["max_segment_rows"] = self.max_segment_rows
         return manifest
 
     def _write_version(self, v: int, deleted: np.ndarray, table: pa.Table | None, pending: dict[str, Any]):

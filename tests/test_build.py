@@ -25,6 +25,7 @@ def test_a_capped_build_streams_chunks_into_bounded_segments(vectors_file, tmp_p
     built = build_module.build(config, path, tmp_path / "out", memory_cap=64 << 20, progress=False)
     rows = [s["rows"] for s in built.info()["segments"]]
     assert len(built) == 4600 and rows == [2200, 2200, 200]  # five chunks; merges stop at 2,300 rows
+    assert Collection.open(tmp_path / "out").max_segment_rows == 2300  # a server merging it later too
     assert not (tmp_path / "out" / ".build").exists() and built.info()["buffer"]["writes"] == 0
     _, truth = reference.exact_search(x[:20], x, 10)
     assert [list(h.rows) for h in Collection.open(tmp_path / "out").search(x[:20], k=10)] == truth.tolist()

@@ -301,7 +301,8 @@ def capped_build(rows: int, cap: str, work: Path) -> dict:
                str(corpus), "--out", str(out), "--memory-cap", cap, "--json"]
     measure = ("import resource, subprocess, sys, time\n"
                "t = time.perf_counter(); r = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-               "print(r.returncode, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+               "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+               "print(r.returncode, time.perf_counter() - t, peak)\n"
                "print(r.stderr[-2000:], file=sys.stderr)")
     log(f"capped build: building under --memory-cap {cap}")
     result = subprocess.run([sys.executable, "-c", measure, *command], capture_output=True, text=True)

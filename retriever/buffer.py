@@ -89,9 +89,12 @@ class Write:
             table = None
             if "documents" in arrays:
                 table = pa.ipc.open_stream(pa.py_buffer(arrays.pop("documents").tobytes())).read_all()
-            payloads = {name: from_arrays(spec, arrays, f"p.{name}") for name, spec in meta["payloads"].items()}
+            specs = meta["payloads"].items()
+            payloads = {name: from_arrays(spec, arrays, f"p.{name}") for name, spec in specs}
         except (ValueError, KeyError, TypeError, OSError, pa.ArrowException) as e:
-            raise CorruptIndex(f"a write-ahead log record passed its checksum but cannot be read: {e}") from None
+            raise CorruptIndex(
+                f"a write-ahead log record passed its checksum but cannot be read: {e}"
+            ) from None
         ids = meta["ids"] if table is None else table.column("id").to_pylist()
         return cls(table, payloads, ids)
 

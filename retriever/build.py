@@ -116,7 +116,9 @@ def _collection_to_fill(out: Path, config: CollectionConfig, resume: bool) -> Co
     if not resume:
         raise AlreadyExists(f"{str(out)!r} holds an unfinished build; pass --resume to continue it")
     if existing.config != config:
-        raise InvalidRequest(f"{str(out)!r} was started with a different config; remove it or use the same config")
+        raise InvalidRequest(
+            f"{str(out)!r} was started with a different config; remove it or use the same config"
+        )
     return existing
 
 
@@ -139,7 +141,9 @@ def _chunk_vectors(collection: Collection, table, given: dict[str, np.ndarray], 
             vectors[field.name] = given[field.name]
             continue
         if not kind_of(field).has_encoder(field):
-            raise InvalidRequest(f"field {field.name!r} has no model and the input carries no {field.name!r} vectors")
+            raise InvalidRequest(
+                f"field {field.name!r} has no model and the input carries no {field.name!r} vectors"
+            )
         texts = texts if texts is not None else document_texts(table, collection.config.text_keys)
         vectors[field.name] = _encode_blocks(collection, field.name, texts, work, start, block_size)
     return vectors

@@ -105,7 +105,8 @@ def build(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted build, skipping encoded blocks."),
     block_size: int = typer.Option(512, "--block-size", help="Documents per resumable encoding block."),
     memory_cap: str = typer.Option(
-        "4GB", "--memory-cap", help="Memory the build may use (e.g. 2GB): the corpus streams through in chunks."
+        "4GB", "--memory-cap",
+        help="Memory the build may use (e.g. 2GB): the corpus streams through in chunks.",
     ),
     as_json: bool = JsonOption,
 ) -> None:

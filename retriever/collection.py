@@ -149,7 +149,8 @@ class Collection:
                 continue  # already in a segment: the log is emptied only after a flush publishes
             if record.seq != self._log_seq + 1:
                 raise CorruptIndex(
-                    f"{str(self.path)!r}: the write-ahead log jumps from write {self._log_seq} to {record.seq}"
+                    f"{str(self.path)!r}: the write-ahead log jumps from write {self._log_seq} to "
+                    f"{record.seq}"
                 )
             self._apply(record.seq, buffer.Write.from_bytes(record.body))
         return True
@@ -293,7 +294,8 @@ class Collection:
                 self._log.cut(start)
             raise
         self._log_end = end
-        if self._buffer_full(1 if self.merge_inline else BACKGROUND_SLACK):  # else the server's merger flushes
+        # a server's merger flushes a full buffer; its writes flush one only when far over
+        if self._buffer_full(1 if self.merge_inline else BACKGROUND_SLACK):
             try:
                 self._flush()
                 self._merge_while_needed()

@@ -182,7 +182,8 @@ def test_the_same_documents_in_one_or_twenty_segments_give_the_same_ids_and_scor
             "tok": [t for _, v in batches for t in v["tok"]],
         },
     )
-    monkeypatch.setattr("retriever.merge_policy.next_merge", lambda rows, deleted, cap: None)  # keep every segment
+    keep_every_segment = lambda rows, deleted, cap: None  # noqa: E731
+    monkeypatch.setattr("retriever.merge_policy.next_merge", keep_every_segment)
     twenty = retriever.Collection.create(tmp_path / "twenty", MIXED)
     for docs, vectors in batches:
         twenty.add(docs, vectors=vectors)

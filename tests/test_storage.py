@@ -210,7 +210,9 @@ def test_a_flipped_byte_in_any_file_is_detected(ivf_collection):
     assert retriever.connect(c.path).search(x[0], k=1)[0].ids == ["d0"]
 
 
-def test_a_flipped_byte_inside_a_large_file_is_found_by_check_and_refused_by_a_merge(ivf_collection, monkeypatch):
+def test_a_flipped_byte_inside_a_large_file_is_found_by_check_and_refused_by_a_merge(
+    ivf_collection, monkeypatch
+):
     """Opening verifies a memory-mapped file's ends only (O(files), as Lucene's footer check);
     `check` verifies every byte, and a merge verifies what it reads before it reads it."""
     monkeypatch.setattr(storage, "END_BLOCK", 64)

@@ -50,7 +50,8 @@ def test_the_buffer_is_searched_exactly(collection):
     every /= np.linalg.norm(every, axis=1, keepdims=True)
     queries = x[:8]
     hits = c.search(queries, k=5, params={"nprobe": 4})  # the IVF segment probed fully: exact
-    _, truth = reference.exact_search(queries / np.linalg.norm(queries, axis=1, keepdims=True), every, 5, "ip")
+    unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    _, truth = reference.exact_search(unit, every, 5, "ip")
     assert [list(h.rows) for h in hits] == truth.tolist()
 
 
@@ -162,7 +163,8 @@ def test_writes_go_on_while_a_flush_is_written(collection):
     queries = random_vectors(4, 16, seed=11)
     reopened = retriever.Collection.open(c.path)
     assert fresh_answers(c, queries) == fresh_answers(reopened, queries) and len(reopened) == len(c) == 2009
-    assert {"d3000", "d5"}.isdisjoint(d["id"] for d in reopened.documents.take(np.flatnonzero(~reopened.deleted)))
+    live = reopened.documents.take(np.flatnonzero(~reopened.deleted))
+    assert {"d3000", "d5"}.isdisjoint(d["id"] for d in live)
     assert c.flush() and (c.path / wal.LOG).stat().st_size == 0 and check(c.path)["ok"]
 
 

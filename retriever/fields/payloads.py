@@ -48,5 +48,5 @@ def from_arrays(spec: Any, arrays: dict[str, np.ndarray], prefix: str) -> Any:
     if not module.startswith(_OWN_MODULES):
         raise CorruptIndex(f"a write-ahead log record names an unknown payload type {spec.get('class')!r}")
     cls = getattr(importlib.import_module(module), name)
-    values = {key: from_arrays(inner, arrays, f"{prefix}.{key}") for key, inner in spec.items() if key != "class"}
-    return cls(**values)
+    fields = {key: inner for key, inner in spec.items() if key != "class"}
+    return cls(**{key: from_arrays(inner, arrays, f"{prefix}.{key}") for key, inner in fields.items()})

@@ -357,15 +357,17 @@ def optimize(
     collection: Path = typer.Argument(..., help="Collection directory."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Merge every segment into one, dropping deleted rows (each field's index is rebuilt on the
-    merged segment). Searches elsewhere keep running; other writers wait for it."""
+    """Flush the write buffer, then merge every segment into one, dropping deleted rows (each
+    field's index is rebuilt on the merged segment). Searches elsewhere keep running; other
+    writers wait for it."""
     from .collection import Collection
 
     def work():
         opened = Collection.open(collection)
-        before = len(opened.segments)
+        before, flushed = len(opened.info()["segments"]), opened.info()["buffer"]["writes"]
         merged = opened.optimize()
-        return {"path": str(collection), "segments_before": before, "segments": len(opened.segments),
-                "merged": merged, "version": opened.version, "counts": opened.counts}
+        return {"path": str(collection), "segments_before": before, "buffered_writes_flushed": flushed,
+                "segments": len(opened.segments), "merged": merged, "version": opened.version,
+                "counts": opened.counts}
 
     _run(as_json, work, lambda r: print(f"{r['path']}: {r['segments_before']} segments -> {r['segments']}"))

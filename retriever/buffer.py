@@ -32,7 +32,7 @@ from .fields.payloads import from_arrays, to_arrays
 # floor (`fields.parts.MIN_TRAINED_ROWS`), so a buffered write's scratch segment is searched exactly.
 LOG_MAX_ROWS = 1000
 FLUSH_ROWS = 50_000  # a buffer this large becomes a segment ...
-FLUSH_WRITES = 16  # ... as does one of this many writes (one scratch segment each: searches visit each)
+FLUSH_WRITES = 64  # ... as does one of this many writes (one scratch segment each: searches visit each)
 FLUSH_LOG_BYTES = 64 << 20  # ... or one whose log has grown this large
 
 

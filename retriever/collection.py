@@ -21,7 +21,7 @@ from .errors import AlreadyExists, CorruptIndex, InvalidRequest, NotFound, Retri
 from .fields import Field, kind_of, request_params
 from .fields.base import NO_TERMS, SegmentView
 from .filters import filter_mask
-from .segments import Segment, new_segment, open_segments, with_deletions
+from .segments import Segment, new_segment, open_segments, with_changed_deletions
 from .types import Hits
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,6 @@ class Collection:
         self.manifest = manifest
         self.segments = segments
         self._buffered = buffered
-        self._committed = len(segments) - sum(w.table is not None for _, w in buffered)
         if not buffered:
             self._base = segments  # the segments as the manifest has them (deletions too)
             self._scratch: buffer.Scratch | None = None
@@ -173,6 +172,11 @@ class Collection:
     @property
     def version(self) -> int:
         return int(self.manifest["version"])
+
+    @property
+    def _committed(self) -> int:
+        """How many of `segments` the manifest holds (the rest are the buffer's)."""
+        return len(self._base)
 
     @property
     def log_position(self) -> int:
@@ -423,13 +427,9 @@ class Collection:
         made in the manifest's segments as deletions files -> (manifest, segments, None)."""
         path, manifest = self.path, self._next_manifest(v)
         files = manifest["files"]
-        segments = []
-        for now, base in zip(plan.segments, self._base):
-            if not np.array_equal(now.deleted, base.deleted):
-                entry, written = with_deletions(path, v, base.entry, now.deleted)
-                files.update(written)
-                base = base.with_state(entry, now.deleted)
-            segments.append(base)
+        masks = [s.deleted for s in plan.segments]  # the buffer's deletions at the plan
+        segments, written = with_changed_deletions(path, v, self._base, masks)
+        files.update(written)
         merged = plan.merge
         if merged.entry is not None:
             segments.append(Segment(merged.entry, merged.table, np.zeros(merged.table.num_rows, dtype=bool)))
@@ -650,15 +650,10 @@ class Collection:
         segment for `table` (its fields' `pending` work) -> (manifest, segments, makers)."""
         path, manifest = self.path, self._next_manifest(v)
         files = manifest["files"]
-        segments, start = [], 0
-        for segment in self.segments:  # a segment whose deletions changed gets a new deletions file
-            now = deleted[start : start + segment.rows]
-            start += segment.rows
-            if not np.array_equal(now, segment.deleted):
-                entry, written = with_deletions(path, v, segment.entry, now)
-                files.update(written)
-                segment = segment.with_state(entry, now)
-            segments.append(segment)
+        starts = np.cumsum([0] + [s.rows for s in self.segments])
+        masks = [deleted[a:b] for a, b in zip(starts[:-1], starts[1:])]
+        segments, written = with_changed_deletions(path, v, self.segments, masks)
+        files.update(written)
         made = {}
         if table is not None:
             entry, written, table = new_segment(path, f"seg-{v:06d}", table)

@@ -133,6 +133,21 @@ def with_deletions(
     return {**entry, "deleted": name}, {name: storage.write_new_file(path, name, data)}
 
 
+def with_changed_deletions(
+    path: Path, version: int, segments: list[Segment], masks: list[np.ndarray]
+) -> tuple[list[Segment], dict[str, Any]]:
+    """`segments` with these deletions ([rows] bool each) at `version`: a new deletions file for
+    each segment whose deletions changed -> (the segments, {file: size and checksum})."""
+    out, files = [], {}
+    for segment, now in zip(segments, masks):
+        if not np.array_equal(now, segment.deleted):
+            entry, written = with_deletions(path, version, segment.entry, now)
+            files.update(written)
+            segment = segment.with_state(entry, now)
+        out.append(segment)
+    return out, files
+
+
 def open_segments(path: Path, manifest: dict[str, Any], opened: dict[str, Segment]) -> list[Segment]:
     """The segments a manifest describes, in row order; those in `opened` (by name) keep their
     documents, and read only a deletions file that changed."""

@@ -63,15 +63,15 @@ def flat_top_k(
             better &= scores >= kth[:, None]
         which, cols = np.nonzero(better)
         if len(which):
-            best_scores, best_rows = _merge_best(
+            best_scores, best_rows = merge_best(
                 best_scores, best_rows, which, scores[which, cols], cols.astype(np.int64) + lo
             )
     return best_scores, np.where(np.isfinite(best_scores), best_rows, -1)
 
 
-def _merge_best(best_scores, best_rows, which, scores, rows):
-    """Each query's k best of its kept list and its new candidates (query `which`), ties to the
-    lower row: one sort by (query, -score, row)."""
+def merge_best(best_scores, best_rows, which, scores, rows):
+    """Each query's k best of its kept list [B, k] and new candidates (query `which`, score, row;
+    any number per query), ties to the lower row, -1 rows last: one sort by (query, -score, row)."""
     size, k = best_scores.shape
     owner = np.concatenate([np.repeat(np.arange(size), k), which])
     all_scores = np.concatenate([best_scores.ravel(), scores])

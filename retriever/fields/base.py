@@ -24,6 +24,7 @@ from typing import Any, Callable, ClassVar, Mapping, Protocol
 import numpy as np
 
 from retriever.errors import InvalidConfig
+from retriever.kernels import cpu
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 NO_TERMS = "the query has no searchable terms after tokenization"
@@ -196,10 +197,13 @@ def merge_top_k(
     scores = np.concatenate([s for s, _ in found], axis=1).astype(np.float32)
     rows = np.concatenate([np.where(r >= 0, r + start, -1) for (_, r), start in zip(found, starts)], axis=1)
     scores = np.where(rows >= 0, scores, np.float32(-np.inf))
-    if len(found) > 1:  # ties go to the lower row, whatever the segmentation
-        order = np.lexsort((np.where(rows >= 0, rows, np.iinfo(np.int64).max), -scores), axis=1)[:, :k]
-        scores, rows = np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
-    return padded(scores[:, :k], rows[:, :k], k)
+    if len(found) == 1:
+        return padded(scores[:, :k], rows[:, :k], k)
+    # ties go to the lower row, whatever the segmentation: the kernel's merge of best lists
+    empty = np.full((batch, k), -np.inf, np.float32), np.full((batch, k), -1, np.int64)
+    owner = np.repeat(np.arange(batch), scores.shape[1])
+    best_scores, best_rows = cpu.merge_best(*empty, owner, scores.ravel(), rows.ravel())
+    return best_scores, np.where(np.isfinite(best_scores), best_rows, -1)
 
 
 def padded(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

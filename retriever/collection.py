@@ -319,14 +319,14 @@ class Collection:
         """Logged write `seq` applied to this object's buffer: its documents a new scratch segment,
         its deletions marked in memory. Nothing changes here unless all of it succeeds."""
         pending = pending if pending is not None else self._prepare(write)
-        rows = self._live_rows(write.ids)
-        deleted = np.concatenate([s.deleted for s in self.segments]) if self.segments else np.zeros(0, bool)
-        deleted[rows] = True
-        segments, start = [], 0
-        for segment in self.segments:
-            now = deleted[start : start + segment.rows]
-            start += segment.rows
-            segments.append(segment if not now.any() else segment.with_state(segment.entry, now))
+        rows = np.asarray(self._live_rows(write.ids), dtype=np.int64)
+        segments = list(self.segments)
+        starts = np.cumsum([0] + [s.rows for s in segments])
+        owners = np.searchsorted(starts, rows, side="right") - 1
+        for i in np.unique(owners).tolist():  # only the segments this write deletes from change
+            now = segments[i].deleted.copy()
+            now[rows[owners == i] - starts[i]] = True
+            segments[i] = segments[i].with_state(segments[i].entry, now)
         fields = self.fields
         if write.table is not None:
             rows_added = write.table.num_rows

@@ -379,3 +379,16 @@ def test_the_merge_policy_keeps_tiers_logarithmic_and_stops_at_the_size_cap():
     equal = [4] * (merge_policy.MAX_SEGMENTS + 1)
     assert merge_policy.next_merge(equal, [0] * len(equal), max_rows=4) is None  # even past MAX_SEGMENTS
     assert merge_policy.next_merge([10, 5], [6, 0], max_rows=4) == (0, 1)  # compaction only shrinks
+
+
+def test_document_ids_are_found_as_a_scan_of_every_row_finds_them():
+    import pyarrow as pa
+
+    from retriever.segments import DocumentIds
+
+    ids = [f"d{i % 700}" for i in range(1000)] + ["", "é", "d1 "]  # repeats: older copies of an id
+    lookup = DocumentIds(pa.table({"id": pa.chunked_array([ids[:400], ids[400:]])}))
+    wanted = ["d5", "d699", "d700", "", "é", "d1", "missing", "d5"]
+    assert lookup.rows_of(wanted) == [[r for r, i in enumerate(ids) if i == w] for w in wanted]
+    assert lookup.at(np.array([0, 401, 1002])) == [ids[0], ids[401], ids[1002]]
+    assert DocumentIds(pa.table({"id": pa.array([], pa.string())})).rows_of(["x"]) == [[]]

@@ -21,7 +21,7 @@ from .errors import AlreadyExists, CorruptIndex, InvalidRequest, NotFound, Retri
 from .fields import Field, kind_of, request_params
 from .fields.base import NO_TERMS, SegmentView
 from .filters import filter_mask
-from .segments import Segment, new_segment, open_segments, with_changed_deletions
+from .segments import Segment, id_hashes, new_segment, open_segments, with_changed_deletions
 from .types import Hits
 
 log = logging.getLogger(__name__)
@@ -263,7 +263,7 @@ class Collection:
             self._catch_up()
             self._check_format()
             rows = self._live_rows(ids)
-            if table is None and not rows:
+            if table is None and not len(rows):
                 return 0
             if table is not None and table.num_rows > buffer.LOG_MAX_ROWS:
                 self._flush()
@@ -273,15 +273,16 @@ class Collection:
                 self._publish(lambda v: self._write_version(v, deleted, table, pending))
                 self._merge_while_needed()
                 return len(rows)
-            self._log_write(table, payloads, ids)
+            self._log_write(table, payloads, ids, rows)
         if self.sync_writes:
             self.sync_log()
         return len(rows)
 
     # ---- the write-ahead log and its buffer ------------------------------------------------
 
-    def _log_write(self, table: pa.Table | None, payloads: dict[str, Any], ids: list[str]) -> None:
-        """Append a small write to the log and apply it to the buffer (the writer lock is held);
+    def _log_write(self, table: pa.Table | None, payloads: dict[str, Any], ids: list[str], rows: np.ndarray) -> None:
+        """Append a small write to the log and apply it to the buffer (the writer lock is held;
+        `rows`: the live rows of `ids`);
         durable once `sync_log` returns. A full buffer is flushed: should that fail, the write
         stands (it is logged) and a later write flushes."""
         logged = {n: p for n, p in payloads.items() if self.fields[n].config.source is None}
@@ -292,7 +293,7 @@ class Collection:
         except OSError as e:
             raise storage.write_error(self.path, e, "logging a write") from None
         try:
-            self._apply(seq, write, pending)
+            self._apply(seq, write, pending, rows)
         except BaseException:
             with contextlib.suppress(OSError):  # else the next writer finds a record past this object's
                 self._log.cut(start)
@@ -315,11 +316,14 @@ class Collection:
         payloads = payloads if payloads is not None else self._derived(write.payloads, write.table.num_rows)
         return {name: self.fields[name].prepare(payload) for name, payload in payloads.items()}
 
-    def _apply(self, seq: int, write: buffer.Write, pending: dict[str, Any] | None = None) -> None:
+    def _apply(
+        self, seq: int, write: buffer.Write, pending: dict[str, Any] | None = None, rows: np.ndarray | None = None
+    ) -> None:
         """Logged write `seq` applied to this object's buffer: its documents a new scratch segment,
-        its deletions marked in memory. Nothing changes here unless all of it succeeds."""
+        its deletions marked in memory (`rows`: the live rows of its ids, found here if not given).
+        Nothing changes here unless all of it succeeds."""
         pending = pending if pending is not None else self._prepare(write)
-        rows = np.asarray(self._live_rows(write.ids), dtype=np.int64)
+        rows = rows if rows is not None else self._live_rows(write.ids)
         segments = list(self.segments)
         starts = np.cumsum([0] + [s.rows for s in segments])
         owners = np.searchsorted(starts, rows, side="right") - 1
@@ -576,14 +580,14 @@ class Collection:
                 log.warning("merge %s of %s failed, retried after a later write: %s", plan.name, self.path, e)
                 return
 
-    def _live_rows(self, ids: list[str]) -> list[int]:
-        """The rows of these ids' live copies (each id has at most one)."""
-        rows, start = [], 0
+    def _live_rows(self, ids: list[str]) -> np.ndarray:
+        """The rows of these ids' live copies (each id has at most one), ascending [R] int64."""
+        hashes, found, start = id_hashes(ids), [np.zeros(0, np.int64)], 0
         for segment in self.segments:
-            for found in segment.lookup.rows_of(ids):
-                rows.extend(start + row for row in found if not segment.deleted[row])
+            rows = segment.lookup.rows_of(ids, hashes)
+            found.append(start + rows[~segment.deleted[rows]])
             start += segment.rows
-        return rows
+        return np.concatenate(found)
 
     @contextlib.contextmanager
     def _writer(self):

@@ -40,26 +40,37 @@ class DocumentIds:
         for chunk in self._column.chunks:
             for lo in range(0, len(chunk), 1 << 16):
                 part = chunk.slice(lo, 1 << 16).to_pylist()
-                hashes[start : start + len(part)] = np.fromiter(map(hash, part), np.int64, len(part))
+                hashes[start : start + len(part)] = id_hashes(part)
                 start += len(part)
         order = np.argsort(hashes, kind="stable")
         return hashes[order], order
 
-    def rows_of(self, ids: list[str]) -> list[list[int]]:
-        """Each id's rows here (deleted rows too: the segment's `deleted` says which are live)."""
+    def rows_of(self, ids: list[str], hashes: np.ndarray | None = None) -> np.ndarray:
+        """The rows here holding any of these ids, ascending (deleted rows too: the segment's
+        `deleted` says which are live). `hashes`: `id_hashes(ids)`, made once by a caller that
+        looks in many segments; an id's cost here is two binary searches unless its hash is found."""
         if not ids or not len(self._column):
-            return [[] for _ in ids]
-        hashes, order = self._hashes
-        wanted = np.fromiter(map(hash, ids), np.int64, len(ids))
-        lo, hi = np.searchsorted(hashes, wanted, "left"), np.searchsorted(hashes, wanted, "right")
-        candidates = [order[a:b] for a, b in zip(lo.tolist(), hi.tolist())]
-        flat = np.concatenate([np.zeros(0, np.int64), *candidates])
-        found = iter(self.at(flat))  # hashes collide rarely: compare the ids themselves
-        return [[int(r) for r in rows if next(found) == doc_id] for doc_id, rows in zip(ids, candidates)]
+            return np.zeros(0, np.int64)
+        sorted_hashes, order = self._hashes
+        wanted = id_hashes(ids) if hashes is None else hashes
+        lo, hi = np.searchsorted(sorted_hashes, wanted, "left"), np.searchsorted(sorted_hashes, wanted, "right")
+        hits = np.flatnonzero(hi > lo)
+        if not len(hits):
+            return np.zeros(0, np.int64)
+        candidates = np.concatenate([order[lo[i] : hi[i]] for i in hits.tolist()])
+        owners = np.repeat(hits, (hi - lo)[hits])  # the id each candidate row was found for
+        found = self.at(candidates)  # hashes collide rarely: compare the ids themselves
+        same = np.fromiter((f == ids[o] for f, o in zip(found, owners.tolist())), bool, len(found))
+        return np.unique(candidates[same])  # an id asked for twice is one row
 
     def at(self, rows: np.ndarray) -> list[str]:
         """The ids of these rows [R]."""
         return self._column.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+
+
+def id_hashes(ids: list[str]) -> np.ndarray:
+    """[len(ids)] int64: what `DocumentIds` sorts its ids by."""
+    return np.fromiter(map(hash, ids), np.int64, len(ids))
 
 
 @dataclass(frozen=True)

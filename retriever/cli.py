@@ -209,8 +209,10 @@ def serve(
     collections: list[Path] = typer.Argument(..., help="Collection directories to serve."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(50051, "--port", help="0 picks a free port (printed on stderr)."),
-    workers: int = typer.Option(8, "--workers", help="Threads answering calls."),
-    max_concurrent: int = typer.Option(64, "--max-concurrent", help="Calls in flight before RESOURCE_EXHAUSTED."),
+    workers: int = typer.Option(8, "--workers", help="Threads running searches, writes and generation."),
+    max_concurrent: int = typer.Option(64, "--max-concurrent", help="Unary calls in flight before RESOURCE_EXHAUSTED."),
+    max_streams: int = typer.Option(16, "--max-streams", help="Upsert/Generate streams open before RESOURCE_EXHAUSTED."),
+    stream_idle: float = typer.Option(30.0, "--stream-idle-seconds", help="Close an Upsert stream silent this long."),
     max_message_mb: int = typer.Option(16, "--max-message-mb", help="Largest request or response."),
     token_env: Optional[str] = typer.Option(None, "--token-env", help="Require `authorization: Bearer $VAR` (name of the environment variable)."),
     tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate chain (with --tls-key) to serve TLS."),
@@ -228,6 +230,7 @@ def serve(
         token = _token_from_env(token_env)
         options = ServerOptions(
             host=host, port=port, workers=workers, max_concurrent_rpcs=max_concurrent,
+            max_streams=max_streams, stream_idle_seconds=stream_idle,
             max_message_bytes=max_message_mb * 1024 * 1024, token=token,
             tls_cert=tls_cert.read_bytes() if tls_cert else None, tls_key=tls_key.read_bytes() if tls_key else None,
             reflection=reflection, metrics_port=metrics_port,

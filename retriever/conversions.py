@@ -15,6 +15,18 @@ from .types import DocumentList, Hits
 __all__ = ["pb", "pb_grpc"]
 
 
+def parse(message_type, raw: bytes):
+    """A request message from its bytes; malformed bytes (invalid UTF-8 in a string, a truncated
+    field) are the client's mistake, said in words."""
+    try:
+        return message_type.FromString(raw)
+    except Exception as e:  # protobuf raises DecodeError, or RuntimeError from some backends
+        raise InvalidRequest(
+            f"the request is not a valid {message_type.DESCRIPTOR.name} message ({e}); "
+            "is the client built from this server's retriever.proto?"
+        ) from None
+
+
 # ---- search ----------------------------------------------------------------------------------
 
 

@@ -45,6 +45,10 @@ class StorageFull(WriteFailed):
     """A write found no space left on the disk."""
 
 
+class Overloaded(RetrieverError):
+    """The server is answering as many calls (or streams) as it allows: retry shortly."""
+
+
 class Unavailable(RetrieverError):
     """A remote server could not be reached (after retries) or is shutting down."""
 
@@ -58,6 +62,7 @@ GRPC_CODES: dict[type[RetrieverError], str] = {
     CorruptIndex: "DATA_LOSS",
     OutOfDeviceMemory: "RESOURCE_EXHAUSTED",
     StorageFull: "RESOURCE_EXHAUSTED",
+    Overloaded: "RESOURCE_EXHAUSTED",
     WriteFailed: "ABORTED",  # nothing was committed: the client may retry the write
     Unavailable: "UNAVAILABLE",
     RetrieverError: "INTERNAL",
@@ -76,7 +81,7 @@ def error_for_code(name: str, message: str) -> RetrieverError:
     keeps the code's name (e.g. RESOURCE_EXHAUSTED, UNAUTHENTICATED, DEADLINE_EXCEEDED)."""
     # RESOURCE_EXHAUSTED also means "server busy", so it maps back to the base class, not OutOfDeviceMemory
     cls = next(
-        (c for c, code in GRPC_CODES.items() if code == name and c not in (OutOfDeviceMemory, StorageFull)),
+        (c for c, code in GRPC_CODES.items() if code == name and c not in (OutOfDeviceMemory, StorageFull, Overloaded)),
         None,
     )
     error = cls(message) if cls is not None else RetrieverError(f"{name}: {message}")

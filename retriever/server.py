@@ -1,35 +1,50 @@
-"""gRPC server: a thin servicer over the registry, plus health, auth, limits, metrics, shutdown."""
+"""gRPC server on grpc.aio: a thin servicer over the registry, plus health, auth, limits, metrics
+and shutdown.
+
+Calls are coroutines on one event-loop thread; their blocking work (searches, writes, generation)
+runs on a pool of `workers` threads. A stream that waits on its client holds no thread, streams
+have their own cap and an idle timeout, and health checks pass every cap, so idle or greedy
+clients cannot starve searches or fail a liveness probe. Requests arrive as bytes and are parsed
+here, so a malformed one is INVALID_ARGUMENT like any other client mistake."""
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import contextlib
 import hmac
+import logging
 import signal
 import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 
 from . import conversions
-from .conversions import pb, pb_grpc
-from .errors import RetrieverError, grpc_code_name
+from .conversions import pb
+from .errors import Overloaded, RetrieverError, grpc_code_name
 from .registry import Registry
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
+SERVICE = pb.DESCRIPTOR.services_by_name["Retriever"]
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 50051
-    workers: int = 8
-    max_concurrent_rpcs: int = 64         # more in flight are refused with RESOURCE_EXHAUSTED
+    workers: int = 8                      # threads that run searches, writes and generation
+    max_concurrent_rpcs: int = 64         # unary calls in flight; more are refused RESOURCE_EXHAUSTED
+    max_streams: int = 16                 # Upsert and Generate streams open at once; more are refused
+    stream_idle_seconds: float = 30.0     # an Upsert stream that sends nothing this long is closed
     max_message_bytes: int = 16 * 1024 * 1024
-    token: str | None = None              # bearer token required on every call but health checks
+    token: str | None = None              # bearer token required on every call but the server's health
     tls_cert: bytes | None = None
     tls_key: bytes | None = None
     reflection: bool = False
@@ -48,112 +63,200 @@ class _Metrics:
         self.seconds = Histogram("retriever_rpc_seconds", "RPC latency", ["method"], registry=self.registry)
 
 
-def _rpc(method: Callable) -> Callable:
-    """Map library errors to status codes (the only place this happens) and record metrics."""
+class _Status(Exception):
+    """A status the server itself decides (not a library error): the deadline, an idle stream."""
 
-    @functools.wraps(method)
-    def wrapper(self: "RetrieverServicer", request, context: grpc.ServicerContext):
-        start, code = time.perf_counter(), "OK"
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Gate:
+    """Calls of one kind in flight (all on the event loop's thread); one past `limit` is refused
+    at once rather than queued, so a client learns to back off before its deadline passes."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        self.limit, self.what, self.open = limit, what, 0
+
+    @contextlib.contextmanager
+    def admit(self):
+        if self.open >= self.limit:
+            raise Overloaded(f"the server is answering its limit of {self.limit} {self.what}; retry shortly")
+        self.open += 1
         try:
-            return method(self, request, context)
-        except RetrieverError as e:
-            code = grpc_code_name(e)
-            context.abort(getattr(grpc.StatusCode, code), str(e))
-        except Exception:
-            code = context.code().name if context.code() is not None else "INTERNAL"  # set by context.abort
-            raise
+            yield
         finally:
-            self.metrics.calls.labels(method.__name__, code).inc()
-            self.metrics.seconds.labels(method.__name__).observe(time.perf_counter() - start)
-
-    return wrapper
+            self.open -= 1
 
 
-def _check_deadline(context: grpc.ServicerContext) -> None:
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
-        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the work finished")
+class RetrieverServicer:
+    """Parses, delegates to the registry's collections on a worker thread, converts back."""
 
-
-class RetrieverServicer(pb_grpc.RetrieverServicer):
-    """Converts, delegates to the registry's collections, converts back."""
-
-    def __init__(self, registry: Registry, metrics: _Metrics) -> None:
+    def __init__(self, registry: Registry, metrics: _Metrics, options: ServerOptions) -> None:
         self.registry = registry
         self.metrics = metrics
+        self.options = options
+        self.pool = futures.ThreadPoolExecutor(options.workers, thread_name_prefix="retriever-call")
+        self.unary = _Gate(options.max_concurrent_rpcs, "calls at once")
+        self.streams = _Gate(options.max_streams, "open streams")
 
-    @_rpc
-    def Search(self, request, context):
-        collection = self.registry.reader(request.collection)
-        arguments = conversions.search_arguments(request)
-        _check_deadline(context)
-        hits = collection.search(**arguments)
-        _check_deadline(context)
-        return conversions.search_response(hits, with_documents=not request.omit_documents)
+    # ---- the service's methods (bytes in, messages out) --------------------------------------
 
-    def Upsert(self, request_iterator, context):
-        for number, batch in enumerate(request_iterator):
-            yield self._upsert_batch((number, batch), context)
+    async def Search(self, raw: bytes, context) -> pb.SearchResponse:
+        def work():
+            request = conversions.parse(pb.SearchRequest, raw)
+            collection = self.registry.reader(request.collection)
+            hits = collection.search(**conversions.search_arguments(request))
+            return conversions.search_response(hits, with_documents=not request.omit_documents)
 
-    @_rpc
-    def _upsert_batch(self, numbered_batch, context):
-        number, batch = numbered_batch
-        documents, vectors = conversions.upsert_arguments(batch)
-        _check_deadline(context)
-        count, snapshot = self.registry.write(batch.collection, lambda c: c.add(documents, vectors=vectors or None))
-        return pb.UpsertAck(batch=number, upserted=count, version=snapshot.version)  # sent after the commit: durable
+        async with self._call("Search", context, self.unary):
+            return await self._run(context, work)
 
-    @_rpc
-    def Delete(self, request, context):
-        count, snapshot = self.registry.write(request.collection, lambda c: c.delete(list(request.ids)))
-        return pb.DeleteResponse(deleted=count, version=snapshot.version)
+    async def Upsert(self, requests: AsyncIterator[bytes], context) -> AsyncIterator[pb.UpsertAck]:
+        def work(number: int, raw: bytes):
+            batch = conversions.parse(pb.UpsertBatch, raw)
+            documents, vectors = conversions.upsert_arguments(batch)
+            count, snapshot = self.registry.write(batch.collection, lambda c: c.add(documents, vectors=vectors or None))
+            return pb.UpsertAck(batch=number, upserted=count, version=snapshot.version)  # after the commit: durable
 
-    @_rpc
-    def ListCollections(self, request, context):
-        return pb.ListCollectionsResponse(names=self.registry.names())
+        async with self._call("Upsert", context, self.streams):
+            number = 0
+            while (raw := await self._next(requests)) is not None:
+                yield await self._run(context, lambda: work(number, raw))
+                number += 1
 
-    @_rpc
-    def GetCollection(self, request, context):
-        collection = self.registry.reader(request.collection)
-        return conversions.collection_info(collection.info(), collection.config.to_dict())
+    async def Delete(self, raw: bytes, context) -> pb.DeleteResponse:
+        def work():
+            request = conversions.parse(pb.DeleteRequest, raw)
+            count, snapshot = self.registry.write(request.collection, lambda c: c.delete(list(request.ids)))
+            return pb.DeleteResponse(deleted=count, version=snapshot.version)
 
-    def Generate(self, request, context):
+        async with self._call("Delete", context, self.unary):
+            return await self._run(context, work)
+
+    async def ListCollections(self, raw: bytes, context) -> pb.ListCollectionsResponse:
+        async with self._call("ListCollections", context, self.unary):
+            conversions.parse(pb.ListCollectionsRequest, raw)
+            return pb.ListCollectionsResponse(names=self.registry.names())
+
+    async def GetCollection(self, raw: bytes, context) -> pb.CollectionInfo:
+        def work():
+            collection = self.registry.reader(conversions.parse(pb.GetCollectionRequest, raw).collection)
+            return conversions.collection_info(collection.info(), collection.config.to_dict())
+
+        async with self._call("GetCollection", context, self.unary):
+            return await self._run(context, work)
+
+    async def Generate(self, raw: bytes, context) -> AsyncIterator[pb.GenerateChunk]:
+        def start():
+            request = conversions.parse(pb.GenerateRequest, raw)
+            collection = self.registry.reader(request.collection)
+            return iter(collection.generate(**conversions.generate_arguments(request)))
+
+        async with self._call("Generate", context, self.streams):
+            pieces = await self._run(context, start)
+            while (piece := await self._run(context, lambda: next(pieces, None))) is not None:
+                yield conversions.generate_chunk(piece)
+
+    # ---- how every call runs ------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _call(self, method: str, context, gate: _Gate):
+        """One call: admitted through `gate`, its errors mapped to status codes (the only place
+        this happens), counted in the metrics."""
         start, code = time.perf_counter(), "OK"
         try:
-            collection = self.registry.reader(request.collection)
-            pieces = collection.generate(**conversions.generate_arguments(request))
-            for piece in pieces:
-                if not context.is_active():
-                    return  # the client went away: stop decoding
-                yield conversions.generate_chunk(piece)
+            with gate.admit():
+                yield
+            return
+        except _Status as e:
+            code, message = e.code, str(e)
         except RetrieverError as e:
-            code = grpc_code_name(e)
-            context.abort(getattr(grpc.StatusCode, code), str(e))
+            code, message = grpc_code_name(e), str(e)
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away, or its deadline passed
+            remaining = context.time_remaining()
+            code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+            raise
+        except Exception:
+            log.exception("%s failed", method)
+            code, message = "INTERNAL", f"the server failed to answer this {method} call (its log has the details)"
         finally:
-            self.metrics.calls.labels("Generate", code).inc()
-            self.metrics.seconds.labels("Generate").observe(time.perf_counter() - start)
+            self.metrics.calls.labels(method, code).inc()
+            self.metrics.seconds.labels(method).observe(time.perf_counter() - start)
+        await context.abort(getattr(grpc.StatusCode, code), message)
+
+    async def _run(self, context, work: Callable[[], T]) -> T:
+        """`work()` on a worker thread, within the call's deadline."""
+        _check_deadline(context)
+        result = await asyncio.get_running_loop().run_in_executor(self.pool, work)
+        _check_deadline(context)
+        return result
+
+    async def _next(self, requests: AsyncIterator[bytes]) -> bytes | None:
+        """A stream's next message, or None at its end; a stream idle too long is closed."""
+        try:
+            return await asyncio.wait_for(anext(requests), self.options.stream_idle_seconds)
+        except StopAsyncIteration:
+            return None
+        except asyncio.TimeoutError:
+            raise _Status(
+                "DEADLINE_EXCEEDED",
+                f"the stream sent nothing for {self.options.stream_idle_seconds:g} s and was closed; "
+                "the batches acked before are committed",
+            ) from None
 
 
-class _BearerAuth(grpc.ServerInterceptor):
-    """`authorization: Bearer <token>` on every call but health checks."""
+def _check_deadline(context) -> None:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise _Status("DEADLINE_EXCEEDED", "deadline passed before the work finished")
+
+
+def _service_handler(servicer: RetrieverServicer) -> grpc.GenericRpcHandler:
+    """The Retriever service from its descriptor, taking requests as bytes (`conversions.parse`
+    turns a malformed one into a clear INVALID_ARGUMENT; gRPC's own parsing answers INTERNAL)."""
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    handlers = {
+        method.name: kinds[method.client_streaming, method.server_streaming](
+            getattr(servicer, method.name), response_serializer=lambda message: message.SerializeToString()
+        )
+        for method in SERVICE.methods
+    }
+    return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
+
+
+def _token_refusal(metadata, token: bytes) -> tuple[grpc.StatusCode, str] | None:
+    """Why a call's `authorization` metadata is refused, or None when it carries the token."""
+    header = next((value for key, value in metadata or () if key == "authorization"), "")
+    if not header.startswith("Bearer "):
+        return grpc.StatusCode.UNAUTHENTICATED, "missing bearer token (metadata `authorization: Bearer <token>`)"
+    if not hmac.compare_digest(header[len("Bearer "):].encode(), token):
+        return grpc.StatusCode.PERMISSION_DENIED, "bearer token not accepted"
+    return None
+
+
+class _BearerAuth(grpc.aio.ServerInterceptor):
+    """`authorization: Bearer <token>` on every call but health checks (which check it themselves)."""
 
     def __init__(self, token: str) -> None:
         self._token = token.encode()
 
-    def intercept_service(self, continuation, details):
-        if details.method.startswith(f"/{HEALTH_SERVICE}/"):
-            return continuation(details)
-        header = dict(details.invocation_metadata).get("authorization", "")
-        if not header.startswith("Bearer "):
-            return _deny(continuation(details), grpc.StatusCode.UNAUTHENTICATED, "missing bearer token")
-        if not hmac.compare_digest(header[len("Bearer "):].encode(), self._token):
-            return _deny(continuation(details), grpc.StatusCode.PERMISSION_DENIED, "bearer token not accepted")
-        return continuation(details)
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(f"/{HEALTH_SERVICE}/"):
+            return handler  # an unknown method is UNIMPLEMENTED, with or without a token
+        refusal = _token_refusal(details.invocation_metadata, self._token)
+        return handler if refusal is None else _deny(handler, *refusal)
 
 
 def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    def abort(request, context):
-        context.abort(code, message)
+    async def abort(request, context):
+        await context.abort(code, message)
 
     serializers = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
     if handler.unary_unary:
@@ -165,54 +268,105 @@ def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -
     return grpc.stream_stream_rpc_method_handler(abort, **serializers)
 
 
+class _Health(health_aio.HealthServicer):
+    """The standard health service. The server's own health ("") is open to all, for probes;
+    with a token on, a collection's health needs it (its answer tells which names exist)."""
+
+    def __init__(self, token: str | None) -> None:
+        super().__init__()
+        self._token = token.encode() if token else None
+
+    async def Check(self, request, context):
+        await self._authorize(request, context)
+        return await super().Check(request, context)
+
+    async def Watch(self, request, context):
+        await self._authorize(request, context)
+        return await super().Watch(request, context)
+
+    async def _authorize(self, request, context) -> None:
+        if self._token is not None and request.service:
+            refusal = _token_refusal(context.invocation_metadata(), self._token)
+            if refusal is not None:
+                await context.abort(*refusal)
+
+
 class Server:
-    """A running server; `stop()` turns health NOT_SERVING, then lets in-flight calls finish."""
+    """A running server; `stop()` turns health NOT_SERVING, then lets in-flight calls finish.
+    The aio server lives on its own event-loop thread, so callers use it synchronously."""
 
     def __init__(self, registry: Registry, options: ServerOptions) -> None:
         self.registry = registry
         self.options = options
         self.metrics = _Metrics()
+        self.servicer = RetrieverServicer(registry, self.metrics, options)
+        self.health = _Health(options.token)
+        self._stopped = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="retriever-grpc", daemon=True)
+        self._thread.start()
+        try:
+            self.port = self._on_loop(self._bind())
+        except BaseException:
+            self._close_loop()
+            raise
+
+    async def _bind(self) -> int:
+        """Make the aio server (on its loop) and bind its port."""
+        options = self.options
         limits = [("grpc.max_receive_message_length", options.max_message_bytes),
                   ("grpc.max_send_message_length", options.max_message_bytes)]
         interceptors = [_BearerAuth(options.token)] if options.token else []
-        self.grpc_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=options.workers), options=limits,
-            maximum_concurrent_rpcs=options.max_concurrent_rpcs, interceptors=interceptors,
-        )
-        pb_grpc.add_RetrieverServicer_to_server(RetrieverServicer(registry, self.metrics), self.grpc_server)
-        self.health = health.HealthServicer()
+        self.grpc_server = grpc.aio.server(options=limits, interceptors=interceptors)
+        self.grpc_server.add_generic_rpc_handlers([_service_handler(self.servicer)])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         if options.reflection:
             from grpc_reflection.v1alpha import reflection
 
-            names = (pb.DESCRIPTOR.services_by_name["Retriever"].full_name, HEALTH_SERVICE, reflection.SERVICE_NAME)
+            names = (SERVICE.full_name, HEALTH_SERVICE, reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, self.grpc_server)
         address = f"{options.host}:{options.port}"
         if options.tls_cert:
             credentials = grpc.ssl_server_credentials([(options.tls_key, options.tls_cert)])
-            self.port = self.grpc_server.add_secure_port(address, credentials)
-        else:
-            self.port = self.grpc_server.add_insecure_port(address)
-        self._stopped = threading.Event()
+            return self.grpc_server.add_secure_port(address, credentials)
+        return self.grpc_server.add_insecure_port(address)
+
+    def _on_loop(self, coroutine) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def start(self) -> "Server":
-        SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in self.registry.names():
-            self.health.set(name, SERVING if self.registry.healthy(name) else NOT_SERVING)
-        self.health.set("", SERVING)
         if self.options.metrics_port is not None:
             from prometheus_client import start_http_server
 
             start_http_server(self.options.metrics_port, addr=self.options.host, registry=self.metrics.registry)
-        self.grpc_server.start()
+        self._on_loop(self._start())
         self.registry.start_merging()
         return self
 
+    async def _start(self) -> None:
+        SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in self.registry.names():
+            await self.health.set(name, SERVING if self.registry.healthy(name) else NOT_SERVING)
+        await self.health.set("", SERVING)
+        await self.grpc_server.start()
+
     def stop(self) -> None:
-        self.health.enter_graceful_shutdown()  # load balancers stop sending before calls are cut
-        self.grpc_server.stop(self.options.grace_seconds).wait()
+        if self._stopped.is_set():
+            return
+        self._on_loop(self._stop())
         self.registry.stop_merging()
+        self._close_loop()
         self._stopped.set()
+
+    async def _stop(self) -> None:
+        await self.health.enter_graceful_shutdown()  # load balancers stop sending before calls are cut
+        await self.grpc_server.stop(self.options.grace_seconds)
+
+    def _close_loop(self) -> None:
+        self.servicer.pool.shutdown(wait=False)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
 
     def wait(self) -> None:
         """Serve until SIGTERM or SIGINT, then shut down gracefully."""

@@ -212,20 +212,36 @@ def test_damaged_collection_is_data_loss_and_others_keep_serving(served):
     assert len(remote(served).search(np.ones((1, 16)), k=3)[0]) == 3
     s, metadata, channel = stub(served)
     health = health_pb2_grpc.HealthStub(channel)
-    status = lambda n: health.Check(health_pb2.HealthCheckRequest(service=n), timeout=5).status
+    status = lambda n: health.Check(health_pb2.HealthCheckRequest(service=n), metadata=metadata, timeout=5).status
     assert status("") == status("vecs") == health_pb2.HealthCheckResponse.SERVING
     assert status("broken") == health_pb2.HealthCheckResponse.NOT_SERVING
     channel.close()
 
 
-def test_malformed_bytes_do_not_hurt_the_server(served):
+@pytest.mark.parametrize(
+    "raw",
+    [b"\xff\x00\x13garbage\x99", pb.SearchRequest(collection="vecs").SerializeToString()[:-1] + b"\xff",
+     b"\x0a\x02\xc3\x28"],  # the last: field 1 (collection) holding invalid UTF-8
+)
+def test_malformed_bytes_are_invalid_argument_and_do_not_hurt_the_server(served, raw):
     channel = grpc.insecure_channel(f"127.0.0.1:{served[1].port}")
-    raw = channel.unary_unary("/retriever.v1.Retriever/Search", request_serializer=None, response_deserializer=None)
+    call = channel.unary_unary("/retriever.v1.Retriever/Search", request_serializer=None, response_deserializer=None)
     with pytest.raises(grpc.RpcError) as info:
-        raw(b"\xff\x00\x13garbage\x99", metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=5)
-    assert info.value.code() == grpc.StatusCode.INTERNAL
+        call(raw, metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid SearchRequest" in info.value.details()
     channel.close()
     assert len(remote(served).search(np.ones((1, 16)), k=2)[0]) == 2
+
+
+def test_an_unknown_method_is_unimplemented_with_or_without_a_token(served):
+    channel = grpc.insecure_channel(f"127.0.0.1:{served[1].port}")
+    call = channel.unary_unary("/retriever.v1.Retriever/Nope", request_serializer=None, response_deserializer=None)
+    for metadata in ((), (("authorization", f"Bearer {TOKEN}"),)):
+        with pytest.raises(grpc.RpcError) as info:
+            call(b"", metadata=metadata, timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    channel.close()
 
 
 def test_bearer_token(served):
@@ -234,8 +250,13 @@ def test_bearer_token(served):
         with pytest.raises(grpc.RpcError) as info:
             s.ListCollections(pb.ListCollectionsRequest(), metadata=metadata, timeout=5)
         assert info.value.code() == code
-        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
-        assert health.status == health_pb2.HealthCheckResponse.SERVING  # health needs no token
+        health = health_pb2_grpc.HealthStub(channel)
+        # the server's health needs no token (probes); a collection's does (it tells which names exist)
+        assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        for name in ("vecs", "nope"):
+            with pytest.raises(grpc.RpcError) as info:
+                health.Check(health_pb2.HealthCheckRequest(service=name), metadata=metadata, timeout=5)
+            assert info.value.code() == code
         channel.close()
     assert remote(served).list_collections() == ["broken", "lex", "tiny", "vecs"]
 

@@ -19,7 +19,8 @@ from .config import CollectionConfig
 from .documents import DocumentTable, concat, document_texts, documents_to_table
 from .errors import AlreadyExists, CorruptIndex, InvalidRequest, NotFound, RetrieverError, WriteFailed
 from .fields import Field, kind_of, request_params
-from .fields.base import NO_TERMS, SegmentView
+from .fields import base as field_base
+from .fields.base import NO_TERMS, Param, SegmentView
 from .filters import filter_mask
 from .segments import Segment, id_hashes, new_segment, open_segments, with_changed_deletions
 from .types import Hits
@@ -27,7 +28,7 @@ from .types import Hits
 log = logging.getLogger(__name__)
 FUSION_CANDIDATES = 100  # per-field candidates fused when several fields are searched
 BACKGROUND_SLACK = 4  # a buffer this many times full is flushed by the write itself (backpressure)
-FUSION_PARAMS = {"candidates": 1}  # request parameters of the collection itself -> their smallest value
+FUSION_PARAMS = {"candidates": field_base.depth(1)}  # request parameters of the collection itself
 Queries = str | Sequence[str] | np.ndarray | Mapping[str, Any]
 
 
@@ -714,13 +715,13 @@ class Collection:
         names = self._field_names(fields)
         params = _check_params(params)
         spec = fusion_module.FusionSpec.checked(fusion, weights, normalization, names)
-        batch = self._query_payloads(queries, names, params)
+        depth = k if len(names) == 1 else max(k, params.get("candidates", FUSION_CANDIDATES))  # fused per field
+        batch = self._query_payloads(queries, names, params, max(depth, _depth(k, params)))
         size = len(next(iter(batch.values())))
         allowed = self._allowed(filter)
         if allowed is not None and not allowed.any():
             empty = np.zeros((size, 0), np.float32), np.zeros((size, 0), np.int64)
             return self._hits(*empty, {n: empty[0] for n in names}, "no document matches the filter")
-        depth = k if len(names) == 1 else max(k, params.get("candidates", FUSION_CANDIDATES))
         per_field = {n: self.fields[n].search(batch[n], depth, _field_params(self.fields[n], params), allowed) for n in names}
         reasons = self._no_terms_reasons(batch, names, size)
         if len(names) == 1:
@@ -805,11 +806,14 @@ class Collection:
             raise InvalidRequest(f"a field is named twice in fields={names}")
         return names
 
-    def _query_payloads(self, queries: Queries, names: list[str], params: Mapping[str, int]) -> dict[str, Any]:
-        """Each searched field's queries: encoded from text, or checked when given directly."""
+    def _query_payloads(
+        self, queries: Queries, names: list[str], params: Mapping[str, int], depth: int
+    ) -> dict[str, Any]:
+        """Each searched field's queries: encoded from text, or checked when given directly; their
+        number is checked against the collection's limits (`depth`: per query) before any work."""
         if isinstance(queries, str) or (isinstance(queries, Sequence) and queries and all(isinstance(q, str) for q in queries)):
             texts = [queries] if isinstance(queries, str) else list(queries)
-            self._check_batch(len(texts))
+            self._check_batch(len(texts), depth)
             for i, t in enumerate(texts):
                 if not t.strip():
                     raise InvalidRequest(f"query {i} is empty")
@@ -836,12 +840,19 @@ class Collection:
         sizes = {len(p) for p in payloads.values()}
         if len(sizes) > 1:
             raise InvalidRequest(f"fields were given different numbers of queries: { {n: len(p) for n, p in payloads.items()} }")
-        self._check_batch(sizes.pop())
+        self._check_batch(sizes.pop(), depth)
         return payloads
 
-    def _check_batch(self, size: int) -> None:
-        if size > self.config.max_batch:
-            raise InvalidRequest(f"{size} queries in one request; the collection's max_batch is {self.config.max_batch}")
+    def _check_batch(self, size: int, depth: int) -> None:
+        limits = self.config
+        if size > limits.max_batch:
+            raise InvalidRequest(f"{size} queries in one request; the collection's max_batch is {limits.max_batch}")
+        if size * depth > limits.max_candidates:
+            raise InvalidRequest(
+                f"{size} queries x {depth} results or candidates each (the largest of k, rescore, candidates, "
+                f"rerank, nprobe and efSearch) is {size * depth:,}; this collection allows "
+                f"{limits.max_candidates:,} a request (max_candidates): send fewer queries at once or ask for fewer"
+            )
 
     def _allowed(self, conditions) -> np.ndarray | None:
         if conditions is None:
@@ -870,19 +881,29 @@ def _as_config(config) -> CollectionConfig:
     return CollectionConfig.from_toml(config)
 
 
+def _known_params() -> dict[str, Param]:
+    return {**request_params(), **FUSION_PARAMS}
+
+
 def _check_params(params) -> dict[str, int]:
     if not params:
         return {}
     params = dict(params)
-    known = {**request_params(), **FUSION_PARAMS}
+    known = _known_params()
     for key, value in params.items():
         if key not in known:
             raise InvalidRequest(f"unknown search parameter {key!r}; known: {list(known)}")
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < known[key]:
-            raise InvalidRequest(
-                f"search parameter {key!r} must be an integer >= {known[key]}, got {value!r}"
-            )
+        low, high = known[key].low, known[key].high
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or value > (high or value):
+            span = f"from {low} to {high}" if high is not None else f">= {low}"
+            raise InvalidRequest(f"search parameter {key!r} must be an integer {span}, got {value!r}")
     return params
+
+
+def _depth(k: int, params: Mapping[str, int]) -> int:
+    """The most results or candidates a request asks of each query: k, or a larger depth parameter."""
+    known = _known_params()
+    return max([k, *(int(v) for key, v in params.items() if known[key].depth)])
 
 
 def _counts(segments: list[Segment]) -> dict[str, int]:

@@ -32,6 +32,9 @@ class CollectionConfig:
     text_keys: tuple[str, ...] = ("title", "text")
     max_k: int = 1000
     max_batch: int = 1024
+    # queries x the largest of k and the depth parameters (rescore, candidates, rerank, nprobe,
+    # efSearch) one request may ask for: what bounds a request's memory and time
+    max_candidates: int = 100_000
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME.match(self.name):
@@ -46,6 +49,7 @@ class CollectionConfig:
             f.check_among(by_name, self.name)
         check_int("collection", "max_k", self.max_k, low=1)
         check_int("collection", "max_batch", self.max_batch, low=1)
+        check_int("collection", "max_candidates", self.max_candidates, low=1)
         object.__setattr__(self, "fields", tuple(self.fields))
         object.__setattr__(self, "text_keys", tuple(self.text_keys))
 
@@ -97,4 +101,5 @@ class CollectionConfig:
             "text_keys": list(self.text_keys),
             "max_k": self.max_k,
             "max_batch": self.max_batch,
+            "max_candidates": self.max_candidates,
         }

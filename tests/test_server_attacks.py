@@ -109,3 +109,29 @@ def test_health_answers_while_every_call_slot_is_taken(collection_dir):
     finally:
         busy.join()
         server.stop()
+
+
+@pytest.mark.parametrize(
+    "queries, k, params, words",
+    [
+        (8, 10, {"rescore": 10**7}, "max_candidates"),  # once 25 s and 6.8 GB
+        (1, 10, {"rescore": 2**40}, "max_candidates"),  # once "Unable to allocate 4.00 TiB"
+        (1, 10, {"nprobe": 10**6}, "max_candidates"),
+        (2, 10, {"candidates": 60_000}, "max_candidates"),
+        (1024, 100, {}, "max_candidates"),  # the largest batch at the largest k (max_k 100 here)
+        (1, 10, {"asymmetric": 2}, "from 0 to 1"),
+        (1, 10, {"rescore": 2**70}, "out of range"),  # past int64: the client refuses to send it
+    ],
+)
+def test_work_scaling_parameters_are_refused_before_any_work(collection_dir, queries, k, params, words):
+    server = serve(collection_dir)
+    try:
+        far = retriever.connect(f"grpc://127.0.0.1:{server.port}/vecs", timeout=10)
+        start = time.perf_counter()
+        with pytest.raises((retriever.InvalidRequest, ValueError)) as info:
+            far.search(random_vectors(queries, 16, seed=3), k=k, params=params)
+        assert words in str(info.value)
+        assert time.perf_counter() - start < 1.0
+        assert len(far.search(np.ones((1, 16)), k=3)[0]) == 3
+    finally:
+        server.stop()

@@ -264,10 +264,13 @@ def _copy(index: SpannIndex, target):
 
 # ---- as a dense field's index in a collection ---------------------------------------------------
 
+EVERYTHING = 10**9  # max_candidates that lets a test probe every list and re-score every row
+
+
 def _two_field_collection(path, base):
     import retriever
 
-    collection = retriever.Collection.create(path, {"name": "s", "fields": [
+    collection = retriever.Collection.create(path, {"name": "s", "max_candidates": EVERYTHING, "fields": [
         {"name": "flat", "dim": DIM, "metric": "l2"}, {"name": "spann", "dim": DIM, "metric": "l2", "index": "SPANN,L40"}]})
     collection.add([{"id": str(i)} for i in range(len(base))], vectors={"flat": base, "spann": base})
     return collection
@@ -311,7 +314,7 @@ def test_collection_field_in_pq_mode(data, tmp_path):
     import retriever
 
     base, queries = data
-    collection = retriever.Collection.create(tmp_path / "c", {"name": "s", "fields": [
+    collection = retriever.Collection.create(tmp_path / "c", {"name": "s", "max_candidates": EVERYTHING, "fields": [
         {"name": "flat", "dim": DIM, "metric": "l2"}, {"name": "spann", "dim": DIM, "metric": "l2", "index": "SPANN,L40,PQ4"}]})
     collection.add([{"id": str(i)} for i in range(len(base))], vectors={"flat": base, "spann": base})
     exact_hits = collection.search(queries, 10, fields="flat")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from retriever.errors import InvalidRequest
-from retriever.fields.base import FieldConfig, check_int, merge_top_k
+from retriever.fields.base import FieldConfig, depth, check_int, merge_top_k
 from retriever.index import storage
 
 
@@ -24,7 +24,7 @@ class ToyConfig(FieldConfig):
 class ToyKind:
     name = "toy"
     config = ToyConfig
-    request_params = {"toy_depth": 1}
+    request_params = {"toy_depth": depth(1)}
     vector_input = False
 
     def has_encoder(self, config):

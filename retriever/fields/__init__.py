@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from retriever.errors import InvalidConfig
 
-from .base import Field, FieldConfig, FieldKind
+from .base import Field, FieldConfig, FieldKind, Param
 from .binary import BINARY
 from .bm25 import BM25
 from .dense import DENSE
@@ -53,6 +53,6 @@ def config_from_dict(raw: Mapping[str, Any], where: str) -> FieldConfig:
         raise InvalidConfig(f"{where}: {e}") from None
 
 
-def request_params() -> dict[str, int]:
-    """Every search parameter some kind reads -> its smallest value."""
-    return {key: low for kind in KINDS.values() for key, low in kind.request_params.items()}
+def request_params() -> dict[str, Param]:
+    """Every search parameter some kind reads, and its range."""
+    return {key: param for kind in KINDS.values() for key, param in kind.request_params.items()}

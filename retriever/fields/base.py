@@ -154,12 +154,30 @@ class Pending(Protocol):
         once that version is published)."""
 
 
+@dataclass(frozen=True)
+class Param:
+    """A search parameter a kind reads, and its range (`high` None: no bound of its own). A
+    `depth` (candidates, probes, graph breadth) scales a query's work, so a request's queries x
+    its largest depth is held to the collection's `max_candidates`."""
+
+    low: int
+    high: int | None = None
+    depth: bool = False
+
+
+FLAG = Param(0, 1)
+
+
+def depth(low: int) -> Param:
+    return Param(low, depth=True)
+
+
 class FieldKind(Protocol):
     """One kind, as the registry holds it."""
 
     name: str
     config: type[FieldConfig]
-    request_params: Mapping[str, int]  # search parameters it reads -> their smallest value
+    request_params: Mapping[str, Param]  # the search parameters it reads
     vector_input: bool  # documents may bring a [N, D] matrix (`build` encodes it in resumable blocks)
 
     def has_encoder(self, config: FieldConfig) -> bool:

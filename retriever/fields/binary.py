@@ -17,7 +17,7 @@ from retriever.index.vectors import VectorStore
 from retriever.kernels import cpu
 from retriever.kernels.binary import candidate_scores, code_top_k
 
-from .base import ModelKind, FieldConfig, check_choice, check_int, recall_probe
+from .base import FLAG, ModelKind, FieldConfig, check_choice, depth, check_int, recall_probe
 from .dense import DENSE, check_query_vectors, check_vector_keys, check_vectors
 from .parts import train_floor, training_sample
 
@@ -106,7 +106,7 @@ class BinaryConfig(FieldConfig):
 class BinaryKind(ModelKind):
     name = "binary"
     config = BinaryConfig
-    request_params = {"nprobe": 1, "efSearch": 1, "rescore": 0, "asymmetric": 0}
+    request_params = {"nprobe": depth(1), "efSearch": depth(1), "rescore": depth(0), "asymmetric": FLAG}
     vector_input = False
 
     def make_encoder(self, config: BinaryConfig):

@@ -17,7 +17,7 @@ from retriever.index import storage
 from retriever.index.bm25 import VARIANTS
 from retriever.index.sparse import PostingSegment, SparseRows, build_segment, smallest_dtype
 
-from .base import FieldConfig, check_choice, check_number
+from .base import FieldConfig, Param, check_choice, check_number
 from .inverted import InvertedField, PendingPostings, SparseDocuments, distinct_per_row
 
 VOCABULARY = ".vocabulary"  # the vocabulary among `opened()`'s segments (no segment has this name)
@@ -58,7 +58,7 @@ class Bm25Config(FieldConfig):
 class Bm25Kind:
     name = "bm25"
     config = Bm25Config
-    request_params: Mapping[str, int] = {}
+    request_params: Mapping[str, Param] = {}
     vector_input = False
 
     def has_encoder(self, config: Bm25Config) -> bool:

@@ -16,7 +16,7 @@ from retriever.index.flat import FlatVectors
 from retriever.index.vectors import VectorStore
 
 from . import parts as parts_module
-from .base import ModelKind, FieldConfig, SegmentView, check_choice, check_int, merge_top_k, recall_probe
+from .base import ModelKind, FieldConfig, Param, SegmentView, depth, check_choice, check_int, merge_top_k, recall_probe
 from .spann import SpannVectors, is_spann, spann_params
 
 METRICS = ("ip", "l2")
@@ -70,7 +70,7 @@ def check_vector_keys(config, example: str) -> None:
 class DenseKind(ModelKind):
     name = "dense"
     config = DenseConfig
-    request_params = {"nprobe": 1, "efSearch": 1, "rescore": 0, "prune_pct": 0}
+    request_params = {"nprobe": depth(1), "efSearch": depth(1), "rescore": depth(0), "prune_pct": Param(0)}
     vector_input = True
 
     def make_encoder(self, config: DenseConfig):

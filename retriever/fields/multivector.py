@@ -21,7 +21,7 @@ from retriever.index.vectors import VectorStore
 from retriever.kernels.maxsim import maxsim
 
 from . import parts as parts_module
-from .base import ModelKind, FieldConfig, check_int, merge_top_k
+from .base import FLAG, ModelKind, FieldConfig, Param, depth, check_int, merge_top_k
 from .spann import SpannVectors, is_spann, spann_params
 
 MAXSIM_BLOCK = 1 << 17  # document tokens decompressed and scored per step when searching exhaustively
@@ -85,7 +85,10 @@ class MultiVectorConfig(FieldConfig):
 class MultiVectorKind(ModelKind):
     name = "multivector"
     config = MultiVectorConfig
-    request_params = {"nprobe": 1, "efSearch": 1, "rerank": 1, "exhaustive": 0, "prune_pct": 0, "rescore": 0}
+    request_params = {
+        "nprobe": depth(1), "efSearch": depth(1), "rerank": depth(1), "exhaustive": FLAG,
+        "prune_pct": Param(0), "rescore": depth(0),
+    }
     vector_input = False
 
     def make_encoder(self, config: MultiVectorConfig):

@@ -13,7 +13,7 @@ from retriever.errors import InvalidConfig, InvalidRequest
 from retriever.index.bm25 import VARIANTS
 from retriever.index.sparse import SparseRows, build_segment
 
-from .base import ModelKind, FieldConfig, check_int, check_number
+from .base import FLAG, ModelKind, FieldConfig, check_int, check_number
 from .inverted import IMPACT_LEVELS, InvertedField, SparseDocuments, as_list, distinct_per_row
 
 DEFAULT_MODEL = "splade-tiny"
@@ -51,7 +51,7 @@ class SparseConfig(FieldConfig):
 class SparseKind(ModelKind):
     name = "sparse"
     config = SparseConfig
-    request_params = {"inference_free": 0}
+    request_params = {"inference_free": FLAG}
     vector_input = False
 
     def make_encoder(self, config: SparseConfig):

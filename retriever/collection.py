@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import copy
 import logging
 from pathlib import Path
@@ -75,11 +76,19 @@ class Collection:
             self._scratch: buffer.Scratch | None = None
         self.counts = _counts(segments)
         self.documents = DocumentTable([s.table for s in segments], segments)
-        self.deleted = (
-            np.concatenate([s.deleted for s in segments]) if segments else np.zeros(0, bool)
-        )  # [rows]
         self.fields = fields
-        self._live = None if not self.deleted.any() else ~self.deleted
+        for derived in ("deleted", "_live"):  # O(rows): made again on first use, not per write
+            self.__dict__.pop(derived, None)
+
+    @functools.cached_property
+    def deleted(self) -> np.ndarray:
+        """[rows] bool: the deleted rows of every segment, in row order."""
+        return np.concatenate([s.deleted for s in self.segments]) if self.segments else np.zeros(0, bool)
+
+    @functools.cached_property
+    def _live(self) -> np.ndarray | None:
+        """[rows] bool: the rows a search may return (None when all may)."""
+        return None if not self.counts["deleted"] else ~self.deleted
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -195,7 +204,7 @@ class Collection:
             "counts": dict(self.counts),
             "format_version": self.manifest["format_version"],
             "segments": [
-                {"name": s.entry["name"], "rows": s.rows, "deleted": int(s.deleted.sum())}
+                {"name": s.entry["name"], "rows": s.rows, "deleted": s.deleted_count}
                 for s in self.segments[: self._committed]
             ],
             "buffer": {
@@ -475,7 +484,7 @@ class Collection:
             self._check_format()
             self._flush()
             count = len(self.segments)
-            if count > 1 or self.deleted.any():
+            if count > 1 or self.counts["deleted"]:
                 self._merge_now(0, count)
                 return count
         return 0
@@ -502,7 +511,7 @@ class Collection:
         """The next merge the policy asks for, pinned at this version (call it, and `finish_merge`,
         where writes to this object are serialized; `write_merge` needs no lock)."""
         # the manifest's segments as it has them: a merge publishes those; buffered writes stay buffered
-        rows, deleted = [s.rows for s in self._base], [int(s.deleted.sum()) for s in self._base]
+        rows, deleted = [s.rows for s in self._base], [s.deleted_count for s in self._base]
         run = merge_policy.next_merge(rows, deleted, self.max_segment_rows)
         return None if run is None else self._plan(*run)
 
@@ -908,7 +917,7 @@ def _depth(k: int, params: Mapping[str, int]) -> int:
 
 def _counts(segments: list[Segment]) -> dict[str, int]:
     rows = sum(s.rows for s in segments)
-    deleted = sum(int(s.deleted.sum()) for s in segments)
+    deleted = sum(s.deleted_count for s in segments)
     return {"rows": rows, "documents": rows - deleted, "deleted": deleted}
 
 

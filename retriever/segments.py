@@ -88,6 +88,10 @@ class Segment:
     def rows(self) -> int:
         return int(self.entry["rows"])
 
+    @functools.cached_property
+    def deleted_count(self) -> int:
+        return int(self.deleted.sum())
+
 
     def with_state(self, entry: dict[str, Any], deleted: np.ndarray) -> "Segment":
         """This segment at another version (other deletions), sharing its document ids."""

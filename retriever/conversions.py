@@ -201,10 +201,7 @@ def upsert_batch(collection: str, documents: Sequence[Mapping[str, Any]], vector
 def upsert_arguments(batch: pb.UpsertBatch) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     documents = []
     for i, text in enumerate(batch.documents_json):
-        try:
-            documents.append(json.loads(text))
-        except json.JSONDecodeError as e:
-            raise InvalidRequest(f"document {i} is not valid JSON: {e}") from None
+        documents.append(_json(text, f"document {i}"))
     both = sorted(set(batch.vectors) & set(batch.sparse_vectors))
     if both:
         raise InvalidRequest(f"field(s) {both} given both dense and sparse vectors")
@@ -240,10 +237,16 @@ def generate_arguments(request: pb.GenerateRequest) -> dict[str, Any]:
 
 
 def _filter(filter_json: str):
+    return _json(filter_json, "filter_json") if filter_json else None
+
+
+def _json(text: str, what: str) -> Any:
     try:
-        return json.loads(filter_json) if filter_json else None
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise InvalidRequest(f"filter_json is not valid JSON: {e}") from None
+        raise InvalidRequest(f"{what} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise InvalidRequest(f"{what} nests too deeply") from None
 
 
 def generate_chunk(piece) -> pb.GenerateChunk:

@@ -33,6 +33,8 @@ def filter_mask(table: pa.Table, conditions: Mapping[str, Any]) -> np.ndarray:
             matched = _column_mask(values, condition, column)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
             raise InvalidRequest(f"filter on {column!r} does not fit the column type {values.type}: {e}") from None
+        except OverflowError:
+            raise InvalidRequest(f"filter on {column!r} holds an integer outside the 64-bit range") from None
         mask &= matched.to_numpy(zero_copy_only=False)
     return mask
 
@@ -54,6 +56,10 @@ def _column_mask(values: pa.ChunkedArray, condition: Any, column: str) -> pa.Chu
         else:
             if isinstance(operand, bool) or not isinstance(operand, (int, float)):
                 raise InvalidRequest(f"filter on {column!r}: {op!r} takes a number, got {operand!r}")
+            if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+                raise InvalidRequest(
+                    f"filter on {column!r}: {op!r} compares numbers, but the column holds {values.type} values"
+                )
             part = _RANGE[op](values, _scalar(operand, values.type))
         part = pc.fill_null(part, False)
         result = part if result is None else pc.and_(result, part)

@@ -165,11 +165,27 @@ def code_of(call):
         (lambda r: r.add([{"id": "x"}], {"dense": np.ones((1, 3))}), "INVALID_ARGUMENT", "dimension 16"),
         (lambda r: r.search(np.ones((3000, 16))), "INVALID_ARGUMENT", "max_batch"),
         (lambda r: r.search(np.ones((1, 300_000))), "RESOURCE_EXHAUSTED", ""),  # 1.2 MB > the server's 1 MiB limit
+        (lambda r: r.add([{"id": "x", "n": 10**30}], {"dense": np.ones((1, 16))}), "INVALID_ARGUMENT", "64-bit"),
+        (lambda r: r.search(np.ones((1, 16)), filter={"year": {"in": [10**30]}}), "INVALID_ARGUMENT", "64-bit"),
+        (lambda r: r.search(np.ones((1, 16)), filter={"lang": {"gte": 5}}), "INVALID_ARGUMENT", "compares numbers"),
     ],
 )
 def test_bad_input_over_the_wire(served, call, code, words):
     got, message = code_of(lambda: call(remote(served)))
     assert got == code and words in message
+
+
+@pytest.mark.parametrize("field", ["filter_json", "documents_json"])
+def test_json_nested_too_deeply_is_invalid_argument(served, field):
+    s, metadata, channel = stub(served)
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(grpc.RpcError) as info:
+        if field == "filter_json":
+            s.Search(pb.SearchRequest(collection="vecs", texts=["x"], filter_json=deep), metadata=metadata, timeout=5)
+        else:
+            list(s.Upsert(iter([pb.UpsertBatch(collection="vecs", documents_json=[deep])]), metadata=metadata, timeout=5))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "nests too deeply" in info.value.details()
+    channel.close()
 
 
 def test_ragged_query_vectors_are_refused_before_sending(served):

@@ -236,6 +236,10 @@ def serve(
             reflection=reflection, metrics_port=metrics_port,
         )
         registry = Registry.open(collections)
+        for path, reason in registry.not_served.items():
+            print(f"not serving {path}: {reason}", file=sys.stderr)
+        if not registry.names():
+            raise InvalidRequest("none of the directories holds a collection to serve")
         server = Server(registry, options).start()
     except RetrieverError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -9,6 +9,7 @@ from typing import Callable, TypeVar
 
 from .collection import Collection
 from .config import check_name
+from .index import storage
 from .errors import CorruptIndex, InvalidConfig, InvalidRequest, NotFound, RetrieverError
 
 T = TypeVar("T")
@@ -17,18 +18,23 @@ log = logging.getLogger(__name__)
 
 class Registry:
     """Collections by name. A damaged collection is kept by its directory name and answers every
-    request with CorruptIndex (DATA_LOSS) while the others keep serving."""
+    request with CorruptIndex (DATA_LOSS) while the others keep serving. A directory that cannot
+    be served under a name (not a collection, a name already served, a damaged one whose name is
+    not a collection name) is left out and reported in `not_served`: one bad directory never stops
+    a server or hides a healthy collection."""
 
     def __init__(self) -> None:
         self._readers: dict[str, Collection] = {}
         self._writers: dict[str, Collection] = {}
         self._locks: dict[str, threading.Lock] = {}
-        self._broken: dict[str, str] = {}
+        self._broken: dict[str, str] = {}  # name -> why it is damaged
+        self._broken_paths: dict[str, Path] = {}
         self._merger: threading.Thread | None = None
         self._to_merge: set[str] = set()
         self._wake = threading.Condition()
         self._stopping = False
         self._busy = False  # the merger is merging a collection
+        self.not_served: dict[str, str] = {}  # directory -> why it is not served
 
     @classmethod
     def open(cls, paths: list[str | Path]) -> "Registry":
@@ -41,15 +47,40 @@ class Registry:
         try:
             collection = Collection.open(path)
         except CorruptIndex as e:
-            self._broken[check_name(path.name, "collection directory name")] = str(e)
+            if (path / storage.MANIFEST).exists():
+                self._add_damaged(path, str(e))
+            else:  # not a collection (or one that lost all trace of being one)
+                self._leave_out(path, str(e))
+            return
+        except (RetrieverError, OSError) as e:
+            self._leave_out(path, str(e))
             return
         name = collection.name
-        if name in self._writers or name in self._broken:
-            raise InvalidConfig(f"two directories hold a collection named {name!r}")
+        if name in self._writers:
+            self._leave_out(path, f"collection {name!r} is already served from another directory")
+            return
+        if name in self._broken:  # a healthy collection keeps its name from a damaged directory
+            self._leave_out(self._broken_paths.pop(name), f"damaged: {self._broken.pop(name)}")
         collection.sync_writes = False  # `write` syncs the log after releasing the collection's lock
         self._writers[name] = collection
         self._readers[name] = collection.snapshot()
         self._locks[name] = threading.Lock()
+
+    def _add_damaged(self, path: Path, reason: str) -> None:
+        """Served under its directory's name as damaged (DATA_LOSS, NOT_SERVING) if that name is free."""
+        try:
+            name = check_name(path.name, "collection directory name")
+        except InvalidConfig as e:
+            self._leave_out(path, f"damaged ({reason}); {e}")
+            return
+        if name in self._writers or name in self._broken:
+            self._leave_out(path, f"damaged ({reason}); collection {name!r} is served from another directory")
+            return
+        self._broken[name], self._broken_paths[name] = reason, path
+
+    def _leave_out(self, path: Path, reason: str) -> None:
+        self.not_served[str(path)] = reason
+        log.warning("not serving %s: %s", path, reason)
 
     def names(self) -> list[str]:
         return sorted([*self._writers, *self._broken])

@@ -26,7 +26,7 @@ from grpc_health.v1.health import aio as health_aio
 
 from . import conversions
 from .conversions import pb
-from .errors import Overloaded, RetrieverError, grpc_code_name
+from .errors import InvalidConfig, Overloaded, RetrieverError, grpc_code_name
 from .registry import Registry
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -315,7 +315,8 @@ class Server:
         """Make the aio server (on its loop) and bind its port."""
         options = self.options
         limits = [("grpc.max_receive_message_length", options.max_message_bytes),
-                  ("grpc.max_send_message_length", options.max_message_bytes)]
+                  ("grpc.max_send_message_length", options.max_message_bytes),
+                  ("grpc.so_reuseport", 0)]  # a second server on a port in use fails, not shares it
         interceptors = [_BearerAuth(options.token)] if options.token else []
         self.grpc_server = grpc.aio.server(options=limits, interceptors=interceptors)
         self.grpc_server.add_generic_rpc_handlers([_service_handler(self.servicer)])
@@ -326,10 +327,13 @@ class Server:
             names = (SERVICE.full_name, HEALTH_SERVICE, reflection.SERVICE_NAME)
             reflection.enable_server_reflection(names, self.grpc_server)
         address = f"{options.host}:{options.port}"
-        if options.tls_cert:
-            credentials = grpc.ssl_server_credentials([(options.tls_key, options.tls_cert)])
-            return self.grpc_server.add_secure_port(address, credentials)
-        return self.grpc_server.add_insecure_port(address)
+        try:
+            if options.tls_cert:
+                credentials = grpc.ssl_server_credentials([(options.tls_key, options.tls_cert)])
+                return self.grpc_server.add_secure_port(address, credentials)
+            return self.grpc_server.add_insecure_port(address)
+        except RuntimeError as e:  # grpc's words for a port in use or a host that is not ours
+            raise InvalidConfig(f"cannot listen on {address}: {e}") from None
 
     def _on_loop(self, coroutine) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()

@@ -135,3 +135,40 @@ def test_work_scaling_parameters_are_refused_before_any_work(collection_dir, que
         assert len(far.search(np.ones((1, 16)), k=3)[0]) == 3
     finally:
         server.stop()
+
+
+def damaged_copy(source, target):
+    import shutil
+
+    shutil.copytree(source, target)
+    (target / "manifest.json").write_text("{not json")
+    return target
+
+
+@pytest.mark.parametrize("damaged_first", [True, False])
+def test_a_bad_directory_never_stops_the_server_or_hides_a_healthy_collection(collection_dir, tmp_path, damaged_first):
+    twin = damaged_copy(collection_dir, tmp_path / "other" / "vecs")  # damaged, named like the healthy one
+    badly_named = damaged_copy(collection_dir, tmp_path / "not a name!")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    paths = [twin, collection_dir] if damaged_first else [collection_dir, twin]
+    registry = Registry.open([*paths, badly_named, empty, tmp_path / "missing"])
+    server = Server(registry, ServerOptions(port=0)).start()
+    try:
+        assert registry.names() == ["vecs"] and registry.healthy("vecs")
+        far = retriever.connect(f"grpc://127.0.0.1:{server.port}/vecs", timeout=5)
+        assert len(far.search(np.ones((1, 16)), k=3)[0]) == 3
+        assert health_status(server.port, "vecs") == health_pb2.HealthCheckResponse.SERVING
+        assert set(registry.not_served) == {str(twin), str(badly_named), str(empty), str(tmp_path / "missing")}
+        assert "damaged" in registry.not_served[str(twin)]
+    finally:
+        server.stop()
+
+
+def test_a_port_in_use_is_a_clear_error(collection_dir):
+    server = serve(collection_dir)
+    try:
+        with pytest.raises(retriever.errors.InvalidConfig, match="cannot listen"):
+            Server(Registry.open([collection_dir]), ServerOptions(port=server.port))
+    finally:
+        server.stop()

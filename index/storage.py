@@ -264,6 +264,17 @@ def retire(old: dict[str, Any], new_names: set[str], held: set[int]) -> tuple[di
     return retired, removable
 
 
+def undo_create(directory: Path, made: bool) -> None:
+    """Put back a directory a collection was created in (it was missing, `made`, or empty: every
+    file in it is the engine's)."""
+    with contextlib.suppress(OSError):
+        if made:
+            disk.rmtree(directory)
+            return
+        for leftover in Path(directory).iterdir():
+            disk.rmtree(leftover) if leftover.is_dir() else disk.unlink(leftover)
+
+
 def remove_files(
     directory: Path, names: Iterable[str], manifest: dict[str, Any], in_flight: Iterable[str] = ()
 ) -> None:

@@ -25,7 +25,7 @@ from .collection import Collection
 from .config import CollectionConfig
 from .corpus import iter_corpus
 from .documents import document_texts, documents_to_table
-from .errors import AlreadyExists, InvalidRequest
+from .errors import AlreadyExists, InvalidRequest, RetrieverError
 from .fields import kind_of
 
 WORK_DIR = ".build"
@@ -51,7 +51,18 @@ def build(
     committed, so `resume=True` after an interruption encodes only what is missing."""
     out = Path(out)
     chunk, largest = chunk_rows(config, memory_cap)
+    first, made = not (out / storage.MANIFEST).exists(), not out.exists()
     collection = _collection_to_fill(out, config, resume)
+    try:
+        return _fill(collection, config, input_path, out, resume, block_size, chunk, largest, progress)
+    except RetrieverError:
+        if first and not collection.counts["rows"]:  # nothing to resume: leave no directory behind
+            storage.undo_create(out, made)
+        raise
+
+
+def _fill(collection: Collection, config: CollectionConfig, input_path, out: Path, resume: bool,
+          block_size: int, chunk: int, largest: int, progress: bool) -> Collection:
     collection.max_segment_rows = largest
     work = out / WORK_DIR
     storage.prepare_work_dir(
@@ -63,21 +74,20 @@ def build(
     )
     done = collection.counts["rows"]  # rows the interrupted build committed, in input order
     vector_fields = [f.name for f in config.fields if kind_of(f).vector_input]
-    bar = tqdm(desc="building", unit="doc", disable=not progress)
     start = 0
-    for docs, given in iter_corpus(input_path, vector_fields, chunk):
-        if start + len(docs) <= done:  # committed before the interruption
+    with tqdm(desc="building", unit="doc", disable=not progress) as bar:  # closed on errors too: they print below it
+        for docs, given in iter_corpus(input_path, vector_fields, chunk):
+            if start + len(docs) <= done:  # committed before the interruption
+                start += len(docs)
+                bar.update(len(docs))
+                continue
+            table = documents_to_table(docs)  # validates ids before any encoding
+            vectors = _chunk_vectors(collection, table, given, work, start, block_size)
+            collection.add(docs, vectors=vectors)
+            for block in work.glob(f"*-{start:012d}-*.npy"):
+                block.unlink()
             start += len(docs)
             bar.update(len(docs))
-            continue
-        table = documents_to_table(docs)  # validates ids before any encoding
-        vectors = _chunk_vectors(collection, table, given, work, start, block_size)
-        collection.add(docs, vectors=vectors)
-        for block in work.glob(f"*-{start:012d}-*.npy"):
-            block.unlink()
-        start += len(docs)
-        bar.update(len(docs))
-    bar.close()
     collection.flush()  # a small last chunk is logged first: into a segment, so the output holds no log
     shutil.rmtree(work, ignore_errors=True)
     log.info("built version %d of %s: %d documents", collection.version, out, len(collection))

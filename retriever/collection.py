@@ -113,7 +113,7 @@ class Collection:
             with storage.writer_lock(path):
                 storage.commit_manifest(path, _first_manifest(path, config, sizes))
         except OSError as e:
-            _remove_partial_create(path, made)
+            storage.undo_create(path, made)
             raise storage.write_error(path, e, "creating the collection") from None
         return cls.open(path)
 
@@ -938,16 +938,6 @@ def _first_manifest(path: Path, config: CollectionConfig, sizes: dict[str, int])
         "files": files,
         "retired": {},
     }
-
-
-def _remove_partial_create(path: Path, made: bool) -> None:
-    """Undo a create that failed: the directory as it was (missing, or empty)."""
-    with contextlib.suppress(OSError):
-        if made:
-            disk.rmtree(path)
-            return
-        for leftover in path.iterdir():
-            disk.rmtree(leftover) if leftover.is_dir() else disk.unlink(leftover)
 
 
 def _field_params(field: Field, params: Mapping[str, int]) -> dict[str, int]:

@@ -91,9 +91,17 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line.decode("utf-8"))
+                record = json.loads(line.decode("utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise InvalidRequest(f"{str(path)!r} line {number} is not valid JSON: {e}") from None
+            except RecursionError:
+                raise InvalidRequest(f"{str(path)!r} line {number} nests too deeply") from None
+            if not isinstance(record, dict):
+                raise InvalidRequest(
+                    f"{str(path)!r} line {number} is a JSON {type(record).__name__}, not an object: each line "
+                    'holds one document, {"id": ..., "text": ...}'
+                )
+            yield record
 
 
 def _batched(records: Iterator[dict[str, Any]], rows: int) -> Iterator[list[dict[str, Any]]]:

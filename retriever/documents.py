@@ -37,8 +37,9 @@ def documents_to_table(documents: Iterable[Mapping[str, Any]]) -> pa.Table:
         rows.append(row)
     if not rows:
         raise InvalidRequest("no documents given")
+    keys = list(dict.fromkeys(key for row in rows for key in row))  # every document's keys, not the first's
     try:
-        table = pa.Table.from_pylist(rows)
+        table = pa.Table.from_pydict({key: [row.get(key) for row in rows] for key in keys})
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise InvalidRequest(f"documents have a key whose values mix types: {e}") from None
     except OverflowError:

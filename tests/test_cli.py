@@ -111,6 +111,39 @@ def test_build_into_a_directory_with_other_files_refuses_and_touches_nothing(cor
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "my notes"
 
 
+BM25_CONFIG = 'name = "c"\n[[fields]]\nname = "bm25"\nkind = "bm25"\n'
+BAD_LINES = {
+    "not UTF-8": b'{"id": "a", "text": "hello \xff\xfe world"}\n',
+    "nests too deeply": b'{"id": "a", "text": "x", "n": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n",
+    "64-bit": b'{"id": "a", "text": "x", "n": 1000000000000000000000000000000}\n',
+    "JSON list, not an object": b"[1, 2, 3]\n",
+}
+
+
+@pytest.mark.parametrize("words", BAD_LINES)
+def test_a_bad_corpus_line_is_one_line_of_error_and_leaves_no_directory(tmp_path, words):
+    (tmp_path / "c.toml").write_text(BM25_CONFIG)
+    (tmp_path / "corpus.jsonl").write_bytes(b'{"id": "ok", "text": "fine"}\n' + BAD_LINES[words])
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["build", "-c", str(tmp_path / "c.toml"), "-i", str(tmp_path / "corpus.jsonl"),
+                                 "-o", str(out), "--json"])
+    assert result.exit_code == 2 and result.exception is None or isinstance(result.exception, SystemExit)
+    error = json.loads(result.stdout)["error"]
+    assert words.split(",")[0].replace("not UTF-8", "utf-8") in error and "\n" not in error
+    assert not out.exists()
+
+
+def test_nan_vectors_leave_no_half_built_collection(tmp_path):
+    (tmp_path / "c.toml").write_text('name = "c"\n[[fields]]\nname = "dense"\ndim = 8\n')
+    np.save(tmp_path / "v.npy", np.full((3, 8), np.nan, dtype=np.float32))
+    out = tmp_path / "out"
+    result, data = invoke("build", "-c", tmp_path / "c.toml", "-i", tmp_path / "v.npy", "-o", out, "--json")
+    assert result.exit_code == 2 and "NaN" in data["error"] and not out.exists()
+    out.mkdir()  # an empty directory given: left as it was, empty
+    result, data = invoke("build", "-c", tmp_path / "c.toml", "-i", tmp_path / "v.npy", "-o", out, "--json")
+    assert result.exit_code == 2 and out.exists() and not any(out.iterdir())
+
+
 def test_resume_encodes_only_missing_blocks(corpus, tmp_path, monkeypatch):
     config = retriever.CollectionConfig.from_toml(corpus / "config.toml")
     out = tmp_path / "resumed"

@@ -202,3 +202,10 @@ def test_a_segment_too_small_to_train_its_index_is_searched_exactly_until_merges
     )  # merged with the first: 3000 rows, IVF64 needs 2496
     assert len(c.segments) == 1 and c.fields["dense"].info()["segment_indexes"] == ["IVF64,Flat"]
     assert c.search(x[7], k=1, params={"nprobe": 64})[0].ids == ["d7"]
+
+
+def test_documents_keep_the_keys_the_first_document_lacks(tmp_path):
+    c = retriever.Collection.create(tmp_path / "c", vector_config())
+    c.add([{"id": "a", "text": "first"}, {"id": "b", "n": 5, "tags": "x"}], vectors={"dense": random_vectors(2, 16, seed=1)})
+    assert c.search(np.ones((1, 16)), k=2, filter={"n": 5})[0].ids == ["b"]
+    assert c.documents.take(np.array([1]))[0] == {"id": "b", "text": None, "n": 5, "tags": "x"}

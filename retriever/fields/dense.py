@@ -16,19 +16,25 @@ from retriever.index.flat import FlatVectors
 from retriever.index.vectors import VectorStore
 
 from . import parts as parts_module
-from .base import ModelKind, FieldConfig, Param, SegmentView, depth, check_choice, check_int, merge_top_k, recall_probe
+from .base import (
+    FieldConfig, ModelKind, Param, SegmentView, check_choice, check_int, check_number, depth, merge_top_k, recall_probe,
+)
 from .spann import SpannVectors, is_spann, spann_params
 
 METRICS = ("ip", "l2")
 SMALL_PART = 4096  # exact parts smaller than this are scanned together (`DenseField._scans`)
 SEARCH_PARAMS = ("nprobe", "efSearch")  # settable per field in the config's `search` table
+PQ_RESCORE = 100  # candidates re-scored by default when the index stores PQ codes
 
 
 @dataclass(frozen=True)
 class DenseConfig(FieldConfig):
     """`model` names a sentence-transformers model (or a path); leave it out to bring your own
     vectors, in which case `dim` is required. `index` is a faiss factory string (or SPANN...).
-    `rescore` > 0 re-scores that many candidates exactly with the float vectors kept on disk."""
+    `rescore` > 0 re-scores that many candidates exactly with the float vectors kept on disk (on
+    by default for PQ codes). Each segment's IVF nprobe or HNSW efSearch is chosen when its
+    index is built, as the smallest reaching `target_recall` against exact search; `search`
+    sets them for every segment instead."""
 
     dim: int | None = None
     index: str = "Flat"
@@ -37,6 +43,7 @@ class DenseConfig(FieldConfig):
     rescore: int | None = None
     train_size: int = 65_536
     search: Mapping[str, int] = field(default_factory=dict)
+    target_recall: float = 0.95
 
     def check(self) -> None:
         check_choice(self.where, "metric", self.metric, METRICS)
@@ -44,8 +51,9 @@ class DenseConfig(FieldConfig):
             raise InvalidConfig(
                 f"{self.where}: give a `model` to encode text, or a `dim` to bring your own vectors"
             )
-        if self.rescore is None:
-            object.__setattr__(self, "rescore", 0)
+        if self.rescore is None:  # PQ codes alone lose too much: re-score their best candidates
+            object.__setattr__(self, "rescore", PQ_RESCORE if "PQ" in str(self.index).upper() else 0)
+        check_number(self.where, "target_recall", self.target_recall, low=0.0, high=1.0)
         check_vector_keys(self, "'Flat' or 'IVF1024,PQ48'")
 
 
@@ -112,7 +120,7 @@ class DenseKind(ModelKind):
                     "for the "
                     f"{segment.rows} documents of segment {segment.name!r}"
                 )
-            parts.append(DensePart(index, vectors))
+            parts.append(DensePart(index, vectors, segment.entry.get("search", {})))
         return DenseField(config, dim, parts, shared, [s.name for s in segments])
 
 
@@ -121,10 +129,12 @@ DENSE = DenseKind()
 
 @dataclass(frozen=True)
 class DensePart:
-    """One segment's vectors [rows, D] (memory-mapped) and their index."""
+    """One segment's vectors [rows, D] (memory-mapped), their index, and the search parameters
+    chosen for it when it was built."""
 
     index: FaissIndex | SpannVectors
     vectors: VectorStore
+    tuned: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -162,7 +172,7 @@ class DenseField:
             local = None if allowed is None else allowed[start : start + len(part.vectors)]
             found.append(
                 parts_module.search(
-                    part.index, part.vectors, queries, k, params, local, rescore, self.config.metric
+                    part.index, part.vectors, queries, k, {**part.tuned, **params}, local, rescore, self.config.metric
                 )
             )
             starts.append(start)
@@ -212,6 +222,9 @@ class DenseField:
             "segment_indexes": sorted(
                 {"SPANN" if isinstance(p.index, SpannVectors) else p.index.factory for p in self.parts}
             ),
+            "target_recall": c.target_recall,
+            # the search parameters chosen per segment at build (a request's or `search`'s win)
+            "tuned": [{"rows": len(p.vectors), **p.tuned} for p in self.parts if p.tuned],
         }
 
     def documents_from_texts(self, encoder, texts: list[str], progress: bool = False) -> np.ndarray:
@@ -265,10 +278,11 @@ def _write_part(path, segment: str, config: DenseConfig, vectors: np.ndarray):
     files = {vname: storage.write_new_file(path, vname, storage.npy_bytes(vectors))}
     stored = VectorStore([storage.load_written(path, vname)], vectors.shape[1])
     entry, written, index = parts_module.build(
-        path, prefix, config.index, stored.segments[0], config.metric, config.train_size, stored=True
+        path, prefix, config.index, stored.segments[0], config.metric, config.train_size, stored=True,
+        target_recall=config.target_recall, rescore=config.rescore,
     )
     files.update(written)
-    return {"vectors": vname, **entry}, files, DensePart(index, stored)
+    return {"vectors": vname, **entry}, files, DensePart(index, stored, entry.get("search", {}))
 
 
 def _legacy_part(path, config: DenseConfig, entry, files) -> DensePart:

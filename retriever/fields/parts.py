@@ -22,6 +22,9 @@ from .spann import SpannVectors, is_spann, spann_params
 
 MIN_TRAINED_ROWS = 1024  # below this a segment is searched exactly (Flat), whatever the config says
 SPANN_MIN_ROWS = 1024  # below this a SPANN field's segment is searched exactly
+TUNE_QUERIES = 200  # a segment's own vectors searched to choose its nprobe / efSearch
+TUNE_K = 10
+MAX_EF_SEARCH = 4096
 
 
 def train_floor(factory: str) -> int:
@@ -41,9 +44,13 @@ def build(
     metric: str,
     train_size: int,
     stored: bool = False,
+    target_recall: float | None = None,
+    rescore: int = 0,
 ) -> tuple[dict[str, Any], dict[str, Any], FaissIndex | FlatVectors | SpannVectors]:
     """Index a segment's vectors [N, D] -> (its entry, {file: size and checksum}, the index).
-    `stored`: `vectors` is the segment's own vectors file, which is then a Flat index as it is."""
+    `stored`: `vectors` is the segment's own vectors file, which is then a Flat index as it is.
+    With a `target_recall`, an IVF or HNSW index's nprobe / efSearch is chosen here (`tune`) and
+    kept in the entry's `search`."""
     dim = vectors.shape[1]
     if is_spann(factory) and len(vectors) >= SPANN_MIN_ROWS:
         directory = Path(path) / f"{prefix}.spann"
@@ -69,8 +76,34 @@ def build(
     index.add(vectors)
     name = f"{prefix}.index.faiss"
     files = {name: storage.write_new_file(path, name, index.to_bytes())}
+    entry = {"index": name, "factory": used}
+    if target_recall is not None:
+        entry["search"] = tune(index, vectors, metric, rescore, target_recall)
     index.use_gpu()
-    return {"index": name, "factory": used}, files, index
+    return entry, files, index
+
+
+def tune(index: FaissIndex, vectors: np.ndarray, metric: str, rescore: int, target: float) -> dict[str, int]:
+    """The smallest nprobe (IVF) or efSearch (HNSW), doubling, whose recall@10 against exact
+    search reaches `target` (with the field's re-scoring) -> {"nprobe": n} or {} for other
+    indexes. The queries are a sample of the segment's own vectors; each one's own row is left
+    out of both answers, or every query would find itself."""
+    if index.ivf is not None:
+        key, value, limit = "nprobe", 1, int(index.ivf.nlist)
+    elif index.hnsw is not None:
+        key, value, limit = "efSearch", 16, MAX_EF_SEARCH
+    else:
+        return {}
+    rows = np.sort(np.random.default_rng(1).choice(len(vectors), min(TUNE_QUERIES, len(vectors)), replace=False))
+    queries, store, k = np.ascontiguousarray(vectors[rows]), VectorStore([vectors], vectors.shape[1]), TUNE_K + 1
+    _, truth = cpu.flat_top_k(queries, vectors, k, metric)
+    truth = [set(t.tolist()) - {r} for t, r in zip(truth, rows.tolist())]
+    while True:
+        _, found = search(index, store, queries, k, {key: value}, None, rescore, metric)
+        hits = [len((set(f.tolist()) - {r}) & t) / max(1, len(t)) for f, r, t in zip(found, rows.tolist(), truth)]
+        if value >= limit or float(np.mean(hits)) >= target:
+            return {key: min(value, limit)}
+        value *= 2
 
 
 def open_index(

@@ -1,0 +1,68 @@
+"""A segment's vector index (retriever/fields/parts.py): search parameters chosen at build by
+measuring recall against exact search, and the defaults that make an index string alone work."""
+
+import numpy as np
+import pytest
+
+import retriever
+from retriever.fields import parts
+from retriever.index.faiss_index import FaissIndex
+from retriever.index.vectors import VectorStore
+
+
+def clustered(n: int, dim: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Documents and queries drawn around the same centres (so IVF cells matter)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((50, dim))
+    draw = lambda count: (centres[rng.integers(0, 50, count)] + 0.5 * rng.standard_normal((count, dim))).astype(np.float32)
+    return draw(n), draw(100)
+
+
+def recall(found, truth) -> float:
+    return float(np.mean([len(set(a.ids) & set(b.ids)) / len(b.ids) for a, b in zip(found, truth)]))
+
+
+@pytest.mark.parametrize("factory, key", [("IVF64,Flat", "nprobe"), ("HNSW16", "efSearch")])
+def test_tune_picks_the_smallest_value_reaching_the_target(factory, key):
+    base, _ = clustered(6000)
+    index = FaissIndex(factory, 32, "l2")
+    if not index.cpu_index.is_trained:
+        index.train(base)
+    index.add(base)
+    chosen = parts.tune(index, base, "l2", 0, 0.95)[key]
+    rows = np.sort(np.random.default_rng(1).choice(len(base), parts.TUNE_QUERIES, replace=False))
+    truth = [set(t) - {r} for t, r in zip(parts.cpu.flat_top_k(base[rows], base, 11, "l2")[1].tolist(), rows)]
+
+    def measured(value: int) -> float:
+        found = parts.search(index, VectorStore([base], 32), base[rows], 11, {key: value}, None, 0, "l2")[1]
+        return float(np.mean([len((set(f) - {r}) & t) / len(t) for f, r, t in zip(found.tolist(), rows, truth)]))
+
+    assert measured(chosen) >= 0.95
+    smallest = 1 if key == "nprobe" else 16
+    assert chosen == smallest or measured(chosen // 2) < 0.95
+
+
+def test_an_index_string_alone_searches_near_exactly(tmp_path):
+    base, queries = clustered(20_000)
+    c = retriever.Collection.create(tmp_path / "c", {"name": "c", "fields": [
+        {"name": "pq", "dim": 32, "index": "IVF64,PQ8"}, {"name": "flat", "dim": 32}]})
+    c.add([{"id": str(i)} for i in range(len(base))], vectors={"pq": base, "flat": base})
+    exact = c.search(queries, 10, fields="flat")
+    info = c.info()["fields"]["pq"]
+    assert info["rescore"] == 100 and info["tuned"] == [{"rows": 20_000, "nprobe": info["tuned"][0]["nprobe"]}]
+    assert recall(c.search(queries, 10, fields="pq"), exact) >= 0.9
+    untuned = c.search(queries, 10, fields="pq", params={"nprobe": 1, "rescore": 0})  # the old defaults
+    assert recall(untuned, exact) < recall(c.search(queries, 10, fields="pq"), exact)
+
+
+def test_the_config_and_the_request_override_the_tuned_values(tmp_path):
+    base, queries = clustered(6000)
+    c = retriever.Collection.create(tmp_path / "c", {"name": "c", "fields": [
+        {"name": "ivf", "dim": 32, "index": "IVF64,Flat", "target_recall": 1.0},
+        {"name": "fixed", "dim": 32, "index": "IVF64,Flat", "search": {"nprobe": 1}, "target_recall": 1.0}]})
+    c.add([{"id": str(i)} for i in range(len(base))], vectors={"ivf": base, "fixed": base})
+    assert c.info()["fields"]["ivf"]["tuned"][0]["nprobe"] > 1
+    one = c.search(queries, 10, fields="ivf", params={"nprobe": 1})
+    assert [h.ids for h in c.search(queries, 10, fields="fixed")] == [h.ids for h in one]
+    with pytest.raises(retriever.InvalidConfig, match="target_recall"):
+        retriever.Collection.create(tmp_path / "bad", {"name": "c", "fields": [{"name": "d", "dim": 4, "target_recall": 1.5}]})

@@ -17,7 +17,7 @@ from retriever.index import disk, storage, wal
 from . import fusion as fusion_module
 from . import buffer, merge_policy, merging
 from .config import CollectionConfig
-from .documents import DocumentTable, concat, document_texts, documents_to_table
+from .documents import DocumentTable, concat, document_texts, documents_to_table, page_by_id
 from .errors import AlreadyExists, CorruptIndex, InvalidRequest, NotFound, RetrieverError, WriteFailed
 from .fields import Field, kind_of, request_params
 from .fields import base as field_base
@@ -700,6 +700,37 @@ class Collection:
             if record.seq > self._log_seq:
                 self._apply(record.seq, buffer.Write.from_bytes(record.body))
             self._log_end = record.end
+
+    # ---- reading documents -------------------------------------------------------------------
+
+    def get(self, ids: Iterable[str]) -> list[dict[str, Any] | None]:
+        """The stored documents with these ids, in the order asked (None for an id not stored)."""
+        ids = [ids] if isinstance(ids, str) else [str(i) for i in ids]
+        if len(ids) > self.config.max_candidates:
+            raise InvalidRequest(
+                f"{len(ids):,} ids asked at once; this collection allows {self.config.max_candidates:,} (max_candidates)"
+            )
+        rows = self._live_rows(ids)
+        found = dict(zip([i for [i] in self.documents.ids_at(rows[:, None])], self.documents.take(rows)))
+        return [found.get(i) for i in ids]
+
+    def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        """How many documents are stored (that match `filter`)."""
+        if filter is None:
+            return len(self)
+        return int(self._allowed(filter).sum())
+
+    def scroll(
+        self, filter: Mapping[str, Any] | None = None, limit: int = 100, after: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of stored documents (that match `filter`) in id order, starting after the id
+        `after` -> (documents, the `after` of the next page, or None at the end)."""
+        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= self.config.max_k:
+            raise InvalidRequest(f"limit must be an integer from 1 to {self.config.max_k} (max_k), got {limit!r}")
+        if after is not None and not isinstance(after, str):
+            raise InvalidRequest(f"after must be a document id (a string), got {after!r}")
+        page = page_by_id(self.documents.table, self._allowed(filter), after, int(limit)).to_pylist()
+        return page, (page[-1]["id"] if len(page) == limit else None)
 
     # ---- search ------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import InvalidRequest
 
@@ -98,3 +99,16 @@ class DocumentTable:
 
     def take_table(self, rows: np.ndarray) -> pa.Table:
         return self.table.take(pa.array(np.asarray(rows, dtype=np.int64)))
+
+
+def page_by_id(table: pa.Table, allowed: np.ndarray | None, after: str | None, limit: int) -> pa.Table:
+    """The `limit` rows with the smallest ids greater than `after` among the `allowed` rows [rows]
+    (None: all), in id order. Paging by id needs no cursor state on the server and stays right
+    while writes and merges renumber rows: each page is one vectorized pass over the ids."""
+    keep = pa.array(np.ones(table.num_rows, bool) if allowed is None else allowed)
+    if after is not None:
+        keep = pc.and_(keep, pc.greater(table.column(ID), pa.scalar(after)))
+    candidates = table.filter(keep)
+    if candidates.num_rows > limit:
+        candidates = candidates.take(pc.select_k_unstable(candidates, limit, [(ID, "ascending")]))
+    return candidates.sort_by(ID)

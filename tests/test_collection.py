@@ -209,3 +209,25 @@ def test_documents_keep_the_keys_the_first_document_lacks(tmp_path):
     c.add([{"id": "a", "text": "first"}, {"id": "b", "n": 5, "tags": "x"}], vectors={"dense": random_vectors(2, 16, seed=1)})
     assert c.search(np.ones((1, 16)), k=2, filter={"n": 5})[0].ids == ["b"]
     assert c.documents.take(np.array([1]))[0] == {"id": "b", "text": None, "n": 5, "tags": "x"}
+
+
+def test_get_count_and_scroll_agree_with_a_scan_of_every_live_document(tmp_path, flush_each_write):
+    c = retriever.Collection.create(tmp_path / "c", vector_config())
+    c.add(make_docs(40), vectors={"dense": random_vectors(40, 16, seed=1)})
+    c.add(make_docs(10, start=35), vectors={"dense": random_vectors(10, 16, seed=2)})  # replaces d35..d39
+    c.delete(["d3", "d17"])
+    live = {d["id"]: d for d in c.documents.take(np.flatnonzero(~c.deleted))}
+    assert c.get(["d36", "d3", "nope", "d0"]) == [live["d36"], None, None, live["d0"]]
+    for conditions in (None, {"lang": "en"}, {"year": {"gte": 2010}}):
+        wanted = sorted(i for i, d in live.items() if conditions is None or all(
+            d[key] == value if not isinstance(value, dict) else d[key] >= value["gte"] for key, value in conditions.items()))
+        assert c.count(conditions) == len(wanted)
+        pages, after = [], None
+        while True:
+            page, after = c.scroll(conditions, limit=6, after=after)
+            pages.append([d["id"] for d in page])
+            if after is None:
+                break
+        assert [i for page in pages for i in page] == wanted and all(len(p) == 6 for p in pages[:-1])
+    with pytest.raises(InvalidRequest, match="limit"):
+        c.scroll(limit=0)

@@ -47,6 +47,7 @@ READABLE_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 LEASE_PREFIX = ".lease-"
+BUILD_DIR = ".build"  # an unfinished `retriever build`'s encoded blocks
 SCRATCH_PREFIX = "retriever-buffer-"  # a write buffer's private directory (retriever/buffer.py)
 END_BLOCK = 1 << 16  # bytes at each end of a memory-mapped file that opening verifies
 PIN_ATTEMPTS = 100  # a reader retries when a writer publishes between its manifest read and its lease
@@ -273,6 +274,21 @@ def undo_create(directory: Path, made: bool) -> None:
             return
         for leftover in Path(directory).iterdir():
             disk.rmtree(leftover) if leftover.is_dir() else disk.unlink(leftover)
+
+
+def remove_collection(directory: Path, engine_names: Iterable[str]) -> None:
+    """Delete a collection: its manifest first (from then on the directory is no collection),
+    then every file the engine names (data, temp and lease files, `engine_names`), then the
+    directory once empty. A file the engine did not write is left, and with it the directory."""
+    directory = Path(directory)
+    disk.unlink(directory / MANIFEST)
+    disk.fsync_dir(directory)
+    fixed = {LOCK, *engine_names}
+    for path in list(directory.iterdir()):
+        if path.name in fixed or path.name.startswith(LEASE_PREFIX) or _engine_named(path.name):
+            disk.rmtree(path) if path.is_dir() else disk.unlink(path)
+    with contextlib.suppress(OSError):
+        directory.rmdir()
 
 
 def remove_files(

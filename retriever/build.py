@@ -28,7 +28,7 @@ from .documents import document_texts, documents_to_table
 from .errors import AlreadyExists, InvalidRequest, RetrieverError
 from .fields import kind_of
 
-WORK_DIR = ".build"
+WORK_DIR = storage.BUILD_DIR
 DEFAULT_MEMORY_CAP = 4 << 30
 DOCUMENT_BYTES = 2048  # a document while its chunk is built: Python objects, Arrow, postings, copies
 CHUNK_SHARE = 8  # a chunk's estimated bytes are this share of the cap (encoders, merges, copies)

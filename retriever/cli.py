@@ -206,7 +206,10 @@ def evaluate(
 
 @app.command()
 def serve(
-    collections: list[Path] = typer.Argument(..., help="Collection directories to serve."),
+    collections: Optional[list[Path]] = typer.Argument(None, help="Collection directories to serve."),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", help="Serve every collection under DIR; CreateCollection/DropCollection work there."
+    ),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(50051, "--port", help="0 picks a free port (printed on stderr)."),
     workers: int = typer.Option(8, "--workers", help="Threads running searches, writes and generation."),
@@ -235,10 +238,12 @@ def serve(
             tls_cert=tls_cert.read_bytes() if tls_cert else None, tls_key=tls_key.read_bytes() if tls_key else None,
             reflection=reflection, metrics_port=metrics_port,
         )
-        registry = Registry.open(collections)
+        if bool(collections) == bool(data_dir):
+            raise InvalidRequest("give collection directories, or --data-dir DIR (not both)")
+        registry = Registry.open_data_dir(data_dir) if data_dir else Registry.open(collections)
         for path, reason in registry.not_served.items():
             print(f"not serving {path}: {reason}", file=sys.stderr)
-        if not registry.names():
+        if not registry.names() and not data_dir:
             raise InvalidRequest("none of the directories holds a collection to serve")
         server = Server(registry, options).start()
     except RetrieverError as e:

@@ -124,3 +124,37 @@ class RemoteCollection:
 
     def list_collections(self) -> list[str]:
         return list(self._call(self._stub.ListCollections, pb.ListCollectionsRequest()).names)
+
+    def get(self, ids: Iterable[str]) -> list[dict[str, Any] | None]:
+        """As `Collection.get`: the stored documents in the order asked, None where not stored."""
+        ids = [ids] if isinstance(ids, str) else [str(i) for i in ids]
+        response = self._call(self._stub.GetDocuments, pb.GetDocumentsRequest(collection=self.name, ids=ids))
+        missing, found = set(response.missing), iter(response.documents_json)
+        return [None if i in missing else json.loads(next(found)) for i in ids]
+
+    def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        request = pb.CountRequest(collection=self.name, filter_json=json.dumps(filter) if filter is not None else "")
+        return int(self._call(self._stub.Count, request).count)
+
+    def scroll(self, filter: Mapping[str, Any] | None = None, limit: int = 100,
+               after: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """As `Collection.scroll`: (a page of documents in id order, the `after` of the next page or None)."""
+        request = pb.ScrollRequest(collection=self.name, filter_json=json.dumps(filter) if filter is not None else "",
+                                   limit=limit)
+        if after is not None:
+            request.after = after
+        response = self._call(self._stub.Scroll, request)
+        return [json.loads(d) for d in response.documents_json], (
+            response.next_after if response.HasField("next_after") else None
+        )
+
+    def create(self, config: Mapping[str, Any] | str) -> dict[str, Any]:
+        """Create this collection on a server started with --data-dir, from a config (a mapping,
+        or TOML text) whose name is this collection's; returns its info."""
+        request = (pb.CreateCollectionRequest(config_toml=config) if isinstance(config, str)
+                   else pb.CreateCollectionRequest(config_json=json.dumps(dict(config))))
+        return json.loads(self._call(self._stub.CreateCollection, request).info_json)
+
+    def drop(self) -> None:
+        """Delete this collection (and every file of it) on a server started with --data-dir."""
+        self._call(self._stub.DropCollection, pb.DropCollectionRequest(collection=self.name))

@@ -118,6 +118,20 @@ class Collection:
         return cls.open(path)
 
     @classmethod
+    def drop(cls, path: str | Path) -> None:
+        """Delete the collection at `path`: every file the engine wrote there, then the directory
+        once empty (a file the engine did not write is left, and the directory with it). Waits
+        for its writer; objects already open keep answering from what they hold."""
+        path = Path(path)
+        if not (path / storage.MANIFEST).exists() and not (path / storage.LOCK).exists():  # LOCK: a drop cut short
+            raise NotFound(f"{str(path)!r} holds no collection")
+        try:
+            with storage.writer_lock(path):
+                storage.remove_collection(path, (wal.LOG, storage.BUILD_DIR))
+        except OSError as e:
+            raise storage.write_error(path, e, "dropping the collection", "drop it again to finish") from None
+
+    @classmethod
     def open(cls, path: str | Path) -> "Collection":
         """Open the current version and replay the log's writes after it; every file is checked
         against the manifest before use."""

@@ -62,7 +62,7 @@ def search_request(collection: str, queries, k: int, fields, filter, params, wit
 
 def search_arguments(request: pb.SearchRequest) -> dict[str, Any]:
     """Keyword arguments for `Collection.search` from a request (validated by the collection)."""
-    conditions = _filter(request.filter_json)
+    conditions = filter_from_json(request.filter_json)
     per_field = bool(request.field_vectors) or bool(request.field_sparse)
     given = [bool(request.texts), request.HasField("vectors"), request.HasField("sparse"), per_field]
     if sum(given) != 1:
@@ -218,6 +218,35 @@ def collection_info(info: Mapping[str, Any], config: Mapping[str, Any]) -> pb.Co
     )
 
 
+def config_from_request(request: pb.CreateCollectionRequest):
+    """The collection config a CreateCollection request carries (TOML or JSON, exactly one)."""
+    import tomllib
+
+    from .config import CollectionConfig
+
+    if bool(request.config_toml) == bool(request.config_json):
+        raise InvalidRequest("give the collection config as exactly one of config_toml or config_json")
+    if request.config_json:
+        data = _json(request.config_json, "config_json")
+    else:
+        try:
+            data = tomllib.loads(request.config_toml)
+        except tomllib.TOMLDecodeError as e:
+            raise InvalidRequest(f"config_toml is not valid TOML: {e}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("the collection config must be a table (a JSON object)")
+    return CollectionConfig.from_dict(data)
+
+
+def documents_json(documents) -> list[str]:
+    return [json.dumps(d, default=str) for d in documents]
+
+
+def scroll_arguments(request: pb.ScrollRequest) -> dict[str, Any]:
+    return {"filter": filter_from_json(request.filter_json), "limit": request.limit or 100,
+            "after": request.after if request.HasField("after") else None}
+
+
 def generate_request(collection: str, question: str, k: int, mode: str, recompute_ratio, max_new_tokens: int, fields, filter,
                      params) -> pb.GenerateRequest:
     request = pb.GenerateRequest(collection=collection, question=question, k=k, mode=mode, max_new_tokens=max_new_tokens,
@@ -229,14 +258,14 @@ def generate_request(collection: str, question: str, k: int, mode: str, recomput
 
 
 def generate_arguments(request: pb.GenerateRequest) -> dict[str, Any]:
-    conditions = _filter(request.filter_json)
+    conditions = filter_from_json(request.filter_json)
     return {"question": request.question, "k": request.k or 5, "mode": request.mode or "blend",
             "recompute_ratio": request.recompute_ratio if request.HasField("recompute_ratio") else None,
             "max_new_tokens": request.max_new_tokens or 128, "fields": list(request.fields) or None, "filter": conditions,
             "params": dict(request.params) or None}
 
 
-def _filter(filter_json: str):
+def filter_from_json(filter_json: str):
     return _json(filter_json, "filter_json") if filter_json else None
 
 

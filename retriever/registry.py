@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from .collection import Collection
-from .config import check_name
+from .config import CollectionConfig, check_name
+from .errors import AlreadyExists, CorruptIndex, InvalidConfig, InvalidRequest, NotFound, RetrieverError
 from .index import storage
-from .errors import CorruptIndex, InvalidConfig, InvalidRequest, NotFound, RetrieverError
 
 T = TypeVar("T")
+RESCAN_SECONDS = 1.0  # an unknown name rescans the data directory at most this often
 log = logging.getLogger(__name__)
 
 
@@ -35,6 +38,11 @@ class Registry:
         self._stopping = False
         self._busy = False  # the merger is merging a collection
         self.not_served: dict[str, str] = {}  # directory -> why it is not served
+        self._paths: dict[str, Path] = {}  # name -> directory, of every collection served
+        self.data_dir: Path | None = None  # where collections are created, dropped and found
+        self._changing = threading.Lock()  # creates, drops and rescans, one at a time
+        self._scanned = 0.0
+        self.on_change: Callable[[str, bool | None], None] | None = None  # (name, healthy; None: gone)
 
     @classmethod
     def open(cls, paths: list[str | Path]) -> "Registry":
@@ -42,6 +50,70 @@ class Registry:
         for path in paths:
             registry.add_path(Path(path))
         return registry
+
+    @classmethod
+    def open_data_dir(cls, root: str | Path) -> "Registry":
+        """Every collection under `root`, and those created there later (over the wire, or by
+        `retriever build` into it: found at the next rescan)."""
+        registry = cls()
+        registry.data_dir = Path(root)
+        registry.data_dir.mkdir(parents=True, exist_ok=True)
+        registry.rescan()
+        return registry
+
+    def rescan(self, every: float = 0.0) -> None:
+        """Serve collections made in the data directory since the last scan (a build still under
+        way is skipped) and stop serving those whose directory no longer holds one. `every`:
+        skip the scan when one ran less than that many seconds ago."""
+        if self.data_dir is None or time.monotonic() - self._scanned < every:
+            return
+        with self._changing:
+            self._scanned = time.monotonic()
+            for name, path in list(self._paths.items()):
+                if not (path / storage.MANIFEST).exists():
+                    self._forget(name)
+            known = {str(p) for p in self._paths.values()} | set(self.not_served)
+            for path in sorted(self.data_dir.iterdir()):
+                if path.is_dir() and not path.name.startswith(".") and str(path) not in known:
+                    if not (path / storage.BUILD_DIR).exists():
+                        self.add_path(path)
+
+    def create(self, config: CollectionConfig) -> Collection:
+        """A new, empty collection in its own directory under the data directory."""
+        if self.data_dir is None:
+            raise InvalidRequest("this server serves the directories it was started with; start it with "
+                                 "--data-dir DIR to create and drop collections over the wire")
+        with self._changing:
+            if config.name in self._paths:
+                raise AlreadyExists(f"collection {config.name!r} already exists")
+            path = self.data_dir / config.name
+            Collection.create(path, config)
+            self.not_served.pop(str(path), None)
+            self.add_path(path)
+        return self.reader(config.name)
+
+    def drop(self, name: str) -> None:
+        """Stop serving a collection and delete every file the engine wrote for it (after the
+        writes in flight; searches in flight finish on what they hold)."""
+        if self.data_dir is None:
+            raise InvalidRequest("this server serves the directories it was started with; start it with "
+                                 "--data-dir DIR to create and drop collections over the wire")
+        with self._changing:
+            if name not in self._paths:
+                self._check(name)  # says why: a bad name, or an unknown one
+            path = self._paths[name]
+            with self._locks.get(name) or contextlib.nullcontext():
+                try:
+                    Collection.drop(path)
+                finally:
+                    if not (path / storage.MANIFEST).exists():
+                        self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        for table in (self._readers, self._writers, self._locks, self._broken, self._broken_paths, self._paths):
+            table.pop(name, None)
+        if self.on_change is not None:
+            self.on_change(name, None)
 
     def add_path(self, path: Path) -> None:
         try:
@@ -61,10 +133,14 @@ class Registry:
             return
         if name in self._broken:  # a healthy collection keeps its name from a damaged directory
             self._leave_out(self._broken_paths.pop(name), f"damaged: {self._broken.pop(name)}")
+            self._paths.pop(name)
+        self._paths[name] = path
         collection.sync_writes = False  # `write` syncs the log after releasing the collection's lock
         self._writers[name] = collection
         self._readers[name] = collection.snapshot()
         self._locks[name] = threading.Lock()
+        if self.on_change is not None:
+            self.on_change(name, True)
 
     def _add_damaged(self, path: Path, reason: str) -> None:
         """Served under its directory's name as damaged (DATA_LOSS, NOT_SERVING) if that name is free."""
@@ -76,7 +152,9 @@ class Registry:
         if name in self._writers or name in self._broken:
             self._leave_out(path, f"damaged ({reason}); collection {name!r} is served from another directory")
             return
-        self._broken[name], self._broken_paths[name] = reason, path
+        self._broken[name], self._broken_paths[name], self._paths[name] = reason, path, path
+        if self.on_change is not None:
+            self.on_change(name, False)
 
     def _leave_out(self, path: Path, reason: str) -> None:
         self.not_served[str(path)] = reason
@@ -156,7 +234,9 @@ class Registry:
 
     def _merge_collection(self, name: str) -> None:
         """Flush the collection's write buffer when full, then merge while the policy asks."""
-        writer = self._writers[name]
+        writer = self._writers.get(name)
+        if writer is None:  # dropped since
+            return
         flush = (lambda: writer.plan_flush() if writer.needs_flush() else None, writer.write_flush,
                  writer.finish_flush, writer.forget_flush, "flushing")
         merge = (writer.plan_merge, writer.write_merge, writer.finish_merge, writer.forget_merge, "merging")
@@ -189,6 +269,10 @@ class Registry:
             check_name(name)
         except InvalidConfig as e:
             raise InvalidRequest(str(e)) from None
+        if name in self._broken:
+            raise CorruptIndex(f"collection {name!r} is damaged and not served: {self._broken[name]}")
+        if name not in self._writers and name not in self._broken:
+            self.rescan(every=RESCAN_SECONDS)  # made by another process since?
         if name in self._broken:
             raise CorruptIndex(f"collection {name!r} is damaged and not served: {self._broken[name]}")
         if name not in self._writers:

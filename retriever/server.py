@@ -135,9 +135,13 @@ class RetrieverServicer:
             return await self._run(context, work)
 
     async def ListCollections(self, raw: bytes, context) -> pb.ListCollectionsResponse:
-        async with self._call("ListCollections", context, self.unary):
+        def work():
             conversions.parse(pb.ListCollectionsRequest, raw)
+            self.registry.rescan()
             return pb.ListCollectionsResponse(names=self.registry.names())
+
+        async with self._call("ListCollections", context, self.unary):
+            return await self._run(context, work)
 
     async def GetCollection(self, raw: bytes, context) -> pb.CollectionInfo:
         def work():
@@ -145,6 +149,55 @@ class RetrieverServicer:
             return conversions.collection_info(collection.info(), collection.config.to_dict())
 
         async with self._call("GetCollection", context, self.unary):
+            return await self._run(context, work)
+
+    async def GetDocuments(self, raw: bytes, context) -> pb.GetDocumentsResponse:
+        def work():
+            request = conversions.parse(pb.GetDocumentsRequest, raw)
+            found = self.registry.reader(request.collection).get(list(request.ids))
+            return pb.GetDocumentsResponse(
+                documents_json=conversions.documents_json(d for d in found if d is not None),
+                missing=[i for i, d in zip(request.ids, found) if d is None],
+            )
+
+        async with self._call("GetDocuments", context, self.unary):
+            return await self._run(context, work)
+
+    async def Count(self, raw: bytes, context) -> pb.CountResponse:
+        def work():
+            request = conversions.parse(pb.CountRequest, raw)
+            collection = self.registry.reader(request.collection)
+            return pb.CountResponse(count=collection.count(conversions.filter_from_json(request.filter_json)))
+
+        async with self._call("Count", context, self.unary):
+            return await self._run(context, work)
+
+    async def Scroll(self, raw: bytes, context) -> pb.ScrollResponse:
+        def work():
+            request = conversions.parse(pb.ScrollRequest, raw)
+            page, after = self.registry.reader(request.collection).scroll(**conversions.scroll_arguments(request))
+            response = pb.ScrollResponse(documents_json=conversions.documents_json(page))
+            if after is not None:
+                response.next_after = after
+            return response
+
+        async with self._call("Scroll", context, self.unary):
+            return await self._run(context, work)
+
+    async def CreateCollection(self, raw: bytes, context) -> pb.CollectionInfo:
+        def work():
+            collection = self.registry.create(conversions.config_from_request(conversions.parse(pb.CreateCollectionRequest, raw)))
+            return conversions.collection_info(collection.info(), collection.config.to_dict())
+
+        async with self._call("CreateCollection", context, self.unary):
+            return await self._run(context, work)
+
+    async def DropCollection(self, raw: bytes, context) -> pb.DropCollectionResponse:
+        def work():
+            self.registry.drop(conversions.parse(pb.DropCollectionRequest, raw).collection)
+            return pb.DropCollectionResponse()
+
+        async with self._call("DropCollection", context, self.unary):
             return await self._run(context, work)
 
     async def Generate(self, raw: bytes, context) -> AsyncIterator[pb.GenerateChunk]:
@@ -204,6 +257,11 @@ class RetrieverServicer:
                 f"the stream sent nothing for {self.options.stream_idle_seconds:g} s and was closed; "
                 "the batches acked before are committed",
             ) from None
+
+
+def _health_status(healthy: bool | None) -> int:
+    statuses = health_pb2.HealthCheckResponse
+    return {True: statuses.SERVING, False: statuses.NOT_SERVING, None: statuses.SERVICE_UNKNOWN}[healthy]
 
 
 def _check_deadline(context) -> None:
@@ -348,11 +406,15 @@ class Server:
         return self
 
     async def _start(self) -> None:
-        SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
         for name in self.registry.names():
-            await self.health.set(name, SERVING if self.registry.healthy(name) else NOT_SERVING)
-        await self.health.set("", SERVING)
+            await self.health.set(name, _health_status(self.registry.healthy(name)))
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self.registry.on_change = self._collection_changed
         await self.grpc_server.start()
+
+    def _collection_changed(self, name: str, healthy: bool | None) -> None:
+        """A collection created, dropped or found by a rescan (on a worker thread): its health."""
+        asyncio.run_coroutine_threadsafe(self.health.set(name, _health_status(healthy)), self._loop)
 
     def stop(self) -> None:
         if self._stopped.is_set():

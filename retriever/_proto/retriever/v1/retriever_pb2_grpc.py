@@ -64,6 +64,31 @@ class RetrieverStub:
                 request_serializer=retriever_dot_v1_dot_retriever__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=retriever_dot_v1_dot_retriever__pb2.GenerateChunk.FromString,
                 _registered_method=True)
+        self.GetDocuments = channel.unary_unary(
+                '/retriever.v1.Retriever/GetDocuments',
+                request_serializer=retriever_dot_v1_dot_retriever__pb2.GetDocumentsRequest.SerializeToString,
+                response_deserializer=retriever_dot_v1_dot_retriever__pb2.GetDocumentsResponse.FromString,
+                _registered_method=True)
+        self.Count = channel.unary_unary(
+                '/retriever.v1.Retriever/Count',
+                request_serializer=retriever_dot_v1_dot_retriever__pb2.CountRequest.SerializeToString,
+                response_deserializer=retriever_dot_v1_dot_retriever__pb2.CountResponse.FromString,
+                _registered_method=True)
+        self.Scroll = channel.unary_unary(
+                '/retriever.v1.Retriever/Scroll',
+                request_serializer=retriever_dot_v1_dot_retriever__pb2.ScrollRequest.SerializeToString,
+                response_deserializer=retriever_dot_v1_dot_retriever__pb2.ScrollResponse.FromString,
+                _registered_method=True)
+        self.CreateCollection = channel.unary_unary(
+                '/retriever.v1.Retriever/CreateCollection',
+                request_serializer=retriever_dot_v1_dot_retriever__pb2.CreateCollectionRequest.SerializeToString,
+                response_deserializer=retriever_dot_v1_dot_retriever__pb2.CollectionInfo.FromString,
+                _registered_method=True)
+        self.DropCollection = channel.unary_unary(
+                '/retriever.v1.Retriever/DropCollection',
+                request_serializer=retriever_dot_v1_dot_retriever__pb2.DropCollectionRequest.SerializeToString,
+                response_deserializer=retriever_dot_v1_dot_retriever__pb2.DropCollectionResponse.FromString,
+                _registered_method=True)
 
 
 class RetrieverServicer:
@@ -108,6 +133,41 @@ class RetrieverServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDocuments(self, request, context):
+        """Stored documents by id, in the order asked; an id not stored is listed in `missing`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Count(self, request, context):
+        """How many documents are stored (that match a filter).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Scroll(self, request, context):
+        """Stored documents a page at a time, in id order: pass each response's `next_after` back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCollection(self, request, context):
+        """Lifecycle (servers started with --data-dir): a new collection in its own directory there, and
+        the removal of one with every file the engine wrote for it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropCollection(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrieverServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +200,31 @@ def add_RetrieverServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=retriever_dot_v1_dot_retriever__pb2.GenerateRequest.FromString,
                     response_serializer=retriever_dot_v1_dot_retriever__pb2.GenerateChunk.SerializeToString,
+            ),
+            'GetDocuments': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDocuments,
+                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.GetDocumentsRequest.FromString,
+                    response_serializer=retriever_dot_v1_dot_retriever__pb2.GetDocumentsResponse.SerializeToString,
+            ),
+            'Count': grpc.unary_unary_rpc_method_handler(
+                    servicer.Count,
+                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.CountRequest.FromString,
+                    response_serializer=retriever_dot_v1_dot_retriever__pb2.CountResponse.SerializeToString,
+            ),
+            'Scroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Scroll,
+                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.ScrollRequest.FromString,
+                    response_serializer=retriever_dot_v1_dot_retriever__pb2.ScrollResponse.SerializeToString,
+            ),
+            'CreateCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCollection,
+                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.CreateCollectionRequest.FromString,
+                    response_serializer=retriever_dot_v1_dot_retriever__pb2.CollectionInfo.SerializeToString,
+            ),
+            'DropCollection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropCollection,
+                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.DropCollectionRequest.FromString,
+                    response_serializer=retriever_dot_v1_dot_retriever__pb2.DropCollectionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -304,6 +389,141 @@ class Retriever:
             '/retriever.v1.Retriever/Generate',
             retriever_dot_v1_dot_retriever__pb2.GenerateRequest.SerializeToString,
             retriever_dot_v1_dot_retriever__pb2.GenerateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDocuments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/retriever.v1.Retriever/GetDocuments',
+            retriever_dot_v1_dot_retriever__pb2.GetDocumentsRequest.SerializeToString,
+            retriever_dot_v1_dot_retriever__pb2.GetDocumentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Count(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/retriever.v1.Retriever/Count',
+            retriever_dot_v1_dot_retriever__pb2.CountRequest.SerializeToString,
+            retriever_dot_v1_dot_retriever__pb2.CountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Scroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/retriever.v1.Retriever/Scroll',
+            retriever_dot_v1_dot_retriever__pb2.ScrollRequest.SerializeToString,
+            retriever_dot_v1_dot_retriever__pb2.ScrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/retriever.v1.Retriever/CreateCollection',
+            retriever_dot_v1_dot_retriever__pb2.CreateCollectionRequest.SerializeToString,
+            retriever_dot_v1_dot_retriever__pb2.CollectionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropCollection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/retriever.v1.Retriever/DropCollection',
+            retriever_dot_v1_dot_retriever__pb2.DropCollectionRequest.SerializeToString,
+            retriever_dot_v1_dot_retriever__pb2.DropCollectionResponse.FromString,
             options,
             channel_credentials,
             insecure,

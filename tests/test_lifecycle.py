@@ -1,0 +1,84 @@
+"""Collections created, read, dropped and found over the wire (`retriever serve --data-dir`)."""
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import retriever
+from helpers import make_docs, random_vectors, vector_config
+from retriever.registry import Registry
+from retriever.server import Server, ServerOptions
+
+TOKEN = "t0ken"
+
+
+@pytest.fixture
+def served(tmp_path):
+    server = Server(Registry.open_data_dir(tmp_path / "data"), ServerOptions(port=0, token=TOKEN)).start()
+    yield tmp_path / "data", server
+    server.stop()
+
+
+def remote(server, name):
+    return retriever.connect(f"grpc://127.0.0.1:{server.port}/{name}", token=TOKEN, timeout=10)
+
+
+def health(server, name) -> int:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        request = health_pb2.HealthCheckRequest(service=name)
+        metadata = (("authorization", f"Bearer {TOKEN}"),)
+        return health_pb2_grpc.HealthStub(channel).Check(request, metadata=metadata, timeout=5).status
+
+
+def test_create_fill_read_and_drop_over_the_wire(served):
+    root, server = served
+    far = remote(server, "vecs")
+    info = far.create(vector_config())
+    assert info["name"] == "vecs" and (root / "vecs" / "manifest.json").exists()
+    assert health(server, "vecs") == health_pb2.HealthCheckResponse.SERVING
+    far.add(make_docs(30), vectors={"dense": random_vectors(30, 16, seed=1)})
+    far.delete(["d4"])
+    local = retriever.Collection.open(root / "vecs")
+    assert far.get(["d5", "d4", "nope"]) == local.get(["d5", "d4", "nope"]) and far.get(["d5"])[0]["id"] == "d5"
+    assert far.count() == local.count() == 29 and far.count({"lang": "en"}) == local.count({"lang": "en"})
+    assert far.scroll({"lang": "en"}, limit=4, after="d1") == local.scroll({"lang": "en"}, limit=4, after="d1")
+    with pytest.raises(retriever.AlreadyExists):
+        far.create(vector_config())
+    (root / "vecs" / "mine.txt").write_text("not the engine's")
+    far.drop()
+    assert [p.name for p in (root / "vecs").iterdir()] == ["mine.txt"]  # only the engine's files went
+    with pytest.raises(retriever.NotFound):
+        far.count()
+    assert health(server, "vecs") == health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+
+
+def test_collections_made_or_removed_by_another_process_are_found(served):
+    root, server = served
+    far = remote(server, "late")
+    retriever.Collection.create(root / "late", {**vector_config(), "name": "late"}).add(
+        make_docs(5), vectors={"dense": random_vectors(5, 16, seed=2)})
+    assert far.list_collections() == ["late"] and far.count() == 5
+    retriever.Collection.drop(root / "late")
+    assert not (root / "late").exists()
+    import time
+
+    time.sleep(1.1)  # the next rescan
+    assert far.list_collections() == []
+
+
+def test_lifecycle_refusals(served, tmp_path):
+    root, server = served
+    with pytest.raises(retriever.InvalidRequest, match="config"):
+        remote(server, "x").create("name = [not toml")
+    with pytest.raises(retriever.InvalidRequest, match="collection name"):  # INVALID_ARGUMENT
+        remote(server, "x").create({"name": "../escape", "fields": [{"name": "d", "dim": 4}]})
+    with pytest.raises(retriever.NotFound):
+        remote(server, "nope").drop()
+    fixed = Server(Registry.open([]), ServerOptions(port=0)).start()
+    try:
+        with pytest.raises(retriever.InvalidRequest, match="--data-dir"):
+            retriever.connect(f"grpc://127.0.0.1:{fixed.port}/x", timeout=5).create(vector_config())
+    finally:
+        fixed.stop()
+    assert not (root / ".." / "escape").exists()

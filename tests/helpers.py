@@ -75,3 +75,24 @@ def live_ids(collection) -> list[str]:
     """The ids of a collection's live documents, in row order."""
     ids = collection.documents.table.column("id").to_pylist()
     return [i for i, gone in zip(ids, collection.deleted) if not gone]
+
+
+def slow_registry(delay: float):
+    """A registry whose searches first hold their thread for `delay` seconds, so calls are surely
+    in flight."""
+    import time
+
+    from retriever.registry import Registry
+
+    class Slow(Registry):
+        def reader(self, name):
+            collection = super().reader(name)
+
+            class Searcher:
+                def search(self, **arguments):
+                    time.sleep(delay)
+                    return collection.search(**arguments)
+
+            return Searcher()
+
+    return Slow()

@@ -1,7 +1,6 @@
 """Collections created, read, dropped and found over the wire (`retriever serve --data-dir`)."""
 
 import grpc
-import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 

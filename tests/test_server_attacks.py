@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import retriever
-from helpers import make_docs, random_vectors, vector_config
+from helpers import slow_registry, make_docs, random_vectors, vector_config
 from retriever.conversions import pb_grpc
 from retriever.registry import Registry
 from retriever.server import Server, ServerOptions
@@ -77,22 +77,9 @@ def test_idle_upsert_streams_do_not_stall_searches_and_are_closed(collection_dir
         server.stop()
 
 
-class SlowRegistry(Registry):
-    """Searches hold their worker for 1 s."""
-
-    def reader(self, name):
-        collection = super().reader(name)
-
-        class Slow:
-            def search(self, **arguments):
-                time.sleep(1.0)
-                return collection.search(**arguments)
-
-        return Slow()
-
 
 def test_health_answers_while_every_call_slot_is_taken(collection_dir):
-    registry = SlowRegistry()
+    registry = slow_registry(delay=1.0)
     registry.add_path(collection_dir)
     server = Server(registry, ServerOptions(port=0, workers=1, max_concurrent_rpcs=1)).start()
     far = retriever.connect(f"grpc://127.0.0.1:{server.port}/vecs", timeout=10)

@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import retriever
-from helpers import make_docs, random_vectors, vector_config
+from helpers import slow_registry, make_docs, random_vectors, vector_config
 from retriever.registry import Registry
 from retriever.server import Server, ServerOptions
 
@@ -72,22 +72,9 @@ def test_metrics_and_reflection(collection_dir):
         server.stop()
 
 
-class SlowRegistry(Registry):
-    """Searches take 0.5 s, so calls are surely in flight when the server is told to stop."""
-
-    def reader(self, name):
-        collection = super().reader(name)
-
-        class Slow:
-            def search(self, **arguments):
-                time.sleep(0.5)
-                return collection.search(**arguments)
-
-        return Slow()
-
 
 def test_graceful_shutdown_reports_not_serving_and_finishes_in_flight_calls(collection_dir):
-    registry = SlowRegistry()
+    registry = slow_registry(delay=0.5)
     registry.add_path(collection_dir)
     server = Server(registry, ServerOptions(port=0, grace_seconds=5)).start()
     far = retriever.connect(f"grpc://127.0.0.1:{server.port}/vecs", timeout=30)
@@ -155,7 +142,7 @@ def test_unreachable_server_is_unavailable_after_retries():
 
 def test_metrics_record_codes_set_by_abort(collection_dir):
     """A search that outlives its deadline counts as DEADLINE_EXCEEDED (not CANCELLED)."""
-    registry = SlowRegistry()
+    registry = slow_registry(delay=0.5)
     registry.add_path(collection_dir)
     metrics_port = free_port()
     server = Server(registry, ServerOptions(port=0, metrics_port=metrics_port)).start()

@@ -133,9 +133,14 @@ def ivfpq_sweep(name: str, base: np.ndarray, queries: np.ndarray, factories: lis
 
 
 def overhead_vs_faiss(name: str, c: retriever.Collection, queries: np.ndarray, params: dict) -> dict:
-    """Queries/s of `Collection.search` and of `faiss.Index.search` on the same index object."""
+    """Queries/s of `Collection.search` and of `faiss.Index.search` on the same index object (a
+    Flat segment is our own exact scan: raw faiss then searches an IndexFlat of the same vectors)."""
     [part] = c.fields["dense"].parts
-    index = part.index.cpu_index
+    if hasattr(part.index, "cpu_index"):
+        index = part.index.cpu_index
+    else:
+        index = faiss.IndexFlatIP(part.vectors.dim)
+        index.add(np.ascontiguousarray(part.vectors.to_array()))
     ivf = faiss.try_extract_index_ivf(index) if "IVF" in c.fields["dense"].config.index else None
     raw_params = faiss.SearchParametersIVF(nprobe=params["nprobe"]) if ivf is not None else None
     ours_params = {**params, "rescore": 0}

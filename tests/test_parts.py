@@ -38,7 +38,7 @@ def test_tune_picks_the_smallest_value_reaching_the_target(factory, key):
         return float(np.mean([len((set(f) - {r}) & t) / len(t) for f, r, t in zip(found.tolist(), rows, truth)]))
 
     assert measured(chosen) >= 0.95
-    smallest = 1 if key == "nprobe" else 16
+    smallest = 1 if key == "nprobe" else parts.MIN_EF_SEARCH
     assert chosen == smallest or measured(chosen // 2) < 0.95
 
 

@@ -24,6 +24,7 @@ MIN_TRAINED_ROWS = 1024  # below this a segment is searched exactly (Flat), what
 SPANN_MIN_ROWS = 1024  # below this a SPANN field's segment is searched exactly
 TUNE_QUERIES = 200  # a segment's own vectors searched to choose its nprobe / efSearch
 TUNE_K = 10
+MIN_EF_SEARCH = 64  # HNSW breadth tried first: a segment's own vectors find each other at faiss's 16
 MAX_EF_SEARCH = 4096
 
 
@@ -90,8 +91,8 @@ def tune(index: FaissIndex, vectors: np.ndarray, metric: str, rescore: int, targ
     out of both answers, or every query would find itself."""
     if index.ivf is not None:
         key, value, limit = "nprobe", 1, int(index.ivf.nlist)
-    elif index.hnsw is not None:
-        key, value, limit = "efSearch", 16, MAX_EF_SEARCH
+    elif index.hnsw is not None:  # real queries lie further from the graph than its own vectors
+        key, value, limit = "efSearch", MIN_EF_SEARCH, MAX_EF_SEARCH
     else:
         return {}
     rows = np.sort(np.random.default_rng(1).choice(len(vectors), min(TUNE_QUERIES, len(vectors)), replace=False))

@@ -39,6 +39,7 @@ class Registry:
         self._busy = False  # the merger is merging a collection
         self.not_served: dict[str, str] = {}  # directory -> why it is not served
         self._paths: dict[str, Path] = {}  # name -> directory, of every collection served
+        self._no_manifest: set[str] = set()  # directories left out for holding no manifest (retried)
         self.data_dir: Path | None = None  # where collections are created, dropped and found
         self._changing = threading.Lock()  # creates, drops and rescans, one at a time
         self._scanned = 0.0
@@ -72,6 +73,10 @@ class Registry:
             for name, path in list(self._paths.items()):
                 if not (path / storage.MANIFEST).exists():
                     self._forget(name)
+            for waiting in [p for p in self.not_served if p in self._no_manifest]:
+                if (Path(waiting) / storage.MANIFEST).exists():  # it became a collection since: try again
+                    del self.not_served[waiting]
+                    self._no_manifest.discard(waiting)
             known = {str(p) for p in self._paths.values()} | set(self.not_served)
             for path in sorted(self.data_dir.iterdir()):
                 if path.is_dir() and not path.name.startswith(".") and str(path) not in known:
@@ -121,8 +126,9 @@ class Registry:
         except CorruptIndex as e:
             if (path / storage.MANIFEST).exists():
                 self._add_damaged(path, str(e))
-            else:  # not a collection (or one that lost all trace of being one)
+            else:  # not a collection (or one that lost all trace of being one), yet
                 self._leave_out(path, str(e))
+                self._no_manifest.add(str(path))
             return
         except (RetrieverError, OSError) as e:
             self._leave_out(path, str(e))
@@ -175,8 +181,12 @@ class Registry:
         """Apply `change` to the collection's writer, then publish a new snapshot to readers.
         Returns the change's result and the snapshot that holds it."""
         self._check(name)
-        writer = self._writers[name]
-        with self._locks[name]:
+        writer, lock = self._writers.get(name), self._locks.get(name)
+        if writer is None or lock is None:  # dropped since the check
+            raise NotFound(f"unknown collection {name!r}")
+        with lock:
+            if self._writers.get(name) is not writer:  # dropped while this write waited for the lock
+                raise NotFound(f"unknown collection {name!r}")
             try:
                 result = change(writer)
             finally:  # a write that fails after its version was published still moves readers on
@@ -184,9 +194,9 @@ class Registry:
         try:
             snapshot.sync_log()  # outside the lock: writes logged meanwhile share the fsync (group commit)
         finally:
-            with self._locks[name]:
-                if _newer(snapshot, self._readers[name]):
-                    self._readers[name] = snapshot
+            with lock:
+                if self._writers.get(name) is writer and _newer(snapshot, self._readers[name]):
+                    self._readers[name] = snapshot  # (not once dropped meanwhile)
         if self._merger is not None:
             with self._wake:
                 self._to_merge.add(name)

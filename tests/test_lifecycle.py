@@ -58,6 +58,11 @@ def test_collections_made_or_removed_by_another_process_are_found(served):
     retriever.Collection.create(root / "late", {**vector_config(), "name": "late"}).add(
         make_docs(5), vectors={"dense": random_vectors(5, 16, seed=2)})
     assert far.list_collections() == ["late"] and far.count() == 5
+    (root / "empty").mkdir()  # not a collection yet: left out, and tried again once it is one
+    assert far.list_collections() == ["late"]
+    retriever.Collection.create(root / "empty", {**vector_config(), "name": "filled"})
+    assert far.list_collections() == ["filled", "late"]
+    retriever.Collection.drop(root / "empty")
     retriever.Collection.drop(root / "late")
     assert not (root / "late").exists()
     import time

@@ -68,7 +68,8 @@ def scifact_defaults(scifact: Path, flat: retriever.Collection, flat_quality: di
     """nDCG@10 of approximate indexes given by their index string alone (search parameters
     chosen at build, re-scoring by default for PQ) against Flat, on the same vectors."""
     factories = {"ivfpq": "IVF64,PQ48", "hnsw": "HNSW32"}
-    config = {"name": "defaults", "fields": [{"name": n, "model": MODEL, "index": f} for n, f in factories.items()]}
+    fields = [{"name": name, "model": MODEL, "index": factory} for name, factory in factories.items()]
+    config = {"name": "defaults", "fields": fields}
     c = retriever.Collection.create(work / "scifact-defaults", config)
     base = flat.fields["dense"].vectors.to_array()
     c.add(flat.documents.table.to_pylist(), vectors={name: base for name in factories})

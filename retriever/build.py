@@ -75,7 +75,8 @@ def _fill(collection: Collection, config: CollectionConfig, input_path, out: Pat
     done = collection.counts["rows"]  # rows the interrupted build committed, in input order
     vector_fields = [f.name for f in config.fields if kind_of(f).vector_input]
     start = 0
-    with tqdm(desc="building", unit="doc", disable=not progress) as bar:  # closed on errors too: they print below it
+    # closed on errors too, so that they print below it
+    with tqdm(desc="building", unit="doc", disable=not progress) as bar:
         for docs, given in iter_corpus(input_path, vector_fields, chunk):
             if start + len(docs) <= done:  # committed before the interruption
                 start += len(docs)

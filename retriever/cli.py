@@ -208,14 +208,21 @@ def evaluate(
 def serve(
     collections: Optional[list[Path]] = typer.Argument(None, help="Collection directories to serve."),
     data_dir: Optional[Path] = typer.Option(
-        None, "--data-dir", help="Serve every collection under DIR; CreateCollection/DropCollection work there."
+        None, "--data-dir",
+        help="Serve every collection under DIR; CreateCollection/DropCollection work there.",
     ),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(50051, "--port", help="0 picks a free port (printed on stderr)."),
     workers: int = typer.Option(8, "--workers", help="Threads running searches, writes and generation."),
-    max_concurrent: int = typer.Option(64, "--max-concurrent", help="Unary calls in flight before RESOURCE_EXHAUSTED."),
-    max_streams: int = typer.Option(16, "--max-streams", help="Upsert/Generate streams open before RESOURCE_EXHAUSTED."),
-    stream_idle: float = typer.Option(30.0, "--stream-idle-seconds", help="Close an Upsert stream silent this long."),
+    max_concurrent: int = typer.Option(
+        64, "--max-concurrent", help="Unary calls in flight before RESOURCE_EXHAUSTED."
+    ),
+    max_streams: int = typer.Option(
+        16, "--max-streams", help="Upsert/Generate streams open before RESOURCE_EXHAUSTED."
+    ),
+    stream_idle: float = typer.Option(
+        30.0, "--stream-idle-seconds", help="Close an Upsert stream silent this long."
+    ),
     max_message_mb: int = typer.Option(16, "--max-message-mb", help="Largest request or response."),
     token_env: Optional[str] = typer.Option(None, "--token-env", help="Require `authorization: Bearer $VAR` (name of the environment variable)."),
     tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate chain (with --tls-key) to serve TLS."),

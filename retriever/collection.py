@@ -123,7 +123,8 @@ class Collection:
         once empty (a file the engine did not write is left, and the directory with it). Waits
         for its writer; objects already open keep answering from what they hold."""
         path = Path(path)
-        if not (path / storage.MANIFEST).exists() and not (path / storage.LOCK).exists():  # LOCK: a drop cut short
+        cut_short = (path / storage.LOCK).exists()  # a drop that removed the manifest, then failed
+        if not (path / storage.MANIFEST).exists() and not cut_short:
             raise NotFound(f"{str(path)!r} holds no collection")
         try:
             with storage.writer_lock(path):
@@ -304,7 +305,9 @@ class Collection:
 
     # ---- the write-ahead log and its buffer ------------------------------------------------
 
-    def _log_write(self, table: pa.Table | None, payloads: dict[str, Any], ids: list[str], rows: np.ndarray) -> None:
+    def _log_write(
+        self, table: pa.Table | None, payloads: dict[str, Any], ids: list[str], rows: np.ndarray
+    ) -> None:
         """Append a small write to the log and apply it to the buffer (the writer lock is held;
         `rows`: the live rows of `ids`);
         durable once `sync_log` returns. A full buffer is flushed: should that fail, the write
@@ -341,7 +344,11 @@ class Collection:
         return {name: self.fields[name].prepare(payload) for name, payload in payloads.items()}
 
     def _apply(
-        self, seq: int, write: buffer.Write, pending: dict[str, Any] | None = None, rows: np.ndarray | None = None
+        self,
+        seq: int,
+        write: buffer.Write,
+        pending: dict[str, Any] | None = None,
+        rows: np.ndarray | None = None,
     ) -> None:
         """Logged write `seq` applied to this object's buffer: its documents a new scratch segment,
         its deletions marked in memory (`rows`: the live rows of its ids, found here if not given).
@@ -722,7 +729,8 @@ class Collection:
         ids = [ids] if isinstance(ids, str) else [str(i) for i in ids]
         if len(ids) > self.config.max_candidates:
             raise InvalidRequest(
-                f"{len(ids):,} ids asked at once; this collection allows {self.config.max_candidates:,} (max_candidates)"
+                f"{len(ids):,} ids asked at once; this collection allows "
+                f"{self.config.max_candidates:,} (max_candidates)"
             )
         rows = self._live_rows(ids)
         found = dict(zip([i for [i] in self.documents.ids_at(rows[:, None])], self.documents.take(rows)))
@@ -739,11 +747,10 @@ class Collection:
     ) -> tuple[list[dict[str, Any]], str | None]:
         """A page of stored documents (that match `filter`) in id order, starting after the id
         `after` -> (documents, the `after` of the next page, or None at the end)."""
-        if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or not 1 <= limit <= self.config.max_k:
-            raise InvalidRequest(f"limit must be an integer from 1 to {self.config.max_k} (max_k), got {limit!r}")
+        limit = self._check_k(limit, "limit")
         if after is not None and not isinstance(after, str):
             raise InvalidRequest(f"after must be a document id (a string), got {after!r}")
-        page = page_by_id(self.documents.table, self._allowed(filter), after, int(limit)).to_pylist()
+        page = page_by_id(self.documents.table, self._allowed(filter), after, limit).to_pylist()
         return page, (page[-1]["id"] if len(page) == limit else None)
 
     # ---- search ------------------------------------------------------------------------------
@@ -769,7 +776,8 @@ class Collection:
         names = self._field_names(fields)
         params = _check_params(params)
         spec = fusion_module.FusionSpec.checked(fusion, weights, normalization, names)
-        depth = k if len(names) == 1 else max(k, params.get("candidates", FUSION_CANDIDATES))  # fused per field
+        # each field's depth: fused fields give more candidates than k
+        depth = k if len(names) == 1 else max(k, params.get("candidates", FUSION_CANDIDATES))
         batch = self._query_payloads(queries, names, params, max(depth, _depth(k, params)))
         size = len(next(iter(batch.values())))
         allowed = self._allowed(filter)
@@ -844,9 +852,12 @@ class Collection:
         what = ", ".join(repr(n) for n in names)
         return [f"{NO_TERMS} (field {what})" if e else None for e in np.logical_and.reduce(flags).tolist()]
 
-    def _check_k(self, k: int) -> int:
+    def _check_k(self, k: int, name: str = "k") -> int:
+        """`k` (or a page size, `name`) checked against the collection's max_k."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.config.max_k:
-            raise InvalidRequest(f"k must be an integer from 1 to {self.config.max_k} (the collection's max_k), got {k!r}")
+            raise InvalidRequest(
+                f"{name} must be an integer from 1 to {self.config.max_k} (the collection's max_k), got {k!r}"
+            )
         return int(k)
 
     def _field_names(self, fields) -> list[str]:
@@ -900,12 +911,15 @@ class Collection:
     def _check_batch(self, size: int, depth: int) -> None:
         limits = self.config
         if size > limits.max_batch:
-            raise InvalidRequest(f"{size} queries in one request; the collection's max_batch is {limits.max_batch}")
+            raise InvalidRequest(
+                f"{size} queries in one request; the collection's max_batch is {limits.max_batch}"
+            )
         if size * depth > limits.max_candidates:
             raise InvalidRequest(
-                f"{size} queries x {depth} results or candidates each (the largest of k, rescore, candidates, "
-                f"rerank, nprobe and efSearch) is {size * depth:,}; this collection allows "
-                f"{limits.max_candidates:,} a request (max_candidates): send fewer queries at once or ask for fewer"
+                f"{size} queries x {depth} results or candidates each (the largest of k, rescore, "
+                f"candidates, rerank, nprobe and efSearch) is {size * depth:,}; this collection allows "
+                f"{limits.max_candidates:,} a request (max_candidates): send fewer queries at once "
+                "or ask for fewer"
             )
 
     def _allowed(self, conditions) -> np.ndarray | None:
@@ -948,7 +962,8 @@ def _check_params(params) -> dict[str, int]:
         if key not in known:
             raise InvalidRequest(f"unknown search parameter {key!r}; known: {list(known)}")
         low, high = known[key].low, known[key].high
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low or value > (high or value):
+        integer = not isinstance(value, bool) and isinstance(value, (int, np.integer))
+        if not integer or value < low or (high is not None and value > high):
             span = f"from {low} to {high}" if high is not None else f">= {low}"
             raise InvalidRequest(f"search parameter {key!r} must be an integer {span}, got {value!r}")
     return params

@@ -98,8 +98,8 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 raise InvalidRequest(f"{str(path)!r} line {number} nests too deeply") from None
             if not isinstance(record, dict):
                 raise InvalidRequest(
-                    f"{str(path)!r} line {number} is a JSON {type(record).__name__}, not an object: each line "
-                    'holds one document, {"id": ..., "text": ...}'
+                    f"{str(path)!r} line {number} is a JSON {type(record).__name__}, not an object: "
+                    'each line holds one document, {"id": ..., "text": ...}'
                 )
             yield record
 

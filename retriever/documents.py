@@ -44,9 +44,14 @@ def documents_to_table(documents: Iterable[Mapping[str, Any]]) -> pa.Table:
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         raise InvalidRequest(f"documents have a key whose values mix types: {e}") from None
     except OverflowError:
-        raise InvalidRequest("a document holds an integer outside the 64-bit range; store it as a string") from None
+        raise InvalidRequest(
+            "a document holds an integer outside the 64-bit range; store it as a string"
+        ) from None
     except UnicodeEncodeError as e:
-        raise InvalidRequest(f"a document holds text that is not valid Unicode ({e.reason}: {e.object[e.start:e.end]!r})") from None
+        bad = e.object[e.start : e.end]
+        raise InvalidRequest(
+            f"a document holds text that is not valid Unicode ({e.reason}: {bad!r})"
+        ) from None
     table = table.select([ID] + [c for c in table.column_names if c != ID])
     return table.drop_columns([c for c in table.column_names if pa.types.is_null(table.schema.field(c).type)])
 

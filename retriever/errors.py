@@ -80,10 +80,8 @@ def error_for_code(name: str, message: str) -> RetrieverError:
     """The exception a client raises for a status code received from the server; `grpc_code`
     keeps the code's name (e.g. RESOURCE_EXHAUSTED, UNAUTHENTICATED, DEADLINE_EXCEEDED)."""
     # RESOURCE_EXHAUSTED also means "server busy", so it maps back to the base class, not OutOfDeviceMemory
-    cls = next(
-        (c for c, code in GRPC_CODES.items() if code == name and c not in (OutOfDeviceMemory, StorageFull, Overloaded)),
-        None,
-    )
+    ambiguous = (OutOfDeviceMemory, StorageFull, Overloaded)
+    cls = next((c for c, code in GRPC_CODES.items() if code == name and c not in ambiguous), None)
     error = cls(message) if cls is not None else RetrieverError(f"{name}: {message}")
     error.grpc_code = name
     return error

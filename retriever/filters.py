@@ -58,7 +58,8 @@ def _column_mask(values: pa.ChunkedArray, condition: Any, column: str) -> pa.Chu
                 raise InvalidRequest(f"filter on {column!r}: {op!r} takes a number, got {operand!r}")
             if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
                 raise InvalidRequest(
-                    f"filter on {column!r}: {op!r} compares numbers, but the column holds {values.type} values"
+                    f"filter on {column!r}: {op!r} compares numbers, "
+                    f"but the column holds {values.type} values"
                 )
             part = _RANGE[op](values, _scalar(operand, values.type))
         part = pc.fill_null(part, False)

@@ -115,7 +115,8 @@ class Registry:
                         self._forget(name)
 
     def _forget(self, name: str) -> None:
-        for table in (self._readers, self._writers, self._locks, self._broken, self._broken_paths, self._paths):
+        tables = (self._readers, self._writers, self._locks, self._broken, self._broken_paths, self._paths)
+        for table in tables:
             table.pop(name, None)
         if self.on_change is not None:
             self.on_change(name, None)

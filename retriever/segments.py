@@ -53,7 +53,8 @@ class DocumentIds:
             return np.zeros(0, np.int64)
         sorted_hashes, order = self._hashes
         wanted = id_hashes(ids) if hashes is None else hashes
-        lo, hi = np.searchsorted(sorted_hashes, wanted, "left"), np.searchsorted(sorted_hashes, wanted, "right")
+        lo = np.searchsorted(sorted_hashes, wanted, "left")
+        hi = np.searchsorted(sorted_hashes, wanted, "right")
         hits = np.flatnonzero(hi > lo)
         if not len(hits):
             return np.zeros(0, np.int64)

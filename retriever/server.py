@@ -116,8 +116,11 @@ class RetrieverServicer:
         def work(number: int, raw: bytes):
             batch = conversions.parse(pb.UpsertBatch, raw)
             documents, vectors = conversions.upsert_arguments(batch)
-            count, snapshot = self.registry.write(batch.collection, lambda c: c.add(documents, vectors=vectors or None))
-            return pb.UpsertAck(batch=number, upserted=count, version=snapshot.version)  # after the commit: durable
+            count, snapshot = self.registry.write(
+                batch.collection, lambda c: c.add(documents, vectors=vectors or None)
+            )
+            # sent after the commit: durable
+            return pb.UpsertAck(batch=number, upserted=count, version=snapshot.version)
 
         async with self._call("Upsert", context, self.streams):
             number = 0
@@ -175,7 +178,8 @@ class RetrieverServicer:
     async def Scroll(self, raw: bytes, context) -> pb.ScrollResponse:
         def work():
             request = conversions.parse(pb.ScrollRequest, raw)
-            page, after = self.registry.reader(request.collection).scroll(**conversions.scroll_arguments(request))
+            collection = self.registry.reader(request.collection)
+            page, after = collection.scroll(**conversions.scroll_arguments(request))
             response = pb.ScrollResponse(documents_json=conversions.documents_json(page))
             if after is not None:
                 response.next_after = after
@@ -186,7 +190,8 @@ class RetrieverServicer:
 
     async def CreateCollection(self, raw: bytes, context) -> pb.CollectionInfo:
         def work():
-            collection = self.registry.create(conversions.config_from_request(conversions.parse(pb.CreateCollectionRequest, raw)))
+            request = conversions.parse(pb.CreateCollectionRequest, raw)
+            collection = self.registry.create(conversions.config_from_request(request))
             return conversions.collection_info(collection.info(), collection.config.to_dict())
 
         async with self._call("CreateCollection", context, self.unary):
@@ -232,7 +237,8 @@ class RetrieverServicer:
             raise
         except Exception:
             log.exception("%s failed", method)
-            code, message = "INTERNAL", f"the server failed to answer this {method} call (its log has the details)"
+            code = "INTERNAL"
+            message = f"the server failed to answer this {method} call (its log has the details)"
         finally:
             self.metrics.calls.labels(method, code).inc()
             self.metrics.seconds.labels(method).observe(time.perf_counter() - start)
@@ -292,7 +298,8 @@ def _token_refusal(metadata, token: bytes) -> tuple[grpc.StatusCode, str] | None
     """Why a call's `authorization` metadata is refused, or None when it carries the token."""
     header = next((value for key, value in metadata or () if key == "authorization"), "")
     if not header.startswith("Bearer "):
-        return grpc.StatusCode.UNAUTHENTICATED, "missing bearer token (metadata `authorization: Bearer <token>`)"
+        missing = "missing bearer token (metadata `authorization: Bearer <token>`)"
+        return grpc.StatusCode.UNAUTHENTICATED, missing
     if not hmac.compare_digest(header[len("Bearer "):].encode(), token):
         return grpc.StatusCode.PERMISSION_DENIED, "bearer token not accepted"
     return None

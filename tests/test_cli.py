@@ -125,8 +125,8 @@ def test_a_bad_corpus_line_is_one_line_of_error_and_leaves_no_directory(tmp_path
     (tmp_path / "c.toml").write_text(BM25_CONFIG)
     (tmp_path / "corpus.jsonl").write_bytes(b'{"id": "ok", "text": "fine"}\n' + BAD_LINES[words])
     out = tmp_path / "out"
-    result = runner.invoke(app, ["build", "-c", str(tmp_path / "c.toml"), "-i", str(tmp_path / "corpus.jsonl"),
-                                 "-o", str(out), "--json"])
+    arguments = ["build", "-c", tmp_path / "c.toml", "-i", tmp_path / "corpus.jsonl", "-o", out, "--json"]
+    result = runner.invoke(app, [str(a) for a in arguments])
     assert result.exit_code == 2 and result.exception is None or isinstance(result.exception, SystemExit)
     error = json.loads(result.stdout)["error"]
     assert words.split(",")[0].replace("not UTF-8", "utf-8") in error and "\n" not in error

@@ -165,9 +165,12 @@ def code_of(call):
         (lambda r: r.add([{"id": "x"}], {"dense": np.ones((1, 3))}), "INVALID_ARGUMENT", "dimension 16"),
         (lambda r: r.search(np.ones((3000, 16))), "INVALID_ARGUMENT", "max_batch"),
         (lambda r: r.search(np.ones((1, 300_000))), "RESOURCE_EXHAUSTED", ""),  # 1.2 MB > the server's 1 MiB limit
-        (lambda r: r.add([{"id": "x", "n": 10**30}], {"dense": np.ones((1, 16))}), "INVALID_ARGUMENT", "64-bit"),
-        (lambda r: r.search(np.ones((1, 16)), filter={"year": {"in": [10**30]}}), "INVALID_ARGUMENT", "64-bit"),
-        (lambda r: r.search(np.ones((1, 16)), filter={"lang": {"gte": 5}}), "INVALID_ARGUMENT", "compares numbers"),
+        (lambda r: r.add([{"id": "x", "n": 10**30}], {"dense": np.ones((1, 16))}),
+         "INVALID_ARGUMENT", "64-bit"),
+        (lambda r: r.search(np.ones((1, 16)), filter={"year": {"in": [10**30]}}),
+         "INVALID_ARGUMENT", "64-bit"),
+        (lambda r: r.search(np.ones((1, 16)), filter={"lang": {"gte": 5}}),
+         "INVALID_ARGUMENT", "compares numbers"),
     ],
 )
 def test_bad_input_over_the_wire(served, call, code, words):
@@ -181,10 +184,13 @@ def test_json_nested_too_deeply_is_invalid_argument(served, field):
     deep = "[" * 100_000 + "]" * 100_000
     with pytest.raises(grpc.RpcError) as info:
         if field == "filter_json":
-            s.Search(pb.SearchRequest(collection="vecs", texts=["x"], filter_json=deep), metadata=metadata, timeout=5)
+            request = pb.SearchRequest(collection="vecs", texts=["x"], filter_json=deep)
+            s.Search(request, metadata=metadata, timeout=5)
         else:
-            list(s.Upsert(iter([pb.UpsertBatch(collection="vecs", documents_json=[deep])]), metadata=metadata, timeout=5))
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "nests too deeply" in info.value.details()
+            batches = iter([pb.UpsertBatch(collection="vecs", documents_json=[deep])])
+            list(s.Upsert(batches, metadata=metadata, timeout=5))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "nests too deeply" in info.value.details()
     channel.close()
 
 
@@ -228,7 +234,9 @@ def test_damaged_collection_is_data_loss_and_others_keep_serving(served):
     assert len(remote(served).search(np.ones((1, 16)), k=3)[0]) == 3
     s, metadata, channel = stub(served)
     health = health_pb2_grpc.HealthStub(channel)
-    status = lambda n: health.Check(health_pb2.HealthCheckRequest(service=n), metadata=metadata, timeout=5).status
+    def status(name):
+        return health.Check(health_pb2.HealthCheckRequest(service=name), metadata=metadata, timeout=5).status
+
     assert status("") == status("vecs") == health_pb2.HealthCheckResponse.SERVING
     assert status("broken") == health_pb2.HealthCheckResponse.NOT_SERVING
     channel.close()
@@ -241,7 +249,7 @@ def test_damaged_collection_is_data_loss_and_others_keep_serving(served):
 )
 def test_malformed_bytes_are_invalid_argument_and_do_not_hurt_the_server(served, raw):
     channel = grpc.insecure_channel(f"127.0.0.1:{served[1].port}")
-    call = channel.unary_unary("/retriever.v1.Retriever/Search", request_serializer=None, response_deserializer=None)
+    call = channel.unary_unary("/retriever.v1.Retriever/Search")  # bytes in, bytes out
     with pytest.raises(grpc.RpcError) as info:
         call(raw, metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=5)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -252,7 +260,7 @@ def test_malformed_bytes_are_invalid_argument_and_do_not_hurt_the_server(served,
 
 def test_an_unknown_method_is_unimplemented_with_or_without_a_token(served):
     channel = grpc.insecure_channel(f"127.0.0.1:{served[1].port}")
-    call = channel.unary_unary("/retriever.v1.Retriever/Nope", request_serializer=None, response_deserializer=None)
+    call = channel.unary_unary("/retriever.v1.Retriever/Nope")
     for metadata in ((), (("authorization", f"Bearer {TOKEN}"),)):
         with pytest.raises(grpc.RpcError) as info:
             call(b"", metadata=metadata, timeout=5)
@@ -268,7 +276,8 @@ def test_bearer_token(served):
         assert info.value.code() == code
         health = health_pb2_grpc.HealthStub(channel)
         # the server's health needs no token (probes); a collection's does (it tells which names exist)
-        assert health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        server_health = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        assert server_health.status == health_pb2.HealthCheckResponse.SERVING
         for name in ("vecs", "nope"):
             with pytest.raises(grpc.RpcError) as info:
                 health.Check(health_pb2.HealthCheckRequest(service=name), metadata=metadata, timeout=5)

@@ -39,9 +39,11 @@ def test_create_fill_read_and_drop_over_the_wire(served):
     far.add(make_docs(30), vectors={"dense": random_vectors(30, 16, seed=1)})
     far.delete(["d4"])
     local = retriever.Collection.open(root / "vecs")
-    assert far.get(["d5", "d4", "nope"]) == local.get(["d5", "d4", "nope"]) and far.get(["d5"])[0]["id"] == "d5"
+    assert far.get(["d5", "d4", "nope"]) == local.get(["d5", "d4", "nope"])
+    assert far.get(["d5"])[0]["id"] == "d5"
     assert far.count() == local.count() == 29 and far.count({"lang": "en"}) == local.count({"lang": "en"})
-    assert far.scroll({"lang": "en"}, limit=4, after="d1") == local.scroll({"lang": "en"}, limit=4, after="d1")
+    page = dict(limit=4, after="d1")
+    assert far.scroll({"lang": "en"}, **page) == local.scroll({"lang": "en"}, **page)
     with pytest.raises(retriever.AlreadyExists):
         far.create(vector_config())
     (root / "vecs" / "mine.txt").write_text("not the engine's")

@@ -99,7 +99,8 @@ from retriever.errors import InvalidConfig, InvalidRequest  # noqa: E402
 
 
 def token_collection(path, **field):
-    config = {"name": "mv", "max_k": 500, "max_candidates": 10**9, "fields": [{"name": "tok", "kind": "multivector", "dim": 16,
+    config = {"name": "mv", "max_k": 500, "max_candidates": 10**9,
+              "fields": [{"name": "tok", "kind": "multivector", "dim": 16,
                                                       "fde": {"repetitions": 8, "simhash_bits": 3, "projection_dim": 8}, **field}]}
     return retriever.Collection.create(path, config)
 

@@ -88,7 +88,8 @@ def test_health_answers_while_every_call_slot_is_taken(collection_dir):
     try:
         time.sleep(0.3)
         start = time.perf_counter()
-        assert health_status(server.port) == health_status(server.port, "vecs") == health_pb2.HealthCheckResponse.SERVING
+        serving = health_pb2.HealthCheckResponse.SERVING
+        assert health_status(server.port) == health_status(server.port, "vecs") == serving
         assert time.perf_counter() - start < 0.5
         with pytest.raises(retriever.RetrieverError) as info:
             far.search(np.ones((1, 16)), k=3)
@@ -133,7 +134,9 @@ def damaged_copy(source, target):
 
 
 @pytest.mark.parametrize("damaged_first", [True, False])
-def test_a_bad_directory_never_stops_the_server_or_hides_a_healthy_collection(collection_dir, tmp_path, damaged_first):
+def test_a_bad_directory_never_stops_the_server_or_hides_a_healthy_collection(
+    collection_dir, tmp_path, damaged_first
+):
     twin = damaged_copy(collection_dir, tmp_path / "other" / "vecs")  # damaged, named like the healthy one
     badly_named = damaged_copy(collection_dir, tmp_path / "not a name!")
     empty = tmp_path / "empty"
@@ -146,7 +149,8 @@ def test_a_bad_directory_never_stops_the_server_or_hides_a_healthy_collection(co
         far = retriever.connect(f"grpc://127.0.0.1:{server.port}/vecs", timeout=5)
         assert len(far.search(np.ones((1, 16)), k=3)[0]) == 3
         assert health_status(server.port, "vecs") == health_pb2.HealthCheckResponse.SERVING
-        assert set(registry.not_served) == {str(twin), str(badly_named), str(empty), str(tmp_path / "missing")}
+        left_out = {twin, badly_named, empty, tmp_path / "missing"}
+        assert set(registry.not_served) == {str(p) for p in left_out}
         assert "damaged" in registry.not_served[str(twin)]
     finally:
         server.stop()

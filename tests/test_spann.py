@@ -314,8 +314,11 @@ def test_collection_field_in_pq_mode(data, tmp_path):
     import retriever
 
     base, queries = data
-    collection = retriever.Collection.create(tmp_path / "c", {"name": "s", "max_candidates": EVERYTHING, "fields": [
-        {"name": "flat", "dim": DIM, "metric": "l2"}, {"name": "spann", "dim": DIM, "metric": "l2", "index": "SPANN,L40,PQ4"}]})
+    fields = [{"name": "flat", "dim": DIM, "metric": "l2"},
+              {"name": "spann", "dim": DIM, "metric": "l2", "index": "SPANN,L40,PQ4"}]
+    collection = retriever.Collection.create(
+        tmp_path / "c", {"name": "s", "max_candidates": EVERYTHING, "fields": fields}
+    )
     collection.add([{"id": str(i)} for i in range(len(base))], vectors={"flat": base, "spann": base})
     exact_hits = collection.search(queries, 10, fields="flat")
     everything = collection.search(queries, 10, fields="spann", params={"nprobe": 10_000, "prune_pct": 10**6, "rescore": 10**6})

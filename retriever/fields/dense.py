@@ -17,7 +17,16 @@ from retriever.index.vectors import VectorStore
 
 from . import parts as parts_module
 from .base import (
-    FieldConfig, ModelKind, Param, SegmentView, check_choice, check_int, check_number, depth, merge_top_k, recall_probe,
+    FieldConfig,
+    ModelKind,
+    Param,
+    SegmentView,
+    check_choice,
+    check_int,
+    check_number,
+    depth,
+    merge_top_k,
+    recall_probe,
 )
 from .spann import SpannVectors, is_spann, spann_params
 
@@ -172,7 +181,8 @@ class DenseField:
             local = None if allowed is None else allowed[start : start + len(part.vectors)]
             found.append(
                 parts_module.search(
-                    part.index, part.vectors, queries, k, {**part.tuned, **params}, local, rescore, self.config.metric
+                    part.index, part.vectors, queries, k, {**part.tuned, **params}, local, rescore,
+                    self.config.metric,
                 )
             )
             starts.append(start)

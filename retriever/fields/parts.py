@@ -95,13 +95,16 @@ def tune(index: FaissIndex, vectors: np.ndarray, metric: str, rescore: int, targ
         key, value, limit = "efSearch", MIN_EF_SEARCH, MAX_EF_SEARCH
     else:
         return {}
-    rows = np.sort(np.random.default_rng(1).choice(len(vectors), min(TUNE_QUERIES, len(vectors)), replace=False))
-    queries, store, k = np.ascontiguousarray(vectors[rows]), VectorStore([vectors], vectors.shape[1]), TUNE_K + 1
+    rng = np.random.default_rng(1)
+    rows = np.sort(rng.choice(len(vectors), min(TUNE_QUERIES, len(vectors)), replace=False))
+    queries, k = np.ascontiguousarray(vectors[rows]), TUNE_K + 1
+    store = VectorStore([vectors], vectors.shape[1])
     _, truth = cpu.flat_top_k(queries, vectors, k, metric)
-    truth = [set(t.tolist()) - {r} for t, r in zip(truth, rows.tolist())]
+    # a query's own row counts for neither answer
+    truth = [set(t) - {r} for t, r in zip(truth.tolist(), rows.tolist())]
     while True:
         _, found = search(index, store, queries, k, {key: value}, None, rescore, metric)
-        hits = [len((set(f.tolist()) - {r}) & t) / max(1, len(t)) for f, r, t in zip(found, rows.tolist(), truth)]
+        hits = [len(set(f) & t) / max(1, len(t)) for f, t in zip(found.tolist(), truth)]
         if value >= limit or float(np.mean(hits)) >= target:
             return {key: min(value, limit)}
         value *= 2

@@ -165,19 +165,25 @@ class Collection:
     def replay_log(self) -> bool:
         """Apply the log's writes newer than this object's into its buffer. False when the
         collection moved to a newer version meanwhile (a flush may have emptied the log)."""
-        records, self._log_end, _ = wal.read(self.path, self._log_end)
+        records, end, _ = wal.read(self.path, self._log_end)
         if storage.read_manifest(self.path)["version"] != self.version:
             return False
-        for record in records:
-            if record.seq <= self._log_seq:
-                continue  # already in a segment: the log is emptied only after a flush publishes
-            if record.seq != self._log_seq + 1:
-                raise CorruptIndex(
-                    f"{str(self.path)!r}: the write-ahead log jumps from write {self._log_seq} to "
-                    f"{record.seq}"
-                )
-            self._apply(record.seq, buffer.Write.from_bytes(record.body))
+        self._apply_logged(records)
+        self._log_end = end
         return True
+
+    def _apply_logged(self, records: list[wal.Record]) -> None:
+        """Apply the log's records this object lacks, in order; those at or below its last write
+        are in a segment already (the log is emptied only after a flush publishes)."""
+        for record in records:
+            if record.seq > self._log_seq:
+                if record.seq != self._log_seq + 1:
+                    raise CorruptIndex(
+                        f"{str(self.path)!r}: the write-ahead log jumps from write {self._log_seq} to "
+                        f"{record.seq}"
+                    )
+                self._apply(record.seq, buffer.Write.from_bytes(record.body))
+            self._log_end = record.end
 
     def snapshot(self) -> "Collection":
         """A view pinned at this object's current version: later writes through this object
@@ -294,7 +300,7 @@ class Collection:
                 self._flush()
                 deleted = np.concatenate([self.deleted, np.zeros(table.num_rows, dtype=bool)])
                 deleted[rows] = True
-                pending = {name: self.fields[name].prepare(payload) for name, payload in payloads.items()}
+                pending = self._prepare(payloads)
                 self._publish(lambda v: self._write_version(v, deleted, table, pending))
                 self._merge_while_needed()
                 return len(rows)
@@ -309,12 +315,11 @@ class Collection:
         self, table: pa.Table | None, payloads: dict[str, Any], ids: list[str], rows: np.ndarray
     ) -> None:
         """Append a small write to the log and apply it to the buffer (the writer lock is held;
-        `rows`: the live rows of `ids`);
-        durable once `sync_log` returns. A full buffer is flushed: should that fail, the write
-        stands (it is logged) and a later write flushes."""
+        `rows`: the live rows of `ids`); durable once `sync_log` returns. A full buffer is
+        flushed: should that fail, the write stands (it is logged) and a later write flushes."""
         logged = {n: p for n, p in payloads.items() if self.fields[n].config.source is None}
         write, seq, start = buffer.Write(table, logged, ids), self._log_seq + 1, self._log_end
-        pending = self._prepare(write, payloads)  # a payload the fields refuse is refused before logging
+        pending = self._prepare(payloads)  # a payload the fields refuse is refused before logging
         try:
             end = self._log.append(seq, write.to_bytes(), start)
         except OSError as e:
@@ -335,12 +340,8 @@ class Collection:
                 log.warning("flushing the write buffer of %s failed, retried after a later write: %s",
                             self.path, e)
 
-    def _prepare(self, write: buffer.Write, payloads: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Each field's in-memory work for a write's documents (`payloads`, derived fields' included,
-        or made from the logged ones)."""
-        if write.table is None:
-            return {}
-        payloads = payloads if payloads is not None else self._derived(write.payloads, write.table.num_rows)
+    def _prepare(self, payloads: dict[str, Any]) -> dict[str, Any]:
+        """Each field's in-memory work for a write's documents (`payloads`, derived fields' included)."""
         return {name: self.fields[name].prepare(payload) for name, payload in payloads.items()}
 
     def _apply(
@@ -353,7 +354,9 @@ class Collection:
         """Logged write `seq` applied to this object's buffer: its documents a new scratch segment,
         its deletions marked in memory (`rows`: the live rows of its ids, found here if not given).
         Nothing changes here unless all of it succeeds."""
-        pending = pending if pending is not None else self._prepare(write)
+        if pending is None:  # a write read back from the log
+            table = write.table
+            pending = {} if table is None else self._prepare(self._derived(write.payloads, table.num_rows))
         rows = rows if rows is not None else self._live_rows(write.ids)
         segments = list(self.segments)
         starts = np.cumsum([0] + [s.rows for s in segments])
@@ -654,9 +657,8 @@ class Collection:
             manifest["retired"], removable = storage.retire(self.manifest, referenced, held)
             storage.publish_manifest(path, manifest)
         except OSError as e:
-            storage.remove_files(
-                path, [], self.manifest, self._merging
-            )  # this attempt's files are debris now
+            # this attempt's files are debris now
+            storage.remove_files(path, [], self.manifest, self._merging)
             raise storage.write_error(path, e, "committing a write") from None
         if made is None:  # a merge: segments were replaced, so the fields are opened anew
             fresh = Collection.load(path, manifest, previous=self)
@@ -717,10 +719,7 @@ class Collection:
             self._log.cut_torn_tail(good, size)
         except OSError as e:
             raise storage.write_error(self.path, e, "cutting a torn record off the log") from None
-        for record in records:
-            if record.seq > self._log_seq:
-                self._apply(record.seq, buffer.Write.from_bytes(record.body))
-            self._log_end = record.end
+        self._apply_logged(records)
 
     # ---- reading documents -------------------------------------------------------------------
 
@@ -732,8 +731,7 @@ class Collection:
                 f"{len(ids):,} ids asked at once; this collection allows "
                 f"{self.config.max_candidates:,} (max_candidates)"
             )
-        rows = self._live_rows(ids)
-        found = dict(zip([i for [i] in self.documents.ids_at(rows[:, None])], self.documents.take(rows)))
+        found = {document["id"]: document for document in self.documents.take(self._live_rows(ids))}
         return [found.get(i) for i in ids]
 
     def count(self, filter: Mapping[str, Any] | None = None) -> int:

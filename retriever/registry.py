@@ -31,7 +31,6 @@ class Registry:
         self._writers: dict[str, Collection] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._broken: dict[str, str] = {}  # name -> why it is damaged
-        self._broken_paths: dict[str, Path] = {}
         self._merger: threading.Thread | None = None
         self._to_merge: set[str] = set()
         self._wake = threading.Condition()
@@ -85,9 +84,7 @@ class Registry:
 
     def create(self, config: CollectionConfig) -> Collection:
         """A new, empty collection in its own directory under the data directory."""
-        if self.data_dir is None:
-            raise InvalidRequest("this server serves the directories it was started with; start it with "
-                                 "--data-dir DIR to create and drop collections over the wire")
+        self._need_data_dir()
         with self._changing:
             if config.name in self._paths:
                 raise AlreadyExists(f"collection {config.name!r} already exists")
@@ -100,9 +97,7 @@ class Registry:
     def drop(self, name: str) -> None:
         """Stop serving a collection and delete every file the engine wrote for it (after the
         writes in flight; searches in flight finish on what they hold)."""
-        if self.data_dir is None:
-            raise InvalidRequest("this server serves the directories it was started with; start it with "
-                                 "--data-dir DIR to create and drop collections over the wire")
+        self._need_data_dir()
         with self._changing:
             if name not in self._paths:
                 self._check(name)  # says why: a bad name, or an unknown one
@@ -114,12 +109,19 @@ class Registry:
                     if not (path / storage.MANIFEST).exists():
                         self._forget(name)
 
+    def _need_data_dir(self) -> None:
+        if self.data_dir is None:
+            raise InvalidRequest("this server serves the directories it was started with; start it with "
+                                 "--data-dir DIR to create and drop collections over the wire")
+
     def _forget(self, name: str) -> None:
-        tables = (self._readers, self._writers, self._locks, self._broken, self._broken_paths, self._paths)
-        for table in tables:
+        for table in (self._readers, self._writers, self._locks, self._broken, self._paths):
             table.pop(name, None)
+        self._changed(name, None)
+
+    def _changed(self, name: str, healthy: bool | None) -> None:
         if self.on_change is not None:
-            self.on_change(name, None)
+            self.on_change(name, healthy)
 
     def add_path(self, path: Path) -> None:
         try:
@@ -139,15 +141,13 @@ class Registry:
             self._leave_out(path, f"collection {name!r} is already served from another directory")
             return
         if name in self._broken:  # a healthy collection keeps its name from a damaged directory
-            self._leave_out(self._broken_paths.pop(name), f"damaged: {self._broken.pop(name)}")
-            self._paths.pop(name)
+            self._leave_out(self._paths.pop(name), f"damaged: {self._broken.pop(name)}")
         self._paths[name] = path
         collection.sync_writes = False  # `write` syncs the log after releasing the collection's lock
         self._writers[name] = collection
         self._readers[name] = collection.snapshot()
         self._locks[name] = threading.Lock()
-        if self.on_change is not None:
-            self.on_change(name, True)
+        self._changed(name, True)
 
     def _add_damaged(self, path: Path, reason: str) -> None:
         """Served under its directory's name as damaged (DATA_LOSS, NOT_SERVING) if that name is free."""
@@ -159,9 +159,8 @@ class Registry:
         if name in self._writers or name in self._broken:
             self._leave_out(path, f"damaged ({reason}); collection {name!r} is served from another directory")
             return
-        self._broken[name], self._broken_paths[name], self._paths[name] = reason, path, path
-        if self.on_change is not None:
-            self.on_change(name, False)
+        self._broken[name], self._paths[name] = reason, path
+        self._changed(name, False)
 
     def _leave_out(self, path: Path, reason: str) -> None:
         self.not_served[str(path)] = reason

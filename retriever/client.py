@@ -133,14 +133,13 @@ class RemoteCollection:
         return [None if i in missing else json.loads(next(found)) for i in ids]
 
     def count(self, filter: Mapping[str, Any] | None = None) -> int:
-        filter_json = json.dumps(filter) if filter is not None else ""
-        request = pb.CountRequest(collection=self.name, filter_json=filter_json)
+        request = pb.CountRequest(collection=self.name, filter_json=conversions.filter_to_json(filter))
         return int(self._call(self._stub.Count, request).count)
 
     def scroll(self, filter: Mapping[str, Any] | None = None, limit: int = 100,
                after: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
         """As `Collection.scroll`: (a page of documents in id order, the `after` of the next page or None)."""
-        filter_json = json.dumps(filter) if filter is not None else ""
+        filter_json = conversions.filter_to_json(filter)
         request = pb.ScrollRequest(collection=self.name, filter_json=filter_json, limit=limit)
         if after is not None:
             request.after = after

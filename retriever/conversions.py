@@ -37,7 +37,7 @@ def search_request(collection: str, queries, k: int, fields, filter, params, wit
         k=k,
         fields=[fields] if isinstance(fields, str) else list(fields or []),
         fusion=fusion,
-        filter_json=json.dumps(filter) if filter is not None else "",
+        filter_json=filter_to_json(filter),
         params=dict(params or {}),
         omit_documents=not with_documents,
         weights=dict(weights or {}),
@@ -251,7 +251,7 @@ def generate_request(collection: str, question: str, k: int, mode: str, recomput
                      params) -> pb.GenerateRequest:
     request = pb.GenerateRequest(collection=collection, question=question, k=k, mode=mode, max_new_tokens=max_new_tokens,
                                  fields=[fields] if isinstance(fields, str) else list(fields or []),
-                                 filter_json=json.dumps(filter) if filter is not None else "", params=dict(params or {}))
+                                 filter_json=filter_to_json(filter), params=dict(params or {}))
     if recompute_ratio is not None:
         request.recompute_ratio = recompute_ratio
     return request
@@ -263,6 +263,10 @@ def generate_arguments(request: pb.GenerateRequest) -> dict[str, Any]:
             "recompute_ratio": request.recompute_ratio if request.HasField("recompute_ratio") else None,
             "max_new_tokens": request.max_new_tokens or 128, "fields": list(request.fields) or None, "filter": conditions,
             "params": dict(request.params) or None}
+
+
+def filter_to_json(filter) -> str:
+    return json.dumps(filter) if filter is not None else ""
 
 
 def filter_from_json(filter_json: str):

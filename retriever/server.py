@@ -109,8 +109,7 @@ class RetrieverServicer:
             hits = collection.search(**conversions.search_arguments(request))
             return conversions.search_response(hits, with_documents=not request.omit_documents)
 
-        async with self._call("Search", context, self.unary):
-            return await self._run(context, work)
+        return await self._unary("Search", context, work)
 
     async def Upsert(self, requests: AsyncIterator[bytes], context) -> AsyncIterator[pb.UpsertAck]:
         def work(number: int, raw: bytes):
@@ -134,8 +133,7 @@ class RetrieverServicer:
             count, snapshot = self.registry.write(request.collection, lambda c: c.delete(list(request.ids)))
             return pb.DeleteResponse(deleted=count, version=snapshot.version)
 
-        async with self._call("Delete", context, self.unary):
-            return await self._run(context, work)
+        return await self._unary("Delete", context, work)
 
     async def ListCollections(self, raw: bytes, context) -> pb.ListCollectionsResponse:
         def work():
@@ -143,16 +141,14 @@ class RetrieverServicer:
             self.registry.rescan()
             return pb.ListCollectionsResponse(names=self.registry.names())
 
-        async with self._call("ListCollections", context, self.unary):
-            return await self._run(context, work)
+        return await self._unary("ListCollections", context, work)
 
     async def GetCollection(self, raw: bytes, context) -> pb.CollectionInfo:
         def work():
             collection = self.registry.reader(conversions.parse(pb.GetCollectionRequest, raw).collection)
             return conversions.collection_info(collection.info(), collection.config.to_dict())
 
-        async with self._call("GetCollection", context, self.unary):
-            return await self._run(context, work)
+        return await self._unary("GetCollection", context, work)
 
     async def GetDocuments(self, raw: bytes, context) -> pb.GetDocumentsResponse:
         def work():
@@ -163,8 +159,7 @@ class RetrieverServicer:
                 missing=[i for i, d in zip(request.ids, found) if d is None],
             )
 
-        async with self._call("GetDocuments", context, self.unary):
-            return await self._run(context, work)
+        return await self._unary("GetDocuments", context, work)
 
     async def Count(self, raw: bytes, context) -> pb.CountResponse:
         def work():
@@ -172,8 +167,7 @@ class RetrieverServicer:
             collection = self.registry.reader(request.collection)
             return pb.CountResponse(count=collection.count(conversions.filter_from_json(request.filter_json)))
 
-        async with self._call("Count", context, self.unary):
-            return await self._run(context, work)
+        return await self._unary("Count", context, work)
 
     async def Scroll(self, raw: bytes, context) -> pb.ScrollResponse:
         def work():
@@ -185,8 +179,7 @@ class RetrieverServicer:
                 response.next_after = after
             return response
 
-        async with self._call("Scroll", context, self.unary):
-            return await self._run(context, work)
+        return await self._unary("Scroll", context, work)
 
     async def CreateCollection(self, raw: bytes, context) -> pb.CollectionInfo:
         def work():
@@ -194,16 +187,14 @@ class RetrieverServicer:
             collection = self.registry.create(conversions.config_from_request(request))
             return conversions.collection_info(collection.info(), collection.config.to_dict())
 
-        async with self._call("CreateCollection", context, self.unary):
-            return await self._run(context, work)
+        return await self._unary("CreateCollection", context, work)
 
     async def DropCollection(self, raw: bytes, context) -> pb.DropCollectionResponse:
         def work():
             self.registry.drop(conversions.parse(pb.DropCollectionRequest, raw).collection)
             return pb.DropCollectionResponse()
 
-        async with self._call("DropCollection", context, self.unary):
-            return await self._run(context, work)
+        return await self._unary("DropCollection", context, work)
 
     async def Generate(self, raw: bytes, context) -> AsyncIterator[pb.GenerateChunk]:
         def start():
@@ -243,6 +234,11 @@ class RetrieverServicer:
             self.metrics.calls.labels(method, code).inc()
             self.metrics.seconds.labels(method).observe(time.perf_counter() - start)
         await context.abort(getattr(grpc.StatusCode, code), message)
+
+    async def _unary(self, method: str, context, work: Callable[[], T]) -> T:
+        """A unary call: `work()` on a worker thread, as `_call` and `_run` say."""
+        async with self._call(method, context, self.unary):
+            return await self._run(context, work)
 
     async def _run(self, context, work: Callable[[], T]) -> T:
         """`work()` on a worker thread, within the call's deadline."""

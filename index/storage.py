@@ -226,8 +226,7 @@ def _check_ends(path: Path, size: int, entry: dict[str, Any]) -> None:
         _check(path, size, sha256_file(path), entry)
         return
     block, digest = entry["ends"]
-    if size != entry["size"]:
-        _check(path, size, "", entry)
+    _check_size(path, size, entry)
     with open(path, "rb") as f:
         head = f.read(block)
         f.seek(max(block, size - block))
@@ -237,10 +236,16 @@ def _check_ends(path: Path, size: int, entry: dict[str, Any]) -> None:
 
 
 def _check(path: Path, size: int, digest: str, entry: dict[str, Any]) -> None:
-    if size != entry["size"]:
-        raise CorruptIndex(f"{str(path)!r} has {size} bytes but the manifest records {entry['size']}: file truncated or replaced")
+    _check_size(path, size, entry)
     if digest != entry["sha256"]:
         raise CorruptIndex(f"{str(path)!r} failed its sha256 checksum: the file is corrupt")
+
+
+def _check_size(path: Path, size: int, entry: dict[str, Any]) -> None:
+    if size != entry["size"]:
+        raise CorruptIndex(
+            f"{str(path)!r} has {size} bytes but the manifest records {entry['size']}: file truncated or replaced"
+        )
 
 
 def retire(old: dict[str, Any], new_names: set[str], held: set[int]) -> tuple[dict[str, int], list[str]]:

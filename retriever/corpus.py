@@ -18,17 +18,6 @@ SKIP_DIRS = {".git", ".venv", "venv", "__pycache__", "build", "dist", "node_modu
 Chunk = tuple[list[dict[str, Any]], dict[str, np.ndarray]]
 
 
-def read_corpus(path: str | Path, vector_fields: list[str]) -> Chunk:
-    """Documents, and any precomputed vectors they carry ({field: [N, D]}), all at once."""
-    docs: list[dict[str, Any]] = []
-    given: dict[str, list[np.ndarray]] = {}
-    for part, vectors in iter_corpus(path, vector_fields, 1 << 16):
-        docs.extend(part)
-        for name, array in vectors.items():
-            given.setdefault(name, []).append(array)
-    return docs, {name: np.concatenate(arrays) for name, arrays in given.items()}
-
-
 def iter_corpus(path: str | Path, vector_fields: list[str], rows: int) -> Iterator[Chunk]:
     """The corpus in chunks of `rows` documents (the last may be shorter), each with the vectors
     its documents carry ({field: [n, D]}), read as it goes: memory does not grow with the corpus.

@@ -4,8 +4,18 @@ import numpy as np
 import pytest
 
 import retriever
-from retriever.corpus import chunk_folder, read_corpus
+from retriever.corpus import chunk_folder, iter_corpus
 from retriever.encoders.models import resolve_model
+
+
+def read_corpus(path, vector_fields):
+    """The whole corpus: its chunks (of 3, so several) joined again."""
+    docs, given = [], {}
+    for part, vectors in iter_corpus(path, vector_fields, 3):
+        docs.extend(part)
+        for name, array in vectors.items():
+            given.setdefault(name, []).append(array)
+    return docs, {name: np.concatenate(arrays) for name, arrays in given.items()}
 
 
 def test_jsonl_keeps_line_separator_inside_text(tmp_path):

@@ -54,13 +54,18 @@ def documents(start: int, count: int, seed: int) -> tuple[list[dict], np.ndarray
     return docs, rng.standard_normal((count, DIM)).astype(np.float32)
 
 
-def grow(collection, have: int, want: int) -> int:
+def growth(have: int, want: int):
+    """The documents (and vectors) that grow a collection from `have` to `want`, 20k a batch."""
     while have < want:
         n = min(20_000, want - have)
-        docs, vectors = documents(have, n, seed=have)
-        collection.add(docs, vectors={"dense": vectors})
+        yield documents(have, n, seed=have)
         have += n
-    return have
+
+
+def grow(collection, have: int, want: int) -> int:
+    for docs, vectors in growth(have, want):
+        collection.add(docs, vectors={"dense": vectors})
+    return max(have, want)
 
 
 def commit_latency(sizes: list[int], work: Path, repeats: int = 60, background: bool = False) -> dict:
@@ -194,36 +199,53 @@ def server_upserts(count: int, base: int, work: Path) -> dict:
     }
 
 
-def search_after_small_upserts(base: int, upserts: int, work: Path) -> dict:
+def search_after_small_upserts(base: int, upserts: int, work: Path, rounds: int = 15) -> dict:
     """Queries/s (bm25 and dense, batch 32) of a collection after `upserts` single-document upserts
-    with the default merge policy, against the same collection after `optimize`."""
+    with the default merge policy, of the same collection after `optimize`, and of the same
+    documents built in one write (one segment from the start). The three are timed in turns,
+    `rounds` times each, so the machine's noise falls on all alike; medians."""
     import retriever
 
-    collection = retriever.Collection.create(work / "shaped", CONFIG)
-    grow(collection, 0, base)
-    for i in range(upserts):
-        docs, vectors = documents(base + i, 1, seed=200_000 + i)
-        collection.add(docs, vectors={"dense": vectors})
+    def shaped(name: str):
+        collection = retriever.Collection.create(work / name, CONFIG)
+        grow(collection, 0, base)
+        for i in range(upserts):
+            docs, vectors = documents(base + i, 1, seed=200_000 + i)
+            collection.add(docs, vectors={"dense": vectors})
+        return collection
+
+    after_upserts, optimized = shaped("shaped"), shaped("optimized")
+    segments = len(after_upserts.segments)  # the write buffer's scratch segments too
+    optimized.optimize()
+    in_one_write = retriever.Collection.create(work / "one-write", CONFIG)
+    parts = [*growth(0, base), *(documents(base + i, 1, seed=200_000 + i) for i in range(upserts))]
+    in_one_write.add([d for docs, _ in parts for d in docs],
+                     vectors={"dense": np.concatenate([v for _, v in parts])})
     queries = np.random.default_rng(3).standard_normal((32, DIM)).astype(np.float32)
     texts = [f"w{a} w{b}" for a, b in np.random.default_rng(4).integers(1, 200, size=(32, 2))]
-
-    def qps() -> dict:
-        return {
-            "dense": round(32 / timed(lambda: collection.search(queries, k=10), 7), 1),
-            "bm25": round(32 / timed(lambda: collection.search(texts, k=10, fields="bm25"), 7), 1),
-        }
-
-    shaped, segments = qps(), len(collection.segments)  # the write buffer's scratch segments too
-    collection.optimize()
-    merged = qps()
+    searches = {
+        "dense": lambda c: c.search(queries, k=10),
+        "bm25": lambda c: c.search(texts, k=10, fields="bm25"),
+    }
+    collections = {"after_upserts": after_upserts, "optimized": optimized, "in_one_write": in_one_write}
+    times: dict = {(c, f): [] for c in collections for f in searches}
+    for _ in range(rounds):
+        for (c, f), runs in times.items():
+            runs.append(timed(lambda: searches[f](collections[c]), 3))
+    qps = {c: {f: round(32 / statistics.median(times[c, f]), 1) for f in searches} for c in collections}
     return {
         "base_documents": base,
         "single_upserts": upserts,
         "segments_after_upserts": segments,
-        "qps_after_upserts": shaped,
-        "qps_optimized": merged,
-        "ratio": {k: round(shaped[k] / merged[k], 3) for k in shaped},
+        "rounds": rounds,
+        "qps": qps,
+        "after_upserts_over_optimized": {f: _ratio(qps, "after_upserts", "optimized", f) for f in searches},
+        "optimized_over_in_one_write": {f: _ratio(qps, "optimized", "in_one_write", f) for f in searches},
     }
+
+
+def _ratio(qps: dict, top: str, bottom: str, field: str) -> float:
+    return round(qps[top][field] / qps[bottom][field], 3)
 
 
 def memory_and_open(size: int, work: Path) -> dict:

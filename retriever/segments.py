@@ -24,6 +24,9 @@ from retriever.errors import CorruptIndex
 from retriever.index import storage
 
 
+SMALL_SEGMENT = 4096  # rows of a segment whose ids are kept as a Python list once read
+
+
 class DocumentIds:
     """Finding a segment's rows by document id: a sorted array of the ids' hashes (16 bytes a row,
     where a dict of ids would take ~100), made on first use and shared by every version of the
@@ -66,7 +69,13 @@ class DocumentIds:
 
     def at(self, rows: np.ndarray) -> list[str]:
         """The ids of these rows [R]."""
+        if len(self._column) <= SMALL_SEGMENT:  # a write buffer's: a list beats an Arrow call per search
+            return [self._small[r] for r in np.asarray(rows).tolist()]
         return self._column.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+
+    @functools.cached_property
+    def _small(self) -> list[str]:
+        return self._column.to_pylist()
 
 
 def id_hashes(ids: list[str]) -> np.ndarray:

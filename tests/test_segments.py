@@ -381,11 +381,14 @@ def test_the_merge_policy_keeps_tiers_logarithmic_and_stops_at_the_size_cap():
     assert merge_policy.next_merge([10, 5], [6, 0], max_rows=4) == (0, 1)  # compaction only shrinks
 
 
-def test_document_ids_are_found_as_a_scan_of_every_row_finds_them():
+@pytest.mark.parametrize("small_segment", [0, 10_000])  # ids read through Arrow, or kept as a list
+def test_document_ids_are_found_as_a_scan_of_every_row_finds_them(monkeypatch, small_segment):
     import pyarrow as pa
 
+    from retriever import segments
     from retriever.segments import DocumentIds, id_hashes
 
+    monkeypatch.setattr(segments, "SMALL_SEGMENT", small_segment)
     ids = [f"d{i % 700}" for i in range(1000)] + ["", "é", "d1 "]  # repeats: older copies of an id
     lookup = DocumentIds(pa.table({"id": pa.chunked_array([ids[:400], ids[400:]])}))
     wanted = ["d5", "d699", "d700", "", "é", "d1", "missing", "d5"]

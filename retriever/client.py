@@ -11,7 +11,7 @@ import numpy as np
 
 from . import conversions
 from .conversions import pb, pb_grpc
-from .errors import InvalidRequest, error_for_code
+from .errors import InvalidRequest, RetrieverError, error_for_code
 from .types import Hits
 
 UPSERT_BATCH = 256
@@ -99,13 +99,22 @@ class RemoteCollection:
     def upsert_stream(self, documents, vectors=None, *, batch_size: int = UPSERT_BATCH) -> Iterator[pb.UpsertAck]:
         """The acks as they arrive, one per batch, each sent after the batch is committed."""
         documents = list(documents)
-        batches = (conversions.upsert_batch(
-            self.name, documents[i : i + batch_size],
-            {n: m[i : i + batch_size] if conversions.is_sparse(m) else np.asarray(m)[i : i + batch_size] for n, m in (vectors or {}).items()},
-        ) for i in range(0, len(documents), batch_size))
+        refused: list[RetrieverError] = []  # gRPC reports a request iterator's error as UNKNOWN
+
+        def batches():
+            try:
+                for i in range(0, len(documents), batch_size):
+                    rows = {n: conversions.rows_of(m, i, i + batch_size) for n, m in (vectors or {}).items()}
+                    yield conversions.upsert_batch(self.name, documents[i : i + batch_size], rows)
+            except RetrieverError as e:
+                refused.append(e)
+                raise
+
         try:
-            yield from self._stub.Upsert(batches, timeout=self.timeout, metadata=self._metadata)
+            yield from self._stub.Upsert(batches(), timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as e:
+            if refused:
+                raise refused[0] from None
             raise error_for_code(e.code().name, e.details() or "") from None
 
     def delete(self, ids: Iterable[str]) -> int:
@@ -113,7 +122,13 @@ class RemoteCollection:
         return self._call(self._stub.Delete, pb.DeleteRequest(collection=self.name, ids=ids)).deleted
 
     def info(self) -> dict[str, Any]:
-        return json.loads(self._call(self._stub.GetCollection, pb.GetCollectionRequest(collection=self.name)).info_json)
+        return json.loads(self._collection_info().info_json)
+
+    def schema(self) -> dict[str, Any]:
+        return conversions.schema_from_info(self._collection_info())
+
+    def _collection_info(self) -> pb.CollectionInfo:
+        return self._call(self._stub.GetCollection, pb.GetCollectionRequest(collection=self.name))
 
     @property
     def version(self) -> int:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import copy
+import dataclasses
+import functools
 import logging
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -16,7 +17,7 @@ from retriever.index import disk, storage, wal
 
 from . import fusion as fusion_module
 from . import buffer, merge_policy, merging
-from .config import CollectionConfig
+from .config import CollectionConfig, FieldConfig
 from .documents import DocumentTable, concat, document_texts, documents_to_table, page_by_id
 from .errors import AlreadyExists, CorruptIndex, InvalidRequest, NotFound, RetrieverError, WriteFailed
 from .fields import Field, kind_of, request_params
@@ -24,7 +25,7 @@ from .fields import base as field_base
 from .fields.base import NO_TERMS, Param, SegmentView
 from .filters import filter_mask
 from .segments import Segment, id_hashes, new_segment, open_segments, with_changed_deletions
-from .types import Hits
+from .types import Hits, are_texts
 
 log = logging.getLogger(__name__)
 FUSION_CANDIDATES = 100  # per-field candidates fused when several fields are searched
@@ -235,6 +236,36 @@ class Collection:
             },
             "fields": {name: f.info() for name, f in self.fields.items()},
             "bytes_on_disk": sum(e["size"] for e in self.manifest["files"].values()),
+        }
+
+    def schema(self) -> dict[str, Any]:
+        """What a client needs to build requests: the request limits, and per field its kind,
+        model, dimension, the query inputs it takes (texts, vectors, sparse, tokens, codes) and
+        the search parameters it reads with their ranges."""
+        config = self.config
+        return {
+            "name": self.name,
+            "text_keys": list(config.text_keys),
+            "max_k": config.max_k,
+            "max_batch": config.max_batch,
+            "max_candidates": config.max_candidates,
+            "params": _param_ranges(FUSION_PARAMS),  # read when several fields are fused
+            "fields": [self._field_schema(f) for f in config.fields],
+        }
+
+    def _field_schema(self, config: FieldConfig) -> dict[str, Any]:
+        kind, facts = kind_of(config), self.fields[config.name].info()
+        return {
+            "name": config.name,
+            "kind": config.kind,
+            "model": config.model or "",
+            "dim": int(facts.get("dim") or facts.get("token_dim") or 0),
+            "metric": getattr(config, "metric", ""),
+            "index": getattr(config, "index", None) or "",
+            "source": config.source or "",
+            "code_bytes": int(facts.get("bytes_per_vector", 0)),
+            "query_inputs": [*(["texts"] if self.can_encode(config.name) else []), *kind.query_inputs],
+            "params": _param_ranges(kind.request_params),
         }
 
     # ---- writes ------------------------------------------------------------------------------
@@ -766,7 +797,10 @@ class Collection:
         normalization: str = "minmax",
     ) -> list[Hits]:
         """One `Hits` per query. `queries` is a text, a list of texts, a vector or matrix [B, D],
-        sparse vectors (a list of (term ids, weights) pairs or dicts), or {field: any of those}.
+        sparse vectors (a list of (term ids, weights) pairs or dicts), token matrices for a
+        multivector field (a list of [t_i, D] arrays, or (tokens, offsets)), packed codes for a
+        binary field (uint8 [B, code bytes]), or {field: any of those}, one source per field (texts
+        for a BM25 field beside vectors for a dense one). `schema()` says what each field takes.
         Several fields are fused: `fusion="rrf"` (reciprocal ranks) or `"weighted"` (each field's
         scores normalized per query with `normalization` "minmax" or "zscore", then summed with
         `weights`, 1 each by default); each field contributes its top `params["candidates"]`."""
@@ -874,37 +908,43 @@ class Collection:
     ) -> dict[str, Any]:
         """Each searched field's queries: encoded from text, or checked when given directly; their
         number is checked against the collection's limits (`depth`: per query) before any work."""
-        if isinstance(queries, str) or (isinstance(queries, Sequence) and queries and all(isinstance(q, str) for q in queries)):
-            texts = [queries] if isinstance(queries, str) else list(queries)
-            self._check_batch(len(texts), depth)
-            for i, t in enumerate(texts):
+        given = self._queries_by_field(queries, names)
+        texts = {n: [q] if isinstance(q, str) else list(q) for n, q in given.items() if are_texts(q)}
+        for n, batch in texts.items():
+            for i, t in enumerate(batch):
                 if not t.strip():
-                    raise InvalidRequest(f"query {i} is empty")
-            encoded = {}  # a binary field and its source searched together share the encoded queries
-            for n in sorted(names, key=lambda n: self.fields[n].config.source is not None):
-                source = self.fields[n].config.source
-                if source in encoded:
-                    encoded[n] = self.fields[n].check_queries(encoded[source])
-                else:
-                    encoded[n] = self.fields[n].queries_from_texts(self.encoder(n), texts, params)
-            return {n: encoded[n] for n in names}
+                    raise InvalidRequest(f"query {i} is empty (field {n!r})")
+        payloads = {n: self.fields[n].check_queries(q) for n, q in given.items() if n not in texts}
+        sizes = {n: len(p) for n, p in [*texts.items(), *payloads.items()]}
+        if len(set(sizes.values())) > 1:
+            raise InvalidRequest(f"fields were given different numbers of queries: {sizes}")
+        self._check_batch(sizes[names[0]], depth)
+        # a binary field searched beside its source, from the same texts, shares the encoded queries
+        for n in sorted(texts, key=lambda n: self.fields[n].config.source is not None):
+            source = self.fields[n].config.source
+            if source in payloads and source in texts and given[source] is given[n]:
+                payloads[n] = self.fields[n].check_queries(payloads[source])
+            else:
+                payloads[n] = self.fields[n].queries_from_texts(self.encoder(n), texts[n], params)
+        return {n: payloads[n] for n in names}
+
+    def _queries_by_field(self, queries: Queries, names: list[str]) -> dict[str, Any]:
+        """{searched field: its queries as given}: texts serve every field; a mapping names each."""
+        if are_texts(queries):
+            return {n: queries for n in names}
         if isinstance(queries, Mapping) and all(isinstance(key, str) for key in queries):
             missing = [n for n in names if n not in queries]
             if missing:
-                raise InvalidRequest(f"queries missing for field(s) {missing}; pass texts, or {{field: vectors}} for every searched field")
-            given = {n: queries[n] for n in names}
-        elif len(names) > 1:
-            raise InvalidRequest("with several fields, pass texts or {field: vectors}")
-        else:
-            given = {names[0]: queries}
+                raise InvalidRequest(
+                    f"queries missing for field(s) {missing}: give texts for every field, or one entry "
+                    "(texts or vectors) per searched field"
+                )
+            return {n: queries[n] for n in names}
+        if len(names) > 1:
+            raise InvalidRequest("with several fields, give texts, or one entry (texts or vectors) per field")
         if isinstance(queries, (list, tuple)) and not queries:
             raise InvalidRequest("no queries given")
-        payloads = {n: self.fields[n].check_queries(q) for n, q in given.items()}
-        sizes = {len(p) for p in payloads.values()}
-        if len(sizes) > 1:
-            raise InvalidRequest(f"fields were given different numbers of queries: { {n: len(p) for n, p in payloads.items()} }")
-        self._check_batch(sizes.pop(), depth)
-        return payloads
+        return {names[0]: queries}
 
     def _check_batch(self, size: int, depth: int) -> None:
         limits = self.config
@@ -965,6 +1005,10 @@ def _check_params(params) -> dict[str, int]:
             span = f"from {low} to {high}" if high is not None else f">= {low}"
             raise InvalidRequest(f"search parameter {key!r} must be an integer {span}, got {value!r}")
     return params
+
+
+def _param_ranges(params: Mapping[str, Param]) -> dict[str, dict[str, Any]]:
+    return {name: dataclasses.asdict(param) for name, param in params.items()}
 
 
 def _depth(k: int, params: Mapping[str, int]) -> int:

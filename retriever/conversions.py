@@ -10,7 +10,7 @@ import numpy as np
 from ._proto.retriever.v1 import retriever_pb2 as pb
 from ._proto.retriever.v1 import retriever_pb2_grpc as pb_grpc
 from .errors import InvalidRequest
-from .types import DocumentList, Hits
+from .types import DocumentList, Hits, are_texts
 
 __all__ = ["pb", "pb_grpc"]
 
@@ -43,44 +43,51 @@ def search_request(collection: str, queries, k: int, fields, filter, params, wit
         weights=dict(weights or {}),
         normalization=normalization,
     )
-    if isinstance(queries, str):
-        request.texts.append(queries)
-    elif isinstance(queries, Mapping) and all(isinstance(key, str) for key in queries):
+    if isinstance(queries, Mapping) and all(isinstance(key, str) for key in queries):
         for name, value in queries.items():
-            if is_sparse(value):
-                request.field_sparse[name].CopyFrom(sparse_to_pb(value))
-            else:
-                request.field_vectors[name].CopyFrom(matrix_to_pb(value))
-    elif is_sparse(queries):
-        request.sparse.CopyFrom(sparse_to_pb(queries))
-    elif isinstance(queries, np.ndarray) or (isinstance(queries, Sequence) and queries and not isinstance(queries[0], str)):
-        request.vectors.CopyFrom(matrix_to_pb(queries))
+            request.field_queries[name].CopyFrom(field_queries_to_pb(value))
+    elif are_texts(queries) or (isinstance(queries, Sequence) and not queries):
+        request.texts.extend([queries] if isinstance(queries, str) else queries)
     else:
-        request.texts.extend(queries)
+        source = query_source(queries)
+        getattr(request, source).CopyFrom(TO_PB[source](queries))
     return request
+
+
+def query_source(value) -> str:
+    """Which FieldQueries source a Python value is: texts, sparse, tokens, codes or vectors."""
+    if are_texts(value):
+        return "texts"
+    if is_sparse(value):
+        return "sparse"
+    if is_tokens(value):
+        return "tokens"
+    if isinstance(value, np.ndarray) and value.dtype == np.uint8:
+        return "codes"
+    return "vectors"
+
+
+def field_queries_to_pb(value) -> pb.FieldQueries:
+    source = query_source(value)
+    if source == "texts":
+        return pb.FieldQueries(texts=pb.Texts(texts=[value] if isinstance(value, str) else value))
+    return pb.FieldQueries(**{source: TO_PB[source](value)})
+
+
+def field_queries_from_pb(message: pb.FieldQueries, what: str) -> Any:
+    source = message.WhichOneof("source")
+    if source is None:
+        raise InvalidRequest(f"{what}: no queries given (set one of texts, vectors, sparse, tokens, codes)")
+    if source == "texts":
+        return list(message.texts.texts)
+    return FROM_PB[source](getattr(message, source), what)
 
 
 def search_arguments(request: pb.SearchRequest) -> dict[str, Any]:
     """Keyword arguments for `Collection.search` from a request (validated by the collection)."""
     conditions = filter_from_json(request.filter_json)
-    per_field = bool(request.field_vectors) or bool(request.field_sparse)
-    given = [bool(request.texts), request.HasField("vectors"), request.HasField("sparse"), per_field]
-    if sum(given) != 1:
-        raise InvalidRequest("give exactly one of texts, vectors, sparse, or field_vectors/field_sparse" if any(given) else "no queries given")
-    if request.texts:
-        queries: Any = list(request.texts)
-    elif request.HasField("vectors"):
-        queries = matrix_from_pb(request.vectors, "query vectors")
-    elif request.HasField("sparse"):
-        queries = sparse_from_pb(request.sparse, "sparse query vectors")
-    else:
-        both = sorted(set(request.field_vectors) & set(request.field_sparse))
-        if both:
-            raise InvalidRequest(f"field(s) {both} given both dense and sparse query vectors")
-        queries = {n: matrix_from_pb(m, f"query vectors for {n!r}") for n, m in request.field_vectors.items()}
-        queries.update({n: sparse_from_pb(m, f"sparse query vectors for {n!r}") for n, m in request.field_sparse.items()})
     return {
-        "queries": queries,
+        "queries": _request_queries(request),
         "k": request.k or 10,
         "fields": list(request.fields) or None,
         "filter": conditions,
@@ -134,6 +141,31 @@ def matrix_to_pb(matrix) -> pb.Matrix:
     return pb.Matrix(rows=array.shape[0], dim=array.shape[1], float32_le=np.ascontiguousarray(array).tobytes())
 
 
+def _request_queries(request: pb.SearchRequest) -> Any:
+    """The queries a SearchRequest carries: one source for every field, or one per field."""
+    single = [s for s in FROM_PB if request.HasField(s)] + (["texts"] if request.texts else [])
+    per_field = {
+        n: field_queries_from_pb(m, f"queries for field {n!r}") for n, m in request.field_queries.items()
+    }
+    for entries, source in ((request.field_vectors, "vectors"), (request.field_sparse, "sparse")):
+        twice = sorted(set(entries) & set(per_field))
+        if twice:
+            raise InvalidRequest(f"field(s) {twice} given queries twice (one entry per field)")
+        per_field.update({n: FROM_PB[source](m, f"queries for field {n!r}") for n, m in entries.items()})
+    if len(single) + bool(per_field) != 1:
+        given = [*single, *(["per-field queries"] if per_field else [])]
+        raise InvalidRequest(
+            f"give exactly one query source (texts, vectors, sparse, tokens or codes) or per-field queries, "
+            f"got {given}"
+            if given else "no queries given"
+        )
+    if per_field:
+        return per_field
+    if single == ["texts"]:
+        return list(request.texts)
+    return FROM_PB[single[0]](getattr(request, single[0]), "queries")
+
+
 def matrix_from_pb(matrix: pb.Matrix, what: str) -> np.ndarray:
     if len(matrix.float32_le) != 4 * matrix.rows * matrix.dim:
         raise InvalidRequest(f"{what}: {matrix.rows} x {matrix.dim} float32 needs {4 * matrix.rows * matrix.dim} bytes, got {len(matrix.float32_le)}")
@@ -182,6 +214,68 @@ def sparse_from_pb(matrix: pb.SparseMatrix, what: str) -> list[tuple[np.ndarray,
     return [(ids[lo:hi], values[lo:hi]) for lo, hi in zip(offsets[:-1], offsets[1:])]
 
 
+def is_tokens(value) -> bool:
+    """Token matrices: a (tokens [T, D], offsets [N + 1]) pair, a list of [t_i, D] matrices, or
+    an array [N, T, D]."""
+    if isinstance(value, np.ndarray):
+        return value.ndim == 3
+    if isinstance(value, tuple) and len(value) == 2 and np.ndim(value[1]) == 1 and np.ndim(value[0]) == 2:
+        return True
+    return isinstance(value, Sequence) and bool(value) and all(np.ndim(item) == 2 for item in value)
+
+
+def rows_of(value, lo: int, hi: int):
+    """Items lo .. hi - 1 of a field's vectors, in any form `upsert_batch` takes."""
+    if isinstance(value, tuple) and len(value) == 2 and np.ndim(value[1]) == 1:  # tokens + offsets
+        tokens, offsets = value
+        offsets = np.asarray(offsets)[lo : hi + 1]
+        return tokens[offsets[0] : offsets[-1]], offsets - offsets[0]
+    if is_sparse(value) or is_tokens(value):
+        return value[lo:hi]
+    return np.asarray(value)[lo:hi]
+
+
+def tokens_to_pb(value) -> pb.TokenMatrices:
+    if isinstance(value, tuple) and len(value) == 2 and np.ndim(value[1]) == 1:
+        tokens, offsets = np.asarray(value[0]), np.asarray(value[1], dtype=np.int64)
+    else:
+        items = [np.asarray(item, dtype="<f4") for item in value]
+        if len({item.shape[1] for item in items}) > 1:
+            raise InvalidRequest("token vectors have different dimensions")
+        offsets = np.concatenate([[0], np.cumsum([len(item) for item in items])])
+        tokens = np.concatenate(items) if items else np.zeros((0, 0), "<f4")
+    return pb.TokenMatrices(offsets=offsets.tolist(), tokens=matrix_to_pb(tokens))
+
+
+def tokens_from_pb(message: pb.TokenMatrices, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens [T, D], offsets [N + 1]), as `Collection.search` and `add` take them."""
+    tokens = matrix_from_pb(message.tokens, f"{what} (token vectors)")
+    offsets = np.asarray(message.offsets, dtype=np.int64)
+    if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(tokens) or (np.diff(offsets) < 0).any():
+        raise InvalidRequest(
+            f"{what}: offsets must rise from 0 to the number of token vectors ({len(tokens)}), "
+            "one more entry than items"
+        )
+    return tokens, offsets
+
+
+def codes_to_pb(codes: np.ndarray) -> pb.CodeMatrix:
+    codes = np.atleast_2d(codes)
+    if codes.ndim != 2:
+        raise InvalidRequest(f"packed codes must be a [queries, bytes] uint8 matrix, not {codes.ndim}-D")
+    rows, width = codes.shape
+    return pb.CodeMatrix(rows=rows, width=width, codes=np.ascontiguousarray(codes).tobytes())
+
+
+def codes_from_pb(message: pb.CodeMatrix, what: str) -> np.ndarray:
+    if len(message.codes) != message.rows * message.width:
+        raise InvalidRequest(
+            f"{what}: {message.rows} codes of {message.width} bytes need {message.rows * message.width} "
+            f"bytes, got {len(message.codes)}"
+        )
+    return np.frombuffer(message.codes, dtype=np.uint8).reshape(message.rows, message.width)
+
+
 def _float32_bytes(arrays: list[np.ndarray]) -> bytes:
     return np.concatenate(arrays).astype("<f4", copy=False).tobytes() if arrays else b""
 
@@ -193,8 +287,9 @@ def upsert_batch(collection: str, documents: Sequence[Mapping[str, Any]], vector
     given = vectors or {}
     return pb.UpsertBatch(
         collection=collection, documents_json=[json.dumps(d, default=str) for d in documents],
-        vectors={name: matrix_to_pb(v) for name, v in given.items() if not is_sparse(v)},
+        vectors={name: matrix_to_pb(v) for name, v in given.items() if query_source(v) == "vectors"},
         sparse_vectors={name: sparse_to_pb(v) for name, v in given.items() if is_sparse(v)},
+        token_vectors={name: tokens_to_pb(v) for name, v in given.items() if query_source(v) == "tokens"},
     )
 
 
@@ -202,20 +297,51 @@ def upsert_arguments(batch: pb.UpsertBatch) -> tuple[list[dict[str, Any]], dict[
     documents = []
     for i, text in enumerate(batch.documents_json):
         documents.append(_json(text, f"document {i}"))
-    both = sorted(set(batch.vectors) & set(batch.sparse_vectors))
-    if both:
-        raise InvalidRequest(f"field(s) {both} given both dense and sparse vectors")
-    vectors: dict[str, Any] = {name: matrix_from_pb(m, f"vectors for {name!r}") for name, m in batch.vectors.items()}
-    vectors.update({name: sparse_from_pb(m, f"sparse vectors for {name!r}") for name, m in batch.sparse_vectors.items()})
+    vectors: dict[str, Any] = {}
+    given = ((batch.vectors, "vectors"), (batch.sparse_vectors, "sparse"), (batch.token_vectors, "tokens"))
+    for entries, source in given:
+        twice = sorted(set(entries) & set(vectors))
+        if twice:
+            raise InvalidRequest(f"field(s) {twice} given vectors twice (one entry per field)")
+        vectors.update({n: FROM_PB[source](m, f"vectors for field {n!r}") for n, m in entries.items()})
     return documents, vectors
 
 
-def collection_info(info: Mapping[str, Any], config: Mapping[str, Any]) -> pb.CollectionInfo:
+def collection_info(collection) -> pb.CollectionInfo:
+    """A collection's facts, its config and its typed schema (`Collection.schema()`)."""
+    info, schema = collection.info(), collection.schema()
     counts = info["counts"]
     return pb.CollectionInfo(
         name=info["name"], version=info["version"], documents=counts["documents"], rows=counts["rows"],
-        deleted=counts["deleted"], config_json=json.dumps(config), info_json=json.dumps(info, default=str),
+        deleted=counts["deleted"], config_json=json.dumps(collection.config.to_dict()),
+        info_json=json.dumps(info, default=str),
+        fields=[pb.FieldSchema(**{**f, "params": _params_to_pb(f["params"])}) for f in schema["fields"]],
+        max_k=schema["max_k"], max_batch=schema["max_batch"], max_candidates=schema["max_candidates"],
+        text_keys=schema["text_keys"], params=_params_to_pb(schema["params"]),
     )
+
+
+def schema_from_info(message: pb.CollectionInfo) -> dict[str, Any]:
+    """`Collection.schema()` from a CollectionInfo."""
+    fields = []
+    for f in message.fields:
+        names = ("name", "kind", "model", "dim", "metric", "index", "source", "code_bytes")
+        fields.append({**{n: getattr(f, n) for n in names}, "query_inputs": list(f.query_inputs),
+                       "params": _params_from_pb(f.params)})
+    return {"name": message.name, "text_keys": list(message.text_keys), "max_k": message.max_k,
+            "max_batch": message.max_batch, "max_candidates": message.max_candidates,
+            "params": _params_from_pb(message.params), "fields": fields}
+
+
+def _params_to_pb(params: Mapping[str, Mapping[str, Any]]) -> list[pb.ParamRange]:
+    return [pb.ParamRange(name=n, **{k: v for k, v in p.items() if v is not None}) for n, p in params.items()]
+
+
+def _params_from_pb(params) -> dict[str, dict[str, Any]]:
+    ranges = {}
+    for p in params:
+        ranges[p.name] = {"low": p.low, "high": p.high if p.HasField("high") else None, "depth": p.depth}
+    return ranges
 
 
 def config_from_request(request: pb.CreateCollectionRequest):
@@ -290,3 +416,10 @@ def piece_from_chunk(chunk: pb.GenerateChunk):
     from .rag.generate import Piece
 
     return Piece(chunk.text, json.loads(chunk.stats_json) if chunk.stats_json else None)
+
+
+# each FieldQueries source but texts: its Python value -> message, and back
+TO_PB = {"vectors": matrix_to_pb, "sparse": sparse_to_pb, "tokens": tokens_to_pb, "codes": codes_to_pb}
+FROM_PB = {
+    "vectors": matrix_from_pb, "sparse": sparse_from_pb, "tokens": tokens_from_pb, "codes": codes_from_pb,
+}

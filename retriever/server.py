@@ -146,7 +146,7 @@ class RetrieverServicer:
     async def GetCollection(self, raw: bytes, context) -> pb.CollectionInfo:
         def work():
             collection = self.registry.reader(conversions.parse(pb.GetCollectionRequest, raw).collection)
-            return conversions.collection_info(collection.info(), collection.config.to_dict())
+            return conversions.collection_info(collection)
 
         return await self._unary("GetCollection", context, work)
 
@@ -185,7 +185,7 @@ class RetrieverServicer:
         def work():
             request = conversions.parse(pb.CreateCollectionRequest, raw)
             collection = self.registry.create(conversions.config_from_request(request))
-            return conversions.collection_info(collection.info(), collection.config.to_dict())
+            return conversions.collection_info(collection)
 
         return await self._unary("CreateCollection", context, work)
 

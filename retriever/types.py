@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pyarrow as pa
 
 if TYPE_CHECKING:
     from .documents import DocumentTable
+
+
+def are_texts(queries: Any) -> bool:
+    """Whether queries are texts: one text, or a non-empty list of texts."""
+    return isinstance(queries, str) or (
+        isinstance(queries, Sequence) and bool(queries) and all(isinstance(q, str) for q in queries)
+    )
 
 
 class DocumentList:

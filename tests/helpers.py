@@ -11,6 +11,20 @@ def random_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+def clouds(count: int, dim: int, seed: int, max_tokens: int = 12):
+    """Random unit token vectors for `count` items -> (tokens [T, dim], offsets [count + 1])."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, max_tokens + 1, size=count)
+    tokens = rng.standard_normal((int(sizes.sum()), dim)).astype(np.float32)
+    tokens /= np.linalg.norm(tokens, axis=1, keepdims=True)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    return tokens, offsets
+
+
+def split(tokens, offsets):
+    return [tokens[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
 def vector_config(index: str = "Flat", dim: int = 16, **field) -> dict:
     return {"name": "vecs", "max_k": 100, "fields": [{"name": "dense", "dim": dim, "index": index, **field}]}
 

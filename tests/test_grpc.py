@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import retriever
-from helpers import MINILM_CONFIG, TINY_CORPUS, make_docs, random_vectors, vector_config
+from helpers import MINILM_CONFIG, TINY_CORPUS, clouds, make_docs, random_vectors, split, vector_config
 from retriever.config import CollectionConfig
 from retriever.conversions import pb, pb_grpc
 from retriever.index import disk
@@ -35,9 +35,15 @@ def served(tmp_path_factory):
         {"name": "bm25", "kind": "bm25"}, {"name": "sp", "kind": "sparse", "dim": 40}, {"name": "dense", "dim": 16},
         {"name": "bits", "kind": "binary", "source": "dense", "method": "sign", "bits": 2, "rescore": 10}]})
     lexical.add(make_docs(50), vectors={"sp": sparse_vectors(50, seed=1), "dense": random_vectors(50, 16, seed=2)})
+    kinds = retriever.Collection.create(root / "kinds", {"name": "kinds", "max_candidates": 10**6, "fields": [
+        {"name": "tok", "kind": "multivector", "dim": 16,
+         "fde": {"repetitions": 8, "simhash_bits": 3, "projection_dim": 8}},
+        {"name": "spann", "dim": 16, "index": "SPANN,L40"}, {"name": "bm25", "kind": "bm25"}]})
+    tokens = split(*clouds(150, 16, seed=5))
+    kinds.add(make_docs(150), vectors={"tok": tokens, "spann": random_vectors(150, 16, seed=6)})
     broken = retriever.Collection.create(root / "broken", {"name": "broken", "fields": [{"name": "dense", "dim": 4}]})
     (broken.path / "manifest.json").write_text("{not json")
-    server = Server(Registry.open([root / "vecs", root / "tiny", root / "lex", root / "broken"]),
+    server = Server(Registry.open([root / n for n in ("vecs", "tiny", "lex", "kinds", "broken")]),
                     ServerOptions(port=0, token=TOKEN, max_message_bytes=1 << 20)).start()
     yield root, server
     server.stop()
@@ -89,12 +95,97 @@ def same_hits(local, far):
         ("lex", dict(queries=random_vectors(2, 16, seed=11), k=5, fields="bits", params={"rescore": 0, "asymmetric": 1})),
         ("lex", dict(queries={"bits": random_vectors(2, 16, seed=12), "sp": sparse_vectors(2, seed=13)}, k=6, fields=["bits", "sp"],
                      filter={"lang": "en"})),
+        # packed codes, token matrices (as a list and as tokens + offsets), SPANN, and per-field
+        # sources in one request: texts for one field, vectors for another
+        ("lex", dict(queries=np.random.default_rng(1).integers(0, 256, (3, 4), np.uint8), k=5,
+                     fields="bits")),
+        ("lex", dict(queries={"bm25": ["document 7", "document 12"], "dense": random_vectors(2, 16, seed=14)},
+                     k=6, fields=["bm25", "dense"])),
+        ("lex", dict(queries={"bm25": "document 3", "bits": np.full((1, 4), 7, np.uint8)}, k=4,
+                     fields=["bits", "bm25"])),
+        ("kinds", dict(queries=split(*clouds(3, 16, seed=7, max_tokens=5)), k=5, fields="tok")),
+        ("kinds", dict(queries=clouds(2, 16, seed=8, max_tokens=4), k=5, fields="tok",
+                       params={"exhaustive": 1})),
+        ("kinds", dict(queries=random_vectors(4, 16, seed=9), k=5, fields="spann")),
+        ("kinds", dict(queries={"tok": split(*clouds(2, 16, seed=10)), "bm25": ["document 4", "document 40"],
+                                "spann": random_vectors(2, 16, seed=11)},
+                       k=6, fields=["tok", "spann", "bm25"])),
     ],
 )
 def test_congruence_in_process_and_remote(served, name, request_):
     root, _ = served
     local = retriever.connect(root / name).search(**request_)
     same_hits(local, remote(served, name).search(**request_))
+
+
+@pytest.mark.parametrize("name", ["vecs", "tiny", "lex", "kinds"])
+def test_schema_over_the_wire_is_the_collections(served, name):
+    root, _ = served
+    assert remote(served, name).schema() == retriever.connect(root / name).schema()
+
+
+def test_schema_names_what_each_field_takes(served):
+    lex = {f["name"]: f for f in remote(served, "lex").schema()["fields"]}
+    assert lex["bm25"]["query_inputs"] == ["texts"] and lex["bm25"]["dim"] == 0
+    assert lex["dense"]["query_inputs"] == ["vectors"] and lex["dense"]["dim"] == 16  # no model: no texts
+    assert lex["bits"]["query_inputs"] == ["vectors", "codes"] and lex["bits"]["code_bytes"] == 4
+    assert lex["bits"]["source"] == "dense"
+    assert lex["bits"]["params"]["asymmetric"] == {"low": 0, "high": 1, "depth": False}
+    assert lex["dense"]["params"]["rescore"] == {"low": 0, "high": None, "depth": True}
+    [tiny] = remote(served, "tiny").schema()["fields"]
+    assert tiny["query_inputs"] == ["texts", "vectors"] and tiny["model"] and tiny["dim"] == 384
+    kinds = {f["name"]: f for f in remote(served, "kinds").schema()["fields"]}
+    assert kinds["tok"]["query_inputs"] == ["tokens"] and kinds["tok"]["dim"] == 16
+
+
+def test_token_matrices_upsert_and_bad_shapes_over_the_wire(served):
+    root, _ = served
+    far = remote(served, "kinds")
+    new = split(*clouds(2, 16, seed=30))
+    docs = [{"id": "mv1", "text": "one"}, {"id": "mv2", "text": "two"}]
+    far.add(docs, vectors={"tok": new, "spann": random_vectors(2, 16, seed=31)})
+    assert far.search([new[1]], k=1, fields="tok", params={"exhaustive": 1})[0].ids == ["mv2"]
+    local = retriever.connect(root / "kinds")
+    same_hits(local.search(new, k=3, fields="tok"), far.search(new, k=3, fields="tok"))
+    with pytest.raises(retriever.InvalidRequest, match="different dimensions"):  # refused before sending
+        far.add([{"id": "mv3", "text": "x"}], vectors={"tok": [np.ones((2, 16)), np.ones((2, 15))]})
+    s, metadata, channel = stub(served)
+    tokens = pb.Matrix(rows=3, dim=16, float32_le=b"\0" * (3 * 16 * 4))
+    for offsets, words in (([0, 2], "offsets must rise from 0 to the number of token vectors"),
+                           ([0, 2, 1, 3], "offsets must rise"), ([], "offsets must rise")):
+        given = pb.TokenMatrices(offsets=offsets, tokens=tokens)
+        bad = pb.SearchRequest(collection="kinds", fields=["tok"], tokens=given)
+        with pytest.raises(grpc.RpcError) as info:
+            s.Search(bad, metadata=metadata, timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in info.value.details()
+    short = pb.CodeMatrix(rows=2, width=4, codes=b"\0" * 7)
+    codes = pb.SearchRequest(collection="lex", fields=["bits"], codes=short)
+    with pytest.raises(grpc.RpcError) as info:
+        s.Search(codes, metadata=metadata, timeout=5)
+    assert "need 8 bytes, got 7" in info.value.details()
+    five = pb.CodeMatrix(rows=1, width=5, codes=bytes(5))
+    wide = pb.SearchRequest(collection="lex", fields=["bits"], codes=five)
+    with pytest.raises(grpc.RpcError) as info:
+        s.Search(wide, metadata=metadata, timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "uint8 [batch, 4]" in info.value.details()
+    vector = pb.Matrix(rows=1, dim=16, float32_le=bytes(64))
+    twice = pb.SearchRequest(collection="lex", fields=["dense"], field_vectors={"dense": vector},
+                             field_queries={"dense": pb.FieldQueries(texts=pb.Texts(texts=["a"]))})
+    with pytest.raises(grpc.RpcError) as info:
+        s.Search(twice, metadata=metadata, timeout=5)
+    assert "given queries twice" in info.value.details()
+    empty = pb.SearchRequest(collection="lex", fields=["dense"], field_queries={"dense": pb.FieldQueries()})
+    with pytest.raises(grpc.RpcError) as info:
+        s.Search(empty, metadata=metadata, timeout=5)
+    assert "no queries given" in info.value.details()
+    channel.close()
+
+
+def test_per_field_query_counts_must_agree(served):
+    with pytest.raises(retriever.InvalidRequest, match="different numbers of queries"):
+        queries = {"bm25": ["a b", "c"], "dense": random_vectors(3, 16)}
+        remote(served, "lex").search(queries, fields=["bm25", "dense"])
 
 
 def test_sparse_upsert_and_bad_sparse_input_over_the_wire(served):
@@ -283,7 +374,7 @@ def test_bearer_token(served):
                 health.Check(health_pb2.HealthCheckRequest(service=name), metadata=metadata, timeout=5)
             assert info.value.code() == code
         channel.close()
-    assert remote(served).list_collections() == ["broken", "lex", "tiny", "vecs"]
+    assert remote(served).list_collections() == ["broken", "kinds", "lex", "tiny", "vecs"]
 
 
 def test_deadline_is_enforced(served):

@@ -5,18 +5,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from helpers import clouds, split
 from retriever import buffer
 from retriever.index.fde import FdeConfig, FdeEncoder
 from retriever.kernels import reference
-
-
-def clouds(count: int, dim: int, seed: int, max_tokens: int = 12):
-    rng = np.random.default_rng(seed)
-    sizes = rng.integers(1, max_tokens + 1, size=count)
-    tokens = rng.standard_normal((int(sizes.sum()), dim)).astype(np.float32)
-    tokens /= np.linalg.norm(tokens, axis=1, keepdims=True)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    return tokens, offsets
 
 
 @settings(max_examples=25, deadline=None)
@@ -103,10 +95,6 @@ def token_collection(path, **field):
               "fields": [{"name": "tok", "kind": "multivector", "dim": 16,
                                                       "fde": {"repetitions": 8, "simhash_bits": 3, "projection_dim": 8}, **field}]}
     return retriever.Collection.create(path, config)
-
-
-def split(tokens, offsets):
-    return [tokens[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
 @pytest.mark.parametrize("token_dtype, tolerance", [("float16", 3e-3), ("int8", 3e-2)])

@@ -179,6 +179,8 @@ class FieldKind(Protocol):
     config: type[FieldConfig]
     request_params: Mapping[str, Param]  # the search parameters it reads
     vector_input: bool  # documents may bring a [N, D] matrix (`build` encodes it in resumable blocks)
+    # the query forms `check_queries` takes besides texts, named as on the wire (FieldQueries)
+    query_inputs: tuple[str, ...]
 
     def has_encoder(self, config: FieldConfig) -> bool:
         """Whether texts can be encoded for this field (a model, or a tokenizer that needs none)."""

@@ -108,6 +108,7 @@ class BinaryKind(ModelKind):
     config = BinaryConfig
     request_params = {"nprobe": depth(1), "efSearch": depth(1), "rescore": depth(0), "asymmetric": FLAG}
     vector_input = False
+    query_inputs = ("vectors", "codes")
 
     def make_encoder(self, config: BinaryConfig):
         return DENSE.make_encoder(config)

@@ -60,6 +60,7 @@ class Bm25Kind:
     config = Bm25Config
     request_params: Mapping[str, Param] = {}
     vector_input = False
+    query_inputs: tuple[str, ...] = ()
 
     def has_encoder(self, config: Bm25Config) -> bool:
         return True  # a tokenizer, no model

@@ -89,6 +89,7 @@ class DenseKind(ModelKind):
     config = DenseConfig
     request_params = {"nprobe": depth(1), "efSearch": depth(1), "rescore": depth(0), "prune_pct": Param(0)}
     vector_input = True
+    query_inputs = ("vectors",)
 
     def make_encoder(self, config: DenseConfig):
         from retriever.encoders.dense import DenseEncoder

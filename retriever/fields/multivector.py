@@ -90,6 +90,7 @@ class MultiVectorKind(ModelKind):
         "prune_pct": Param(0), "rescore": depth(0),
     }
     vector_input = False
+    query_inputs = ("tokens",)
 
     def make_encoder(self, config: MultiVectorConfig):
         from retriever.encoders.multivector import TokenEncoder

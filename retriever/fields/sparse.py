@@ -53,6 +53,7 @@ class SparseKind(ModelKind):
     config = SparseConfig
     request_params = {"inference_free": FLAG}
     vector_input = False
+    query_inputs = ("sparse",)
 
     def make_encoder(self, config: SparseConfig):
         from retriever.encoders.sparse import SpladeEncoder

@@ -26,8 +26,46 @@ class SparseMatrix(_message.Message):
     values_float32_le: bytes
     def __init__(self, offsets: _Optional[_Iterable[int]] = ..., term_ids_int64_le: _Optional[bytes] = ..., values_float32_le: _Optional[bytes] = ...) -> None: ...
 
+class TokenMatrices(_message.Message):
+    __slots__ = ("offsets", "tokens")
+    OFFSETS_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    offsets: _containers.RepeatedScalarFieldContainer[int]
+    tokens: Matrix
+    def __init__(self, offsets: _Optional[_Iterable[int]] = ..., tokens: _Optional[_Union[Matrix, _Mapping]] = ...) -> None: ...
+
+class CodeMatrix(_message.Message):
+    __slots__ = ("rows", "width", "codes")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    width: int
+    codes: bytes
+    def __init__(self, rows: _Optional[int] = ..., width: _Optional[int] = ..., codes: _Optional[bytes] = ...) -> None: ...
+
+class Texts(_message.Message):
+    __slots__ = ("texts",)
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, texts: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FieldQueries(_message.Message):
+    __slots__ = ("texts", "vectors", "sparse", "tokens", "codes")
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    SPARSE_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    texts: Texts
+    vectors: Matrix
+    sparse: SparseMatrix
+    tokens: TokenMatrices
+    codes: CodeMatrix
+    def __init__(self, texts: _Optional[_Union[Texts, _Mapping]] = ..., vectors: _Optional[_Union[Matrix, _Mapping]] = ..., sparse: _Optional[_Union[SparseMatrix, _Mapping]] = ..., tokens: _Optional[_Union[TokenMatrices, _Mapping]] = ..., codes: _Optional[_Union[CodeMatrix, _Mapping]] = ...) -> None: ...
+
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "texts", "vectors", "field_vectors", "k", "fields", "fusion", "filter_json", "params", "omit_documents", "weights", "normalization", "sparse", "field_sparse")
+    __slots__ = ("collection", "texts", "vectors", "field_vectors", "k", "fields", "fusion", "filter_json", "params", "omit_documents", "weights", "normalization", "sparse", "field_sparse", "field_queries", "tokens", "codes")
     class FieldVectorsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +94,13 @@ class SearchRequest(_message.Message):
         key: str
         value: SparseMatrix
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SparseMatrix, _Mapping]] = ...) -> None: ...
+    class FieldQueriesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: FieldQueries
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[FieldQueries, _Mapping]] = ...) -> None: ...
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +115,9 @@ class SearchRequest(_message.Message):
     NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
     SPARSE_FIELD_NUMBER: _ClassVar[int]
     FIELD_SPARSE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_QUERIES_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
     collection: str
     texts: _containers.RepeatedScalarFieldContainer[str]
     vectors: Matrix
@@ -84,7 +132,10 @@ class SearchRequest(_message.Message):
     normalization: str
     sparse: SparseMatrix
     field_sparse: _containers.MessageMap[str, SparseMatrix]
-    def __init__(self, collection: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Union[Matrix, _Mapping]] = ..., field_vectors: _Optional[_Mapping[str, Matrix]] = ..., k: _Optional[int] = ..., fields: _Optional[_Iterable[str]] = ..., fusion: _Optional[str] = ..., filter_json: _Optional[str] = ..., params: _Optional[_Mapping[str, int]] = ..., omit_documents: _Optional[bool] = ..., weights: _Optional[_Mapping[str, float]] = ..., normalization: _Optional[str] = ..., sparse: _Optional[_Union[SparseMatrix, _Mapping]] = ..., field_sparse: _Optional[_Mapping[str, SparseMatrix]] = ...) -> None: ...
+    field_queries: _containers.MessageMap[str, FieldQueries]
+    tokens: TokenMatrices
+    codes: CodeMatrix
+    def __init__(self, collection: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Union[Matrix, _Mapping]] = ..., field_vectors: _Optional[_Mapping[str, Matrix]] = ..., k: _Optional[int] = ..., fields: _Optional[_Iterable[str]] = ..., fusion: _Optional[str] = ..., filter_json: _Optional[str] = ..., params: _Optional[_Mapping[str, int]] = ..., omit_documents: _Optional[bool] = ..., weights: _Optional[_Mapping[str, float]] = ..., normalization: _Optional[str] = ..., sparse: _Optional[_Union[SparseMatrix, _Mapping]] = ..., field_sparse: _Optional[_Mapping[str, SparseMatrix]] = ..., field_queries: _Optional[_Mapping[str, FieldQueries]] = ..., tokens: _Optional[_Union[TokenMatrices, _Mapping]] = ..., codes: _Optional[_Union[CodeMatrix, _Mapping]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("offsets", "ids", "scores", "field_scores", "documents_json", "reasons")
@@ -110,7 +161,7 @@ class SearchResponse(_message.Message):
     def __init__(self, offsets: _Optional[_Iterable[int]] = ..., ids: _Optional[_Iterable[str]] = ..., scores: _Optional[bytes] = ..., field_scores: _Optional[_Mapping[str, bytes]] = ..., documents_json: _Optional[_Iterable[str]] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpsertBatch(_message.Message):
-    __slots__ = ("collection", "documents_json", "vectors", "sparse_vectors")
+    __slots__ = ("collection", "documents_json", "vectors", "sparse_vectors", "token_vectors")
     class VectorsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -125,15 +176,24 @@ class UpsertBatch(_message.Message):
         key: str
         value: SparseMatrix
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[SparseMatrix, _Mapping]] = ...) -> None: ...
+    class TokenVectorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: TokenMatrices
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TokenMatrices, _Mapping]] = ...) -> None: ...
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
     SPARSE_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_VECTORS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     documents_json: _containers.RepeatedScalarFieldContainer[str]
     vectors: _containers.MessageMap[str, Matrix]
     sparse_vectors: _containers.MessageMap[str, SparseMatrix]
-    def __init__(self, collection: _Optional[str] = ..., documents_json: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Mapping[str, Matrix]] = ..., sparse_vectors: _Optional[_Mapping[str, SparseMatrix]] = ...) -> None: ...
+    token_vectors: _containers.MessageMap[str, TokenMatrices]
+    def __init__(self, collection: _Optional[str] = ..., documents_json: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Mapping[str, Matrix]] = ..., sparse_vectors: _Optional[_Mapping[str, SparseMatrix]] = ..., token_vectors: _Optional[_Mapping[str, TokenMatrices]] = ...) -> None: ...
 
 class UpsertAck(_message.Message):
     __slots__ = ("batch", "upserted", "version")
@@ -178,7 +238,7 @@ class GetCollectionRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "version", "documents", "rows", "deleted", "config_json", "info_json")
+    __slots__ = ("name", "version", "documents", "rows", "deleted", "config_json", "info_json", "fields", "max_k", "max_batch", "max_candidates", "text_keys", "params")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +246,12 @@ class CollectionInfo(_message.Message):
     DELETED_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     INFO_JSON_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_K_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    TEXT_KEYS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     documents: int
@@ -193,7 +259,49 @@ class CollectionInfo(_message.Message):
     deleted: int
     config_json: str
     info_json: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., documents: _Optional[int] = ..., rows: _Optional[int] = ..., deleted: _Optional[int] = ..., config_json: _Optional[str] = ..., info_json: _Optional[str] = ...) -> None: ...
+    fields: _containers.RepeatedCompositeFieldContainer[FieldSchema]
+    max_k: int
+    max_batch: int
+    max_candidates: int
+    text_keys: _containers.RepeatedScalarFieldContainer[str]
+    params: _containers.RepeatedCompositeFieldContainer[ParamRange]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., documents: _Optional[int] = ..., rows: _Optional[int] = ..., deleted: _Optional[int] = ..., config_json: _Optional[str] = ..., info_json: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldSchema, _Mapping]]] = ..., max_k: _Optional[int] = ..., max_batch: _Optional[int] = ..., max_candidates: _Optional[int] = ..., text_keys: _Optional[_Iterable[str]] = ..., params: _Optional[_Iterable[_Union[ParamRange, _Mapping]]] = ...) -> None: ...
+
+class FieldSchema(_message.Message):
+    __slots__ = ("name", "kind", "model", "dim", "metric", "index", "source", "code_bytes", "query_inputs", "params")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CODE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    QUERY_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    model: str
+    dim: int
+    metric: str
+    index: str
+    source: str
+    code_bytes: int
+    query_inputs: _containers.RepeatedScalarFieldContainer[str]
+    params: _containers.RepeatedCompositeFieldContainer[ParamRange]
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[str] = ..., index: _Optional[str] = ..., source: _Optional[str] = ..., code_bytes: _Optional[int] = ..., query_inputs: _Optional[_Iterable[str]] = ..., params: _Optional[_Iterable[_Union[ParamRange, _Mapping]]] = ...) -> None: ...
+
+class ParamRange(_message.Message):
+    __slots__ = ("name", "low", "high", "depth")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    low: int
+    high: int
+    depth: bool
+    def __init__(self, name: _Optional[str] = ..., low: _Optional[int] = ..., high: _Optional[int] = ..., depth: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
     __slots__ = ("collection", "question", "k", "mode", "recompute_ratio", "max_new_tokens", "fields", "filter_json", "params")

@@ -79,7 +79,7 @@ def _token_from_env(token_env: Optional[str]) -> Optional[str]:
         return None
     token = os.environ.get(token_env)
     if not token:
-        raise InvalidRequest(f"--token-env {token_env}: the environment variable is empty or unset")
+        raise InvalidRequest(f"token variable {token_env}: the environment variable is empty or unset")
     return token
 
 
@@ -224,7 +224,15 @@ def serve(
         30.0, "--stream-idle-seconds", help="Close an Upsert stream silent this long."
     ),
     max_message_mb: int = typer.Option(16, "--max-message-mb", help="Largest request or response."),
-    token_env: Optional[str] = typer.Option(None, "--token-env", help="Require `authorization: Bearer $VAR` (name of the environment variable)."),
+    token_env: Optional[str] = typer.Option(
+        None, "--token-env", help="Require `authorization: Bearer $VAR` (name of the environment variable)."
+    ),
+    write_token_env: Optional[str] = typer.Option(
+        None, "--write-token-env", help="Also accept `Bearer $VAR` for reads and writes (no create or drop)."
+    ),
+    read_token_env: Optional[str] = typer.Option(
+        None, "--read-token-env", help="Also accept `Bearer $VAR` for reads only."
+    ),
     tls_cert: Optional[Path] = typer.Option(None, "--tls-cert", help="PEM certificate chain (with --tls-key) to serve TLS."),
     tls_key: Optional[Path] = typer.Option(None, "--tls-key"),
     reflection: bool = typer.Option(False, "--reflection", help="Enable gRPC server reflection."),
@@ -242,6 +250,7 @@ def serve(
             host=host, port=port, workers=workers, max_concurrent_rpcs=max_concurrent,
             max_streams=max_streams, stream_idle_seconds=stream_idle,
             max_message_bytes=max_message_mb * 1024 * 1024, token=token,
+            write_token=_token_from_env(write_token_env), read_token=_token_from_env(read_token_env),
             tls_cert=tls_cert.read_bytes() if tls_cert else None, tls_key=tls_key.read_bytes() if tls_key else None,
             reflection=reflection, metrics_port=metrics_port,
         )

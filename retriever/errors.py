@@ -49,6 +49,11 @@ class Overloaded(RetrieverError):
     """The server is answering as many calls (or streams) as it allows: retry shortly."""
 
 
+class PermissionDenied(RetrieverError):
+    """The call's bearer token is not accepted, or its scope (read, write, admin) does not cover
+    the call."""
+
+
 class Unavailable(RetrieverError):
     """A remote server could not be reached (after retries) or is shutting down."""
 
@@ -65,6 +70,7 @@ GRPC_CODES: dict[type[RetrieverError], str] = {
     Overloaded: "RESOURCE_EXHAUSTED",
     WriteFailed: "ABORTED",  # nothing was committed: the client may retry the write
     Unavailable: "UNAVAILABLE",
+    PermissionDenied: "PERMISSION_DENIED",
     RetrieverError: "INTERNAL",
 }
 

@@ -31,6 +31,9 @@ from .registry import Registry
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 SERVICE = pb.DESCRIPTOR.services_by_name["Retriever"]
+SCOPES = ("read", "write", "admin")  # what a token may do; each scope includes those before it
+# the scope each method needs; the others read
+METHOD_SCOPES = {"Upsert": "write", "Delete": "write", "CreateCollection": "admin", "DropCollection": "admin"}
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,9 @@ class ServerOptions:
     max_streams: int = 16                 # Upsert and Generate streams open at once; more are refused
     stream_idle_seconds: float = 30.0     # an Upsert stream that sends nothing this long is closed
     max_message_bytes: int = 16 * 1024 * 1024
-    token: str | None = None              # bearer token required on every call but the server's health
+    token: str | None = None              # admin bearer token: every call (any token turns auth on)
+    write_token: str | None = None        # a token that may read and write documents, not create or drop
+    read_token: str | None = None         # a token that may only read
     tls_cert: bytes | None = None
     tls_key: bytes | None = None
     reflection: bool = False
@@ -290,28 +295,50 @@ def _service_handler(servicer: RetrieverServicer) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE.full_name, handlers)
 
 
-def _token_refusal(metadata, token: bytes) -> tuple[grpc.StatusCode, str] | None:
-    """Why a call's `authorization` metadata is refused, or None when it carries the token."""
+def _scoped_tokens(options: ServerOptions) -> dict[bytes, str]:
+    """{token: its scope} of the tokens configured (empty: auth is off)."""
+    given = {"admin": options.token, "write": options.write_token, "read": options.read_token}
+    tokens = {token.encode(): scope for scope, token in given.items() if token}
+    if len(tokens) < sum(1 for token in given.values() if token):
+        raise InvalidConfig("the admin, write and read tokens must differ")
+    return tokens
+
+
+def _token_refusal(
+    metadata, tokens: dict[bytes, str], needed: str, method: str
+) -> tuple[grpc.StatusCode, str] | None:
+    """Why a call's `authorization` metadata is refused, or None when it carries a token whose
+    scope covers `needed`."""
     header = next((value for key, value in metadata or () if key == "authorization"), "")
     if not header.startswith("Bearer "):
         missing = "missing bearer token (metadata `authorization: Bearer <token>`)"
         return grpc.StatusCode.UNAUTHENTICATED, missing
-    if not hmac.compare_digest(header[len("Bearer "):].encode(), token):
+    presented = header[len("Bearer "):].encode()
+    # every token compared (in constant time each), so the time taken tells nothing of which matched
+    matches = [scope for token, scope in tokens.items() if hmac.compare_digest(presented, token)]
+    if not matches:
         return grpc.StatusCode.PERMISSION_DENIED, "bearer token not accepted"
+    if SCOPES.index(matches[0]) < SCOPES.index(needed):
+        article = "an" if needed == "admin" else "a"
+        because = f"this token may {matches[0]}; {method} needs {article} {needed} token"
+        return grpc.StatusCode.PERMISSION_DENIED, because
     return None
 
 
 class _BearerAuth(grpc.aio.ServerInterceptor):
-    """`authorization: Bearer <token>` on every call but health checks (which check it themselves)."""
+    """`authorization: Bearer <token>` on every call but health checks (which check it themselves),
+    with a scope that covers the method."""
 
-    def __init__(self, token: str) -> None:
-        self._token = token.encode()
+    def __init__(self, tokens: dict[bytes, str]) -> None:
+        self._tokens = tokens
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
         if handler is None or details.method.startswith(f"/{HEALTH_SERVICE}/"):
             return handler  # an unknown method is UNIMPLEMENTED, with or without a token
-        refusal = _token_refusal(details.invocation_metadata, self._token)
+        method = details.method.rsplit("/", 1)[-1]
+        needed = METHOD_SCOPES.get(method, "read")
+        refusal = _token_refusal(details.invocation_metadata, self._tokens, needed, method)
         return handler if refusal is None else _deny(handler, *refusal)
 
 
@@ -333,9 +360,9 @@ class _Health(health_aio.HealthServicer):
     """The standard health service. The server's own health ("") is open to all, for probes;
     with a token on, a collection's health needs it (its answer tells which names exist)."""
 
-    def __init__(self, token: str | None) -> None:
+    def __init__(self, tokens: dict[bytes, str]) -> None:
         super().__init__()
-        self._token = token.encode() if token else None
+        self._tokens = tokens
 
     async def Check(self, request, context):
         await self._authorize(request, context)
@@ -346,8 +373,8 @@ class _Health(health_aio.HealthServicer):
         return await super().Watch(request, context)
 
     async def _authorize(self, request, context) -> None:
-        if self._token is not None and request.service:
-            refusal = _token_refusal(context.invocation_metadata(), self._token)
+        if self._tokens and request.service:
+            refusal = _token_refusal(context.invocation_metadata(), self._tokens, "read", "Check")
             if refusal is not None:
                 await context.abort(*refusal)
 
@@ -361,7 +388,8 @@ class Server:
         self.options = options
         self.metrics = _Metrics()
         self.servicer = RetrieverServicer(registry, self.metrics, options)
-        self.health = _Health(options.token)
+        self.tokens = _scoped_tokens(options)
+        self.health = _Health(self.tokens)
         self._stopped = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="retriever-grpc", daemon=True)
@@ -378,7 +406,7 @@ class Server:
         limits = [("grpc.max_receive_message_length", options.max_message_bytes),
                   ("grpc.max_send_message_length", options.max_message_bytes),
                   ("grpc.so_reuseport", 0)]  # a second server on a port in use fails, not shares it
-        interceptors = [_BearerAuth(options.token)] if options.token else []
+        interceptors = [_BearerAuth(self.tokens)] if self.tokens else []
         self.grpc_server = grpc.aio.server(options=limits, interceptors=interceptors)
         self.grpc_server.add_generic_rpc_handlers([_service_handler(self.servicer)])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)

@@ -88,3 +88,36 @@ def test_lifecycle_refusals(served, tmp_path):
     finally:
         fixed.stop()
     assert not (root / ".." / "escape").exists()
+
+
+def test_token_scopes(tmp_path):
+    options = ServerOptions(port=0, token="admin-t", write_token="write-t", read_token="read-t")
+    server = Server(Registry.open_data_dir(tmp_path / "data"), options).start()
+    try:
+        url = f"grpc://127.0.0.1:{server.port}/vecs"
+        as_ = {s: retriever.connect(url, token=f"{s}-t", timeout=10) for s in ("admin", "write", "read")}
+        for scope in ("read", "write"):
+            with pytest.raises(retriever.errors.PermissionDenied, match=f"this token may {scope}; "
+                               "CreateCollection needs an admin token"):
+                as_[scope].create(vector_config())
+        as_["admin"].create(vector_config())
+        with pytest.raises(retriever.errors.PermissionDenied, match="may read; Upsert needs a write token"):
+            as_["read"].add(make_docs(2), vectors={"dense": random_vectors(2, 16)})
+        with pytest.raises(retriever.errors.PermissionDenied, match="may read; Delete needs a write token"):
+            as_["read"].delete(["d0"])
+        assert as_["write"].add(make_docs(5), vectors={"dense": random_vectors(5, 16)}) == 5
+        assert as_["write"].delete(["d0"]) == 1
+        assert as_["read"].count() == 4 and as_["read"].search(random_vectors(1, 16), k=2)[0].ids
+        with pytest.raises(retriever.errors.PermissionDenied, match="may write; DropCollection needs an"):
+            as_["write"].drop()
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:  # a collection's health: any token
+            request = health_pb2.HealthCheckRequest(service="vecs")
+            check = health_pb2_grpc.HealthStub(channel).Check
+            assert check(request, metadata=(("authorization", "Bearer read-t"),), timeout=5).status == 1
+            with pytest.raises(grpc.RpcError):
+                check(request, metadata=(("authorization", "Bearer nope"),), timeout=5)
+        as_["admin"].drop()
+    finally:
+        server.stop()
+    with pytest.raises(retriever.InvalidConfig, match="must differ"):
+        Server(Registry.open_data_dir(tmp_path / "x"), ServerOptions(port=0, token="same", read_token="same"))

@@ -107,13 +107,17 @@ def _manifest_digest(body: dict[str, Any]) -> str:
     return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
+def manifest_text(body: dict[str, Any]) -> bytes:
+    """A manifest's bytes on disk: `body` (at its own format version) and its checksum."""
+    body = {"format_version": FORMAT_VERSION, **body}
+    return json.dumps({**body, "checksum": _manifest_digest(body)}, indent=1, sort_keys=True).encode("utf-8")
+
+
 def publish_manifest(directory: Path, body: dict[str, Any]) -> None:
     """Atomically make `body` the collection's manifest (temp, fsync, fsync dir, rename). Once this
     returns, readers see the new version; `disk.fsync_dir` afterwards makes the rename durable."""
-    body = {**body, "format_version": FORMAT_VERSION}
-    text = json.dumps({**body, "checksum": _manifest_digest(body)}, indent=1, sort_keys=True)
     tmp = directory / f".{MANIFEST}.{body['version']}.tmp"
-    disk.write_file(tmp, text.encode("utf-8"))
+    disk.write_file(tmp, manifest_text({**body, "format_version": FORMAT_VERSION}))
     disk.fsync_dir(directory)  # the data files' directory entries are durable before the manifest names them
     disk.replace(tmp, directory / MANIFEST)
 
@@ -141,16 +145,21 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise CorruptIndex(f"{str(path)!r} is missing: {str(directory)!r} is not a collection or its manifest was lost") from None
+    return parse_manifest(raw, repr(str(path)))
+
+
+def parse_manifest(raw: bytes, what: str) -> dict[str, Any]:
+    """A manifest from its bytes, its checksum and format checked (`what` names it in errors)."""
     try:
         data = json.loads(raw)
         checksum = data.pop("checksum")
     except (ValueError, KeyError, AttributeError, TypeError):
-        raise CorruptIndex(f"{str(path)!r} is not a valid manifest (unreadable JSON or no checksum)") from None
+        raise CorruptIndex(f"{what} is not a valid manifest (unreadable JSON or no checksum)") from None
     if _manifest_digest(data) != checksum:
-        raise CorruptIndex(f"{str(path)!r} failed its checksum: the manifest was modified or damaged")
+        raise CorruptIndex(f"{what} failed its checksum: the manifest was modified or damaged")
     if data.get("format_version") not in READABLE_FORMATS:
         raise CorruptIndex(
-            f"{str(path)!r} has format_version {data.get('format_version')!r}; this engine reads "
+            f"{what} has format_version {data.get('format_version')!r}; this engine reads "
             f"{', '.join(map(str, READABLE_FORMATS))}"
         )
     return data

@@ -399,3 +399,52 @@ def optimize(
                 "counts": opened.counts}
 
     _run(as_json, work, lambda r: print(f"{r['path']}: {r['segments_before']} segments -> {r['segments']}"))
+
+
+
+@app.command()
+def snapshot(
+    collection: str = typer.Argument(..., help="Collection directory, or grpc://host:port/name."),
+    out: Path = typer.Argument(..., help="The archive to write (a tar file)."),
+    token_env: Optional[str] = typer.Option(None, "--token-env", help="For grpc:// targets: an admin token."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Write a consistent snapshot of a collection: its write buffer flushed, then its newest
+    version as a tar archive (`retriever restore` makes a collection from it)."""
+    def work():
+        from .collection import connect
+
+        target = connect(collection, **_remote_options(token_env))
+        try:
+            version = target.snapshot(out)
+        except OSError as e:
+            raise InvalidRequest(f"cannot write the archive {str(out)!r}: {e.strerror}") from None
+        size = out.stat().st_size
+        return {"collection": collection, "archive": str(out), "version": version, "bytes": size}
+
+    _run(as_json, work, lambda r: print(f"{r['archive']}: version {r['version']}, {r['bytes']:,} bytes"))
+
+
+@app.command()
+def restore(
+    archive: Path = typer.Argument(..., help="A snapshot archive (`retriever snapshot`)."),
+    target: str = typer.Argument(..., help="A new collection directory, or grpc://host:port/name."),
+    name: Optional[str] = typer.Option(None, "--name", help="Directory targets: rename the collection."),
+    token_env: Optional[str] = typer.Option(None, "--token-env", help="For grpc:// targets: an admin token."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Make a collection from a snapshot archive; every file is checked against the archive's
+    manifest first, and a damaged archive leaves nothing behind."""
+    def work():
+        from .client import RemoteCollection
+        from .collection import Collection
+
+        if not archive.is_file():
+            raise InvalidRequest(f"the archive {str(archive)!r} is not a readable file")
+        if target.startswith(("grpc://", "grpcs://")):
+            info = RemoteCollection.from_url(target, **_remote_options(token_env)).restore(archive)
+            return {"collection": info["name"], "target": target, "version": info["version"]}
+        restored = Collection.restore(archive, target, name=name)
+        return {"collection": restored.name, "target": target, "version": restored.version}
+
+    _run(as_json, work, lambda r: print(f"restored {r['collection']} at {r['target']} (v{r['version']})"))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
 import grpc
 import numpy as np
 
-from . import conversions
+from . import conversions, snapshots
 from .conversions import pb, pb_grpc
 from .errors import InvalidRequest, RetrieverError, error_for_code
 from .types import Hits
@@ -169,6 +171,35 @@ class RemoteCollection:
         request = (pb.CreateCollectionRequest(config_toml=config) if isinstance(config, str)
                    else pb.CreateCollectionRequest(config_json=json.dumps(dict(config))))
         return json.loads(self._call(self._stub.CreateCollection, request).info_json)
+
+    def snapshot(self, out: str | Path | BinaryIO) -> int:
+        """Write a consistent snapshot of this collection (a tar archive) to a file or path;
+        returns the version archived. Needs an admin token."""
+        with contextlib.ExitStack() as stack:
+            target = out if hasattr(out, "write") else stack.enter_context(open(out, "wb"))
+            version = 0
+            try:
+                request = pb.SnapshotRequest(collection=self.name)
+                for chunk in self._stub.Snapshot(request, timeout=self.timeout, metadata=self._metadata):
+                    version = version or chunk.version
+                    target.write(chunk.data)
+            except grpc.RpcError as e:
+                raise error_for_code(e.code().name, e.details() or "") from None
+            return version
+
+    def restore(self, archive: str | Path | BinaryIO) -> dict[str, Any]:
+        """Make this collection from a snapshot archive on a server started with --data-dir;
+        returns its info. Needs an admin token."""
+        with contextlib.ExitStack() as stack:
+            source = archive if hasattr(archive, "read") else stack.enter_context(open(archive, "rb"))
+            name = self.name
+
+            def chunks():
+                yield pb.RestoreChunk(collection=name, data=source.read(snapshots.CHUNK))
+                while data := source.read(snapshots.CHUNK):
+                    yield pb.RestoreChunk(data=data)
+
+            return json.loads(self._call(self._stub.Restore, chunks()).info_json)
 
     def drop(self) -> None:
         """Delete this collection (and every file of it) on a server started with --data-dir."""

@@ -8,7 +8,7 @@ import dataclasses
 import functools
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +16,7 @@ import pyarrow as pa
 from retriever.index import disk, storage, wal
 
 from . import fusion as fusion_module
-from . import buffer, merge_policy, merging
+from . import buffer, merge_policy, merging, snapshots
 from .config import CollectionConfig, FieldConfig
 from .documents import DocumentTable, concat, document_texts, documents_to_table, page_by_id
 from .errors import AlreadyExists, CorruptIndex, InvalidRequest, NotFound, RetrieverError, WriteFailed
@@ -186,10 +186,29 @@ class Collection:
                 self._apply(record.seq, buffer.Write.from_bytes(record.body))
             self._log_end = record.end
 
-    def snapshot(self) -> "Collection":
+    def view(self) -> "Collection":
         """A view pinned at this object's current version: later writes through this object
         replace its state wholesale and leave the view untouched."""
         return copy.copy(self)
+
+    def snapshot(self, out: str | Path | BinaryIO) -> int:
+        """Write a consistent snapshot to a file or path: the write buffer is flushed, then the
+        newest version is archived (tar). Returns the version archived."""
+        self.flush()
+        with contextlib.ExitStack() as stack:
+            target = out if hasattr(out, "write") else stack.enter_context(open(out, "wb"))
+            return snapshots.write(self.path, target)
+
+    @classmethod
+    def restore(
+        cls, archive: str | Path | BinaryIO, path: str | Path, name: str | None = None
+    ) -> "Collection":
+        """A collection at `path` (an empty or missing directory) made from a snapshot archive,
+        renamed `name` when given; nothing is left at `path` when the archive is damaged."""
+        with contextlib.ExitStack() as stack:
+            source = archive if hasattr(archive, "read") else stack.enter_context(open(archive, "rb"))
+            snapshots.restore(source, path, name=name)
+        return cls.open(path)
 
     def reopen(self) -> "Collection":
         """The newest committed version of this collection."""

@@ -7,8 +7,9 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import BinaryIO, Callable, TypeVar
 
+from . import snapshots
 from .collection import Collection
 from .config import CollectionConfig, check_name
 from .errors import AlreadyExists, CorruptIndex, InvalidConfig, InvalidRequest, NotFound, RetrieverError
@@ -94,6 +95,29 @@ class Registry:
             self.add_path(path)
         return self.reader(config.name)
 
+    def restore(self, name: str, archive: BinaryIO) -> Collection:
+        """A collection `name` under the data directory, made from a snapshot archive."""
+        self.check_new(name)
+        with self._changing:
+            self.check_new(name)
+            path = self.data_dir / name
+            snapshots.restore(archive, path, name=name)
+            self.not_served.pop(str(path), None)
+            self.add_path(path)
+        return self.reader(name)
+
+    def check_new(self, name: str) -> None:
+        """Refuse what would stop a collection `name` being made here (before a costly upload)."""
+        self._need_data_dir()
+        check_name(name)
+        if name in self._paths:
+            raise AlreadyExists(f"collection {name!r} already exists; restore under another name")
+
+    def path(self, name: str) -> Path:
+        """The directory of a collection served (NotFound, or CorruptIndex, when it is not)."""
+        self._check(name)
+        return self._paths[name]
+
     def drop(self, name: str) -> None:
         """Stop serving a collection and delete every file the engine wrote for it (after the
         writes in flight; searches in flight finish on what they hold)."""
@@ -145,7 +169,7 @@ class Registry:
         self._paths[name] = path
         collection.sync_writes = False  # `write` syncs the log after releasing the collection's lock
         self._writers[name] = collection
-        self._readers[name] = collection.snapshot()
+        self._readers[name] = collection.view()
         self._locks[name] = threading.Lock()
         self._changed(name, True)
 
@@ -190,7 +214,7 @@ class Registry:
             try:
                 result = change(writer)
             finally:  # a write that fails after its version was published still moves readers on
-                snapshot = writer.snapshot()
+                snapshot = writer.view()
         try:
             snapshot.sync_log()  # outside the lock: writes logged meanwhile share the fsync (group commit)
         finally:
@@ -267,7 +291,7 @@ class Registry:
             write(planned)
             with self._locks[name]:
                 finish(planned)
-                self._readers[name] = self._writers[name].snapshot()
+                self._readers[name] = self._writers[name].view()
         except RetrieverError as e:
             forget(planned)
             log.warning("%s %s failed, retried after its next write: %s", what, name, e)

@@ -14,6 +14,7 @@ import contextlib
 import hmac
 import logging
 import signal
+import tempfile
 import threading
 import time
 from concurrent import futures
@@ -24,7 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from . import conversions
+from . import conversions, snapshots
 from .conversions import pb
 from .errors import InvalidConfig, Overloaded, RetrieverError, grpc_code_name
 from .registry import Registry
@@ -33,7 +34,10 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 SERVICE = pb.DESCRIPTOR.services_by_name["Retriever"]
 SCOPES = ("read", "write", "admin")  # what a token may do; each scope includes those before it
 # the scope each method needs; the others read
-METHOD_SCOPES = {"Upsert": "write", "Delete": "write", "CreateCollection": "admin", "DropCollection": "admin"}
+METHOD_SCOPES = {
+    "Upsert": "write", "Delete": "write",
+    "CreateCollection": "admin", "DropCollection": "admin", "Snapshot": "admin", "Restore": "admin",
+}
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -200,6 +204,42 @@ class RetrieverServicer:
             return pb.DropCollectionResponse()
 
         return await self._unary("DropCollection", context, work)
+
+    async def Snapshot(self, raw: bytes, context) -> AsyncIterator[pb.SnapshotChunk]:
+        def start() -> snapshots.Archive:
+            name = conversions.parse(pb.SnapshotRequest, raw).collection
+            self.registry.write(name, lambda c: c.flush())  # every acked write into a version
+            return snapshots.Archive(self.registry.path(name))
+
+        async with self._call("Snapshot", context, self.streams):
+            archive = await self._run(context, start)
+            try:
+                pieces, version = archive.chunks(), archive.version
+                while (piece := await self._run(context, lambda: next(pieces, None))) is not None:
+                    yield pb.SnapshotChunk(data=piece, version=version)
+                    version = 0
+            finally:
+                archive.close()
+
+    async def Restore(self, requests: AsyncIterator[bytes], context) -> pb.CollectionInfo:
+        async with self._call("Restore", context, self.streams):
+            first = await self._next(requests)
+            name = conversions.parse(pb.RestoreChunk, first or b"").collection
+            await self._run(context, lambda: self.registry.check_new(name))
+            # the archive is spooled to an unnamed file in the data directory (gone when closed)
+            spool = await self._run(context, lambda: tempfile.TemporaryFile(dir=self.registry.data_dir))
+            with spool:
+                raw = first
+                while raw is not None:
+                    data = conversions.parse(pb.RestoreChunk, raw).data
+                    await self._run(context, lambda: spool.write(data))
+                    raw = await self._next(requests)
+
+                def finish():
+                    spool.seek(0)
+                    return conversions.collection_info(self.registry.restore(name, spool))
+
+                return await self._run(context, finish)
 
     async def Generate(self, raw: bytes, context) -> AsyncIterator[pb.GenerateChunk]:
         def start():

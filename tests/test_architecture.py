@@ -12,7 +12,7 @@ COLLECTION = FIELDS | {
     f"retriever.{m}"
     for m in (
         "collection", "config", "documents", "filters", "fusion", "types", "corpus", "rag", "segments",
-        "buffer", "merging", "merge_policy",
+        "buffer", "merging", "merge_policy", "snapshots",
     )
 }
 # what each layer may import from the engine (by top-level module under `retriever`)
@@ -36,6 +36,7 @@ ALLOWED = {
             "retriever.buffer",
             "retriever.merging",
             "retriever.merge_policy",
+            "retriever.snapshots",
             "retriever.check",
             "retriever.build",
             "retriever.evaluation",

@@ -121,3 +121,41 @@ def test_token_scopes(tmp_path):
         server.stop()
     with pytest.raises(retriever.InvalidConfig, match="must differ"):
         Server(Registry.open_data_dir(tmp_path / "x"), ServerOptions(port=0, token="same", read_token="same"))
+
+
+def test_snapshot_and_restore_over_the_wire(served, tmp_path):
+    root, server = served
+    far = remote(server, "vecs")
+    far.create(vector_config())
+    far.add(make_docs(40), vectors={"dense": random_vectors(40, 16, seed=1)})
+    far.delete(["d7"])  # acked, maybe only in the write buffer: the snapshot flushes it
+    archive = tmp_path / "vecs.tar"
+    assert far.snapshot(archive) >= 1
+    copy = remote(server, "copy")
+    info = copy.restore(archive)
+    assert info["name"] == "copy" and health(server, "copy") == health_pb2.HealthCheckResponse.SERVING
+    queries = random_vectors(3, 16, seed=2)
+    assert [h.ids for h in copy.search(queries, k=5)] == [h.ids for h in far.search(queries, k=5)]
+    assert copy.count() == 39 and copy.get(["d7"]) == [None]
+    with pytest.raises(retriever.AlreadyExists):
+        copy.restore(archive)
+    with pytest.raises(retriever.InvalidRequest, match="must start with a letter"):
+        remote(server, "bad..name").restore(archive)
+    (tmp_path / "cut.tar").write_bytes(archive.read_bytes()[:5000])
+    with pytest.raises(retriever.CorruptIndex, match="not a complete archive"):
+        remote(server, "cut").restore(tmp_path / "cut.tar")
+    assert not (root / "cut").exists() and "cut" not in far.list_collections()
+    with pytest.raises(retriever.NotFound):
+        remote(server, "nope").snapshot(tmp_path / "nope.tar")
+
+
+def test_snapshot_needs_an_admin_token(tmp_path):
+    options = ServerOptions(port=0, token="admin-t", write_token="write-t")
+    server = Server(Registry.open_data_dir(tmp_path / "data"), options).start()
+    try:
+        url = f"grpc://127.0.0.1:{server.port}/vecs"
+        retriever.connect(url, token="admin-t").create(vector_config())
+        with pytest.raises(retriever.errors.PermissionDenied, match="Snapshot needs an admin token"):
+            retriever.connect(url, token="write-t").snapshot(tmp_path / "a.tar")
+    finally:
+        server.stop()

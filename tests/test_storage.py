@@ -113,7 +113,7 @@ def test_files_a_pinned_reader_needs_stay_until_it_lets_go(vec_collection):
 
 def test_a_snapshot_keeps_answering_after_its_files_are_removed(vec_collection):
     c, x = vec_collection
-    snapshot = c.snapshot()
+    snapshot = c.view()
     files = storage.referenced_names(c.manifest)
     c.delete(["d1"])
     assert c.optimize() == 1  # the segment is rewritten without d1: its old files are retired ...

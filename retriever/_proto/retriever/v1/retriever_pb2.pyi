@@ -407,3 +407,25 @@ class DropCollectionRequest(_message.Message):
 class DropCollectionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ("collection",)
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    def __init__(self, collection: _Optional[str] = ...) -> None: ...
+
+class SnapshotChunk(_message.Message):
+    __slots__ = ("data", "version")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    version: int
+    def __init__(self, data: _Optional[bytes] = ..., version: _Optional[int] = ...) -> None: ...
+
+class RestoreChunk(_message.Message):
+    __slots__ = ("collection", "data")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    data: bytes
+    def __init__(self, collection: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...

@@ -89,6 +89,16 @@ class RetrieverStub:
                 request_serializer=retriever_dot_v1_dot_retriever__pb2.DropCollectionRequest.SerializeToString,
                 response_deserializer=retriever_dot_v1_dot_retriever__pb2.DropCollectionResponse.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_stream(
+                '/retriever.v1.Retriever/Snapshot',
+                request_serializer=retriever_dot_v1_dot_retriever__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=retriever_dot_v1_dot_retriever__pb2.SnapshotChunk.FromString,
+                _registered_method=True)
+        self.Restore = channel.stream_unary(
+                '/retriever.v1.Retriever/Restore',
+                request_serializer=retriever_dot_v1_dot_retriever__pb2.RestoreChunk.SerializeToString,
+                response_deserializer=retriever_dot_v1_dot_retriever__pb2.CollectionInfo.FromString,
+                _registered_method=True)
 
 
 class RetrieverServicer:
@@ -168,6 +178,24 @@ class RetrieverServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Snapshot(self, request, context):
+        """A consistent snapshot: the write buffer is flushed (every acked write is in it), then the
+        newest committed version streams as a tar archive (every file its manifest names, the
+        manifest last). Writes go on meanwhile; they land in later versions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Restore(self, request_iterator, context):
+        """A collection made from a Snapshot's archive, under the server's --data-dir: the first message
+        names it, each carries the archive's next bytes. Every file is checked against the archive's
+        manifest before the collection appears; a damaged archive leaves nothing (DATA_LOSS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrieverServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -225,6 +253,16 @@ def add_RetrieverServicer_to_server(servicer, server):
                     servicer.DropCollection,
                     request_deserializer=retriever_dot_v1_dot_retriever__pb2.DropCollectionRequest.FromString,
                     response_serializer=retriever_dot_v1_dot_retriever__pb2.DropCollectionResponse.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.SnapshotRequest.FromString,
+                    response_serializer=retriever_dot_v1_dot_retriever__pb2.SnapshotChunk.SerializeToString,
+            ),
+            'Restore': grpc.stream_unary_rpc_method_handler(
+                    servicer.Restore,
+                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.RestoreChunk.FromString,
+                    response_serializer=retriever_dot_v1_dot_retriever__pb2.CollectionInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -524,6 +562,60 @@ class Retriever:
             '/retriever.v1.Retriever/DropCollection',
             retriever_dot_v1_dot_retriever__pb2.DropCollectionRequest.SerializeToString,
             retriever_dot_v1_dot_retriever__pb2.DropCollectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/retriever.v1.Retriever/Snapshot',
+            retriever_dot_v1_dot_retriever__pb2.SnapshotRequest.SerializeToString,
+            retriever_dot_v1_dot_retriever__pb2.SnapshotChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Restore(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/retriever.v1.Retriever/Restore',
+            retriever_dot_v1_dot_retriever__pb2.RestoreChunk.SerializeToString,
+            retriever_dot_v1_dot_retriever__pb2.CollectionInfo.FromString,
             options,
             channel_credentials,
             insecure,

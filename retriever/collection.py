@@ -314,7 +314,10 @@ class Collection:
                 payloads[name] = field.check_documents(given, table.num_rows)
                 continue
             if not kind_of(field.config).has_encoder(field.config):
-                raise InvalidRequest(f"field {name!r} has no model: pass its vectors, e.g. vectors={{{name!r}: ...}}")
+                raise InvalidRequest(
+                    f"field {name!r} has no model: give its vectors with the documents (in Python "
+                    f"vectors={{{name!r}: ...}}; over gRPC UpsertBatch.vectors[{name!r}])"
+                )
             texts = texts if texts is not None else document_texts(table, self.config.text_keys)
             payloads[name] = field.documents_from_texts(self.encoder(name), texts, progress)
         self._commit(table, self._derived(payloads, table.num_rows), table.column("id").to_pylist())

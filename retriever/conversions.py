@@ -10,6 +10,7 @@ import numpy as np
 from ._proto.retriever.v1 import retriever_pb2 as pb
 from ._proto.retriever.v1 import retriever_pb2_grpc as pb_grpc
 from .errors import InvalidRequest
+from .fields.base import shape_words
 from .types import DocumentList, Hits, are_texts
 
 __all__ = ["pb", "pb_grpc"]
@@ -137,7 +138,7 @@ def matrix_to_pb(matrix) -> pb.Matrix:
     except ValueError:
         raise InvalidRequest("query vectors have different dimensions") from None
     if array.ndim != 2:
-        raise InvalidRequest(f"vectors must form a [rows, dim] matrix, got shape {array.shape}")
+        raise InvalidRequest(f"vectors must form a [rows, dim] matrix, got {shape_words(array.shape)}")
     return pb.Matrix(rows=array.shape[0], dim=array.shape[1], float32_le=np.ascontiguousarray(array).tobytes())
 
 
@@ -215,10 +216,9 @@ def sparse_from_pb(matrix: pb.SparseMatrix, what: str) -> list[tuple[np.ndarray,
 
 
 def is_tokens(value) -> bool:
-    """Token matrices: a (tokens [T, D], offsets [N + 1]) pair, a list of [t_i, D] matrices, or
-    an array [N, T, D]."""
+    """Token matrices: a (tokens [T, D], offsets [N + 1]) pair, or a list of [t_i, D] matrices."""
     if isinstance(value, np.ndarray):
-        return value.ndim == 3
+        return False
     if isinstance(value, tuple) and len(value) == 2 and np.ndim(value[1]) == 1 and np.ndim(value[0]) == 2:
         return True
     return isinstance(value, Sequence) and bool(value) and all(np.ndim(item) == 2 for item in value)

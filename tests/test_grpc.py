@@ -444,3 +444,15 @@ def test_generate_in_process_and_over_grpc(served):
             list(remote(served, "nope").generate("barks"))
     finally:
         set_generator(None)
+
+
+def test_error_messages_read_in_any_language(served):
+    far = remote(served, "vecs")
+    with pytest.raises(retriever.InvalidRequest) as info:
+        far.search(np.ones((1, 7), np.float32))
+    assert "must have dimension 16, got 1 vector of dimension 7" in str(info.value)
+    with pytest.raises(retriever.InvalidRequest) as info:
+        far.search(np.ones((2, 2, 16), np.float32), fields="dense")
+    assert "3-dimensional array (2 x 2 x 16)" in str(info.value) and "shape" not in str(info.value)
+    with pytest.raises(retriever.InvalidRequest, match=r"over gRPC UpsertBatch.vectors\['dense'\]"):
+        far.add(make_docs(1, start=900))

@@ -17,7 +17,7 @@ from retriever.index.vectors import VectorStore
 from retriever.kernels import cpu
 from retriever.kernels.binary import candidate_scores, code_top_k
 
-from .base import FLAG, ModelKind, FieldConfig, check_choice, depth, check_int, recall_probe
+from .base import FLAG, ModelKind, FieldConfig, check_choice, depth, check_int, recall_probe, shape_words
 from .dense import DENSE, check_query_vectors, check_vector_keys, check_vectors
 from .parts import train_floor, training_sample
 
@@ -318,8 +318,8 @@ class BinaryField:
             if codes.ndim != 2 or codes.shape[1] != width or len(codes) == 0:
                 raise InvalidRequest(
                     f"query codes for field {self.config.name!r} must be uint8 [batch, {width}] "
-                    f"({self.config.bits} x "
-                    f"{self.code_dim} bits), got shape {given.shape}"
+                    f"({self.config.bits} x {self.code_dim} bits, {width} bytes a code), got "
+                    f"{shape_words(given.shape).replace('vector', 'code').replace('dimension', 'width')}"
                 )
             return QueryCodes(np.ascontiguousarray(codes))
         return check_query_vectors(self, given)

@@ -27,6 +27,7 @@ from .base import (
     depth,
     merge_top_k,
     recall_probe,
+    shape_words,
 )
 from .spann import SpannVectors, is_spann, spann_params
 
@@ -319,13 +320,15 @@ def check_query_vectors(field, given) -> np.ndarray:
     try:
         array = np.ascontiguousarray(given, dtype=np.float32)
     except (TypeError, ValueError):
-        raise InvalidRequest(f"query vectors for field {field.config.name!r} are not numeric") from None
+        raise InvalidRequest(
+            f"query vectors for field {field.config.name!r} must be numbers: vectors of dimension {field.dim}"
+        ) from None
     if array.ndim == 1:
         array = array[None, :]
     if array.ndim != 2 or array.shape[0] == 0:
         raise InvalidRequest(
-            f"query vectors for field {field.config.name!r} must have shape [batch, {field.dim}], got "
-            f"{array.shape}"
+            f"query vectors for field {field.config.name!r} must be one or more vectors of dimension "
+            f"{field.dim}, got {shape_words(array.shape)}"
         )
     return check_vectors(field, array, array.shape[0], "query")
 
@@ -335,8 +338,8 @@ def check_vectors(field, vectors, count: int, what: str) -> np.ndarray:
     array = np.ascontiguousarray(vectors, dtype=np.float32)
     if array.ndim != 2 or array.shape[1] != field.dim:
         raise InvalidRequest(
-            f"{what} vectors for field {field.config.name!r} must have dimension {field.dim}, got shape "
-            f"{array.shape}"
+            f"{what} vectors for field {field.config.name!r} must have dimension {field.dim}, got "
+            f"{shape_words(array.shape)}"
         )
     if array.shape[0] != count:
         raise InvalidRequest(f"{count} {what}s but {array.shape[0]} vectors for field {field.config.name!r}")

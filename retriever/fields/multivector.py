@@ -21,7 +21,7 @@ from retriever.index.vectors import VectorStore
 from retriever.kernels.maxsim import maxsim
 
 from . import parts as parts_module
-from .base import FLAG, ModelKind, FieldConfig, Param, depth, check_int, merge_top_k
+from .base import FLAG, ModelKind, FieldConfig, Param, depth, check_int, merge_top_k, shape_words
 from .spann import SpannVectors, is_spann, spann_params
 
 MAXSIM_BLOCK = 1 << 17  # document tokens decompressed and scored per step when searching exhaustively
@@ -315,7 +315,7 @@ class MultiVectorField:
         if tokens.ndim != 2 or tokens.shape[1] != self.dim:
             raise InvalidRequest(
                 f"{what} token vectors for field {self.config.name!r} must have dimension {self.dim}, got "
-                f"shape {tokens.shape}"
+                f"{shape_words(tokens.shape)}"
             )
         if len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(tokens) or (np.diff(offsets) < 0).any():
             raise InvalidRequest(

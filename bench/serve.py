@@ -1,5 +1,7 @@
 """gRPC serving benchmark on loopback: queries/s and latency against the same searches in-process,
-and streaming upsert throughput against an offline build of the same documents.
+streaming upsert throughput against an offline build of the same documents, and a normal
+client's latency while attackers hold idle streams open or send oversized parameters, against
+the same client on an idle server.
 
 The server runs in its own process (`retriever serve`); clients are threads of this process.
 Prints one JSON object on stdout (progress on stderr).
@@ -86,6 +88,67 @@ def search_comparison(local: retriever.Collection, remote, queries: np.ndarray, 
     return rows
 
 
+def _idle_streams(port: int, count: int, seconds: float) -> None:
+    """An attacker: `count` Upsert streams that send nothing (each closed by the server's idle
+    timeout, or refused past --max-streams), for `seconds`."""
+    import grpc
+
+    from retriever.conversions import pb_grpc
+
+    quiet = threading.Event()
+
+    def nothing():
+        quiet.wait(seconds)
+        return
+        yield  # a generator that sends no batch
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.RetrieverStub(channel)
+        calls = [stub.Upsert(nothing(), timeout=seconds + 5) for _ in range(count)]
+        time.sleep(seconds)
+        quiet.set()
+        for call in calls:
+            call.cancel()
+
+
+def _oversized(port: int, seconds: float) -> None:
+    """An attacker: searches with parameters far past the collection's limits, as fast as refused."""
+    remote = retriever.connect(f"grpc://127.0.0.1:{port}/bench", timeout=10)
+    query = np.ones((1000, 50), np.float32)
+    asks = [dict(k=10, params={"rescore": 10**9}), dict(k=10, params={"nprobe": 10**6}), dict(k=10**6)]
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        for ask in asks:
+            try:
+                remote.search(query, with_documents=False, **ask)
+            except retriever.RetrieverError:
+                pass
+
+
+def attack_comparison(port: int, queries: np.ndarray, seconds: float) -> dict:
+    """A normal client's batch-1 latency on the idle server, then while attackers run in other
+    processes (so their Python work does not slow the measured client)."""
+    import multiprocessing
+
+    remote = retriever.connect(f"grpc://127.0.0.1:{port}/bench", timeout=30)
+    search = lambda q: remote.search(q, k=K, params=PARAMS, with_documents=False)  # noqa: E731
+    out = {"idle": run_clients(search, queries, 1, 1, seconds)}
+    attacks = {"idle_streams": [(_idle_streams, (port, 64, seconds + 2))],
+               "oversized_params": [(_oversized, (port, seconds + 2))] * 2}
+    context = multiprocessing.get_context("spawn")
+    for name, attackers in attacks.items():
+        procs = [context.Process(target=fn, args=args) for fn, args in attackers]
+        for p in procs:
+            p.start()
+        time.sleep(1.5)  # the attack is under way
+        out[name] = run_clients(search, queries, 1, 1, seconds)
+        for p in procs:
+            p.join()
+        out[name]["p99_over_idle"] = round(out[name]["latency_ms"]["p99"] / out["idle"]["latency_ms"]["p99"], 3)
+        log(f"attack {name}: p99 {out[name]['p99_over_idle']}x idle")
+    return out
+
+
 def upsert_comparison(base: np.ndarray, work: Path, port_server) -> dict:
     docs = [{"id": f"u{i}", "n": i} for i in range(len(base))]
     offline = work / "offline"
@@ -132,6 +195,7 @@ def main() -> None:
         remote = retriever.connect(f"grpc://127.0.0.1:{port}/bench", timeout=60)
         remote.search(queries[:1], k=K, params=PARAMS)  # warm-up
         result["search"] = search_comparison(local, remote, queries, args.seconds)
+        result["under_attack"] = attack_comparison(port, queries, args.seconds)
         proc.terminate()
         proc.wait()
         result["upsert"] = upsert_comparison(base[: args.upsert_docs], work, lambda p: start_server(p, args.workers))

@@ -76,8 +76,10 @@ class RemoteCollection:
                with_documents: bool = True) -> list[Hits]:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidRequest(f"k must be a positive integer, got {k!r}")
-        request = conversions.search_request(self.name, queries, int(k), fields, filter, params, with_documents,
-                                             fusion=fusion, weights=weights, normalization=normalization)
+        request = _built(lambda: conversions.search_request(
+            self.name, queries, int(k), fields, filter, params, with_documents,
+            fusion=fusion, weights=weights, normalization=normalization,
+        ))
         return conversions.hits_from_response(self._call(self._stub.Search, request))
 
     def generate(self, question: str, k: int = 5, *, mode: str = "blend", recompute_ratio: float | None = None,
@@ -85,7 +87,9 @@ class RemoteCollection:
                  params: Mapping[str, int] | None = None) -> Iterator:
         """As `Collection.generate`: pieces with `.text` stream in as the server decodes them;
         the last one carries `.stats`. The deadline (`timeout`) covers the whole answer."""
-        request = conversions.generate_request(self.name, question, k, mode, recompute_ratio, max_new_tokens, fields, filter, params)
+        request = _built(lambda: conversions.generate_request(
+            self.name, question, k, mode, recompute_ratio, max_new_tokens, fields, filter, params
+        ))
         stream = self._stub.Generate(request, timeout=self.timeout, metadata=self._metadata)
         try:
             for chunk in stream:
@@ -204,3 +208,15 @@ class RemoteCollection:
     def drop(self) -> None:
         """Delete this collection (and every file of it) on a server started with --data-dir."""
         self._call(self._stub.DropCollection, pb.DropCollectionRequest(collection=self.name))
+
+
+def _built(build):
+    """A request message from `build()`; a value the message cannot carry (a parameter past 64
+    bits, a k past 32, a string where a number goes) is the caller's mistake, said so."""
+    try:
+        return build()
+    except RetrieverError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise InvalidRequest(f"the request holds a value it cannot carry ({e}): parameters, k and weights "
+                             "are numbers within their ranges") from None

@@ -456,3 +456,11 @@ def test_error_messages_read_in_any_language(served):
     assert "3-dimensional array (2 x 2 x 16)" in str(info.value) and "shape" not in str(info.value)
     with pytest.raises(retriever.InvalidRequest, match=r"over gRPC UpsertBatch.vectors\['dense'\]"):
         far.add(make_docs(1, start=900))
+
+
+def test_values_a_message_cannot_carry_are_refused_client_side(served):
+    far = remote(served, "vecs")
+    for ask in (dict(params={"rescore": 2**70}), dict(params={"nprobe": "many"}), dict(k=2**40),
+                dict(fields=["dense"], weights={"dense": "heavy"})):
+        with pytest.raises(retriever.InvalidRequest, match="cannot carry"):
+            far.search(random_vectors(1, 16), **ask)

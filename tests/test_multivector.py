@@ -198,3 +198,21 @@ def test_minilm_token_vectors_end_to_end(tmp_path):
         assert [h.ids[0] for h in hits] == ["dog", "bread"]
     with pytest.raises(InvalidRequest, match="no tokens"):
         c.search("?!", k=1)
+
+
+def test_fde_index_search_parameters_are_tuned_at_build(tmp_path):
+    c = token_collection(tmp_path / "c", index="IVF16,Flat")
+    docs = split(*clouds(1200, 16, seed=11, max_tokens=8))
+    c.add([{"id": f"d{i}"} for i in range(1200)], vectors={"tok": docs})
+    c.flush()  # a segment with its own IVF index (the write buffer is searched exactly)
+    [tuned] = c.info()["fields"]["tok"]["tuned"]
+    assert tuned["rows"] == 1200 and tuned["nprobe"] > 1
+    queries = split(*clouds(30, 16, seed=12, max_tokens=5))
+    exact = c.search(queries, k=10, params={"exhaustive": 1})
+
+    def recall(params):
+        found = c.search(queries, k=10, params=params)
+        return np.mean([len(set(a.ids) & set(b.ids)) / 10 for a, b in zip(found, exact)])
+
+    assert recall({}) > recall({"nprobe": 1})  # the tuned default beats the bare index
+    assert recall({}) == recall({"nprobe": tuned["nprobe"]})

@@ -21,7 +21,17 @@ from retriever.index.vectors import VectorStore
 from retriever.kernels.maxsim import maxsim
 
 from . import parts as parts_module
-from .base import FLAG, ModelKind, FieldConfig, Param, depth, check_int, merge_top_k, shape_words
+from .base import (
+    FLAG,
+    FieldConfig,
+    ModelKind,
+    Param,
+    check_int,
+    check_number,
+    depth,
+    merge_top_k,
+    shape_words,
+)
 from .spann import SpannVectors, is_spann, spann_params
 
 MAXSIM_BLOCK = 1 << 17  # document tokens decompressed and scored per step when searching exhaustively
@@ -33,7 +43,10 @@ TOKEN_DTYPES = ("float16", "int8")
 class MultiVectorConfig(FieldConfig):
     """Token vectors from a sentence-transformers `model` (projected to `token_dim` when set) or
     your own of width `dim`; MUVERA encodings (`fde` settings) in a faiss `index` find `rerank`
-    candidates that exact MaxSim re-ranks; tokens are kept as `token_dtype` (float16 or int8)."""
+    candidates that exact MaxSim re-ranks; tokens are kept as `token_dtype` (float16 or int8).
+    An IVF or HNSW `index` gets the smallest nprobe / efSearch whose encodings' recall@10 against
+    exact search reaches `target_recall`, chosen per segment at build (`search` or a request's
+    parameters win)."""
 
     dim: int | None = None
     index: str = "Flat"
@@ -49,6 +62,7 @@ class MultiVectorConfig(FieldConfig):
     rerank: int = 100
     token_dtype: str = "float16"
     max_fde_dim: int = 65_536
+    target_recall: float = 0.95
 
     def check(self) -> None:
         where = self.where
@@ -58,6 +72,7 @@ class MultiVectorConfig(FieldConfig):
             )
         for key in ("dim", "token_dim", "query_max_length", "rerank", "max_fde_dim", "train_size"):
             check_int(where, key, getattr(self, key), low=1, optional=key in ("dim", "token_dim"))
+        check_number(where, "target_recall", self.target_recall, low=0.0, high=1.0)
         if self.token_dtype not in TOKEN_DTYPES:
             raise InvalidConfig(
                 f"{where}: token_dtype must be one of {TOKEN_DTYPES}, got {self.token_dtype!r}"
@@ -137,6 +152,7 @@ class EncodingPart:
 
     index: FaissIndex | SpannVectors
     rows: int
+    tuned: Mapping[str, int] = field(default_factory=dict)  # search parameters chosen at build
 
 
 class MultiVectorField:
@@ -218,7 +234,7 @@ class MultiVectorField:
                 raise CorruptIndex(
                     f"field {config.name!r} holds {index.ntotal} encodings for {rows} token lists"
                 )
-            parts.append(EncodingPart(index, rows))
+            parts.append(EncodingPart(index, rows, piece.get("search", {})))
         tokens = TokenStore(token_arrays, entry["dim"])
         total = sum(s.rows for s in segments)
         if len(tokens) != total:
@@ -242,6 +258,8 @@ class MultiVectorField:
             "ntotal": len(self.tokens),
             "segments": len(self.parts),
             "token_dtype": self.config.token_dtype,
+            "target_recall": self.config.target_recall,
+            "tuned": [{"rows": p.rows, **p.tuned} for p in self.parts if p.tuned],
             "token_bytes": self.tokens.nbytes,
             "bytes_per_document": round((self.tokens.nbytes + index_bytes) / n, 1),
         }
@@ -356,7 +374,7 @@ class MultiVectorField:
         found = []
         for part, start in zip(self.parts, self.starts):
             local = None if allowed is None else allowed[start : start + part.rows]
-            found.append(part.index.search(encoded, rerank, search_params, local))
+            found.append(part.index.search(encoded, rerank, {**part.tuned, **search_params}, local))
         _, candidates = merge_top_k(
             found, self.starts, len(queries), rerank
         )  # [B, C] the best by FDE over all segments
@@ -456,6 +474,8 @@ def write_part(
         files[file] = storage.write_new_file(path, file, storage.npy_bytes(encodings))
         encodings = storage.load_written(path, file)
         entry["encodings"] = file
-    built, written, index = parts_module.build(path, prefix, config.index, encodings, "ip", config.train_size)
+    built, written, index = parts_module.build(
+        path, prefix, config.index, encodings, "ip", config.train_size, target_recall=config.target_recall
+    )
     files.update(written)
-    return {**entry, **built}, files, (EncodingPart(index, len(encodings)), stored)
+    return {**entry, **built}, files, (EncodingPart(index, len(encodings), built.get("search", {})), stored)

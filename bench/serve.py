@@ -111,11 +111,16 @@ def _idle_streams(port: int, count: int, seconds: float) -> None:
             call.cancel()
 
 
-def _oversized(port: int, seconds: float) -> None:
-    """An attacker: searches with parameters far past the collection's limits, as fast as refused."""
+OVERSIZED = [dict(k=10, params={"rescore": 10**9}), dict(k=10, params={"nprobe": 10**6}), dict(k=10**6)]
+ORDINARY = [dict(k=10, params=PARAMS)]
+
+
+def _full_speed(port: int, seconds: float, asks: list[dict]) -> None:
+    """A client sending searches of 8 queries (as the issue's attack did) back to back: with
+    OVERSIZED asks, parameters far past the collection's limits (each refused); with ORDINARY
+    ones, the same load of valid searches, the control."""
     remote = retriever.connect(f"grpc://127.0.0.1:{port}/bench", timeout=10)
-    query = np.ones((1000, 50), np.float32)
-    asks = [dict(k=10, params={"rescore": 10**9}), dict(k=10, params={"nprobe": 10**6}), dict(k=10**6)]
+    query = np.random.default_rng(0).standard_normal((8, 50)).astype(np.float32)
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         for ask in asks:
@@ -127,14 +132,16 @@ def _oversized(port: int, seconds: float) -> None:
 
 def attack_comparison(port: int, queries: np.ndarray, seconds: float) -> dict:
     """A normal client's batch-1 latency on the idle server, then while attackers run in other
-    processes (so their Python work does not slow the measured client)."""
+    processes (so their Python work does not slow the measured client's process; they share the
+    machine's cores with it and the server, as the control shows)."""
     import multiprocessing
 
     remote = retriever.connect(f"grpc://127.0.0.1:{port}/bench", timeout=30)
     search = lambda q: remote.search(q, k=K, params=PARAMS, with_documents=False)  # noqa: E731
     out = {"idle": run_clients(search, queries, 1, 1, seconds)}
     attacks = {"idle_streams": [(_idle_streams, (port, 64, seconds + 2))],
-               "oversized_params": [(_oversized, (port, seconds + 2))] * 2}
+               "oversized_params": [(_full_speed, (port, seconds + 2, OVERSIZED))],
+               "control_full_speed_valid_searches": [(_full_speed, (port, seconds + 2, ORDINARY))]}
     context = multiprocessing.get_context("spawn")
     for name, attackers in attacks.items():
         procs = [context.Process(target=fn, args=args) for fn, args in attackers]
@@ -146,6 +153,8 @@ def attack_comparison(port: int, queries: np.ndarray, seconds: float) -> dict:
             p.join()
         out[name]["p99_over_idle"] = round(out[name]["latency_ms"]["p99"] / out["idle"]["latency_ms"]["p99"], 3)
         log(f"attack {name}: p99 {out[name]['p99_over_idle']}x idle")
+    control = out["control_full_speed_valid_searches"]["latency_ms"]["p99"]
+    out["oversized_p99_over_control"] = round(out["oversized_params"]["latency_ms"]["p99"] / control, 3)
     return out
 
 
@@ -180,6 +189,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     parser.add_argument("--upsert-docs", type=int, default=20_000)
     parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--parts", default="search,attack,upsert", help="which measurements to run")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     x = glove_vectors()
@@ -194,11 +204,15 @@ def main() -> None:
         proc, port = start_server(work / "search", args.workers)
         remote = retriever.connect(f"grpc://127.0.0.1:{port}/bench", timeout=60)
         remote.search(queries[:1], k=K, params=PARAMS)  # warm-up
-        result["search"] = search_comparison(local, remote, queries, args.seconds)
-        result["under_attack"] = attack_comparison(port, queries, args.seconds)
+        if "search" in args.parts:
+            result["search"] = search_comparison(local, remote, queries, args.seconds)
+        if "attack" in args.parts:
+            result["under_attack"] = attack_comparison(port, queries, args.seconds)
         proc.terminate()
         proc.wait()
-        result["upsert"] = upsert_comparison(base[: args.upsert_docs], work, lambda p: start_server(p, args.workers))
+        if "upsert" in args.parts:
+            start = lambda p: start_server(p, args.workers)  # noqa: E731
+            result["upsert"] = upsert_comparison(base[: args.upsert_docs], work, start)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     emit(result, args.out)

@@ -205,3 +205,19 @@ def test_binary_bad_input_is_refused_and_nothing_changes(tmp_path):
     with pytest.raises(NotFound):
         collection.search(np.zeros((1, 32), np.float32), 5, fields="nope")
     assert len(retriever.Collection.open(collection.path)) == 600
+
+
+def test_binary_index_search_parameters_are_tuned_at_build(tmp_path):
+    collection, vectors = binary_collection(tmp_path / "c", count=1600, index="IVF32", rescore=20)
+    collection.flush()  # a segment with its own binary IVF index (the write buffer is searched exactly)
+    [tuned] = collection.info()["fields"]["bits"]["tuned"]
+    assert tuned["rows"] == 1600 and tuned["nprobe"] > 1
+    queries = clustered(40, 32, seed=5)
+
+    def found(field, params=None):
+        hits = collection.search(queries, k=10, fields=field, params=params)
+        return np.stack([np.asarray([int(i[1:]) for i in h.ids]) for h in hits])
+
+    exact = found("dense")
+    assert recall(found("bits"), exact) > recall(found("bits", {"nprobe": 1}), exact)  # tuning wins
+    assert recall(found("bits"), exact) == recall(found("bits", {"nprobe": tuned["nprobe"]}), exact)

@@ -34,13 +34,20 @@ def test_tune_picks_the_smallest_value_reaching_the_target(factory, key):
     if not index.cpu_index.is_trained:
         index.train(base)
     index.add(base)
-    chosen = parts.tune(index, base, "l2", 0, 0.95)[key]
+    store = VectorStore([base], 32)
+
+    def search(queries, k, params):
+        return parts.search(index, store, queries, k, params, None, 0, "l2")[1]
+
+    def exact(queries, k):  # the slow reference, not the kernel
+        return reference.exact_search(queries, base, k, "l2")[1]
+
+    chosen = parts.tune(index, base, 0.95, search, exact)[key]
     rows = np.sort(np.random.default_rng(1).choice(len(base), parts.TUNE_QUERIES, replace=False))
-    exact = reference.exact_search(base[rows], base, 11, "l2")[1]  # the slow reference, not the kernel
-    truth = [set(t) - {r} for t, r in zip(exact.tolist(), rows)]
+    truth = [set(t) - {r} for t, r in zip(exact(base[rows], 11).tolist(), rows)]
 
     def measured(value: int) -> float:
-        found = parts.search(index, VectorStore([base], 32), base[rows], 11, {key: value}, None, 0, "l2")[1]
+        found = search(base[rows], 11, {key: value})
         return float(np.mean([len(set(f) & t) / len(t) for f, t in zip(found.tolist(), truth)]))
 
     assert measured(chosen) >= 0.95

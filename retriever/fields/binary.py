@@ -17,9 +17,19 @@ from retriever.index.vectors import VectorStore
 from retriever.kernels import cpu
 from retriever.kernels.binary import candidate_scores, code_top_k
 
-from .base import FLAG, ModelKind, FieldConfig, check_choice, depth, check_int, recall_probe, shape_words
+from .base import (
+    FLAG,
+    FieldConfig,
+    ModelKind,
+    check_choice,
+    check_int,
+    check_number,
+    depth,
+    recall_probe,
+    shape_words,
+)
 from .dense import DENSE, check_query_vectors, check_vector_keys, check_vectors
-from .parts import train_floor, training_sample
+from .parts import TUNE_K, train_floor, training_sample, tune
 
 QUERY_BLOCK = 64  # queries whose lookup tables are built at once ([64, bytes, 256] float32)
 METHODS = ("sign", "itq", "recurrent")
@@ -35,7 +45,9 @@ class BinaryConfig(FieldConfig):
     on the first batch added; `scoring` is "hamming", "sdc" (symmetric, the query binarized too) or
     "asymmetric" (float query), by default hamming for 1 bit and sdc above; `index` is Flat or a
     faiss binary index (IVF{n}, HNSW{M}); the best `rescore` candidates (default 100) are
-    re-scored with vectors kept on disk as `rescore_dtype` (float32 or int8)."""
+    re-scored with vectors kept on disk as `rescore_dtype` (float32 or int8). An IVF or HNSW
+    index gets the smallest nprobe / efSearch whose candidates hold `target_recall` of the exact
+    Hamming top 10, chosen per segment at build (`search` or a request's parameters win)."""
 
     dim: int | None = None
     normalize: bool = True
@@ -49,6 +61,7 @@ class BinaryConfig(FieldConfig):
     train_size: int = 65_536
     search: Mapping[str, int] = field(default_factory=dict)
     seed: int = 0
+    target_recall: float = 0.95
 
     takes_source: ClassVar[bool] = True
 
@@ -85,6 +98,7 @@ class BinaryConfig(FieldConfig):
         if self.rescore is None:
             object.__setattr__(self, "rescore", DEFAULT_RESCORE)
         check_int(where, "seed", self.seed, low=0)
+        check_number(where, "target_recall", self.target_recall, low=0.0, high=1.0)
         check_vector_keys(self, "'Flat' or 'IVF1024,PQ48'")
 
     def check_among(self, fields: Mapping[str, FieldConfig], collection: str) -> None:
@@ -158,6 +172,7 @@ class BinaryPart:
 
     index: FaissIndex | None
     rows: int
+    tuned: Mapping[str, int] = field(default_factory=dict)  # search parameters chosen at build
 
 
 class BinaryField:
@@ -245,7 +260,8 @@ class BinaryField:
                 index = FaissIndex.from_bytes(
                     data, piece.get("factory") or faiss_factory(config), width, HAMMING
                 )
-            parts.append(BinaryPart(index, sum(len(a) for a in arrays["codes"]) - before))
+            rows = sum(len(a) for a in arrays["codes"]) - before
+            parts.append(BinaryPart(index, rows, piece.get("search", {})))
         field = cls(
             config,
             entry,
@@ -286,6 +302,8 @@ class BinaryField:
             "rescore": c.rescore,
             "rescore_dtype": c.rescore_dtype,
             "trained": self.binarizer is not None,
+            "target_recall": c.target_recall,
+            "tuned": [{"rows": p.rows, **p.tuned} for p in self.parts if p.tuned],
             "ntotal": len(self.codes),
             "segments": len(self.parts),
         }
@@ -381,7 +399,7 @@ class BinaryField:
         for i, (part, first) in enumerate(zip(self.parts, self.starts)):
             if part.index is not None and (scoring == "hamming" or not part.index.exact):
                 local = None if allowed is None else allowed[first : first + part.rows]
-                scores, rows = part.index.search(coded, depth, params, local)
+                scores, rows = part.index.search(coded, depth, {**part.tuned, **params}, local)
                 rows = np.where(rows >= 0, rows + first, -1)
                 if (
                     scoring != "hamming" and not rescore
@@ -510,8 +528,21 @@ def write_part(
         index.add(codes)
         file = f"{prefix}.index.faiss"
         files[file] = storage.write_new_file(path, file, index.to_bytes())
-        entry.update(index=file, factory=factory)
-    return entry, files, (BinaryPart(index, len(codes)), stored)
+        entry.update(index=file, factory=factory, search=_tuned(index, codes, config))
+    return entry, files, (BinaryPart(index, len(codes), entry.get("search", {})), stored)
+
+
+def _tuned(index: FaissIndex, codes: np.ndarray, config: BinaryConfig) -> dict[str, int]:
+    """The binary index's nprobe / efSearch whose candidates (`rescore` deep, as a search takes
+    them) hold `target_recall` of the exact Hamming top 10."""
+    exact = FaissIndex("BFlat", codes.shape[1] * 8, HAMMING)
+    exact.add(codes)
+    depth = max(TUNE_K + 1, config.rescore)
+    return tune(
+        index, codes, config.target_recall,
+        lambda queries, k, params: index.search(queries, depth, params, None)[1],
+        lambda queries, k: exact.search(queries, k, {}, None)[1],
+    )
 
 
 def segment_factory(config: BinaryConfig, rows: int) -> str | None:

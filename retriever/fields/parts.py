@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -79,16 +79,28 @@ def build(
     files = {name: storage.write_new_file(path, name, index.to_bytes())}
     entry = {"index": name, "factory": used}
     if target_recall is not None:
-        entry["search"] = tune(index, vectors, metric, rescore, target_recall)
+        store = VectorStore([vectors], dim)
+        entry["search"] = tune(
+            index, vectors, target_recall,
+            lambda queries, k, params: search(index, store, queries, k, params, None, rescore, metric)[1],
+            lambda queries, k: cpu.flat_top_k(queries, vectors, k, metric)[1],
+        )
     index.use_gpu()
     return entry, files, index
 
 
-def tune(index: FaissIndex, vectors: np.ndarray, metric: str, rescore: int, target: float) -> dict[str, int]:
+def tune(
+    index: FaissIndex,
+    vectors: np.ndarray,
+    target: float,
+    found_rows: Callable[[np.ndarray, int, dict[str, int]], np.ndarray],
+    exact_rows: Callable[[np.ndarray, int], np.ndarray],
+) -> dict[str, int]:
     """The smallest nprobe (IVF) or efSearch (HNSW), doubling, whose recall@10 against exact
-    search reaches `target` (with the field's re-scoring) -> {"nprobe": n} or {} for other
-    indexes. The queries are a sample of the segment's own vectors; each one's own row is left
-    out of both answers, or every query would find itself."""
+    search reaches `target` -> {"nprobe": n} or {} for other indexes. `found_rows(queries, k,
+    params)` is the field's search of this segment (its re-scoring included), `exact_rows(queries,
+    k)` exact search; the queries are a sample of the segment's own `vectors` (or codes), each
+    one's own row left out of both answers, or every query would find itself."""
     if index.ivf is not None:
         key, value, limit = "nprobe", 1, int(index.ivf.nlist)
     elif index.hnsw is not None:  # real queries lie further from the graph than its own vectors
@@ -98,12 +110,10 @@ def tune(index: FaissIndex, vectors: np.ndarray, metric: str, rescore: int, targ
     rng = np.random.default_rng(1)
     rows = np.sort(rng.choice(len(vectors), min(TUNE_QUERIES, len(vectors)), replace=False))
     queries, k = np.ascontiguousarray(vectors[rows]), TUNE_K + 1
-    store = VectorStore([vectors], vectors.shape[1])
-    _, truth = cpu.flat_top_k(queries, vectors, k, metric)
     # a query's own row counts for neither answer
-    truth = [set(t) - {r} for t, r in zip(truth.tolist(), rows.tolist())]
+    truth = [set(t) - {r} for t, r in zip(exact_rows(queries, k).tolist(), rows.tolist())]
     while True:
-        _, found = search(index, store, queries, k, {key: value}, None, rescore, metric)
+        found = found_rows(queries, k, {key: value})
         hits = [len(set(f) & t) / max(1, len(t)) for f, t in zip(found.tolist(), truth)]
         if value >= limit or float(np.mean(hits)) >= target:
             return {key: min(value, limit)}

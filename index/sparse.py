@@ -172,10 +172,29 @@ class InvertedIndex:
             s.rows if start == 0 else np.asarray(s.rows, dtype=np.int32) + np.int32(start)
             for s, start in zip(segments, starts)
         ]
-        self._postings = sparse_kernels.Postings.of(
-            [(s.indptr, r, w) for s, r, w in zip(segments, rows, weights)]
-        )
+        self._parts = [(s.indptr, r, w) for s, r, w in zip(segments, rows, weights)]
+        self._postings = sparse_kernels.Postings.of(self._parts)
         self._scratch = sparse_kernels.SparseScratch(num_rows)
+
+    def score(self, queries: SparseRows, rows: np.ndarray) -> np.ndarray:
+        """Exact scores of given rows [B, C] (-1 where none) -> [B, C] float32, -inf at -1 rows; a
+        row holding none of a query's terms scores 0."""
+        out = np.zeros(rows.shape, dtype=np.float32)
+        for b in range(len(queries)):
+            terms, values = queries.row(b)
+            order = np.argsort(rows[b], kind="stable")
+            wanted = rows[b][order]
+            for indptr, posting_rows, weights in self._parts:
+                for term, value in zip(terms.tolist(), values.tolist()):
+                    if term >= len(indptr) - 1 or indptr[term] == indptr[term + 1]:
+                        continue
+                    lo, hi = int(indptr[term]), int(indptr[term + 1])
+                    held = posting_rows[lo:hi]  # ascending
+                    at = np.minimum(np.searchsorted(held, wanted), len(held) - 1)
+                    hit = held[at] == wanted
+                    out[b, order[hit]] += np.float32(value) * weights[lo:hi][at[hit]]
+        out[rows < 0] = -np.inf
+        return out
 
     def search(self, queries: SparseRows, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Queries (distinct terms each) -> (scores [B, k], rows [B, k]) best first, -inf / -1 padded."""

@@ -11,6 +11,14 @@ def random_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+def sparse_vectors(n: int, seed: int, dim: int = 40) -> list[dict[int, float]]:
+    """`n` random sparse vectors {term id: weight} over `dim` terms, 1 to 5 terms each."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 6, size=n)
+    terms = [rng.choice(dim, size=s, replace=False) for s in sizes]
+    return [{int(t): float(rng.uniform(0.1, 2)) for t in chosen} for chosen in terms]
+
+
 def clouds(count: int, dim: int, seed: int, max_tokens: int = 12):
     """Random unit token vectors for `count` items -> (tokens [T, dim], offsets [count + 1])."""
     rng = np.random.default_rng(seed)

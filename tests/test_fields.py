@@ -54,3 +54,49 @@ def test_a_kind_is_refused_until_registered_and_its_keys_are_its_own(toy_registe
 def test_unregistered_kind_is_a_config_error():
     with pytest.raises(retriever.InvalidConfig, match="kind 'toy' is not supported"):
         retriever.CollectionConfig.from_dict({"name": "t", "fields": [{"name": "n", "kind": "toy"}]})
+
+
+# ---- exact scores of given rows (what re-rank stages order by) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def every_kind(tmp_path_factory):
+    from helpers import clouds, make_docs, random_vectors, sparse_vectors, split
+
+    config = {"name": "all", "max_k": 500, "max_candidates": 10**7, "fields": [
+        {"name": "dense", "dim": 16}, {"name": "bm25", "kind": "bm25"},
+        {"name": "sp", "kind": "sparse", "dim": 40},
+        {"name": "tok", "kind": "multivector", "dim": 16, "fde": {"repetitions": 4, "simhash_bits": 2}},
+        {"name": "bits", "kind": "binary", "source": "dense", "method": "sign", "bits": 1, "rescore": 500}]}
+    c = retriever.Collection.create(tmp_path_factory.mktemp("kinds") / "all", config)
+    docs = make_docs(120)
+    for i, d in enumerate(docs):
+        d["text"] = f"document {i} about {'cats' if i % 3 else 'dogs'} and {'rain' if i % 5 else 'sun'}"
+    tokens = split(*clouds(120, 16, seed=3))
+    vectors = {"dense": random_vectors(120, 16, seed=1), "sp": sparse_vectors(120, seed=2), "tok": tokens}
+    c.add(docs[:70], vectors={n: v[:70] for n, v in vectors.items()})
+    c.add(docs[70:], vectors={n: v[70:] for n, v in vectors.items()})  # two segments
+    queries = {"dense": random_vectors(3, 16, seed=4), "bm25": ["cats in the rain", "dogs", "sun document 7"],
+               "sp": sparse_vectors(3, seed=5), "tok": split(*clouds(3, 16, seed=6, max_tokens=4)),
+               "bits": random_vectors(3, 16, seed=4)}
+    return c, queries
+
+
+@pytest.mark.parametrize("name", ["dense", "bm25", "sp", "tok", "bits"])
+def test_scores_of_every_row_rank_as_exact_search_does(every_kind, name):
+    c, queries = every_kind
+    field = c.fields[name]
+    payload = c._query_payloads({name: queries[name]}, [name], {}, 10)[name]
+    rows = np.tile(np.arange(c.counts["rows"]), (3, 1))
+    rows[:, 5] = -1  # a hole
+    scores = field.score(payload, rows)
+    assert np.isneginf(scores[:, 5]).all()
+    params = {"exhaustive": 1} if name == "tok" else {}
+    found = c.search({name: queries[name]}, k=10, fields=name, params=params)
+    for b, hits in enumerate(found):
+        kept = hits.rows != 5
+        at = dict(zip(rows[b].tolist(), scores[b].tolist()))
+        own = [at[r] for r in hits.rows[kept].tolist()]
+        np.testing.assert_allclose(own, hits.scores[kept], rtol=1e-4, atol=1e-4)
+        best = np.sort(scores[b][rows[b] >= 0])[::-1][: int(kept.sum())]
+        np.testing.assert_allclose(hits.scores[kept], best, rtol=1e-4, atol=1e-4)  # the same top scores

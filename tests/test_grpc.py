@@ -14,7 +14,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import retriever
-from helpers import MINILM_CONFIG, TINY_CORPUS, clouds, make_docs, random_vectors, split, vector_config
+from helpers import (
+    MINILM_CONFIG,
+    TINY_CORPUS,
+    clouds,
+    make_docs,
+    random_vectors,
+    sparse_vectors,
+    split,
+    vector_config,
+)
 from retriever.config import CollectionConfig
 from retriever.conversions import pb, pb_grpc
 from retriever.index import disk
@@ -47,11 +56,6 @@ def served(tmp_path_factory):
                     ServerOptions(port=0, token=TOKEN, max_message_bytes=1 << 20)).start()
     yield root, server
     server.stop()
-
-
-def sparse_vectors(n: int, seed: int, dim: int = 40) -> list[dict[int, float]]:
-    rng = np.random.default_rng(seed)
-    return [{int(t): float(rng.uniform(0.1, 2)) for t in rng.choice(dim, size=rng.integers(1, 6), replace=False)} for _ in range(n)]
 
 
 def remote(served, name="vecs", **options):

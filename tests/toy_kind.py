@@ -104,6 +104,10 @@ class ToyField:
             start += len(values)
         return merge_top_k(found, starts, len(queries), k)
 
+    def score(self, queries, rows):
+        values = self.values[np.maximum(rows, 0)]
+        return np.where(rows >= 0, -np.abs(queries[:, None] - values) * self.config.scale, -np.inf)
+
     def unmatchable(self, queries):
         return None
 

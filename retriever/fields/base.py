@@ -132,6 +132,10 @@ class Field(Protocol):
     ) -> tuple[np.ndarray, np.ndarray]:
         """-> (scores [B, k] float32, rows [B, k] int64), best first, -inf / -1 padded."""
 
+    def score(self, queries: Any, rows: np.ndarray) -> np.ndarray:
+        """The field's exact scores of given rows [B, C] (-1 where none) -> [B, C] float32, -inf
+        at -1 rows: what a re-rank stage orders candidates by."""
+
     def unmatchable(self, queries: Any) -> np.ndarray | None:
         """[B] True where a query can match nothing (no known terms), or None if any query can match."""
 

@@ -443,6 +443,15 @@ class BinaryField:
         scores = candidate_scores(tables, offsets, self.codes.gather(rows))
         return np.where(rows >= 0, scores, np.float32(-np.inf))
 
+    def score(self, queries: np.ndarray | QueryCodes, rows: np.ndarray) -> np.ndarray:
+        """Float re-scoring of the candidates from the vectors kept for it."""
+        if isinstance(queries, QueryCodes):
+            raise InvalidRequest(
+                f"re-ranking by binary field {self.config.name!r} needs float query vectors (or texts), "
+                "not packed codes"
+            )
+        return self._rescore(queries, rows)
+
     def _rescore(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
         candidates = self.rescore_vectors.gather(rows).astype(np.float32)  # [B, C, dim]
         if self.scales is not None:

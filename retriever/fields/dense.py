@@ -14,6 +14,7 @@ from retriever.index import storage
 from retriever.index.faiss_index import FaissIndex
 from retriever.index.flat import FlatVectors
 from retriever.index.vectors import VectorStore
+from retriever.kernels import cpu
 
 from . import parts as parts_module
 from .base import (
@@ -250,6 +251,9 @@ class DenseField:
 
     def check_queries(self, given) -> np.ndarray:
         return check_query_vectors(self, given)
+
+    def score(self, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return cpu.rescore(queries, self.vectors.gather(rows), rows >= 0, self.config.metric)
 
     def unmatchable(self, queries: np.ndarray) -> None:
         return None

@@ -168,6 +168,9 @@ class InvertedField:
         padded."""
         return self.index.search(queries, k, allowed)
 
+    def score(self, queries: SparseRows, rows: np.ndarray) -> np.ndarray:
+        return self.index.score(queries, rows)
+
     def unmatchable(self, queries: SparseRows) -> np.ndarray:
         return queries.empty
 

@@ -388,6 +388,16 @@ class MultiVectorField:
             scores[b, : len(best)], rows[b, : len(best)] = exact[best], found[best]
         return scores, rows
 
+    def score(self, queries: MultiVectors, rows: np.ndarray) -> np.ndarray:
+        """Exact MaxSim of each query against its candidate rows."""
+        out = np.full(rows.shape, -np.inf, dtype=np.float32)
+        for b in range(len(queries)):
+            valid = rows[b] >= 0
+            if valid.any():
+                tokens, offsets = self.tokens.gather(rows[b][valid])
+                out[b, valid] = maxsim(queries.cloud(b), tokens, offsets, self._device)
+        return out
+
     def _exhaustive(self, queries: MultiVectors, k: int, allowed: np.ndarray | None):
         """Brute-force MaxSim over every stored document (the quality reference), in blocks of
         documents so only one block of tokens is decompressed at a time."""

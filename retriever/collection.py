@@ -16,6 +16,7 @@ import pyarrow as pa
 from retriever.index import disk, storage, wal
 
 from . import fusion as fusion_module
+from . import pipeline as pipeline_module
 from . import buffer, merge_policy, merging, snapshots
 from .config import CollectionConfig, FieldConfig
 from .documents import DocumentTable, concat, document_texts, documents_to_table, page_by_id
@@ -817,6 +818,7 @@ class Collection:
         fusion: str = "rrf",
         weights: Mapping[str, float] | None = None,
         normalization: str = "minmax",
+        pipeline: "pipeline_module.Pipeline | Mapping[str, Any] | None" = None,
     ) -> list[Hits]:
         """One `Hits` per query. `queries` is a text, a list of texts, a vector or matrix [B, D],
         sparse vectors (a list of (term ids, weights) pairs or dicts), token matrices for a
@@ -825,7 +827,11 @@ class Collection:
         for a BM25 field beside vectors for a dense one). `schema()` says what each field takes.
         Several fields are fused: `fusion="rrf"` (reciprocal ranks) or `"weighted"` (each field's
         scores normalized per query with `normalization` "minmax" or "zscore", then summed with
-        `weights`, 1 each by default); each field contributes its top `params["candidates"]`."""
+        `weights`, 1 each by default); each field contributes its top `params["candidates"]`.
+        A `pipeline` (`retriever.pipeline.Pipeline`, or its dict) runs prefetch, fuse and re-rank
+        stages instead of `fields` and fusion; each hit keeps every stage's score."""
+        if pipeline is not None:
+            return self._search_pipeline(queries, k, pipeline, filter, params, fields)
         k = self._check_k(k)
         names = self._field_names(fields)
         params = _check_params(params)
@@ -844,6 +850,36 @@ class Collection:
             scores, rows = per_field[names[0]]
             return self._hits(scores, rows, {names[0]: scores}, reasons)
         return self._hits(*fusion_module.fuse(per_field, k, spec), reasons)
+
+    def _search_pipeline(self, queries, k, pipeline, filter, params, fields) -> list[Hits]:
+        if fields is not None:
+            raise InvalidRequest("give a pipeline, or fields to search: the pipeline names its fields")
+        k = self._check_k(k)
+        if not isinstance(pipeline, pipeline_module.Pipeline):
+            pipeline = pipeline_module.Pipeline.from_dict(pipeline)
+        names = self._field_names(pipeline.fields)
+        base = _check_params(params)
+        stage_params = {p.field: _check_params({**base, **p.params}) for p in pipeline.prefetch}
+        depth = max([k, pipeline.depth, *(_depth(p.k, stage_params[p.field]) for p in pipeline.prefetch)])
+        batch = self._query_payloads(queries, names, base, depth)
+        size = len(next(iter(batch.values())))
+        allowed = self._allowed(filter)
+        if allowed is not None and not allowed.any():
+            empty = np.zeros((size, 0), np.float32), np.zeros((size, 0), np.int64)
+            return self._hits(*empty, {}, "no document matches the filter")
+
+        def allowed_of(stage, allowed):
+            if stage.filter is None:
+                return allowed
+            own = self._allowed(stage.filter)
+            return own if allowed is None else own & allowed
+
+        def params_of(stage):
+            return _field_params(self.fields[stage.field], stage_params[stage.field])
+
+        scores, rows, stages = pipeline_module.run(self, pipeline, batch, k, allowed, params_of, allowed_of)
+        reasons = self._no_terms_reasons(batch, [p.field for p in pipeline.prefetch], size)
+        return self._hits(scores, rows, stages, reasons)
 
     def generate(self, question: str, k: int = 5, *, mode: str = "blend", recompute_ratio: float | None = None,
                  max_new_tokens: int = 128, fields: Sequence[str] | str | None = None, filter: Mapping[str, Any] | None = None,

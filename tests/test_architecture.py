@@ -12,7 +12,7 @@ COLLECTION = FIELDS | {
     f"retriever.{m}"
     for m in (
         "collection", "config", "documents", "filters", "fusion", "types", "corpus", "rag", "segments",
-        "buffer", "merging", "merge_policy", "snapshots",
+        "buffer", "merging", "merge_policy", "snapshots", "pipeline",
     )
 }
 # what each layer may import from the engine (by top-level module under `retriever`)
@@ -37,6 +37,7 @@ ALLOWED = {
             "retriever.merging",
             "retriever.merge_policy",
             "retriever.snapshots",
+            "retriever.pipeline",
             "retriever.check",
             "retriever.build",
             "retriever.evaluation",

@@ -1,0 +1,149 @@
+"""Query pipelines: candidates prefetched from fields, fused into one list, then re-ranked in
+stages by other fields' exact scorers.
+
+    Pipeline(prefetch=[Prefetch("bm25", k=200), Prefetch("dense", k=200)],
+             fuse=Fuse("rrf"), rerank=[Rerank("tokens", k=50)])
+
+takes 200 from BM25 and 200 from dense, fuses the union by reciprocal ranks, re-ranks it by exact
+MaxSim and keeps the best 50 (then a search's k). Each stage's score of each hit is kept
+(`Hits.field_scores`: a prefetch under its field's name, `fuse`, `rerank.<field>`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import fusion as fusion_module
+from .errors import InvalidRequest
+
+FUSED = "fuse"  # the fused score's name among a hit's stage scores
+RERANKED = "rerank."  # + the field: a re-rank stage's score
+
+
+@dataclass(frozen=True)
+class Prefetch:
+    """Candidates from one field: its top `k`, with its own search `params` and `filter` (both
+    on top of the request's)."""
+
+    field: str
+    k: int = 100
+    params: Mapping[str, int] = field(default_factory=dict)
+    filter: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Fuse:
+    """How prefetched lists become one: "rrf" (reciprocal ranks) or "weighted" (each list's
+    scores normalized per query, times `weights`, summed)."""
+
+    method: str = "rrf"
+    weights: Mapping[str, float] = field(default_factory=dict)
+    normalization: str = "minmax"
+
+
+@dataclass(frozen=True)
+class Rerank:
+    """The candidates so far, ordered by `field`'s exact score; the best `k` go on (all when
+    None)."""
+
+    field: str
+    k: int | None = None
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    prefetch: tuple[Prefetch, ...]
+    fuse: Fuse = field(default_factory=Fuse)
+    rerank: tuple[Rerank, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefetch", tuple(self.prefetch))
+        object.__setattr__(self, "rerank", tuple(self.rerank))
+        if not self.prefetch:
+            raise InvalidRequest("a pipeline needs at least one prefetch stage")
+        names = [p.field for p in self.prefetch]
+        if len(set(names)) != len(names):
+            raise InvalidRequest(f"a pipeline prefetches each field once, got {names}")
+        for stage in (*self.prefetch, *self.rerank):
+            if stage.k is None:
+                continue
+            if isinstance(stage.k, bool) or not isinstance(stage.k, int) or stage.k < 1:
+                raise InvalidRequest(f"stage {stage.field!r}: k must be a positive integer, got {stage.k!r}")
+
+    @property
+    def fields(self) -> list[str]:
+        """Every field the pipeline reads: those prefetched, then those re-ranking."""
+        names = [p.field for p in self.prefetch]
+        return names + [r.field for r in self.rerank if r.field not in names]
+
+    @property
+    def depth(self) -> int:
+        """The most candidates a query carries through the pipeline."""
+        return sum(p.k for p in self.prefetch)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Pipeline":
+        """From plain data (TOML or JSON): {"prefetch": [{"field": ..., "k": ...}, ...],
+        "fuse": {"method": ...}, "rerank": [{"field": ..., "k": ...}]}."""
+        if not isinstance(data, Mapping):
+            raise InvalidRequest("a pipeline must be a table (a JSON object)")
+        unknown = sorted(set(data) - {"prefetch", "fuse", "rerank"})
+        if unknown:
+            raise InvalidRequest(f"pipeline: unknown key(s) {unknown}; known: prefetch, fuse, rerank")
+        try:
+            return cls(
+                prefetch=tuple(Prefetch(**p) for p in data.get("prefetch", ())),
+                fuse=Fuse(**data.get("fuse", {})),
+                rerank=tuple(Rerank(**r) for r in data.get("rerank", ())),
+            )
+        except TypeError as e:  # an unknown or missing key in a stage
+            raise InvalidRequest(f"pipeline: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prefetch": [{"field": p.field, "k": p.k, "params": dict(p.params), "filter": p.filter}
+                         for p in self.prefetch],
+            "fuse": {"method": self.fuse.method, "weights": dict(self.fuse.weights),
+                     "normalization": self.fuse.normalization},
+            "rerank": [{"field": r.field, "k": r.k} for r in self.rerank],
+        }
+
+
+def run(collection, pipeline: Pipeline, payloads: dict[str, Any], k: int, allowed: np.ndarray | None,
+        params_of, allowed_of) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """One batch through `pipeline` -> (scores [B, k], rows [B, k], {stage: [B, k]}), -inf / -1
+    padded. `payloads` are each field's encoded queries; `params_of(prefetch)` and
+    `allowed_of(prefetch, allowed)` give a prefetch stage's checked parameters and rows."""
+    found = {}
+    for stage in pipeline.prefetch:
+        searched = collection.fields[stage.field]
+        found[stage.field] = searched.search(
+            payloads[stage.field], stage.k, params_of(stage), allowed_of(stage, allowed)
+        )
+    if len(found) == 1:
+        [(name, (scores, rows))] = found.items()
+        stages = {name: scores}
+    else:
+        spec = fusion_module.FusionSpec.checked(
+            pipeline.fuse.method, pipeline.fuse.weights, pipeline.fuse.normalization, list(found)
+        )
+        scores, rows, stages = fusion_module.fuse(found, pipeline.depth, spec)
+        stages = {**stages, FUSED: scores}
+    for stage in pipeline.rerank:
+        exact = collection.fields[stage.field].score(payloads[stage.field], rows)
+        keep = exact.shape[1] if stage.k is None else min(stage.k, exact.shape[1])
+        # best first, ties by row; -1 rows (-inf) last
+        order = np.lexsort((np.where(rows >= 0, rows, np.iinfo(np.int64).max), -exact), axis=1)[:, :keep]
+        rows = np.take_along_axis(rows, order, axis=1)
+        stages = {name: np.take_along_axis(v, order, axis=1) for name, v in stages.items()}
+        scores = np.take_along_axis(exact, order, axis=1)
+        stages[RERANKED + stage.field] = scores
+    width = min(k, rows.shape[1])
+    pad = k - width
+    out = np.pad(scores[:, :width], ((0, 0), (0, pad)), constant_values=-np.inf)
+    out_rows = np.pad(rows[:, :width], ((0, 0), (0, pad)), constant_values=-1)
+    stages = {n: np.pad(v[:, :width], ((0, 0), (0, pad)), constant_values=np.nan) for n, v in stages.items()}
+    return out.astype(np.float32), out_rows, stages

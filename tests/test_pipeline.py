@@ -44,8 +44,8 @@ def test_two_prefetches_fused_match_the_fused_search(collection):
     for fuse in (Fuse("rrf"), Fuse("weighted", {"dense": 2.0}, "zscore")):
         both = [Prefetch("dense", k=30), Prefetch("bm25", k=30)]
         piped = c.search(queries, k=8, pipeline=Pipeline(both, fuse))
-        plain = c.search(queries, k=8, fields=["dense", "bm25"], fusion=fuse.method, weights=dict(fuse.weights),
-                         normalization=fuse.normalization, params={"candidates": 30})
+        how = dict(fusion=fuse.method, weights=dict(fuse.weights), normalization=fuse.normalization)
+        plain = c.search(queries, k=8, fields=["dense", "bm25"], params={"candidates": 30}, **how)
         same(piped, plain)
         assert set(piped[0].field_scores) == {"dense", "bm25", "fuse"}
 

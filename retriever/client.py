@@ -73,12 +73,12 @@ class RemoteCollection:
     def search(self, queries, k: int = 10, *, fields: Sequence[str] | str | None = None,
                filter: Mapping[str, Any] | None = None, params: Mapping[str, int] | None = None,
                fusion: str = "rrf", weights: Mapping[str, float] | None = None, normalization: str = "minmax",
-               with_documents: bool = True) -> list[Hits]:
+               with_documents: bool = True, pipeline=None) -> list[Hits]:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidRequest(f"k must be a positive integer, got {k!r}")
         request = _built(lambda: conversions.search_request(
             self.name, queries, int(k), fields, filter, params, with_documents,
-            fusion=fusion, weights=weights, normalization=normalization,
+            fusion=fusion, weights=weights, normalization=normalization, pipeline=pipeline,
         ))
         return conversions.hits_from_response(self._call(self._stub.Search, request))
 

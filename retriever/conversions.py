@@ -11,6 +11,7 @@ from ._proto.retriever.v1 import retriever_pb2 as pb
 from ._proto.retriever.v1 import retriever_pb2_grpc as pb_grpc
 from .errors import InvalidRequest
 from .fields.base import shape_words
+from .pipeline import Fuse, Pipeline, Prefetch, Rerank
 from .types import DocumentList, Hits, are_texts
 
 __all__ = ["pb", "pb_grpc"]
@@ -32,7 +33,8 @@ def parse(message_type, raw: bytes):
 
 
 def search_request(collection: str, queries, k: int, fields, filter, params, with_documents: bool, *,
-                   fusion: str = "rrf", weights=None, normalization: str = "minmax") -> pb.SearchRequest:
+                   fusion: str = "rrf", weights=None, normalization: str = "minmax",
+                   pipeline=None) -> pb.SearchRequest:
     request = pb.SearchRequest(
         collection=collection,
         k=k,
@@ -44,6 +46,8 @@ def search_request(collection: str, queries, k: int, fields, filter, params, wit
         weights=dict(weights or {}),
         normalization=normalization,
     )
+    if pipeline is not None:
+        request.pipeline.CopyFrom(pipeline_to_pb(pipeline))
     if isinstance(queries, Mapping) and all(isinstance(key, str) for key in queries):
         for name, value in queries.items():
             request.field_queries[name].CopyFrom(field_queries_to_pb(value))
@@ -96,7 +100,35 @@ def search_arguments(request: pb.SearchRequest) -> dict[str, Any]:
         "fusion": request.fusion or "rrf",
         "weights": dict(request.weights) or None,
         "normalization": request.normalization or "minmax",
+        "pipeline": pipeline_from_pb(request.pipeline) if request.HasField("pipeline") else None,
     }
+
+
+def pipeline_to_pb(pipeline) -> pb.Pipeline:
+    """A `Pipeline` (or its dict) -> message."""
+    if not isinstance(pipeline, Pipeline):
+        pipeline = Pipeline.from_dict(pipeline)
+    message = pb.Pipeline(
+        prefetch=[
+            pb.PrefetchStage(field=s.field, k=s.k, params=dict(s.params), filter_json=filter_to_json(s.filter))
+            for s in pipeline.prefetch
+        ],
+        fuse=pb.FuseStage(method=pipeline.fuse.method, weights=dict(pipeline.fuse.weights),
+                          normalization=pipeline.fuse.normalization),
+    )
+    for stage in pipeline.rerank:
+        message.rerank.append(pb.RerankStage(field=stage.field, k=stage.k))
+    return message
+
+
+def pipeline_from_pb(message: pb.Pipeline) -> Pipeline:
+    return Pipeline(
+        prefetch=tuple(Prefetch(p.field, p.k or 100, dict(p.params), filter_from_json(p.filter_json))
+                       for p in message.prefetch),
+        fuse=Fuse(message.fuse.method or "rrf", dict(message.fuse.weights),
+                  message.fuse.normalization or "minmax"),
+        rerank=tuple(Rerank(r.field, r.k if r.HasField("k") else None) for r in message.rerank),
+    )
 
 
 def search_response(hits: list[Hits], with_documents: bool) -> pb.SearchResponse:

@@ -25,6 +25,7 @@ from helpers import (
     vector_config,
 )
 from retriever.config import CollectionConfig
+from retriever.pipeline import Pipeline, Prefetch, Rerank
 from retriever.conversions import pb, pb_grpc
 from retriever.index import disk
 from retriever.registry import Registry
@@ -75,6 +76,8 @@ def same_hits(local, far):
         assert a.ids == b.ids
         np.testing.assert_array_equal(a.scores, b.scores)
         assert a.field_scores.keys() == b.field_scores.keys()
+        for name in a.field_scores:  # each field's (or stage's) own scores, NaN where absent
+            np.testing.assert_array_equal(a.field_scores[name], b.field_scores[name])
         assert a.documents == b.documents
         assert a.reason == b.reason
 
@@ -114,6 +117,17 @@ def same_hits(local, far):
         ("kinds", dict(queries={"tok": split(*clouds(2, 16, seed=10)), "bm25": ["document 4", "document 40"],
                                 "spann": random_vectors(2, 16, seed=11)},
                        k=6, fields=["tok", "spann", "bm25"])),
+        # pipelines: prefetch, fuse, re-rank; each stage's scores come back
+        ("kinds", dict(queries={"tok": split(*clouds(2, 16, seed=12)), "bm25": ["document 4", "document 9"],
+                                "spann": random_vectors(2, 16, seed=13)}, k=5,
+                       pipeline=Pipeline([Prefetch("bm25", k=30), Prefetch("spann", k=30)],
+                                         rerank=[Rerank("tok")]))),
+        ("lex", dict(queries={"bm25": ["document 7", "document 12"], "dense": random_vectors(2, 16, seed=15)},
+                     k=4, filter={"year": {"gte": 1995}},
+                     pipeline={"prefetch": [{"field": "bm25", "k": 20, "filter": {"lang": "en"}},
+                                            {"field": "dense", "k": 20, "params": {"rescore": 0}}],
+                               "fuse": {"method": "weighted", "weights": {"bm25": 2.0}},
+                               "rerank": [{"field": "dense", "k": 8}]})),
     ],
 )
 def test_congruence_in_process_and_remote(served, name, request_):

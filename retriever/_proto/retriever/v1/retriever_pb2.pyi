@@ -65,7 +65,7 @@ class FieldQueries(_message.Message):
     def __init__(self, texts: _Optional[_Union[Texts, _Mapping]] = ..., vectors: _Optional[_Union[Matrix, _Mapping]] = ..., sparse: _Optional[_Union[SparseMatrix, _Mapping]] = ..., tokens: _Optional[_Union[TokenMatrices, _Mapping]] = ..., codes: _Optional[_Union[CodeMatrix, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "texts", "vectors", "field_vectors", "k", "fields", "fusion", "filter_json", "params", "omit_documents", "weights", "normalization", "sparse", "field_sparse", "field_queries", "tokens", "codes")
+    __slots__ = ("collection", "texts", "vectors", "field_vectors", "k", "fields", "fusion", "filter_json", "params", "omit_documents", "weights", "normalization", "sparse", "field_sparse", "field_queries", "tokens", "codes", "pipeline")
     class FieldVectorsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +118,7 @@ class SearchRequest(_message.Message):
     FIELD_QUERIES_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     CODES_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     texts: _containers.RepeatedScalarFieldContainer[str]
     vectors: Matrix
@@ -135,7 +136,62 @@ class SearchRequest(_message.Message):
     field_queries: _containers.MessageMap[str, FieldQueries]
     tokens: TokenMatrices
     codes: CodeMatrix
-    def __init__(self, collection: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Union[Matrix, _Mapping]] = ..., field_vectors: _Optional[_Mapping[str, Matrix]] = ..., k: _Optional[int] = ..., fields: _Optional[_Iterable[str]] = ..., fusion: _Optional[str] = ..., filter_json: _Optional[str] = ..., params: _Optional[_Mapping[str, int]] = ..., omit_documents: _Optional[bool] = ..., weights: _Optional[_Mapping[str, float]] = ..., normalization: _Optional[str] = ..., sparse: _Optional[_Union[SparseMatrix, _Mapping]] = ..., field_sparse: _Optional[_Mapping[str, SparseMatrix]] = ..., field_queries: _Optional[_Mapping[str, FieldQueries]] = ..., tokens: _Optional[_Union[TokenMatrices, _Mapping]] = ..., codes: _Optional[_Union[CodeMatrix, _Mapping]] = ...) -> None: ...
+    pipeline: Pipeline
+    def __init__(self, collection: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Union[Matrix, _Mapping]] = ..., field_vectors: _Optional[_Mapping[str, Matrix]] = ..., k: _Optional[int] = ..., fields: _Optional[_Iterable[str]] = ..., fusion: _Optional[str] = ..., filter_json: _Optional[str] = ..., params: _Optional[_Mapping[str, int]] = ..., omit_documents: _Optional[bool] = ..., weights: _Optional[_Mapping[str, float]] = ..., normalization: _Optional[str] = ..., sparse: _Optional[_Union[SparseMatrix, _Mapping]] = ..., field_sparse: _Optional[_Mapping[str, SparseMatrix]] = ..., field_queries: _Optional[_Mapping[str, FieldQueries]] = ..., tokens: _Optional[_Union[TokenMatrices, _Mapping]] = ..., codes: _Optional[_Union[CodeMatrix, _Mapping]] = ..., pipeline: _Optional[_Union[Pipeline, _Mapping]] = ...) -> None: ...
+
+class Pipeline(_message.Message):
+    __slots__ = ("prefetch", "fuse", "rerank")
+    PREFETCH_FIELD_NUMBER: _ClassVar[int]
+    FUSE_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
+    prefetch: _containers.RepeatedCompositeFieldContainer[PrefetchStage]
+    fuse: FuseStage
+    rerank: _containers.RepeatedCompositeFieldContainer[RerankStage]
+    def __init__(self, prefetch: _Optional[_Iterable[_Union[PrefetchStage, _Mapping]]] = ..., fuse: _Optional[_Union[FuseStage, _Mapping]] = ..., rerank: _Optional[_Iterable[_Union[RerankStage, _Mapping]]] = ...) -> None: ...
+
+class PrefetchStage(_message.Message):
+    __slots__ = ("field", "k", "params", "filter_json")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_JSON_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    k: int
+    params: _containers.ScalarMap[str, int]
+    filter_json: str
+    def __init__(self, field: _Optional[str] = ..., k: _Optional[int] = ..., params: _Optional[_Mapping[str, int]] = ..., filter_json: _Optional[str] = ...) -> None: ...
+
+class FuseStage(_message.Message):
+    __slots__ = ("method", "weights", "normalization")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    weights: _containers.ScalarMap[str, float]
+    normalization: str
+    def __init__(self, method: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., normalization: _Optional[str] = ...) -> None: ...
+
+class RerankStage(_message.Message):
+    __slots__ = ("field", "k")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    k: int
+    def __init__(self, field: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("offsets", "ids", "scores", "field_scores", "documents_json", "reasons")

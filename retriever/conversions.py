@@ -110,7 +110,8 @@ def pipeline_to_pb(pipeline) -> pb.Pipeline:
         pipeline = Pipeline.from_dict(pipeline)
     message = pb.Pipeline(
         prefetch=[
-            pb.PrefetchStage(field=s.field, k=s.k, params=dict(s.params), filter_json=filter_to_json(s.filter))
+            pb.PrefetchStage(field=s.field, k=s.k, params=dict(s.params),
+                             filter_json=filter_to_json(s.filter))
             for s in pipeline.prefetch
         ],
         fuse=pb.FuseStage(method=pipeline.fuse.method, weights=dict(pipeline.fuse.weights),
@@ -141,7 +142,7 @@ def search_response(hits: list[Hits], with_documents: bool) -> pb.SearchResponse
         ids=[i for h in hits for i in h.ids],
         scores=_float32_bytes([h.scores for h in hits]),
         field_scores={n: _float32_bytes([h.field_scores[n] for h in hits]) for n in names},
-        documents_json=[json.dumps(d, default=str) for h in hits for d in h.documents] if with_documents else [],
+        documents_json=documents_json(d for h in hits for d in h.documents) if with_documents else [],
         reasons=[h.reason or "" for h in hits],
     )
 
@@ -152,7 +153,8 @@ def hits_from_response(response: pb.SearchResponse) -> list[Hits]:
     scores = np.frombuffer(response.scores, dtype="<f4")
     fields = {n: np.frombuffer(b, dtype="<f4") for n, b in response.field_scores.items()}
     documents = [json.loads(d) for d in response.documents_json]
-    positions = np.arange(max(np.diff(offsets), default=0), dtype=np.int64)  # rows index the hit's own documents
+    # rows index the hit's own documents
+    positions = np.arange(max(np.diff(offsets), default=0), dtype=np.int64)
     out = []
     for b, reason in enumerate(response.reasons):
         lo, hi = offsets[b], offsets[b + 1]
@@ -171,7 +173,8 @@ def matrix_to_pb(matrix) -> pb.Matrix:
         raise InvalidRequest("query vectors have different dimensions") from None
     if array.ndim != 2:
         raise InvalidRequest(f"vectors must form a [rows, dim] matrix, got {shape_words(array.shape)}")
-    return pb.Matrix(rows=array.shape[0], dim=array.shape[1], float32_le=np.ascontiguousarray(array).tobytes())
+    rows, dim = array.shape
+    return pb.Matrix(rows=rows, dim=dim, float32_le=np.ascontiguousarray(array).tobytes())
 
 
 def _request_queries(request: pb.SearchRequest) -> Any:
@@ -201,7 +204,10 @@ def _request_queries(request: pb.SearchRequest) -> Any:
 
 def matrix_from_pb(matrix: pb.Matrix, what: str) -> np.ndarray:
     if len(matrix.float32_le) != 4 * matrix.rows * matrix.dim:
-        raise InvalidRequest(f"{what}: {matrix.rows} x {matrix.dim} float32 needs {4 * matrix.rows * matrix.dim} bytes, got {len(matrix.float32_le)}")
+        needed = 4 * matrix.rows * matrix.dim
+        raise InvalidRequest(
+            f"{what}: {matrix.rows} x {matrix.dim} float32 needs {needed} bytes, got {len(matrix.float32_le)}"
+        )
     return np.frombuffer(matrix.float32_le, dtype="<f4").reshape(matrix.rows, matrix.dim)
 
 
@@ -227,13 +233,17 @@ def sparse_to_pb(vectors) -> pb.SparseMatrix:
             if terms.ndim != 1 or weights.ndim != 1 or len(terms) != len(weights):
                 raise ValueError
         except (TypeError, ValueError):
-            raise InvalidRequest(f"sparse vector {i} must be a (term ids, values) pair of equal length or a {{term id: value}} dict") from None
+            raise InvalidRequest(
+                f"sparse vector {i} must be a (term ids, values) pair of equal length or a "
+                "{term id: value} dict"
+            ) from None
         if len(terms) and not np.issubdtype(terms.dtype, np.integer):
             raise InvalidRequest(f"sparse vector {i}: term ids must be integers, got {terms.dtype}")
         ids.append(terms.astype("<i8"))
         values.append(weights.astype("<f4"))
         offsets.append(offsets[-1] + len(terms))
-    return pb.SparseMatrix(offsets=offsets, term_ids_int64_le=np.concatenate(ids).tobytes(), values_float32_le=np.concatenate(values).tobytes())
+    return pb.SparseMatrix(offsets=offsets, term_ids_int64_le=np.concatenate(ids).tobytes(),
+                           values_float32_le=np.concatenate(values).tobytes())
 
 
 def sparse_from_pb(matrix: pb.SparseMatrix, what: str) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -241,7 +251,10 @@ def sparse_from_pb(matrix: pb.SparseMatrix, what: str) -> list[tuple[np.ndarray,
     count = len(matrix.term_ids_int64_le) // 8
     if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != count or (np.diff(offsets) < 0).any() \
             or len(matrix.term_ids_int64_le) != 8 * count or len(matrix.values_float32_le) != 4 * count:
-        raise InvalidRequest(f"{what}: offsets must rise from 0 to the number of terms, with 8 bytes per term id and 4 per value")
+        raise InvalidRequest(
+            f"{what}: offsets must rise from 0 to the number of terms, with 8 bytes per term id and 4 per "
+            "value"
+        )
     ids = np.frombuffer(matrix.term_ids_int64_le, dtype="<i8")
     values = np.frombuffer(matrix.values_float32_le, dtype="<f4")
     return [(ids[lo:hi], values[lo:hi]) for lo, hi in zip(offsets[:-1], offsets[1:])]
@@ -315,7 +328,9 @@ def _float32_bytes(arrays: list[np.ndarray]) -> bytes:
 # ---- writes and collection facts --------------------------------------------------------------
 
 
-def upsert_batch(collection: str, documents: Sequence[Mapping[str, Any]], vectors: Mapping[str, Any] | None) -> pb.UpsertBatch:
+def upsert_batch(
+    collection: str, documents: Sequence[Mapping[str, Any]], vectors: Mapping[str, Any] | None
+) -> pb.UpsertBatch:
     given = vectors or {}
     return pb.UpsertBatch(
         collection=collection, documents_json=[json.dumps(d, default=str) for d in documents],
@@ -405,9 +420,10 @@ def scroll_arguments(request: pb.ScrollRequest) -> dict[str, Any]:
             "after": request.after if request.HasField("after") else None}
 
 
-def generate_request(collection: str, question: str, k: int, mode: str, recompute_ratio, max_new_tokens: int, fields, filter,
-                     params) -> pb.GenerateRequest:
-    request = pb.GenerateRequest(collection=collection, question=question, k=k, mode=mode, max_new_tokens=max_new_tokens,
+def generate_request(collection: str, question: str, k: int, mode: str, recompute_ratio, max_new_tokens: int,
+                     fields, filter, params) -> pb.GenerateRequest:
+    request = pb.GenerateRequest(collection=collection, question=question, k=k, mode=mode,
+                                 max_new_tokens=max_new_tokens,
                                  fields=[fields] if isinstance(fields, str) else list(fields or []),
                                  filter_json=filter_to_json(filter), params=dict(params or {}))
     if recompute_ratio is not None:
@@ -419,8 +435,8 @@ def generate_arguments(request: pb.GenerateRequest) -> dict[str, Any]:
     conditions = filter_from_json(request.filter_json)
     return {"question": request.question, "k": request.k or 5, "mode": request.mode or "blend",
             "recompute_ratio": request.recompute_ratio if request.HasField("recompute_ratio") else None,
-            "max_new_tokens": request.max_new_tokens or 128, "fields": list(request.fields) or None, "filter": conditions,
-            "params": dict(request.params) or None}
+            "max_new_tokens": request.max_new_tokens or 128, "fields": list(request.fields) or None,
+            "filter": conditions, "params": dict(request.params) or None}
 
 
 def filter_to_json(filter) -> str:
@@ -441,7 +457,8 @@ def _json(text: str, what: str) -> Any:
 
 
 def generate_chunk(piece) -> pb.GenerateChunk:
-    return pb.GenerateChunk(text=piece.text, stats_json=json.dumps(piece.stats) if piece.stats is not None else "")
+    stats = json.dumps(piece.stats) if piece.stats is not None else ""
+    return pb.GenerateChunk(text=piece.text, stats_json=stats)
 
 
 def piece_from_chunk(chunk: pb.GenerateChunk):

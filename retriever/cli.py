@@ -22,6 +22,10 @@ ParamOption = typer.Option(
     None, "--param", "-p",
     help="Search parameter NAME=INT (nprobe, efSearch, rescore, inference_free, candidates, rerank); repeatable.",
 )
+PipelineOption = typer.Option(
+    None, "--pipeline",
+    help="A query pipeline: the name of one in the collection's config, or a .json / .toml file.",
+)
 ExhaustiveOption = typer.Option(False, "--exhaustive", help="Multi-vector fields: exact MaxSim over every document (the quality reference).")
 
 
@@ -142,6 +146,8 @@ def search(
     filter: Optional[str] = typer.Option(None, "--filter", help='Metadata filter as JSON, e.g. \'{"year": {"gte": 2000}}\'.'),
     param: Optional[list[str]] = ParamOption,
     exhaustive: bool = ExhaustiveOption,
+    pipeline: Optional[str] = PipelineOption,
+    explain: bool = typer.Option(False, "--explain", help="Show each field's or stage's score of every hit."),
     token_env: Optional[str] = typer.Option(None, "--token-env", help="For grpc:// targets: send `Bearer $VAR`."),
     as_json: bool = JsonOption,
 ) -> None:
@@ -158,13 +164,12 @@ def search(
         request = _load_vectors(vectors) if vectors is not None else queries
         hits = connect(collection, **_remote_options(token_env)).search(
             request, k=k, fields=_fields(fields), filter=conditions, params=_params(param, exhaustive),
-            fusion=fusion, weights=_weights(weights), normalization=normalization)
+            fusion=fusion, weights=_weights(weights), normalization=normalization,
+            pipeline=_pipeline(pipeline))
         labels = queries or [f"vector {i}" for i in range(len(hits))]
-        return {"results": [
-            {"query": q, "reason": h.reason, "hits": [
-                {"id": d["id"], "score": float(s), "document": d} for d, s in zip(h.documents, h.scores)
-            ]} for q, h in zip(labels, hits)
-        ]}
+        results = [{"query": q, "reason": h.reason, "hits": _hit_list(h, explain)}
+                   for q, h in zip(labels, hits)]
+        return {"results": results}
 
     def show(result):
         for r in result["results"]:
@@ -172,8 +177,36 @@ def search(
             for rank, h in enumerate(r["hits"], start=1):
                 text = " ".join(str(h["document"].get("text", "")).split())[:100]
                 print(f"{rank:3d}. {h['score']:.4f}  {h['id']}  {text}")
+                if explain:
+                    print("       " + "  ".join(f"{name} {score:.4f}" for name, score in h["stages"].items()))
 
     _run(as_json, work, show)
+
+
+def _hit_list(hits, explain: bool) -> list[dict[str, Any]]:
+    """One query's hits as plain data; with `explain`, each field's or stage's own score (those
+    that did not return the hit left out)."""
+    out = []
+    for i, (document, score) in enumerate(zip(hits.documents, hits.scores)):
+        hit = {"id": document["id"], "score": float(score), "document": document}
+        if explain:
+            hit["stages"] = {n: float(v[i]) for n, v in hits.field_scores.items() if v[i] == v[i]}  # not NaN
+        out.append(hit)
+    return out
+
+
+def _pipeline(value: Optional[str]):
+    """--pipeline: a file (JSON, or TOML by its .toml suffix) holding a pipeline, or a name."""
+    if value is None or not Path(value).is_file():
+        return value
+    import tomllib
+
+    text = Path(value).read_text(encoding="utf-8")
+    try:
+        return tomllib.loads(text) if value.endswith(".toml") else json.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        kind = "TOML" if value.endswith(".toml") else "JSON"
+        raise InvalidRequest(f"--pipeline {value}: not a valid {kind} file: {e}") from None
 
 
 @app.command("eval")
@@ -189,6 +222,7 @@ def evaluate(
     normalization: str = NormalizationOption,
     param: Optional[list[str]] = ParamOption,
     exhaustive: bool = ExhaustiveOption,
+    pipeline: Optional[str] = PipelineOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Score a collection on a BEIR split with ir-measures (nDCG@10, R@100) and time it."""
@@ -199,7 +233,8 @@ def evaluate(
 
         queries, qrels = load_beir(beir, split)
         return run_eval(Collection.open(collection), queries, qrels, batch_size=batch_size, fields=_fields(fields),
-                        params=_params(param, exhaustive), fusion=fusion, weights=_weights(weights), normalization=normalization, run_path=run)
+                        params=_params(param, exhaustive), fusion=fusion, weights=_weights(weights),
+                        normalization=normalization, run_path=run, pipeline=_pipeline(pipeline))
 
     _run(as_json, work, lambda r: print(json.dumps(r, indent=1)))
 

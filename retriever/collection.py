@@ -828,8 +828,12 @@ class Collection:
         Several fields are fused: `fusion="rrf"` (reciprocal ranks) or `"weighted"` (each field's
         scores normalized per query with `normalization` "minmax" or "zscore", then summed with
         `weights`, 1 each by default); each field contributes its top `params["candidates"]`.
-        A `pipeline` (`retriever.pipeline.Pipeline`, or its dict) runs prefetch, fuse and re-rank
-        stages instead of `fields` and fusion; each hit keeps every stage's score."""
+        A `pipeline` (`retriever.pipeline.Pipeline`, its dict, or the name of one in the config)
+        runs prefetch, fuse and re-rank stages instead of `fields` and fusion; each hit keeps every
+        stage's score. With neither fields nor a pipeline, the config's `default_pipeline` runs
+        when it has one."""
+        if pipeline is None and fields is None and self.config.default_pipeline is not None:
+            pipeline = self.config.default_pipeline
         if pipeline is not None:
             return self._search_pipeline(queries, k, pipeline, filter, params, fields)
         k = self._check_k(k)
@@ -851,12 +855,22 @@ class Collection:
             return self._hits(scores, rows, {names[0]: scores}, reasons)
         return self._hits(*fusion_module.fuse(per_field, k, spec), reasons)
 
+    def pipeline_fields(self, pipeline) -> list[str]:
+        """The fields a pipeline (a `Pipeline`, its dict, or a name in the config) reads."""
+        return self._field_names(self._pipeline(pipeline).fields)
+
+    def _pipeline(self, pipeline) -> pipeline_module.Pipeline:
+        if isinstance(pipeline, str):
+            return self.config.pipeline(pipeline)
+        if isinstance(pipeline, pipeline_module.Pipeline):
+            return pipeline
+        return pipeline_module.Pipeline.from_dict(pipeline)
+
     def _search_pipeline(self, queries, k, pipeline, filter, params, fields) -> list[Hits]:
         if fields is not None:
             raise InvalidRequest("give a pipeline, or fields to search: the pipeline names its fields")
         k = self._check_k(k)
-        if not isinstance(pipeline, pipeline_module.Pipeline):
-            pipeline = pipeline_module.Pipeline.from_dict(pipeline)
+        pipeline = self._pipeline(pipeline)
         names = self._field_names(pipeline.fields)
         base = _check_params(params)
         stage_params = {p.field: _check_params({**base, **p.params}) for p in pipeline.prefetch}

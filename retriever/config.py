@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import InvalidConfig, NotFound
+from .errors import InvalidConfig, NotFound, RetrieverError
 from .fields import config_from_dict
 from .fields.base import NAME, FieldConfig, check_int
+from .pipeline import Pipeline
 
 __all__ = ["CollectionConfig", "FieldConfig", "check_name"]
 
@@ -35,6 +36,10 @@ class CollectionConfig:
     # queries x the largest of k and the depth parameters (rescore, candidates, rerank, nprobe,
     # efSearch) one request may ask for: what bounds a request's memory and time
     max_candidates: int = 100_000
+    # named query pipelines ({name: {"prefetch": [...], "fuse": {...}, "rerank": [...]}}), and the
+    # one a search that names no fields runs
+    pipelines: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    default_pipeline: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME.match(self.name):
@@ -50,8 +55,35 @@ class CollectionConfig:
         check_int("collection", "max_k", self.max_k, low=1)
         check_int("collection", "max_batch", self.max_batch, low=1)
         check_int("collection", "max_candidates", self.max_candidates, low=1)
+        self._check_pipelines(by_name)
         object.__setattr__(self, "fields", tuple(self.fields))
         object.__setattr__(self, "text_keys", tuple(self.text_keys))
+
+    def _check_pipelines(self, fields: Mapping[str, FieldConfig]) -> None:
+        if not isinstance(self.pipelines, Mapping):
+            raise InvalidConfig("pipelines must be a table of named pipelines")
+        for name, data in self.pipelines.items():
+            check_name(name, "pipeline name")
+            try:
+                pipeline = Pipeline.from_dict(data)
+            except RetrieverError as e:
+                raise InvalidConfig(f"pipeline {name!r}: {e}") from None
+            unknown = sorted(set(pipeline.fields) - set(fields))
+            if unknown:
+                known = list(fields)
+                raise InvalidConfig(f"pipeline {name!r} names unknown field(s) {unknown}; fields: {known}")
+        if self.default_pipeline is not None and self.default_pipeline not in self.pipelines:
+            raise InvalidConfig(
+                f"default_pipeline {self.default_pipeline!r} is not one of the pipelines "
+                f"{list(self.pipelines)}"
+            )
+
+    def pipeline(self, name: str):
+        """The named pipeline (NotFound names those there are)."""
+        if name not in self.pipelines:
+            known = list(self.pipelines)
+            raise NotFound(f"unknown pipeline {name!r} in collection {self.name!r}; pipelines: {known}")
+        return Pipeline.from_dict(self.pipelines[name])
 
     def field(self, name: str | None = None) -> FieldConfig:
         """The named field, or the first one when `name` is None."""
@@ -102,4 +134,6 @@ class CollectionConfig:
             "max_k": self.max_k,
             "max_batch": self.max_batch,
             "max_candidates": self.max_candidates,
+            "pipelines": {name: dict(data) for name, data in self.pipelines.items()},
+            "default_pipeline": self.default_pipeline,
         }

@@ -46,7 +46,9 @@ def search_request(collection: str, queries, k: int, fields, filter, params, wit
         weights=dict(weights or {}),
         normalization=normalization,
     )
-    if pipeline is not None:
+    if isinstance(pipeline, str):
+        request.pipeline_name = pipeline
+    elif pipeline is not None:
         request.pipeline.CopyFrom(pipeline_to_pb(pipeline))
     if isinstance(queries, Mapping) and all(isinstance(key, str) for key in queries):
         for name, value in queries.items():
@@ -100,7 +102,8 @@ def search_arguments(request: pb.SearchRequest) -> dict[str, Any]:
         "fusion": request.fusion or "rrf",
         "weights": dict(request.weights) or None,
         "normalization": request.normalization or "minmax",
-        "pipeline": pipeline_from_pb(request.pipeline) if request.HasField("pipeline") else None,
+        "pipeline": (pipeline_from_pb(request.pipeline) if request.HasField("pipeline")
+                     else request.pipeline_name or None),
     }
 
 

@@ -42,18 +42,23 @@ def evaluate(
     collection: Collection, queries: Mapping[str, str], qrels: Mapping[str, Mapping[str, int]], *,
     depth: int = 100, batch_size: int = 1, fields: list[str] | None = None, params: Mapping[str, int] | None = None,
     fusion: str = "rrf", weights: Mapping[str, float] | None = None, normalization: str = "minmax",
-    run_path: str | Path | None = None, progress: bool = True,
+    run_path: str | Path | None = None, progress: bool = True, pipeline=None,
 ) -> dict[str, Any]:
     """Quality and speed of one collection on judged queries.
 
     latency_ms is the wall time of each search call (one query at batch size 1), encoding included.
     """
-    names = fields or [collection.config.fields[0].name]
+    if pipeline is not None:  # a pipeline names its fields
+        names = collection.pipeline_fields(pipeline)
+        options = {"pipeline": pipeline, "params": params}
+    else:
+        names = fields or [collection.config.fields[0].name]
+        options = {"fields": names, "params": params, "fusion": fusion, "weights": weights,
+                   "normalization": normalization}
     for name in names:
         if collection.can_encode(name):
             collection.encoder(name)  # load the model before the clock starts
     qids = list(queries)
-    options = {"fields": names, "params": params, "fusion": fusion, "weights": weights, "normalization": normalization}
     collection.search(queries[qids[0]], k=depth, **options)  # warm-up
     run: dict[str, dict[str, float]] = {}
     latencies = []

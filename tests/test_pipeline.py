@@ -112,3 +112,82 @@ def test_pipelines_from_plain_data_and_refusals(collection):
             c.search(queries, k=4, pipeline=bad)
     with pytest.raises(InvalidRequest, match="not both|names its fields"):
         c.search(queries, k=4, fields="dense", pipeline=pipeline)
+
+
+def test_named_and_default_pipelines_in_the_config(tmp_path, collection):
+    c, queries, _ = collection
+    hybrid = {"prefetch": [{"field": "dense", "k": 20}, {"field": "bm25", "k": 20}],
+              "rerank": [{"field": "tok"}]}
+    config = {**c.config.to_dict(), "pipelines": {"hybrid": hybrid}, "default_pipeline": "hybrid"}
+    named = retriever.Collection.create(tmp_path / "named", config)
+    named.add(c.get([f"d{i}" for i in range(150)]), vectors={
+        "dense": c.fields["dense"].vectors.to_array(), "tok": c.fields["tok"].tokens.gather(np.arange(150))})
+    reopened = retriever.Collection.open(named.path)
+    assert reopened.config.pipelines == {"hybrid": hybrid} and reopened.config.default_pipeline == "hybrid"
+    by_name = reopened.search(queries, k=5, pipeline="hybrid")
+    same(reopened.search(queries, k=5), by_name)  # no fields: the default pipeline
+    same(by_name, c.search(queries, k=5, pipeline=hybrid))
+    assert list(reopened.search(queries["dense"], k=3, fields="dense")[0].field_scores) == ["dense"]
+    with pytest.raises(NotFound, match="pipelines: \\['hybrid'\\]"):
+        reopened.search(queries, k=5, pipeline="nope")
+    for bad, words in (({"pipelines": {"x": {"prefetch": [{"field": "nope"}]}}}, "unknown field"),
+                       ({"pipelines": {"x": {"prefetch": []}}}, "at least one prefetch"),
+                       ({"default_pipeline": "missing"}, "not one of the pipelines"),
+                       ({"pipelines": {"bad name!": hybrid}}, "pipeline name")):
+        with pytest.raises(retriever.InvalidConfig, match=words):
+            retriever.Collection.create(tmp_path / "bad", {**c.config.to_dict(), **bad})
+
+
+def test_cli_pipeline_file_and_explain(tmp_path, collection):
+    import json
+
+    from typer.testing import CliRunner
+
+    from retriever.cli import app
+
+    c, _, _ = collection
+    text_only = tmp_path / "text"  # the CLI searches with texts: BM25 prefetch, BM25 re-rank of dense's union
+    config = {"name": "t", "fields": [{"name": "bm25", "kind": "bm25"},
+                                      {"name": "bm25b", "kind": "bm25", "k1": 0.5}]}
+    t = retriever.Collection.create(text_only, config)
+    t.add(c.get([f"d{i}" for i in range(150)]))
+    (tmp_path / "p.toml").write_text('[[prefetch]]\nfield = "bm25"\nk = 20\n[[rerank]]\nfield = "bm25b"\n')
+    out = CliRunner().invoke(app, ["search", str(text_only), "cats in the rain", "-k", "3", "--pipeline",
+                                   str(tmp_path / "p.toml"), "--explain", "--json"])
+    assert out.exit_code == 0, out.output
+    [result] = json.loads(out.stdout)["results"]
+    expected = t.search("cats in the rain", k=3, pipeline={"prefetch": [{"field": "bm25", "k": 20}],
+                                                           "rerank": [{"field": "bm25b"}]})[0]
+    assert [h["id"] for h in result["hits"]] == expected.ids
+    assert set(result["hits"][0]["stages"]) == {"bm25", "rerank.bm25b"}
+    shown = CliRunner().invoke(app, ["search", str(text_only), "cats", "--pipeline", str(tmp_path / "p.toml"),
+                                     "--explain"])
+    assert "rerank.bm25b" in shown.output
+    (tmp_path / "bad.json").write_text("{not json")
+    asked = ["search", str(text_only), "cats", "--pipeline", str(tmp_path / "bad.json")]
+    bad = CliRunner().invoke(app, asked)
+    assert bad.exit_code == 2 and "not a valid JSON file" in bad.output
+
+
+def test_a_named_pipeline_over_the_wire(tmp_path, collection):
+    from retriever.registry import Registry
+    from retriever.server import Server, ServerOptions
+
+    c, queries, _ = collection
+    server = Server(Registry.open_data_dir(tmp_path / "data"), ServerOptions(port=0)).start()
+    try:
+        far = retriever.connect(f"grpc://127.0.0.1:{server.port}/named")
+        hybrid = {"prefetch": [{"field": "dense", "k": 20}, {"field": "bm25", "k": 20}],
+              "rerank": [{"field": "tok"}]}
+        far.create({**c.config.to_dict(), "name": "named", "pipelines": {"hybrid": hybrid}})
+        tokens = c.fields["tok"].tokens.gather(np.arange(150))
+        vectors = {"dense": c.fields["dense"].vectors.to_array(), "tok": tokens}
+        far.add(c.get([f"d{i}" for i in range(150)]), vectors={"dense": vectors["dense"],
+                                                                "tok": split(*vectors["tok"])})
+        near = retriever.Collection.open(tmp_path / "data" / "named")
+        for asked in ("hybrid", hybrid):
+            same(far.search(queries, k=5, pipeline=asked), near.search(queries, k=5, pipeline=asked))
+        with pytest.raises(NotFound, match="unknown pipeline"):
+            far.search(queries, k=5, pipeline="nope")
+    finally:
+        server.stop()

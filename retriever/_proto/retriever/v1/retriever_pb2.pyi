@@ -65,7 +65,7 @@ class FieldQueries(_message.Message):
     def __init__(self, texts: _Optional[_Union[Texts, _Mapping]] = ..., vectors: _Optional[_Union[Matrix, _Mapping]] = ..., sparse: _Optional[_Union[SparseMatrix, _Mapping]] = ..., tokens: _Optional[_Union[TokenMatrices, _Mapping]] = ..., codes: _Optional[_Union[CodeMatrix, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "texts", "vectors", "field_vectors", "k", "fields", "fusion", "filter_json", "params", "omit_documents", "weights", "normalization", "sparse", "field_sparse", "field_queries", "tokens", "codes", "pipeline")
+    __slots__ = ("collection", "texts", "vectors", "field_vectors", "k", "fields", "fusion", "filter_json", "params", "omit_documents", "weights", "normalization", "sparse", "field_sparse", "field_queries", "tokens", "codes", "pipeline", "pipeline_name")
     class FieldVectorsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,7 @@ class SearchRequest(_message.Message):
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     CODES_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_NAME_FIELD_NUMBER: _ClassVar[int]
     collection: str
     texts: _containers.RepeatedScalarFieldContainer[str]
     vectors: Matrix
@@ -137,7 +138,8 @@ class SearchRequest(_message.Message):
     tokens: TokenMatrices
     codes: CodeMatrix
     pipeline: Pipeline
-    def __init__(self, collection: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Union[Matrix, _Mapping]] = ..., field_vectors: _Optional[_Mapping[str, Matrix]] = ..., k: _Optional[int] = ..., fields: _Optional[_Iterable[str]] = ..., fusion: _Optional[str] = ..., filter_json: _Optional[str] = ..., params: _Optional[_Mapping[str, int]] = ..., omit_documents: _Optional[bool] = ..., weights: _Optional[_Mapping[str, float]] = ..., normalization: _Optional[str] = ..., sparse: _Optional[_Union[SparseMatrix, _Mapping]] = ..., field_sparse: _Optional[_Mapping[str, SparseMatrix]] = ..., field_queries: _Optional[_Mapping[str, FieldQueries]] = ..., tokens: _Optional[_Union[TokenMatrices, _Mapping]] = ..., codes: _Optional[_Union[CodeMatrix, _Mapping]] = ..., pipeline: _Optional[_Union[Pipeline, _Mapping]] = ...) -> None: ...
+    pipeline_name: str
+    def __init__(self, collection: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., vectors: _Optional[_Union[Matrix, _Mapping]] = ..., field_vectors: _Optional[_Mapping[str, Matrix]] = ..., k: _Optional[int] = ..., fields: _Optional[_Iterable[str]] = ..., fusion: _Optional[str] = ..., filter_json: _Optional[str] = ..., params: _Optional[_Mapping[str, int]] = ..., omit_documents: _Optional[bool] = ..., weights: _Optional[_Mapping[str, float]] = ..., normalization: _Optional[str] = ..., sparse: _Optional[_Union[SparseMatrix, _Mapping]] = ..., field_sparse: _Optional[_Mapping[str, SparseMatrix]] = ..., field_queries: _Optional[_Mapping[str, FieldQueries]] = ..., tokens: _Optional[_Union[TokenMatrices, _Mapping]] = ..., codes: _Optional[_Union[CodeMatrix, _Mapping]] = ..., pipeline: _Optional[_Union[Pipeline, _Mapping]] = ..., pipeline_name: _Optional[str] = ...) -> None: ...
 
 class Pipeline(_message.Message):
     __slots__ = ("prefetch", "fuse", "rerank")

@@ -1,0 +1,98 @@
+"""Quality of each field alone and of query pipelines on three judged sets (SciFact test, Paul
+Graham essays, business reports): nDCG@10 and R@100 (ir-measures), p50 latency, and each
+pipeline's margin over the best single field of its set.
+
+Fields: MiniLM (dense), BM25, splade-tiny (sparse) and MiniLM token vectors (multivector: FDE
+candidates re-ranked by exact MaxSim). Prints one JSON object on stdout (progress on stderr).
+
+    python bench/quality.py [--data ../shared/data] [--sets scifact,pg,business-reports] [--out r.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import emit, log  # noqa: E402
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+FIELDS = [
+    {"name": "dense", "model": MINILM},
+    {"name": "bm25", "kind": "bm25"},
+    {"name": "splade", "kind": "sparse", "model": "splade-tiny"},
+    {"name": "tokens", "kind": "multivector", "model": MINILM, "rerank": 500,
+     "fde": {"repetitions": 20, "simhash_bits": 5, "projection_dim": 16}},
+]
+DEPTH = 100  # candidates each prefetch gives, and the ranked list scored (R@100)
+
+
+def prefetch(*names: str) -> list[dict]:
+    return [{"field": n, "k": DEPTH} for n in names]
+
+
+PIPELINES = {
+    "rrf dense+bm25": {"prefetch": prefetch("dense", "bm25")},
+    "weighted dense+bm25": {"prefetch": prefetch("dense", "bm25"), "fuse": {"method": "weighted"}},
+    "rrf all four": {"prefetch": prefetch("dense", "bm25", "splade", "tokens")},
+    "weighted all four": {"prefetch": prefetch("dense", "bm25", "splade", "tokens"),
+                          "fuse": {"method": "weighted"}},
+    "dense+bm25+splade, re-ranked by MaxSim": {"prefetch": prefetch("dense", "bm25", "splade"),
+                                                "rerank": [{"field": "tokens"}]},
+    "bm25+splade, re-ranked by dense": {"prefetch": prefetch("bm25", "splade"), "rerank": [{"field": "dense"}]},
+}
+
+
+def measure(data: Path, work: Path) -> dict:
+    import retriever
+    from retriever.corpus import read_jsonl
+    from retriever.evaluation import evaluate, load_beir
+
+    docs = read_jsonl(data / "corpus.jsonl")
+    queries, qrels = load_beir(data, "test")
+    start = time.perf_counter()
+    config = {"name": data.name.replace("-", "_"), "max_candidates": 10**7, "fields": FIELDS}
+    collection = retriever.Collection.create(work / data.name, config)
+    collection.add(docs, progress=True)
+    collection.optimize()  # one segment: every field's configured index, searched as deployed
+    out: dict = {"documents": len(docs), "queries": len(queries), "build_s": round(time.perf_counter() - start, 1)}
+
+    def scored(**how) -> dict:
+        result = evaluate(collection, queries, qrels, depth=DEPTH, progress=False, **how)
+        return {"nDCG@10": round(result["nDCG@10"], 4), "R@100": round(result["R@100"], 4),
+                "p50_ms": result["latency_ms"]["p50"]}
+
+    out["fields"] = {f["name"]: scored(fields=[f["name"]]) for f in FIELDS}
+    best_name = max(out["fields"], key=lambda n: out["fields"][n]["nDCG@10"])
+    best = out["fields"][best_name]["nDCG@10"]
+    out["best_field"] = {"name": best_name, "nDCG@10": best}
+    out["pipelines"] = {}
+    for name, pipeline in PIPELINES.items():
+        result = scored(pipeline=pipeline)
+        result["over_best_field"] = round(result["nDCG@10"] - best, 4)
+        slowest = max(out["fields"][f]["p50_ms"] for f in collection.pipeline_fields(pipeline))
+        result["p50_over_slowest_stage"] = round(result["p50_ms"] / slowest, 2)
+        out["pipelines"][name] = result
+        log(f"{data.name}: {name}: {result['nDCG@10']} ({result['over_best_field']:+.4f} over {best_name})")
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--sets", default="scifact,pg,business-reports")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    result: dict = {"depth": DEPTH, "fields": FIELDS, "pipelines": PIPELINES, "sets": {}}
+    with tempfile.TemporaryDirectory() as work:
+        for name in args.sets.split(","):
+            log(f"{name}: building")
+            result["sets"][name] = measure(args.data / name, Path(work))
+    emit(result, args.out)
+
+
+if __name__ == "__main__":
+    main()

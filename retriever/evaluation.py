@@ -31,6 +31,8 @@ def load_beir(data_dir: str | Path, split: str = "test") -> tuple[dict[str, str]
             if len(row) < 3 or row[0] == "query-id":
                 continue
             qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+    if not qrels:
+        raise InvalidRequest(f"{str(qrels_path)!r} judges no queries: there is nothing to score")
     texts = {str(q["_id"]): q["text"] for q in read_jsonl(data_dir / "queries.jsonl")}
     missing = [q for q in qrels if q not in texts]
     if missing:

@@ -271,3 +271,13 @@ def test_generate_streams_an_answer_with_stats(built):
         assert result.exit_code == 2 and "mode must be one of" in result.output
     finally:
         set_generator(None)
+
+
+def test_eval_on_a_split_that_judges_nothing_says_so(tmp_path):
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n")
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "anything"}\n')
+    from retriever.evaluation import load_beir
+
+    with pytest.raises(retriever.InvalidRequest, match="judges no queries"):
+        load_beir(tmp_path, "test")

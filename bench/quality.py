@@ -43,6 +43,10 @@ PIPELINES = {
     "dense+bm25+splade, re-ranked by MaxSim": {"prefetch": prefetch("dense", "bm25", "splade"),
                                                 "rerank": [{"field": "tokens"}]},
     "bm25+splade, re-ranked by dense": {"prefetch": prefetch("bm25", "splade"), "rerank": [{"field": "dense"}]},
+    "complete weighted all four": {"prefetch": prefetch("dense", "bm25", "splade", "tokens"),
+                                   "fuse": {"method": "weighted", "complete": True}},
+    "complete weighted dense+bm25": {"prefetch": prefetch("dense", "bm25"),
+                                     "fuse": {"method": "weighted", "complete": True}},
 }
 
 

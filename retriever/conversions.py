@@ -118,7 +118,7 @@ def pipeline_to_pb(pipeline) -> pb.Pipeline:
             for s in pipeline.prefetch
         ],
         fuse=pb.FuseStage(method=pipeline.fuse.method, weights=dict(pipeline.fuse.weights),
-                          normalization=pipeline.fuse.normalization),
+                          normalization=pipeline.fuse.normalization, complete=pipeline.fuse.complete),
     )
     for stage in pipeline.rerank:
         message.rerank.append(pb.RerankStage(field=stage.field, k=stage.k))
@@ -130,7 +130,7 @@ def pipeline_from_pb(message: pb.Pipeline) -> Pipeline:
         prefetch=tuple(Prefetch(p.field, p.k or 100, dict(p.params), filter_from_json(p.filter_json))
                        for p in message.prefetch),
         fuse=Fuse(message.fuse.method or "rrf", dict(message.fuse.weights),
-                  message.fuse.normalization or "minmax"),
+                  message.fuse.normalization or "minmax", message.fuse.complete),
         rerank=tuple(Rerank(r.field, r.k if r.HasField("k") else None) for r in message.rerank),
     )
 

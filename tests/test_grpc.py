@@ -126,7 +126,7 @@ def same_hits(local, far):
                      k=4, filter={"year": {"gte": 1995}},
                      pipeline={"prefetch": [{"field": "bm25", "k": 20, "filter": {"lang": "en"}},
                                             {"field": "dense", "k": 20, "params": {"rescore": 0}}],
-                               "fuse": {"method": "weighted", "weights": {"bm25": 2.0}},
+                               "fuse": {"method": "weighted", "weights": {"bm25": 2.0}, "complete": True},
                                "rerank": [{"field": "dense", "k": 8}]})),
     ],
 )

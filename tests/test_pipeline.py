@@ -191,3 +191,29 @@ def test_a_named_pipeline_over_the_wire(tmp_path, collection):
             far.search(queries, k=5, pipeline="nope")
     finally:
         server.stop()
+
+
+def test_complete_fusion_scores_the_whole_union_with_every_field(collection):
+    c, queries, _ = collection
+    stages = [Prefetch("dense", k=15), Prefetch("bm25", k=15), Prefetch("tok", k=15)]
+    piped = c.search(queries, k=6, pipeline=Pipeline(stages, Fuse("weighted", {"bm25": 2.0}, complete=True)))
+    union = c.search(queries, k=45, pipeline=Pipeline(stages))  # the candidates, in any order
+    rows = np.full((3, 45), -1, dtype=np.int64)
+    for b, hits in enumerate(union):
+        rows[b, : len(hits)] = hits.rows
+    payloads = c._query_payloads(queries, ["dense", "bm25", "tok"], {}, 45)
+    total = np.zeros(rows.shape)
+    for name, weight in (("dense", 1.0), ("bm25", 2.0), ("tok", 1.0)):  # min-max over each union
+        exact = c.fields[name].score(payloads[name], rows).astype(np.float64)
+        for b in range(3):
+            valid = rows[b] >= 0
+            low, span = exact[b, valid].min(), np.ptp(exact[b, valid])
+            total[b, valid] += weight * ((exact[b, valid] - low) / span if span > 0 else 1.0)
+    for b, hits in enumerate(piped):
+        valid = rows[b] >= 0
+        best = np.lexsort((rows[b][valid], -total[b][valid]))[:6]
+        assert list(hits.rows) == rows[b][valid][best].tolist()
+        np.testing.assert_allclose(hits.scores, total[b][valid][best], rtol=1e-5)
+        assert not np.isnan(hits.field_scores["bm25"]).any()  # every candidate has every field's score
+    with pytest.raises(InvalidRequest, match="complete must be true or false"):
+        c.search(queries, k=3, pipeline={"prefetch": [{"field": "dense"}], "fuse": {"complete": "yes"}})

@@ -171,7 +171,7 @@ class PrefetchStage(_message.Message):
     def __init__(self, field: _Optional[str] = ..., k: _Optional[int] = ..., params: _Optional[_Mapping[str, int]] = ..., filter_json: _Optional[str] = ...) -> None: ...
 
 class FuseStage(_message.Message):
-    __slots__ = ("method", "weights", "normalization")
+    __slots__ = ("method", "weights", "normalization", "complete")
     class WeightsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -182,10 +182,12 @@ class FuseStage(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
     method: str
     weights: _containers.ScalarMap[str, float]
     normalization: str
-    def __init__(self, method: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., normalization: _Optional[str] = ...) -> None: ...
+    complete: bool
+    def __init__(self, method: _Optional[str] = ..., weights: _Optional[_Mapping[str, float]] = ..., normalization: _Optional[str] = ..., complete: _Optional[bool] = ...) -> None: ...
 
 class RerankStage(_message.Message):
     __slots__ = ("field", "k")

@@ -26,6 +26,25 @@ def timed(fn, repeats: int = REPEATS) -> float:
     return statistics.median(times)
 
 
+def over_judged_sets(doc: str, measure, default_sets: str, result: dict) -> None:
+    """The main of a bench that measures each judged set under `--data` (default ../shared/data):
+    `measure(set directory, scratch directory)` per name in `--sets`, into `result["sets"]`."""
+    import argparse
+    import tempfile
+
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--sets", default=default_sets)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    result["sets"] = {}
+    with tempfile.TemporaryDirectory() as work:
+        for name in args.sets.split(","):
+            log(f"{name}: building")
+            result["sets"][name] = measure(args.data / name, Path(work))
+    emit(result, args.out)
+
+
 def emit(result: dict, out: Path | None) -> None:
     """The bench's one JSON object: on stdout, and in `out` when given."""
     text = json.dumps(result, indent=1)

@@ -9,15 +9,13 @@ rules cost one search per field. Prints one JSON object on stdout (progress on s
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit, log  # noqa: E402
+from common import log, over_judged_sets  # noqa: E402
 from quality import DEPTH, FIELDS  # noqa: E402
 
 
@@ -132,16 +130,7 @@ def study(data: Path, work: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--sets", default="scifact,business-reports")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    result: dict = {"depth": DEPTH, "sets": {}}
-    with tempfile.TemporaryDirectory() as work:
-        for name in args.sets.split(","):
-            result["sets"][name] = study(args.data / name, Path(work))
-    emit(result, args.out)
+    over_judged_sets(__doc__, study, "scifact,business-reports", {"depth": DEPTH})
 
 
 if __name__ == "__main__":

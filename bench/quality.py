@@ -10,14 +10,12 @@ candidates re-ranked by exact MaxSim). Prints one JSON object on stdout (progres
 
 from __future__ import annotations
 
-import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit, log  # noqa: E402
+from common import log, over_judged_sets  # noqa: E402
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 FIELDS = [
@@ -89,17 +87,8 @@ def measure(data: Path, work: Path) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--sets", default="scifact,pg,business-reports")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    result: dict = {"depth": DEPTH, "fields": FIELDS, "pipelines": PIPELINES, "sets": {}}
-    with tempfile.TemporaryDirectory() as work:
-        for name in args.sets.split(","):
-            log(f"{name}: building")
-            result["sets"][name] = measure(args.data / name, Path(work))
-    emit(result, args.out)
+    result = {"depth": DEPTH, "fields": FIELDS, "pipelines": PIPELINES}
+    over_judged_sets(__doc__, measure, "scifact,pg,business-reports", result)
 
 
 if __name__ == "__main__":

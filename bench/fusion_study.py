@@ -115,7 +115,8 @@ def rules(names):
 def study(data: Path, work: Path) -> dict:
     qrels, runs, union, exact, ids = field_runs(data, work)
     names = list(runs)
-    out = {"fields": {n: ndcg(qrels, {q: [ids[r] for r in runs[n][q][0][:DEPTH]] for q in qrels}) for n in names}}
+    ranked = {n: {q: [ids[r] for r in runs[n][q][0][:DEPTH]] for q in qrels} for n in names}
+    out = {"fields": {n: ndcg(qrels, ranked[n]) for n in names}}
     best = max(out["fields"].values())
     out["rules"] = {}
     for name, rule in rules(names).items():

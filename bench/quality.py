@@ -40,7 +40,8 @@ PIPELINES = {
                           "fuse": {"method": "weighted"}},
     "dense+bm25+splade, re-ranked by MaxSim": {"prefetch": prefetch("dense", "bm25", "splade"),
                                                 "rerank": [{"field": "tokens"}]},
-    "bm25+splade, re-ranked by dense": {"prefetch": prefetch("bm25", "splade"), "rerank": [{"field": "dense"}]},
+    "bm25+splade, re-ranked by dense": {"prefetch": prefetch("bm25", "splade"),
+                                        "rerank": [{"field": "dense"}]},
     "complete weighted all four": {"prefetch": prefetch("dense", "bm25", "splade", "tokens"),
                                    "fuse": {"method": "weighted", "complete": True}},
     "complete weighted dense+bm25": {"prefetch": prefetch("dense", "bm25"),
@@ -64,7 +65,8 @@ def measure(data: Path, work: Path) -> dict:
     collection = retriever.Collection.create(work / data.name, config)
     collection.add(docs, progress=True)
     collection.optimize()  # one segment: every field's configured index, searched as deployed
-    out: dict = {"documents": len(docs), "queries": len(queries), "build_s": round(time.perf_counter() - start, 1)}
+    build_s = round(time.perf_counter() - start, 1)
+    out: dict = {"documents": len(docs), "queries": len(queries), "build_s": build_s}
 
     def scored(**how) -> dict:
         result = evaluate(collection, queries, qrels, depth=DEPTH, progress=False, **how)

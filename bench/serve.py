@@ -151,7 +151,8 @@ def attack_comparison(port: int, queries: np.ndarray, seconds: float) -> dict:
         out[name] = run_clients(search, queries, 1, 1, seconds)
         for p in procs:
             p.join()
-        out[name]["p99_over_idle"] = round(out[name]["latency_ms"]["p99"] / out["idle"]["latency_ms"]["p99"], 3)
+        idle_p99 = out["idle"]["latency_ms"]["p99"]
+        out[name]["p99_over_idle"] = round(out[name]["latency_ms"]["p99"] / idle_p99, 3)
         log(f"attack {name}: p99 {out[name]['p99_over_idle']}x idle")
     control = out["control_full_speed_valid_searches"]["latency_ms"]["p99"]
     out["oversized_p99_over_control"] = round(out["oversized_params"]["latency_ms"]["p99"] / control, 3)

@@ -253,7 +253,8 @@ def _check(path: Path, size: int, digest: str, entry: dict[str, Any]) -> None:
 def _check_size(path: Path, size: int, entry: dict[str, Any]) -> None:
     if size != entry["size"]:
         raise CorruptIndex(
-            f"{str(path)!r} has {size} bytes but the manifest records {entry['size']}: file truncated or replaced"
+            f"{str(path)!r} has {size} bytes but the manifest records {entry['size']}: "
+            "file truncated or replaced"
         )
 
 

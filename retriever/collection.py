@@ -872,6 +872,7 @@ class Collection:
         k = self._check_k(k)
         pipeline = self._pipeline(pipeline)
         names = self._field_names(pipeline.fields)
+        spec = pipeline.fusion_spec()
         base = _check_params(params)
         stage_params = {p.field: _check_params({**base, **p.params}) for p in pipeline.prefetch}
         depth = max([k, pipeline.depth, *(_depth(p.k, stage_params[p.field]) for p in pipeline.prefetch)])
@@ -881,17 +882,15 @@ class Collection:
         if allowed is not None and not allowed.any():
             empty = np.zeros((size, 0), np.float32), np.zeros((size, 0), np.int64)
             return self._hits(*empty, {}, "no document matches the filter")
-
-        def allowed_of(stage, allowed):
-            if stage.filter is None:
-                return allowed
-            own = self._allowed(stage.filter)
-            return own if allowed is None else own & allowed
-
-        def params_of(stage):
-            return _field_params(self.fields[stage.field], stage_params[stage.field])
-
-        scores, rows, stages = pipeline_module.run(self, pipeline, batch, k, allowed, params_of, allowed_of)
+        found = {}
+        for stage in pipeline.prefetch:  # the request's filter and params, then the stage's own
+            own = allowed if stage.filter is None else self._allowed(stage.filter)
+            field = self.fields[stage.field]
+            found[stage.field] = field.search(
+                batch[stage.field], stage.k, _field_params(field, stage_params[stage.field]),
+                own if allowed is None or own is allowed else own & allowed,
+            )
+        scores, rows, stages = pipeline_module.run(self.fields, pipeline, spec, found, batch, k)
         reasons = self._no_terms_reasons(batch, [p.field for p in pipeline.prefetch], size)
         return self._hits(scores, rows, stages, reasons)
 

@@ -85,6 +85,13 @@ class Pipeline:
         names = [p.field for p in self.prefetch]
         return names + [r.field for r in self.rerank if r.field not in names]
 
+    def fusion_spec(self) -> fusion_module.FusionSpec:
+        """The fuse stage, checked against the prefetched fields (before any work)."""
+        fuse = self.fuse
+        return fusion_module.FusionSpec.checked(
+            fuse.method, fuse.weights, fuse.normalization, [p.field for p in self.prefetch]
+        )
+
     @property
     def depth(self) -> int:
         """The most candidates a query carries through the pipeline."""
@@ -118,58 +125,47 @@ class Pipeline:
         }
 
 
-def _completed(collection, found: dict[str, tuple[np.ndarray, np.ndarray]], payloads: dict[str, Any]):
+def _best_first(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """[B, C] column order per query: best score first, ties by row, -1 rows (-inf) last."""
+    tie = np.where(rows >= 0, rows, np.iinfo(np.int64).max)
+    return np.lexsort((tie, -scores), axis=1)
+
+
+def _completed(fields, found: dict[str, tuple[np.ndarray, np.ndarray]], payloads: dict[str, Any]):
     """Each field's exact scores of the union of every field's candidates [B, U], best first per
     field (-1 rows pad the end)."""
     rows = np.concatenate([r for _, r in found.values()], axis=1)
     union = [np.unique(r[r >= 0]) for r in rows]
-    width = max(1, max(len(u) for u in union))
-    padded = np.full((len(union), width), -1, dtype=np.int64)
+    padded = np.full((len(union), max(1, max(len(u) for u in union))), -1, dtype=np.int64)
     for b, u in enumerate(union):
         padded[b, : len(u)] = u
     out = {}
     for name in found:
-        scores = collection.fields[name].score(payloads[name], padded)
-        tie = np.where(padded >= 0, padded, np.iinfo(np.int64).max)
-        order = np.lexsort((tie, -scores), axis=1)
+        scores = fields[name].score(payloads[name], padded)
+        order = _best_first(scores, padded)
         out[name] = (np.take_along_axis(scores, order, axis=1), np.take_along_axis(padded, order, axis=1))
     return out
 
 
-def run(collection, pipeline: Pipeline, payloads: dict[str, Any], k: int, allowed: np.ndarray | None,
-        params_of, allowed_of) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """One batch through `pipeline` -> (scores [B, k], rows [B, k], {stage: [B, k]}), -inf / -1
-    padded. `payloads` are each field's encoded queries; `params_of(prefetch)` and
-    `allowed_of(prefetch, allowed)` give a prefetch stage's checked parameters and rows."""
-    found = {}
-    for stage in pipeline.prefetch:
-        searched = collection.fields[stage.field]
-        found[stage.field] = searched.search(
-            payloads[stage.field], stage.k, params_of(stage), allowed_of(stage, allowed)
-        )
+def run(fields, pipeline: Pipeline, spec: fusion_module.FusionSpec,
+        found: dict[str, tuple[np.ndarray, np.ndarray]], payloads: dict[str, Any],
+        k: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The prefetched lists `found` {field: (scores [B, C], rows [B, C])} through the fuse
+    (`spec`) and re-rank stages -> (scores [B, <=k], rows, {stage: scores}), best first, -1 rows
+    at the end. `fields` are the collection's opened fields, `payloads` each one's queries."""
     if len(found) == 1:
         [(name, (scores, rows))] = found.items()
         stages = {name: scores}
     else:
-        spec = fusion_module.FusionSpec.checked(
-            pipeline.fuse.method, pipeline.fuse.weights, pipeline.fuse.normalization, list(found)
-        )
         if pipeline.fuse.complete:
-            found = _completed(collection, found, payloads)
+            found = _completed(fields, found, payloads)
         scores, rows, stages = fusion_module.fuse(found, pipeline.depth, spec)
         stages = {**stages, FUSED: scores}
     for stage in pipeline.rerank:
-        exact = collection.fields[stage.field].score(payloads[stage.field], rows)
-        keep = exact.shape[1] if stage.k is None else min(stage.k, exact.shape[1])
-        # best first, ties by row; -1 rows (-inf) last
-        order = np.lexsort((np.where(rows >= 0, rows, np.iinfo(np.int64).max), -exact), axis=1)[:, :keep]
+        exact = fields[stage.field].score(payloads[stage.field], rows)
+        order = _best_first(exact, rows)[:, : stage.k]
         rows = np.take_along_axis(rows, order, axis=1)
         stages = {name: np.take_along_axis(v, order, axis=1) for name, v in stages.items()}
         scores = np.take_along_axis(exact, order, axis=1)
         stages[RERANKED + stage.field] = scores
-    width = min(k, rows.shape[1])
-    pad = k - width
-    out = np.pad(scores[:, :width], ((0, 0), (0, pad)), constant_values=-np.inf)
-    out_rows = np.pad(rows[:, :width], ((0, 0), (0, pad)), constant_values=-1)
-    stages = {n: np.pad(v[:, :width], ((0, 0), (0, pad)), constant_values=np.nan) for n, v in stages.items()}
-    return out.astype(np.float32), out_rows, stages
+    return scores[:, :k], rows[:, :k], {name: v[:, :k] for name, v in stages.items()}

@@ -38,7 +38,15 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from retriever.errors import CorruptIndex, InvalidRequest, NotFound, RetrieverError, StorageFull, WriteFailed
+from retriever.errors import (
+    AlreadyExists,
+    CorruptIndex,
+    InvalidRequest,
+    NotFound,
+    RetrieverError,
+    StorageFull,
+    WriteFailed,
+)
 
 from . import disk
 
@@ -278,6 +286,20 @@ def retire(old: dict[str, Any], new_names: set[str], held: set[int]) -> tuple[di
     for name in referenced_names(old) - new_names:
         retired[name] = old["version"]
     return retired, removable
+
+
+def check_new_directory(directory: Path) -> None:
+    """Refuse a directory a new collection cannot go in: one holding a collection or anything
+    else (the engine owns, and may delete, every file in a collection's directory)."""
+    if (directory / MANIFEST).exists():
+        raise AlreadyExists(
+            f"{str(directory)!r} already holds a collection; open it, or choose another directory"
+        )
+    if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
+        raise AlreadyExists(
+            f"{str(directory)!r} is not an empty directory; a collection is created only in an empty "
+            "or missing one (the engine owns, and may delete, every file in it)"
+        )
 
 
 def undo_create(directory: Path, made: bool) -> None:

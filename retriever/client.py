@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
@@ -179,8 +178,7 @@ class RemoteCollection:
     def snapshot(self, out: str | Path | BinaryIO) -> int:
         """Write a consistent snapshot of this collection (a tar archive) to a file or path;
         returns the version archived. Needs an admin token."""
-        with contextlib.ExitStack() as stack:
-            target = out if hasattr(out, "write") else stack.enter_context(open(out, "wb"))
+        with snapshots.opened(out, "wb") as target:
             version = 0
             try:
                 request = pb.SnapshotRequest(collection=self.name)
@@ -194,8 +192,7 @@ class RemoteCollection:
     def restore(self, archive: str | Path | BinaryIO) -> dict[str, Any]:
         """Make this collection from a snapshot archive on a server started with --data-dir;
         returns its info. Needs an admin token."""
-        with contextlib.ExitStack() as stack:
-            source = archive if hasattr(archive, "read") else stack.enter_context(open(archive, "rb"))
+        with snapshots.opened(archive, "rb") as source:
             name = self.name
 
             def chunks():

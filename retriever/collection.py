@@ -20,7 +20,7 @@ from . import pipeline as pipeline_module
 from . import buffer, merge_policy, merging, snapshots
 from .config import CollectionConfig, FieldConfig
 from .documents import DocumentTable, concat, document_texts, documents_to_table, page_by_id
-from .errors import AlreadyExists, CorruptIndex, InvalidRequest, NotFound, RetrieverError, WriteFailed
+from .errors import CorruptIndex, InvalidRequest, NotFound, RetrieverError, WriteFailed
 from .fields import Field, kind_of, request_params
 from .fields import base as field_base
 from .fields.base import NO_TERMS, Param, SegmentView
@@ -99,13 +99,7 @@ class Collection:
         """Make a collection in an empty or missing directory: the engine owns every file in it."""
         path = Path(path)
         config = _as_config(config)
-        if (path / storage.MANIFEST).exists():
-            raise AlreadyExists(f"{str(path)!r} already holds a collection; open it, or choose another directory")
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise AlreadyExists(
-                f"{str(path)!r} is not an empty directory; a collection is created only in an empty "
-                "or missing one (the engine owns, and may delete, every file in it)"
-            )
+        storage.check_new_directory(path)
         # loads models: fail before touching disk
         sizes = {f.name: kind_of(f).initial_size(f) for f in config.fields if f.source is None}
         sizes.update({f.name: sizes[f.source] for f in config.fields if f.source is not None})
@@ -196,8 +190,7 @@ class Collection:
         """Write a consistent snapshot to a file or path: the write buffer is flushed, then the
         newest version is archived (tar). Returns the version archived."""
         self.flush()
-        with contextlib.ExitStack() as stack:
-            target = out if hasattr(out, "write") else stack.enter_context(open(out, "wb"))
+        with snapshots.opened(out, "wb") as target:
             return snapshots.write(self.path, target)
 
     @classmethod
@@ -206,8 +199,7 @@ class Collection:
     ) -> "Collection":
         """A collection at `path` (an empty or missing directory) made from a snapshot archive,
         renamed `name` when given; nothing is left at `path` when the archive is damaged."""
-        with contextlib.ExitStack() as stack:
-            source = archive if hasattr(archive, "read") else stack.enter_context(open(archive, "rb"))
+        with snapshots.opened(archive, "rb") as source:
             snapshots.restore(source, path, name=name)
         return cls.open(path)
 

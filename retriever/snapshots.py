@@ -8,6 +8,7 @@ checksums before the manifest is written: a damaged or cut-short archive leaves 
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tarfile
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import BinaryIO, Iterator
 from retriever.index import disk, storage
 
 from .config import check_name
-from .errors import AlreadyExists, CorruptIndex
+from .errors import CorruptIndex
 
 CHUNK = 1 << 20  # bytes an archive is produced and read in
 _BLOCK = 512  # tar's block: each header and each file's data fill whole blocks
@@ -59,6 +60,16 @@ class Archive:
         self.close()
 
 
+@contextlib.contextmanager
+def opened(target: str | Path | BinaryIO, mode: str) -> Iterator[BinaryIO]:
+    """A file object given as itself (left open), or a path opened in `mode` (closed after)."""
+    if hasattr(target, "read" if "r" in mode else "write"):
+        yield target
+        return
+    with open(target, mode) as handle:
+        yield handle
+
+
 def write(path: str | Path, out: BinaryIO) -> int:
     """Write the archive of the collection at `path` to `out`; returns the version archived."""
     with Archive(path) as archive:
@@ -73,8 +84,7 @@ def restore(source: BinaryIO, path: str | Path, name: str | None = None) -> dict
     path = Path(path)
     if name is not None:
         check_name(name)
-    if (path / storage.MANIFEST).exists() or (path.exists() and (not path.is_dir() or any(path.iterdir()))):
-        raise AlreadyExists(f"{str(path)!r} is not an empty directory; restore into a new one")
+    storage.check_new_directory(path)
     made = not path.exists()
     disk.mkdir(path)
     try:

@@ -263,18 +263,23 @@ def sparse_from_pb(matrix: pb.SparseMatrix, what: str) -> list[tuple[np.ndarray,
     return [(ids[lo:hi], values[lo:hi]) for lo, hi in zip(offsets[:-1], offsets[1:])]
 
 
+def _stacked_tokens(value) -> bool:
+    """A (tokens [T, D], offsets [N + 1]) pair."""
+    return isinstance(value, tuple) and len(value) == 2 and np.ndim(value[0]) == 2 and np.ndim(value[1]) == 1
+
+
 def is_tokens(value) -> bool:
     """Token matrices: a (tokens [T, D], offsets [N + 1]) pair, or a list of [t_i, D] matrices."""
     if isinstance(value, np.ndarray):
         return False
-    if isinstance(value, tuple) and len(value) == 2 and np.ndim(value[1]) == 1 and np.ndim(value[0]) == 2:
+    if _stacked_tokens(value):
         return True
     return isinstance(value, Sequence) and bool(value) and all(np.ndim(item) == 2 for item in value)
 
 
 def rows_of(value, lo: int, hi: int):
     """Items lo .. hi - 1 of a field's vectors, in any form `upsert_batch` takes."""
-    if isinstance(value, tuple) and len(value) == 2 and np.ndim(value[1]) == 1:  # tokens + offsets
+    if _stacked_tokens(value):
         tokens, offsets = value
         offsets = np.asarray(offsets)[lo : hi + 1]
         return tokens[offsets[0] : offsets[-1]], offsets - offsets[0]
@@ -284,7 +289,7 @@ def rows_of(value, lo: int, hi: int):
 
 
 def tokens_to_pb(value) -> pb.TokenMatrices:
-    if isinstance(value, tuple) and len(value) == 2 and np.ndim(value[1]) == 1:
+    if _stacked_tokens(value):
         tokens, offsets = np.asarray(value[0]), np.asarray(value[1], dtype=np.int64)
     else:
         items = [np.asarray(item, dtype="<f4") for item in value]

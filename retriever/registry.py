@@ -97,7 +97,6 @@ class Registry:
 
     def restore(self, name: str, archive: BinaryIO) -> Collection:
         """A collection `name` under the data directory, made from a snapshot archive."""
-        self.check_new(name)
         with self._changing:
             self.check_new(name)
             path = self.data_dir / name

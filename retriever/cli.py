@@ -240,6 +240,56 @@ def evaluate(
 
 
 @app.command()
+def tune(
+    collection: Path = typer.Argument(..., help="Collection directory."),
+    beir: Path = typer.Option(..., "--beir", help="BEIR data folder (queries.jsonl, qrels/SPLIT.tsv)."),
+    split: str = typer.Option("train", "--split", help="The judged queries to tune on."),
+    name: str = typer.Option("tuned", "--name", help="Keep the chosen pipeline in the config as NAME."),
+    default: bool = typer.Option(False, "--default", help="Also run it when a search names no fields."),
+    folds: int = typer.Option(2, "--folds", help="Cross-validation folds for held-out figures (1: none)."),
+    fields: Optional[str] = typer.Option(
+        None, "--fields", help="Comma-separated fields to combine (default: every field encoding texts)."),
+    depths: str = typer.Option("50,100,200", "--depths", help="Comma-separated prefetch depths to try."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Report only: keep nothing in the collection."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Choose the query pipeline (fields, fusion, weights, depths, re-rank) that ranks judged
+    queries best, report its cross-validated nDCG@10 against each field alone and the built-in
+    hybrid pipeline, and keep it in the collection as a named pipeline."""
+    def work():
+        from .collection import Collection
+        from .evaluation import load_beir
+        from .tuning import tune as run_tune
+
+        queries, qrels = load_beir(beir, split)
+        try:
+            tried = tuple(int(d) for d in depths.split(",") if d.strip())
+        except ValueError:
+            raise InvalidRequest(f"--depths takes comma-separated integers, got {depths!r}") from None
+        opened = Collection.open(collection)
+        result = run_tune(opened, queries, qrels, fields=_fields(fields), depths=tried, folds=folds)
+        if not dry_run:
+            opened.save_pipeline(name, result["pipeline"], default=default)
+        return {**result, "kept_as": None if dry_run else name, "default": default and not dry_run}
+
+    def show(r):
+        scores = r["nDCG@10"]
+        alone = ", ".join(f"{n} {v:.4f}" for n, v in scores["fields"].items())
+        print(f"{r['queries']} judged queries; nDCG@10: tuned {scores['tuned']:.4f}, "
+              f"hybrid {scores['hybrid']:.4f}, {alone}")
+        if "held_out" in r:
+            h = r["held_out"]
+            print(f"held out ({h['folds']} folds): {h['nDCG@10']:.4f}, {h['gain_over_best_field']:+.4f} over "
+                  f"{h['best_field']}, {h['gain_over_hybrid']:+.4f} over hybrid")
+        print(json.dumps(r["pipeline"], indent=1))
+        if r["kept_as"]:
+            print(f"kept as pipeline {r['kept_as']!r}{' (the default)' if r['default'] else ''}: "
+                  f"`retriever eval {collection} --beir DIR --pipeline {r['kept_as']}` scores it")
+
+    _run(as_json, work, show)
+
+
+@app.command()
 def serve(
     collections: Optional[list[Path]] = typer.Argument(None, help="Collection directories to serve."),
     data_dir: Optional[Path] = typer.Option(

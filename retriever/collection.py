@@ -48,7 +48,7 @@ class Collection:
     def __init__(self, path: Path, config: CollectionConfig, manifest: dict[str, Any],
                  segments: list[Segment], fields: dict[str, Field]) -> None:
         self.path = path
-        self.config = config  # fixed at create: commits never change it
+        self.config = config  # fixed at create, but for named pipelines (`save_pipeline`)
         self._encoders: dict[str, Any] = {}
         self.merge_inline = True  # merges run in the writing call; a server's background merger sets False
         # merges stop at this size: set by a build under a memory cap, kept in every later manifest
@@ -575,6 +575,30 @@ class Collection:
             self._merge_now(0, len(self.segments))
         return True
 
+    def save_pipeline(self, name: str, pipeline, *, default: bool = False) -> None:
+        """Keep `pipeline` (a `Pipeline` or its dict) in the config as `name`, replacing one of that
+        name; with `default`, searches that name no fields run it. A new version: other readers see
+        it when they reopen."""
+        pipeline = pipeline if isinstance(pipeline, pipeline_module.Pipeline) else (
+            pipeline_module.Pipeline.from_dict(pipeline))
+        with self._writer():
+            self._catch_up()
+            self._check_format()
+            self._flush()
+            data = self.config.to_dict()
+            data["pipelines"][name] = pipeline.to_dict()
+            if default:
+                data["default_pipeline"] = name
+            config = CollectionConfig.from_dict(data)  # checks the name and the fields it reads
+
+            def write(v: int):
+                manifest = self._next_manifest(v)
+                manifest["config"] = config.to_dict()
+                return manifest, self.segments, {}
+
+            self._publish(write)
+            self.config = config
+
     # ---- merges ------------------------------------------------------------------------------
 
     def plan_merge(self) -> merging.MergePlan | None:
@@ -852,6 +876,12 @@ class Collection:
         return self._field_names(self._pipeline(pipeline).fields)
 
     def _pipeline(self, pipeline) -> pipeline_module.Pipeline:
+        if pipeline == pipeline_module.HYBRID and pipeline not in self.config.pipelines:
+            texts = [f.name for f in self.config.fields if self.can_encode(f.name)]
+            if not texts:
+                raise InvalidRequest("the hybrid pipeline searches the fields that encode texts; this "
+                                     "collection has none (its vectors were brought in)")
+            return pipeline_module.hybrid(texts)
         if isinstance(pipeline, str):
             return self.config.pipeline(pipeline)
         if isinstance(pipeline, pipeline_module.Pipeline):
@@ -863,17 +893,31 @@ class Collection:
             raise InvalidRequest("give a pipeline, or fields to search: the pipeline names its fields")
         k = self._check_k(k)
         pipeline = self._pipeline(pipeline)
-        names = self._field_names(pipeline.fields)
         spec = pipeline.fusion_spec()
+        found, batch = self.prefetch(queries, pipeline, filter=filter, params=params, k=k)
+        size = len(next(iter(batch.values())))
+        if not found:
+            empty = np.zeros((size, 0), np.float32), np.zeros((size, 0), np.int64)
+            return self._hits(*empty, {}, "no document matches the filter")
+        scores, rows, stages = pipeline_module.run(self.fields, pipeline, spec, found, batch, k)
+        reasons = self._no_terms_reasons(batch, [p.field for p in pipeline.prefetch], size)
+        return self._hits(scores, rows, stages, reasons)
+
+    def prefetch(self, queries: Queries, pipeline, *, filter: Mapping[str, Any] | None = None,
+                 params: Mapping[str, int] | None = None, k: int = 10):
+        """A pipeline's prefetch stages alone -> ({field: (scores [B, C], rows [B, C])} best first,
+        -1 rows padding, or {} when no document matches `filter`; {field: its encoded queries}):
+        what the fuse and re-rank stages (`pipeline.run`) take. `retriever tune` runs it once and
+        tries many later stages on its result."""
+        pipeline = self._pipeline(pipeline)
+        names = self._field_names(pipeline.fields)
         base = _check_params(params)
         stage_params = {p.field: _check_params({**base, **p.params}) for p in pipeline.prefetch}
         depth = max([k, pipeline.depth, *(_depth(p.k, stage_params[p.field]) for p in pipeline.prefetch)])
         batch = self._query_payloads(queries, names, base, depth)
-        size = len(next(iter(batch.values())))
         allowed = self._allowed(filter)
         if allowed is not None and not allowed.any():
-            empty = np.zeros((size, 0), np.float32), np.zeros((size, 0), np.int64)
-            return self._hits(*empty, {}, "no document matches the filter")
+            return {}, batch
         found = {}
         for stage in pipeline.prefetch:  # the request's filter and params, then the stage's own
             own = allowed if stage.filter is None else self._allowed(stage.filter)
@@ -882,9 +926,7 @@ class Collection:
                 batch[stage.field], stage.k, _field_params(field, stage_params[stage.field]),
                 own if allowed is None or own is allowed else own & allowed,
             )
-        scores, rows, stages = pipeline_module.run(self.fields, pipeline, spec, found, batch, k)
-        reasons = self._no_terms_reasons(batch, [p.field for p in pipeline.prefetch], size)
-        return self._hits(scores, rows, stages, reasons)
+        return found, batch
 
     def generate(self, question: str, k: int = 5, *, mode: str = "blend", recompute_ratio: float | None = None,
                  max_new_tokens: int = 128, fields: Sequence[str] | str | None = None, filter: Mapping[str, Any] | None = None,

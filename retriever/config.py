@@ -12,7 +12,7 @@ from typing import Any, Mapping
 from .errors import InvalidConfig, NotFound, RetrieverError
 from .fields import config_from_dict
 from .fields.base import NAME, FieldConfig, check_int
-from .pipeline import Pipeline
+from .pipeline import HYBRID, Pipeline
 
 __all__ = ["CollectionConfig", "FieldConfig", "check_name"]
 
@@ -72,16 +72,15 @@ class CollectionConfig:
             if unknown:
                 known = list(fields)
                 raise InvalidConfig(f"pipeline {name!r} names unknown field(s) {unknown}; fields: {known}")
-        if self.default_pipeline is not None and self.default_pipeline not in self.pipelines:
+        known = [*self.pipelines, *([] if HYBRID in self.pipelines else [HYBRID])]
+        if self.default_pipeline is not None and self.default_pipeline not in known:
             raise InvalidConfig(
-                f"default_pipeline {self.default_pipeline!r} is not one of the pipelines "
-                f"{list(self.pipelines)}"
-            )
+                f"default_pipeline {self.default_pipeline!r} is not one of the pipelines {known}")
 
     def pipeline(self, name: str):
         """The named pipeline (NotFound names those there are)."""
         if name not in self.pipelines:
-            known = list(self.pipelines)
+            known = [*self.pipelines, *([] if HYBRID in self.pipelines else [f"{HYBRID} (built in)"])]
             raise NotFound(f"unknown pipeline {name!r} in collection {self.name!r}; pipelines: {known}")
         return Pipeline.from_dict(self.pipelines[name])
 

@@ -21,6 +21,7 @@ from .errors import InvalidRequest
 
 FUSED = "fuse"  # the fused score's name among a hit's stage scores
 RERANKED = "rerank."  # + the field: a re-rank stage's score
+HYBRID = "hybrid"  # the built-in pipeline's name (`hybrid`), unless the config names one so
 
 
 @dataclass(frozen=True)
@@ -125,20 +126,33 @@ class Pipeline:
         }
 
 
+def hybrid(fields: list[str], k: int = 100) -> Pipeline:
+    """The pipeline a collection runs without labels: each field's top `k`, every field's exact
+    score of their union min-max normalized and summed (bench/quality.py measures it against each
+    field alone)."""
+    return Pipeline(tuple(Prefetch(name, k) for name in fields), Fuse("weighted", complete=True))
+
+
 def _best_first(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """[B, C] column order per query: best score first, ties by row, -1 rows (-inf) last."""
     tie = np.where(rows >= 0, rows, np.iinfo(np.int64).max)
     return np.lexsort((tie, -scores), axis=1)
 
 
-def _completed(fields, found: dict[str, tuple[np.ndarray, np.ndarray]], payloads: dict[str, Any]):
-    """Each field's exact scores of the union of every field's candidates [B, U], best first per
-    field (-1 rows pad the end)."""
+def union_rows(found: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The rows any field found, per query: [B, U] ascending, -1 rows padding the end."""
     rows = np.concatenate([r for _, r in found.values()], axis=1)
     union = [np.unique(r[r >= 0]) for r in rows]
     padded = np.full((len(union), max(1, max(len(u) for u in union))), -1, dtype=np.int64)
     for b, u in enumerate(union):
         padded[b, : len(u)] = u
+    return padded
+
+
+def _completed(fields, found: dict[str, tuple[np.ndarray, np.ndarray]], payloads: dict[str, Any]):
+    """Each field's exact scores of the union of every field's candidates [B, U], best first per
+    field (-1 rows pad the end)."""
+    padded = union_rows(found)
     out = {}
     for name in found:
         scores = fields[name].score(payloads[name], padded)

@@ -70,6 +70,8 @@ class Collection:
     ) -> None:
         """`segments`: the manifest's, then one per buffered write (`buffered`, with its sequence
         number); the manifest's segments may carry deletions made by buffered writes."""
+        if manifest["config"] != getattr(self, "manifest", manifest)["config"]:  # a pipeline was saved
+            self.config = CollectionConfig.from_dict(manifest["config"])
         self.manifest = manifest
         self.segments = segments
         self._buffered = buffered
@@ -597,7 +599,6 @@ class Collection:
                 return manifest, self.segments, {}
 
             self._publish(write)
-            self.config = config
 
     # ---- merges ------------------------------------------------------------------------------
 

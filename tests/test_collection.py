@@ -236,3 +236,18 @@ def test_get_count_and_scroll_agree_with_a_scan_of_every_live_document(tmp_path,
         assert [i for page in pages for i in page] == wanted and all(len(p) == 6 for p in pages[:-1])
     with pytest.raises(InvalidRequest, match="limit"):
         c.scroll(limit=0)
+
+
+def test_saved_pipelines_of_two_writers_both_survive(tmp_path):
+    fields = [{"name": "a", "kind": "bm25"}, {"name": "b", "kind": "bm25", "k1": 0.5}]
+    config = {"name": "two", "fields": fields}
+    first = retriever.Collection.create(tmp_path / "c", config)
+    first.add([{"id": "x", "text": "cats and dogs"}, {"id": "y", "text": "dogs"}])
+    second = retriever.Collection.open(first.path)
+    second.save_pipeline("from_b", {"prefetch": [{"field": "b"}]})
+    first.save_pipeline("from_a", {"prefetch": [{"field": "a"}]}, default=True)  # catches up first
+    for opened in (first, retriever.Collection.open(first.path)):
+        assert set(opened.config.pipelines) == {"from_a", "from_b"}
+        assert opened.config.default_pipeline == "from_a"
+    assert len(first) == 2 and first.search("dogs")[0].ids == first.search("dogs", fields="a")[0].ids
+    assert set(second.reopen().config.pipelines) == {"from_a", "from_b"}

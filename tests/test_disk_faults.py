@@ -191,3 +191,35 @@ def test_a_failed_create_leaves_the_directory_as_it_was(tmp_path):
             retriever.Collection.create(target, CONFIG)
         assert not target.exists(), counted.ops[n]
         assert len(retriever.Collection.create(target, CONFIG)) == 0  # and a retry succeeds
+
+
+def test_a_fault_at_any_operation_of_saving_a_pipeline_keeps_the_config_whole(template, tmp_path):
+    """save_pipeline flushes the buffer, then publishes a version whose config names the pipeline:
+    a fault at any step leaves the old config or the new one, never a half, and no logged write."""
+    pipeline = {"prefetch": [{"field": "dense", "k": 20}]}  # as the default, it answers as dense did
+
+    def state(c):
+        return answers(c), dict(c.config.pipelines), c.config.default_pipeline
+
+    probe = fresh_copy(template, tmp_path / "probe")
+    before = state(probe)
+    with disk.inject(disk.Faults()) as counted:
+        probe.save_pipeline("mixed", pipeline, default=True)
+    after = state(probe)
+    saved = {"mixed": probe.config.pipeline("mixed").to_dict()}
+    assert after[1:] == (saved, "mixed") and after[0] == before[0]
+    for n in range(counted.count):
+        c = fresh_copy(template, tmp_path / "c")
+        where = f"fault at {counted.ops[n]} #{n}"
+        with disk.inject(disk.Faults(fail_at=n)):
+            try:
+                c.save_pipeline("mixed", pipeline, default=True)
+            except retriever.StorageFull:
+                pass
+        now = state(retriever.Collection.open(c.path))
+        assert now in (before, after), where
+        assert state(c) == now, where
+        assert check(c.path)["ok"], where
+        c.save_pipeline("mixed", pipeline, default=True)
+        assert state(retriever.Collection.open(c.path)) == after, where
+        assert_no_debris(c.path)

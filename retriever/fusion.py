@@ -38,47 +38,73 @@ class FusionSpec:
 
 def fuse(per_field: dict[str, tuple[np.ndarray, np.ndarray]], k: int, spec: FusionSpec):
     """per_field {name: (scores [B, C], rows [B, C]), -1 rows padding} -> (fused [B, k], rows [B, k],
-    {name: [B, k]} each field's own score, NaN where that field did not return the row)."""
+    {name: [B, k]} each field's own score, NaN where that field did not return the row).
+
+    Every query at once: the fields' candidates side by side, sorted by row, so each row's
+    contributions are neighbours, summed in field order (as one would add them up by hand)."""
     contribution = rrf_contributions if spec.method == "rrf" else normalized_contributions
     names = list(per_field)
-    batch = next(iter(per_field.values()))[1].shape[0]
+    rows = np.concatenate([per_field[n][1] for n in names], axis=1).astype(np.int64)  # [B, M]
+    own = np.concatenate([per_field[n][0] for n in names], axis=1).astype(np.float32)
+    batch, width = rows.shape
+    parts = np.concatenate(  # [B, M], 0 at -1 rows
+        [spec.weights[n] * contribution(per_field[n][0], per_field[n][1] >= 0, spec.normalization) for n in names],
+        axis=1,
+    )
+    field = np.repeat(np.arange(len(names)), [per_field[n][1].shape[1] for n in names])  # [M]
+    # sorted by row (stable: field order within a row); -1 rows last, then dropped
+    order = np.argsort(np.where(rows >= 0, rows, np.iinfo(np.int64).max), axis=1, kind="stable")
+    by_row = np.take_along_axis(rows, order, axis=1).ravel()
+    valid = by_row >= 0
+    starts = np.ones(by_row.shape, dtype=bool)  # the first of each row's run, per query
+    starts[1:] = by_row[1:] != by_row[:-1]
+    starts[:: max(width, 1)] = True
+    starts &= valid
+    group = np.cumsum(starts) - 1  # each candidate's (query, row) group
+    first = np.flatnonzero(starts)
+    totals = np.add.reduceat(np.take_along_axis(parts, order, axis=1).ravel(), first) if len(first) else (
+        np.zeros(0))
+    # reduceat sums up to the next start: invalid entries sit at each query's end and add 0
+    query, group_rows = first // max(width, 1), by_row[first]
+    best = np.lexsort((group_rows, -totals, query))  # per query: best total first, ties by row
+    rank = np.arange(len(best)) - np.searchsorted(query[best], query[best])
+    keep = best[rank < k]
     fused = np.full((batch, k), -np.inf, dtype=np.float32)
     out_rows = np.full((batch, k), -1, dtype=np.int64)
-    field_scores = {n: np.full((batch, k), np.nan, dtype=np.float32) for n in names}
-    for b in range(batch):
-        totals: dict[int, float] = {}
-        own: dict[str, dict[int, float]] = {}
-        for name in names:
-            scores, rows = per_field[name]
-            found = rows[b] >= 0
-            r, s = rows[b][found].tolist(), scores[b][found]
-            own[name] = dict(zip(r, s.tolist()))
-            for row, c in zip(r, (spec.weights[name] * contribution(s, spec.normalization)).tolist()):
-                totals[row] = totals.get(row, 0.0) + c
-        ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))[:k]
-        for i, (row, total) in enumerate(ranked):
-            fused[b, i] = total
-            out_rows[b, i] = row
-            for name in names:
-                field_scores[name][b, i] = own[name].get(row, np.nan)
+    at = (query[keep], rank[rank < k])
+    fused[at], out_rows[at] = totals[keep], group_rows[keep]
+    mine = np.full((len(first), len(names)), np.nan, dtype=np.float32)  # [groups, fields]
+    flat_field = field[order].ravel()
+    mine[group[valid], flat_field[valid]] = np.take_along_axis(own, order, axis=1).ravel()[valid]
+    field_scores = {}
+    for f, name in enumerate(names):
+        field_scores[name] = np.full((batch, k), np.nan, dtype=np.float32)
+        field_scores[name][at] = mine[keep, f]
     return fused, out_rows, field_scores
 
 
-def rrf_contributions(scores: np.ndarray, normalization: str, rrf_k: int = RRF_K) -> np.ndarray:
-    """Reciprocal rank fusion (Cormack et al., SIGIR 2009): 1 / (rrf_k + rank), ranks from 1.
-    scores [C] best first -> [C]."""
-    return 1.0 / (rrf_k + np.arange(1, len(scores) + 1, dtype=np.float64))
+def rrf_contributions(scores: np.ndarray, found: np.ndarray, normalization: str,
+                      rrf_k: int = RRF_K) -> np.ndarray:
+    """Reciprocal rank fusion (Cormack et al., SIGIR 2009): 1 / (rrf_k + rank), ranks from 1 among
+    each query's found candidates. scores [B, C] best first, found [B, C] -> [B, C], 0 where not
+    found."""
+    return np.where(found, 1.0 / (rrf_k + np.cumsum(found, axis=1, dtype=np.float64)), 0.0)
 
 
-def normalized_contributions(scores: np.ndarray, normalization: str) -> np.ndarray:
-    """One field's candidate scores [C] mapped to a common scale: min-max to [0, 1], or z-scores.
-    A list whose scores are all equal maps to 1 (min-max) or 0 (z-score)."""
+def normalized_contributions(scores: np.ndarray, found: np.ndarray, normalization: str) -> np.ndarray:
+    """One field's candidate scores [B, C] mapped to a common scale per query (over its `found`
+    ones): min-max to [0, 1], or z-scores. A query whose scores are all equal maps them to 1
+    (min-max) or 0 (z-score). 0 where not found."""
     s = scores.astype(np.float64)
-    if len(s) == 0:
-        return s
     if normalization == "minmax":
-        spread = s.max() - s.min()
-        return (s - s.min()) / spread if spread > 0 else np.ones_like(s)
-    std = s.std()
-    return (s - s.mean()) / std if std > 0 else np.zeros_like(s)
-
+        low = np.where(found, s, np.inf).min(axis=1, initial=np.inf, keepdims=True)
+        spread = np.where(found, s, -np.inf).max(axis=1, initial=-np.inf, keepdims=True) - low
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = np.where(spread > 0, (s - low) / spread, 1.0)
+        return np.where(found, out, 0.0)
+    out = np.zeros_like(s)
+    for b in range(len(s)):  # per query, as numpy's mean and std sum them
+        mine = s[b, found[b]]
+        std = mine.std() if len(mine) else 0.0
+        out[b, found[b]] = (mine - mine.mean()) / std if std > 0 else 0.0
+    return out

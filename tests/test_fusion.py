@@ -31,30 +31,36 @@ def reference(lists: dict[str, list[tuple[int, float]]], method: str, weights: d
 @given(seed=st.integers(0, 10_000), method=st.sampled_from(["rrf", "weighted"]), normalization=st.sampled_from(["minmax", "zscore"]),
        k=st.integers(1, 12))
 def test_fuse_matches_reference(seed, method, normalization, k):
+    """A batch of three queries, fused at once, against the reference query by query."""
     rng = np.random.default_rng(seed)
-    per_field, lists = {}, {}
-    for name in ("a", "b", "c"):
-        size = int(rng.integers(0, 9))
-        rows = rng.choice(20, size=size, replace=False)
-        scores = np.sort(rng.normal(size=size).astype(np.float32))[::-1]
-        padded_rows = np.full((1, 10), -1)
-        padded_scores = np.full((1, 10), -np.inf, dtype=np.float32)
-        padded_rows[0, :size], padded_scores[0, :size] = rows, scores
+    per_field = {}
+    lists = [{}, {}, {}]
+    for name, width in (("a", 10), ("b", 6), ("c", 9)):
+        padded_rows = np.full((3, width), -1)
+        padded_scores = np.full((3, width), -np.inf, dtype=np.float32)
+        for b in range(3):
+            size = int(rng.integers(0, width + 1))
+            rows = rng.choice(20, size=size, replace=False)
+            scores = np.sort(rng.normal(size=size).astype(np.float32))[::-1]
+            padded_rows[b, :size], padded_scores[b, :size] = rows, scores
+            lists[b][name] = list(zip(rows.tolist(), scores.tolist()))
         per_field[name] = (padded_scores, padded_rows)
-        lists[name] = list(zip(rows.tolist(), scores.tolist()))
     weights = {"a": 1.0, "b": float(rng.uniform(0, 2)), "c": 0.5}
     fused, rows, field_scores = fuse(per_field, k, FusionSpec.checked(method, weights, normalization, ["a", "b", "c"]))
-    expected = reference(lists, method, weights, normalization)
-    best = sorted(expected.items(), key=lambda item: (-item[1], item[0]))[:k]
-    got = [(int(r), float(s)) for r, s in zip(rows[0], fused[0]) if r >= 0]
-    np.testing.assert_allclose([s for _, s in got], [s for _, s in best], atol=1e-5)  # the best k totals, in order
-    for row, score in got:  # each returned row carries its own total (ties may swap rows)
-        assert expected[row] == pytest.approx(score, abs=1e-5)
-    for name, ranked in lists.items():
-        own = dict(ranked)
-        for i, (row, _) in enumerate(got):
-            value = field_scores[name][0, i]
-            assert (np.isnan(value) and row not in own) or value == pytest.approx(own[row], rel=1e-6)
+    for b in range(3):
+        expected = reference(lists[b], method, weights, normalization)
+        best = sorted(expected.items(), key=lambda item: (-item[1], item[0]))[:k]
+        got = [(int(r), float(s)) for r, s in zip(rows[b], fused[b]) if r >= 0]
+        assert all(r < 0 for r in rows[b][len(got):])  # padding only at the end
+        # the best k totals, in order
+        np.testing.assert_allclose([s for _, s in got], [s for _, s in best], atol=1e-5)
+        for row, score in got:  # each returned row carries its own total (ties may swap rows)
+            assert expected[row] == pytest.approx(score, abs=1e-5)
+        for name, ranked in lists[b].items():
+            own = dict(ranked)
+            for i, (row, _) in enumerate(got):
+                value = field_scores[name][b, i]
+                assert (np.isnan(value) and row not in own) or value == pytest.approx(own[row], rel=1e-6)
 
 
 @pytest.mark.parametrize("method, weights, normalization, words", [

@@ -48,7 +48,8 @@ def fuse(per_field: dict[str, tuple[np.ndarray, np.ndarray]], k: int, spec: Fusi
     own = np.concatenate([per_field[n][0] for n in names], axis=1).astype(np.float32)
     batch, width = rows.shape
     parts = np.concatenate(  # [B, M], 0 at -1 rows
-        [spec.weights[n] * contribution(per_field[n][0], per_field[n][1] >= 0, spec.normalization) for n in names],
+        [spec.weights[n] * contribution(scores, rows >= 0, spec.normalization)
+         for n, (scores, rows) in per_field.items()],
         axis=1,
     )
     field = np.repeat(np.arange(len(names)), [per_field[n][1].shape[1] for n in names])  # [M]

@@ -36,12 +36,12 @@ def over_judged_sets(doc: str, measure, default_sets: str, result: dict) -> None
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--sets", default=default_sets)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--keep", type=Path, help="build collections here and reuse those already built")
     args = parser.parse_args()
     result["sets"] = {}
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as scratch:
         for name in args.sets.split(","):
-            log(f"{name}: building")
-            result["sets"][name] = measure(args.data / name, Path(work))
+            result["sets"][name] = measure(args.data / name, args.keep or Path(scratch))
     emit(result, args.out)
 
 

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .collection import Collection
 from .corpus import read_jsonl
 from .errors import InvalidRequest
+from .pipeline import Pipeline
 
 MEASURES = [nDCG @ 10, R @ 100]
 
@@ -84,8 +85,14 @@ def evaluate(
         "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 3), "p99": round(float(np.percentile(lat, 99)), 3)},
         "batch_size": batch_size,
         "fields": names,
-        **({"fusion": fusion} if len(names) > 1 else {}),
+        **({"pipeline": _plain(pipeline)} if pipeline is not None
+           else {"fusion": fusion} if len(names) > 1 else {}),
     }
+
+
+def _plain(pipeline):
+    """A pipeline as the caller named it: its name, or its plain data."""
+    return pipeline.to_dict() if isinstance(pipeline, Pipeline) else pipeline
 
 
 def write_trec_run(run: Mapping[str, Mapping[str, float]], path: str | Path, tag: str) -> None:

@@ -17,7 +17,9 @@ JsonOption = typer.Option(False, "--json", help="Print one JSON object on stdout
 FieldsOption = typer.Option(None, "--fields", help="Comma-separated fields to search (default: the first field).")
 FusionOption = typer.Option("rrf", "--fusion", help="How several fields are fused: rrf, or weighted (normalized scores x weights).")
 WeightsOption = typer.Option(None, "--weights", help="Weighted fusion: FIELD=WEIGHT pairs, comma-separated (default 1 each).")
-NormalizationOption = typer.Option("minmax", "--normalization", help="Weighted fusion: minmax or zscore, per field and query.")
+NormalizationOption = typer.Option(
+    "minmax", "--normalization", help="Weighted fusion: minmax, zscore or robust (median / MAD), per query."
+)
 ParamOption = typer.Option(
     None, "--param", "-p",
     help="Search parameter NAME=INT (nprobe, efSearch, rescore, inference_free, candidates, rerank); repeatable.",

@@ -843,7 +843,7 @@ class Collection:
         binary field (uint8 [B, code bytes]), or {field: any of those}, one source per field (texts
         for a BM25 field beside vectors for a dense one). `schema()` says what each field takes.
         Several fields are fused: `fusion="rrf"` (reciprocal ranks) or `"weighted"` (each field's
-        scores normalized per query with `normalization` "minmax" or "zscore", then summed with
+        scores normalized per query with `normalization` "minmax", "zscore" or "robust", summed with
         `weights`, 1 each by default); each field contributes its top `params["candidates"]`.
         A `pipeline` (`retriever.pipeline.Pipeline`, its dict, or the name of one in the config)
         runs prefetch, fuse and re-rank stages instead of `fields` and fusion; each hit keeps every

@@ -11,7 +11,7 @@ from .errors import InvalidRequest
 
 RRF_K = 60
 METHODS = ("rrf", "weighted")
-NORMALIZATIONS = ("minmax", "zscore")
+NORMALIZATIONS = ("minmax", "zscore", "robust")
 
 
 @dataclass(frozen=True)
@@ -94,8 +94,10 @@ def rrf_contributions(scores: np.ndarray, found: np.ndarray, normalization: str,
 
 def normalized_contributions(scores: np.ndarray, found: np.ndarray, normalization: str) -> np.ndarray:
     """One field's candidate scores [B, C] mapped to a common scale per query (over its `found`
-    ones): min-max to [0, 1], or z-scores. A query whose scores are all equal maps them to 1
-    (min-max) or 0 (z-score). 0 where not found."""
+    ones): min-max to [0, 1]; z-scores; or robust z-scores (minus the median, over the median
+    absolute deviation, or the standard deviation where that is 0), which the few candidates far
+    from the rest (those other fields brought in, a lone top hit) do not squeeze. A query whose
+    scores are all equal maps them to 1 (min-max) or 0. 0 where not found."""
     s = scores.astype(np.float64)
     if normalization == "minmax":
         low = np.where(found, s, np.inf).min(axis=1, initial=np.inf, keepdims=True)
@@ -104,8 +106,14 @@ def normalized_contributions(scores: np.ndarray, found: np.ndarray, normalizatio
             out = np.where(spread > 0, (s - low) / spread, 1.0)
         return np.where(found, out, 0.0)
     out = np.zeros_like(s)
-    for b in range(len(s)):  # per query, as numpy's mean and std sum them
+    for b in range(len(s)):  # per query, as numpy's mean, median and std sum them
         mine = s[b, found[b]]
-        std = mine.std() if len(mine) else 0.0
-        out[b, found[b]] = (mine - mine.mean()) / std if std > 0 else 0.0
+        if not len(mine):
+            continue
+        if normalization == "zscore":
+            middle, spread = mine.mean(), mine.std()
+        else:
+            middle = np.median(mine)
+            spread = np.median(np.abs(mine - middle)) or mine.std()
+        out[b, found[b]] = (mine - middle) / spread if spread > 0 else 0.0
     return out

@@ -27,7 +27,7 @@ from .pipeline import Fuse, Pipeline, Prefetch, Rerank
 
 CUTOFF = 10  # nDCG@10 is what tuning maximises
 DEPTHS = (50, 100, 200)  # prefetch depths tried; candidates are gathered once at the largest
-FUSES = (Fuse("rrf"), Fuse("weighted"), Fuse("weighted", normalization="zscore"))
+FUSES = (Fuse("rrf"), *(Fuse("weighted", normalization=n) for n in ("minmax", "zscore", "robust")))
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # the learned blend's steps, per field
 ASCENT_ROUNDS = 3
 BATCH = 32  # queries per prefetch call while gathering

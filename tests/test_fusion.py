@@ -1,5 +1,7 @@
 """Fusion against a plain-Python reference: RRF, and weighted min-max / z-score."""
 
+import statistics
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -22,14 +24,18 @@ def reference(lists: dict[str, list[tuple[int, float]]], method: str, weights: d
             else:
                 mean = sum(scores) / len(scores)
                 std = (sum((s - mean) ** 2 for s in scores) / len(scores)) ** 0.5
-                value = (score - mean) / std if std > 0 else 0.0
+                middle, spread = mean, std
+                if normalization == "robust":
+                    middle = statistics.median(scores)
+                    spread = statistics.median(abs(s - middle) for s in scores) or std
+                value = (score - middle) / spread if spread > 0 else 0.0
             totals[row] = totals.get(row, 0.0) + weights[name] * value
     return totals
 
 
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 10_000), method=st.sampled_from(["rrf", "weighted"]), normalization=st.sampled_from(["minmax", "zscore"]),
-       k=st.integers(1, 12))
+@given(seed=st.integers(0, 10_000), method=st.sampled_from(["rrf", "weighted"]),
+       normalization=st.sampled_from(["minmax", "zscore", "robust"]), k=st.integers(1, 12))
 def test_fuse_matches_reference(seed, method, normalization, k):
     """A batch of three queries, fused at once, against the reference query by query."""
     rng = np.random.default_rng(seed)
@@ -73,3 +79,16 @@ def test_fuse_matches_reference(seed, method, normalization, k):
 def test_bad_fusion_requests(method, weights, normalization, words):
     with pytest.raises(InvalidRequest, match=words):
         FusionSpec.checked(method, weights, normalization, ["a", "b"])
+
+
+def test_robust_normalization_falls_back_to_the_standard_deviation():
+    """Most candidates scoring the same (BM25's zeros for documents without a query word) make
+    the median absolute deviation 0: the spread is then the standard deviation, not a division by 0."""
+    from retriever.fusion import normalized_contributions
+
+    scores = np.array([[3.0, 1.0, 0.0, 0.0, 0.0, -np.inf]], dtype=np.float32)
+    found = np.array([[True, True, True, True, True, False]])
+    got = normalized_contributions(scores, found, "robust")
+    std = np.std([3.0, 1.0, 0.0, 0.0, 0.0])
+    np.testing.assert_allclose(got[0], [3.0 / std, 1.0 / std, 0, 0, 0, 0])
+    assert not normalized_contributions(np.ones((1, 3), np.float32), np.ones((1, 3), bool), "robust").any()

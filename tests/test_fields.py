@@ -6,6 +6,7 @@ import pytest
 import retriever
 from retriever import fields
 from retriever.check import check
+from retriever.pipeline import Pipeline, Prefetch
 from toy_kind import TOY
 
 
@@ -86,7 +87,7 @@ def every_kind(tmp_path_factory):
 def test_scores_of_every_row_rank_as_exact_search_does(every_kind, name):
     c, queries = every_kind
     field = c.fields[name]
-    payload = c._query_payloads({name: queries[name]}, [name], {}, 10)[name]
+    payload = c.prefetch({name: queries[name]}, Pipeline([Prefetch(name, 10)]))[1][name]  # encoded queries
     rows = np.tile(np.arange(c.counts["rows"]), (3, 1))
     rows[:, 5] = -1  # a hole
     scores = field.score(payload, rows)

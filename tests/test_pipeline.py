@@ -201,7 +201,7 @@ def test_complete_fusion_scores_the_whole_union_with_every_field(collection):
     rows = np.full((3, 45), -1, dtype=np.int64)
     for b, hits in enumerate(union):
         rows[b, : len(hits)] = hits.rows
-    payloads = c._query_payloads(queries, ["dense", "bm25", "tok"], {}, 45)
+    _, payloads = c.prefetch(queries, Pipeline(stages))  # the encoded queries
     total = np.zeros(rows.shape)
     for name, weight in (("dense", 1.0), ("bm25", 2.0), ("tok", 1.0)):  # min-max over each union
         exact = c.fields[name].score(payloads[name], rows).astype(np.float64)

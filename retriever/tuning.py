@@ -30,7 +30,7 @@ DEPTHS = (50, 100, 200)  # prefetch depths tried; candidates are gathered once a
 FUSES = (Fuse("rrf"), *(Fuse("weighted", normalization=n) for n in ("minmax", "zscore", "robust")))
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # the learned blend's steps, per field
 ASCENT_ROUNDS = 3
-BATCH = 32  # queries per prefetch call while gathering
+BATCH = 32  # queries per prefetch call while gathering, within the collection's limits
 MAX_FOLDS = 10
 PAD = np.iinfo(np.int64).max  # pads the sorted candidate rows, so they stay sorted
 
@@ -99,8 +99,10 @@ class Judged:
         qids = list(queries)
         found: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in fields}
         unions, scores, gains = [], {name: [] for name in fields}, []
-        for start in tqdm(range(0, len(qids), BATCH), desc="candidates", unit="batch", disable=not progress):
-            batch = qids[start : start + BATCH]
+        limits = collection.config
+        size = max(1, min(BATCH, limits.max_batch, limits.max_candidates // (depth * len(fields))))
+        for start in tqdm(range(0, len(qids), size), desc="candidates", unit="batch", disable=not progress):
+            batch = qids[start : start + size]
             stage, payloads = collection.prefetch([queries[q] for q in batch], widest)
             union = pipeline_module.union_rows(stage)
             for name in fields:

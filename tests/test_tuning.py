@@ -186,3 +186,16 @@ def test_cli_tune_then_eval(judged, tmp_path):
     assert json.loads(scored.stdout)["nDCG@10"] > 0
     bad = invoke(app, ["tune", str(c.path), "--beir", str(root / "beir"), "--depths", "a,b"])
     assert bad.exit_code == 2 and "--depths takes" in bad.output
+
+
+def test_gathering_stays_within_the_collections_limits(judged, tmp_path):
+    c, queries, qrels, _ = judged
+    tight = retriever.Collection.create(tmp_path / "tight", {**c.config.to_dict(), "max_batch": 3,
+                                                              "max_candidates": 400})
+    tight.add(c.get([f"d{i}" for i in range(160)]))
+    names = ["bm25", "flat", "loose"]
+    everyone = np.arange(len(queries))
+    roomy = tuning.Judged.gather(c, queries, qrels, names, depth=60, progress=False)
+    small = tuning.Judged.gather(tight, queries, qrels, names, depth=60, progress=False)  # 2 queries a call
+    pipeline = hybrid(names, 60)
+    np.testing.assert_array_equal(small.ndcg(pipeline, everyone), roomy.ndcg(pipeline, everyone))

@@ -239,8 +239,8 @@ def tune(
     everyone = np.arange(len(judged.qids))
     pipeline, train = choose(judged, everyone, fields, depths, progress)
 
-    def mean(p: Pipeline, queries: np.ndarray = everyone) -> float:
-        return round(float(judged.ndcg(p, queries).mean()), 4)
+    def mean(p: Pipeline) -> float:
+        return round(float(judged.ndcg(p, everyone).mean()), 4)
 
     scored = {
         pipeline_module.HYBRID: mean(pipeline_module.hybrid(fields, min(100, max(depths)))),

@@ -89,8 +89,8 @@ def measure(data: Path, work: Path) -> dict:
 
 def timed(collection, texts: list[str], out: dict) -> None:
     """p50 ms of one query a call (encoding included) of every field and pipeline, measured in
-    interleaved rounds so that no configuration alone meets a cold cache or a noisy minute; each
-    pipeline's p50 over its slowest stage's (a field it reads, alone)."""
+    interleaved rounds so that a pipeline and its stages meet the same state of the process and
+    the machine; each pipeline's p50 over its slowest stage's (a field it reads, alone)."""
     import statistics
 
     configs = {("fields", f["name"]): {"fields": f["name"]} for f in FIELDS}

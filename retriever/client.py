@@ -175,6 +175,12 @@ class RemoteCollection:
                    else pb.CreateCollectionRequest(config_json=json.dumps(dict(config))))
         return json.loads(self._call(self._stub.CreateCollection, request).info_json)
 
+    def save_pipeline(self, name: str, pipeline, *, default: bool = False) -> None:
+        """As `Collection.save_pipeline`, on the server (an admin token)."""
+        request = pb.SavePipelineRequest(collection=self.name, name=name, make_default=default,
+                                         pipeline=_built(lambda: conversions.pipeline_to_pb(pipeline)))
+        self._call(self._stub.SavePipeline, request)
+
     def snapshot(self, out: str | Path | BinaryIO) -> int:
         """Write a consistent snapshot of this collection (a tar archive) to a file or path;
         returns the version archived. Needs an admin token."""

@@ -66,6 +66,7 @@ class CollectionConfig:
             check_name(name, "pipeline name")
             try:
                 pipeline = Pipeline.from_dict(data)
+                pipeline.fusion_spec()  # its fuse stage, checked now rather than at the first search
             except RetrieverError as e:
                 raise InvalidConfig(f"pipeline {name!r}: {e}") from None
             unknown = sorted(set(pipeline.fields) - set(fields))

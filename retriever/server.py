@@ -37,6 +37,7 @@ SCOPES = ("read", "write", "admin")  # what a token may do; each scope includes 
 METHOD_SCOPES = {
     "Upsert": "write", "Delete": "write",
     "CreateCollection": "admin", "DropCollection": "admin", "Snapshot": "admin", "Restore": "admin",
+    "SavePipeline": "admin",
 }
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -204,6 +205,18 @@ class RetrieverServicer:
             return pb.DropCollectionResponse()
 
         return await self._unary("DropCollection", context, work)
+
+    async def SavePipeline(self, raw: bytes, context) -> pb.SavePipelineResponse:
+        def work():
+            request = conversions.parse(pb.SavePipelineRequest, raw)
+            pipeline = conversions.pipeline_from_pb(request.pipeline)
+            def save(collection):
+                collection.save_pipeline(request.name, pipeline, default=request.make_default)
+
+            _, snapshot = self.registry.write(request.collection, save)
+            return pb.SavePipelineResponse(version=snapshot.version)
+
+        return await self._unary("SavePipeline", context, work)
 
     async def Snapshot(self, raw: bytes, context) -> AsyncIterator[pb.SnapshotChunk]:
         def start() -> snapshots.Archive:

@@ -110,6 +110,8 @@ def test_token_scopes(tmp_path):
         assert as_["read"].count() == 4 and as_["read"].search(random_vectors(1, 16), k=2)[0].ids
         with pytest.raises(retriever.errors.PermissionDenied, match="may write; DropCollection needs an"):
             as_["write"].drop()
+        with pytest.raises(retriever.errors.PermissionDenied, match="may write; SavePipeline needs an"):
+            as_["write"].save_pipeline("p", {"prefetch": [{"field": "dense"}]})
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:  # a collection's health: any token
             request = health_pb2.HealthCheckRequest(service="vecs")
             check = health_pb2_grpc.HealthStub(channel).Check

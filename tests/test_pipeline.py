@@ -132,6 +132,8 @@ def test_named_and_default_pipelines_in_the_config(tmp_path, collection):
         reopened.search(queries, k=5, pipeline="nope")
     for bad, words in (({"pipelines": {"x": {"prefetch": [{"field": "nope"}]}}}, "unknown field"),
                        ({"pipelines": {"x": {"prefetch": []}}}, "at least one prefetch"),
+                       ({"pipelines": {"x": {"prefetch": [{"field": "dense"}], "fuse": {"method": "max"}}}},
+                        "fusion must be one of"),
                        ({"default_pipeline": "missing"}, "not one of the pipelines"),
                        ({"pipelines": {"bad name!": hybrid}}, "pipeline name")):
         with pytest.raises(retriever.InvalidConfig, match=words):
@@ -189,6 +191,17 @@ def test_a_named_pipeline_over_the_wire(tmp_path, collection):
             same(far.search(queries, k=5, pipeline=asked), near.search(queries, k=5, pipeline=asked))
         with pytest.raises(NotFound, match="unknown pipeline"):
             far.search(queries, k=5, pipeline="nope")
+        saved = Pipeline([Prefetch("dense", k=30), Prefetch("tok", k=30)], Fuse("weighted", {"tok": 2.0},
+                                                                                "robust", complete=True))
+        far.save_pipeline("saved", saved, default=True)  # searches on the server see it at once
+        same(far.search(queries, k=5), c.search(queries, k=5, pipeline=saved))
+        same(far.search(queries, k=5, pipeline="saved"), c.search(queries, k=5, pipeline=saved))
+        reopened = retriever.Collection.open(tmp_path / "data" / "named")
+        assert reopened.config.pipeline("saved") == saved and reopened.config.default_pipeline == "saved"
+        with pytest.raises(retriever.InvalidRequest, match="pipeline name"):
+            far.save_pipeline("bad name!", saved)
+        with pytest.raises(retriever.InvalidRequest, match="fusion must be one of"):
+            far.save_pipeline("x", {"prefetch": [{"field": "dense"}], "fuse": {"method": "max"}})
     finally:
         server.stop()
 

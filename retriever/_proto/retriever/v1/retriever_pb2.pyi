@@ -468,6 +468,24 @@ class DropCollectionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class SavePipelineRequest(_message.Message):
+    __slots__ = ("collection", "name", "pipeline", "make_default")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    MAKE_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    name: str
+    pipeline: Pipeline
+    make_default: bool
+    def __init__(self, collection: _Optional[str] = ..., name: _Optional[str] = ..., pipeline: _Optional[_Union[Pipeline, _Mapping]] = ..., make_default: _Optional[bool] = ...) -> None: ...
+
+class SavePipelineResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
+
 class SnapshotRequest(_message.Message):
     __slots__ = ("collection",)
     COLLECTION_FIELD_NUMBER: _ClassVar[int]

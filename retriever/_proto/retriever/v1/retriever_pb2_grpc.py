@@ -99,6 +99,11 @@ class RetrieverStub:
                 request_serializer=retriever_dot_v1_dot_retriever__pb2.RestoreChunk.SerializeToString,
                 response_deserializer=retriever_dot_v1_dot_retriever__pb2.CollectionInfo.FromString,
                 _registered_method=True)
+        self.SavePipeline = channel.unary_unary(
+                '/retriever.v1.Retriever/SavePipeline',
+                request_serializer=retriever_dot_v1_dot_retriever__pb2.SavePipelineRequest.SerializeToString,
+                response_deserializer=retriever_dot_v1_dot_retriever__pb2.SavePipelineResponse.FromString,
+                _registered_method=True)
 
 
 class RetrieverServicer:
@@ -196,6 +201,15 @@ class RetrieverServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SavePipeline(self, request, context):
+        """Keep a pipeline in the collection's config under a name (replacing one of that name), and
+        with `make_default` run it when a search names no fields (admin scope). Searches see it at
+        once; `retriever tune` chooses one from judged queries.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrieverServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -263,6 +277,11 @@ def add_RetrieverServicer_to_server(servicer, server):
                     servicer.Restore,
                     request_deserializer=retriever_dot_v1_dot_retriever__pb2.RestoreChunk.FromString,
                     response_serializer=retriever_dot_v1_dot_retriever__pb2.CollectionInfo.SerializeToString,
+            ),
+            'SavePipeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.SavePipeline,
+                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.SavePipelineRequest.FromString,
+                    response_serializer=retriever_dot_v1_dot_retriever__pb2.SavePipelineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -616,6 +635,33 @@ class Retriever:
             '/retriever.v1.Retriever/Restore',
             retriever_dot_v1_dot_retriever__pb2.RestoreChunk.SerializeToString,
             retriever_dot_v1_dot_retriever__pb2.CollectionInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SavePipeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/retriever.v1.Retriever/SavePipeline',
+            retriever_dot_v1_dot_retriever__pb2.SavePipelineRequest.SerializeToString,
+            retriever_dot_v1_dot_retriever__pb2.SavePipelineResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,6 +12,8 @@ from retriever import tuning
 from retriever.cli import app
 from retriever.errors import InvalidRequest, NotFound
 from retriever.evaluation import load_beir
+from retriever.registry import Registry
+from retriever.server import Server, ServerOptions
 from retriever.pipeline import HYBRID, Fuse, Pipeline, Prefetch, Rerank, hybrid
 
 WORDS = [f"w{i}" for i in range(40)]
@@ -120,6 +122,12 @@ def test_the_built_in_hybrid_pipeline(judged):
     assert set(by_name[0].field_scores) == {"bm25", "flat", "loose", "fuse"}
     with pytest.raises(NotFound, match="hybrid \\(built in\\)"):
         c.search(text, pipeline="nope")
+    server = Server(Registry.open_data_dir(c.path.parent), ServerOptions(port=0)).start()
+    try:  # by name over the wire too
+        far = retriever.connect(f"grpc://127.0.0.1:{server.port}/t")
+        assert far.search(text, k=5, pipeline=HYBRID)[0].ids == by_name[0].ids
+    finally:
+        server.stop()
 
 
 def test_tune_refuses_what_it_cannot_do(judged):

@@ -263,6 +263,9 @@ def tune(
         from .evaluation import load_beir
         from .tuning import tune as run_tune
 
+        if str(collection).startswith("grpc:"):
+            raise InvalidRequest("tune reads each field's exact scorer, so it runs on a collection directory: "
+                                 "tune a copy (a snapshot), then save_pipeline on the server")
         queries, qrels = load_beir(beir, split)
         try:
             tried = tuple(int(d) for d in depths.split(",") if d.strip())

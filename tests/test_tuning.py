@@ -194,6 +194,8 @@ def test_cli_tune_then_eval(judged, tmp_path):
     assert json.loads(scored.stdout)["nDCG@10"] > 0
     bad = invoke(app, ["tune", str(c.path), "--beir", str(root / "beir"), "--depths", "a,b"])
     assert bad.exit_code == 2 and "--depths takes" in bad.output
+    remote = invoke(app, ["tune", "grpc://127.0.0.1:1/t", "--beir", str(root / "beir")])
+    assert remote.exit_code == 2 and "runs on a collection directory" in remote.output
 
 
 def test_gathering_stays_within_the_collections_limits(judged, tmp_path):

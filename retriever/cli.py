@@ -264,8 +264,8 @@ def tune(
         from .tuning import tune as run_tune
 
         if str(collection).startswith("grpc:"):
-            raise InvalidRequest("tune reads each field's exact scorer, so it runs on a collection directory: "
-                                 "tune a copy (a snapshot), then save_pipeline on the server")
+            raise InvalidRequest("tune reads each field's exact scorer, so it runs on a collection "
+                                 "directory: tune a copy (a snapshot), then save_pipeline on the server")
         queries, qrels = load_beir(beir, split)
         try:
             tried = tuple(int(d) for d in depths.split(",") if d.strip())

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from retriever._proto.retriever.v1 import retriever_pb2 as retriever_dot_v1_dot_retriever__pb2
+from retriever._proto.retriever.v1 import retriever_pb2 as pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -36,73 +36,73 @@ class RetrieverStub:
         """
         self.Search = channel.unary_unary(
                 '/retriever.v1.Retriever/Search',
-                request_serializer=retriever_dot_v1_dot_retriever__pb2.SearchRequest.SerializeToString,
-                response_deserializer=retriever_dot_v1_dot_retriever__pb2.SearchResponse.FromString,
+                request_serializer=pb2.SearchRequest.SerializeToString,
+                response_deserializer=pb2.SearchResponse.FromString,
                 _registered_method=True)
         self.Upsert = channel.stream_stream(
                 '/retriever.v1.Retriever/Upsert',
-                request_serializer=retriever_dot_v1_dot_retriever__pb2.UpsertBatch.SerializeToString,
-                response_deserializer=retriever_dot_v1_dot_retriever__pb2.UpsertAck.FromString,
+                request_serializer=pb2.UpsertBatch.SerializeToString,
+                response_deserializer=pb2.UpsertAck.FromString,
                 _registered_method=True)
         self.Delete = channel.unary_unary(
                 '/retriever.v1.Retriever/Delete',
-                request_serializer=retriever_dot_v1_dot_retriever__pb2.DeleteRequest.SerializeToString,
-                response_deserializer=retriever_dot_v1_dot_retriever__pb2.DeleteResponse.FromString,
+                request_serializer=pb2.DeleteRequest.SerializeToString,
+                response_deserializer=pb2.DeleteResponse.FromString,
                 _registered_method=True)
         self.ListCollections = channel.unary_unary(
                 '/retriever.v1.Retriever/ListCollections',
-                request_serializer=retriever_dot_v1_dot_retriever__pb2.ListCollectionsRequest.SerializeToString,
-                response_deserializer=retriever_dot_v1_dot_retriever__pb2.ListCollectionsResponse.FromString,
+                request_serializer=pb2.ListCollectionsRequest.SerializeToString,
+                response_deserializer=pb2.ListCollectionsResponse.FromString,
                 _registered_method=True)
         self.GetCollection = channel.unary_unary(
                 '/retriever.v1.Retriever/GetCollection',
-                request_serializer=retriever_dot_v1_dot_retriever__pb2.GetCollectionRequest.SerializeToString,
-                response_deserializer=retriever_dot_v1_dot_retriever__pb2.CollectionInfo.FromString,
+                request_serializer=pb2.GetCollectionRequest.SerializeToString,
+                response_deserializer=pb2.CollectionInfo.FromString,
                 _registered_method=True)
         self.Generate = channel.unary_stream(
                 '/retriever.v1.Retriever/Generate',
-                request_serializer=retriever_dot_v1_dot_retriever__pb2.GenerateRequest.SerializeToString,
-                response_deserializer=retriever_dot_v1_dot_retriever__pb2.GenerateChunk.FromString,
+                request_serializer=pb2.GenerateRequest.SerializeToString,
+                response_deserializer=pb2.GenerateChunk.FromString,
                 _registered_method=True)
         self.GetDocuments = channel.unary_unary(
                 '/retriever.v1.Retriever/GetDocuments',
-                request_serializer=retriever_dot_v1_dot_retriever__pb2.GetDocumentsRequest.SerializeToString,
-                response_deserializer=retriever_dot_v1_dot_retriever__pb2.GetDocumentsResponse.FromString,
+                request_serializer=pb2.GetDocumentsRequest.SerializeToString,
+                response_deserializer=pb2.GetDocumentsResponse.FromString,
                 _registered_method=True)
         self.Count = channel.unary_unary(
                 '/retriever.v1.Retriever/Count',
-                request_serializer=retriever_dot_v1_dot_retriever__pb2.CountRequest.SerializeToString,
-                response_deserializer=retriever_dot_v1_dot_retriever__pb2.CountResponse.FromString,
+                request_serializer=pb2.CountRequest.SerializeToString,
+                response_deserializer=pb2.CountResponse.FromString,
                 _registered_method=True)
         self.Scroll = channel.unary_unary(
                 '/retriever.v1.Retriever/Scroll',
-                request_serializer=retriever_dot_v1_dot_retriever__pb2.ScrollRequest.SerializeToString,
-                response_deserializer=retriever_dot_v1_dot_retriever__pb2.ScrollResponse.FromString,
+                request_serializer=pb2.ScrollRequest.SerializeToString,
+                response_deserializer=pb2.ScrollResponse.FromString,
                 _registered_method=True)
         self.CreateCollection = channel.unary_unary(
                 '/retriever.v1.Retriever/CreateCollection',
-                request_serializer=retriever_dot_v1_dot_retriever__pb2.CreateCollectionRequest.SerializeToString,
-                response_deserializer=retriever_dot_v1_dot_retriever__pb2.CollectionInfo.FromString,
+                request_serializer=pb2.CreateCollectionRequest.SerializeToString,
+                response_deserializer=pb2.CollectionInfo.FromString,
                 _registered_method=True)
         self.DropCollection = channel.unary_unary(
                 '/retriever.v1.Retriever/DropCollection',
-                request_serializer=retriever_dot_v1_dot_retriever__pb2.DropCollectionRequest.SerializeToString,
-                response_deserializer=retriever_dot_v1_dot_retriever__pb2.DropCollectionResponse.FromString,
+                request_serializer=pb2.DropCollectionRequest.SerializeToString,
+                response_deserializer=pb2.DropCollectionResponse.FromString,
                 _registered_method=True)
         self.Snapshot = channel.unary_stream(
                 '/retriever.v1.Retriever/Snapshot',
-                request_serializer=retriever_dot_v1_dot_retriever__pb2.SnapshotRequest.SerializeToString,
-                response_deserializer=retriever_dot_v1_dot_retriever__pb2.SnapshotChunk.FromString,
+                request_serializer=pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=pb2.SnapshotChunk.FromString,
                 _registered_method=True)
         self.Restore = channel.stream_unary(
                 '/retriever.v1.Retriever/Restore',
-                request_serializer=retriever_dot_v1_dot_retriever__pb2.RestoreChunk.SerializeToString,
-                response_deserializer=retriever_dot_v1_dot_retriever__pb2.CollectionInfo.FromString,
+                request_serializer=pb2.RestoreChunk.SerializeToString,
+                response_deserializer=pb2.CollectionInfo.FromString,
                 _registered_method=True)
         self.SavePipeline = channel.unary_unary(
                 '/retriever.v1.Retriever/SavePipeline',
-                request_serializer=retriever_dot_v1_dot_retriever__pb2.SavePipelineRequest.SerializeToString,
-                response_deserializer=retriever_dot_v1_dot_retriever__pb2.SavePipelineResponse.FromString,
+                request_serializer=pb2.SavePipelineRequest.SerializeToString,
+                response_deserializer=pb2.SavePipelineResponse.FromString,
                 _registered_method=True)
 
 
@@ -215,73 +215,73 @@ def add_RetrieverServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Search': grpc.unary_unary_rpc_method_handler(
                     servicer.Search,
-                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.SearchRequest.FromString,
-                    response_serializer=retriever_dot_v1_dot_retriever__pb2.SearchResponse.SerializeToString,
+                    request_deserializer=pb2.SearchRequest.FromString,
+                    response_serializer=pb2.SearchResponse.SerializeToString,
             ),
             'Upsert': grpc.stream_stream_rpc_method_handler(
                     servicer.Upsert,
-                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.UpsertBatch.FromString,
-                    response_serializer=retriever_dot_v1_dot_retriever__pb2.UpsertAck.SerializeToString,
+                    request_deserializer=pb2.UpsertBatch.FromString,
+                    response_serializer=pb2.UpsertAck.SerializeToString,
             ),
             'Delete': grpc.unary_unary_rpc_method_handler(
                     servicer.Delete,
-                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.DeleteRequest.FromString,
-                    response_serializer=retriever_dot_v1_dot_retriever__pb2.DeleteResponse.SerializeToString,
+                    request_deserializer=pb2.DeleteRequest.FromString,
+                    response_serializer=pb2.DeleteResponse.SerializeToString,
             ),
             'ListCollections': grpc.unary_unary_rpc_method_handler(
                     servicer.ListCollections,
-                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.ListCollectionsRequest.FromString,
-                    response_serializer=retriever_dot_v1_dot_retriever__pb2.ListCollectionsResponse.SerializeToString,
+                    request_deserializer=pb2.ListCollectionsRequest.FromString,
+                    response_serializer=pb2.ListCollectionsResponse.SerializeToString,
             ),
             'GetCollection': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCollection,
-                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.GetCollectionRequest.FromString,
-                    response_serializer=retriever_dot_v1_dot_retriever__pb2.CollectionInfo.SerializeToString,
+                    request_deserializer=pb2.GetCollectionRequest.FromString,
+                    response_serializer=pb2.CollectionInfo.SerializeToString,
             ),
             'Generate': grpc.unary_stream_rpc_method_handler(
                     servicer.Generate,
-                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.GenerateRequest.FromString,
-                    response_serializer=retriever_dot_v1_dot_retriever__pb2.GenerateChunk.SerializeToString,
+                    request_deserializer=pb2.GenerateRequest.FromString,
+                    response_serializer=pb2.GenerateChunk.SerializeToString,
             ),
             'GetDocuments': grpc.unary_unary_rpc_method_handler(
                     servicer.GetDocuments,
-                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.GetDocumentsRequest.FromString,
-                    response_serializer=retriever_dot_v1_dot_retriever__pb2.GetDocumentsResponse.SerializeToString,
+                    request_deserializer=pb2.GetDocumentsRequest.FromString,
+                    response_serializer=pb2.GetDocumentsResponse.SerializeToString,
             ),
             'Count': grpc.unary_unary_rpc_method_handler(
                     servicer.Count,
-                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.CountRequest.FromString,
-                    response_serializer=retriever_dot_v1_dot_retriever__pb2.CountResponse.SerializeToString,
+                    request_deserializer=pb2.CountRequest.FromString,
+                    response_serializer=pb2.CountResponse.SerializeToString,
             ),
             'Scroll': grpc.unary_unary_rpc_method_handler(
                     servicer.Scroll,
-                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.ScrollRequest.FromString,
-                    response_serializer=retriever_dot_v1_dot_retriever__pb2.ScrollResponse.SerializeToString,
+                    request_deserializer=pb2.ScrollRequest.FromString,
+                    response_serializer=pb2.ScrollResponse.SerializeToString,
             ),
             'CreateCollection': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateCollection,
-                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.CreateCollectionRequest.FromString,
-                    response_serializer=retriever_dot_v1_dot_retriever__pb2.CollectionInfo.SerializeToString,
+                    request_deserializer=pb2.CreateCollectionRequest.FromString,
+                    response_serializer=pb2.CollectionInfo.SerializeToString,
             ),
             'DropCollection': grpc.unary_unary_rpc_method_handler(
                     servicer.DropCollection,
-                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.DropCollectionRequest.FromString,
-                    response_serializer=retriever_dot_v1_dot_retriever__pb2.DropCollectionResponse.SerializeToString,
+                    request_deserializer=pb2.DropCollectionRequest.FromString,
+                    response_serializer=pb2.DropCollectionResponse.SerializeToString,
             ),
             'Snapshot': grpc.unary_stream_rpc_method_handler(
                     servicer.Snapshot,
-                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.SnapshotRequest.FromString,
-                    response_serializer=retriever_dot_v1_dot_retriever__pb2.SnapshotChunk.SerializeToString,
+                    request_deserializer=pb2.SnapshotRequest.FromString,
+                    response_serializer=pb2.SnapshotChunk.SerializeToString,
             ),
             'Restore': grpc.stream_unary_rpc_method_handler(
                     servicer.Restore,
-                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.RestoreChunk.FromString,
-                    response_serializer=retriever_dot_v1_dot_retriever__pb2.CollectionInfo.SerializeToString,
+                    request_deserializer=pb2.RestoreChunk.FromString,
+                    response_serializer=pb2.CollectionInfo.SerializeToString,
             ),
             'SavePipeline': grpc.unary_unary_rpc_method_handler(
                     servicer.SavePipeline,
-                    request_deserializer=retriever_dot_v1_dot_retriever__pb2.SavePipelineRequest.FromString,
-                    response_serializer=retriever_dot_v1_dot_retriever__pb2.SavePipelineResponse.SerializeToString,
+                    request_deserializer=pb2.SavePipelineRequest.FromString,
+                    response_serializer=pb2.SavePipelineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -309,8 +309,8 @@ class Retriever:
             request,
             target,
             '/retriever.v1.Retriever/Search',
-            retriever_dot_v1_dot_retriever__pb2.SearchRequest.SerializeToString,
-            retriever_dot_v1_dot_retriever__pb2.SearchResponse.FromString,
+            pb2.SearchRequest.SerializeToString,
+            pb2.SearchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -336,8 +336,8 @@ class Retriever:
             request_iterator,
             target,
             '/retriever.v1.Retriever/Upsert',
-            retriever_dot_v1_dot_retriever__pb2.UpsertBatch.SerializeToString,
-            retriever_dot_v1_dot_retriever__pb2.UpsertAck.FromString,
+            pb2.UpsertBatch.SerializeToString,
+            pb2.UpsertAck.FromString,
             options,
             channel_credentials,
             insecure,
@@ -363,8 +363,8 @@ class Retriever:
             request,
             target,
             '/retriever.v1.Retriever/Delete',
-            retriever_dot_v1_dot_retriever__pb2.DeleteRequest.SerializeToString,
-            retriever_dot_v1_dot_retriever__pb2.DeleteResponse.FromString,
+            pb2.DeleteRequest.SerializeToString,
+            pb2.DeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -390,8 +390,8 @@ class Retriever:
             request,
             target,
             '/retriever.v1.Retriever/ListCollections',
-            retriever_dot_v1_dot_retriever__pb2.ListCollectionsRequest.SerializeToString,
-            retriever_dot_v1_dot_retriever__pb2.ListCollectionsResponse.FromString,
+            pb2.ListCollectionsRequest.SerializeToString,
+            pb2.ListCollectionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -417,8 +417,8 @@ class Retriever:
             request,
             target,
             '/retriever.v1.Retriever/GetCollection',
-            retriever_dot_v1_dot_retriever__pb2.GetCollectionRequest.SerializeToString,
-            retriever_dot_v1_dot_retriever__pb2.CollectionInfo.FromString,
+            pb2.GetCollectionRequest.SerializeToString,
+            pb2.CollectionInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -444,8 +444,8 @@ class Retriever:
             request,
             target,
             '/retriever.v1.Retriever/Generate',
-            retriever_dot_v1_dot_retriever__pb2.GenerateRequest.SerializeToString,
-            retriever_dot_v1_dot_retriever__pb2.GenerateChunk.FromString,
+            pb2.GenerateRequest.SerializeToString,
+            pb2.GenerateChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -471,8 +471,8 @@ class Retriever:
             request,
             target,
             '/retriever.v1.Retriever/GetDocuments',
-            retriever_dot_v1_dot_retriever__pb2.GetDocumentsRequest.SerializeToString,
-            retriever_dot_v1_dot_retriever__pb2.GetDocumentsResponse.FromString,
+            pb2.GetDocumentsRequest.SerializeToString,
+            pb2.GetDocumentsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -498,8 +498,8 @@ class Retriever:
             request,
             target,
             '/retriever.v1.Retriever/Count',
-            retriever_dot_v1_dot_retriever__pb2.CountRequest.SerializeToString,
-            retriever_dot_v1_dot_retriever__pb2.CountResponse.FromString,
+            pb2.CountRequest.SerializeToString,
+            pb2.CountResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -525,8 +525,8 @@ class Retriever:
             request,
             target,
             '/retriever.v1.Retriever/Scroll',
-            retriever_dot_v1_dot_retriever__pb2.ScrollRequest.SerializeToString,
-            retriever_dot_v1_dot_retriever__pb2.ScrollResponse.FromString,
+            pb2.ScrollRequest.SerializeToString,
+            pb2.ScrollResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -552,8 +552,8 @@ class Retriever:
             request,
             target,
             '/retriever.v1.Retriever/CreateCollection',
-            retriever_dot_v1_dot_retriever__pb2.CreateCollectionRequest.SerializeToString,
-            retriever_dot_v1_dot_retriever__pb2.CollectionInfo.FromString,
+            pb2.CreateCollectionRequest.SerializeToString,
+            pb2.CollectionInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -579,8 +579,8 @@ class Retriever:
             request,
             target,
             '/retriever.v1.Retriever/DropCollection',
-            retriever_dot_v1_dot_retriever__pb2.DropCollectionRequest.SerializeToString,
-            retriever_dot_v1_dot_retriever__pb2.DropCollectionResponse.FromString,
+            pb2.DropCollectionRequest.SerializeToString,
+            pb2.DropCollectionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -606,8 +606,8 @@ class Retriever:
             request,
             target,
             '/retriever.v1.Retriever/Snapshot',
-            retriever_dot_v1_dot_retriever__pb2.SnapshotRequest.SerializeToString,
-            retriever_dot_v1_dot_retriever__pb2.SnapshotChunk.FromString,
+            pb2.SnapshotRequest.SerializeToString,
+            pb2.SnapshotChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -633,8 +633,8 @@ class Retriever:
             request_iterator,
             target,
             '/retriever.v1.Retriever/Restore',
-            retriever_dot_v1_dot_retriever__pb2.RestoreChunk.SerializeToString,
-            retriever_dot_v1_dot_retriever__pb2.CollectionInfo.FromString,
+            pb2.RestoreChunk.SerializeToString,
+            pb2.CollectionInfo.FromString,
             options,
             channel_credentials,
             insecure,
@@ -660,8 +660,8 @@ class Retriever:
             request,
             target,
             '/retriever.v1.Retriever/SavePipeline',
-            retriever_dot_v1_dot_retriever__pb2.SavePipelineRequest.SerializeToString,
-            retriever_dot_v1_dot_retriever__pb2.SavePipelineResponse.FromString,
+            pb2.SavePipelineRequest.SerializeToString,
+            pb2.SavePipelineResponse.FromString,
             options,
             channel_credentials,
             insecure,

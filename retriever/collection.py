@@ -581,8 +581,7 @@ class Collection:
         """Keep `pipeline` (a `Pipeline` or its dict) in the config as `name`, replacing one of that
         name; with `default`, searches that name no fields run it. A new version: other readers see
         it when they reopen."""
-        pipeline = pipeline if isinstance(pipeline, pipeline_module.Pipeline) else (
-            pipeline_module.Pipeline.from_dict(pipeline))
+        pipeline = pipeline_module.Pipeline.of(pipeline)
         with self._writer():
             self._catch_up()
             self._check_format()
@@ -877,17 +876,9 @@ class Collection:
         return self._field_names(self._pipeline(pipeline).fields)
 
     def _pipeline(self, pipeline) -> pipeline_module.Pipeline:
-        if pipeline == pipeline_module.HYBRID and pipeline not in self.config.pipelines:
-            texts = [f.name for f in self.config.fields if self.can_encode(f.name)]
-            if not texts:
-                raise InvalidRequest("the hybrid pipeline searches the fields that encode texts; this "
-                                     "collection has none (its vectors were brought in)")
-            return pipeline_module.hybrid(texts)
         if isinstance(pipeline, str):
             return self.config.pipeline(pipeline)
-        if isinstance(pipeline, pipeline_module.Pipeline):
-            return pipeline
-        return pipeline_module.Pipeline.from_dict(pipeline)
+        return pipeline_module.Pipeline.of(pipeline)
 
     def _search_pipeline(self, queries, k, pipeline, filter, params, fields) -> list[Hits]:
         if fields is not None:
@@ -956,10 +947,7 @@ class Collection:
 
     def can_encode(self, field: str) -> bool:
         """Whether texts can be encoded for the field (it has a model, or needs none)."""
-        config = self.config.field(field)
-        if config.source is not None:
-            return self.can_encode(config.source)
-        return kind_of(config).has_encoder(config)
+        return self.config.encodes_texts(field)
 
     def _hits(self, scores: np.ndarray, rows: np.ndarray, field_scores: dict[str, np.ndarray], reasons) -> list[Hits]:
         """scores/rows [B, k] (-1 rows pad the end) -> one `Hits` per query, padding dropped.

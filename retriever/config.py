@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import InvalidConfig, NotFound, RetrieverError
-from .fields import config_from_dict
+from .errors import InvalidConfig, InvalidRequest, NotFound, RetrieverError
+from .fields import config_from_dict, kind_of
 from .fields.base import NAME, FieldConfig, check_int
-from .pipeline import HYBRID, Pipeline
+from .pipeline import HYBRID, Pipeline, hybrid
 
 __all__ = ["CollectionConfig", "FieldConfig", "check_name"]
 
@@ -73,17 +73,37 @@ class CollectionConfig:
             if unknown:
                 known = list(fields)
                 raise InvalidConfig(f"pipeline {name!r} names unknown field(s) {unknown}; fields: {known}")
-        known = [*self.pipelines, *([] if HYBRID in self.pipelines else [HYBRID])]
+        known = self._pipeline_names()
         if self.default_pipeline is not None and self.default_pipeline not in known:
             raise InvalidConfig(
                 f"default_pipeline {self.default_pipeline!r} is not one of the pipelines {known}")
 
-    def pipeline(self, name: str):
-        """The named pipeline (NotFound names those there are)."""
-        if name not in self.pipelines:
-            known = [*self.pipelines, *([] if HYBRID in self.pipelines else [f"{HYBRID} (built in)"])]
+    def _pipeline_names(self, built_in: str = HYBRID) -> list[str]:
+        """The named pipelines, then the built-in one (as `built_in` says) unless a named one took
+        its name."""
+        return [*self.pipelines, *([] if HYBRID in self.pipelines else [built_in])]
+
+    def pipeline(self, name: str) -> Pipeline:
+        """The named pipeline, or the built-in `hybrid` over every field that encodes texts
+        (NotFound names those there are)."""
+        if name in self.pipelines:
+            return Pipeline.from_dict(self.pipelines[name])
+        if name != HYBRID:
+            known = self._pipeline_names(f"{HYBRID} (built in)")
             raise NotFound(f"unknown pipeline {name!r} in collection {self.name!r}; pipelines: {known}")
-        return Pipeline.from_dict(self.pipelines[name])
+        texts = [f.name for f in self.fields if self.encodes_texts(f.name)]
+        if not texts:
+            raise InvalidRequest("the hybrid pipeline searches the fields that encode texts; this "
+                                 "collection has none (its vectors were brought in)")
+        return hybrid(texts)
+
+    def encodes_texts(self, name: str) -> bool:
+        """Whether texts can be encoded for the field (it has a model, or needs none; a field with a
+        source, through its source)."""
+        field = self.field(name)
+        if field.source is not None:
+            return self.encodes_texts(field.source)
+        return kind_of(field).has_encoder(field)
 
     def field(self, name: str | None = None) -> FieldConfig:
         """The named field, or the first one when `name` is None."""

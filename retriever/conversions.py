@@ -109,8 +109,7 @@ def search_arguments(request: pb.SearchRequest) -> dict[str, Any]:
 
 def pipeline_to_pb(pipeline) -> pb.Pipeline:
     """A `Pipeline` (or its dict) -> message."""
-    if not isinstance(pipeline, Pipeline):
-        pipeline = Pipeline.from_dict(pipeline)
+    pipeline = Pipeline.of(pipeline)
     message = pb.Pipeline(
         prefetch=[
             pb.PrefetchStage(field=s.field, k=s.k, params=dict(s.params),
@@ -126,11 +125,16 @@ def pipeline_to_pb(pipeline) -> pb.Pipeline:
 
 
 def pipeline_from_pb(message: pb.Pipeline) -> Pipeline:
+    """An unset k, method or normalization (0 or "") takes the stage's own default."""
+    def given(**values):
+        return {key: value for key, value in values.items() if value}
+
     return Pipeline(
-        prefetch=tuple(Prefetch(p.field, p.k or 100, dict(p.params), filter_from_json(p.filter_json))
+        prefetch=tuple(Prefetch(p.field, params=dict(p.params), filter=filter_from_json(p.filter_json),
+                                **given(k=p.k))
                        for p in message.prefetch),
-        fuse=Fuse(message.fuse.method or "rrf", dict(message.fuse.weights),
-                  message.fuse.normalization or "minmax", message.fuse.complete),
+        fuse=Fuse(weights=dict(message.fuse.weights), complete=message.fuse.complete,
+                  **given(method=message.fuse.method, normalization=message.fuse.normalization)),
         rerank=tuple(Rerank(r.field, r.k if r.HasField("k") else None) for r in message.rerank),
     )
 

@@ -48,25 +48,26 @@ def fuse(per_field: dict[str, tuple[np.ndarray, np.ndarray]], k: int, spec: Fusi
     own = np.concatenate([per_field[n][0] for n in names], axis=1).astype(np.float32)
     batch, width = rows.shape
     parts = np.concatenate(  # [B, M], 0 at -1 rows
-        [spec.weights[n] * contribution(scores, rows >= 0, spec.normalization)
-         for n, (scores, rows) in per_field.items()],
+        [spec.weights[n] * contribution(field_scores, field_rows >= 0, spec.normalization)
+         for n, (field_scores, field_rows) in per_field.items()],
         axis=1,
     )
     field = np.repeat(np.arange(len(names)), [per_field[n][1].shape[1] for n in names])  # [M]
+    step = max(width, 1)  # a query's entries in the flattened [B * M] arrays
     # sorted by row (stable: field order within a row); -1 rows last, then dropped
     order = np.argsort(np.where(rows >= 0, rows, np.iinfo(np.int64).max), axis=1, kind="stable")
     by_row = np.take_along_axis(rows, order, axis=1).ravel()
     valid = by_row >= 0
     starts = np.ones(by_row.shape, dtype=bool)  # the first of each row's run, per query
     starts[1:] = by_row[1:] != by_row[:-1]
-    starts[:: max(width, 1)] = True
+    starts[::step] = True
     starts &= valid
     group = np.cumsum(starts) - 1  # each candidate's (query, row) group
     first = np.flatnonzero(starts)
-    totals = np.add.reduceat(np.take_along_axis(parts, order, axis=1).ravel(), first) if len(first) else (
-        np.zeros(0))
     # reduceat sums up to the next start: invalid entries sit at each query's end and add 0
-    query, group_rows = first // max(width, 1), by_row[first]
+    sorted_parts = np.take_along_axis(parts, order, axis=1).ravel()
+    totals = np.add.reduceat(sorted_parts, first) if len(first) else np.zeros(0)
+    query, group_rows = first // step, by_row[first]
     best = np.lexsort((group_rows, -totals, query))  # per query: best total first, ties by row
     rank = np.arange(len(best)) - np.searchsorted(query[best], query[best])
     keep = best[rank < k]

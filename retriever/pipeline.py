@@ -98,6 +98,11 @@ class Pipeline:
         return sum(p.k for p in self.prefetch)
 
     @classmethod
+    def of(cls, value: "Pipeline | Mapping[str, Any]") -> "Pipeline":
+        """A pipeline given as itself or as its plain data."""
+        return value if isinstance(value, cls) else cls.from_dict(value)
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Pipeline":
         """From plain data (TOML or JSON): {"prefetch": [{"field": ..., "k": ...}, ...],
         "fuse": {"method": ...}, "rerank": [{"field": ..., "k": ...}]}."""

@@ -4,8 +4,8 @@ queries it was not chosen on.
 Every field's top candidates, and every field's exact score of their union, are computed once per
 query (`Judged.gather`). Each pipeline tried is then the engine's own fuse and re-rank code
 (`pipeline.run`) over those stored scores, so it ranks as a search with it would. Tried, in order:
-each field alone; every set of two or more fields fused by RRF or by weighted fusion (min-max or
-z-score), complete or not, at each prefetch depth; the weights of the best weighted pipeline by
+each field alone; every set of two or more fields fused by RRF or by weighted fusion (min-max,
+z-score or robust), complete or not, at each prefetch depth; the weights of the best weighted pipeline by
 coordinate ascent (the learned blend); a re-rank stage by each field on top. The best mean
 nDCG@10 wins, the earliest (simplest) on ties. With several folds, each fold's queries are ranked
 by the pipeline chosen on the other folds: the held-out figures say what tuning is worth.
@@ -104,18 +104,18 @@ class Judged:
         for start in tqdm(range(0, len(qids), size), desc="candidates", unit="batch", disable=not progress):
             batch = qids[start : start + size]
             stage, payloads = collection.prefetch([queries[q] for q in batch], widest)
-            union = pipeline_module.union_rows(stage)
+            candidates = pipeline_module.union_rows(stage)
             for name in fields:
                 found[name].append(stage[name])
-                scores[name].append(collection.fields[name].score(payloads[name], union))
-            ids = collection.documents.ids_at(union)
+                scores[name].append(collection.fields[name].score(payloads[name], candidates))
+            ids = collection.documents.ids_at(candidates)
             gains.append(
                 np.array(
                     [[qrels[q].get(i, 0) if i is not None else 0 for i in row] for q, row in zip(batch, ids)],
                     dtype=np.float64,
                 )
             )
-            unions.append(np.where(union >= 0, union, PAD))
+            unions.append(np.where(candidates >= 0, candidates, PAD))
         union = _stacked(unions, PAD)
         return cls(
             qids=qids,

@@ -172,14 +172,15 @@ class Param:
 FLAG = Param(0, 1)
 
 
-def shape_words(shape: tuple[int, ...]) -> str:
-    """An array's shape as a client in any language reads it: "2 vectors of dimension 7"."""
+def shape_words(shape: tuple[int, ...], item: str = "vector", size: str = "dimension") -> str:
+    """An array's shape as a client in any language reads it: "2 vectors of dimension 7" (or, with
+    `item` and `size`, "2 codes of width 7")."""
     if len(shape) == 0:
         return "a single number"
     if len(shape) == 1:
-        return f"one vector of dimension {shape[0]}"
+        return f"one {item} of {size} {shape[0]}"
     if len(shape) == 2:
-        return f"{shape[0]} vector{'s' if shape[0] != 1 else ''} of dimension {shape[1]}"
+        return f"{shape[0]} {item}{'s' if shape[0] != 1 else ''} of {size} {shape[1]}"
     return f"a {len(shape)}-dimensional array ({' x '.join(map(str, shape))})"
 
 

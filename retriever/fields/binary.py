@@ -337,7 +337,7 @@ class BinaryField:
                 raise InvalidRequest(
                     f"query codes for field {self.config.name!r} must be uint8 [batch, {width}] "
                     f"({self.config.bits} x {self.code_dim} bits, {width} bytes a code), got "
-                    f"{shape_words(given.shape).replace('vector', 'code').replace('dimension', 'width')}"
+                    f"{shape_words(given.shape, 'code', 'width')}"
                 )
             return QueryCodes(np.ascontiguousarray(codes))
         return check_query_vectors(self, given)

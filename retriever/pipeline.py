@@ -12,7 +12,7 @@ MaxSim and keeps the best 50 (then a search's k). Each stage's score of each hit
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -22,6 +22,8 @@ from .errors import InvalidRequest
 FUSED = "fuse"  # the fused score's name among a hit's stage scores
 RERANKED = "rerank."  # + the field: a re-rank stage's score
 HYBRID = "hybrid"  # the built-in pipeline's name (`hybrid`), unless the config names one so
+# a field's exact scores of rows [B, C] (-1 where none) -> [B, C] float32, -inf at -1 rows
+Scorer = Callable[[str, np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def hybrid(fields: list[str], k: int = 100) -> Pipeline:
                                                                      complete=True))
 
 
-def _best_first(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def best_first(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """[B, C] column order per query: best score first, ties by row, -1 rows (-inf) last."""
     tie = np.where(rows >= 0, rows, np.iinfo(np.int64).max)
     return np.lexsort((tie, -scores), axis=1)
@@ -155,35 +157,36 @@ def union_rows(found: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     return padded
 
 
-def _completed(fields, found: dict[str, tuple[np.ndarray, np.ndarray]], payloads: dict[str, Any]):
+def _completed(score: Scorer, found: dict[str, tuple[np.ndarray, np.ndarray]]):
     """Each field's exact scores of the union of every field's candidates [B, U], best first per
     field (-1 rows pad the end)."""
     padded = union_rows(found)
     out = {}
     for name in found:
-        scores = fields[name].score(payloads[name], padded)
-        order = _best_first(scores, padded)
+        scores = score(name, padded)
+        order = best_first(scores, padded)
         out[name] = (np.take_along_axis(scores, order, axis=1), np.take_along_axis(padded, order, axis=1))
     return out
 
 
-def run(fields, pipeline: Pipeline, spec: fusion_module.FusionSpec,
-        found: dict[str, tuple[np.ndarray, np.ndarray]], payloads: dict[str, Any],
+def run(score: Scorer, pipeline: Pipeline, spec: fusion_module.FusionSpec,
+        found: dict[str, tuple[np.ndarray, np.ndarray]],
         k: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """The prefetched lists `found` {field: (scores [B, C], rows [B, C])} through the fuse
     (`spec`) and re-rank stages -> (scores [B, <=k], rows, {stage: scores}), best first, -1 rows
-    at the end. `fields` are the collection's opened fields, `payloads` each one's queries."""
+    at the end. `score` gives a field's exact scores of any rows found (a collection's
+    `scorer`, or a shard router's table of what its shards scored)."""
     if len(found) == 1:
         [(name, (scores, rows))] = found.items()
         stages = {name: scores}
     else:
         if pipeline.fuse.complete:
-            found = _completed(fields, found, payloads)
+            found = _completed(score, found)
         scores, rows, stages = fusion_module.fuse(found, pipeline.depth, spec)
         stages = {**stages, FUSED: scores}
     for stage in pipeline.rerank:
-        exact = fields[stage.field].score(payloads[stage.field], rows)
-        order = _best_first(exact, rows)[:, : stage.k]
+        exact = score(stage.field, rows)
+        order = best_first(exact, rows)[:, : stage.k]
         rows = np.take_along_axis(rows, order, axis=1)
         stages = {name: np.take_along_axis(v, order, axis=1) for name, v in stages.items()}
         scores = np.take_along_axis(exact, order, axis=1)

@@ -135,10 +135,8 @@ class Judged:
             p.field: (self.found[p.field][0][queries, : p.k], self.found[p.field][1][queries, : p.k])
             for p in pipeline.prefetch
         }
-        payloads = {name: queries for name in pipeline.fields}
-        _, rows, _ = pipeline_module.run(
-            self.fields, pipeline, pipeline.fusion_spec(), found, payloads, CUTOFF
-        )
+        score = lambda name, rows: self.fields[name].score(queries, rows)  # noqa: E731
+        _, rows, _ = pipeline_module.run(score, pipeline, pipeline.fusion_spec(), found, CUTOFF)
         gains = _lookup(self.union[queries], self.gains[queries], rows, 0.0)
         dcg = gains @ _discounts(rows.shape[1])
         ideal = self.ideal[queries]

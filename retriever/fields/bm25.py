@@ -3,6 +3,7 @@ collection), scored with a BM25 variant; queries are text only."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import io
 from dataclasses import dataclass
@@ -115,6 +116,7 @@ class Bm25Field(InvertedField):
         self.vocabulary = vocabulary if vocabulary is not None else {}  # term -> id
         self.terms: list[str] = []  # id -> term, shared as the vocabulary is
         self.sizes: list[int] = []  # terms per vocabulary file
+        self._weighted_under: tuple[tuple[int, int], Bm25Field] | None = None  # see `under`
 
     @classmethod
     def open(cls, path, config, entry, files, segments, reuse):
@@ -179,21 +181,53 @@ class Bm25Field(InvertedField):
         return {**super().info(), "variant": self.config.variant, "k1": self.config.k1, "b": self.config.b}
 
     @functools.cached_property
-    def _length_stats(self) -> tuple[np.ndarray, float]:
-        """Document length by row [rows] float32 and the average length."""
+    def _lengths(self) -> tuple[np.ndarray, int]:
+        """Document length by row [rows] float32 and the total length."""
         by_row = np.zeros(self.num_rows, dtype=np.float32)
         total = 0
         for s, start in zip(self.segments, self.starts):
             by_row[np.asarray(s.doc_rows, dtype=np.int64) + start] = s.doc_lengths
             total += int(np.asarray(s.doc_lengths, dtype=np.int64).sum())
-        return by_row, total / max(self.num_documents, 1)
+        return by_row, total
+
+    @property
+    def average_length(self) -> float:
+        totals = self.statistics or self.own_totals()
+        return totals["length"] / max(totals["documents"], 1)
+
+    def own_totals(self) -> dict[str, int]:
+        return {"documents": self.num_documents, "length": self._lengths[1]}
 
     @functools.cached_property
     def idf(self) -> np.ndarray:
         return self.variant.idf(self.df.astype(np.float64), self.num_documents).astype(np.float32)
 
+    def query_terms(self, tokenizer, texts: list[str], params: Mapping[str, int]) -> list[tuple[str, int]]:
+        get, limit = self.vocabulary.get, self.num_terms
+        words = {w for ws in tokenizer.many(texts) for w in ws}
+        return [(w, i) for w in sorted(words) if (i := get(w)) is not None and i < limit]
+
+    def term_key(self, term: int) -> str:
+        return self.terms[term]
+
+    def under(self, statistics: Mapping[str, Any]) -> "Bm25Field":
+        """Posting weights read the average length: they are weighted again when the collection's
+        totals change, once (the last totals' weights are kept)."""
+        totals = (statistics["documents"], statistics["length"])
+        kept = self._weighted_under
+        if kept is None or kept[0] != totals:
+            weighted = copy.copy(self)
+            weighted.__dict__.pop("index", None)
+            weighted.statistics = statistics
+            weighted.index  # noqa: B018 (weighted now, once, for every view that shares these totals)
+            kept = self._weighted_under = (totals, weighted)
+        view = copy.copy(kept[1])
+        view.statistics = statistics
+        return view
+
     def posting_weights(self, i: int) -> np.ndarray:
-        segment, start, (by_row, avg_len) = self.segments[i], self.starts[i], self._length_stats
+        segment, start, by_row = self.segments[i], self.starts[i], self._lengths[0]
+        avg_len = self.average_length
         out = np.empty(len(segment.rows), dtype=np.float32)
         for lo in range(0, len(out), WEIGHT_CHUNK):
             hi = lo + WEIGHT_CHUNK
@@ -207,7 +241,8 @@ class Bm25Field(InvertedField):
         get, limit = self.vocabulary.get, self.num_terms
         ids = [[i for i in map(get, words) if i is not None and i < limit] for words in tokens]
         rows = distinct_per_row(ids)
-        return SparseRows(rows.indptr, rows.terms, (rows.values * self.idf[rows.terms]).astype(np.float32))
+        idf = self.query_idf(rows.terms, self.variant)
+        return SparseRows(rows.indptr, rows.terms, (rows.values * idf).astype(np.float32))
 
     def check_queries(self, given) -> SparseRows:
         raise InvalidRequest(f"field {self.config.name!r} is a bm25 field: search it with text")

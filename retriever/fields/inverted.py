@@ -7,6 +7,7 @@ is a list of (term, weight) pairs scored exactly by `kernels/sparse.py`.
 
 from __future__ import annotations
 
+import copy
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ class SparseDocuments:
 class InvertedField:
     """Shared run-time behaviour of `bm25` and `sparse` fields: one posting segment per collection
     segment (its rows local, from 0), term ids global to the field."""
+
+    statistics: Mapping[str, Any] | None = None  # collection-wide ones (`under`), else this field's own
 
     def __init__(
         self,
@@ -158,6 +161,43 @@ class InvertedField:
 
     def posting_weights(self, i: int) -> np.ndarray:
         raise NotImplementedError
+
+    # ---- collection-wide statistics (`statistics.py`) ----------------------------------------
+
+    def query_terms(
+        self, encoder, texts: list[str], params: Mapping[str, int]
+    ) -> list[tuple[str, int]] | None:
+        """(key, term id) of each term these queries' weights read the frequency of, or None when
+        their weights read no statistics."""
+        return None
+
+    def term_key(self, term: int) -> str:
+        """A term as shards of one collection all name it."""
+        return str(term)
+
+    def own_totals(self) -> dict[str, int]:
+        return {"documents": self.num_documents}
+
+    def term_statistics(self, encoder, texts: list[str], params: Mapping[str, int]) -> dict[str, Any] | None:
+        terms = self.query_terms(encoder, texts, params)
+        if terms is None:
+            return None
+        df = self.df
+        return {**self.own_totals(), "df": {key: int(df[t]) for key, t in terms}}
+
+    def under(self, statistics: Mapping[str, Any]) -> "InvertedField":
+        """This field scoring queries with the idf of the collection-wide `statistics`."""
+        view = copy.copy(self)
+        view.statistics = statistics
+        return view
+
+    def query_idf(self, terms: np.ndarray, variant) -> np.ndarray:
+        """[T] idf of these term ids: from this field's frequencies, or the collection-wide ones."""
+        if self.statistics is None:
+            return self.idf[terms]
+        df = self.statistics["df"]
+        counts = np.array([df.get(self.term_key(t), 0) for t in terms.tolist()], dtype=np.float64)
+        return variant.idf(counts, self.statistics["documents"]).astype(np.float32)
 
     # ---- search ----------------------------------------------------------------------------
 

@@ -121,10 +121,22 @@ class LearnedSparseField(InvertedField):
 
     def queries_from_token_ids(self, token_ids: list[np.ndarray]) -> SparseRows:
         """Inference-free: each distinct query token weighted by its idf; terms no document holds drop out."""
+        rows = distinct_per_row(self._known(token_ids))
+        return SparseRows(rows.indptr, rows.terms, self.query_idf(rows.terms, VARIANTS["lucene"]))
+
+    def _known(self, token_ids: list[np.ndarray]) -> list[list[int]]:
         df = self.df
-        known = [[t for t in ids.tolist() if t < self.num_terms and df[t] > 0] for ids in token_ids]
-        rows = distinct_per_row(known)
-        return SparseRows(rows.indptr, rows.terms, self.idf[rows.terms])
+        return [[t for t in ids.tolist() if t < self.num_terms and df[t] > 0] for ids in token_ids]
+
+    def query_terms(
+        self, encoder, texts: list[str], params: Mapping[str, int]
+    ) -> list[tuple[str, int]] | None:
+        """Inference-free queries weighted by idf read the frequencies of their tokens."""
+        model = self.config.query == "model" and not params.get("inference_free")
+        if model or self.config.query_weights != "idf":
+            return None
+        known = {t for ids in self._known(encoder.token_ids(texts)) for t in ids}
+        return [(str(t), t) for t in sorted(known)]
 
     def queries_from_table(self, tables: list[dict]) -> SparseRows:
         """Inference-free with a fixed token weight table ({token id: weight} per query)."""

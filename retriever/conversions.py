@@ -151,6 +151,7 @@ def search_response(hits: list[Hits], with_documents: bool) -> pb.SearchResponse
         field_scores={n: _float32_bytes([h.field_scores[n] for h in hits]) for n in names},
         documents_json=documents_json(d for h in hits for d in h.documents) if with_documents else [],
         reasons=[h.reason or "" for h in hits],
+        missing_shards=hits[0].missing_shards if hits else (),
     )
 
 
@@ -162,12 +163,14 @@ def hits_from_response(response: pb.SearchResponse) -> list[Hits]:
     documents = [json.loads(d) for d in response.documents_json]
     # rows index the hit's own documents
     positions = np.arange(max(np.diff(offsets), default=0), dtype=np.int64)
+    missing = tuple(response.missing_shards)
     out = []
     for b, reason in enumerate(response.reasons):
         lo, hi = offsets[b], offsets[b + 1]
         out.append(Hits(
             ids[lo:hi], scores[lo:hi], {n: v[lo:hi] for n, v in fields.items()},
             positions[: hi - lo], DocumentList(documents[lo:hi]) if documents else None, reason or None,
+            missing,
         ))
     return out
 

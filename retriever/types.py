@@ -46,6 +46,13 @@ class Hits:
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False)
     _documents: "DocumentTable | DocumentList | None" = field(default=None, repr=False, compare=False)
     reason: str | None = None  # why the list is empty or short, when known
+    # shards of a sharded collection that did not answer in time: the hits are the others' best
+    missing_shards: tuple[str, ...] = ()
+
+    @property
+    def partial(self) -> bool:
+        """Whether some shards' documents could not be searched (`missing_shards`)."""
+        return bool(self.missing_shards)
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -115,14 +115,15 @@ DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(
     b'ry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value'
     b'\x18\x02 \x01(\x01:\x028\x01"2\n\x0bRerankStag'
     b'e\x12\r\n\x05field\x18\x01 \x01(\t\x12\x0e\n\x01k\x18\x02 '
-    b'\x01(\rH\x00\x88\x01\x01B\x04\n\x02_k"\xe0\x01\n\x0eSearc'
+    b'\x01(\rH\x00\x88\x01\x01B\x04\n\x02_k"\xf8\x01\n\x0eSearc'
     b'hResponse\x12\x0f\n\x07offsets\x18\x01 \x03'
     b'(\r\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x0e\n\x06score'
     b's\x18\x03 \x01(\x0c\x12C\n\x0cfield_scores\x18'
     b'\x04 \x03(\x0b2-.retriever.v1.Sea'
     b'rchResponse.FieldScoresE'
     b'ntry\x12\x16\n\x0edocuments_json\x18\x05'
-    b' \x03(\t\x12\x0f\n\x07reasons\x18\x06 \x03(\t\x1a2\n'
+    b' \x03(\t\x12\x0f\n\x07reasons\x18\x06 \x03(\t\x12\x16\n'
+    b'\x0emissing_shards\x18\x07 \x03(\t\x1a2\n'
     b'\x10FieldScoresEntry\x12\x0b\n\x03key'
     b'\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x028'
     b'\x01"\xe6\x03\n\x0bUpsertBatch\x12\x12\n\ncol'
@@ -346,69 +347,69 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RERANKSTAGE']._serialized_start=2124
   _globals['_RERANKSTAGE']._serialized_end=2174
   _globals['_SEARCHRESPONSE']._serialized_start=2177
-  _globals['_SEARCHRESPONSE']._serialized_end=2401
-  _globals['_SEARCHRESPONSE_FIELDSCORESENTRY']._serialized_start=2351
-  _globals['_SEARCHRESPONSE_FIELDSCORESENTRY']._serialized_end=2401
-  _globals['_UPSERTBATCH']._serialized_start=2404
-  _globals['_UPSERTBATCH']._serialized_end=2890
-  _globals['_UPSERTBATCH_VECTORSENTRY']._serialized_start=2658
-  _globals['_UPSERTBATCH_VECTORSENTRY']._serialized_end=2726
-  _globals['_UPSERTBATCH_SPARSEVECTORSENTRY']._serialized_start=2728
-  _globals['_UPSERTBATCH_SPARSEVECTORSENTRY']._serialized_end=2808
-  _globals['_UPSERTBATCH_TOKENVECTORSENTRY']._serialized_start=2810
-  _globals['_UPSERTBATCH_TOKENVECTORSENTRY']._serialized_end=2890
-  _globals['_UPSERTACK']._serialized_start=2892
-  _globals['_UPSERTACK']._serialized_end=2953
-  _globals['_DELETEREQUEST']._serialized_start=2955
-  _globals['_DELETEREQUEST']._serialized_end=3003
-  _globals['_DELETERESPONSE']._serialized_start=3005
-  _globals['_DELETERESPONSE']._serialized_end=3055
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=3057
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=3081
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=3083
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=3123
-  _globals['_GETCOLLECTIONREQUEST']._serialized_start=3125
-  _globals['_GETCOLLECTIONREQUEST']._serialized_end=3167
-  _globals['_COLLECTIONINFO']._serialized_start=3170
-  _globals['_COLLECTIONINFO']._serialized_end=3469
-  _globals['_FIELDSCHEMA']._serialized_start=3472
-  _globals['_FIELDSCHEMA']._serialized_end=3672
-  _globals['_PARAMRANGE']._serialized_start=3674
-  _globals['_PARAMRANGE']._serialized_end=3756
-  _globals['_GENERATEREQUEST']._serialized_start=3759
-  _globals['_GENERATEREQUEST']._serialized_end=4056
+  _globals['_SEARCHRESPONSE']._serialized_end=2425
+  _globals['_SEARCHRESPONSE_FIELDSCORESENTRY']._serialized_start=2375
+  _globals['_SEARCHRESPONSE_FIELDSCORESENTRY']._serialized_end=2425
+  _globals['_UPSERTBATCH']._serialized_start=2428
+  _globals['_UPSERTBATCH']._serialized_end=2914
+  _globals['_UPSERTBATCH_VECTORSENTRY']._serialized_start=2682
+  _globals['_UPSERTBATCH_VECTORSENTRY']._serialized_end=2750
+  _globals['_UPSERTBATCH_SPARSEVECTORSENTRY']._serialized_start=2752
+  _globals['_UPSERTBATCH_SPARSEVECTORSENTRY']._serialized_end=2832
+  _globals['_UPSERTBATCH_TOKENVECTORSENTRY']._serialized_start=2834
+  _globals['_UPSERTBATCH_TOKENVECTORSENTRY']._serialized_end=2914
+  _globals['_UPSERTACK']._serialized_start=2916
+  _globals['_UPSERTACK']._serialized_end=2977
+  _globals['_DELETEREQUEST']._serialized_start=2979
+  _globals['_DELETEREQUEST']._serialized_end=3027
+  _globals['_DELETERESPONSE']._serialized_start=3029
+  _globals['_DELETERESPONSE']._serialized_end=3079
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=3081
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=3105
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=3107
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=3147
+  _globals['_GETCOLLECTIONREQUEST']._serialized_start=3149
+  _globals['_GETCOLLECTIONREQUEST']._serialized_end=3191
+  _globals['_COLLECTIONINFO']._serialized_start=3194
+  _globals['_COLLECTIONINFO']._serialized_end=3493
+  _globals['_FIELDSCHEMA']._serialized_start=3496
+  _globals['_FIELDSCHEMA']._serialized_end=3696
+  _globals['_PARAMRANGE']._serialized_start=3698
+  _globals['_PARAMRANGE']._serialized_end=3780
+  _globals['_GENERATEREQUEST']._serialized_start=3783
+  _globals['_GENERATEREQUEST']._serialized_end=4080
   _globals['_GENERATEREQUEST_PARAMSENTRY']._serialized_start=1383
   _globals['_GENERATEREQUEST_PARAMSENTRY']._serialized_end=1428
-  _globals['_GENERATECHUNK']._serialized_start=4058
-  _globals['_GENERATECHUNK']._serialized_end=4107
-  _globals['_GETDOCUMENTSREQUEST']._serialized_start=4109
-  _globals['_GETDOCUMENTSREQUEST']._serialized_end=4163
-  _globals['_GETDOCUMENTSRESPONSE']._serialized_start=4165
-  _globals['_GETDOCUMENTSRESPONSE']._serialized_end=4228
-  _globals['_COUNTREQUEST']._serialized_start=4230
-  _globals['_COUNTREQUEST']._serialized_end=4285
-  _globals['_COUNTRESPONSE']._serialized_start=4287
-  _globals['_COUNTRESPONSE']._serialized_end=4317
-  _globals['_SCROLLREQUEST']._serialized_start=4319
-  _globals['_SCROLLREQUEST']._serialized_end=4420
-  _globals['_SCROLLRESPONSE']._serialized_start=4422
-  _globals['_SCROLLRESPONSE']._serialized_end=4502
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=4504
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=4571
-  _globals['_DROPCOLLECTIONREQUEST']._serialized_start=4573
-  _globals['_DROPCOLLECTIONREQUEST']._serialized_end=4616
-  _globals['_DROPCOLLECTIONRESPONSE']._serialized_start=4618
-  _globals['_DROPCOLLECTIONRESPONSE']._serialized_end=4642
-  _globals['_SAVEPIPELINEREQUEST']._serialized_start=4644
-  _globals['_SAVEPIPELINEREQUEST']._serialized_end=4763
-  _globals['_SAVEPIPELINERESPONSE']._serialized_start=4765
-  _globals['_SAVEPIPELINERESPONSE']._serialized_end=4804
-  _globals['_SNAPSHOTREQUEST']._serialized_start=4806
-  _globals['_SNAPSHOTREQUEST']._serialized_end=4843
-  _globals['_SNAPSHOTCHUNK']._serialized_start=4845
-  _globals['_SNAPSHOTCHUNK']._serialized_end=4891
-  _globals['_RESTORECHUNK']._serialized_start=4893
-  _globals['_RESTORECHUNK']._serialized_end=4941
-  _globals['_RETRIEVER']._serialized_start=4944
-  _globals['_RETRIEVER']._serialized_end=6048
+  _globals['_GENERATECHUNK']._serialized_start=4082
+  _globals['_GENERATECHUNK']._serialized_end=4131
+  _globals['_GETDOCUMENTSREQUEST']._serialized_start=4133
+  _globals['_GETDOCUMENTSREQUEST']._serialized_end=4187
+  _globals['_GETDOCUMENTSRESPONSE']._serialized_start=4189
+  _globals['_GETDOCUMENTSRESPONSE']._serialized_end=4252
+  _globals['_COUNTREQUEST']._serialized_start=4254
+  _globals['_COUNTREQUEST']._serialized_end=4309
+  _globals['_COUNTRESPONSE']._serialized_start=4311
+  _globals['_COUNTRESPONSE']._serialized_end=4341
+  _globals['_SCROLLREQUEST']._serialized_start=4343
+  _globals['_SCROLLREQUEST']._serialized_end=4444
+  _globals['_SCROLLRESPONSE']._serialized_start=4446
+  _globals['_SCROLLRESPONSE']._serialized_end=4526
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=4528
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=4595
+  _globals['_DROPCOLLECTIONREQUEST']._serialized_start=4597
+  _globals['_DROPCOLLECTIONREQUEST']._serialized_end=4640
+  _globals['_DROPCOLLECTIONRESPONSE']._serialized_start=4642
+  _globals['_DROPCOLLECTIONRESPONSE']._serialized_end=4666
+  _globals['_SAVEPIPELINEREQUEST']._serialized_start=4668
+  _globals['_SAVEPIPELINEREQUEST']._serialized_end=4787
+  _globals['_SAVEPIPELINERESPONSE']._serialized_start=4789
+  _globals['_SAVEPIPELINERESPONSE']._serialized_end=4828
+  _globals['_SNAPSHOTREQUEST']._serialized_start=4830
+  _globals['_SNAPSHOTREQUEST']._serialized_end=4867
+  _globals['_SNAPSHOTCHUNK']._serialized_start=4869
+  _globals['_SNAPSHOTCHUNK']._serialized_end=4915
+  _globals['_RESTORECHUNK']._serialized_start=4917
+  _globals['_RESTORECHUNK']._serialized_end=4965
+  _globals['_RETRIEVER']._serialized_start=4968
+  _globals['_RETRIEVER']._serialized_end=6072
 # @@protoc_insertion_point(module_scope)

@@ -198,7 +198,7 @@ class RerankStage(_message.Message):
     def __init__(self, field: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("offsets", "ids", "scores", "field_scores", "documents_json", "reasons")
+    __slots__ = ("offsets", "ids", "scores", "field_scores", "documents_json", "reasons", "missing_shards")
     class FieldScoresEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -212,13 +212,15 @@ class SearchResponse(_message.Message):
     FIELD_SCORES_FIELD_NUMBER: _ClassVar[int]
     DOCUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_SHARDS_FIELD_NUMBER: _ClassVar[int]
     offsets: _containers.RepeatedScalarFieldContainer[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
     scores: bytes
     field_scores: _containers.ScalarMap[str, bytes]
     documents_json: _containers.RepeatedScalarFieldContainer[str]
     reasons: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, offsets: _Optional[_Iterable[int]] = ..., ids: _Optional[_Iterable[str]] = ..., scores: _Optional[bytes] = ..., field_scores: _Optional[_Mapping[str, bytes]] = ..., documents_json: _Optional[_Iterable[str]] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
+    missing_shards: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, offsets: _Optional[_Iterable[int]] = ..., ids: _Optional[_Iterable[str]] = ..., scores: _Optional[bytes] = ..., field_scores: _Optional[_Mapping[str, bytes]] = ..., documents_json: _Optional[_Iterable[str]] = ..., reasons: _Optional[_Iterable[str]] = ..., missing_shards: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpsertBatch(_message.Message):
     __slots__ = ("collection", "documents_json", "vectors", "sparse_vectors", "token_vectors")

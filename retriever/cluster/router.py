@@ -1,0 +1,358 @@
+"""A sharded collection, searched as one: the router fans each call out to its shards and merges
+their answers into exactly the answer the unsharded collection gives.
+
+A search takes up to three rounds, each one call per shard in parallel:
+1. statistics (only when a searched field reads them: BM25, inference-free sparse): each shard's
+   document count, lengths and query-term frequencies, summed into the collection's;
+2. search: each shard's candidates under those statistics, with every score a later stage reads
+   (`shard.ShardAnswer`); the router merges each field's lists into the collection's top k, and
+   runs the same fuse and re-rank stages (`pipeline.run`) as one collection does;
+3. documents: the stored documents of the hits kept.
+A shard that does not answer within the deadline is left out: the hits come from the others and
+say which shards are missing (`Hits.missing_shards`). Writes go to the shard owning each id.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from retriever import pipeline as pipeline_module
+from retriever.collection import FUSION_CANDIDATES
+from retriever.config import CollectionConfig
+from retriever.errors import InvalidRequest, RetrieverError, Unavailable, WriteFailed
+from retriever.fields import statistics as field_statistics
+from retriever.pipeline import Fuse, Pipeline, Prefetch
+from retriever.types import DocumentList, Hits, are_texts
+
+from .manifest import shard_of
+from .shard import ShardAnswer
+from .transport import Shards
+
+DEFAULT_DEADLINE = 10.0  # seconds a search waits for its shards
+
+
+class Router:
+    """The collection API (search, add, delete, get, count, info, generate) over shards."""
+
+    def __init__(
+        self, config: CollectionConfig, shards: Shards, *, deadline: float = DEFAULT_DEADLINE
+    ) -> None:
+        self.config = config
+        self.shards = shards
+        self.deadline = deadline
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def close(self) -> None:
+        self.shards.close()
+
+    def __enter__(self) -> "Router":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- reads -----------------------------------------------------------------------------
+
+    def search(
+        self,
+        queries,
+        k: int = 10,
+        *,
+        fields: Sequence[str] | str | None = None,
+        filter: Mapping[str, Any] | None = None,
+        params: Mapping[str, int] | None = None,
+        fusion: str = "rrf",
+        weights: Mapping[str, float] | None = None,
+        normalization: str = "minmax",
+        pipeline: "Pipeline | Mapping[str, Any] | str | None" = None,
+    ) -> list[Hits]:
+        """As `Collection.search`; each `Hits` names the shards that did not answer in time."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.config.max_k:
+            raise InvalidRequest(
+                f"k must be an integer from 1 to {self.config.max_k} (the collection's max_k), got {k!r}"
+            )
+        k = int(k)
+        plan, fused = self._plan(k, fields, params, fusion, weights, normalization, pipeline)
+        spec = plan.fusion_spec()
+        everyone = range(len(self.shards.names))
+        asked, statistics = everyone, None
+        if self._reads_statistics(queries, plan.fields):
+            parts = self._read("statistics", asked, (queries, plan.fields, params))
+            asked = sorted(parts)  # a shard missing here would score with the others' totals: left out
+            statistics = field_statistics.add(parts.values())
+        answers = self._read("search", asked, (queries, plan.to_dict(), filter, params, k, statistics))
+        merged = _Merged(answers)
+        scores, keys, stages = pipeline_module.run(merged.score, plan, spec, merged.found(plan), k)
+        if not fused:
+            stages.pop(pipeline_module.FUSED, None)
+        missing = tuple(self.shards.names[i] for i in everyone if i not in answers)
+        ids = merged.ids_of(keys)
+        flat = [i for row in ids for i in row]
+        documents = self._documents(flat, merged.owner(keys[keys >= 0]))
+        return merged.hits(ids, scores, keys, stages, documents, missing)
+
+    def _plan(self, k, fields, params, fusion, weights, normalization, pipeline) -> tuple[Pipeline, bool]:
+        """The search as a pipeline (a fields search is one), and whether its fuse score is asked."""
+        if pipeline is None and fields is None and self.config.default_pipeline is not None:
+            pipeline = self.config.default_pipeline
+        if pipeline is not None:
+            if fields is not None:
+                raise InvalidRequest("give a pipeline, or fields to search: the pipeline names its fields")
+            return self.config.pipeline(pipeline) if isinstance(pipeline, str) else Pipeline.of(
+                pipeline
+            ), True
+        names = [fields] if isinstance(fields, str) else list(fields or [self.config.fields[0].name])
+        if len(names) == 1:
+            return Pipeline((Prefetch(names[0], k),)), False
+        depth = max(k, int((params or {}).get("candidates", FUSION_CANDIDATES)))
+        return Pipeline(
+            tuple(Prefetch(n, depth) for n in names), Fuse(fusion, weights or {}, normalization)
+        ), False
+
+    def _reads_statistics(self, queries, names: list[str]) -> bool:
+        """Whether a searched field may read collection-wide statistics of text queries."""
+        reading = [n for n in names if field_statistics.read_by(self.config.field(n))]
+        if isinstance(queries, Mapping):
+            return any(are_texts(queries.get(n)) for n in reading)
+        return bool(reading) and are_texts(queries)
+
+    def _read(self, method: str, shards: Iterable[int], args: tuple) -> dict[int, Any]:
+        """Each answering shard's answer (at least one); a shard's refusal of the request is the
+        caller's error."""
+        answers = self.shards.call(method, {i: (args, {}) for i in shards}, self.deadline)
+        failures = [a for a in answers.values() if isinstance(a, BaseException)]
+        for failure in failures:
+            if isinstance(failure, RetrieverError) and not isinstance(failure, Unavailable):
+                raise failure
+        if failures and len(failures) == len(answers):
+            raise Unavailable(f"no shard of {self.name!r} could answer: {failures[0]}")
+        return {i: a for i, a in answers.items() if not isinstance(a, BaseException)}
+
+    def _documents(self, ids: list[str], owners: np.ndarray) -> DocumentList:
+        """The stored documents of hits `ids`, from their shards `owners` (a shard gone since it
+        answered the search leaves its hits' documents as their ids alone)."""
+        rows = {int(s): np.flatnonzero(owners == s) for s in np.unique(owners)}
+        found = self.shards.call(
+            "documents", {s: (([ids[j] for j in r],), {}) for s, r in rows.items()}, self.deadline
+        )
+        documents: list[dict[str, Any]] = [{"id": i} for i in ids]
+        for s, r in rows.items():
+            if isinstance(found[s], BaseException):
+                continue
+            for j, document in zip(r.tolist(), found[s]):
+                documents[j] = document if document is not None else documents[j]
+        return DocumentList(documents)
+
+    def get(self, ids: Iterable[str]) -> list[dict[str, Any] | None]:
+        ids = [ids] if isinstance(ids, str) else [str(i) for i in ids]
+        by_shard = self._by_shard(ids)
+        answers = self._all("documents", {s: ([ids[j] for j in rows],) for s, rows in by_shard.items()})
+        out: list[dict[str, Any] | None] = [None] * len(ids)
+        for s, rows in by_shard.items():
+            for j, document in zip(rows, answers[s]):
+                out[j] = document
+        return out
+
+    def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        return sum(self._all("count", {i: (filter,) for i in range(len(self.shards.names))}).values())
+
+    def __len__(self) -> int:
+        return self.count()
+
+    def info(self) -> dict[str, Any]:
+        """The shards' facts, and the collection's: counts summed, `version` the sum of the shards'
+        (it grows with every write to any shard)."""
+        shards = self._all("info", {i: () for i in range(len(self.shards.names))})
+        infos = [shards[i] for i in sorted(shards)]
+        return {
+            "name": self.name,
+            "version": sum(s["version"] for s in infos),
+            "counts": {key: sum(s["counts"][key] for s in infos) for key in infos[0]["counts"]},
+            "shards": dict(zip(self.shards.names, infos)),
+        }
+
+    @property
+    def version(self) -> int:
+        return self.info()["version"]
+
+    def schema(self) -> dict[str, Any]:
+        """The collection's schema (every shard has the same): from the first shard answering."""
+        answers = self._read("schema", range(len(self.shards.names)), ())
+        return answers[min(answers)]
+
+    def warm(self) -> None:
+        """Every shard loads its encoders now, rather than in its first searches' time."""
+        self._all("warm", {i: () for i in range(len(self.shards.names))})
+
+    def flush(self) -> bool:
+        """Every shard's write buffer into a segment."""
+        return any(self._all("flush", {i: () for i in range(len(self.shards.names))}).values())
+
+    # ---- writes ----------------------------------------------------------------------------
+
+    def add(self, documents: Iterable[Mapping[str, Any]], vectors: Mapping[str, Any] | None = None) -> int:
+        """Each document (and its row of each field's `vectors`) to the shard owning its id."""
+        documents = [dict(d) for d in documents]
+        ids = []
+        for i, document in enumerate(documents):
+            if not isinstance(document.get("id"), str) or not document["id"]:
+                raise InvalidRequest(f"document {i} needs an 'id' (a non-empty string) to find its shard")
+            ids.append(document["id"])
+        calls = {}
+        for s, rows in self._by_shard(ids).items():
+            part = {name: _rows_of(value, rows) for name, value in (vectors or {}).items()}
+            calls[s] = ([documents[j] for j in rows], part or None)
+        return sum(self._all("add", calls).values())
+
+    def delete(self, ids: Iterable[str]) -> int:
+        ids = [ids] if isinstance(ids, str) else [str(i) for i in ids]
+        return sum(
+            self._all(
+                "delete", {s: ([ids[j] for j in rows],) for s, rows in self._by_shard(ids).items()}
+            ).values()
+        )
+
+    def _by_shard(self, ids: list[str]) -> dict[int, list[int]]:
+        by_shard: dict[int, list[int]] = {}
+        for j, i in enumerate(ids):
+            by_shard.setdefault(shard_of(i, len(self.shards.names)), []).append(j)
+        return by_shard
+
+    def _all(self, method: str, calls: Mapping[int, tuple]) -> dict[int, Any]:
+        """Every shard called must answer: a write or a count is not partial."""
+        answers = self.shards.call(method, {i: (args, {}) for i, args in calls.items()}, None)
+        failed = {i: a for i, a in answers.items() if isinstance(a, BaseException)}
+        if not failed:
+            return answers
+        first = next(iter(failed.values()))
+        if isinstance(first, RetrieverError) and not isinstance(first, Unavailable) and method != "add":
+            raise first
+        names = ", ".join(self.shards.names[i] for i in failed)
+        done = ", ".join(self.shards.names[i] for i in answers if i not in failed) or "none"
+        if method in ("add", "delete"):
+            raise WriteFailed(
+                f"{method} failed on shard(s) {names} ({first}); shards that committed their "
+                f"part: {done}. Writes are idempotent: send the request again"
+            ) from first
+        raise Unavailable(f"shard(s) {names} did not answer {method!r}: {first}") from first
+
+    # ---- generation ------------------------------------------------------------------------
+
+    def generate(
+        self,
+        question: str,
+        k: int = 5,
+        *,
+        mode: str = "blend",
+        recompute_ratio: float | None = None,
+        max_new_tokens: int = 128,
+        fields=None,
+        filter=None,
+        params=None,
+    ):
+        """As `Collection.generate`: retrieves through the shards, answers here."""
+        from retriever.rag.generate import check_generation
+        from retriever.rag.service import answer
+
+        check_generation(question, mode, recompute_ratio, max_new_tokens)
+        [hits] = self.search(question, k, fields=fields, filter=filter, params=params)
+        return answer(
+            question,
+            hits,
+            self.config.text_keys,
+            mode=mode,
+            recompute_ratio=recompute_ratio,
+            max_new_tokens=max_new_tokens,
+        )
+
+
+class _Merged:
+    """The answering shards' candidates under one key space: shard s's candidate at position p of
+    its union is key `base[s] + p`; a field's exact scores of every key sit side by side."""
+
+    def __init__(self, answers: Mapping[int, ShardAnswer]) -> None:
+        self.order = sorted(answers)
+        self.answers = [answers[s] for s in self.order]
+        widths = [a.width for a in self.answers]
+        self.bases = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)  # [S + 1]
+        self.size = len(self.answers[0].ids)
+        self.ids = [
+            sum((a.ids[b] + [None] * (a.width - len(a.ids[b])) for a in self.answers), [])
+            for b in range(self.size)
+        ]  # [B][sum U]
+        self.exact = {
+            name: np.concatenate([a.exact[name] for a in self.answers], axis=1)
+            for name in self.answers[0].exact
+        }
+
+    def found(self, plan: Pipeline) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each prefetched field's best `k` over every shard's list (best first, -1 keys last)."""
+        out = {}
+        for stage in plan.prefetch:
+            scores = np.concatenate([a.found[stage.field][0] for a in self.answers], axis=1)
+            keys = np.concatenate(
+                [
+                    np.where(a.found[stage.field][1] >= 0, a.found[stage.field][1] + base, -1)
+                    for a, base in zip(self.answers, self.bases)
+                ],
+                axis=1,
+            )
+            order = pipeline_module.best_first(scores, keys)[:, : stage.k]
+            out[stage.field] = np.take_along_axis(scores, order, 1), np.take_along_axis(keys, order, 1)
+        return out
+
+    def score(self, name: str, keys: np.ndarray) -> np.ndarray:
+        table = self.exact[name]
+        if table.shape[1] == 0:
+            return np.full(keys.shape, -np.inf, dtype=np.float32)
+        return np.where(keys >= 0, np.take_along_axis(table, np.maximum(keys, 0), 1), -np.inf).astype(
+            np.float32
+        )
+
+    def owner(self, keys: np.ndarray) -> np.ndarray:
+        """The shard (its number) holding each key."""
+        return np.asarray(self.order)[np.searchsorted(self.bases, keys, side="right") - 1]
+
+    def ids_of(self, keys: np.ndarray) -> list[list[str]]:
+        """keys [B, k] (-1 padding) -> each query's ids."""
+        return [[self.ids[b][key] for key in row if key >= 0] for b, row in enumerate(keys.tolist())]
+
+    def hits(
+        self, ids, scores, keys, stages, documents: DocumentList, missing: tuple[str, ...]
+    ) -> list[Hits]:
+        out, start = [], 0
+        for b in range(self.size):
+            valid = keys[b] >= 0
+            found = ids[b]
+            reasons = {a.reasons[b] for a in self.answers}
+            reason = next(iter(reasons)) if None not in reasons and len(reasons) == 1 else None
+            if not found and reason is None:
+                reason = "the collection has no documents to return"
+            rows = np.arange(start, start + len(found))
+            start += len(found)
+            out.append(
+                Hits(
+                    found,
+                    scores[b][valid],
+                    {n: v[b][valid] for n, v in stages.items()},
+                    rows,
+                    documents,
+                    reason,
+                    missing,
+                )
+            )
+        return out
+
+
+def _rows_of(value, rows: list[int]):
+    """The given documents' rows of one field's vectors (a matrix, or one entry per document)."""
+    if isinstance(value, np.ndarray):
+        return value[rows]
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], np.ndarray):
+        raise InvalidRequest("give a sharded collection's token vectors as one matrix per document")
+    return [value[j] for j in rows]

@@ -1,0 +1,115 @@
+"""One shard's side of a sharded search: the same operations, whether the shard is a Ray Serve
+replica or an object in the router's own process (tests, one machine).
+
+A search asks each shard for its candidates and every score the router's fuse and re-rank
+stages can need of them, in one call: for each query, the union of the shard's candidates (their
+ids), each prefetched field's own list as positions in that union, and the exact score of every
+candidate by each field a later stage reads. A document the whole collection's pipeline keeps is
+among its shard's candidates, so the router fuses and re-ranks without calling back.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from retriever import pipeline as pipeline_module
+from retriever.collection import Collection
+from retriever.fields.statistics import Statistics
+
+
+@dataclass(frozen=True)
+class ShardAnswer:
+    """One shard's candidates for a batch of B queries (U: its widest union)."""
+
+    ids: list[list[str]]  # [B][<=U] each query's candidates, ascending rows of the shard
+    found: dict[str, tuple[np.ndarray, np.ndarray]]  # {prefetched field: (scores [B, C], positions [B, C])}
+    exact: dict[str, np.ndarray]  # {field a later stage reads: exact scores [B, U] of the candidates}
+    reasons: list[str | None] = field(default_factory=list)  # [B] why a query can match nothing here
+    width: int = 0  # U
+
+
+def later_fields(pipeline: pipeline_module.Pipeline) -> list[str]:
+    """The fields whose exact scores of the candidates the fuse and re-rank stages read."""
+    complete = pipeline.fuse.complete and len(pipeline.prefetch) > 1
+    return [*([p.field for p in pipeline.prefetch] if complete else []), *[r.field for r in pipeline.rerank]]
+
+
+class Shard:
+    """A shard collection, opened once; searches read a pinned view while writes move it on."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.collection = Collection.open(path)
+        self._writing = threading.Lock()
+
+    def statistics(self, queries, fields: list[str], params: Mapping[str, int] | None) -> Statistics:
+        return self.collection.view().statistics(queries, fields, params)
+
+    def search(
+        self, queries, pipeline: Mapping[str, Any], filter, params, k: int, statistics: Statistics | None
+    ) -> ShardAnswer:
+        collection = self.collection.view()
+        if statistics:
+            collection = collection.with_statistics(statistics)
+        plan = pipeline_module.Pipeline.of(pipeline)
+        found, payloads = collection.prefetch(queries, plan, filter=filter, params=params, k=k)
+        size = len(next(iter(payloads.values())))
+        if not found:  # no document here matches the filter
+            empty = np.zeros((size, 0), np.float32), np.zeros((size, 0), np.int64)
+            return ShardAnswer(
+                [[] for _ in range(size)],
+                {p.field: empty for p in plan.prefetch},
+                {name: empty[0] for name in later_fields(plan)},
+                [None] * size,
+                0,
+            )
+        union = pipeline_module.union_rows(found)  # [B, U] ascending, -1 at the end
+        positions = {name: (scores, _positions(union, rows)) for name, (scores, rows) in found.items()}
+        score = collection.scorer(payloads)
+        exact = {name: score(name, union) for name in dict.fromkeys(later_fields(plan))}
+        ids = [[i for i in row if i is not None] for row in collection.documents.ids_at(union)]
+        reasons = collection.no_terms_reasons(payloads, [p.field for p in plan.prefetch], size)
+        return ShardAnswer(ids, positions, exact, reasons, union.shape[1])
+
+    def documents(self, ids: list[str]) -> list[dict[str, Any] | None]:
+        return self.collection.view().get(ids)
+
+    def count(self, filter: Mapping[str, Any] | None = None) -> int:
+        return self.collection.view().count(filter)
+
+    def info(self) -> dict[str, Any]:
+        return self.collection.view().info()
+
+    def schema(self) -> dict[str, Any]:
+        return self.collection.view().schema()
+
+    def warm(self) -> None:
+        """Load every text encoder the shard's fields use."""
+        for config in self.collection.config.fields:
+            if self.collection.can_encode(config.name):
+                self.collection.encoder(config.name)
+
+    def flush(self) -> bool:
+        with self._writing:
+            return self.collection.flush()
+
+    def add(self, documents: list[dict[str, Any]], vectors: Mapping[str, Any] | None) -> int:
+        with self._writing:
+            return self.collection.add(documents, vectors=vectors)
+
+    def delete(self, ids: list[str]) -> int:
+        with self._writing:
+            return self.collection.delete(ids)
+
+
+def _positions(union: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Each row's place in its query's ascending union [B, C] (-1 stays -1)."""
+    out = np.full(rows.shape, -1, dtype=np.int64)
+    for b in range(len(rows)):
+        valid = rows[b] >= 0
+        out[b, valid] = np.searchsorted(union[b, : int((union[b] >= 0).sum())], rows[b, valid])
+    return out

@@ -14,6 +14,11 @@ from .errors import InvalidRequest, RetrieverError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build, search and evaluate retrieval collections.")
 
 JsonOption = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+RayOption = typer.Option(False, "--ray", help="On Ray: a sharded collection (docs/scale-out.md).")
+RayAddressOption = typer.Option(
+    None, "--ray-address",
+    help="The Ray cluster to join ('auto': the one on this machine); default: start Ray here.",
+)
 FieldsOption = typer.Option(None, "--fields", help="Comma-separated fields to search (default: the first field).")
 FusionOption = typer.Option("rrf", "--fusion", help="How several fields are fused: rrf, or weighted (normalized scores x weights).")
 WeightsOption = typer.Option(None, "--weights", help="Weighted fusion: FIELD=WEIGHT pairs, comma-separated (default 1 each).")
@@ -114,9 +119,13 @@ def build(
         "4GB", "--memory-cap",
         help="Memory the build may use (e.g. 2GB): the corpus streams through in chunks.",
     ),
+    ray: bool = RayOption,
+    ray_address: Optional[str] = RayAddressOption,
+    shards: int = typer.Option(1, "--shards", help="With --ray: shards the documents are spread over."),
+    workers: int = typer.Option(1, "--workers", help="With --ray: encoding actors (one model each)."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Build a collection from a corpus."""
+    """Build a collection from a corpus (with --ray, a sharded one on a Ray cluster)."""
     def work():
         import time
 
@@ -125,6 +134,17 @@ def build(
         from .config import CollectionConfig
 
         start = time.perf_counter()
+        if ray:
+            from .cluster import ray_build, ray_serve
+
+            ray_serve.start(ray_address)
+            built = ray_build.build(CollectionConfig.from_toml(config), input, out, shards=shards,
+                                    workers=workers, resume=resume, memory_cap=parse_size(memory_cap))
+            seconds = time.perf_counter() - start
+            return {"path": str(out), "manifest": built.to_dict(), "counts": {"documents": built.documents},
+                    "seconds": round(seconds, 3), "docs_per_s": round(built.documents / seconds, 2)}
+        if shards != 1 or workers != 1 or ray_address:
+            raise InvalidRequest("--shards, --workers and --ray-address build on Ray: add --ray")
         collection = run_build(
             CollectionConfig.from_toml(config), input, out, resume=resume, block_size=block_size,
             memory_cap=parse_size(memory_cap),
@@ -327,6 +347,9 @@ def serve(
     tls_key: Optional[Path] = typer.Option(None, "--tls-key"),
     reflection: bool = typer.Option(False, "--reflection", help="Enable gRPC server reflection."),
     metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on this port."),
+    ray: bool = typer.Option(False, "--ray", help="Serve sharded collections (directories) on Ray Serve."),
+    ray_address: Optional[str] = RayAddressOption,
+    replicas: int = typer.Option(1, "--replicas", help="With --ray: replicas of each shard."),
 ) -> None:
     """Serve collections over gRPC until SIGTERM (health goes NOT_SERVING, in-flight calls finish)."""
     from .registry import Registry
@@ -346,7 +369,10 @@ def serve(
         )
         if bool(collections) == bool(data_dir):
             raise InvalidRequest("give collection directories, or --data-dir DIR (not both)")
-        registry = Registry.open_data_dir(data_dir) if data_dir else Registry.open(collections)
+        if ray:
+            registry = _ray_registry(collections or [], ray_address, replicas)
+        else:
+            registry = Registry.open_data_dir(data_dir) if data_dir else Registry.open(collections)
         for path, reason in registry.not_served.items():
             print(f"not serving {path}: {reason}", file=sys.stderr)
         if not registry.names() and not data_dir:
@@ -358,6 +384,16 @@ def serve(
     names = ", ".join(f"{n}{'' if registry.healthy(n) else ' (damaged, not served)'}" for n in registry.names())
     print(f"serving {names} on {host}:{server.port}", file=sys.stderr, flush=True)
     server.wait()
+
+
+def _ray_registry(paths: list[Path], address: Optional[str], replicas: int):
+    """Each sharded collection deployed on Ray Serve, behind the server's registry."""
+    from .cluster import ray_serve
+    from .cluster.serving import ClusterRegistry
+
+    ray_serve.start(address)
+    served = [ray_serve.deploy(path, replicas=replicas) for path in paths]
+    return ClusterRegistry({collection.name: collection for collection in served})
 
 
 @app.command()

@@ -40,7 +40,7 @@ def iter_corpus(path: str | Path, vector_fields: list[str], rows: int) -> Iterat
     if suffix == ".parquet":
         # pre-buffering keeps every row group read so far in memory: off, so memory stays flat
         for batch in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=rows):
-            vectors = {n: _vector_column(batch, n) for n in vector_fields if n in batch.schema.names}
+            vectors = {n: vector_column(batch, n) for n in vector_fields if n in batch.schema.names}
             yield batch.drop_columns(list(vectors)).to_pylist(), vectors
         return
     if suffix in (".jsonl", ".json"):
@@ -48,10 +48,10 @@ def iter_corpus(path: str | Path, vector_fields: list[str], rows: int) -> Iterat
     else:
         raise InvalidRequest(f"input {str(path)!r}: expected .jsonl, .parquet, .npy or a folder")
     for docs in batches:
-        yield docs, _pop_vectors(docs, vector_fields)
+        yield docs, pop_vectors(docs, vector_fields)
 
 
-def _vector_column(batch, name: str) -> np.ndarray:
+def vector_column(batch, name: str) -> np.ndarray:
     """A Parquet column of equal-length number lists -> [n, D] float32, without Python objects."""
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -115,7 +115,7 @@ def _iter_npy(path: Path, vector_fields: list[str], rows: int) -> Iterator[Chunk
         yield [{"id": str(i)} for i in range(start, start + len(block))], {vector_fields[0]: block}
 
 
-def _pop_vectors(docs: list[dict[str, Any]], vector_fields: list[str]) -> dict[str, np.ndarray]:
+def pop_vectors(docs: list[dict[str, Any]], vector_fields: list[str]) -> dict[str, np.ndarray]:
     out = {}
     for name in vector_fields:
         present = [name in d for d in docs]

@@ -13,6 +13,16 @@ from .errors import InvalidRequest
 ID = "id"
 
 
+def document_id(document: Mapping[str, Any], number: int) -> str:
+    """A document's id: its `id` (or BEIR `_id`), a non-empty string or an integer, as a string."""
+    raw_id = document.get(ID, document.get("_id"))
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or str(raw_id).strip() == "":
+        raise InvalidRequest(
+            f"document {number} needs a non-empty string `id` (or BEIR `_id`), got {raw_id!r}"
+        )
+    return str(raw_id)
+
+
 def documents_to_table(documents: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Validate documents and lay them out as columns: `id` (string) first, then every other key.
 
@@ -24,10 +34,7 @@ def documents_to_table(documents: Iterable[Mapping[str, Any]]) -> pa.Table:
         if not isinstance(doc, Mapping):
             raise InvalidRequest(f"document {i} must be a mapping, got {type(doc).__name__}")
         row = {k: v for k, v in doc.items() if k not in ("_id", "metadata")}
-        raw_id = doc.get(ID, doc.get("_id"))
-        if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)) or str(raw_id).strip() == "":
-            raise InvalidRequest(f"document {i} needs a non-empty string `id` (or BEIR `_id`), got {raw_id!r}")
-        row[ID] = str(raw_id)
+        row[ID] = document_id(doc, i)
         if row[ID] in seen:
             raise InvalidRequest(f"document id {row[ID]!r} appears twice in one batch")
         seen.add(row[ID])

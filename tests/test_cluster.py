@@ -170,7 +170,7 @@ def test_an_upsert_lands_on_the_one_shard_owning_its_id(tmp_path):
         assert [s.count() for s in router.shards.shards] == after
         assert router.get([new["id"]])[0]["text"] == "replaced words entirely"
         assert router.delete([new["id"], "d0"]) == 2 and len(router) == 29
-        with pytest.raises(InvalidRequest, match="needs an 'id'"):
+        with pytest.raises(InvalidRequest, match="needs a non-empty string `id`"):
             router.add([{"text": "no id"}])
 
 
@@ -290,3 +290,37 @@ def test_the_manifest_is_checked(tmp_path):
         ClusterManifest.read(tmp_path)
     with pytest.raises(NotFound, match="no cluster manifest"):
         ClusterManifest.read(tmp_path / "elsewhere")
+
+
+def test_the_grpc_server_serves_a_sharded_collection_unchanged(pair):
+    """The wire contract over a router: the gRPC client's answers are the router's."""
+    from retriever.client import RemoteCollection
+    from retriever.cluster.serving import ClusterRegistry
+    from retriever.server import Server, ServerOptions
+
+    whole, router, queries = pair
+    server = Server(ClusterRegistry({router.name: router}), ServerOptions(port=0)).start()
+    try:
+        with RemoteCollection(f"127.0.0.1:{server.port}", router.name) as remote:
+            for field in ("dense", "bm25"):
+                got = remote.search(queries[field], k=10, fields=field)
+                same(got, whole.search(queries[field], k=10, fields=field))
+                assert got[0].documents == whole.get(got[0].ids) and got[0].missing_shards == ()
+            pipeline = Pipeline([Prefetch("dense", 30), Prefetch("bm25", 30)], Fuse("rrf", complete=True))
+            same(
+                remote.search(queries, k=8, pipeline=pipeline), whole.search(queries, k=8, pipeline=pipeline)
+            )
+            assert len(remote) == COUNT and remote.list_collections() == [router.name]
+            assert remote.get(["d3"]) == whole.get(["d3"])
+            assert remote.schema()["fields"] == whole.schema()["fields"]
+            remote.add(
+                [{"id": "wire-1", "text": "w0 w1"}],
+                {"dense": random_vectors(1, 16, seed=8), "tok": [random_vectors(3, 16, seed=9)]},
+            )
+            assert router.get(["wire-1"])[0]["text"] == "w0 w1" and remote.delete(["wire-1"]) == 1
+            with pytest.raises(InvalidRequest, match="k must be"):
+                remote.search(queries["bm25"], k=0, fields="bm25")
+            with pytest.raises(InvalidRequest, match="sharded"):
+                remote.create({"name": "other", "fields": [{"name": "bm25", "kind": "bm25"}]})
+    finally:
+        server.stop()

@@ -24,6 +24,7 @@ from retriever.config import CollectionConfig
 from retriever.errors import InvalidRequest, RetrieverError, Unavailable, WriteFailed
 from retriever.fields import statistics as field_statistics
 from retriever.pipeline import Fuse, Pipeline, Prefetch
+from retriever.documents import document_id
 from retriever.types import DocumentList, Hits, are_texts
 
 from .manifest import shard_of
@@ -197,12 +198,11 @@ class Router:
 
     def add(self, documents: Iterable[Mapping[str, Any]], vectors: Mapping[str, Any] | None = None) -> int:
         """Each document (and its row of each field's `vectors`) to the shard owning its id."""
-        documents = [dict(d) for d in documents]
-        ids = []
+        documents = list(documents)
         for i, document in enumerate(documents):
-            if not isinstance(document.get("id"), str) or not document["id"]:
-                raise InvalidRequest(f"document {i} needs an 'id' (a non-empty string) to find its shard")
-            ids.append(document["id"])
+            if not isinstance(document, Mapping):
+                raise InvalidRequest(f"document {i} must be a mapping, got {type(document).__name__}")
+        ids = [document_id(d, i) for i, d in enumerate(documents)]
         calls = {}
         for s, rows in self._by_shard(ids).items():
             part = {name: _rows_of(value, rows) for name, value in (vectors or {}).items()}
@@ -354,5 +354,8 @@ def _rows_of(value, rows: list[int]):
     if isinstance(value, np.ndarray):
         return value[rows]
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], np.ndarray):
-        raise InvalidRequest("give a sharded collection's token vectors as one matrix per document")
+        tokens, offsets = (
+            value  # token vectors [T, D] of all documents, document j's at offsets[j]:offsets[j + 1]
+        )
+        return [tokens[offsets[j] : offsets[j + 1]] for j in rows]
     return [value[j] for j in rows]

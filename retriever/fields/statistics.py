@@ -48,6 +48,21 @@ def add(parts: Iterable[Statistics]) -> Statistics:
     return total
 
 
+def totals(fields: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """{field: its document count (and BM25 total length)} for the fields that read statistics."""
+    return {name: f.own_totals() for name, f in fields.items() if isinstance(f, InvertedField)}
+
+
+def add_totals(parts: Iterable[Mapping[str, Mapping[str, int]]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for part in parts:
+        for name, counts in part.items():
+            into = out.setdefault(name, {})
+            for key, value in counts.items():
+                into[key] = into.get(key, 0) + value
+    return out
+
+
 def applied(field, statistics: Mapping[str, Any] | None):
     """The field as it scores under the collection-wide `statistics` (itself without them)."""
     if statistics is None or not isinstance(field, InvertedField):

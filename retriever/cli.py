@@ -139,7 +139,8 @@ def build(
 
             ray_serve.start(ray_address)
             built = ray_build.build(CollectionConfig.from_toml(config), input, out, shards=shards,
-                                    workers=workers, resume=resume, memory_cap=parse_size(memory_cap))
+                                    workers=workers, resume=resume, memory_cap=parse_size(memory_cap),
+                                    progress=True)
             seconds = time.perf_counter() - start
             return {"path": str(out), "manifest": built.to_dict(), "counts": {"documents": built.documents},
                     "seconds": round(seconds, 3), "docs_per_s": round(built.documents / seconds, 2)}

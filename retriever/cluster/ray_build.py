@@ -57,10 +57,11 @@ def build(
     batch_size: int = 256,
     memory_cap: int = DEFAULT_MEMORY_CAP,
     gpus: float | None = None,
+    progress: bool = False,
 ) -> ClusterManifest:
     """Build a `shards`-way sharded collection at `out` on the Ray cluster this process joined
     (`ray_serve.start`), encoding on `workers` actors (each with `gpus` GPUs; by default one
-    when the cluster has any)."""
+    when the cluster has any); `progress` shows Ray Data's progress bars (on stderr)."""
     out = Path(out)
     manifest = ClusterManifest.planned(config, shards)
     if (out / MANIFEST).exists():
@@ -76,7 +77,7 @@ def build(
     _check_state(work, state)
     if not (work / ENCODED_DONE).exists():
         shutil.rmtree(work / ENCODED, ignore_errors=True)
-        _encode(config, Path(input_path), work / ENCODED, shards, workers, batch_size, gpus)
+        _encode(config, Path(input_path), work / ENCODED, shards, workers, batch_size, gpus, progress)
         (work / ENCODED_DONE).write_text("done\n")
     chunk, largest = chunk_rows(config, memory_cap)
     write = ray.remote(_write_shard)
@@ -120,12 +121,17 @@ def _encode(
     workers: int,
     batch_size: int,
     gpus: float | None,
+    progress: bool,
 ) -> None:
     from ray.data import DataContext
 
-    DataContext.get_current().enable_progress_bars = False
+    DataContext.get_current().enable_progress_bars = progress
+    resources = ray.cluster_resources()
     if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+        gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+    # encoders on CPUs leave one for reading and writing blocks: with every CPU held by an
+    # actor, Ray Data's read tasks wait forever for one
+    cpus = 0.0 if gpus else max(0.1, min(1.0, (resources.get("CPU", 1) - 1) / workers))
     dataset = _read(input_path)
     dataset = dataset.map_batches(
         _Encode,
@@ -134,7 +140,7 @@ def _encode(
         batch_format="pyarrow",
         concurrency=workers,
         num_gpus=gpus,
-        num_cpus=0 if gpus else 1,
+        num_cpus=cpus,
     )
     try:
         dataset.write_parquet(str(encoded), partition_cols=[SHARD])

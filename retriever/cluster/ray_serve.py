@@ -89,7 +89,6 @@ def start(address: str | None = None, *, num_cpus: int | None = None) -> None:
             log_to_driver=False,
             configure_logging=False,
         )
-    serve.start(proxy_location=ProxyLocation.Disabled)
 
 
 def deploy(
@@ -97,14 +96,26 @@ def deploy(
     *,
     replicas: int = 1,
     router_replicas: int = 1,
-    cpus: float = 1.0,
+    cpus: float | None = None,
     deadline: float = DEFAULT_DEADLINE,
 ) -> "RayCollection":
-    """Serve a built cluster (its manifest) on the Ray cluster this process joined (`start`)."""
+    """Serve a built cluster (its manifest) on the Ray cluster this process joined (`start`):
+    `replicas` of each shard and `router_replicas` of the router, each holding `cpus` CPUs (by
+    default 1, or the share of the cluster's CPUs that lets them all start)."""
     manifest, root = ClusterManifest.read(manifest_path)
     for name, value in (("replicas", replicas), ("router replicas", router_replicas)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 64:
             raise InvalidRequest(f"{name} must be an integer from 1 to 64, got {value!r}")
+    count = len(manifest.shards) * replicas + router_replicas
+    total = ray.cluster_resources().get("CPU", 0)
+    if cpus is None:
+        cpus = min(1.0, total / count)
+    if cpus * count > total:  # Serve would wait for them forever
+        raise InvalidRequest(
+            f"{count} replicas x {cpus} CPUs do not fit the Ray cluster's {total:g} CPUs: ask fewer CPUs "
+            "per replica, or fewer replicas"
+        )
+    serve.start(proxy_location=ProxyLocation.Disabled)  # no HTTP: our gRPC server is the front door
     options = {"ray_actor_options": {"num_cpus": cpus}, "max_ongoing_requests": 32}
     shards = [
         ShardReplica.options(name=f"shard-{i}", num_replicas=replicas, **options).bind(str(path))

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys_path = Path(__file__).parent
 import sys  # noqa: E402
 
-sys.path.insert(0, str(sys_path))
+# this file is named ray.py: its folder goes last on the path, so `import ray` finds Ray
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 from common import emit, log  # noqa: E402
 
 import retriever  # noqa: E402
@@ -129,6 +130,43 @@ def measure_search(whole_path: Path, sharded: Path, texts: list[str], rounds: in
     return out
 
 
+def measure_merge(shard_counts=(3, 10, 30, 100), repeats: int = 50) -> dict:
+    """The router's own work per query, for S shards: merging S answers (two fields' top 100
+    each, as an RRF search of two fields asks) into the collection's top 10. Synthetic answers:
+    this is the CPU a router replica spends per query whatever the shards' sizes."""
+    from retriever.cluster.router import _Merged
+    from retriever.cluster.shard import ShardAnswer
+    from retriever.pipeline import Fuse, Pipeline, Prefetch
+    from retriever import pipeline as pipeline_module
+
+    plan = Pipeline((Prefetch("dense", 100), Prefetch("bm25", 100)), Fuse("rrf"))
+    rng = np.random.default_rng(0)
+    out = {}
+    for count in shard_counts:
+        answers = {}
+        for s in range(count):
+            width = 150  # the union of two top-100 lists that overlap a little
+            found = {name: (np.sort(rng.random((1, 100)).astype(np.float32))[:, ::-1],
+                            rng.permutation(width)[None, :100]) for name in ("dense", "bm25")}
+            answers[s] = ShardAnswer([[f"s{s}-{i}" for i in range(width)]], found, {}, [None], width)
+
+        def merge():
+            merged = _Merged(answers)
+            scores, keys, _ = pipeline_module.run(merged.score, plan, plan.fusion_spec(), merged.found(plan), K)
+            merged.ids_of(keys)
+
+        seconds = sorted(timed_once(merge) for _ in range(repeats))
+        out[f"{count}_shards_ms"] = round(1000 * seconds[len(seconds) // 2], 3)
+    log("router merge", out)
+    return out
+
+
+def timed_once(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
@@ -138,8 +176,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--shards", type=int, default=3)
+    parser.add_argument("--parts", default="build,search,merge")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     config = CollectionConfig.from_toml(CONFIG)
     texts = [
         json.loads(line)["text"] for line in itertools.islice(open(args.data / "queries.jsonl"), args.queries)
@@ -150,14 +190,17 @@ def main() -> None:
         "config": CONFIG.name,
         "queries": len(texts),
     }
-    with tempfile.TemporaryDirectory() as scratch:
-        scratch = Path(scratch)
-        corpus = subset(args.data / "corpus.jsonl", args.docs, scratch / "corpus.jsonl")
-        result["build"], whole, sharded = measure_builds(config, corpus, scratch, args.shards)
-        result["search"] = measure_search(whole, sharded, texts, args.rounds)
-    import ray
+    if parts & {"build", "search"}:
+        with tempfile.TemporaryDirectory() as scratch:
+            scratch = Path(scratch)
+            corpus = subset(args.data / "corpus.jsonl", args.docs, scratch / "corpus.jsonl")
+            result["build"], whole, sharded = measure_builds(config, corpus, scratch, args.shards)
+            result["search"] = measure_search(whole, sharded, texts, args.rounds)
+        import ray
 
-    ray.shutdown()
+        ray.shutdown()
+    if "merge" in parts:
+        result["router_merge_per_query"] = measure_merge()
     emit(result, args.out)
 
 

@@ -152,6 +152,8 @@ def test_filters_and_documents_come_from_the_shards(pair):
     same(got, whole.search(queries["dense"], k=8, fields="dense", filter=flt))
     assert got[0].documents == whole.get(got[0].ids)
     assert router.get([got[0].ids[0], "nope"]) == [whole.get([got[0].ids[0]])[0], None]
+    with pytest.raises(InvalidRequest, match="max_candidates"):
+        router.get(["d1"] * (router.config.max_candidates + 1))
     none = router.search(queries["dense"][:1], k=3, fields="dense", filter={"year": {"gte": 3000}})
     assert none[0].ids == [] and none[0].reason
 
@@ -324,3 +326,75 @@ def test_the_grpc_server_serves_a_sharded_collection_unchanged(pair):
                 remote.create({"name": "other", "fields": [{"name": "bm25", "kind": "bm25"}]})
     finally:
         server.stop()
+
+
+def test_generate_retrieves_through_the_router(pair):
+    from helpers import tiny_llama, word_tokenizer
+    from retriever.rag.generate import RagGenerator
+    from retriever.rag.service import set_generator
+    from retriever.rag.store import ChunkCacheStore, Tier
+
+    whole, router, _ = pair
+    set_generator(RagGenerator(tiny_llama(0), word_tokenizer(), ChunkCacheStore([Tier("memory", 1 << 26)])))
+    try:
+        options = dict(k=2, mode="full", max_new_tokens=5, fields="bm25")
+        sharded = list(router.generate("w0 w3 w17", **options))
+        alone = list(whole.generate("w0 w3 w17", **options))
+        assert [p.text for p in sharded] == [p.text for p in alone]
+        assert sharded[-1].stats["chunk_ids"] == alone[-1].stats["chunk_ids"]
+    finally:
+        set_generator(None)
+
+
+def test_a_write_refused_by_every_shard_is_the_callers_error_and_a_partial_one_says_so(tmp_path):
+    cluster.create(tmp_path, config([{"name": "dense", "dim": 4}]), shards=2)
+    with cluster.open_local(tmp_path) as router:
+        docs = [{"id": f"x{i}"} for i in range(8)]
+        with pytest.raises(InvalidRequest, match="dimension"):  # every shard refuses: nothing written
+            router.add(docs, {"dense": np.ones((8, 3), np.float32)})
+        assert len(router) == 0
+        vectors = np.ones((8, 4), np.float32)
+        owners = [shard_of(d["id"], 2) for d in docs]
+        vectors[owners.index(1)] = np.nan  # only shard 1's part is bad: shard 0 commits its part
+        with pytest.raises(retriever.WriteFailed, match="shards that committed their part: shard-0"):
+            router.add(docs, {"dense": vectors})
+        assert len(router) == owners.count(0)
+
+
+class _Recording:
+    """A shard that records the queries each search brings."""
+
+    def __init__(self, shard):
+        self.shard, self.queries = shard, []
+
+    def __getattr__(self, name):
+        return getattr(self.shard, name)
+
+    def search(self, queries, *args):
+        self.queries.append(queries)
+        return self.shard.search(queries, *args)
+
+
+@pytest.mark.model
+def test_the_router_encodes_query_texts_once_for_every_shard(tmp_path):
+    import tomllib
+
+    from helpers import MINILM_CONFIG, TINY_CORPUS
+
+    cfg = {**tomllib.loads(MINILM_CONFIG), "fields": [*tomllib.loads(MINILM_CONFIG)["fields"],
+                                                      {"name": "bm25", "kind": "bm25"}]}
+    whole = retriever.Collection.create(tmp_path / "whole", cfg)
+    whole.add(TINY_CORPUS)
+    cluster.create(tmp_path / "sharded", cfg, shards=3)
+    with cluster.open_local(tmp_path / "sharded") as router:
+        router.add(TINY_CORPUS)
+        recording = [_Recording(s) for s in router.shards.shards]
+        spied = cluster.Router(router.config, cluster.LocalShards(router.shards.names, recording))
+        texts = ["a loyal dog that barks", "baking bread"]
+        for fields in ("dense", ["dense", "bm25"]):
+            same(spied.search(texts, k=3, fields=fields), whole.search(texts, k=3, fields=fields))
+        for shard in recording:  # vectors for the dense field, texts for BM25 (its terms are the shard's)
+            assert all(isinstance(q["dense"], np.ndarray) for q in shard.queries)
+            assert shard.queries[-1]["bm25"] == texts
+        with pytest.raises(InvalidRequest, match="query 1 is empty"):
+            spied.search(["dog", " "], k=3, fields="dense")

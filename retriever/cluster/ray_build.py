@@ -135,7 +135,12 @@ def _encode(
     dataset = _read(input_path)
     dataset = dataset.map_batches(
         _Encode,
-        fn_constructor_args=(config.to_dict(), shards),
+        # on CPUs, each actor's torch threads: its share of the machine's cores, not Ray's 1
+        fn_constructor_args=(
+            config.to_dict(),
+            shards,
+            0 if gpus else max(1, int(resources.get("CPU", 1)) // workers),
+        ),
         batch_size=batch_size,
         batch_format="pyarrow",
         concurrency=workers,
@@ -171,7 +176,11 @@ def _read(input_path: Path):
 class _Encode:
     """Ray Data actor: raw rows -> (shard, document JSON, each vector field's vectors)."""
 
-    def __init__(self, config: dict[str, Any], shards: int) -> None:
+    def __init__(self, config: dict[str, Any], shards: int, threads: int = 0) -> None:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         self.config = CollectionConfig.from_dict(config)
         self.shards = shards
         self.vector_fields = [f for f in self.config.fields if kind_of(f).vector_input and f.source is None]

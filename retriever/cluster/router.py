@@ -1,7 +1,8 @@
 """A sharded collection, searched as one: the router fans each call out to its shards and merges
 their answers into exactly the answer the unsharded collection gives.
 
-A search takes up to three rounds, each one call per shard in parallel:
+Query texts are encoded here, once, for the fields whose models alone encode them (`queries.py`);
+then a search takes up to three rounds, each one call per shard in parallel:
 1. statistics (only when a searched field reads them: BM25, inference-free sparse): each shard's
    document count, lengths and query-term frequencies, summed into the collection's;
 2. search: each shard's candidates under those statistics, with every score a later stage reads
@@ -28,6 +29,7 @@ from retriever.documents import document_id
 from retriever.types import DocumentList, Hits, are_texts
 
 from .manifest import shard_of
+from .queries import QueryEncoder
 from .shard import ShardAnswer
 from .transport import Shards
 
@@ -43,6 +45,7 @@ class Router:
         self.config = config
         self.shards = shards
         self.deadline = deadline
+        self.queries = QueryEncoder(config)
 
     @property
     def name(self) -> str:
@@ -80,6 +83,7 @@ class Router:
         k = int(k)
         plan, fused = self._plan(k, fields, params, fusion, weights, normalization, pipeline)
         spec = plan.fusion_spec()
+        queries = self.queries.encoded(queries, plan.fields, params)
         everyone = range(len(self.shards.names))
         asked, statistics = everyone, None
         if self._reads_statistics(queries, plan.fields):
@@ -150,7 +154,13 @@ class Router:
         return DocumentList(documents)
 
     def get(self, ids: Iterable[str]) -> list[dict[str, Any] | None]:
+        """The stored documents with these ids, in the order asked (None for an id not stored)."""
         ids = [ids] if isinstance(ids, str) else [str(i) for i in ids]
+        if len(ids) > self.config.max_candidates:  # as one collection allows
+            raise InvalidRequest(
+                f"{len(ids):,} ids asked at once; this collection allows {self.config.max_candidates:,} "
+                "(max_candidates)"
+            )
         by_shard = self._by_shard(ids)
         answers = self._all("documents", {s: ([ids[j] for j in rows],) for s, rows in by_shard.items()})
         out: list[dict[str, Any] | None] = [None] * len(ids)
@@ -187,7 +197,9 @@ class Router:
         return answers[min(answers)]
 
     def warm(self) -> None:
-        """Every shard loads its encoders now, rather than in its first searches' time."""
+        """Every shard loads its encoders now, and the router its own, rather than in their first
+        searches' time."""
+        self.queries.warm()
         self._all("warm", {i: () for i in range(len(self.shards.names))})
 
     def flush(self) -> bool:
@@ -230,14 +242,15 @@ class Router:
         if not failed:
             return answers
         first = next(iter(failed.values()))
-        if isinstance(first, RetrieverError) and not isinstance(first, Unavailable) and method != "add":
-            raise first
+        done = [self.shards.names[i] for i in answers if i not in failed]
+        write = method in ("add", "delete")
+        if isinstance(first, RetrieverError) and not isinstance(first, Unavailable) and not (write and done):
+            raise first  # the request's fault, and nothing of it was written
         names = ", ".join(self.shards.names[i] for i in failed)
-        done = ", ".join(self.shards.names[i] for i in answers if i not in failed) or "none"
-        if method in ("add", "delete"):
+        if write:
             raise WriteFailed(
                 f"{method} failed on shard(s) {names} ({first}); shards that committed their "
-                f"part: {done}. Writes are idempotent: send the request again"
+                f"part: {', '.join(done) or 'none'}. Writes are idempotent: send the request again"
             ) from first
         raise Unavailable(f"shard(s) {names} did not answer {method!r}: {first}") from first
 

@@ -203,6 +203,11 @@ class FieldKind(Protocol):
 
     def make_encoder(self, config: FieldConfig) -> Any: ...
 
+    def encode_queries(self, config: FieldConfig, encoder: Any, texts: list[str], params: Mapping[str, int]) -> Any:
+        """Query texts encoded as `check_queries` takes them, from the model alone; None where a
+        field's query encoding reads the collection (a vocabulary, term frequencies). A sharded
+        collection's router encodes once this way for every shard."""
+
     def initial_size(self, config: FieldConfig) -> int:
         """The new field's dimension (vector width, vocabulary size, 0 for a growing vocabulary)."""
 

@@ -124,6 +124,9 @@ class BinaryKind(ModelKind):
     vector_input = False
     query_inputs = ("vectors", "codes")
 
+    def encode_queries(self, config: BinaryConfig, encoder, texts: list[str], params: Mapping[str, int]):
+        return encoder.encode(texts)  # float vectors: each shard binarizes them with its own binarizer
+
     def make_encoder(self, config: BinaryConfig):
         return DENSE.make_encoder(config)
 
@@ -317,7 +320,7 @@ class BinaryField:
         return check_vectors(self, given, count, "document")
 
     def queries_from_texts(self, encoder, texts: list[str], params: Mapping[str, int]) -> np.ndarray:
-        return self.check_queries(encoder.encode(texts))
+        return self.check_queries(BINARY.encode_queries(self.config, encoder, texts, params))
 
     def unmatchable(self, queries) -> None:
         return None

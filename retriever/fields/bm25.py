@@ -71,6 +71,9 @@ class Bm25Kind:
 
         return Tokenizer(stopwords=config.stopwords or None, stemmer=config.stemmer or None)
 
+    def encode_queries(self, config: Bm25Config, tokenizer, texts: list[str], params: Mapping[str, int]):
+        return None  # term ids are each shard's own
+
     def initial_size(self, config: Bm25Config) -> int:
         return 0  # the vocabulary grows with the documents
 

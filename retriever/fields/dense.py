@@ -93,6 +93,9 @@ class DenseKind(ModelKind):
     vector_input = True
     query_inputs = ("vectors",)
 
+    def encode_queries(self, config: DenseConfig, encoder, texts: list[str], params: Mapping[str, int]):
+        return encoder.encode(texts)
+
     def make_encoder(self, config: DenseConfig):
         from retriever.encoders.dense import DenseEncoder
 
@@ -247,7 +250,7 @@ class DenseField:
         return check_vectors(self, given, count, "document")
 
     def queries_from_texts(self, encoder, texts: list[str], params: Mapping[str, int]) -> np.ndarray:
-        return encoder.encode(texts)
+        return DENSE.encode_queries(self.config, encoder, texts, params)
 
     def check_queries(self, given) -> np.ndarray:
         return check_query_vectors(self, given)

@@ -107,6 +107,11 @@ class MultiVectorKind(ModelKind):
     vector_input = False
     query_inputs = ("tokens",)
 
+    def encode_queries(self, config: MultiVectorConfig, encoder, texts: list[str], params: Mapping[str, int]):
+        from retriever.encoders.multivector import TokenSettings
+
+        return encoder.encode(texts, TokenSettings(config.query_max_length, config.query_prefix))
+
     def make_encoder(self, config: MultiVectorConfig):
         from retriever.encoders.multivector import TokenEncoder
 
@@ -273,11 +278,7 @@ class MultiVectorField:
         return self.check_documents(encoder.encode(texts, settings, progress=progress), len(texts))
 
     def queries_from_texts(self, encoder, texts: list[str], params: Mapping[str, int]) -> MultiVectors:
-        from retriever.encoders.multivector import TokenSettings
-
-        return self.check_queries(
-            encoder.encode(texts, TokenSettings(self.config.query_max_length, self.config.query_prefix))
-        )
+        return self.check_queries(MULTIVECTOR.encode_queries(self.config, encoder, texts, params))
 
     def unmatchable(self, queries: MultiVectors) -> None:
         return None

@@ -55,6 +55,12 @@ class SparseKind(ModelKind):
     vector_input = False
     query_inputs = ("sparse",)
 
+    def encode_queries(self, config: SparseConfig, encoder, texts: list[str], params: Mapping[str, int]):
+        """Model queries; inference-free ones weigh terms by the collection's frequencies."""
+        if config.query == "model" and not params.get("inference_free"):
+            return encoder.encode(texts)
+        return None
+
     def make_encoder(self, config: SparseConfig):
         from retriever.encoders.sparse import SpladeEncoder
 
@@ -113,8 +119,9 @@ class LearnedSparseField(InvertedField):
 
     def queries_from_texts(self, encoder, texts: list[str], params: Mapping[str, int]) -> SparseRows:
         """Model queries, or inference-free ones (config `query`, or the request's `inference_free=1`)."""
-        if self.config.query == "model" and not params.get("inference_free"):
-            return encoder.encode(texts)
+        encoded = SPARSE.encode_queries(self.config, encoder, texts, params)
+        if encoded is not None:
+            return encoded
         if self.config.query_weights == "faster-clip":
             return self.queries_from_table([_faster_clip().encode_query(t) for t in texts])
         return self.queries_from_token_ids(encoder.token_ids(texts))

@@ -26,7 +26,7 @@ import sys  # noqa: E402
 # this file is named ray.py: its folder goes last on the path, so `import ray` finds Ray
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
-from common import emit, log  # noqa: E402
+from common import emit, log, timed  # noqa: E402
 
 import retriever  # noqa: E402
 from retriever import cluster  # noqa: E402
@@ -146,25 +146,25 @@ def measure_merge(shard_counts=(3, 10, 30, 100), repeats: int = 50) -> dict:
         answers = {}
         for s in range(count):
             width = 150  # the union of two top-100 lists that overlap a little
-            found = {name: (np.sort(rng.random((1, 100)).astype(np.float32))[:, ::-1],
-                            rng.permutation(width)[None, :100]) for name in ("dense", "bm25")}
+            found = {
+                name: (
+                    np.sort(rng.random((1, 100)).astype(np.float32))[:, ::-1],
+                    rng.permutation(width)[None, :100],
+                )
+                for name in ("dense", "bm25")
+            }
             answers[s] = ShardAnswer([[f"s{s}-{i}" for i in range(width)]], found, {}, [None], width)
 
         def merge():
             merged = _Merged(answers)
-            scores, keys, _ = pipeline_module.run(merged.score, plan, plan.fusion_spec(), merged.found(plan), K)
+            scores, keys, _ = pipeline_module.run(
+                merged.score, plan, plan.fusion_spec(), merged.found(plan), K
+            )
             merged.ids_of(keys)
 
-        seconds = sorted(timed_once(merge) for _ in range(repeats))
-        out[f"{count}_shards_ms"] = round(1000 * seconds[len(seconds) // 2], 3)
+        out[f"{count}_shards_ms"] = round(1000 * timed(merge, repeats), 3)
     log("router merge", out)
     return out
-
-
-def timed_once(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -177,6 +177,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--shards", type=int, default=3)
     parser.add_argument("--parts", default="build,search,merge")
+    parser.add_argument("--keep", type=Path, help="build here, and search what an earlier run built here")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -191,11 +192,17 @@ def main() -> None:
         "queries": len(texts),
     }
     if parts & {"build", "search"}:
+        from retriever.cluster import ray_serve
+
         with tempfile.TemporaryDirectory() as scratch:
-            scratch = Path(scratch)
-            corpus = subset(args.data / "corpus.jsonl", args.docs, scratch / "corpus.jsonl")
-            result["build"], whole, sharded = measure_builds(config, corpus, scratch, args.shards)
-            result["search"] = measure_search(whole, sharded, texts, args.rounds)
+            scratch = args.keep or Path(scratch)
+            whole, sharded = scratch / "whole", scratch / "sharded-2"
+            if "build" in parts:
+                corpus = subset(args.data / "corpus.jsonl", args.docs, scratch / "corpus.jsonl")
+                result["build"], whole, sharded = measure_builds(config, corpus, scratch, args.shards)
+            if "search" in parts:
+                ray_serve.start(num_cpus=os.cpu_count())
+                result["search"] = measure_search(whole, sharded, texts, args.rounds)
         import ray
 
         ray.shutdown()

@@ -22,6 +22,8 @@ ALLOWED = {
     "retriever.encoders": ENCODERS,
     "retriever.fields": FIELDS,
     "retriever.rag": ENCODERS | {"retriever.rag"},
+    # sharded collections: over collections, beneath the faces (server, client, cli)
+    "retriever.cluster": COLLECTION | {"retriever.cluster", "retriever.build", "retriever.encoders"},
     **{
         m: COLLECTION | {"retriever.check", "retriever.build", "retriever.evaluation"}
         for m in (
@@ -50,8 +52,9 @@ FACES_ONLY = {
     "click",
 }  # only the faces (server, client, cli, conversions) parse arguments or speak gRPC
 EXCEPTIONS = {
-    ("retriever.collection", "retriever.client")
-}  # `connect()` picks in-process or remote, imported lazily
+    ("retriever.collection", "retriever.client"),
+    ("retriever.collection", "retriever.cluster"),
+}  # `connect()` picks in-process, remote or sharded, imported lazily
 
 
 def modules():

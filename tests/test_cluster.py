@@ -141,6 +141,7 @@ def test_fields_fusion_and_rerank_give_the_unsharded_answer(pair):
     )
     got, want = router.search(queries, k=5, pipeline=reranked), whole.search(queries, k=5, pipeline=reranked)
     same(got, want)
+    assert all(g.documents == whole.get(g.ids) for g in got)  # fetched in a third round
     for g, w in zip(got, want):
         np.testing.assert_allclose(g.field_scores["rerank.tok"], w.field_scores["rerank.tok"], rtol=1e-5)
 
@@ -324,6 +325,8 @@ def test_the_grpc_server_serves_a_sharded_collection_unchanged(pair):
                 remote.search(queries["bm25"], k=0, fields="bm25")
             with pytest.raises(InvalidRequest, match="sharded"):
                 remote.create({"name": "other", "fields": [{"name": "bm25", "kind": "bm25"}]})
+            with pytest.raises(InvalidRequest, match="sharded"):
+                remote.scroll(limit=5)
     finally:
         server.stop()
 

@@ -73,7 +73,7 @@ def test_a_ray_data_build_gives_the_unsharded_answer(built):
 
 def test_shards_on_serve_answer_as_one_collection_and_take_upserts(built):
     whole, manifest, root = built
-    served = ray_serve.deploy(root / "sharded", cpus=0)
+    served = ray_serve.deploy(root / "sharded", cpus=0, deadline=60.0)  # a loaded CI machine
     try:
         for field in ("dense", "bm25"):
             same(

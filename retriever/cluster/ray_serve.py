@@ -31,7 +31,12 @@ CALL_TIMEOUT = 600.0  # seconds a client waits for the router (a search has its 
 
 @serve.deployment
 class ShardReplica(Shard):
-    """A replica of one shard: opens the shard's collection directory (a path every node reaches)."""
+    """A replica of one shard: opens the shard's collection directory (a path every node reaches),
+    warm before it takes requests (a replica Serve starts in place of a dead one too)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.warm()
 
     def pid(self) -> int:
         return os.getpid()

@@ -90,7 +90,10 @@ class Router:
             parts = self._read("statistics", asked, (queries, plan.fields, params))
             asked = sorted(parts)  # a shard missing here would score with the others' totals: left out
             statistics = field_statistics.add(parts.values())
-        answers = self._read("search", asked, (queries, plan.to_dict(), filter, params, k, statistics))
+        inline = len(plan.prefetch) == 1 and not plan.rerank  # hits only from each shard's own top k
+        answers = self._read(
+            "search", asked, (queries, plan.to_dict(), filter, params, k, statistics, inline)
+        )
         merged = _Merged(answers)
         scores, keys, stages = pipeline_module.run(merged.score, plan, spec, merged.found(plan), k)
         if not fused:
@@ -98,7 +101,9 @@ class Router:
         missing = tuple(self.shards.names[i] for i in everyone if i not in answers)
         ids = merged.ids_of(keys)
         flat = [i for row in ids for i in row]
-        documents = self._documents(flat, merged.owner(keys[keys >= 0]))
+        documents = (
+            merged.documents_of(keys) if inline else self._documents(flat, merged.owner(keys[keys >= 0]))
+        )
         return merged.hits(ids, scores, keys, stages, documents, missing)
 
     def _plan(self, k, fields, params, fusion, weights, normalization, pipeline) -> tuple[Pipeline, bool]:
@@ -201,6 +206,16 @@ class Router:
         searches' time."""
         self.queries.warm()
         self._all("warm", {i: () for i in range(len(self.shards.names))})
+
+    def scroll(self, *args, **kwargs):
+        raise InvalidRequest(
+            "scroll is not offered on a sharded collection yet: search, or scroll each shard"
+        )
+
+    def save_pipeline(self, *args, **kwargs):
+        raise InvalidRequest(
+            "a sharded collection's pipelines are its config's: name them in the config it was built with"
+        )
 
     def flush(self) -> bool:
         """Every shard's write buffer into a segment."""
@@ -330,6 +345,14 @@ class _Merged:
     def owner(self, keys: np.ndarray) -> np.ndarray:
         """The shard (its number) holding each key."""
         return np.asarray(self.order)[np.searchsorted(self.bases, keys, side="right") - 1]
+
+    def documents_of(self, keys: np.ndarray) -> DocumentList:
+        """The documents the shards sent with their candidates, of keys [B, k] in batch order."""
+        rows = [
+            [d for a in self.answers for d in a.documents[b] + [None] * (a.width - len(a.documents[b]))]
+            for b in range(self.size)
+        ]
+        return DocumentList([rows[b][key] for b, row in enumerate(keys.tolist()) for key in row if key >= 0])
 
     def ids_of(self, keys: np.ndarray) -> list[list[str]]:
         """keys [B, k] (-1 padding) -> each query's ids."""

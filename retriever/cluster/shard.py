@@ -31,6 +31,9 @@ class ShardAnswer:
     exact: dict[str, np.ndarray]  # {field a later stage reads: exact scores [B, U] of the candidates}
     reasons: list[str | None] = field(default_factory=list)  # [B] why a query can match nothing here
     width: int = 0  # U
+    # [B][<=U] the candidates' stored documents, when asked: a search of one list keeps only hits
+    # from each shard's own top k, so their documents come with them (no third round)
+    documents: list[list[dict[str, Any]]] | None = None
 
 
 def later_fields(pipeline: pipeline_module.Pipeline) -> list[str]:
@@ -50,7 +53,14 @@ class Shard:
         return self.collection.view().statistics(queries, fields, params)
 
     def search(
-        self, queries, pipeline: Mapping[str, Any], filter, params, k: int, statistics: Statistics | None
+        self,
+        queries,
+        pipeline: Mapping[str, Any],
+        filter,
+        params,
+        k: int,
+        statistics: Statistics | None,
+        with_documents: bool = False,
     ) -> ShardAnswer:
         collection = self.collection.view()
         if statistics:
@@ -66,6 +76,7 @@ class Shard:
                 {name: empty[0] for name in later_fields(plan)},
                 [None] * size,
                 0,
+                [[] for _ in range(size)] if with_documents else None,
             )
         union = pipeline_module.union_rows(found)  # [B, U] ascending, -1 at the end
         positions = {name: (scores, _positions(union, rows)) for name, (scores, rows) in found.items()}
@@ -73,7 +84,8 @@ class Shard:
         exact = {name: score(name, union) for name in dict.fromkeys(later_fields(plan))}
         ids = [[i for i in row if i is not None] for row in collection.documents.ids_at(union)]
         reasons = collection.no_terms_reasons(payloads, [p.field for p in plan.prefetch], size)
-        return ShardAnswer(ids, positions, exact, reasons, union.shape[1])
+        documents = [collection.documents.take(row[row >= 0]) for row in union] if with_documents else None
+        return ShardAnswer(ids, positions, exact, reasons, union.shape[1], documents)
 
     def documents(self, ids: list[str]) -> list[dict[str, Any] | None]:
         return self.collection.view().get(ids)
@@ -88,10 +100,12 @@ class Shard:
         return self.collection.view().schema()
 
     def warm(self) -> None:
-        """Load every text encoder the shard's fields use."""
-        for config in self.collection.config.fields:
-            if self.collection.can_encode(config.name):
-                self.collection.encoder(config.name)
+        """Load every text encoder the shard's fields use, and search each such field once (its
+        kernels compiled, its weights made), so first searches meet their deadline."""
+        collection = self.collection.view()
+        for config in collection.config.fields:
+            if collection.can_encode(config.name):
+                collection.search("warm", k=1, fields=config.name)
 
     def flush(self) -> bool:
         with self._writing:

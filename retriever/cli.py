@@ -14,6 +14,7 @@ from .errors import InvalidRequest, RetrieverError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build, search and evaluate retrieval collections.")
 
 JsonOption = typer.Option(False, "--json", help="Print one JSON object on stdout.")
+GENERATE_TIMEOUT = 300.0  # seconds for a remote answer: on a fresh machine the LLM is converted first
 RayOption = typer.Option(False, "--ray", help="On Ray: a sharded collection (docs/scale-out.md).")
 RayAddressOption = typer.Option(
     None, "--ray-address",
@@ -415,7 +416,9 @@ def generate(
     def work():
         from .collection import connect
 
-        pieces = connect(collection, **_remote_options(token_env)).generate(
+        # a grpc:// answer's deadline covers the whole stream, and a server's first answer loads the LLM
+        remote = {"timeout": GENERATE_TIMEOUT} if collection.startswith(("grpc://", "grpcs://")) else {}
+        pieces = connect(collection, **_remote_options(token_env), **remote).generate(
             question, k, mode=mode, recompute_ratio=ratio, max_new_tokens=max_new_tokens, fields=_fields(fields), params=_params(param))
         text, stats = [], {}
         for piece in pieces:

@@ -1,0 +1,156 @@
+"""Bench JSON -> PNG figures under docs/img/, one trade-off per figure, for docs/benchmarks.md.
+
+    python bench/plot.py [--results bench/results] [--out docs/img]
+
+Each figure reads one results file (a file that is missing is skipped and said so): IVF-PQ
+sweeps (recall@10 against queries/s), SPANN and its peers (recall@10 against latency, and
+memory), gRPC serving (latency percentiles against clients), and scale-out on Ray (latency of a
+sharded search against the unsharded one). A new figure is one function and one line in
+`FIGURES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ivfpq_sweeps(results: dict[str, Any], plt) -> Any:
+    """Dense IVF-PQ sweeps: recall@10 against queries/s (batch 100), with re-scoring or not."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, title in (
+        (axes[0], "scifact_ivfpq", "SciFact MiniLM (5,183 x 384)"),
+        (axes[1], "glove_ivfpq", "GloVe 400k x 50"),
+    ):
+        sweep = results[key]["sweep"]
+        for rescored, marker in ((False, "o"), (True, "^")):
+            points = [p for p in sweep if bool(p["rescore"]) == rescored]
+            ax.scatter(
+                [p["qps_batch100"] for p in points],
+                [p["recall@10"] for p in points],
+                marker=marker,
+                label="re-scored with float vectors" if rescored else "codes only",
+            )
+        ax.axhline(results[key]["target_recall@10"], color="grey", linestyle="--", linewidth=1)
+        ax.set(xscale="log", xlabel="queries/s (batch 100, 2 cores)", ylabel="recall@10", title=title)
+        ax.legend(loc="lower left")
+    return figure
+
+
+def spann_tradeoffs(results: dict[str, Any], plt) -> Any:
+    """SPANN and its peers on GloVe-400k: recall@10 against p50 latency; resident memory."""
+    systems = results["glove_400k"]["systems"]
+    figure, (curve, memory) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    for name, system in systems.items():
+        points = sorted(system["warm"]["points"], key=lambda p: p["p50_ms"])
+        curve.plot([p["p50_ms"] for p in points], [p["recall@10"] for p in points], marker="o", label=name)
+    curve.axhline(
+        results["glove_400k"]["summary"]["target_recall"], color="grey", linestyle="--", linewidth=1
+    )
+    curve.set(
+        xscale="log",
+        xlabel="p50 latency per query (ms, warm)",
+        ylabel="recall@10",
+        title="GloVe 400k x 50: recall against latency",
+    )
+    curve.legend(loc="lower right")
+    names = list(systems)
+    memory.barh(names, [100 * systems[n]["resident_share_of_raw"] for n in names])
+    memory.set(xlabel="resident memory, % of the raw float32 vectors", title="memory")
+    return figure
+
+
+def serve_latency(results: dict[str, Any], plt) -> Any:
+    """gRPC against in-process: latency percentiles as clients grow, for 1 and 100 queries a call."""
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, batch in zip(axes, (1, 100)):
+        rows = [r for r in results["search"] if r["queries_per_request"] == batch]
+        clients = [r["clients"] for r in rows]
+        for way, color in (("in_process", "tab:blue"), ("grpc", "tab:orange")):
+            for percentile, style in (("p50", "-"), ("p99", ":")):
+                ax.plot(
+                    clients,
+                    [r[way]["latency_ms"][percentile] for r in rows],
+                    style,
+                    color=color,
+                    marker="o",
+                    label=f"{way.replace('_', ' ')} {percentile}",
+                )
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="concurrent clients",
+            ylabel="latency per request (ms)",
+            title=f"{batch} quer{'y' if batch == 1 else 'ies'} per request ({results['index']})",
+        )
+        ax.legend()
+    return figure
+
+
+def ray_latency(results: dict[str, Any], plt) -> Any:
+    """A 3-shard search against the unsharded collection: p50 and p99 per way and search."""
+    import numpy as np
+
+    searches = list(results["search"])
+    ways = ("unsharded", "router_in_process", "router_on_ray_serve")
+    figure, ax = plt.subplots(figsize=(9, 4.2))
+    width = 0.8 / len(ways)
+    for i, way in enumerate(ways):
+        x = np.arange(len(searches)) + i * width
+        ax.bar(x, [results["search"][s][way]["p50_ms"] for s in searches], width, label=f"{way} p50")
+        ax.scatter(
+            x, [results["search"][s][way]["p99_ms"] for s in searches], color="black", marker="_", s=200
+        )
+    ax.set_xticks(np.arange(len(searches)) + width, searches)
+    ax.set(
+        yscale="log",
+        ylabel="latency per query (ms; bars p50, dashes p99)",
+        title=f"3 shards against one collection ({results['corpus']}, {results['machine']})",
+    )
+    ax.legend()
+    return figure
+
+
+# figure name -> (results file, maker)
+FIGURES: dict[str, tuple[str, Callable[[dict[str, Any], Any], Any]]] = {
+    "dense-ivfpq-sweeps": ("dense.json", ivfpq_sweeps),
+    "spann-tradeoffs": ("spann.json", spann_tradeoffs),
+    "serve-latency": ("serve.json", serve_latency),
+    "ray-latency": ("ray.json", ray_latency),
+}
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
+    args = parser.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (source, make) in FIGURES.items():
+        path = args.results / source
+        if not path.exists():
+            print(f"skipped {name}: no {path}", file=sys.stderr)
+            continue
+        figure = make(json.loads(path.read_text()), plt)
+        figure.tight_layout()
+        target = args.out / f"{name}.png"
+        figure.savefig(target, dpi=110)
+        plt.close(figure)
+        written.append(target)
+        print(f"wrote {target.relative_to(ROOT) if target.is_relative_to(ROOT) else target}", file=sys.stderr)
+    return written
+
+
+if __name__ == "__main__":
+    main()

@@ -856,7 +856,7 @@ class Collection:
             return self._search_pipeline(queries, k, pipeline, filter, params, fields)
         k = self._check_k(k)
         names = self._field_names(fields)
-        params = _check_params(params)
+        params = check_params(params)
         spec = fusion_module.FusionSpec.checked(fusion, weights, normalization, names)
         # each field's depth: fused fields give more candidates than k
         depth = k if len(names) == 1 else max(k, params.get("candidates", FUSION_CANDIDATES))
@@ -903,7 +903,7 @@ class Collection:
         ...} for the fields that read any (BM25, inference-free sparse). Shards of one collection
         add theirs up and search `with_statistics(the sum)`, scoring as the collection would."""
         names = self._field_names(fields)
-        params = _check_params(params)
+        params = check_params(params)
         out = {}
         for name, given in self._queries_by_field(queries, names).items():
             if not are_texts(given):
@@ -930,8 +930,8 @@ class Collection:
         tries many later stages on its result."""
         pipeline = self._pipeline(pipeline)
         names = self._field_names(pipeline.fields)
-        base = _check_params(params)
-        stage_params = {p.field: _check_params({**base, **p.params}) for p in pipeline.prefetch}
+        base = check_params(params)
+        stage_params = {p.field: check_params({**base, **p.params}) for p in pipeline.prefetch}
         depth = max([k, pipeline.depth, *(_depth(p.k, stage_params[p.field]) for p in pipeline.prefetch)])
         batch = self._query_payloads(queries, names, base, depth)
         allowed = self._allowed(filter)
@@ -1129,7 +1129,8 @@ def _known_params() -> dict[str, Param]:
     return {**request_params(), **FUSION_PARAMS}
 
 
-def _check_params(params) -> dict[str, int]:
+def check_params(params) -> dict[str, int]:
+    """A request's search parameters, each known and within its range (InvalidRequest if not)."""
     if not params:
         return {}
     params = dict(params)

@@ -279,6 +279,8 @@ def test_bad_requests_are_refused_by_the_router_or_its_shards(pair):
         router.search(texts, k=3, fields="nope")
     with pytest.raises(InvalidRequest, match="empty"):
         router.search(["  "], k=3, fields="bm25")
+    with pytest.raises(InvalidRequest, match="'candidates' must be an integer"):
+        router.search(texts, k=3, fields=["dense", "bm25"], params={"candidates": "many"})
     with pytest.raises(InvalidRequest, match="different numbers"):
         router.search({"dense": random_vectors(2, 16), "bm25": ["w1"]}, k=3, fields=["dense", "bm25"])
 

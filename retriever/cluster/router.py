@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from retriever import pipeline as pipeline_module
-from retriever.collection import FUSION_CANDIDATES
+from retriever.collection import FUSION_CANDIDATES, check_params
 from retriever.config import CollectionConfig
 from retriever.errors import InvalidRequest, RetrieverError, Unavailable, WriteFailed
 from retriever.fields import statistics as field_statistics
@@ -81,6 +81,7 @@ class Router:
                 f"k must be an integer from 1 to {self.config.max_k} (the collection's max_k), got {k!r}"
             )
         k = int(k)
+        params = check_params(params)
         plan, fused = self._plan(k, fields, params, fusion, weights, normalization, pipeline)
         spec = plan.fusion_spec()
         queries = self.queries.encoded(queries, plan.fields, params)
@@ -119,7 +120,7 @@ class Router:
         names = [fields] if isinstance(fields, str) else list(fields or [self.config.fields[0].name])
         if len(names) == 1:
             return Pipeline((Prefetch(names[0], k),)), False
-        depth = max(k, int((params or {}).get("candidates", FUSION_CANDIDATES)))
+        depth = max(k, params.get("candidates", FUSION_CANDIDATES))
         return Pipeline(
             tuple(Prefetch(n, depth) for n in names), Fuse(fusion, weights or {}, normalization)
         ), False

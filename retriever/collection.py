@@ -208,8 +208,11 @@ class Collection:
         return cls.open(path)
 
     def reopen(self) -> "Collection":
-        """The newest committed version of this collection."""
-        return Collection.open(self.path)
+        """The newest committed version of this collection, with the writes logged since (its
+        encoders, already loaded here, are shared: the fields' configs never change)."""
+        fresh = Collection.open(self.path)
+        fresh._encoders = self._encoders
+        return fresh
 
     # ---- facts -------------------------------------------------------------------------------
 

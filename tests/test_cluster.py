@@ -403,3 +403,15 @@ def test_the_router_encodes_query_texts_once_for_every_shard(tmp_path):
             assert shard.queries[-1]["bm25"] == texts
         with pytest.raises(InvalidRequest, match="query 1 is empty"):
             spied.search(["dog", " "], k=3, fields="dense")
+
+
+def test_replicas_of_a_shard_read_what_another_replica_wrote(tmp_path):
+    retriever.Collection.create(tmp_path / "s", config([{"name": "bm25", "kind": "bm25"}]))
+    one, other = cluster.Shard(tmp_path / "s"), cluster.Shard(tmp_path / "s")  # two replicas' views
+    one.add(documents(20), None)
+    assert other.count() == 20 and other.documents(["d3"]) == one.documents(["d3"])
+    before = one.collection
+    assert one.count() == 20 and one.collection is before  # its own writes: no reopening
+    other.delete(["d3"])
+    plan = {"prefetch": [{"field": "bm25", "k": 30}]}
+    assert one.count() == 19 and "d3" not in one.search(["w0 w1"], plan, None, None, 30, None).ids[0]

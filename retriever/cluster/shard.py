@@ -10,6 +10,7 @@ among its shard's candidates, so the router fuses and re-ranks without calling b
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 
 from retriever import pipeline as pipeline_module
 from retriever.collection import Collection
+from retriever.index import storage, wal
 from retriever.fields.statistics import Statistics
 
 
@@ -43,14 +45,45 @@ def later_fields(pipeline: pipeline_module.Pipeline) -> list[str]:
 
 
 class Shard:
-    """A shard collection, opened once; searches read a pinned view while writes move it on."""
+    """A shard collection, opened once; reads take a pinned view while writes move it on. Replicas
+    of one shard share its directory: a read first moves to what another replica wrote there."""
 
     def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
         self.collection = Collection.open(path)
         self._writing = threading.Lock()
+        self._seen = self._on_disk()
+
+    def _on_disk(self) -> tuple:
+        """What any process's commit or logged write changes: the manifest and the log."""
+        out = []
+        for name in (storage.MANIFEST, wal.LOG):
+            try:
+                found = os.stat(self.path / name)
+                out.append((found.st_ino, found.st_size, found.st_mtime_ns))
+            except FileNotFoundError:
+                out.append(None)
+        return tuple(out)
+
+    def _current(self) -> Collection:
+        """A view of the newest state, reopened when another replica wrote since (two stats)."""
+        if self._on_disk() != self._seen:
+            with self._writing:
+                now = self._on_disk()
+                if now != self._seen:
+                    self.collection = self.collection.reopen()
+                    self._seen = now
+        return self.collection.view()
+
+    def _write(self, change):
+        with self._writing:
+            try:
+                return change(self.collection)
+            finally:
+                self._seen = self._on_disk()  # this object holds its own writes already
 
     def statistics(self, queries, fields: list[str], params: Mapping[str, int] | None) -> Statistics:
-        return self.collection.view().statistics(queries, fields, params)
+        return self._current().statistics(queries, fields, params)
 
     def search(
         self,
@@ -62,7 +95,7 @@ class Shard:
         statistics: Statistics | None,
         with_documents: bool = False,
     ) -> ShardAnswer:
-        collection = self.collection.view()
+        collection = self._current()
         if statistics:
             collection = collection.with_statistics(statistics)
         plan = pipeline_module.Pipeline.of(pipeline)
@@ -88,36 +121,33 @@ class Shard:
         return ShardAnswer(ids, positions, exact, reasons, union.shape[1], documents)
 
     def documents(self, ids: list[str]) -> list[dict[str, Any] | None]:
-        return self.collection.view().get(ids)
+        return self._current().get(ids)
 
     def count(self, filter: Mapping[str, Any] | None = None) -> int:
-        return self.collection.view().count(filter)
+        return self._current().count(filter)
 
     def info(self) -> dict[str, Any]:
-        return self.collection.view().info()
+        return self._current().info()
 
     def schema(self) -> dict[str, Any]:
-        return self.collection.view().schema()
+        return self._current().schema()
 
     def warm(self) -> None:
         """Load every text encoder the shard's fields use, and search each such field once (its
         kernels compiled, its weights made), so first searches meet their deadline."""
-        collection = self.collection.view()
+        collection = self._current()
         for config in collection.config.fields:
             if collection.can_encode(config.name):
                 collection.search("warm", k=1, fields=config.name)
 
     def flush(self) -> bool:
-        with self._writing:
-            return self.collection.flush()
+        return self._write(lambda c: c.flush())
 
     def add(self, documents: list[dict[str, Any]], vectors: Mapping[str, Any] | None) -> int:
-        with self._writing:
-            return self.collection.add(documents, vectors=vectors)
+        return self._write(lambda c: c.add(documents, vectors=vectors))
 
     def delete(self, ids: list[str]) -> int:
-        with self._writing:
-            return self.collection.delete(ids)
+        return self._write(lambda c: c.delete(ids))
 
 
 def _positions(union: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -116,12 +116,56 @@ def ray_latency(results: dict[str, Any], plt) -> Any:
     return figure
 
 
+def multivector_curve(results: dict[str, Any], plt) -> Any:
+    """Multi-vector search latency against collection size: brute-force MaxSim against FDE
+    candidates re-ranked by exact MaxSim (with their top-10 overlap)."""
+    curve = results["synthetic_latency_curve"]
+    sizes = [p["documents"] for p in curve["points"]]
+    figure, ax = plt.subplots(figsize=(8, 4.2))
+    ways = [w for w in curve["points"][0] if w != "documents"]
+    for way in ways:
+        overlap = curve["points"][-1][way].get("top10_overlap_with_brute_force")
+        label = way if overlap is None else f"{way} (top-10 overlap {overlap:.2f} at {sizes[-1]:,})"
+        ax.plot(sizes, [p[way]["p50_ms"] for p in curve["points"]], marker="o", label=label)
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="documents",
+        ylabel="p50 latency per query (ms)",
+        title=f"MaxSim: brute force against FDE + re-ranking ({curve['token_dim']}-d tokens)",
+    )
+    ax.legend()
+    return figure
+
+
+def binary_codes(results: dict[str, Any], plt) -> Any:
+    """Binary codes on GloVe-400k: recall@10 (no re-scoring) against bytes per vector, per
+    binarizer and scoring."""
+    recalls = results["glove_400k"]["recall@10_vs_float_exact"]
+    figure, ax = plt.subplots(figsize=(8, 4.2))
+    for method in ("sign", "itq", "recurrent"):
+        for scoring, style in (("sdc", "-"), ("asymmetric", "--")):
+            points = sorted(
+                (v["bytes"], v[scoring]) for k, v in recalls.items() if k.startswith(f"{method}-")
+            )
+            ax.plot(*zip(*points), style, marker="o", label=f"{method}, {scoring}")
+    ax.set(
+        xlabel="bytes per vector (GloVe 50-d: 200 as float32)",
+        ylabel="recall@10, codes only",
+        title="Binary codes on GloVe 400k: recall against size (codes only, not re-scored)",
+    )
+    ax.legend(fontsize=8)
+    return figure
+
+
 # figure name -> (results file, maker)
 FIGURES: dict[str, tuple[str, Callable[[dict[str, Any], Any], Any]]] = {
     "dense-ivfpq-sweeps": ("dense.json", ivfpq_sweeps),
     "spann-tradeoffs": ("spann.json", spann_tradeoffs),
     "serve-latency": ("serve.json", serve_latency),
     "ray-latency": ("ray.json", ray_latency),
+    "multivector-curve": ("multivector.json", multivector_curve),
+    "binary-codes": ("binary.json", binary_codes),
 }
 
 

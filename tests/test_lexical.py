@@ -287,3 +287,21 @@ def test_splade_encoder_matches_the_formula_with_padding(splade_collection):
         dense = np.zeros(expected.shape[1], dtype=np.float32)
         dense[terms] = weights
         np.testing.assert_allclose(dense, expected[i], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch", [0, 1, 7, 8, 50])
+def test_query_terms_are_counted_per_query_as_a_counter_would(batch):
+    """Both ways of counting query terms (plain Python for a few queries, numpy for a batch)."""
+    from collections import Counter
+
+    from retriever.fields.inverted import _distinct_per_row_batch, distinct_per_row
+
+    rng = np.random.default_rng(batch)
+    ids = [rng.integers(0, 40, rng.integers(0, 12)).tolist() for _ in range(batch)]
+    ways = [distinct_per_row(ids)] + ([_distinct_per_row_batch(ids)] if batch else [])
+    for rows in ways:
+        assert rows.indptr.tolist() == np.cumsum([0] + [len(set(r)) for r in ids]).tolist()
+        for b, row in enumerate(ids):
+            lo, hi = rows.indptr[b], rows.indptr[b + 1]
+            assert dict(zip(rows.terms[lo:hi].tolist(), rows.values[lo:hi].tolist())) == dict(Counter(row))
+            assert rows.terms[lo:hi].tolist() == sorted(set(row))

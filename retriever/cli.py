@@ -15,6 +15,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build, searc
 
 JsonOption = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 GENERATE_TIMEOUT = 300.0  # seconds for a remote answer: on a fresh machine the LLM is converted first
+TokenEnvOption = typer.Option(None, "--token-env", help="For grpc:// targets: send `Bearer $VAR`.")
 RayOption = typer.Option(False, "--ray", help="On Ray: a sharded collection (docs/scale-out.md).")
 RayAddressOption = typer.Option(
     None, "--ray-address",
@@ -235,7 +236,9 @@ def _pipeline(value: Optional[str]):
 
 @app.command("eval")
 def evaluate(
-    collection: Path = typer.Argument(..., help="Collection directory."),
+    collection: str = typer.Argument(
+        ..., help="Collection directory, grpc://host:port/name, ray://NAME, or a sharded one's directory."
+    ),
     beir: Path = typer.Option(..., "--beir", help="BEIR data folder (queries.jsonl, qrels/SPLIT.tsv)."),
     split: str = typer.Option("test", "--split"),
     run: Optional[Path] = typer.Option(None, "--run", help="Also write the top-100 ranked lists in TREC run format."),
@@ -247,16 +250,18 @@ def evaluate(
     param: Optional[list[str]] = ParamOption,
     exhaustive: bool = ExhaustiveOption,
     pipeline: Optional[str] = PipelineOption,
+    token_env: Optional[str] = TokenEnvOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Score a collection on a BEIR split with ir-measures (nDCG@10, R@100) and time it."""
     def work():
-        from .collection import Collection
+        from .collection import connect
         from .evaluation import evaluate as run_eval
         from .evaluation import load_beir
 
         queries, qrels = load_beir(beir, split)
-        return run_eval(Collection.open(collection), queries, qrels, batch_size=batch_size, fields=_fields(fields),
+        target = connect(collection, **_remote_options(token_env))
+        return run_eval(target, queries, qrels, batch_size=batch_size, fields=_fields(fields),
                         params=_params(param, exhaustive), fusion=fusion, weights=_weights(weights),
                         normalization=normalization, run_path=run, pipeline=_pipeline(pipeline))
 

@@ -47,22 +47,20 @@ def evaluate(
     fusion: str = "rrf", weights: Mapping[str, float] | None = None, normalization: str = "minmax",
     run_path: str | Path | None = None, progress: bool = True, pipeline=None,
 ) -> dict[str, Any]:
-    """Quality and speed of one collection on judged queries.
+    """Quality and speed of one collection on judged queries: a `Collection`, or anything
+    `connect()` gives (served over gRPC, sharded) with the same `search` and `schema`.
 
     latency_ms is the wall time of each search call (one query at batch size 1), encoding included.
     """
     if pipeline is not None:  # a pipeline names its fields
-        names = collection.pipeline_fields(pipeline)
+        names = None
         options = {"pipeline": pipeline, "params": params}
     else:
-        names = fields or [collection.config.fields[0].name]
+        names = fields or [collection.schema()["fields"][0]["name"]]
         options = {"fields": names, "params": params, "fusion": fusion, "weights": weights,
                    "normalization": normalization}
-    for name in names:
-        if collection.can_encode(name):
-            collection.encoder(name)  # load the model before the clock starts
     qids = list(queries)
-    collection.search(queries[qids[0]], k=depth, **options)  # warm-up
+    collection.search(queries[qids[0]], k=depth, **options)  # warm-up: models loaded before the clock
     run: dict[str, dict[str, float]] = {}
     latencies = []
     start = time.perf_counter()
@@ -84,9 +82,8 @@ def evaluate(
         "qps": round(len(qids) / elapsed, 2),
         "latency_ms": {"p50": round(float(np.percentile(lat, 50)), 3), "p99": round(float(np.percentile(lat, 99)), 3)},
         "batch_size": batch_size,
-        "fields": names,
         **({"pipeline": _plain(pipeline)} if pipeline is not None
-           else {"fusion": fusion} if len(names) > 1 else {}),
+           else {"fields": names, **({"fusion": fusion} if len(names) > 1 else {})}),
     }
 
 

@@ -386,8 +386,10 @@ def test_the_router_encodes_query_texts_once_for_every_shard(tmp_path):
 
     from helpers import MINILM_CONFIG, TINY_CORPUS
 
-    cfg = {**tomllib.loads(MINILM_CONFIG), "fields": [*tomllib.loads(MINILM_CONFIG)["fields"],
-                                                      {"name": "bm25", "kind": "bm25"}]}
+    cfg = {
+        **tomllib.loads(MINILM_CONFIG),
+        "fields": [*tomllib.loads(MINILM_CONFIG)["fields"], {"name": "bm25", "kind": "bm25"}],
+    }
     whole = retriever.Collection.create(tmp_path / "whole", cfg)
     whole.add(TINY_CORPUS)
     cluster.create(tmp_path / "sharded", cfg, shards=3)
@@ -415,3 +417,40 @@ def test_replicas_of_a_shard_read_what_another_replica_wrote(tmp_path):
     other.delete(["d3"])
     plan = {"prefetch": [{"field": "bm25", "k": 30}]}
     assert one.count() == 19 and "d3" not in one.search(["w0 w1"], plan, None, None, 30, None).ids[0]
+
+
+def test_retriever_eval_scores_a_sharded_collection_as_the_unsharded_one(pair, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from retriever.cli import app
+
+    whole, router, queries = pair
+    beir = tmp_path / "beir"
+    (beir / "qrels").mkdir(parents=True)
+    texts = {f"q{i}": text for i, text in enumerate(queries["bm25"])}
+    (beir / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in texts.items())
+    )
+    judged = [
+        (q, h.ids[i])
+        for q, h in zip(texts, whole.search(list(texts.values()), k=30, fields="bm25"))
+        for i in (0, 7, 25)
+    ]
+    (beir / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, d in judged)
+    )
+    scores = []
+    for target in (whole.path, router_root(router)):
+        result = CliRunner().invoke(
+            app, ["eval", str(target), "--beir", str(beir), "--fields", "bm25", "--json"]
+        )
+        assert result.exit_code == 0, result.output
+        scores.append(json.loads(result.stdout))
+    assert scores[0]["nDCG@10"] == scores[1]["nDCG@10"] and scores[0]["R@100"] == scores[1]["R@100"] == 1.0
+
+
+def router_root(router):
+    """The directory of a local router's cluster (its first shard's grandparent)."""
+    return router.shards.shards[0].path.parent.parent

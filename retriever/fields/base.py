@@ -203,7 +203,9 @@ class FieldKind(Protocol):
 
     def make_encoder(self, config: FieldConfig) -> Any: ...
 
-    def encode_queries(self, config: FieldConfig, encoder: Any, texts: list[str], params: Mapping[str, int]) -> Any:
+    def encode_queries(
+        self, config: FieldConfig, encoder: Any, texts: list[str], params: Mapping[str, int]
+    ) -> Any:
         """Query texts encoded as `check_queries` takes them, from the model alone; None where a
         field's query encoding reads the collection (a vocabulary, term frequencies). A sharded
         collection's router encodes once this way for every shard."""

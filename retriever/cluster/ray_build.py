@@ -34,6 +34,7 @@ from retriever.corpus import chunk_folder, pop_vectors, vector_column
 from retriever.documents import document_id, document_texts, documents_to_table
 from retriever.errors import AlreadyExists, InvalidRequest, RetrieverError
 from retriever.fields import kind_of
+from retriever.index import storage
 from retriever.fields import statistics as field_statistics
 
 from .manifest import MANIFEST, ClusterManifest, shard_of
@@ -72,9 +73,14 @@ def build(
             f"{str(out)!r} is not empty"
             + ("; pass --resume to continue the build there" if work.exists() else "")
         )
-    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     state = {"config": config.to_dict(), "input": str(Path(input_path).resolve()), "shards": shards}
-    _check_state(work, state)
+    storage.prepare_work_dir(
+        work,
+        state,
+        resume,
+        "the config, input or --shards changed since the interrupted build; build again into a new --out",
+    )
     if not (work / ENCODED_DONE).exists():
         shutil.rmtree(work / ENCODED, ignore_errors=True)
         _encode(config, Path(input_path), work / ENCODED, shards, workers, batch_size, gpus, progress)
@@ -101,16 +107,6 @@ def build(
     done.write(out)
     shutil.rmtree(work, ignore_errors=True)
     return done
-
-
-def _check_state(work: Path, state: dict[str, Any]) -> None:
-    """A resumed build must be the same build: the same config, input and shard count."""
-    path = work / "build.json"
-    if path.exists() and json.loads(path.read_text()) != state:
-        raise InvalidRequest(
-            "the config, input or --shards changed since the interrupted build; build again into a new --out"
-        )
-    path.write_text(json.dumps(state))
 
 
 def _encode(

@@ -19,7 +19,6 @@ from . import fusion as fusion_module
 from . import pipeline as pipeline_module
 from . import buffer, merge_policy, merging, snapshots
 from .config import CollectionConfig, FieldConfig
-from .encoders.models import LOADING
 from .documents import DocumentTable, concat, document_texts, documents_to_table, page_by_id
 from .errors import CorruptIndex, InvalidRequest, NotFound, RetrieverError, WriteFailed
 from .fields import Field, kind_of, request_params
@@ -28,6 +27,7 @@ from .fields import statistics as field_statistics
 from .fields.base import NO_TERMS, Param, SegmentView
 from .filters import filter_mask
 from .segments import Segment, id_hashes, new_segment, open_segments, with_changed_deletions
+from .text_encoders import TextEncoders
 from .types import Hits, are_texts
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class Collection:
                  segments: list[Segment], fields: dict[str, Field]) -> None:
         self.path = path
         self.config = config  # fixed at create, but for named pipelines (`save_pipeline`)
-        self._encoders: dict[str, Any] = {}
+        self._encoders = TextEncoders(config)
         self.merge_inline = True  # merges run in the writing call; a server's background merger sets False
         # merges stop at this size: set by a build under a memory cap, kept in every later manifest
         self.max_segment_rows: int | None = manifest.get("max_segment_rows")
@@ -970,15 +970,7 @@ class Collection:
 
     def encoder(self, field: str):
         """The field's text encoder (sentence-transformers model, BM25 tokenizer or masked-LM), loaded on first use."""
-        config = self.config.field(field)
-        if config.source is not None:
-            return self.encoder(config.source)
-        if not self.can_encode(field):
-            raise InvalidRequest(f"field {field!r} has no model (its vectors were brought in); search it with vectors")
-        if field not in self._encoders:
-            with LOADING:
-                self._encoders[field] = kind_of(config).make_encoder(config)
-        return self._encoders[field]
+        return self._encoders.get(field)
 
     def can_encode(self, field: str) -> bool:
         """Whether texts can be encoded for the field (it has a model, or needs none)."""

@@ -12,7 +12,7 @@ COLLECTION = FIELDS | {
     f"retriever.{m}"
     for m in (
         "collection", "config", "documents", "filters", "fusion", "types", "corpus", "rag", "segments",
-        "buffer", "merging", "merge_policy", "snapshots", "pipeline",
+        "buffer", "merging", "merge_policy", "snapshots", "pipeline", "text_encoders",
     )
 }
 # what each layer may import from the engine (by top-level module under `retriever`)
@@ -40,6 +40,7 @@ ALLOWED = {
             "retriever.merge_policy",
             "retriever.snapshots",
             "retriever.pipeline",
+            "retriever.text_encoders",
             "retriever.check",
             "retriever.build",
             "retriever.evaluation",

@@ -7,25 +7,21 @@ term ids) and inference-free sparse queries (weighted by collection-wide frequen
 
 from __future__ import annotations
 
-import threading
-from typing import Any, Mapping
+from typing import Mapping
 
 from retriever.config import CollectionConfig
-from retriever.encoders.models import LOADING
 from retriever.errors import InvalidRequest
 from retriever.fields import kind_of
+from retriever.text_encoders import TextEncoders
 from retriever.types import are_texts
 
 
 class QueryEncoder:
-    """The collection's text encoders, loaded on first use (one per model, shared by fields with a
-    `source`)."""
+    """Encodes query texts with the collection's encoders, loaded on first use."""
 
     def __init__(self, config: CollectionConfig) -> None:
         self.config = config
-        self._encoders: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
+        self.encoders = TextEncoders(config)
     def encoded(self, queries, names: list[str], params: Mapping[str, int] | None):
         """`queries` as the shards take them: {field: its queries} with texts encoded where the
         model alone encodes them; anything but texts goes on as given."""
@@ -42,7 +38,7 @@ class QueryEncoder:
                 continue
             texts = self._checked([value] if isinstance(value, str) else list(value), name)
             config = self.config.field(name)
-            encoded = kind_of(config).encode_queries(config, self.encoder(name), texts, params or {})
+            encoded = kind_of(config).encode_queries(config, self.encoders.get(name), texts, params or {})
             if encoded is not None:
                 out[name] = encoded
         return out
@@ -50,17 +46,7 @@ class QueryEncoder:
     def warm(self) -> None:
         for field in self.config.fields:
             if self.config.encodes_texts(field.name):
-                self.encoder(field.name)
-
-    def encoder(self, name: str):
-        config = self.config.field(name)
-        if config.source is not None:
-            return self.encoder(config.source)
-        with self._lock:
-            if name not in self._encoders:
-                with LOADING:
-                    self._encoders[name] = kind_of(config).make_encoder(config)
-            return self._encoders[name]
+                self.encoders.get(field.name)
 
     def _checked(self, texts: list[str], name: str) -> list[str]:
         """The checks a collection makes of texts before encoding them (batch size, empty texts)."""

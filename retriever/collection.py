@@ -961,12 +961,10 @@ class Collection:
         chunk's cached KV (`mode` "blend" recomputes `recompute_ratio` of chunk tokens; "full",
         "prefix" and "reuse" are there to compare). Returns an iterator of pieces with `.text`;
         the last piece's `.stats` has cache hits, tokens recomputed and time to first token."""
-        from .rag.generate import check_generation
-        from .rag.service import answer
+        from .rag.service import retrieve_and_answer
 
-        check_generation(question, mode, recompute_ratio, max_new_tokens)
-        [hits] = self.search(question, k, fields=fields, filter=filter, params=params)
-        return answer(question, hits, self.config.text_keys, mode=mode, recompute_ratio=recompute_ratio, max_new_tokens=max_new_tokens)
+        return retrieve_and_answer(self, question, k, mode=mode, recompute_ratio=recompute_ratio,
+                                   max_new_tokens=max_new_tokens, fields=fields, filter=filter, params=params)
 
     def encoder(self, field: str):
         """The field's text encoder (sentence-transformers model, BM25 tokenizer or masked-LM), loaded on first use."""

@@ -285,19 +285,10 @@ class Router:
         params=None,
     ):
         """As `Collection.generate`: retrieves through the shards, answers here."""
-        from retriever.rag.generate import check_generation
-        from retriever.rag.service import answer
+        from retriever.rag.service import retrieve_and_answer
 
-        check_generation(question, mode, recompute_ratio, max_new_tokens)
-        [hits] = self.search(question, k, fields=fields, filter=filter, params=params)
-        return answer(
-            question,
-            hits,
-            self.config.text_keys,
-            mode=mode,
-            recompute_ratio=recompute_ratio,
-            max_new_tokens=max_new_tokens,
-        )
+        return retrieve_and_answer(self, question, k, mode=mode, recompute_ratio=recompute_ratio,
+                                   max_new_tokens=max_new_tokens, fields=fields, filter=filter, params=params)
 
 
 class _Merged:

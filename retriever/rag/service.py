@@ -40,6 +40,18 @@ def set_generator(generator: RagGenerator | None) -> None:
         _shared = generator
 
 
+def retrieve_and_answer(collection, question: str, k: int, *, mode: str, recompute_ratio: float | None,
+                        max_new_tokens: int, fields, filter, params) -> Iterator[Piece]:
+    """`question` checked, its top-k documents retrieved from `collection` (anything with
+    `search` and `config`: one collection, a sharded one), and the answer's pieces over them."""
+    from .generate import check_generation
+
+    check_generation(question, mode, recompute_ratio, max_new_tokens)
+    [hits] = collection.search(question, k, fields=fields, filter=filter, params=params)
+    return answer(question, hits, collection.config.text_keys, mode=mode, recompute_ratio=recompute_ratio,
+                  max_new_tokens=max_new_tokens)
+
+
 def answer(question: str, hits, text_keys, *, mode: str, recompute_ratio: float | None, max_new_tokens: int) -> Iterator[Piece]:
     """Pieces of the answer over the retrieved hits; the last piece's stats also name the chunks used."""
     chunks = [" ".join(str(d[key]) for key in text_keys if d.get(key)) for d in hits.documents]

@@ -1005,11 +1005,7 @@ class Collection:
 
     def _check_k(self, k: int, name: str = "k") -> int:
         """`k` (or a page size, `name`) checked against the collection's max_k."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.config.max_k:
-            raise InvalidRequest(
-                f"{name} must be an integer from 1 to {self.config.max_k} (the collection's max_k), got {k!r}"
-            )
-        return int(k)
+        return check_k(k, self.config.max_k, name)
 
     def _field_names(self, fields) -> list[str]:
         names = [fields] if isinstance(fields, str) else list(fields or [self.config.fields[0].name])
@@ -1030,9 +1026,7 @@ class Collection:
         given = self._queries_by_field(queries, names)
         texts = {n: [q] if isinstance(q, str) else list(q) for n, q in given.items() if are_texts(q)}
         for n, batch in texts.items():
-            for i, t in enumerate(batch):
-                if not t.strip():
-                    raise InvalidRequest(f"query {i} is empty (field {n!r})")
+            check_query_texts(batch, n)
         payloads = {n: self.fields[n].check_queries(q) for n, q in given.items() if n not in texts}
         sizes = {n: len(p) for n, p in [*texts.items(), *payloads.items()]}
         if len(set(sizes.values())) > 1:
@@ -1067,10 +1061,7 @@ class Collection:
 
     def _check_batch(self, size: int, depth: int) -> None:
         limits = self.config
-        if size > limits.max_batch:
-            raise InvalidRequest(
-                f"{size} queries in one request; the collection's max_batch is {limits.max_batch}"
-            )
+        check_batch_size(size, limits.max_batch)
         if size * depth > limits.max_candidates:
             raise InvalidRequest(
                 f"{size} queries x {depth} results or candidates each (the largest of k, rescore, "
@@ -1120,6 +1111,24 @@ def _as_config(config) -> CollectionConfig:
 
 def _known_params() -> dict[str, Param]:
     return {**request_params(), **FUSION_PARAMS}
+
+
+def check_k(k, max_k: int, name: str = "k") -> int:
+    """`k` (or a page size, `name`) checked against a collection's max_k."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= max_k:
+        raise InvalidRequest(f"{name} must be an integer from 1 to {max_k} (the collection's max_k), got {k!r}")
+    return int(k)
+
+
+def check_query_texts(texts: list[str], field: str) -> None:
+    for i, text in enumerate(texts):
+        if not text.strip():
+            raise InvalidRequest(f"query {i} is empty (field {field!r})")
+
+
+def check_batch_size(size: int, max_batch: int) -> None:
+    if size > max_batch:
+        raise InvalidRequest(f"{size} queries in one request; the collection's max_batch is {max_batch}")
 
 
 def check_params(params) -> dict[str, int]:

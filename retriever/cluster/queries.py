@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Mapping
 
 from retriever.config import CollectionConfig
-from retriever.errors import InvalidRequest
+from retriever.collection import check_batch_size, check_query_texts
 from retriever.fields import kind_of
 from retriever.text_encoders import TextEncoders
 from retriever.types import are_texts
@@ -36,7 +36,9 @@ class QueryEncoder:
             out[name] = value
             if name not in names or not are_texts(value) or not self.config.encodes_texts(name):
                 continue
-            texts = self._checked([value] if isinstance(value, str) else list(value), name)
+            texts = [value] if isinstance(value, str) else list(value)
+            check_batch_size(len(texts), self.config.max_batch)  # before any encoding
+            check_query_texts(texts, name)
             config = self.config.field(name)
             encoded = kind_of(config).encode_queries(config, self.encoders.get(name), texts, params or {})
             if encoded is not None:
@@ -47,14 +49,3 @@ class QueryEncoder:
         for field in self.config.fields:
             if self.config.encodes_texts(field.name):
                 self.encoders.get(field.name)
-
-    def _checked(self, texts: list[str], name: str) -> list[str]:
-        """The checks a collection makes of texts before encoding them (batch size, empty texts)."""
-        if len(texts) > self.config.max_batch:
-            raise InvalidRequest(
-                f"{len(texts)} queries in one request; the collection's max_batch is {self.config.max_batch}"
-            )
-        for i, text in enumerate(texts):
-            if not text.strip():
-                raise InvalidRequest(f"query {i} is empty (field {name!r})")
-        return texts

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from retriever import pipeline as pipeline_module
-from retriever.collection import FUSION_CANDIDATES, check_params
+from retriever.collection import FUSION_CANDIDATES, check_k, check_params
 from retriever.config import CollectionConfig
 from retriever.errors import InvalidRequest, RetrieverError, Unavailable, WriteFailed
 from retriever.fields import statistics as field_statistics
@@ -76,11 +76,7 @@ class Router:
         pipeline: "Pipeline | Mapping[str, Any] | str | None" = None,
     ) -> list[Hits]:
         """As `Collection.search`; each `Hits` names the shards that did not answer in time."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.config.max_k:
-            raise InvalidRequest(
-                f"k must be an integer from 1 to {self.config.max_k} (the collection's max_k), got {k!r}"
-            )
-        k = int(k)
+        k = check_k(k, self.config.max_k)
         params = check_params(params)
         plan, fused = self._plan(k, fields, params, fusion, weights, normalization, pipeline)
         spec = plan.fusion_spec()

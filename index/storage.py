@@ -111,14 +111,15 @@ def npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _manifest_digest(body: dict[str, Any]) -> str:
+def json_digest(body: dict[str, Any]) -> str:
+    """SHA-256 of a JSON body in one canonical form (sorted keys, no spaces): a manifest's checksum."""
     return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
 def manifest_text(body: dict[str, Any]) -> bytes:
     """A manifest's bytes on disk: `body` (at its own format version) and its checksum."""
     body = {"format_version": FORMAT_VERSION, **body}
-    return json.dumps({**body, "checksum": _manifest_digest(body)}, indent=1, sort_keys=True).encode("utf-8")
+    return json.dumps({**body, "checksum": json_digest(body)}, indent=1, sort_keys=True).encode("utf-8")
 
 
 def publish_manifest(directory: Path, body: dict[str, Any]) -> None:
@@ -163,7 +164,7 @@ def parse_manifest(raw: bytes, what: str) -> dict[str, Any]:
         checksum = data.pop("checksum")
     except (ValueError, KeyError, AttributeError, TypeError):
         raise CorruptIndex(f"{what} is not a valid manifest (unreadable JSON or no checksum)") from None
-    if _manifest_digest(data) != checksum:
+    if json_digest(data) != checksum:
         raise CorruptIndex(f"{what} failed its checksum: the manifest was modified or damaged")
     if data.get("format_version") not in READABLE_FORMATS:
         raise CorruptIndex(

@@ -251,7 +251,7 @@ def test_manifest_from_a_newer_engine_is_refused(vec_collection):
     c, _ = vec_collection
     body = storage.read_manifest(c.path)
     body["format_version"] = 99
-    text = json.dumps({**body, "checksum": storage._manifest_digest(body)})
+    text = json.dumps({**body, "checksum": storage.json_digest(body)})
     (c.path / "manifest.json").write_text(text)
     with pytest.raises(CorruptIndex, match="format_version 99"):
         retriever.connect(c.path)

@@ -19,7 +19,7 @@ from typing import Any
 
 from retriever.config import CollectionConfig
 from retriever.errors import CorruptIndex, InvalidRequest, NotFound
-from retriever.index import disk
+from retriever.index import disk, storage
 
 MANIFEST = "cluster.json"
 FORMAT_VERSION = 1
@@ -70,7 +70,7 @@ class ClusterManifest:
         """Atomically (temp, fsync, rename, fsync the directory) as `root/cluster.json`."""
         root = Path(root)
         body = self.to_dict()
-        text = json.dumps({**body, "checksum": _digest(body)}, indent=1, sort_keys=True).encode()
+        text = json.dumps({**body, "checksum": storage.json_digest(body)}, indent=1, sort_keys=True).encode()
         tmp = root / f".{MANIFEST}.tmp"
         disk.write_file(tmp, text)
         disk.replace(tmp, root / MANIFEST)
@@ -90,7 +90,7 @@ class ClusterManifest:
         try:
             raw = json.loads(path.read_bytes())
             body = {key: value for key, value in raw.items() if key != "checksum"}
-            if raw.get("checksum") != _digest(body):
+            if raw.get("checksum") != storage.json_digest(body):
                 raise CorruptIndex(f"cluster manifest {str(path)!r} does not match its checksum")
             if raw["format_version"] > FORMAT_VERSION:
                 raise CorruptIndex(
@@ -112,7 +112,3 @@ class ClusterManifest:
             if Path(p).is_absolute() or ".." in Path(p).parts:
                 raise CorruptIndex(f"cluster manifest {str(path)!r}: shard path {p!r} leaves its directory")
         return manifest, path.parent
-
-
-def _digest(body: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

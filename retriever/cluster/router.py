@@ -163,8 +163,7 @@ class Router:
                 f"{len(ids):,} ids asked at once; this collection allows {self.config.max_candidates:,} "
                 "(max_candidates)"
             )
-        by_shard = self._by_shard(ids)
-        answers = self._all("documents", {s: ([ids[j] for j in rows],) for s, rows in by_shard.items()})
+        by_shard, answers = self._to_owners("documents", ids)
         out: list[dict[str, Any] | None] = [None] * len(ids)
         for s, rows in by_shard.items():
             for j, document in zip(rows, answers[s]):
@@ -172,7 +171,7 @@ class Router:
         return out
 
     def count(self, filter: Mapping[str, Any] | None = None) -> int:
-        return sum(self._all("count", {i: (filter,) for i in range(len(self.shards.names))}).values())
+        return sum(self._each("count", filter).values())
 
     def __len__(self) -> int:
         return self.count()
@@ -180,7 +179,7 @@ class Router:
     def info(self) -> dict[str, Any]:
         """The shards' facts, and the collection's: counts summed, `version` the sum of the shards'
         (it grows with every write to any shard)."""
-        shards = self._all("info", {i: () for i in range(len(self.shards.names))})
+        shards = self._each("info")
         infos = [shards[i] for i in sorted(shards)]
         return {
             "name": self.name,
@@ -202,7 +201,7 @@ class Router:
         """Every shard loads its encoders now, and the router its own, rather than in their first
         searches' time."""
         self.queries.warm()
-        self._all("warm", {i: () for i in range(len(self.shards.names))})
+        self._each("warm")
 
     def scroll(self, *args, **kwargs):
         raise InvalidRequest(
@@ -216,7 +215,7 @@ class Router:
 
     def flush(self) -> bool:
         """Every shard's write buffer into a segment."""
-        return any(self._all("flush", {i: () for i in range(len(self.shards.names))}).values())
+        return any(self._each("flush").values())
 
     # ---- writes ----------------------------------------------------------------------------
 
@@ -235,17 +234,22 @@ class Router:
 
     def delete(self, ids: Iterable[str]) -> int:
         ids = [ids] if isinstance(ids, str) else [str(i) for i in ids]
-        return sum(
-            self._all(
-                "delete", {s: ([ids[j] for j in rows],) for s, rows in self._by_shard(ids).items()}
-            ).values()
-        )
+        return sum(self._to_owners("delete", ids)[1].values())
 
     def _by_shard(self, ids: list[str]) -> dict[int, list[int]]:
         by_shard: dict[int, list[int]] = {}
         for j, i in enumerate(ids):
             by_shard.setdefault(shard_of(i, len(self.shards.names)), []).append(j)
         return by_shard
+
+    def _to_owners(self, method: str, ids: list[str]) -> tuple[dict[int, list[int]], dict[int, Any]]:
+        """Each shard called with the ids it owns -> ({shard: positions in `ids`}, {shard: answer})."""
+        by_shard = self._by_shard(ids)
+        return by_shard, self._all(method, {s: ([ids[j] for j in rows],) for s, rows in by_shard.items()})
+
+    def _each(self, method: str, *args) -> dict[int, Any]:
+        """Every shard called with the same arguments; every one must answer."""
+        return self._all(method, {i: args for i in range(len(self.shards.names))})
 
     def _all(self, method: str, calls: Mapping[int, tuple]) -> dict[int, Any]:
         """Every shard called must answer: a write or a count is not partial."""
@@ -283,8 +287,17 @@ class Router:
         """As `Collection.generate`: retrieves through the shards, answers here."""
         from retriever.rag.service import retrieve_and_answer
 
-        return retrieve_and_answer(self, question, k, mode=mode, recompute_ratio=recompute_ratio,
-                                   max_new_tokens=max_new_tokens, fields=fields, filter=filter, params=params)
+        return retrieve_and_answer(
+            self,
+            question,
+            k,
+            mode=mode,
+            recompute_ratio=recompute_ratio,
+            max_new_tokens=max_new_tokens,
+            fields=fields,
+            filter=filter,
+            params=params,
+        )
 
 
 class _Merged:
@@ -297,10 +310,7 @@ class _Merged:
         widths = [a.width for a in self.answers]
         self.bases = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)  # [S + 1]
         self.size = len(self.answers[0].ids)
-        self.ids = [
-            sum((a.ids[b] + [None] * (a.width - len(a.ids[b])) for a in self.answers), [])
-            for b in range(self.size)
-        ]  # [B][sum U]
+        self.ids = self._side_by_side([a.ids for a in self.answers])  # [B][sum U]
         self.exact = {
             name: np.concatenate([a.exact[name] for a in self.answers], axis=1)
             for name in self.answers[0].exact
@@ -334,17 +344,22 @@ class _Merged:
         """The shard (its number) holding each key."""
         return np.asarray(self.order)[np.searchsorted(self.bases, keys, side="right") - 1]
 
-    def documents_of(self, keys: np.ndarray) -> DocumentList:
-        """The documents the shards sent with their candidates, of keys [B, k] in batch order."""
-        rows = [
-            [d for a in self.answers for d in a.documents[b] + [None] * (a.width - len(a.documents[b]))]
+    def _side_by_side(self, parts: list[list[list]]) -> list[list]:
+        """Each answer's per-query lists ([B][<=U]) -> [B][sum U], each padded to its answer's
+        width with None: indexed by key."""
+        return [
+            [x for a, part in zip(self.answers, parts) for x in part[b] + [None] * (a.width - len(part[b]))]
             for b in range(self.size)
         ]
-        return DocumentList([rows[b][key] for b, row in enumerate(keys.tolist()) for key in row if key >= 0])
+
+    def documents_of(self, keys: np.ndarray) -> DocumentList:
+        """The documents the shards sent with their candidates, of keys [B, k] in batch order."""
+        rows = self._side_by_side([a.documents for a in self.answers])
+        return DocumentList([d for row in _at_keys(rows, keys) for d in row])
 
     def ids_of(self, keys: np.ndarray) -> list[list[str]]:
         """keys [B, k] (-1 padding) -> each query's ids."""
-        return [[self.ids[b][key] for key in row if key >= 0] for b, row in enumerate(keys.tolist())]
+        return _at_keys(self.ids, keys)
 
     def hits(
         self, ids, scores, keys, stages, documents: DocumentList, missing: tuple[str, ...]
@@ -383,3 +398,8 @@ def _rows_of(value, rows: list[int]):
         )
         return [tokens[offsets[j] : offsets[j + 1]] for j in rows]
     return [value[j] for j in rows]
+
+
+def _at_keys(rows: list[list], keys: np.ndarray) -> list[list]:
+    """rows [B][sum U] read at keys [B, k] (-1 padding dropped)."""
+    return [[rows[b][key] for key in row if key >= 0] for b, row in enumerate(keys.tolist())]

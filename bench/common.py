@@ -26,6 +26,15 @@ def timed(fn, repeats: int = REPEATS) -> float:
     return statistics.median(times)
 
 
+def latency(seconds: list[float], digits: int = 2) -> dict:
+    """Per-call seconds -> {"p50_ms", "p99_ms", "mean_ms"}."""
+    import numpy as np
+
+    ms = np.asarray(seconds) * 1000
+    return {"p50_ms": round(float(np.percentile(ms, 50)), digits),
+            "p99_ms": round(float(np.percentile(ms, 99)), digits), "mean_ms": round(float(ms.mean()), digits)}
+
+
 def over_judged_sets(doc: str, measure, default_sets: str, result: dict) -> None:
     """The main of a bench that measures each judged set under `--data` (default ../shared/data):
     `measure(set directory, scratch directory)` per name in `--sets`, into `result["sets"]`."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit, log  # noqa: E402
+from common import emit, latency, log  # noqa: E402
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 SETTINGS = {  # name -> fde settings
@@ -91,12 +91,6 @@ def ndcg(hits, qids, qrels) -> float:
 
     run = {q: dict(zip(h.ids, map(float, h.scores))) for q, h in zip(qids, hits)}
     return round(float(ir_measures.calc_aggregate([ir_measures.nDCG @ 10], qrels, run)[ir_measures.nDCG @ 10]), 4)
-
-
-def latency(seconds: list[float]) -> dict:
-    ms = np.asarray(seconds) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
-            "mean_ms": round(float(ms.mean()), 2)}
 
 
 def brute_force(clouds: list[np.ndarray], query_clouds: list[np.ndarray], k: int = 10):

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, log  # noqa: E402
+from common import emit, latency, log  # noqa: E402
 
 CHUNKS = 5
 RATIOS = (0.1, 0.15, 0.2, 0.3)
@@ -95,11 +95,6 @@ def first_token_time(generator, question: str, chunks: list[str], mode: str, rat
     return last.stats
 
 
-def percentiles(seconds: list[float]) -> dict:
-    ms = np.asarray(seconds) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1), "mean_ms": round(float(ms.mean()), 1)}
-
-
 def distinct_stream(model, tokenizer, questions, chunk_texts, warmup: int, measured: int, ratio: float) -> dict:
     """Warm cache: every chunk of the measured questions computed beforehand (a deployment that
     caches corpus chunks); exact-prefix caching warmed by the `warmup` questions before them
@@ -120,7 +115,7 @@ def distinct_stream(model, tokenizer, questions, chunk_texts, warmup: int, measu
         stats = [first_token_time(generator, questions[i], chunk_texts[i], mode, ratio if mode == "blend" else None) for i in measured_q]
         hits = sum(s["cache_hits"] for s in stats)
         lookups = hits + sum(s["cache_misses"] for s in stats)
-        out[label] = {**percentiles([s["time_to_first_token_s"] for s in stats]), "hit_rate": round(hits / lookups, 4) if lookups else None,
+        out[label] = {**latency([s["time_to_first_token_s"] for s in stats], digits=1), "hit_rate": round(hits / lookups, 4) if lookups else None,
                       "mean_tokens_computed": round(float(np.mean([s["tokens_computed"] for s in stats])), 1), "warm_s": round(warm_s, 1)}
         log("distinct", label, out[label])
     out["mean_prompt_tokens"] = round(float(np.mean([s["prompt_tokens"] for s in stats])), 1)
@@ -141,7 +136,7 @@ def zipf_stream(model, tokenizer, questions, chunk_texts, distinct: int, request
         stats = [first_token_time(generator, questions[i], chunk_texts[i], mode, ratio if mode == "blend" else None) for i in picks]
         hits = sum(s["cache_hits"] for s in stats)
         lookups = hits + sum(s["cache_misses"] for s in stats)
-        out[mode] = {**percentiles([s["time_to_first_token_s"] for s in stats]), "hit_rate": round(hits / lookups, 4) if lookups else None}
+        out[mode] = {**latency([s["time_to_first_token_s"] for s in stats], digits=1), "hit_rate": round(hits / lookups, 4) if lookups else None}
         log("zipf", mode, out[mode])
     return out
 

@@ -26,7 +26,7 @@ import sys  # noqa: E402
 # this file is named ray.py: its folder goes last on the path, so `import ray` finds Ray
 HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
-from common import emit, log, timed  # noqa: E402
+from common import emit, latency, log, timed  # noqa: E402
 
 import retriever  # noqa: E402
 from retriever import cluster  # noqa: E402
@@ -47,14 +47,6 @@ def subset(corpus: Path, count: int, out: Path) -> Path:
         for line in itertools.islice(source, count):
             target.write(line)
     return out
-
-
-def latency(seconds: list[float]) -> dict:
-    ms = np.asarray(seconds) * 1000
-    return {
-        "p50_ms": round(float(np.percentile(ms, 50)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
-    }
 
 
 def measure_builds(config, corpus: Path, scratch: Path, shards: int) -> tuple[dict, Path, Path]:

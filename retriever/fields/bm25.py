@@ -201,9 +201,8 @@ class Bm25Field(InvertedField):
     def own_totals(self) -> dict[str, int]:
         return {"documents": self.num_documents, "length": self._lengths[1]}
 
-    @functools.cached_property
-    def idf(self) -> np.ndarray:
-        return self.variant.idf(self.df.astype(np.float64), self.num_documents).astype(np.float32)
+    def idf_of(self, df: np.ndarray, documents: int) -> np.ndarray:
+        return self.variant.idf(df.astype(np.float64), documents).astype(np.float32)
 
     def query_terms(self, tokenizer, texts: list[str], params: Mapping[str, int]) -> list[tuple[str, int]]:
         get, limit = self.vocabulary.get, self.num_terms
@@ -244,7 +243,7 @@ class Bm25Field(InvertedField):
         get, limit = self.vocabulary.get, self.num_terms
         ids = [[i for i in map(get, words) if i is not None and i < limit] for words in tokens]
         rows = distinct_per_row(ids)
-        idf = self.query_idf(rows.terms, self.variant)
+        idf = self.query_idf(rows.terms)
         return SparseRows(rows.indptr, rows.terms, (rows.values * idf).astype(np.float32))
 
     def check_queries(self, given) -> SparseRows:

@@ -191,13 +191,22 @@ class InvertedField:
         view.statistics = statistics
         return view
 
-    def query_idf(self, terms: np.ndarray, variant) -> np.ndarray:
+    def idf_of(self, df: np.ndarray, documents: int) -> np.ndarray:
+        """Query term weights [T] float32 from document frequencies [T] and the document count."""
+        raise NotImplementedError
+
+    @functools.cached_property
+    def idf(self) -> np.ndarray:
+        """[num_terms] each term's idf from this field's own frequencies."""
+        return self.idf_of(self.df, self.num_documents)
+
+    def query_idf(self, terms: np.ndarray) -> np.ndarray:
         """[T] idf of these term ids: from this field's frequencies, or the collection-wide ones."""
         if self.statistics is None:
             return self.idf[terms]
         df = self.statistics["df"]
-        counts = np.array([df.get(self.term_key(t), 0) for t in terms.tolist()], dtype=np.float64)
-        return variant.idf(counts, self.statistics["documents"]).astype(np.float32)
+        counts = np.array([df.get(self.term_key(t), 0) for t in terms.tolist()], dtype=np.int64)
+        return self.idf_of(counts, self.statistics["documents"])
 
     # ---- search ----------------------------------------------------------------------------
 

@@ -95,10 +95,9 @@ class LearnedSparseField(InvertedField):
         scale = np.float32(self.scales[i])
         return np.asarray(self.segments[i].values, dtype=np.float32) * scale
 
-    @functools.cached_property
-    def idf(self) -> np.ndarray:
-        """Inference-free query weights: Lucene's idf from this collection's document frequencies."""
-        return VARIANTS["lucene"].idf(self.df.astype(np.float64), self.num_documents).astype(np.float32)
+    def idf_of(self, df: np.ndarray, documents: int) -> np.ndarray:
+        """Inference-free query weights: Lucene's idf of the document frequencies."""
+        return VARIANTS["lucene"].idf(df.astype(np.float64), documents).astype(np.float32)
 
     def check_documents(self, given, count: int) -> SparseDocuments:
         vectors = SparseRows.from_pairs(
@@ -129,7 +128,7 @@ class LearnedSparseField(InvertedField):
     def queries_from_token_ids(self, token_ids: list[np.ndarray]) -> SparseRows:
         """Inference-free: each distinct query token weighted by its idf; terms no document holds drop out."""
         rows = distinct_per_row(self._known(token_ids))
-        return SparseRows(rows.indptr, rows.terms, self.query_idf(rows.terms, VARIANTS["lucene"]))
+        return SparseRows(rows.indptr, rows.terms, self.query_idf(rows.terms))
 
     def _known(self, token_ids: list[np.ndarray]) -> list[list[int]]:
         df = self.df

@@ -115,8 +115,12 @@ def distinct_stream(model, tokenizer, questions, chunk_texts, warmup: int, measu
         stats = [first_token_time(generator, questions[i], chunk_texts[i], mode, ratio if mode == "blend" else None) for i in measured_q]
         hits = sum(s["cache_hits"] for s in stats)
         lookups = hits + sum(s["cache_misses"] for s in stats)
-        out[label] = {**latency([s["time_to_first_token_s"] for s in stats], digits=1), "hit_rate": round(hits / lookups, 4) if lookups else None,
-                      "mean_tokens_computed": round(float(np.mean([s["tokens_computed"] for s in stats])), 1), "warm_s": round(warm_s, 1)}
+        out[label] = {
+            **latency([s["time_to_first_token_s"] for s in stats], digits=1),
+            "hit_rate": round(hits / lookups, 4) if lookups else None,
+            "mean_tokens_computed": round(float(np.mean([s["tokens_computed"] for s in stats])), 1),
+            "warm_s": round(warm_s, 1),
+        }
         log("distinct", label, out[label])
     out["mean_prompt_tokens"] = round(float(np.mean([s["prompt_tokens"] for s in stats])), 1)
     for mode in ("prefix", "reuse", "blend", "blend_deviation"):
@@ -136,7 +140,8 @@ def zipf_stream(model, tokenizer, questions, chunk_texts, distinct: int, request
         stats = [first_token_time(generator, questions[i], chunk_texts[i], mode, ratio if mode == "blend" else None) for i in picks]
         hits = sum(s["cache_hits"] for s in stats)
         lookups = hits + sum(s["cache_misses"] for s in stats)
-        out[mode] = {**latency([s["time_to_first_token_s"] for s in stats], digits=1), "hit_rate": round(hits / lookups, 4) if lookups else None}
+        out[mode] = {**latency([s["time_to_first_token_s"] for s in stats], digits=1),
+                     "hit_rate": round(hits / lookups, 4) if lookups else None}
         log("zipf", mode, out[mode])
     return out
 

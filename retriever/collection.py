@@ -1116,7 +1116,9 @@ def _known_params() -> dict[str, Param]:
 def check_k(k, max_k: int, name: str = "k") -> int:
     """`k` (or a page size, `name`) checked against a collection's max_k."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= max_k:
-        raise InvalidRequest(f"{name} must be an integer from 1 to {max_k} (the collection's max_k), got {k!r}")
+        raise InvalidRequest(
+            f"{name} must be an integer from 1 to {max_k} (the collection's max_k), got {k!r}"
+        )
     return int(k)
 
 

@@ -1,4 +1,4 @@
-"""One engine for dense (and soon binary, sparse and multi-vector) retrieval."""
+"""One engine for dense, binary, lexical, learned-sparse and multi-vector retrieval."""
 
 from .collection import Collection, connect
 from .config import CollectionConfig, FieldConfig
@@ -12,10 +12,11 @@ from .errors import (
     StorageFull,
     WriteFailed,
 )
-from .types import Hits
+from .types import Hits, Results
 
 __all__ = [
     "AlreadyExists", "Collection", "CollectionConfig", "CorruptIndex", "FieldConfig", "Hits",
-    "InvalidConfig", "InvalidRequest", "NotFound", "RetrieverError", "StorageFull", "WriteFailed", "connect",
+    "InvalidConfig", "InvalidRequest", "NotFound", "Results", "RetrieverError", "StorageFull", "WriteFailed",
+    "connect",
 ]
 __version__ = "0.1.0"

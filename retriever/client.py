@@ -1,4 +1,4 @@
-"""Remote collections over gRPC, with the same methods, arguments and `Hits` as `Collection`."""
+"""Remote collections over gRPC, with the same methods, arguments and `Results` as `Collection`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 from . import conversions, snapshots
 from .conversions import pb, pb_grpc
 from .errors import InvalidRequest, RetrieverError, error_for_code
-from .types import Hits
+from .types import Results
 
 UPSERT_BATCH = 256
 # gRPC's own retry machinery: UNAVAILABLE is retried with exponential backoff and jitter.
@@ -72,14 +72,14 @@ class RemoteCollection:
     def search(self, queries, k: int = 10, *, fields: Sequence[str] | str | None = None,
                filter: Mapping[str, Any] | None = None, params: Mapping[str, int] | None = None,
                fusion: str = "rrf", weights: Mapping[str, float] | None = None, normalization: str = "minmax",
-               with_documents: bool = True, pipeline=None) -> list[Hits]:
+               with_documents: bool = True, pipeline=None) -> Results:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise InvalidRequest(f"k must be a positive integer, got {k!r}")
         request = _built(lambda: conversions.search_request(
             self.name, queries, int(k), fields, filter, params, with_documents,
             fusion=fusion, weights=weights, normalization=normalization, pipeline=pipeline,
         ))
-        return conversions.hits_from_response(self._call(self._stub.Search, request))
+        return conversions.results_from_response(self._call(self._stub.Search, request))
 
     def generate(self, question: str, k: int = 5, *, mode: str = "blend", recompute_ratio: float | None = None,
                  max_new_tokens: int = 128, fields: Sequence[str] | str | None = None, filter: Mapping[str, Any] | None = None,

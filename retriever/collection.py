@@ -28,7 +28,7 @@ from .fields.base import NO_TERMS, Param, SegmentView
 from .filters import filter_mask
 from .segments import Segment, id_hashes, new_segment, open_segments, with_changed_deletions
 from .text_encoders import TextEncoders
-from .types import Hits, are_texts
+from .types import Results, are_texts
 
 log = logging.getLogger(__name__)
 FUSION_CANDIDATES = 100  # per-field candidates fused when several fields are searched
@@ -840,9 +840,9 @@ class Collection:
         weights: Mapping[str, float] | None = None,
         normalization: str = "minmax",
         pipeline: "pipeline_module.Pipeline | Mapping[str, Any] | None" = None,
-    ) -> list[Hits]:
-        """One `Hits` per query. `queries` is a text, a list of texts, a vector or matrix [B, D],
-        sparse vectors (a list of (term ids, weights) pairs or dicts), token matrices for a
+    ) -> Results:
+        """The batch's `Results`: one `Hits` per query, kept in columns. `queries` is a text, a list
+        of texts, a vector or matrix [B, D], sparse vectors (a list of (term ids, weights) pairs or dicts), token matrices for a
         multivector field (a list of [t_i, D] arrays, or (tokens, offsets)), packed codes for a
         binary field (uint8 [B, code bytes]), or {field: any of those}, one source per field (texts
         for a BM25 field beside vectors for a dense one). `schema()` says what each field takes.
@@ -885,7 +885,7 @@ class Collection:
             return self.config.pipeline(pipeline)
         return pipeline_module.Pipeline.of(pipeline)
 
-    def _search_pipeline(self, queries, k, pipeline, filter, params, fields) -> list[Hits]:
+    def _search_pipeline(self, queries, k, pipeline, filter, params, fields) -> Results:
         if fields is not None:
             raise InvalidRequest("give a pipeline, or fields to search: the pipeline names its fields")
         k = self._check_k(k)
@@ -974,26 +974,16 @@ class Collection:
         """Whether texts can be encoded for the field (it has a model, or needs none)."""
         return self.config.encodes_texts(field)
 
-    def _hits(self, scores: np.ndarray, rows: np.ndarray, field_scores: dict[str, np.ndarray], reasons) -> list[Hits]:
-        """scores/rows [B, k] (-1 rows pad the end) -> one `Hits` per query, padding dropped.
+    def _hits(self, scores: np.ndarray, rows: np.ndarray, field_scores: dict[str, np.ndarray], reasons) -> Results:
+        """scores/rows [B, k] (-1 rows pad the end) -> the batch's `Results`, padding dropped.
         `reasons` is one reason for all queries, or one (or None) per query."""
         if not isinstance(reasons, list):
             reasons = [reasons] * len(rows)
-        if self.documents.num_rows == 0:
-            ids: list[list[str]] = [[] for _ in range(len(rows))]
-        else:
-            ids = self.documents.ids_at(rows)  # [B][k]; -1 rows are dropped below
-        complete = (rows[:, -1] >= 0).tolist() if rows.shape[1] else [True] * len(rows)  # [B]
-        documents, out = self.documents, []
-        for b, (s, r, i) in enumerate(zip(scores, rows, ids)):
-            per_field = {n: v[b] for n, v in field_scores.items()}
-            if not complete[b]:
-                found = r >= 0
-                s, r, i = s[found], r[found], i[: int(found.sum())]
-                per_field = {n: v[found] for n, v in per_field.items()}
-            why = reasons[b] if reasons[b] or i else "the collection has no documents to return"
-            out.append(Hits(i, s, per_field, r, documents, why))
-        return out
+        empty = (rows < 0).all(axis=1)  # a row of k = 0 is empty too
+        if empty.any():
+            nothing = "the collection has no documents to return"
+            reasons = [r or (nothing if e else None) for r, e in zip(reasons, empty.tolist())]
+        return Results.from_padded(scores, rows, field_scores, self.documents, reasons)
 
     def no_terms_reasons(self, batch: dict[str, Any], names: list[str], size: int) -> list[str | None]:
         """Per query: why nothing can match when no searched field can match it (no known terms)."""
@@ -1081,7 +1071,7 @@ def connect(target: str | Path, **options):
     """A collection directory opened in-process, `grpc://host:port/name` served remotely (options:
     token, timeout, root_certificates), a sharded collection served on Ray (`ray://NAME`, or
     `ray://ADDRESS/NAME`), or a sharded collection's directory (its shards opened in-process);
-    all answer with the same methods and `Hits`."""
+    all answer with the same methods and `Results`."""
     if isinstance(target, str) and target.startswith(("grpc://", "grpcs://")):
         from .client import RemoteCollection
 

@@ -12,7 +12,7 @@ from ._proto.retriever.v1 import retriever_pb2_grpc as pb_grpc
 from .errors import InvalidRequest
 from .fields.base import shape_words
 from .pipeline import Fuse, Pipeline, Prefetch, Rerank
-from .types import DocumentList, Hits, are_texts
+from .types import DocumentList, Results, are_texts
 
 __all__ = ["pb", "pb_grpc"]
 
@@ -139,40 +139,32 @@ def pipeline_from_pb(message: pb.Pipeline) -> Pipeline:
     )
 
 
-def search_response(hits: list[Hits], with_documents: bool) -> pb.SearchResponse:
-    """All queries' hits in flat columns (one message, no per-hit objects)."""
-    offsets = np.zeros(len(hits) + 1, dtype=np.int64)
-    np.cumsum([len(h) for h in hits], out=offsets[1:])
-    names = list(hits[0].field_scores) if hits else []
+def search_response(results: Results, with_documents: bool) -> pb.SearchResponse:
+    """All queries' hits in the flat columns `Results` already keeps (one message, no per-hit work)."""
     return pb.SearchResponse(
-        offsets=offsets.tolist(),
-        ids=[i for h in hits for i in h.ids],
-        scores=_float32_bytes([h.scores for h in hits]),
-        field_scores={n: _float32_bytes([h.field_scores[n] for h in hits]) for n in names},
-        documents_json=documents_json(d for h in hits for d in h.documents) if with_documents else [],
-        reasons=[h.reason or "" for h in hits],
-        missing_shards=hits[0].missing_shards if hits else (),
+        offsets=results.offsets.tolist(),
+        ids=results.ids,
+        scores=_float32_bytes(results.scores),
+        field_scores={n: _float32_bytes(v) for n, v in results.field_scores.items()},
+        documents_json=documents_json(results.documents) if with_documents else [],
+        reasons=[r or "" for r in results.reasons],
+        missing_shards=results.missing_shards,
     )
 
 
-def hits_from_response(response: pb.SearchResponse) -> list[Hits]:
-    offsets = list(response.offsets)
+def results_from_response(response: pb.SearchResponse) -> Results:
     ids = list(response.ids)
-    scores = np.frombuffer(response.scores, dtype="<f4")
-    fields = {n: np.frombuffer(b, dtype="<f4") for n, b in response.field_scores.items()}
     documents = [json.loads(d) for d in response.documents_json]
-    # rows index the hit's own documents
-    positions = np.arange(max(np.diff(offsets), default=0), dtype=np.int64)
-    missing = tuple(response.missing_shards)
-    out = []
-    for b, reason in enumerate(response.reasons):
-        lo, hi = offsets[b], offsets[b + 1]
-        out.append(Hits(
-            ids[lo:hi], scores[lo:hi], {n: v[lo:hi] for n, v in fields.items()},
-            positions[: hi - lo], DocumentList(documents[lo:hi]) if documents else None, reason or None,
-            missing,
-        ))
-    return out
+    return Results(
+        np.asarray(response.offsets, np.int64),
+        np.frombuffer(response.scores, dtype="<f4"),
+        {n: np.frombuffer(b, dtype="<f4") for n, b in response.field_scores.items()},
+        np.arange(len(ids), dtype=np.int64),  # rows index the response's own documents
+        DocumentList(documents) if documents else None,
+        [r or None for r in response.reasons],
+        tuple(response.missing_shards),
+        ids,
+    )
 
 
 def matrix_to_pb(matrix) -> pb.Matrix:
@@ -336,8 +328,8 @@ def codes_from_pb(message: pb.CodeMatrix, what: str) -> np.ndarray:
     return np.frombuffer(message.codes, dtype=np.uint8).reshape(message.rows, message.width)
 
 
-def _float32_bytes(arrays: list[np.ndarray]) -> bytes:
-    return np.concatenate(arrays).astype("<f4", copy=False).tobytes() if arrays else b""
+def _float32_bytes(values: np.ndarray) -> bytes:
+    return np.asarray(values, dtype="<f4").tobytes()
 
 
 # ---- writes and collection facts --------------------------------------------------------------

@@ -100,9 +100,18 @@ class DocumentTable:
         rows = np.asarray(rows, dtype=np.int64)
         out = np.full(rows.shape, None, dtype=object)
         found = rows >= 0
-        segment = np.searchsorted(self._starts, rows, side="right") - 1  # [B, k]
-        for s in np.unique(segment[found]).tolist():
-            mine = found & (segment == s)
+        out[found] = self.ids_of(rows[found])
+        return out.tolist()
+
+    def ids_of(self, rows: np.ndarray) -> list[str]:
+        """rows [R] -> their ids, in order: one lookup per segment the rows fall in."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(self._parts) == 1:
+            return self._parts[0].lookup.at(rows)
+        segment = np.searchsorted(self._starts, rows, side="right") - 1
+        out = np.empty(len(rows), dtype=object)
+        for s in np.unique(segment).tolist():
+            mine = segment == s
             out[mine] = self._parts[s].lookup.at(rows[mine] - self._starts[s])
         return out.tolist()
 

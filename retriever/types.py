@@ -28,6 +28,9 @@ class DocumentList:
     def take(self, rows: np.ndarray) -> list[dict[str, Any]]:
         return [self.documents[int(r)] for r in rows]
 
+    def ids_of(self, rows: np.ndarray) -> list[str]:
+        return [self.documents[int(r)]["id"] for r in rows]
+
     def take_table(self, rows: np.ndarray) -> pa.Table:
         return pa.Table.from_pylist(self.take(rows))
 
@@ -78,3 +81,91 @@ class Hits:
 
     def to_pandas(self):
         return self.to_arrow().to_pandas()
+
+
+class Results(Sequence[Hits]):
+    """A batch of queries' answers in columns: query b's hits are positions offsets[b] to
+    offsets[b + 1] of the flat `scores`, `field_scores`, `rows` and `ids`, best first. Ids are read
+    in one pass for the whole batch when first asked; each query's `Hits` and the stored documents
+    only when read, so a batch crosses the wire without per-hit Python work. Indexing and
+    iterating give `Hits`, as a list would."""
+
+    def __init__(
+        self,
+        offsets: np.ndarray,
+        scores: np.ndarray,
+        field_scores: dict[str, np.ndarray],
+        rows: np.ndarray,
+        documents: "DocumentTable | DocumentList | None",
+        reasons: list[str | None],
+        missing_shards: tuple[str, ...] = (),
+        ids: list[str] | None = None,
+    ) -> None:
+        self.offsets = offsets  # [B + 1] int64
+        self.scores = scores  # [N] float32, N hits of all queries
+        self.field_scores = field_scores  # {field or stage: [N]}
+        self.rows = rows  # [N] int64: each hit's row of `documents`
+        self.reasons = reasons  # [B] why a query's list is empty or short, when known
+        self.missing_shards = missing_shards
+        self._documents = documents
+        self._ids = ids
+
+    @classmethod
+    def from_padded(
+        cls, scores: np.ndarray, rows: np.ndarray, field_scores: dict[str, np.ndarray], documents, reasons
+    ) -> "Results":
+        """scores/rows/field_scores [B, k] whose -1 rows pad the end of short lists."""
+        found = rows >= 0
+        offsets = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum(found.sum(axis=1), out=offsets[1:])
+        if found.all():  # the usual case: no padding, the flat columns are plain reshapes
+            flat = {n: v.reshape(-1) for n, v in field_scores.items()}
+            return cls(offsets, scores.reshape(-1), flat, rows.reshape(-1), documents, reasons)
+        flat = {n: v[found] for n, v in field_scores.items()}
+        return cls(offsets, scores[found], flat, rows[found], documents, reasons)
+
+    @property
+    def ids(self) -> list[str]:
+        """[N] every hit's document id, query after query."""
+        if self._ids is None:
+            self._ids = [] if self._documents is None else self._documents.ids_of(self.rows)
+        return self._ids
+
+    @property
+    def partial(self) -> bool:
+        """Whether some shards' documents could not be searched (`missing_shards`)."""
+        return bool(self.missing_shards)
+
+    def counts(self) -> np.ndarray:
+        """[B] each query's number of hits."""
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, b):
+        if isinstance(b, slice):
+            return [self[i] for i in range(*b.indices(len(self)))]
+        if not -len(self) <= b < len(self):
+            raise IndexError(f"query {b} of a batch of {len(self)}")
+        b = b % len(self)
+        lo, hi = int(self.offsets[b]), int(self.offsets[b + 1])
+        return Hits(
+            self.ids[lo:hi], self.scores[lo:hi], {n: v[lo:hi] for n, v in self.field_scores.items()},
+            self.rows[lo:hi], self._documents, self.reasons[b], self.missing_shards,
+        )
+
+    @property
+    def documents(self) -> list[dict[str, Any]]:
+        """[N] every hit's stored document, query after query."""
+        if self._documents is None:
+            return [{"id": i} for i in self.ids]
+        return self._documents.take(self.rows)
+
+    def to_arrow(self) -> pa.Table:
+        """Every hit of the batch as one table: query (its position in the batch), id, score,
+        score_<field> and the stored document's columns."""
+        query = np.repeat(np.arange(len(self), dtype=np.int32), self.counts())
+        return Hits(self.ids, self.scores, self.field_scores, self.rows, self._documents).to_arrow().add_column(
+            0, "query", pa.array(query)
+        )

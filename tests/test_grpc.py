@@ -72,6 +72,8 @@ def stub(served, token=TOKEN):
 
 def same_hits(local, far):
     assert len(local) == len(far)
+    np.testing.assert_array_equal(local.offsets, far.offsets)  # the batch's columns, as sent
+    assert local.ids == far.ids and local.reasons == far.reasons
     for a, b in zip(local, far):
         assert a.ids == b.ids
         np.testing.assert_array_equal(a.scores, b.scores)

@@ -155,7 +155,7 @@ def connect(target: str) -> "RayCollection":
 
 
 class RayCollection:
-    """The collection API over the router deployment: the same methods and `Hits` as in-process."""
+    """The collection API over the router deployment: the same methods and `Results` as in-process."""
 
     def __init__(self, handle: Any, config: CollectionConfig) -> None:
         self.handle = handle

@@ -10,7 +10,7 @@ then a search takes up to three rounds, each one call per shard in parallel:
    runs the same fuse and re-rank stages (`pipeline.run`) as one collection does;
 3. documents: the stored documents of the hits kept.
 A shard that does not answer within the deadline is left out: the hits come from the others and
-say which shards are missing (`Hits.missing_shards`). Writes go to the shard owning each id.
+say which shards are missing (`Results.missing_shards`). Writes go to the shard owning each id.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from retriever.errors import InvalidRequest, RetrieverError, Unavailable, WriteF
 from retriever.fields import statistics as field_statistics
 from retriever.pipeline import Fuse, Pipeline, Prefetch
 from retriever.documents import document_id
-from retriever.types import DocumentList, Hits, are_texts
+from retriever.types import DocumentList, Results, are_texts
 
 from .manifest import shard_of
 from .queries import QueryEncoder
@@ -74,8 +74,8 @@ class Router:
         weights: Mapping[str, float] | None = None,
         normalization: str = "minmax",
         pipeline: "Pipeline | Mapping[str, Any] | str | None" = None,
-    ) -> list[Hits]:
-        """As `Collection.search`; each `Hits` names the shards that did not answer in time."""
+    ) -> Results:
+        """As `Collection.search`; the results name the shards that did not answer in time."""
         k = check_k(k, self.config.max_k)
         params = check_params(params)
         plan, fused = self._plan(k, fields, params, fusion, weights, normalization, pipeline)
@@ -96,12 +96,11 @@ class Router:
         if not fused:
             stages.pop(pipeline_module.FUSED, None)
         missing = tuple(self.shards.names[i] for i in everyone if i not in answers)
-        ids = merged.ids_of(keys)
-        flat = [i for row in ids for i in row]
+        flat = [i for row in merged.ids_of(keys) for i in row]
         documents = (
             merged.documents_of(keys) if inline else self._documents(flat, merged.owner(keys[keys >= 0]))
         )
-        return merged.hits(ids, scores, keys, stages, documents, missing)
+        return merged.results(flat, scores, keys, stages, documents, missing)
 
     def _plan(self, k, fields, params, fusion, weights, normalization, pipeline) -> tuple[Pipeline, bool]:
         """The search as a pipeline (a fields search is one), and whether its fuse score is asked."""
@@ -361,31 +360,22 @@ class _Merged:
         """keys [B, k] (-1 padding) -> each query's ids."""
         return _at_keys(self.ids, keys)
 
-    def hits(
-        self, ids, scores, keys, stages, documents: DocumentList, missing: tuple[str, ...]
-    ) -> list[Hits]:
-        out, start = [], 0
-        for b in range(self.size):
-            valid = keys[b] >= 0
-            found = ids[b]
-            reasons = {a.reasons[b] for a in self.answers}
-            reason = next(iter(reasons)) if None not in reasons and len(reasons) == 1 else None
-            if not found and reason is None:
-                reason = "the collection has no documents to return"
-            rows = np.arange(start, start + len(found))
-            start += len(found)
-            out.append(
-                Hits(
-                    found,
-                    scores[b][valid],
-                    {n: v[b][valid] for n, v in stages.items()},
-                    rows,
-                    documents,
-                    reason,
-                    missing,
-                )
-            )
-        return out
+    def results(
+        self, ids: list[str], scores, keys, stages, documents: DocumentList, missing: tuple[str, ...]
+    ) -> Results:
+        """The batch's `Results` of keys [B, k] (-1 padding), `ids` their ids, query after query."""
+        valid = keys >= 0
+        offsets = np.zeros(self.size + 1, np.int64)
+        np.cumsum(valid.sum(axis=1), out=offsets[1:])
+        reasons = []
+        for b, count in enumerate(np.diff(offsets).tolist()):
+            given = {a.reasons[b] for a in self.answers}
+            reason = next(iter(given)) if None not in given and len(given) == 1 else None
+            reasons.append(reason or (None if count else "the collection has no documents to return"))
+        return Results(
+            offsets, scores[valid], {n: v[valid] for n, v in stages.items()},
+            np.arange(len(ids), dtype=np.int64), documents, reasons, missing, ids,
+        )
 
 
 def _rows_of(value, rows: list[int]):

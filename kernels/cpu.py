@@ -57,7 +57,9 @@ def flat_top_k(
         if allowed is not None:
             scores[:, ~allowed[lo : lo + len(x)]] = -np.inf
         better = scores > best_scores[:, -1:]  # a tie with a kept row loses: the kept row is lower
-        if better.sum() > 8 * k * size:  # cut each query to its k best of the block first, ties kept
+        if better.sum() > 8 * k * size:  # cut each query to about its k best of the block, ties kept
+            better &= scores >= kth_lower_bound(scores, k)[:, None]
+        if better.sum() > 8 * k * size:  # many ties at the bound: the exact k-th best
             cut = min(k, len(x))
             kth = np.partition(scores, len(x) - cut, axis=1)[:, len(x) - cut]
             better &= scores >= kth[:, None]
@@ -67,6 +69,16 @@ def flat_top_k(
                 best_scores, best_rows, which, scores[which, cols], cols.astype(np.int64) + lo
             )
     return best_scores, np.where(np.isfinite(best_scores), best_rows, -1)
+
+
+def kth_lower_bound(scores: np.ndarray, k: int) -> np.ndarray:
+    """[B, n] -> [B] at most each row's k-th best score: the least of the maxima of k disjoint
+    slices of the row (k distinct scores at least that high). Costs one pass, where a partition
+    costs several; -inf when a row has fewer than k scores."""
+    n = scores.shape[1]
+    if n < k:
+        return np.full(len(scores), -np.inf, np.float32)
+    return np.maximum.reduceat(scores, np.arange(0, k * (n // k), n // k), axis=1).min(axis=1)
 
 
 def merge_best(best_scores, best_rows, which, scores, rows):

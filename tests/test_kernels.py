@@ -64,3 +64,20 @@ def test_flat_top_k_matches_exact_search_ties_to_the_lower_row(metric, rows, fil
     expected_scores, expected_ids = reference.exact_search(queries, base, 10, metric, allowed)
     assert np.array_equal(ids, expected_ids)
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-4, atol=1e-3)
+
+
+def test_flat_top_k_when_every_score_ties_keeps_the_lowest_rows():
+    base = np.ones((500, 4), np.float32)  # the bound cuts nothing: the exact k-th best does
+    scores, ids = cpu.flat_top_k(np.ones((2, 4), np.float32), base, 10, "ip")
+    assert ids.tolist() == [list(range(10))] * 2 and np.all(scores == 4)
+
+
+@pytest.mark.parametrize("n", [5, 10, 11, 99, 1000])
+def test_kth_lower_bound_is_at_most_the_kth_best(n):
+    scores = np.random.default_rng(n).standard_normal((6, n)).astype(np.float32)
+    bound = cpu.kth_lower_bound(scores, 10)
+    if n < 10:
+        assert np.all(bound == -np.inf)
+    else:
+        kth = np.sort(scores, axis=1)[:, -10]
+        assert np.all(bound <= kth) and np.all(bound > -np.inf)

@@ -57,17 +57,16 @@ def flat_top_k(
         if allowed is not None:
             scores[:, ~allowed[lo : lo + len(x)]] = -np.inf
         better = scores > best_scores[:, -1:]  # a tie with a kept row loses: the kept row is lower
-        if better.sum() > 8 * k * size:  # cut each query to about its k best of the block, ties kept
+        if np.count_nonzero(better) > 8 * k * size:  # cut each query to about its k best, ties kept
             better &= scores >= kth_lower_bound(scores, k)[:, None]
-        if better.sum() > 8 * k * size:  # many ties at the bound: the exact k-th best
+        if np.count_nonzero(better) > 8 * k * size:  # many ties at the bound: the exact k-th best
             cut = min(k, len(x))
             kth = np.partition(scores, len(x) - cut, axis=1)[:, len(x) - cut]
             better &= scores >= kth[:, None]
-        which, cols = np.nonzero(better)
-        if len(which):
-            best_scores, best_rows = merge_best(
-                best_scores, best_rows, which, scores[which, cols], cols.astype(np.int64) + lo
-            )
+        flat = np.flatnonzero(better)  # a 2-D nonzero costs ~10x more
+        if len(flat):
+            which, cols = np.divmod(flat, len(x))
+            best_scores, best_rows = merge_best(best_scores, best_rows, which, scores.ravel()[flat], cols + lo)
     return best_scores, np.where(np.isfinite(best_scores), best_rows, -1)
 
 

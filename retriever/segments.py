@@ -25,6 +25,7 @@ from retriever.index import storage
 
 
 SMALL_SEGMENT = 4096  # rows of a segment whose ids are kept as a Python list once read
+FEW_ROWS = 256  # ids read one by one from the Arrow buffers; more cost less through one `take`
 
 
 class DocumentIds:
@@ -71,7 +72,30 @@ class DocumentIds:
         """The ids of these rows [R]."""
         if len(self._column) <= SMALL_SEGMENT:  # a write buffer's: a list beats an Arrow call per search
             return [self._small[r] for r in np.asarray(rows).tolist()]
+        if len(rows) <= FEW_ROWS and self._strings is not None:  # a search's hits: no Arrow call
+            chunk = np.searchsorted(self._strings[0], rows, side="right") - 1
+            out = []
+            for c, r in zip(chunk.tolist(), (rows - self._strings[0][chunk]).tolist()):
+                offsets, data = self._strings[1][c]
+                out.append(str(data[offsets[r] : offsets[r + 1]], "utf-8"))
+            return out
         return self._column.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+
+    @functools.cached_property
+    def _strings(self) -> tuple[np.ndarray, list[tuple[list[int], memoryview]]] | None:
+        """(each chunk's first row, each chunk's (offsets, bytes)) of a column of Arrow strings, to
+        read a few ids straight from the (memory-mapped) buffers; None for another type."""
+        kind = self._column.type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            return None
+        starts, chunks = [0], []
+        for chunk in self._column.chunks:
+            _, offsets, data = chunk.buffers()
+            width = np.int64 if pa.types.is_large_string(kind) else np.int32
+            offsets = np.frombuffer(offsets, width)[chunk.offset : chunk.offset + len(chunk) + 1]
+            chunks.append((offsets, memoryview(data) if data is not None else memoryview(b"")))
+            starts.append(starts[-1] + len(chunk))
+        return np.asarray(starts[:-1], np.int64), chunks
 
     @functools.cached_property
     def _small(self) -> list[str]:

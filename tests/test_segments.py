@@ -398,3 +398,22 @@ def test_document_ids_are_found_as_a_scan_of_every_row_finds_them(monkeypatch, s
     assert lookup.rows_of(["not-d5"], id_hashes(["d5"])).tolist() == []
     assert lookup.at(np.array([0, 401, 1002])) == [ids[0], ids[401], ids[1002]]
     assert DocumentIds(pa.table({"id": pa.array([], pa.string())})).rows_of(["x"]).tolist() == []
+
+
+@pytest.mark.parametrize("kind", ["string", "large_string"])
+def test_a_few_ids_read_from_the_buffers_match_arrow_take(monkeypatch, kind):
+    import pyarrow as pa
+
+    from retriever import segments
+    from retriever.segments import DocumentIds
+
+    monkeypatch.setattr(segments, "SMALL_SEGMENT", 0)
+    ids = [f"doc-{i}" for i in range(50)] + ["", "é", "日本"] + [f"x{i}" for i in range(50)]
+    whole = pa.array(ids, getattr(pa, kind)())
+    column = pa.chunked_array([whole.slice(3, 40), whole.slice(43)])  # chunks with offsets
+    lookup = DocumentIds(pa.table({"id": column}))
+    rows = np.array([0, 39, 40, 47, 48, 49, 99, 5])
+    expected = [ids[3 + r] for r in rows.tolist()]
+    assert lookup.at(rows) == expected
+    monkeypatch.setattr(segments, "FEW_ROWS", 0)  # through one Arrow take
+    assert DocumentIds(pa.table({"id": column})).at(rows) == expected

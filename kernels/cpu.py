@@ -84,10 +84,14 @@ def merge_best(best_scores, best_rows, which, scores, rows):
     """Each query's k best of its kept list [B, k] and new candidates (query `which`, score, row;
     any number per query), ties to the lower row, -1 rows last: one sort by (query, -score, row)."""
     size, k = best_scores.shape
-    owner = np.concatenate([np.repeat(np.arange(size), k), which])
     all_scores = np.concatenate([best_scores.ravel(), scores])
     all_rows = np.concatenate([best_rows.ravel(), rows])
-    order = np.lexsort((np.where(all_rows >= 0, all_rows, np.iinfo(np.int64).max), -all_scores, owner))
+    row_order = np.where(all_rows >= 0, all_rows, np.iinfo(np.int64).max)
+    if size == 1:  # one query (a search at batch 1): no owner to sort by
+        take = np.lexsort((row_order, -all_scores))[None, :k]
+        return all_scores[take], all_rows[take]
+    owner = np.concatenate([np.repeat(np.arange(size), k), which])
+    order = np.lexsort((row_order, -all_scores, owner))
     starts = np.searchsorted(owner[order], np.arange(size))  # every query has at least its k kept
     take = order[starts[:, None] + np.arange(k)]
     return all_scores[take], all_rows[take]

@@ -7,8 +7,9 @@ import copy
 import dataclasses
 import functools
 import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Mapping, Sequence
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa

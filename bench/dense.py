@@ -153,9 +153,9 @@ def overhead_vs_faiss(name: str, c: retriever.Collection, queries: np.ndarray, p
             for i in starts:
                 index.search(queries[i : i + batch], K, params=raw_params)
 
-        def ours():
+        def ours():  # the ids too: raw faiss answers with row numbers, which are its ids
             for i in starts:
-                c.search(queries[i : i + batch], k=K, params=ours_params)
+                c.search(queries[i : i + batch], k=K, params=ours_params).ids
 
         raw_s, ours_s = [], []
         for _ in range(REPEATS):  # interleaved, so machine noise hits both alike
@@ -163,7 +163,7 @@ def overhead_vs_faiss(name: str, c: retriever.Collection, queries: np.ndarray, p
             ours_s.append(timed(ours, 1))
         raw_qps, ours_qps = len(queries) / statistics.median(raw_s), len(queries) / statistics.median(ours_s)
         out[f"batch{batch}"] = {"raw_faiss_qps": round(raw_qps, 1), "ours_qps": round(ours_qps, 1),
-                                "ratio": round(ours_qps / raw_qps, 3), "target_ratio": 0.9}
+                                "ratio": round(ours_qps / raw_qps, 3), "target_ratio": 0.95}
     log(f"{name}: ours vs raw faiss {out}")
     return out
 

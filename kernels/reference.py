@@ -150,3 +150,19 @@ def code_scores(queries: np.ndarray, codes: np.ndarray, decoders: np.ndarray, ou
 def hamming_distances(queries: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Bits that differ between packed codes: [B, P] x [N, P] uint8 -> [B, N] int."""
     return np.array([[sum(bin(int(a) ^ int(b)).count("1") for a, b in zip(q, c)) for c in codes] for q in queries])
+
+
+def bitplane_scores(weights: np.ndarray, codes: np.ndarray, planes: int) -> np.ndarray:
+    """What the bit-plane scan ranks by, bit by bit: each weight's magnitude rounded to `planes`
+    bits of the query's largest, summed over the code's bits that agree with the weight's sign
+    (a 1 for a positive weight, a 0 for a negative one). [B, L] x [N, L / 8] -> [B, N] int."""
+    out = np.zeros((len(weights), len(codes)), dtype=np.int64)
+    for b, w in enumerate(np.asarray(weights, dtype=np.float32)):
+        top = np.abs(w).max()
+        levels = np.rint(np.abs(w) / top * np.float32(2**planes - 1)) if top > 0 else np.zeros_like(w)
+        for n, code in enumerate(codes):
+            for t, weight in enumerate(w.tolist()):
+                bit = (int(code[t // 8]) >> (t % 8)) & 1
+                if bit == (weight >= 0):
+                    out[b, n] += int(levels[t])
+    return out

@@ -10,9 +10,11 @@ import retriever
 from helpers import make_docs
 from retriever.encoders import binary
 from retriever.errors import InvalidConfig, InvalidRequest, NotFound
+from retriever.fields.binary import BinaryConfig, BinaryField, BinaryPart, QueryCodes
 from retriever.index.faiss_index import HAMMING, FaissIndex
+from retriever.index.vectors import VectorStore
 from retriever.kernels import reference
-from retriever.kernels.binary import candidate_scores, code_top_k
+from retriever.kernels.binary import bitplane_top_k, candidate_scores, code_top_k
 
 
 def clustered(count: int, dim: int, seed: int, centers: int = 20) -> np.ndarray:
@@ -61,6 +63,43 @@ def test_lookup_scan_matches_bit_by_bit_scores(seed, bits, code_dim, method, k, 
     assert (found == (expected_rows >= 0)).all()
     gathered = candidate_scores(tables, offsets, codes[np.maximum(expected_rows, 0)])
     np.testing.assert_allclose(gathered[found], slow[np.arange(4)[:, None], np.maximum(expected_rows, 0)][found], rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), width=st.integers(1, 20), planes=st.integers(1, 5), k=st.integers(1, 40),
+       masked=st.booleans())
+def test_bitplane_scan_matches_bit_by_bit_quantized_scores(seed, width, planes, k, masked):
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 256, size=(150, width), dtype=np.uint8)  # bytes: whole words or not
+    weights = rng.standard_normal((3, 8 * width)).astype(np.float32)
+    weights[0, ::3] = 0  # zero weights count for nothing, whatever the bit
+    allowed = rng.random(150) < 0.5 if masked else None
+    scores, rows = bitplane_top_k(weights, codes, k, allowed, planes)
+    slow = reference.bitplane_scores(weights, codes, planes).astype(np.float64)  # [B, N]
+    if allowed is not None:
+        slow[:, ~allowed] = -np.inf
+    order = np.lexsort((np.broadcast_to(np.arange(150), slow.shape), -slow), axis=1)[:, :k]  # ties: lower row
+    expected = np.where(np.isfinite(np.take_along_axis(slow, order, 1)), order, -1)
+    assert np.array_equal(rows, expected)
+    found = rows >= 0
+    np.testing.assert_array_equal(scores[found], np.take_along_axis(slow, np.maximum(rows, 0), 1)[found])
+
+
+def test_sdc_search_through_the_bitplane_scan_finds_the_lookup_tables_top_k():
+    vectors = clustered(3000, 64, 5)
+    binarizer = binary.fit(vectors, "itq", 2, 64)  # 16-byte codes: two 64-bit words
+    codes = binarizer.encode(vectors)
+    field = BinaryField(
+        BinaryConfig(name="bits", kind="binary", dim=64, method="itq", bits=2),
+        {"dim": 64, "code_dim": 64}, binarizer, [BinaryPart(None, len(codes))],
+        VectorStore([codes], 16, np.uint8), VectorStore([], 64), None, ["segment"],
+    )
+    queries = QueryCodes(codes[:20])
+    scores, rows = field.search(queries, 10, {}, None)
+    tables, offsets = binarizer.lookup_tables(binarizer.decode(codes[:20]))
+    expected_scores, expected_rows = code_top_k(tables, offsets, codes, 10, None)  # every code, exactly
+    assert np.array_equal(rows, expected_rows)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
 
 
 def test_hamming_index_matches_reference_distances():

@@ -101,9 +101,15 @@ class Binarizer:
         """Decoded-space queries [B, dim] -> (tables [B, code_bytes, 256] float32, offsets [B]):
         score(q, code) = offsets[q] + sum_p tables[q, p, code[p]]."""
         q = np.asarray(queries, dtype=np.float32)
-        per_dim = np.einsum("bd,sdm->bsm", q, self.decoders, dtype=np.float32)  # [B, bits, code_dim]
-        tables = per_dim.reshape(len(q), self.code_bytes, 8) @ _byte_signs().T  # [B, code_bytes, 256]
+        per_bit = self.bit_weights(q)
+        tables = per_bit.reshape(len(q), self.code_bytes, 8) @ _byte_signs().T  # [B, code_bytes, 256]
         return np.ascontiguousarray(tables, dtype=np.float32), (q @ self.output_mean).astype(np.float32)
+
+    def bit_weights(self, queries: np.ndarray) -> np.ndarray:
+        """Decoded-space queries [B, dim] -> [B, code bits] float32, w with score(q, code) = constant
+        + sum_t w_t s_t (s_t = +1 / -1, bit t of the code): what the bit-plane scan ranks by."""
+        q = np.asarray(queries, dtype=np.float32)
+        return np.einsum("bd,sdm->bsm", q, self.decoders, dtype=np.float32).reshape(len(q), -1)
 
     def _mapped(self, vectors: np.ndarray) -> np.ndarray:
         centered = np.asarray(vectors, dtype=np.float32) - self.input_mean

@@ -15,7 +15,7 @@ from retriever.index import storage
 from retriever.index.faiss_index import HAMMING, FaissIndex
 from retriever.index.vectors import VectorStore
 from retriever.kernels import cpu
-from retriever.kernels.binary import candidate_scores, code_top_k
+from retriever.kernels.binary import bitplane_top_k, candidate_scores
 
 from .base import (
     FLAG,
@@ -32,6 +32,7 @@ from .dense import DENSE, check_query_vectors, check_vector_keys, check_vectors
 from .parts import TUNE_K, train_floor, training_sample, tune
 
 QUERY_BLOCK = 64  # queries whose lookup tables are built at once ([64, bytes, 256] float32)
+BITPLANE_CANDIDATES = 64  # the bit-plane scan's best, re-scored exactly (at least twice the depth)
 METHODS = ("sign", "itq", "recurrent")
 SCORINGS = ("hamming", "sdc", "asymmetric")
 RESCORE_DTYPES = ("float32", "int8")
@@ -423,16 +424,23 @@ class BinaryField:
         return self.binarizer.query_side(queries) if scoring == "asymmetric" else self.binarizer.decode(codes)
 
     def _scan(self, side: np.ndarray, depth: int, allowed: np.ndarray | None, segments: list[int]):
-        """The codes of these segments scored through lookup tables built from `side`, best `depth` kept."""
+        """The codes of these segments scored through lookup tables built from `side`, best `depth`
+        kept: the bit-plane scan, which costs about a Hamming scan, ranks them first; its best
+        candidates are re-scored exactly through the tables."""
         found_scores, found_rows = [], []
         for start in range(0, len(side), QUERY_BLOCK):
-            tables, offsets = self.binarizer.lookup_tables(side[start : start + QUERY_BLOCK])
+            block = side[start : start + QUERY_BLOCK]
+            tables, offsets = self.binarizer.lookup_tables(block)
+            weights = self.binarizer.bit_weights(block)
             per_segment = []
             for segment, first in self._code_pieces(segments):
                 mask = (
                     None if allowed is None else np.ascontiguousarray(allowed[first : first + len(segment)])
                 )
-                scores, rows = code_top_k(tables, offsets, np.asarray(segment), depth, mask)
+                count = max(BITPLANE_CANDIDATES, 2 * depth)
+                rows = bitplane_top_k(weights, np.asarray(segment), count, mask)[1]
+                exact = candidate_scores(tables, offsets, np.asarray(segment)[np.maximum(rows, 0)])
+                scores = np.where(rows >= 0, exact, np.float32(-np.inf))
                 per_segment.append((scores, np.where(rows >= 0, rows + first, -1)))
             scores = np.concatenate([s for s, _ in per_segment], axis=1)
             rows = np.concatenate([r for _, r in per_segment], axis=1)

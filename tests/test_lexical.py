@@ -119,6 +119,23 @@ def test_bm25_survives_reopen_upsert_and_delete(tmp_path):
     assert reopened.search("omicron", k=1)[0].ids == ["w5"]
 
 
+def test_query_words_cache_stays_bounded_and_follows_new_terms(tmp_path, monkeypatch):
+    from retriever.fields import bm25
+
+    monkeypatch.setattr(bm25, "WORD_CACHE", 6)
+    c = bm25_collection(tmp_path / "c")
+    c.add(word_docs(30))
+    expected = [h.ids for h in c.search([f"alpha {w}" for w in WORDS[:4]], k=5)]
+    flood = [f"alpha unseen{i} x{i}" for i in range(40)]  # more distinct words than the cache keeps
+    alone = c.search("alpha", k=5)[0].ids  # unknown words add nothing
+    assert [h.ids for h in c.search(flood, k=5)] == [alone] * len(flood)
+    assert len(c.fields["bm25"]._word_ids) <= 6
+    assert [h.ids for h in c.search([f"alpha {w}" for w in WORDS[:4]], k=5)] == expected
+    assert c.search("novelword", k=1)[0].ids == []
+    c.add([{"id": "new", "text": "novelword novelword"}])  # a new version knows the new term
+    assert c.search("novelword", k=1)[0].ids == ["new"]
+
+
 def test_bm25_filter_and_empty_query_reason(tmp_path):
     c = bm25_collection(tmp_path / "c")
     c.add([{**d, "year": 2000 + i % 3} for i, d in enumerate(word_docs(40))])
@@ -141,8 +158,10 @@ def test_bm25_field_refuses_vectors(tmp_path):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), n=st.integers(1, 60), k=st.integers(1, 70), segments=st.integers(1, 4), filtered=st.booleans())
-def test_sparse_top_k_matches_reference(seed, n, k, segments, filtered):
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 60), k=st.integers(1, 70), segments=st.integers(1, 4), filtered=st.booleans(),
+       zero=st.booleans())
+def test_sparse_top_k_matches_reference(seed, n, k, segments, filtered, zero):
+    """Against the reference, zero query weights too (rows scored 0 by a term they hold are found)."""
     rng = np.random.default_rng(seed)
     vocab = 25
     docs = [{int(t): float(rng.integers(1, 5)) for t in rng.choice(vocab, size=rng.integers(0, 8), replace=False)} for _ in range(n)]
@@ -153,7 +172,9 @@ def test_sparse_top_k_matches_reference(seed, n, k, segments, filtered):
         seen = max((max(d) for d in docs[lo:hi] if d), default=-1) + 1  # segments know different vocabulary sizes
         parts.append(build_segment(rows, lo, seen, np.float32))
     index = InvertedIndex(parts, [np.asarray(p.values, np.float32) for p in parts], n)
-    queries = [{int(t): float(rng.integers(1, 4)) for t in rng.choice(vocab + 3, size=rng.integers(0, 5), replace=False)} for _ in range(3)]
+    weights = [0, 1, 2, 3] if zero else [1, 2, 3]
+    queries = [{int(t): float(rng.choice(weights)) for t in rng.choice(vocab + 3, size=rng.integers(0, 5), replace=False)}
+               for _ in range(3)]
     allowed = rng.random(n) < 0.6 if filtered else None
     scores, rows = index.search(SparseRows.from_pairs(queries), k, allowed)
     assert scores.shape == rows.shape == (len(queries), k)
@@ -297,8 +318,9 @@ def test_query_terms_are_counted_per_query_as_a_counter_would(batch):
     from retriever.fields.inverted import _distinct_per_row_batch, distinct_per_row
 
     rng = np.random.default_rng(batch)
-    ids = [rng.integers(0, 40, rng.integers(0, 12)).tolist() for _ in range(batch)]
-    ways = [distinct_per_row(ids)] + ([_distinct_per_row_batch(ids)] if batch else [])
+    given = [rng.integers(-1, 40, rng.integers(0, 12)).tolist() for _ in range(batch)]  # -1: no term
+    ways = [distinct_per_row(given)] + ([_distinct_per_row_batch(given)] if batch else [])
+    ids = [[t for t in row if t >= 0] for row in given]
     for rows in ways:
         assert rows.indptr.tolist() == np.cumsum([0] + [len(set(r)) for r in ids]).tolist()
         for b, row in enumerate(ids):

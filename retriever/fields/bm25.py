@@ -21,6 +21,7 @@ from retriever.index.sparse import PostingSegment, SparseRows, build_segment, sm
 from .base import FieldConfig, Param, check_choice, check_number
 from .inverted import InvertedField, PendingPostings, SparseDocuments, distinct_per_row
 
+WORD_CACHE = 1 << 20  # distinct query words whose term ids a version keeps
 VOCABULARY = ".vocabulary"  # the vocabulary among `opened()`'s segments (no segment has this name)
 WEIGHT_CHUNK = 1 << 22  # postings turned into weights per step (bounds the temporary memory)
 TOKENIZE_BLOCK = 50_000  # documents per tokenizer call (progress steps)
@@ -238,13 +239,30 @@ class Bm25Field(InvertedField):
             out[lo:hi] = self.variant.tf(tf, lengths, avg_len, self.config.k1, self.config.b, self.delta)
         return out
 
-    def queries_from_tokens(self, tokens: list[list[str]]) -> SparseRows:
-        """Each query's terms known to this version, weighted by count x idf."""
-        get, limit = self.vocabulary.get, self.num_terms
-        ids = [[i for i in map(get, words) if i is not None and i < limit] for words in tokens]
-        rows = distinct_per_row(ids)
+    def queries_from_texts(self, tokenizer, texts: list[str], params: Mapping[str, int]) -> SparseRows:
+        """Each query's terms known to this version, weighted by count x idf: words go to term ids
+        in one lookup each, through this version's cache of the words queries used."""
+        words = tokenizer.words(texts)
+        known = self._word_ids  # shared by threads: this batch reads its own copy of what it needs
+        batch = {w: known.get(w) for ws in words for w in ws}
+        unseen = [w for w, i in batch.items() if i is None]
+        if unseen:
+            get, limit = self.vocabulary.get, self.num_terms
+            for word, term in tokenizer.terms(unseen).items():
+                i = None if term is None else get(term)
+                batch[word] = i if i is not None and i < limit else -1
+            if len(known) + len(unseen) > WORD_CACHE:  # bounded: a flood of distinct words starts it anew
+                known.clear()
+            if len(unseen) <= WORD_CACHE:
+                known.update((w, batch[w]) for w in unseen)
+        rows = distinct_per_row([list(map(batch.__getitem__, ws)) for ws in words])  # -1s dropped
         idf = self.query_idf(rows.terms)
         return SparseRows(rows.indptr, rows.terms, (rows.values * idf).astype(np.float32))
+
+    @functools.cached_property
+    def _word_ids(self) -> dict[str, int]:
+        """{word: its term's id in this version, -1 for stopwords and unknown terms}."""
+        return {}
 
     def check_queries(self, given) -> SparseRows:
         raise InvalidRequest(f"field {self.config.name!r} is a bm25 field: search it with text")
@@ -254,9 +272,6 @@ class Bm25Field(InvertedField):
             f"field {self.config.name!r} is a bm25 field: it is built from the documents' text, not from "
             "vectors"
         )
-
-    def queries_from_texts(self, tokenizer, texts: list[str], params: Mapping[str, int]) -> SparseRows:
-        return self.queries_from_tokens(tokenizer.many(texts))
 
     def documents_from_texts(
         self, tokenizer, texts: list[str], progress: bool = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -363,10 +364,10 @@ VECTORIZED_ROWS = 8  # from this many queries a batch, counting terms in numpy b
 
 
 def distinct_per_row(ids: list[list[int]]) -> SparseRows:
-    """Term ids per query (repeats allowed) -> each query's distinct terms, sorted, with their counts.
-    A batch is counted at once in numpy (one sort of (query, term) keys); a few queries in plain
-    Python, where numpy's fixed cost per call would dominate (1.3 against 4 us a query at 1,000
-    queries; 27 against 9 us for one)."""
+    """Term ids per query (repeats allowed, -1 for none: dropped) -> each query's distinct terms,
+    sorted, with their counts. A batch is counted at once in numpy (one sort of (query, term)
+    keys); a few queries in plain Python, where numpy's fixed cost per call would dominate (1.3
+    against 4 us a query at 1,000 queries; 27 against 9 us for one)."""
     if len(ids) >= VECTORIZED_ROWS:
         return _distinct_per_row_batch(ids)
     indptr, terms, counts = [0], [], []
@@ -374,6 +375,7 @@ def distinct_per_row(ids: list[list[int]]) -> SparseRows:
         count: dict[int, int] = {}
         for t in row:
             count[t] = count.get(t, 0) + 1
+        count.pop(-1, None)
         for t in sorted(count):
             terms.append(t)
             counts.append(count[t])
@@ -382,10 +384,13 @@ def distinct_per_row(ids: list[list[int]]) -> SparseRows:
 
 
 def _distinct_per_row_batch(ids: list[list[int]]) -> SparseRows:
-    lengths = np.fromiter((len(row) for row in ids), np.int64, len(ids))  # [B]
-    flat = np.fromiter((t for row in ids for t in row), np.int64, int(lengths.sum()))  # [tokens]
+    lengths = np.fromiter(map(len, ids), np.int64, len(ids))  # [B]
+    flat = np.fromiter(itertools.chain.from_iterable(ids), np.int64, int(lengths.sum()))  # [tokens]
+    owner = np.repeat(np.arange(len(ids)), lengths)
+    known = flat >= 0
+    flat, owner = flat[known], owner[known]
     span = int(flat.max()) + 1 if len(flat) else 1
-    keys, counts = np.unique(np.repeat(np.arange(len(ids)), lengths) * span + flat, return_counts=True)
+    keys, counts = np.unique(owner * span + flat, return_counts=True)
     indptr = np.zeros(len(ids) + 1, np.int64)
     np.cumsum(np.bincount(keys // span, minlength=len(ids)), out=indptr[1:])
     return SparseRows(indptr, keys % span, counts.astype(np.float32))

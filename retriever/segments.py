@@ -73,10 +73,16 @@ class DocumentIds:
         if len(self._column) <= SMALL_SEGMENT:  # a write buffer's: a list beats an Arrow call per search
             return [self._small[r] for r in np.asarray(rows).tolist()]
         if len(rows) <= FEW_ROWS and self._strings is not None:  # a search's hits: no Arrow call
-            chunk = np.searchsorted(self._strings[0], rows, side="right") - 1
+            rows = np.asarray(rows, dtype=np.int64)
+            firsts, chunks = self._strings
+            if len(chunks) == 1:
+                offsets, data = chunks[0]
+                ends = zip(offsets[rows].tolist(), offsets[rows + 1].tolist())
+                return [str(data[a:b], "utf-8") for a, b in ends]
             out = []
-            for c, r in zip(chunk.tolist(), (rows - self._strings[0][chunk]).tolist()):
-                offsets, data = self._strings[1][c]
+            which = np.searchsorted(firsts, rows, side="right") - 1
+            for c, r in zip(which.tolist(), (rows - firsts[which]).tolist()):
+                offsets, data = chunks[c]
                 out.append(str(data[offsets[r] : offsets[r + 1]], "utf-8"))
             return out
         return self._column.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()

@@ -415,5 +415,6 @@ def test_a_few_ids_read_from_the_buffers_match_arrow_take(monkeypatch, kind):
     rows = np.array([0, 39, 40, 47, 48, 49, 99, 5])
     expected = [ids[3 + r] for r in rows.tolist()]
     assert lookup.at(rows) == expected
+    assert DocumentIds(pa.table({"id": whole.slice(3)})).at(rows) == expected  # one chunk
     monkeypatch.setattr(segments, "FEW_ROWS", 0)  # through one Arrow take
     assert DocumentIds(pa.table({"id": column})).at(rows) == expected

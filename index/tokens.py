@@ -58,6 +58,24 @@ class TokenStore:
         """[C] token counts of these documents."""
         return self._locate(rows)[2]
 
+    def tiles(self, max_tokens: int):
+        """Every document in row order, in runs of whole documents of at most `max_tokens` tokens (a
+        longer document alone) -> (first row, tokens [t, D] float32 torch tensor, offsets [n + 1]).
+        Each run is read from the stored array as it lies (no gather) and decompressed once."""
+        import torch
+
+        for (codes, scales, offsets), base in zip(self.segments, self.starts.tolist()):
+            first, count = 0, len(offsets) - 1
+            while first < count:
+                end = int(np.searchsorted(offsets, offsets[first] + max_tokens, side="right")) - 1
+                end = min(count, max(end, first + 1))
+                lo, hi = int(offsets[first]), int(offsets[end])
+                tile = torch.tensor(np.asarray(codes[lo:hi])).float()  # a copy: the store is read-only
+                if scales is not None:
+                    tile *= torch.from_numpy(np.array(scales[lo:hi], dtype=np.float32))[:, None]
+                yield base + first, tile, np.asarray(offsets[first : end + 1]) - lo
+                first = end
+
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """rows [C] -> (tokens [T, D] float32 of those documents in order, offsets [C + 1])."""
         segment, first, lengths = self._locate(rows)

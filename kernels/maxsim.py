@@ -6,24 +6,28 @@ from __future__ import annotations
 import numpy as np
 
 
-def maxsim(query: np.ndarray, tokens: np.ndarray, offsets: np.ndarray, device: str = "cpu") -> np.ndarray:
-    """query [q, D], documents' tokens [T, D] with offsets [C + 1] -> [C] float32:
-    sum over query tokens of the best inner product with any token of the document (0 if none)."""
+def maxsim(query: np.ndarray, tokens, offsets: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """query [q, D], documents' tokens [T, D] (an array, or a float32 torch tensor) with offsets
+    [C + 1] -> [C] float32: sum over query tokens of the best inner product with any token of the
+    document (0 if none)."""
     import torch
+
+    if not isinstance(tokens, torch.Tensor):
+        tokens = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32))
 
     if device.startswith("cuda"):  # the Triton kernel: no per-token similarity matrix in memory
         from .gpu import maxsim_pairs
 
         q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)).to(device)
         scores = maxsim_pairs(q[None], torch.tensor([len(query)], device=device),
-                              torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32)).to(device),
+                              tokens.to(device),
                               torch.from_numpy(np.asarray(offsets, dtype=np.int64)).to(device),
                               torch.arange(len(offsets) - 1, device=device)[None])
         return scores[0].cpu().numpy()
     count = len(offsets) - 1
     lengths = torch.from_numpy(np.diff(offsets).astype(np.int64)).to(device)
     q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)).to(device)
-    t = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32)).to(device)
+    t = tokens.to(device)
     similarity = t @ q.T  # [T, q]
     owner = torch.repeat_interleave(torch.arange(count, device=device), lengths)  # [T]
     best = torch.full((count, q.shape[0]), -torch.inf, device=device)

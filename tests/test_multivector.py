@@ -98,7 +98,11 @@ def token_collection(path, **field):
 
 
 @pytest.mark.parametrize("token_dtype, tolerance", [("float16", 3e-3), ("int8", 3e-2)])
-def test_exhaustive_and_full_rerank_match_reference_maxsim(tmp_path, token_dtype, tolerance):
+@pytest.mark.parametrize("tile", [4096, 20])  # tokens per exhaustive tile: every document in one, or many
+def test_exhaustive_and_full_rerank_match_reference_maxsim(tmp_path, token_dtype, tolerance, tile, monkeypatch):
+    from retriever.fields import multivector
+
+    monkeypatch.setattr(multivector, "MAXSIM_TILE", tile)
     c = token_collection(tmp_path / "c", token_dtype=token_dtype)
     docs = split(*clouds(120, 16, seed=5, max_tokens=15))
     c.add([{"id": f"d{i}"} for i in range(70)], vectors={"tok": docs[:70]})
@@ -120,6 +124,8 @@ def test_multivector_filters_deletes_and_upserts(tmp_path):
     query = [docs[3]]
     assert c.search(query, k=1, params={"exhaustive": 1})[0].ids == ["d3"]
     assert "d3" not in c.search(query, k=10, filter={"even": True})[0].ids
+    evens = c.search(query, k=30, filter={"even": True}, params={"exhaustive": 1})[0].ids
+    assert sorted(evens, key=lambda i: int(i[1:])) == [f"d{i}" for i in range(0, 40, 2)]
     c.delete(["d3"])
     assert "d3" not in c.search(query, k=10, params={"exhaustive": 1})[0].ids
     c.add([{"id": "d3", "even": False}], vectors={"tok": [docs[3]]})

@@ -34,7 +34,7 @@ from .base import (
 )
 from .spann import SpannVectors, is_spann, spann_params
 
-MAXSIM_BLOCK = 1 << 17  # document tokens decompressed and scored per step when searching exhaustively
+MAXSIM_TILE = 4096  # stored tokens decompressed and scored at once by an exhaustive search: ~6 MB
 FDE_KEYS = ("repetitions", "simhash_bits", "projection_dim", "fill_empty_partitions", "final_dim", "seed")
 TOKEN_DTYPES = ("float16", "int8")
 
@@ -400,26 +400,20 @@ class MultiVectorField:
         return out
 
     def _exhaustive(self, queries: MultiVectors, k: int, allowed: np.ndarray | None):
-        """Brute-force MaxSim over every stored document (the quality reference), in blocks of
-        documents so only one block of tokens is decompressed at a time."""
+        """Brute-force MaxSim over every stored document (the quality reference), a tile of stored
+        tokens at a time: each tile is decompressed once for the batch and stays in cache while
+        every query scores it, so float16 tokens cost what float32 ones in memory do."""
+        exact = np.full((len(queries), len(self.tokens)), -np.inf, dtype=np.float32)  # [B, N]
+        for first, tile, offsets in self.tokens.tiles(MAXSIM_TILE):
+            end = first + len(offsets) - 1
+            if allowed is not None and not allowed[first:end].any():
+                continue
+            for b in range(len(queries)):
+                exact[b, first:end] = maxsim(queries.cloud(b), tile, offsets, self._device)
         rows_all = (
             np.arange(len(self.tokens)) if allowed is None else np.flatnonzero(allowed[: len(self.tokens)])
         )
-        exact = np.zeros((len(queries), len(rows_all)), dtype=np.float32)  # [B, N]
-        lengths = self.tokens.lengths(rows_all)
-        ends = np.searchsorted(
-            np.cumsum(lengths),
-            np.arange(MAXSIM_BLOCK, int(lengths.sum()) + MAXSIM_BLOCK, MAXSIM_BLOCK),
-            side="right",
-        )
-        start = 0
-        for end in np.unique(np.maximum(ends, 1)):
-            if end <= start:
-                continue
-            tokens, offsets = self.tokens.gather(rows_all[start:end])
-            for b in range(len(queries)):
-                exact[b, start:end] = maxsim(queries.cloud(b), tokens, offsets, self._device)
-            start = end
+        exact = exact[:, rows_all]
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         rows = np.full((len(queries), k), -1, dtype=np.int64)
         for b in range(len(queries)):

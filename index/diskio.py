@@ -32,6 +32,22 @@ class PositionalReader:
             self.reads += 1
         return data
 
+    def read_into(self, ranges: list[tuple[int, int]], buffer: memoryview) -> None:
+        """Byte ranges [(offset, length)] read one after another into `buffer` (as long as they
+        are together): no intermediate bytes objects, the counters updated once."""
+        position = 0
+        for offset, length in ranges:
+            try:
+                got = os.preadv(self._fd, [buffer[position : position + length]], offset)
+            except OSError as e:
+                raise ReadFailed(f"reading {length} bytes at {offset} of {self.path.name} failed: {e.strerror}") from None
+            if got != length:
+                raise ReadFailed(f"reading {length} bytes at {offset} of {self.path.name} returned {got}: the file is truncated")
+            position += length
+        with self._lock:
+            self.bytes_read += position
+            self.reads += len(ranges)
+
     def counters(self) -> dict[str, int]:
         return {"bytes_read": self.bytes_read, "reads": self.reads}
 

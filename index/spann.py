@@ -138,32 +138,46 @@ class SpannIndex:
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise InvalidRequest(f"queries must have shape [batch, {self.dim}], got {queries.shape}")
         squared, lists = self.router.search(queries, min(nprobe, self.lists))  # [B, P]
-        read: dict[int, np.ndarray] = {}
+        chosen = [self._within(lists[b], squared[b], prune) for b in range(len(queries))]
+        if self.codes is None:  # every list a query needs, read once for the batch in file order
+            wanted = np.unique(np.concatenate(chosen))
+            records, where = self._read_lists(wanted)
         out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         out_ids = np.full((len(queries), k), -1, dtype=np.int64)
+        delta_ids = np.arange(self.rows, self.rows + len(self.delta))
         for b, query in enumerate(queries):
-            distance = np.sqrt(np.maximum(squared[b], 0))
-            chosen = lists[b][(lists[b] >= 0) & (distance <= (1 + prune) * distance[0])]
             if self.codes is not None:
-                parts = [self._best_by_code(query, chosen, max(k, rescore))]
-            else:
-                for number in chosen:
-                    if number not in read:
-                        read[number] = self._read_list(int(number))
-                parts = [read[n] for n in chosen]
-            ids = np.concatenate([p["id"] for p in parts] + [np.arange(self.rows, self.rows + len(self.delta))])
-            vectors = np.concatenate([p["vector"] for p in parts] + [self.delta]) if parts else self.delta
-            scores = self._scores(vectors, query)
+                mine = self._best_by_code(query, chosen[b], max(k, rescore))
+            else:  # the query's lists, or (a batch of one) the whole buffer as it was read
+                mine = records if len(queries) == 1 else records[_positions(where, np.searchsorted(wanted, chosen[b]))]
+            scores = np.concatenate([self._scores(mine["vector"], query), self._scores(self.delta, query)])
+            ids = np.concatenate([mine["id"], delta_ids])
             keep = self._allowed(ids, allowed)
             top_scores, top_ids = _top_distinct(scores[keep], ids[keep], k, self.params.replicas)
             out_scores[b, : len(top_ids)], out_ids[b, : len(top_ids)] = top_scores, top_ids
         return out_scores, out_ids
 
-    def _read_list(self, number: int) -> np.ndarray:
-        a, b = int(self.offsets[number]), int(self.offsets[number + 1])
-        if a == b:
-            return np.zeros(0, dtype=self.dtype)
-        return np.frombuffer(self.reader.read(a * self.dtype.itemsize, (b - a) * self.dtype.itemsize), dtype=self.dtype)
+    def _within(self, lists: np.ndarray, squared: np.ndarray, prune: float) -> np.ndarray:
+        """The router's lists [P] for one query whose centroid lies within (1 + prune) x the
+        nearest one's distance."""
+        distance = np.sqrt(np.maximum(squared, 0))
+        return lists[(lists >= 0) & (distance <= (1 + prune) * distance[0])]
+
+    def _read_lists(self, numbers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted list numbers -> (their records in one buffer, each list's [start, end) in it
+        [L, 2]). Each run of adjacent lists is one positioned read straight into the buffer."""
+        starts, ends = self.offsets[numbers], self.offsets[numbers + 1]
+        sizes = ends - starts
+        where = np.stack([np.cumsum(sizes) - sizes, np.cumsum(sizes)], axis=1)
+        records = np.empty(int(sizes.sum()), dtype=self.dtype)
+        new_run = np.ones(len(numbers), dtype=bool)
+        new_run[1:] = starts[1:] != ends[:-1]  # a list that starts where the one before ends joins its read
+        first = np.flatnonzero(new_run)
+        last = np.append(first[1:], len(numbers)) - 1
+        size = self.dtype.itemsize
+        ranges = [(a * size, (b - a) * size) for a, b in zip(starts[first].tolist(), ends[last].tolist()) if b > a]
+        self.reader.read_into(ranges, memoryview(records).cast("B"))
+        return records, where
 
     def _best_by_code(self, query: np.ndarray, chosen: np.ndarray, depth: int) -> np.ndarray:
         """The `depth` records of the chosen lists whose codes score best, read from disk. Records
@@ -277,6 +291,12 @@ class SpannIndex:
 
     def close(self) -> None:
         self.reader.close()
+
+
+def _positions(where: np.ndarray, lists: np.ndarray) -> np.ndarray:
+    """Record positions of these lists (rows of `where`, [start, end) each), in order."""
+    lengths = where[lists, 1] - where[lists, 0]
+    return np.repeat(where[lists, 0] - np.cumsum(lengths) + lengths, lengths) + np.arange(int(lengths.sum()))
 
 
 def _top_distinct(scores: np.ndarray, ids: np.ndarray, k: int, replicas: int) -> tuple[np.ndarray, np.ndarray]:

@@ -3,6 +3,7 @@ and resumed builds equal one-shot builds, updates and compaction, corrupt files 
 
 from __future__ import annotations
 
+import errno
 import os
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from helpers import assert_same_top_k
 from retriever.errors import CorruptIndex, InvalidConfig, InvalidRequest, ReadFailed
-from retriever.index import spann_build
+from retriever.index import diskio, spann_build
 from retriever.index.spann import SpannIndex
 from retriever.index.spann_build import SpannParams
 
@@ -72,6 +73,20 @@ def test_default_probing_recall_and_balanced_lists(built, data):
     assert built.memory_bytes() < 0.5 * base.nbytes
 
 
+def test_a_batch_answers_as_its_queries_one_by_one(built, data):
+    """A batch reads each list once and hands every query its own lists out of one buffer."""
+    base, queries = data
+    allowed = np.random.default_rng(2).random(len(base)) < 0.7
+    for mask in (None, allowed):
+        scores, rows = built.search(queries[:12], 10, nprobe=8, allowed=mask)
+        for b, query in enumerate(queries[:12]):
+            one_scores, one_rows = built.search(query[None], 10, nprobe=8, allowed=mask)
+            assert rows[b].tolist() == one_rows[0].tolist()
+            np.testing.assert_allclose(scores[b], one_scores[0], rtol=1e-5)
+        if mask is not None:
+            assert mask[rows[rows >= 0]].all()
+
+
 def test_reads_are_counted(built, data):
     _, queries = data
     built.reset_io_counters()
@@ -79,6 +94,9 @@ def test_reads_are_counted(built, data):
     counters = built.io_counters()
     assert counters["reads"] <= 4 and counters["bytes_read"] > 0
     assert counters["bytes_read"] % built.dtype.itemsize == 0
+    built.reset_io_counters()
+    built.search(queries[:3], 10, nprobe=built.lists, prune=1e9)  # every list: they lie end to end
+    assert built.io_counters() == {"reads": 1, "bytes_read": int(built.list_lengths().sum()) * built.dtype.itemsize}
 
 
 def test_memory_mapped_build_equals_in_memory_build(data, tmp_path, built):
@@ -220,12 +238,13 @@ def test_mismatched_offsets_or_flipped_bytes_are_refused(built, tmp_path):
 def test_a_read_error_fails_the_request_not_the_index(built, data, monkeypatch):
     _, queries = data
 
-    def broken(offset, length):
-        raise ReadFailed("disk went away")
+    def broken(*args):
+        raise OSError(errno.EIO, "Input/output error")
 
     with monkeypatch.context() as patch:
-        patch.setattr(built.reader, "read", broken)
-        with pytest.raises(ReadFailed):
+        patch.setattr(diskio.os, "preadv", broken)  # the device fails under the positioned reads
+        patch.setattr(diskio.os, "pread", broken)
+        with pytest.raises(ReadFailed, match="Input/output error"):
             built.search(queries[:2], 5)
     assert (built.search(queries[:2], 5)[1] >= 0).all()
 

@@ -4,9 +4,10 @@
 
 Each figure reads one results file (a file that is missing is skipped and said so): IVF-PQ
 sweeps (recall@10 against queries/s), SPANN and its peers (recall@10 against latency, and
-memory), gRPC serving (latency percentiles against clients), and scale-out on Ray (latency of a
-sharded search against the unsharded one). A new figure is one function and one line in
-`FIGURES`.
+memory), gRPC serving (latency percentiles against clients), scale-out on Ray (latency of a
+sharded search against the unsharded one), multi-vector and binary trade-offs, BM25 against
+bm25s, commit latency as a collection grows, RAG time to first token, and retrieval quality per
+pipeline. A new figure is one function and one line in `FIGURES`.
 """
 
 from __future__ import annotations
@@ -158,6 +159,77 @@ def binary_codes(results: dict[str, Any], plt) -> Any:
     return figure
 
 
+def lexical_speed(results: dict[str, Any], plt) -> Any:
+    """BM25 queries/s against bm25s (numpy and numba backends): SciFact with all queries in one
+    call and one query per call, and the 1M-document synthetic set."""
+    speed = results["scifact_bm25"]["qps_k10_text_in"]
+    synthetic = results.get("synthetic")
+    groups = {"SciFact, one call": speed["batch_all_queries"],
+              "SciFact, a query a call": speed["one_query_per_call"]}
+    if synthetic:
+        groups["1M synthetic"] = {"ours_qps": synthetic["ours"]["query"]["qps"],
+                                  "bm25s_numpy_qps": synthetic["bm25s"]["query"]["qps"],
+                                  "bm25s_numba_qps": synthetic["bm25s"]["query-numba"]["qps"]}
+    systems = [("ours_qps", "ours"), ("bm25s_numba_qps", "bm25s numba"), ("bm25s_numpy_qps", "bm25s numpy")]
+    figure, ax = plt.subplots(figsize=(9, 4.2))
+    width = 0.8 / len(systems)
+    for i, (key, label) in enumerate(systems):
+        heights = [v[key] for v in groups.values()]
+        ax.bar([g + i * width for g in range(len(groups))], heights, width, label=label)
+    ax.set_xticks([g + width for g in range(len(groups))], list(groups))
+    ax.set(yscale="log", ylabel="queries/s (k = 10, text in, 1 thread)", title="BM25 against bm25s")
+    ax.legend()
+    return figure
+
+
+def storage_commits(results: dict[str, Any], plt) -> Any:
+    """Commit latency of 1,000-document upserts as the collection grows, merges in the commit or
+    in the background."""
+    figure, ax = plt.subplots(figsize=(8, 4.2))
+    for key, label in (("commit_latency", "merges in the commit"),
+                       ("commit_latency_background_merges", "background merges")):
+        runs = {int(n): v for n, v in results.get(key, {}).items() if n.isdigit()}
+        if not runs:
+            continue
+        sizes = sorted(runs)
+        for stat, style in (("p50_s", "-"), ("p99_s", "--")):
+            milliseconds = [runs[n][stat] * 1000 for n in sizes]
+            ax.plot(sizes, milliseconds, style, marker="o", label=f"{label}, {stat[:3]}")
+    ax.set(xscale="log", yscale="log", xlabel="documents in the collection",
+           ylabel="commit latency (ms)", title=f"Upserts of {results['batch']:,} documents: commit latency")
+    ax.legend(fontsize=8)
+    return figure
+
+
+def rag_first_token(results: dict[str, Any], plt) -> Any:
+    """RAG time to the first token per way of handling the retrieved chunks' KV caches."""
+    stream = results["distinct_stream"]
+    ways = [w for w in ("full", "prefix", "blend", "reuse") if w in stream]
+    figure, ax = plt.subplots(figsize=(8, 4.2))
+    ax.bar(ways, [stream[w]["p50_ms"] for w in ways], label="p50")
+    ax.scatter(ways, [stream[w]["p99_ms"] for w in ways], color="black", marker="_", s=400, label="p99")
+    ax.set(ylabel="time to first token (ms)",
+           title=f"RAG, {results['model']}: prefill against reused chunk caches")
+    ax.legend()
+    return figure
+
+
+def quality_pipelines(results: dict[str, Any], plt) -> Any:
+    """nDCG@10 of each field alone and each pipeline, per judged set."""
+    sets = {name: s for name, s in results["sets"].items() if "fields" in s}
+    figure, axes = plt.subplots(1, len(sets), figsize=(7.5 * len(sets), 5), squeeze=False)
+    for ax, (name, judged) in zip(axes[0], sets.items()):
+        rows = [(f, v["nDCG@10"]) for f, v in judged["fields"].items()]
+        rows += [(p, v["nDCG@10"]) for p, v in judged.get("pipelines", {}).items()]
+        fields = len(judged["fields"])
+        colors = ["tab:grey"] * fields + ["tab:blue"] * (len(rows) - fields)
+        ax.barh([r[0] for r in rows], [r[1] for r in rows], color=colors)
+        ax.invert_yaxis()
+        ax.set(xlabel="nDCG@10", title=f"{name}: fields (grey) and pipelines (blue)")
+        ax.tick_params(axis="y", labelsize=7)
+    return figure
+
+
 # figure name -> (results file, maker)
 FIGURES: dict[str, tuple[str, Callable[[dict[str, Any], Any], Any]]] = {
     "dense-ivfpq-sweeps": ("dense.json", ivfpq_sweeps),
@@ -166,6 +238,10 @@ FIGURES: dict[str, tuple[str, Callable[[dict[str, Any], Any], Any]]] = {
     "ray-latency": ("ray.json", ray_latency),
     "multivector-curve": ("multivector.json", multivector_curve),
     "binary-codes": ("binary.json", binary_codes),
+    "lexical-speed": ("lexical-bm25.json", lexical_speed),
+    "storage-commits": ("storage.json", storage_commits),
+    "rag-first-token": ("rag.json", rag_first_token),
+    "quality-pipelines": ("quality.json", quality_pipelines),
 }
 
 

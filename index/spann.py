@@ -28,6 +28,7 @@ import faiss
 import numpy as np
 
 from retriever.errors import CorruptIndex, InvalidRequest
+from retriever.kernels.postings import records_top_k
 
 from . import disk, storage
 from .diskio import PositionalReader
@@ -150,10 +151,13 @@ class SpannIndex:
                 mine = self._best_by_code(query, chosen[b], max(k, rescore))
             else:  # the query's lists, or (a batch of one) the whole buffer as it was read
                 mine = records if len(queries) == 1 else records[_positions(where, np.searchsorted(wanted, chosen[b]))]
-            scores = np.concatenate([self._scores(mine["vector"], query), self._scores(self.delta, query)])
-            ids = np.concatenate([mine["id"], delta_ids])
-            keep = self._allowed(ids, allowed)
-            top_scores, top_ids = _top_distinct(scores[keep], ids[keep], k, self.params.replicas)
+            depth = k * self.params.replicas  # the k best distinct ids lie within this many records
+            scores, ids = records_top_k(mine, query, depth, self.metric, allowed, self.removed)
+            if len(self.delta):
+                keep = self._allowed(delta_ids, allowed)
+                scores = np.concatenate([scores, self._scores(self.delta, query)[keep]])
+                ids = np.concatenate([ids, delta_ids[keep]])
+            top_scores, top_ids = _top_distinct(scores, ids, k, self.params.replicas)
             out_scores[b, : len(top_ids)], out_ids[b, : len(top_ids)] = top_scores, top_ids
         return out_scores, out_ids
 

@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from retriever.index.vectors import VectorStore
 from retriever.kernels import cpu, reference
@@ -81,3 +83,27 @@ def test_kth_lower_bound_is_at_most_the_kth_best(n):
     else:
         kth = np.sort(scores, axis=1)[:, -10]
         assert np.all(bound <= kth) and np.all(bound > -np.inf)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), count=st.integers(1, 30), metric=st.sampled_from(["ip", "l2"]),
+       filtered=st.booleans(), removing=st.booleans())
+def test_records_top_k_matches_numpy_over_the_same_records(seed, count, metric, filtered, removing):
+    from retriever.kernels.postings import records_top_k
+
+    rng = np.random.default_rng(seed)
+    records = np.zeros(80, dtype=[("id", "<i8"), ("vector", "<f4", (6,))])
+    records["id"] = rng.integers(0, 60, 80)  # replicas: an id may be held by several records
+    records["vector"] = rng.integers(-3, 4, (80, 6))  # small integers: exact sums, and ties happen
+    query = rng.integers(-3, 4, 6).astype(np.float32)
+    allowed = rng.random(50) < 0.7 if filtered else None  # ids from 50 on lie past the mask: left out
+    removed = np.sort(rng.choice(60, 10, replace=False)) if removing else np.zeros(0, np.int64)
+    scores, ids = records_top_k(records, query, count, metric, allowed, removed)
+    v = records["vector"].astype(np.float64)
+    expected = v @ query if metric == "ip" else -((v - query) ** 2).sum(1)
+    keep = ~np.isin(records["id"], removed)
+    if allowed is not None:
+        keep &= (records["id"] < 50) & allowed[np.minimum(records["id"], 49)]
+    order = np.lexsort((records["id"][keep], -expected[keep]))[:count]  # best first, ties by id
+    assert scores.tolist() == expected[keep][order].tolist()
+    assert ids.tolist() == records["id"][keep][order].tolist()

@@ -1,0 +1,63 @@
+"""Scoring posting records where they were read (numba): one pass over a buffer of (id, vector)
+records computes each record's distance to the query and keeps the best in a heap, so a SPANN
+query costs one kernel call over its lists, with no column copies, norm passes or partitions.
+The oracle is numpy over the same records (`reference.exact_search`)."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+
+def records_top_k(records: np.ndarray, query: np.ndarray, count: int, metric: str,
+                  allowed: np.ndarray | None, removed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """records: structured [R] of ("id" int64, "vector" float32 [D]); query [D] -> (scores [<= count]
+    float32 higher-is-better, ids [<= count] int64), best first, ties by id. Ids outside `allowed`
+    (a mask by id; ids past its end are left out) or in `removed` (sorted) are skipped. An id
+    held by several records (replicas) may come back more than once."""
+    dim = records.dtype["vector"].shape[0]
+    words = records.view(np.float32).reshape(len(records), dim + 2)  # the id spans two float32 slots
+    ids = records["id"]
+    mask = allowed if allowed is not None else np.ones(1, dtype=bool)
+    scores, found, size = _scan()(words, ids, np.ascontiguousarray(query, dtype=np.float32), count,
+                                  metric == "ip", mask, allowed is not None, removed)
+    return scores[:size], found[:size]
+
+
+@functools.cache
+def _scan():
+    """Compile on first use, so importing this module does no work (numba caches to disk)."""
+    import numba
+
+    from .heap import heap_helpers
+
+    worse, offer, sort_best_first = heap_helpers()
+
+    @numba.njit(cache=True, nogil=True)
+    def scan(words, ids, query, count, inner, allowed, use_allowed, removed):
+        dim = query.shape[0]
+        heap_scores = np.full(count, -np.inf, dtype=np.float32)
+        heap_ids = np.full(count, -1, dtype=np.int64)
+        size = 0
+        for r in range(words.shape[0]):
+            i = ids[r]
+            if use_allowed and (i >= allowed.shape[0] or not allowed[i]):
+                continue
+            if len(removed) and removed[min(np.searchsorted(removed, i), len(removed) - 1)] == i:
+                continue
+            score = np.float32(0)
+            if inner:
+                for d in range(dim):
+                    score += words[r, 2 + d] * query[d]
+            else:
+                for d in range(dim):
+                    diff = words[r, 2 + d] - query[d]
+                    score -= diff * diff
+            if size == count and not worse(heap_scores[0], heap_ids[0], score, i):
+                continue
+            size = offer(heap_scores, heap_ids, size, score, i)
+        sort_best_first(heap_scores, heap_ids, size)
+        return heap_scores, heap_ids, size
+
+    return scan

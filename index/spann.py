@@ -150,7 +150,8 @@ class SpannIndex:
             if self.codes is not None:
                 mine = self._best_by_code(query, chosen[b], max(k, rescore))
             else:  # the query's lists, or (a batch of one) the whole buffer as it was read
-                mine = records if len(queries) == 1 else records[_positions(where, np.searchsorted(wanted, chosen[b]))]
+                own = np.searchsorted(wanted, chosen[b])
+                mine = records if len(queries) == 1 else records[_positions(where, own)]
             depth = k * self.params.replicas  # the k best distinct ids lie within this many records
             scores, ids = records_top_k(mine, query, depth, self.metric, allowed, self.removed)
             if len(self.delta):

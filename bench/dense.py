@@ -168,6 +168,38 @@ def overhead_vs_faiss(name: str, c: retriever.Collection, queries: np.ndarray, p
     return out
 
 
+# ---- 3b. the exact Flat scan against the machine's memory bandwidth ------------------------
+
+
+def read_bandwidth(array: np.ndarray, threads: int) -> float:
+    """A STREAM-like probe: bytes/s of summing `array` in `threads` threads (numpy releases the
+    GIL in reductions), the best of 5."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = np.array_split(array.reshape(-1), threads)
+    with ThreadPoolExecutor(threads) as pool:
+        best = min(timed(lambda: list(pool.map(np.sum, parts)), 1) for _ in range(5))
+    return array.nbytes / best
+
+
+def flat_scan_bandwidth(work: Path, rows: int = 1_000_000, dim: int = 64, queries: int = 20) -> dict:
+    """One query at a time over a Flat field far larger than the caches: the bytes of vectors the
+    scan reads per second, against the probe's read bandwidth on the same memory."""
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((rows, dim), dtype=np.float32)
+    c = retriever.Collection.create(work / "bandwidth", vector_config(dim, "Flat"))
+    c.add([{"id": str(i)} for i in range(rows)], vectors={"dense": base})
+    q = rng.standard_normal((queries, dim), dtype=np.float32)
+    stored = np.asarray(c.fields["dense"].parts[0].vectors.segments[0])  # the memory map the scan reads
+    c.search(q[:1], k=K)  # pages in
+    probe = read_bandwidth(stored, faiss.omp_get_max_threads())
+    scan_s = timed(lambda: [c.search(q[i : i + 1], k=K) for i in range(queries)]) / queries
+    scan = stored.nbytes / scan_s
+    return {"vectors": rows, "dim": dim, "bytes": int(stored.nbytes), "probe_read_GBps": round(probe / 1e9, 2),
+            "scan_GBps": round(scan / 1e9, 2), "share_of_bandwidth": round(scan / probe, 3),
+            "target_share": 0.7, "scan_ms_per_query": round(scan_s * 1000, 2)}
+
+
 # ---- 4. build throughput against plain SentenceTransformer.encode ---------------------------
 
 
@@ -212,7 +244,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scifact", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact")
     parser.add_argument("--build-docs", type=int, default=1000)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["scifact", "glove", "build"])
+    parser.add_argument("--skip", nargs="*", default=[], choices=["scifact", "glove", "bandwidth", "build"])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     faiss.omp_set_num_threads(faiss.omp_get_max_threads())
@@ -237,6 +269,9 @@ def main() -> None:
             c = retriever.Collection.create(work / "glove-chosen", vector_config(50, chosen["index"]))
             c.add([{"id": str(i)} for i in range(len(base))], vectors={"dense": base})
             result["glove_ours_vs_faiss"] = overhead_vs_faiss("glove", c, queries, {"nprobe": chosen["nprobe"]})
+        if "bandwidth" not in args.skip:
+            result["flat_scan_bandwidth"] = flat_scan_bandwidth(work)
+            log(f"flat scan: {result['flat_scan_bandwidth']}")
         if "build" not in args.skip:
             result["build_throughput"] = build_throughput(args.scifact, work, args.build_docs)
     emit(result, args.out)

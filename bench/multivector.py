@@ -116,7 +116,7 @@ class _Hits:  # the two fields `ndcg` reads
         self.ids, self.scores = ids, scores
 
 
-def scifact(scifact_dir: Path, work: Path, cache: Path | None) -> dict:
+def scifact(scifact_dir: Path, work: Path, cache: Path | None, settings: list[str]) -> dict:
     docs, clouds, qids, query_clouds, qrels = encode_scifact(scifact_dir, cache)
     dim = clouds[0].shape[1]
     ids = [{"id": d["_id"]} for d in docs]
@@ -128,19 +128,24 @@ def scifact(scifact_dir: Path, work: Path, cache: Path | None) -> dict:
         "nDCG@10": ndcg([_Hits([docs[r]["_id"] for r in rows], s) for rows, s in zip(exact_rows, exact_scores)], qids, qrels),
         "latency": latency(exact_lat), "reference_nDCG@10": "0.707 (0.712 without [CLS]/[SEP]), RESOURCES.md"}
     truth = [set(r.tolist()) for r in exact_rows]
+    first = next(iter(SETTINGS.values()))
+    c = token_collection(work / "exhaustive", dim, first)
+    c.add(ids, vectors={"tok": clouds})
+    some = query_clouds[:20]  # our exhaustive path: float16 tokens, a cached tile at a time
+    hits, lat = run_queries(c, some, 10, {"exhaustive": 1})
+    brute_lat = brute_force(clouds, some)[2]  # the same queries, measured right after
+    agree = np.mean([len(set(h.rows.tolist()) & t) / 10 for h, t in zip(hits, truth)])
+    out["collection_exhaustive_float16_first20"] = {
+        "latency": latency(lat), "brute_force_float32_same_queries": latency(brute_lat),
+        "cost_vs_brute_force": round(float(np.median(lat) / np.median(brute_lat)), 3), "target_cost": 1.2,
+        "top10_agreement_with_float32": round(float(agree), 4)}
+    log("scifact: exhaustive", out["collection_exhaustive_float16_first20"])
     for name, fde in SETTINGS.items():
+        if name not in settings:
+            continue
         log(f"scifact: FDE {name}")
         c = token_collection(work / name, dim, fde)
         c.add(ids, vectors={"tok": clouds})
-        if "collection_exhaustive_float16_first20" not in out:  # float16 tokens, a cached tile at a time
-            some = query_clouds[:20]
-            hits, lat = run_queries(c, some, 10, {"exhaustive": 1})
-            brute_lat = brute_force(clouds, some)[2]  # the same queries, measured right after
-            agree = np.mean([len(set(h.rows.tolist()) & t) / 10 for h, t in zip(hits, truth)])
-            out["collection_exhaustive_float16_first20"] = {
-                "latency": latency(lat), "brute_force_float32_same_queries": latency(brute_lat),
-                "cost_vs_brute_force": round(float(np.median(lat) / np.median(brute_lat)), 3), "target_cost": 1.2,
-                "top10_agreement_with_float32": round(float(agree), 4)}
         field = c.fields["tok"]
         encoded = field.fde.encode_queries(np.concatenate(query_clouds), np.concatenate([[0], np.cumsum([len(q) for q in query_clouds])]))
         [part] = field.parts  # one add: one segment
@@ -151,6 +156,8 @@ def scifact(scifact_dir: Path, work: Path, cache: Path | None) -> dict:
             hits, lat = run_queries(c, query_clouds, 10, {"rerank": rerank})
             setting[f"rerank{rerank}"] = {"nDCG@10": ndcg(hits, qids, qrels), "latency": latency(lat)}
         out["settings"][name] = setting
+    if not out["settings"]:
+        return out, clouds, query_clouds
     best = max(out["settings"], key=lambda n: out["settings"][n]["candidate_recall_of_exact_top10"]["recall@100"])
     exact = out["brute_force_maxsim"]
     same_quality = [(n, r) for n, s in out["settings"].items() for r in DEPTHS if abs(s[f"rerank{r}"]["nDCG@10"] - exact["nDCG@10"]) <= 0.005]
@@ -205,6 +212,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scifact", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact")
     parser.add_argument("--synthetic", default="10000,30000,100000", help="collection sizes for the latency curve ('' to skip)")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="FDE settings to sweep ('' for none)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--cache", type=Path, help="keep SciFact token vectors here between runs (encoding takes minutes)")
     args = parser.parse_args()
@@ -215,7 +223,8 @@ def main() -> None:
                                                           "(compiled against it); this project pins torch 2.13.0 and the "
                                                           "only other torch here is a multi-GB CUDA download"}}
     with tempfile.TemporaryDirectory() as tmp:
-        result["scifact"], clouds, query_clouds = scifact(args.scifact, Path(tmp), args.cache)
+        settings = [n for n in args.settings.split(",") if n]
+        result["scifact"], clouds, query_clouds = scifact(args.scifact, Path(tmp), args.cache, settings)
         sizes = [int(s) for s in args.synthetic.split(",") if s]
         if sizes:
             result["synthetic_latency_curve"] = synthetic_curve(clouds, query_clouds, sizes, Path(tmp))

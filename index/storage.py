@@ -96,13 +96,14 @@ def write_new_file(directory: Path, name: str, data: bytes) -> dict[str, Any]:
     return {"size": len(data), "sha256": sha256_bytes(data), "ends": [END_BLOCK, ends]}
 
 
-def load_written(directory: Path, name: str) -> np.ndarray:
+def load_written(directory: Path, name: str, private: bool = False) -> np.ndarray:
     """An array this process just wrote: memory-mapped from a collection directory, read whole from
-    a write buffer's scratch directory (in memory already; a map holds a descriptor per file)."""
+    a write buffer's scratch directory (in memory already; a map holds a descriptor per file).
+    `private`: a copy-on-write map, as `open_npy_verified`."""
     path = Path(directory) / name
     if Path(directory).name.startswith(SCRATCH_PREFIX):
         return np.load(path, allow_pickle=False)
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+    return np.load(path, mmap_mode="c" if private else "r", allow_pickle=False)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -210,8 +211,10 @@ def open_arrow_verified(directory: Path, name: str, entry: dict[str, Any]):
         raise CorruptIndex(f"{str(path)!r} is not a readable Arrow file: {e}") from None
 
 
-def open_npy_verified(directory: Path, name: str, entry: dict[str, Any]) -> np.ndarray:
-    """A read-only memory map of an .npy file, after its checksum matched (streamed, not loaded)."""
+def open_npy_verified(directory: Path, name: str, entry: dict[str, Any], private: bool = False) -> np.ndarray:
+    """A read-only memory map of an .npy file, after its checksum matched (streamed, not loaded).
+    `private`: a copy-on-write map instead, which torch reads in place (it takes only writable
+    arrays); nothing written to it would reach the file, and nothing here writes."""
     path = Path(directory) / name
     try:
         size = path.stat().st_size
@@ -219,7 +222,7 @@ def open_npy_verified(directory: Path, name: str, entry: dict[str, Any]) -> np.n
         raise CorruptIndex(f"{str(path)!r} is listed in the manifest but missing") from None
     _check_ends(path, size, entry)
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(path, mmap_mode="c" if private else "r", allow_pickle=False)
     except ValueError as e:
         raise CorruptIndex(f"{str(path)!r} is not a readable .npy array: {e}") from None
 

@@ -70,7 +70,7 @@ class TokenStore:
                 end = int(np.searchsorted(offsets, offsets[first] + max_tokens, side="right")) - 1
                 end = min(count, max(end, first + 1))
                 lo, hi = int(offsets[first]), int(offsets[end])
-                tile = torch.tensor(np.asarray(codes[lo:hi])).float()  # a copy: the store is read-only
+                tile = torch.from_numpy(np.asarray(codes[lo:hi])).float()  # the store maps copy-on-write
                 if scales is not None:
                     tile *= torch.from_numpy(np.array(scales[lo:hi], dtype=np.float32))[:, None]
                 yield base + first, tile, np.asarray(offsets[first : end + 1]) - lo

@@ -29,7 +29,7 @@ def maxsim(query: np.ndarray, tokens, offsets: np.ndarray, device: str = "cpu") 
     q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)).to(device)
     t = tokens.to(device)
     similarity = t @ q.T  # [T, q]
-    owner = torch.repeat_interleave(torch.arange(count, device=device), lengths)  # [T]
+    owner = torch.from_numpy(np.repeat(np.arange(count), np.diff(offsets))).to(device)  # [T]
     best = torch.full((count, q.shape[0]), -torch.inf, device=device)
     best.scatter_reduce_(0, owner[:, None].expand_as(similarity), similarity, reduce="amax")  # [C, q]
     best = torch.where(lengths[:, None] > 0, best, torch.zeros((), device=device))

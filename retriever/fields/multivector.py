@@ -212,7 +212,9 @@ class MultiVectorField:
         segments: list,
         reuse,
     ) -> "MultiVectorField":
-        load = lambda name: storage.open_npy_verified(path, name, files[name]) if name else None  # noqa: E731
+        def load(name):  # copy-on-write maps: the exhaustive scan hands tiles to torch in place
+            return storage.open_npy_verified(path, name, files[name], private=True) if name else None
+
         legacy = "tokens" in entry  # format 1: one index over every row
         parts, token_arrays = [], []
         for name, piece in [("", entry)] if legacy else [(s.name, s.entry) for s in segments]:
@@ -468,7 +470,9 @@ def write_part(
             file = f"{prefix}.tokens.{part}.npy"
             files[file] = storage.write_new_file(path, file, storage.npy_bytes(array))
             tokens[part] = file
-    load = lambda key: storage.load_written(path, tokens[key]) if tokens[key] else None  # noqa: E731
+    def load(key):
+        return storage.load_written(path, tokens[key], private=True) if tokens[key] else None
+
     stored = (load("codes"), load("scales"), load("offsets"))
     encodings = field.fde.encode_documents(
         decompress(stored[0], stored[1]), np.asarray(stored[2])

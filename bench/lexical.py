@@ -16,6 +16,7 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MK
 
 import argparse
 import json
+import statistics
 import resource
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit, log, timed  # noqa: E402
+from common import REPEATS, emit, log, timed  # noqa: E402
 
 K = 10
 
@@ -82,12 +83,21 @@ def scifact_bm25(scifact: Path, work: Path) -> dict:
     peer_quality = ir_measures.calc_aggregate([ir_measures.nDCG @ 10, ir_measures.R @ 100], qrels, peer_run)
 
     speed = {}
+    for peer in peers.values():
+        peer.retrieve(tokenize(query_texts[:2]), k=K, show_progress=False, n_threads=1)  # warm-up (numba compiles)
     for shape, batches in (("batch_all_queries", [query_texts]), ("one_query_per_call", [[q] for q in query_texts])):
-        ours_s = timed(lambda: [collection.search(b, k=K) for b in batches])
-        speed[shape] = {"ours_qps": round(len(qids) / ours_s, 1)}
+        runs = {"ours": lambda: [collection.search(b, k=K).ids for b in batches]}
         for name, peer in peers.items():
-            peer.retrieve(tokenize(query_texts[:2]), k=K, show_progress=False, n_threads=1)  # warm-up (numba compiles)
-            peer_s = timed(lambda: [peer.retrieve(tokenize(b), k=K, show_progress=False, n_threads=1) for b in batches])
+            runs[name] = lambda peer=peer: [peer.retrieve(tokenize(b), k=K, show_progress=False, n_threads=1)
+                                            for b in batches]
+        seconds = {name: [] for name in runs}
+        for _ in range(REPEATS):  # interleaved, so machine noise hits every system alike
+            for name, run in runs.items():
+                seconds[name].append(timed(run, 1))
+        ours_s = statistics.median(seconds["ours"])
+        speed[shape] = {"ours_qps": round(len(qids) / ours_s, 1)}
+        for name in peers:
+            peer_s = statistics.median(seconds[name])
             speed[shape][f"{name}_qps"] = round(len(qids) / peer_s, 1)
             speed[shape][f"ratio_ours_over_{name}"] = round(peer_s / ours_s, 3)
     return {

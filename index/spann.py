@@ -19,6 +19,7 @@ or a mismatched offsets table is a clear error, not a wrong answer.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from dataclasses import asdict
@@ -28,6 +29,7 @@ import faiss
 import numpy as np
 
 from retriever.errors import CorruptIndex, InvalidRequest
+from retriever.kernels import heap
 from retriever.kernels.postings import records_top_k
 
 from . import disk, storage
@@ -41,6 +43,7 @@ MANIFEST = "spann.json"
 DEFAULT_NPROBE = 32
 DEFAULT_PRUNE = 1.0  # read lists within 2x the nearest centroid's distance (capped by nprobe)
 DEFAULT_RESCORE = 100  # PQ mode: records read from disk and scored exactly, per query
+EXACT_ROUTING = 16_384  # lists routed to by one exact product over the centroids (more: the HNSW router)
 COALESCE_BYTES = 4096  # PQ mode: wanted records closer than this are fetched by one read
 
 
@@ -138,7 +141,7 @@ class SpannIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise InvalidRequest(f"queries must have shape [batch, {self.dim}], got {queries.shape}")
-        squared, lists = self.router.search(queries, min(nprobe, self.lists))  # [B, P]
+        squared, lists = self._route(queries, min(nprobe, self.lists))  # [B, P]
         chosen = [self._within(lists[b], squared[b], prune) for b in range(len(queries))]
         if self.codes is None:  # every list a query needs, read once for the batch in file order
             wanted = np.unique(np.concatenate(chosen))
@@ -161,6 +164,21 @@ class SpannIndex:
             top_scores, top_ids = _top_distinct(scores, ids, k, self.params.replicas)
             out_scores[b, : len(top_ids)], out_ids[b, : len(top_ids)] = top_scores, top_ids
         return out_scores, out_ids
+
+    def _route(self, queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each query's `count` nearest centroids, nearest first -> (squared distances, lists) [B,
+        count]. Up to EXACT_ROUTING lists one product over the centroids finds them exactly, faster
+        than the graph router for one query; past that, the router."""
+        if self.lists > EXACT_ROUTING:
+            return self.router.search(queries, count)
+        # [B, L] |q|^2 - squared distance: the nearest centroids score highest
+        closeness = 2 * (queries @ self.centroids.T) - self._centroid_norms[None, :]
+        nearest, lists = heap.top_k(closeness, count)
+        return np.vecdot(queries, queries)[:, None] - nearest, lists
+
+    @functools.cached_property
+    def _centroid_norms(self) -> np.ndarray:
+        return np.vecdot(self.centroids, self.centroids)
 
     def _within(self, lists: np.ndarray, squared: np.ndarray, prune: float) -> np.ndarray:
         """The router's lists [P] for one query whose centroid lies within (1 + prune) x the

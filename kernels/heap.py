@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 
 @functools.cache
 def heap_helpers():
@@ -58,3 +60,33 @@ def heap_helpers():
             heap_scores[j + 1], heap_rows[j + 1] = s, r
 
     return worse, offer, sort_best_first
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k highest scores, best first, ties to the lower column: scores [B, n] float32 ->
+    (scores [B, k], columns [B, k] int64), -inf / -1 padded. One pass with a k-sized heap, where
+    a partition of a short row costs several (argpartition: ~75 us for 7,000 scores, k = 96)."""
+    return _top_k()(np.ascontiguousarray(scores, dtype=np.float32), k)
+
+
+@functools.cache
+def _top_k():
+    import numba
+
+    worse, offer, sort_best_first = heap_helpers()
+
+    @numba.njit(cache=True, nogil=True)
+    def select(scores, k):
+        out_scores = np.full((scores.shape[0], k), -np.inf, dtype=np.float32)
+        out_columns = np.full((scores.shape[0], k), -1, dtype=np.int64)
+        for b in range(scores.shape[0]):
+            heap_scores, heap_columns, size = out_scores[b], out_columns[b], 0
+            for c in range(scores.shape[1]):
+                s = scores[b, c]
+                if size == k and not worse(heap_scores[0], heap_columns[0], s, c):
+                    continue
+                size = offer(heap_scores, heap_columns, size, s, c)
+            sort_best_first(heap_scores, heap_columns, size)
+        return out_scores, out_columns
+
+    return select

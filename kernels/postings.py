@@ -34,7 +34,8 @@ def _scan():
 
     worse, offer, sort_best_first = heap_helpers()
 
-    @numba.njit(cache=True, nogil=True)
+    # reassociated sums run on SIMD lanes; no other fast-math flag (the heap starts at -inf)
+    @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
     def scan(words, ids, query, count, inner, allowed, use_allowed, removed):
         dim = query.shape[0]
         heap_scores = np.full(count, -np.inf, dtype=np.float32)

@@ -107,3 +107,15 @@ def test_records_top_k_matches_numpy_over_the_same_records(seed, count, metric, 
     order = np.lexsort((records["id"][keep], -expected[keep]))[:count]  # best first, ties by id
     assert scores.tolist() == expected[keep][order].tolist()
     assert ids.tolist() == records["id"][keep][order].tolist()
+
+
+@pytest.mark.parametrize("n, k", [(50, 7), (7, 10), (1000, 96)])
+def test_heap_top_k_keeps_the_best_ties_to_the_lower_column(n, k):
+    from retriever.kernels.heap import top_k
+
+    scores = np.random.default_rng(n).integers(0, 20, (3, n)).astype(np.float32)  # many ties
+    got_scores, got_columns = top_k(scores, k)
+    order = np.lexsort((np.broadcast_to(np.arange(n), scores.shape), -scores), axis=1)[:, :k]
+    width = min(k, n)
+    assert got_columns[:, :width].tolist() == order.tolist() and (got_columns[:, width:] == -1).all()
+    assert got_scores[:, :width].tolist() == np.take_along_axis(scores, order, 1).tolist()

@@ -159,14 +159,14 @@ class Results(Sequence[Hits]):
     @property
     def documents(self) -> list[dict[str, Any]]:
         """[N] every hit's stored document, query after query."""
-        if self._documents is None:
-            return [{"id": i} for i in self.ids]
-        return self._documents.take(self.rows)
+        return self._every_hit().documents
 
     def to_arrow(self) -> pa.Table:
         """Every hit of the batch as one table: query (its position in the batch), id, score,
         score_<field> and the stored document's columns."""
         query = np.repeat(np.arange(len(self), dtype=np.int32), self.counts())
-        return Hits(self.ids, self.scores, self.field_scores, self.rows, self._documents).to_arrow().add_column(
-            0, "query", pa.array(query)
-        )
+        return self._every_hit().to_arrow().add_column(0, "query", pa.array(query))
+
+    def _every_hit(self) -> Hits:
+        """The whole batch's hits as one list, query after query."""
+        return Hits(self.ids, self.scores, self.field_scores, self.rows, self._documents)

@@ -980,19 +980,23 @@ class Collection:
         `reasons` is one reason for all queries, or one (or None) per query."""
         if not isinstance(reasons, list):
             reasons = [reasons] * len(rows)
-        empty = (rows < 0).all(axis=1)  # a row of k = 0 is empty too
+        results = Results.from_padded(scores, rows, field_scores, self.documents, reasons)
+        empty = results.counts() == 0
         if empty.any():
             nothing = "the collection has no documents to return"
-            reasons = [r or (nothing if e else None) for r, e in zip(reasons, empty.tolist())]
-        return Results.from_padded(scores, rows, field_scores, self.documents, reasons)
+            results.reasons = [r or (nothing if e else None) for r, e in zip(reasons, empty.tolist())]
+        return results
 
     def no_terms_reasons(self, batch: dict[str, Any], names: list[str], size: int) -> list[str | None]:
         """Per query: why nothing can match when no searched field can match it (no known terms)."""
         flags = [self.fields[n].unmatchable(batch[n]) for n in names]
         if any(f is None for f in flags):
             return [None] * size
+        unmatched = flags[0] if len(flags) == 1 else np.logical_and.reduce(flags)
+        if not unmatched.any():
+            return [None] * size
         what = ", ".join(repr(n) for n in names)
-        return [f"{NO_TERMS} (field {what})" if e else None for e in np.logical_and.reduce(flags).tolist()]
+        return [f"{NO_TERMS} (field {what})" if e else None for e in unmatched.tolist()]
 
     def _check_k(self, k: int, name: str = "k") -> int:
         """`k` (or a page size, `name`) checked against the collection's max_k."""
@@ -1147,6 +1151,8 @@ def _param_ranges(params: Mapping[str, Param]) -> dict[str, dict[str, Any]]:
 
 def _depth(k: int, params: Mapping[str, int]) -> int:
     """The most results or candidates a request asks of each query: k, or a larger depth parameter."""
+    if not params:
+        return k
     known = _known_params()
     return max([k, *(int(v) for key, v in params.items() if known[key].depth)])
 

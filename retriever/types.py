@@ -119,7 +119,7 @@ class Results(Sequence[Hits]):
         found = rows >= 0
         offsets = np.zeros(len(rows) + 1, np.int64)
         np.cumsum(found.sum(axis=1), out=offsets[1:])
-        if found.all():  # the usual case: no padding, the flat columns are plain reshapes
+        if offsets[-1] == rows.size:  # the usual case: no padding, the flat columns are plain reshapes
             flat = {n: v.reshape(-1) for n, v in field_scores.items()}
             return cls(offsets, scores.reshape(-1), flat, rows.reshape(-1), documents, reasons)
         flat = {n: v[found] for n, v in field_scores.items()}

@@ -144,6 +144,10 @@ class Results(Sequence[Hits]):
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
+    def __repr__(self) -> str:
+        shards = f", missing shards {list(self.missing_shards)}" if self.missing_shards else ""
+        return f"Results({len(self)} queries, {len(self.scores)} hits{shards})"
+
     def __getitem__(self, b):
         if isinstance(b, slice):
             return [self[i] for i in range(*b.indices(len(self)))]

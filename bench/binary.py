@@ -187,7 +187,8 @@ def scan_speed(count: int, queries: int) -> dict:
     exact = code_top_k(*tables, codes2, K, None)[1]
     hamming = {"faiss_IndexBinaryFlat_qps": round(queries / raw_s, 1), "ours_qps": round(queries / ours_s, 1),
                "ratio": round(raw_s / ours_s, 3), "target_ratio": 0.9, "same_distances": bool(same)}
-    sdc = {"ours_qps": round(queries / sdc_s, 1), "cost_vs_faiss_hamming": round(sdc_s / raw_s, 2), "target_cost": 3.0,
+    sdc = {"ours_qps": round(queries / sdc_s, 1), "cost_vs_faiss_hamming": round(sdc_s / raw_s, 2),
+           "target_cost": 3.0,
            "lookup_tables_alone_cost_vs_hamming": round(lookup_s / raw_s, 2),
            "top10_same_as_lookup_tables_alone": recall_at(found, exact)}
     return {"codes": count, "queries_per_batch": queries, "threads": 1, "hamming_384bit": hamming,
@@ -239,7 +240,8 @@ def glove(queries: int = 200) -> dict:
             field = binary_field(binarizer, codes)  # the search: bit-plane scan, exact re-scoring
             searched = field.search(QueryCodes(binarizer.encode(q)), K, {}, None)[1]
             searched_asym = field.search(q, K, {"asymmetric": 1, "rescore": 0}, None)[1]
-            row = {"bytes": codes.shape[1], "sdc": recall_at(sdc, truth), "asymmetric": recall_at(asym, truth),
+            row = {"bytes": codes.shape[1], "sdc": recall_at(sdc, truth),
+                   "asymmetric": recall_at(asym, truth),
                    "sdc_search": recall_at(searched, truth),
                    "asymmetric_search": recall_at(searched_asym, truth), "fit_s": round(fit_s, 1)}
             if bits == 1:

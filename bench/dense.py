@@ -195,7 +195,8 @@ def flat_scan_bandwidth(work: Path, rows: int = 1_000_000, dim: int = 64, querie
     probe = read_bandwidth(stored, faiss.omp_get_max_threads())
     scan_s = timed(lambda: [c.search(q[i : i + 1], k=K) for i in range(queries)]) / queries
     scan = stored.nbytes / scan_s
-    return {"vectors": rows, "dim": dim, "bytes": int(stored.nbytes), "probe_read_GBps": round(probe / 1e9, 2),
+    return {"vectors": rows, "dim": dim, "bytes": int(stored.nbytes),
+            "probe_read_GBps": round(probe / 1e9, 2),
             "scan_GBps": round(scan / 1e9, 2), "share_of_bandwidth": round(scan / probe, 3),
             "target_share": 0.7, "scan_ms_per_query": round(scan_s * 1000, 2)}
 

@@ -84,7 +84,8 @@ def scifact_bm25(scifact: Path, work: Path) -> dict:
 
     speed = {}
     for peer in peers.values():
-        peer.retrieve(tokenize(query_texts[:2]), k=K, show_progress=False, n_threads=1)  # warm-up (numba compiles)
+        # warm-up (numba compiles)
+        peer.retrieve(tokenize(query_texts[:2]), k=K, show_progress=False, n_threads=1)
     for shape, batches in (("batch_all_queries", [query_texts]), ("one_query_per_call", [[q] for q in query_texts])):
         runs = {"ours": lambda: [collection.search(b, k=K).ids for b in batches]}
         for name, peer in peers.items():

@@ -40,9 +40,14 @@ class PositionalReader:
             try:
                 got = os.preadv(self._fd, [buffer[position : position + length]], offset)
             except OSError as e:
-                raise ReadFailed(f"reading {length} bytes at {offset} of {self.path.name} failed: {e.strerror}") from None
+                raise ReadFailed(
+                    f"reading {length} bytes at {offset} of {self.path.name} failed: {e.strerror}"
+                ) from None
             if got != length:
-                raise ReadFailed(f"reading {length} bytes at {offset} of {self.path.name} returned {got}: the file is truncated")
+                raise ReadFailed(
+                    f"reading {length} bytes at {offset} of {self.path.name} returned {got}: "
+                    "the file is truncated"
+                )
             position += length
         with self._lock:
             self.bytes_read += position

@@ -198,7 +198,8 @@ class SpannIndex:
         first = np.flatnonzero(new_run)
         last = np.append(first[1:], len(numbers)) - 1
         size = self.dtype.itemsize
-        ranges = [(a * size, (b - a) * size) for a, b in zip(starts[first].tolist(), ends[last].tolist()) if b > a]
+        spans = zip(starts[first].tolist(), ends[last].tolist())
+        ranges = [(a * size, (b - a) * size) for a, b in spans if b > a]
         self.reader.read_into(ranges, memoryview(records).cast("B"))
         return records, where
 

@@ -66,7 +66,8 @@ def flat_top_k(
         flat = np.flatnonzero(better)  # a 2-D nonzero costs ~10x more
         if len(flat):
             which, cols = np.divmod(flat, len(x))
-            best_scores, best_rows = merge_best(best_scores, best_rows, which, scores.ravel()[flat], cols + lo)
+            kept = scores.ravel()[flat]
+            best_scores, best_rows = merge_best(best_scores, best_rows, which, kept, cols + lo)
     return best_scores, np.where(np.isfinite(best_scores), best_rows, -1)
 
 

@@ -843,10 +843,10 @@ class Collection:
         pipeline: "pipeline_module.Pipeline | Mapping[str, Any] | None" = None,
     ) -> Results:
         """The batch's `Results`: one `Hits` per query, kept in columns. `queries` is a text, a list
-        of texts, a vector or matrix [B, D], sparse vectors (a list of (term ids, weights) pairs or dicts), token matrices for a
-        multivector field (a list of [t_i, D] arrays, or (tokens, offsets)), packed codes for a
-        binary field (uint8 [B, code bytes]), or {field: any of those}, one source per field (texts
-        for a BM25 field beside vectors for a dense one). `schema()` says what each field takes.
+        of texts, a vector or matrix [B, D], sparse vectors (a list of (term ids, weights) pairs or
+        dicts), token matrices for a multivector field (a list of [t_i, D] arrays, or (tokens,
+        offsets)), packed codes for a binary field (uint8 [B, code bytes]), or {field: any of
+        those}, one source per field (texts for a BM25 field beside vectors for a dense one). `schema()` says what each field takes.
         Several fields are fused: `fusion="rrf"` (reciprocal ranks) or `"weighted"` (each field's
         scores normalized per query with `normalization` "minmax", "zscore" or "robust", summed with
         `weights`, 1 each by default); each field contributes its top `params["candidates"]`.
@@ -975,7 +975,9 @@ class Collection:
         """Whether texts can be encoded for the field (it has a model, or needs none)."""
         return self.config.encodes_texts(field)
 
-    def _hits(self, scores: np.ndarray, rows: np.ndarray, field_scores: dict[str, np.ndarray], reasons) -> Results:
+    def _hits(
+        self, scores: np.ndarray, rows: np.ndarray, field_scores: dict[str, np.ndarray], reasons
+    ) -> Results:
         """scores/rows [B, k] (-1 rows pad the end) -> the batch's `Results`, padding dropped.
         `reasons` is one reason for all queries, or one (or None) per query."""
         if not isinstance(reasons, list):

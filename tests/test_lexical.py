@@ -158,8 +158,8 @@ def test_bm25_field_refuses_vectors(tmp_path):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), n=st.integers(1, 60), k=st.integers(1, 70), segments=st.integers(1, 4), filtered=st.booleans(),
-       zero=st.booleans())
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 60), k=st.integers(1, 70), segments=st.integers(1, 4),
+       filtered=st.booleans(), zero=st.booleans())
 def test_sparse_top_k_matches_reference(seed, n, k, segments, filtered, zero):
     """Against the reference, zero query weights too (rows scored 0 by a term they hold are found)."""
     rng = np.random.default_rng(seed)
@@ -173,8 +173,10 @@ def test_sparse_top_k_matches_reference(seed, n, k, segments, filtered, zero):
         parts.append(build_segment(rows, lo, seen, np.float32))
     index = InvertedIndex(parts, [np.asarray(p.values, np.float32) for p in parts], n)
     weights = [0, 1, 2, 3] if zero else [1, 2, 3]
-    queries = [{int(t): float(rng.choice(weights)) for t in rng.choice(vocab + 3, size=rng.integers(0, 5), replace=False)}
-               for _ in range(3)]
+    queries = [
+        {int(t): float(rng.choice(weights)) for t in terms}
+        for terms in (rng.choice(vocab + 3, size=rng.integers(0, 5), replace=False) for _ in range(3))
+    ]
     allowed = rng.random(n) < 0.6 if filtered else None
     scores, rows = index.search(SparseRows.from_pairs(queries), k, allowed)
     assert scores.shape == rows.shape == (len(queries), k)

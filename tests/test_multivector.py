@@ -99,7 +99,9 @@ def token_collection(path, **field):
 
 @pytest.mark.parametrize("token_dtype, tolerance", [("float16", 3e-3), ("int8", 3e-2)])
 @pytest.mark.parametrize("tile", [4096, 20])  # tokens per exhaustive tile: every document in one, or many
-def test_exhaustive_and_full_rerank_match_reference_maxsim(tmp_path, token_dtype, tolerance, tile, monkeypatch):
+def test_exhaustive_and_full_rerank_match_reference_maxsim(
+    tmp_path, token_dtype, tolerance, tile, monkeypatch
+):
     from retriever.fields import multivector
 
     monkeypatch.setattr(multivector, "MAXSIM_TILE", tile)

@@ -239,7 +239,8 @@ def merge_top_k(
         return np.full((batch, k), -np.inf, np.float32), np.full((batch, k), -1, np.int64)
     if len(found) == 1 and starts[0] == 0:  # one segment: its rows are the collection's
         scores, rows = found[0][0][:, :k], found[0][1][:, :k]
-        return padded(np.where(rows >= 0, scores, np.float32(-np.inf)).astype(np.float32, copy=False), rows, k)
+        scores = np.where(rows >= 0, scores, np.float32(-np.inf)).astype(np.float32, copy=False)
+        return padded(scores, rows, k)
     scores = np.concatenate([s for s, _ in found], axis=1).astype(np.float32)
     rows = np.concatenate([np.where(r >= 0, r + start, -1) for (_, r), start in zip(found, starts)], axis=1)
     scores = np.where(rows >= 0, scores, np.float32(-np.inf))

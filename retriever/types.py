@@ -29,9 +29,6 @@ class DocumentList:
     def take(self, rows: np.ndarray) -> list[dict[str, Any]]:
         return [self.documents[int(r)] for r in rows]
 
-    def ids_of(self, rows: np.ndarray) -> list[str]:
-        return [self.documents[int(r)]["id"] for r in rows]
-
     def take_table(self, rows: np.ndarray) -> pa.Table:
         return pa.Table.from_pylist(self.take(rows))
 
@@ -100,7 +97,7 @@ class Results(Sequence[Hits]):
         documents: "DocumentTable | DocumentList | None",
         reasons: list[str | None],
         missing_shards: tuple[str, ...] = (),
-        ids: list[str] | None = None,
+        ids: list[str] | None = None,  # given where documents are a DocumentList (remote, sharded)
     ) -> None:
         self.offsets = offsets  # [B + 1] int64
         self.scores = scores  # [N] float32, N hits of all queries

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import heap
+
 
 def rescore(queries: np.ndarray, candidates: np.ndarray, valid: np.ndarray, metric: str) -> np.ndarray:
     """Exact scores of gathered candidate vectors.
@@ -34,6 +36,7 @@ def top_k_rows(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray,
     return np.take_along_axis(scores, best, axis=1), np.take_along_axis(ids, best, axis=1)
 
 
+HEAP_QUERIES = 4  # up to this many queries a block is selected by `heap.top_k`
 FLAT_BLOCK = 32_768  # rows scored per matrix product: [B, block] scores stay in cache-sized pieces
 
 
@@ -56,6 +59,15 @@ def flat_top_k(
             scores = 2 * scores - np.vecdot(x, x)[None, :] - q_norms
         if allowed is not None:
             scores[:, ~allowed[lo : lo + len(x)]] = -np.inf
+        if size <= HEAP_QUERIES:  # a few queries: one compiled pass with a heap, not several cuts
+            top, cols = heap.top_k(scores, k)
+            cols = np.where(cols >= 0, cols + lo, -1)
+            if lo == 0:
+                best_scores, best_rows = top, cols
+            else:
+                which = np.repeat(np.arange(size), k)
+                best_scores, best_rows = merge_best(best_scores, best_rows, which, top.ravel(), cols.ravel())
+            continue
         better = scores > best_scores[:, -1:]  # a tie with a kept row loses: the kept row is lower
         if np.count_nonzero(better) > 8 * k * size:  # cut each query to about its k best, ties kept
             better &= scores >= kth_lower_bound(scores, k)[:, None]

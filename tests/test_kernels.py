@@ -55,12 +55,13 @@ def test_vector_store_single_segment_fast_path_matches_segmented():
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 @pytest.mark.parametrize("rows", [3, 250, 1000])
 @pytest.mark.parametrize("filtered", [False, True])
-def test_flat_top_k_matches_exact_search_ties_to_the_lower_row(metric, rows, filtered, monkeypatch):
+@pytest.mark.parametrize("batch", [1, 5])  # a heap per query, or vectorized cuts
+def test_flat_top_k_matches_exact_search_ties_to_the_lower_row(metric, rows, filtered, batch, monkeypatch):
     monkeypatch.setattr(cpu, "FLAT_BLOCK", 97)  # several blocks, the last one short
     rng = np.random.default_rng(rows)
     base = np.round(rng.standard_normal((rows, 8)), 1).astype(np.float32)  # coarse: ties happen
     base[rows // 2 :: 7] = base[0]  # exact duplicates across blocks
-    queries = np.concatenate([base[:1], rng.standard_normal((4, 8)).astype(np.float32)])
+    queries = np.concatenate([base[:1], rng.standard_normal((4, 8)).astype(np.float32)])[:batch]
     allowed = rng.random(rows) > 0.4 if filtered else None
     scores, ids = cpu.flat_top_k(queries, base, 10, metric, allowed)
     expected_scores, expected_ids = reference.exact_search(queries, base, 10, metric, allowed)
@@ -70,8 +71,9 @@ def test_flat_top_k_matches_exact_search_ties_to_the_lower_row(metric, rows, fil
 
 def test_flat_top_k_when_every_score_ties_keeps_the_lowest_rows():
     base = np.ones((500, 4), np.float32)  # the bound cuts nothing: the exact k-th best does
-    scores, ids = cpu.flat_top_k(np.ones((2, 4), np.float32), base, 10, "ip")
-    assert ids.tolist() == [list(range(10))] * 2 and np.all(scores == 4)
+    for batch in (1, 2, 6):  # a heap per query, or vectorized cuts
+        scores, ids = cpu.flat_top_k(np.ones((batch, 4), np.float32), base, 10, "ip")
+        assert ids.tolist() == [list(range(10))] * batch and np.all(scores == 4)
 
 
 @pytest.mark.parametrize("n", [5, 10, 11, 99, 1000])

@@ -344,7 +344,8 @@ def summary(out: dict) -> dict:
             best = max(peer["warm"]["points"], key=lambda p: p["recall@10"])
             ratio = lambda point: round(ours["p50_ms"] / point["p50_ms"], 3) if point else None  # noqa: E731
             section[system] = {
-                "at_same_recall": theirs, "best_recall": best["recall@10"], "ours_p50_over_theirs": ratio(theirs),
+                "at_same_recall": theirs, "best_recall": best["recall@10"],
+                "ours_p50_over_theirs": ratio(theirs),
                 "at_target_recall": at_target, "ours_p50_over_theirs_at_target": ratio(at_target),
             }
         result[variant] = section

@@ -846,8 +846,9 @@ class Collection:
         of texts, a vector or matrix [B, D], sparse vectors (a list of (term ids, weights) pairs or
         dicts), token matrices for a multivector field (a list of [t_i, D] arrays, or (tokens,
         offsets)), packed codes for a binary field (uint8 [B, code bytes]), or {field: any of
-        those}, one source per field (texts for a BM25 field beside vectors for a dense one). `schema()` says what each field takes.
-        Several fields are fused: `fusion="rrf"` (reciprocal ranks) or `"weighted"` (each field's
+        those}, one source per field (texts for a BM25 field beside vectors for a dense one).
+        `schema()` says what each field takes. Several fields are fused: `fusion="rrf"`
+        (reciprocal ranks) or `"weighted"` (each field's
         scores normalized per query with `normalization` "minmax", "zscore" or "robust", summed with
         `weights`, 1 each by default); each field contributes its top `params["candidates"]`.
         A `pipeline` (`retriever.pipeline.Pipeline`, its dict, or the name of one in the config)

@@ -20,16 +20,10 @@ class PositionalReader:
         self.bytes_read = 0
         self.reads = 0
 
-    def read(self, offset: int, length: int) -> bytes:
-        try:
-            data = os.pread(self._fd, length, offset)
-        except OSError as e:
-            raise ReadFailed(f"reading {length} bytes at {offset} of {self.path.name} failed: {e.strerror}") from None
-        if len(data) != length:
-            raise ReadFailed(f"reading {length} bytes at {offset} of {self.path.name} returned {len(data)}: the file is truncated")
-        with self._lock:
-            self.bytes_read += length
-            self.reads += 1
+    def read(self, offset: int, length: int) -> bytearray:
+        """`length` bytes at `offset`, as `read_into` reads them."""
+        data = bytearray(length)
+        self.read_into([(offset, length)], memoryview(data))
         return data
 
     def read_into(self, ranges: list[tuple[int, int]], buffer: memoryview) -> None:

@@ -1,4 +1,5 @@
-"""Vectorized CPU kernels (numpy); each has an oracle in `reference.py`."""
+"""CPU kernels, vectorized in numpy (a few queries' top-k through `heap.top_k`); each has an
+oracle in `reference.py`."""
 
 from __future__ import annotations
 

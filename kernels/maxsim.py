@@ -25,11 +25,12 @@ def maxsim(query: np.ndarray, tokens, offsets: np.ndarray, device: str = "cpu") 
                               torch.arange(len(offsets) - 1, device=device)[None])
         return scores[0].cpu().numpy()
     count = len(offsets) - 1
-    lengths = torch.from_numpy(np.diff(offsets).astype(np.int64)).to(device)
+    per_document = np.diff(offsets).astype(np.int64)
+    lengths = torch.from_numpy(per_document).to(device)
     q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32)).to(device)
     t = tokens.to(device)
     similarity = t @ q.T  # [T, q]
-    owner = torch.from_numpy(np.repeat(np.arange(count), np.diff(offsets))).to(device)  # [T]
+    owner = torch.from_numpy(np.repeat(np.arange(count), per_document)).to(device)  # [T]
     best = torch.full((count, q.shape[0]), -torch.inf, device=device)
     best.scatter_reduce_(0, owner[:, None].expand_as(similarity), similarity, reduce="amax")  # [C, q]
     best = torch.where(lengths[:, None] > 0, best, torch.zeros((), device=device))

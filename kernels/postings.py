@@ -1,7 +1,7 @@
 """Scoring posting records where they were read (numba): one pass over a buffer of (id, vector)
 records computes each record's distance to the query and keeps the best in a heap, so a SPANN
 query costs one kernel call over its lists, with no column copies, norm passes or partitions.
-The oracle is numpy over the same records (`reference.exact_search`)."""
+Its oracle is numpy over the same records (tests/test_kernels.py)."""
 
 from __future__ import annotations
 

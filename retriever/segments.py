@@ -76,14 +76,13 @@ class DocumentIds:
             rows = np.asarray(rows, dtype=np.int64)
             firsts, chunks = self._strings
             if len(chunks) == 1:
-                offsets, data = chunks[0]
-                ends = zip(offsets[rows].tolist(), offsets[rows + 1].tolist())
-                return [str(data[a:b], "utf-8") for a, b in ends]
-            out = []
+                return _strings_at(*chunks[0], rows)
             which = np.searchsorted(firsts, rows, side="right") - 1
-            for c, r in zip(which.tolist(), (rows - firsts[which]).tolist()):
-                offsets, data = chunks[c]
-                out.append(str(data[offsets[r] : offsets[r + 1]], "utf-8"))
+            out = [""] * len(rows)
+            for c in np.unique(which).tolist():
+                mine = np.flatnonzero(which == c)
+                for position, text in zip(mine.tolist(), _strings_at(*chunks[c], rows[mine] - firsts[c])):
+                    out[position] = text
             return out
         return self._column.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
 
@@ -106,6 +105,11 @@ class DocumentIds:
     @functools.cached_property
     def _small(self) -> list[str]:
         return self._column.to_pylist()
+
+
+def _strings_at(offsets: np.ndarray, data: memoryview, rows: np.ndarray) -> list[str]:
+    """The strings at these rows of one Arrow string chunk, from its offsets and bytes."""
+    return [str(data[a:b], "utf-8") for a, b in zip(offsets[rows].tolist(), offsets[rows + 1].tolist())]
 
 
 def id_hashes(ids: list[str]) -> np.ndarray:

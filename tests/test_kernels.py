@@ -121,3 +121,34 @@ def test_heap_top_k_keeps_the_best_ties_to_the_lower_column(n, k):
     width = min(k, n)
     assert got_columns[:, :width].tolist() == order.tolist() and (got_columns[:, width:] == -1).all()
     assert got_scores[:, :width].tolist() == np.take_along_axis(scores, order, 1).tolist()
+
+
+def test_one_segments_top_list_is_the_merge_of_any_segmentation():
+    """merge_top_k's one-segment shortcut against its general merge (a second, empty segment)."""
+    from retriever.fields.base import merge_top_k
+
+    rng = np.random.default_rng(4)
+    scores = np.round(rng.standard_normal((3, 6)), 0).astype(np.float32)  # coarse: ties happen
+    rows = rng.permutation(40)[:18].reshape(3, 6).astype(np.int64)
+    order = np.lexsort((rows, -scores), axis=1)  # as a segment's kernel answers: best first, ties by row
+    scores, rows = np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+    scores[2, 4:], rows[2, 4:] = -np.inf, -1  # a short list
+    empty = (np.zeros((3, 0), np.float32), np.zeros((3, 0), np.int64))
+    for k in (4, 6, 9):
+        alone = merge_top_k([(scores, rows)], [0], 3, k)
+        merged = merge_top_k([(scores, rows), empty], [0, 40], 3, k)
+        assert alone[1].tolist() == merged[1].tolist()
+        np.testing.assert_array_equal(alone[0], merged[0])
+
+
+@pytest.mark.parametrize("scaled", [False, True])
+def test_decompress_matches_numpy_for_read_only_and_writable_codes(scaled):
+    from retriever.index.tokens import compress, decompress
+
+    tokens = np.random.default_rng(5).standard_normal((50, 8)).astype(np.float32)
+    codes, scales = compress(tokens, "int8" if scaled else "float16")
+    expected = codes.astype(np.float32) * (scales[:, None] if scaled else 1)
+    read_only = codes.copy()
+    read_only.setflags(write=False)  # a read-only map is copied, a writable one read in place
+    for stored in (codes, read_only):
+        np.testing.assert_array_equal(decompress(stored, scales), expected)

@@ -87,6 +87,20 @@ def test_a_batch_answers_as_its_queries_one_by_one(built, data):
             assert mask[rows[rows >= 0]].all()
 
 
+def test_exact_routing_and_the_graph_router_find_the_nearest_centroids(built, data, monkeypatch):
+    from retriever.index import spann
+
+    _, queries = data
+    squared = ((queries[:, None, :] - built.centroids[None]) ** 2).sum(-1)  # [B, L] the slow reference
+    nearest = np.argsort(squared, axis=1, kind="stable")[:, :8]
+    got_squared, got = built._route(queries, 8)
+    assert got.tolist() == nearest.tolist()
+    np.testing.assert_allclose(got_squared, np.take_along_axis(squared, nearest, 1), rtol=1e-4, atol=1e-4)
+    monkeypatch.setattr(spann, "EXACT_ROUTING", 0)  # past it, the HNSW router: approximate, mostly the same
+    graph = built._route(queries, 8)[1]
+    assert np.mean([len(set(a) & set(b)) / 8 for a, b in zip(graph.tolist(), nearest.tolist())]) >= 0.9
+
+
 def test_reads_are_counted(built, data):
     _, queries = data
     built.reset_io_counters()
@@ -244,7 +258,6 @@ def test_a_read_error_fails_the_request_not_the_index(built, data, monkeypatch):
 
     with monkeypatch.context() as patch:
         patch.setattr(diskio.os, "preadv", broken)  # the device fails under the positioned reads
-        patch.setattr(diskio.os, "pread", broken)
         with pytest.raises(ReadFailed, match="Input/output error"):
             built.search(queries[:2], 5)
     assert (built.search(queries[:2], 5)[1] >= 0).all()

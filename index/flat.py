@@ -18,7 +18,9 @@ class FlatVectors:
     exact = True
 
     def __init__(self, vectors: np.ndarray, metric: str) -> None:
-        self.vectors = vectors  # [N, D] float32, usually a read-only memory map
+        # [N, D] float32, usually a read-only memory map, held as a plain array: a slice of an
+        # np.memmap runs Python code in numpy's subclass hooks, a few microseconds a search
+        self.vectors = np.asarray(vectors)
         self.metric = metric
         self._device = None  # gpu_search.DeviceFlat, set by use_gpu
 

@@ -50,38 +50,42 @@ def flat_top_k(
     kept, as a heap would (faiss's IndexFlat), so most blocks cost their matrix product only."""
     q = np.ascontiguousarray(queries, dtype=np.float32)
     size = len(q)
+    if size <= HEAP_QUERIES:  # a few queries: one compiled pass a block, not several numpy cuts
+        few = heap.RunningTopK(size, k)
+        for lo, scores in _block_scores(q, base, metric, allowed):
+            few.offer(scores, lo, last=lo + FLAT_BLOCK >= len(base))
+        return few.scores, few.columns
     best_scores = np.full((size, k), -np.inf, np.float32)
     best_rows = np.full((size, k), -1, np.int64)
+    for lo, scores in _block_scores(q, base, metric, allowed):
+        better = scores > best_scores[:, -1:]  # a tie with a kept row loses: the kept row is lower
+        if np.count_nonzero(better) > 8 * k * size:  # cut each query to about its k best, ties kept
+            better &= scores >= kth_lower_bound(scores, k)[:, None]
+        if np.count_nonzero(better) > 8 * k * size:  # many ties at the bound: the exact k-th best
+            n = scores.shape[1]
+            cut = min(k, n)
+            kth = np.partition(scores, n - cut, axis=1)[:, n - cut]
+            better &= scores >= kth[:, None]
+        flat = np.flatnonzero(better)  # a 2-D nonzero costs ~10x more
+        if len(flat):
+            which, cols = np.divmod(flat, scores.shape[1])
+            kept = scores.ravel()[flat]
+            best_scores, best_rows = merge_best(best_scores, best_rows, which, kept, cols + lo)
+    return best_scores, np.where(np.isfinite(best_scores), best_rows, -1)
+
+
+def _block_scores(q: np.ndarray, base: np.ndarray, metric: str, allowed: np.ndarray | None):
+    """(first row, scores [B, n] higher-is-better, -inf where not allowed) of each block of `base`
+    in order; one empty block for an empty base."""
     q_norms = np.vecdot(q, q)[:, None] if metric == "l2" else None
-    for lo in range(0, len(base), FLAT_BLOCK):
+    for lo in range(0, max(len(base), 1), FLAT_BLOCK):
         x = np.asarray(base[lo : lo + FLAT_BLOCK], dtype=np.float32)
         scores = q @ x.T  # [B, n]
         if q_norms is not None:  # -|q - x|^2
             scores = 2 * scores - np.vecdot(x, x)[None, :] - q_norms
         if allowed is not None:
             scores[:, ~allowed[lo : lo + len(x)]] = -np.inf
-        if size <= HEAP_QUERIES:  # a few queries: one compiled pass with a heap, not several cuts
-            top, cols = heap.top_k(scores, k)
-            cols = np.where(cols >= 0, cols + lo, -1)
-            if lo == 0:
-                best_scores, best_rows = top, cols
-            else:
-                which = np.repeat(np.arange(size), k)
-                best_scores, best_rows = merge_best(best_scores, best_rows, which, top.ravel(), cols.ravel())
-            continue
-        better = scores > best_scores[:, -1:]  # a tie with a kept row loses: the kept row is lower
-        if np.count_nonzero(better) > 8 * k * size:  # cut each query to about its k best, ties kept
-            better &= scores >= kth_lower_bound(scores, k)[:, None]
-        if np.count_nonzero(better) > 8 * k * size:  # many ties at the bound: the exact k-th best
-            cut = min(k, len(x))
-            kth = np.partition(scores, len(x) - cut, axis=1)[:, len(x) - cut]
-            better &= scores >= kth[:, None]
-        flat = np.flatnonzero(better)  # a 2-D nonzero costs ~10x more
-        if len(flat):
-            which, cols = np.divmod(flat, len(x))
-            kept = scores.ravel()[flat]
-            best_scores, best_rows = merge_best(best_scores, best_rows, which, kept, cols + lo)
-    return best_scores, np.where(np.isfinite(best_scores), best_rows, -1)
+        yield lo, scores
 
 
 def kth_lower_bound(scores: np.ndarray, k: int) -> np.ndarray:

@@ -64,29 +64,53 @@ def heap_helpers():
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's k highest scores, best first, ties to the lower column: scores [B, n] float32 ->
-    (scores [B, k], columns [B, k] int64), -inf / -1 padded. One pass with a k-sized heap, where
-    a partition of a short row costs several (argpartition: ~75 us for 7,000 scores, k = 96)."""
-    return _top_k()(np.ascontiguousarray(scores, dtype=np.float32), k)
+    (scores [B, k], columns [B, k] int64), -inf / -1 padded (a -inf or NaN score is never kept).
+    One pass with a k-sized heap, where a partition of a short row costs several (argpartition:
+    ~75 us for 7,000 scores, k = 96)."""
+    best = RunningTopK(len(scores), k)
+    best.offer(scores, 0, last=True)
+    return best.scores, best.columns
+
+
+class RunningTopK:
+    """Each of B rows' k best (score, column) pairs over blocks of columns offered in order, as
+    `top_k` of the blocks side by side would keep them, without joining the blocks."""
+
+    def __init__(self, batch: int, k: int) -> None:
+        self.scores = np.empty((batch, k), np.float32)  # a row's first `sizes` entries are its heap
+        self.columns = np.empty((batch, k), np.int64)
+        self.sizes = np.zeros(batch, np.int64)
+
+    def offer(self, scores: np.ndarray, first: int, last: bool) -> None:
+        """A block: scores [B, n] of columns first .. first + n - 1, after every earlier block.
+        After the `last` block, `scores` and `columns` hold each row's best, best first."""
+        scores = np.ascontiguousarray(scores, dtype=np.float32)
+        _offer()(scores, first, self.scores, self.columns, self.sizes, last)
 
 
 @functools.cache
-def _top_k():
+def _offer():
     import numba
 
     worse, offer, sort_best_first = heap_helpers()
 
     @numba.njit(cache=True, nogil=True)
-    def select(scores, k):
-        out_scores = np.full((scores.shape[0], k), -np.inf, dtype=np.float32)
-        out_columns = np.full((scores.shape[0], k), -1, dtype=np.int64)
+    def select(scores, first, heap_scores, heap_columns, sizes, last):
+        k = heap_scores.shape[1]
         for b in range(scores.shape[0]):
-            heap_scores, heap_columns, size = out_scores[b], out_columns[b], 0
+            size = sizes[b]
+            # columns come in increasing order, so a score only enters a full heap above its root
+            worst = heap_scores[b, 0] if size == k else -np.inf
             for c in range(scores.shape[1]):
                 s = scores[b, c]
-                if size == k and not worse(heap_scores[0], heap_columns[0], s, c):
-                    continue
-                size = offer(heap_scores, heap_columns, size, s, c)
-            sort_best_first(heap_scores, heap_columns, size)
-        return out_scores, out_columns
+                if s > worst:
+                    size = offer(heap_scores[b], heap_columns[b], size, s, first + c)
+                    if size == k:
+                        worst = heap_scores[b, 0]
+            sizes[b] = size
+            if last:
+                sort_best_first(heap_scores[b], heap_columns[b], size)
+                heap_scores[b, size:] = -np.inf
+                heap_columns[b, size:] = -1
 
     return select

@@ -9,6 +9,7 @@ import functools
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -22,7 +23,7 @@ from . import buffer, merge_policy, merging, snapshots
 from .config import CollectionConfig, FieldConfig
 from .documents import DocumentTable, concat, document_texts, documents_to_table, page_by_id
 from .errors import CorruptIndex, InvalidRequest, NotFound, RetrieverError, WriteFailed
-from .fields import Field, kind_of, request_params
+from .fields import KINDS, Field, kind_of, request_params
 from .fields import base as field_base
 from .fields import statistics as field_statistics
 from .fields.base import NO_TERMS, Param, SegmentView
@@ -984,6 +985,8 @@ class Collection:
         if not isinstance(reasons, list):
             reasons = [reasons] * len(rows)
         results = Results.from_padded(scores, rows, field_scores, self.documents, reasons)
+        if len(results.scores) == rows.size > 0:  # every list is full
+            return results
         empty = results.counts() == 0
         if empty.any():
             nothing = "the collection has no documents to return"
@@ -1021,11 +1024,14 @@ class Collection:
     ) -> dict[str, Any]:
         """Each searched field's queries: encoded from text, or checked when given directly; their
         number is checked against the collection's limits (`depth`: per query) before any work."""
-        given = self._queries_by_field(queries, names)
-        texts = {n: [q] if isinstance(q, str) else list(q) for n, q in given.items() if are_texts(q)}
-        for n, batch in texts.items():
-            check_query_texts(batch, n)
-        payloads = {n: self.fields[n].check_queries(q) for n, q in given.items() if n not in texts}
+        texts: dict[str, list[str]] = {}
+        payloads: dict[str, Any] = {}
+        for n, given in self._queries_by_field(queries, names).items():
+            if are_texts(given):
+                texts[n] = [given] if isinstance(given, str) else list(given)
+                check_query_texts(texts[n], n)
+            else:
+                payloads[n] = self.fields[n].check_queries(given)
         sizes = {n: len(p) for n, p in [*texts.items(), *payloads.items()]}
         if len(set(sizes.values())) > 1:
             raise InvalidRequest(f"fields were given different numbers of queries: {sizes}")
@@ -1033,7 +1039,7 @@ class Collection:
         # a binary field searched beside its source, from the same texts, shares the encoded queries
         for n in sorted(texts, key=lambda n: self.fields[n].config.source is not None):
             source = self.fields[n].config.source
-            if source in payloads and source in texts and given[source] is given[n]:
+            if source in payloads and source in texts and texts[source] == texts[n]:
                 payloads[n] = self.fields[n].check_queries(payloads[source])
             else:
                 payloads[n] = self.fields[n].queries_from_texts(self.encoder(n), texts[n], params)
@@ -1107,8 +1113,14 @@ def _as_config(config) -> CollectionConfig:
     return CollectionConfig.from_toml(config)
 
 
-def _known_params() -> dict[str, Param]:
-    return {**request_params(), **FUSION_PARAMS}
+def _known_params() -> Mapping[str, Param]:
+    return _params_of_kinds(tuple(KINDS.values()))
+
+
+@functools.cache
+def _params_of_kinds(kinds: tuple) -> Mapping[str, Param]:
+    """Made once for the registry's kinds: every request checks its parameters against it."""
+    return MappingProxyType({**request_params(), **FUSION_PARAMS})
 
 
 def check_k(k, max_k: int, name: str = "k") -> int:
@@ -1185,6 +1197,8 @@ def _first_manifest(path: Path, config: CollectionConfig, sizes: dict[str, int])
     }
 
 
-def _field_params(field: Field, params: Mapping[str, int]) -> dict[str, int]:
+def _field_params(field: Field, params: Mapping[str, int]) -> Mapping[str, int]:
+    if not params:
+        return params
     keys = kind_of(field.config).request_params
     return {key: value for key, value in params.items() if key in keys}

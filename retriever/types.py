@@ -113,12 +113,13 @@ class Results(Sequence[Hits]):
         cls, scores: np.ndarray, rows: np.ndarray, field_scores: dict[str, np.ndarray], documents, reasons
     ) -> "Results":
         """scores/rows/field_scores [B, k] whose -1 rows pad the end of short lists."""
+        if rows.size and rows.min() >= 0:  # the usual case, no padding: plain reshapes
+            offsets = np.arange(0, rows.size + 1, rows.shape[1], dtype=np.int64)
+            flat = {n: v.reshape(-1) for n, v in field_scores.items()}
+            return cls(offsets, scores.reshape(-1), flat, rows.reshape(-1), documents, reasons)
         found = rows >= 0
         offsets = np.zeros(len(rows) + 1, np.int64)
         np.cumsum(found.sum(axis=1), out=offsets[1:])
-        if offsets[-1] == rows.size:  # the usual case: no padding, the flat columns are plain reshapes
-            flat = {n: v.reshape(-1) for n, v in field_scores.items()}
-            return cls(offsets, scores.reshape(-1), flat, rows.reshape(-1), documents, reasons)
         flat = {n: v[found] for n, v in field_scores.items()}
         return cls(offsets, scores[found], flat, rows[found], documents, reasons)
 

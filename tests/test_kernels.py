@@ -123,6 +123,44 @@ def test_heap_top_k_keeps_the_best_ties_to_the_lower_column(n, k):
     assert got_scores[:, :width].tolist() == np.take_along_axis(scores, order, 1).tolist()
 
 
+def test_running_top_k_over_blocks_is_top_k_of_the_blocks_joined():
+    from retriever.kernels.heap import RunningTopK, top_k
+
+    scores = np.random.default_rng(3).integers(0, 9, (3, 70)).astype(np.float32)  # ties across blocks
+    scores[1, ::3] = -np.inf  # never kept: the row keeps fewer than k, -1 padded
+    scores[2, :] = -np.inf
+    scores[2, 5] = 1.0
+    best = RunningTopK(3, 30)
+    for lo in range(0, 70, 16):
+        best.offer(scores[:, lo : lo + 16], lo, last=lo + 16 >= 70)
+    expected_scores, expected_columns = top_k(scores, 30)
+    assert best.columns.tolist() == expected_columns.tolist()
+    assert best.scores.tolist() == expected_scores.tolist()
+    assert best.columns[2].tolist() == [5] + [-1] * 29 and best.scores[2, 1] == -np.inf
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_checked_rows_matches_numpy_and_refuses_what_numpy_would(normalize):
+    from retriever.kernels.vectors import checked_rows
+
+    rng = np.random.default_rng(5)
+    array = rng.standard_normal((40, 33)).astype(np.float32) * 1e3
+    array[3] *= 1e30  # float32 squares overflow; the norm does not
+    array.flags.writeable = False  # a memory-mapped batch being written
+    got = checked_rows(array, normalize)
+    norms = np.linalg.norm(array.astype(np.float64), axis=1, keepdims=True)
+    expected = (array / norms).astype(np.float32) if normalize else array
+    np.testing.assert_allclose(got, expected, rtol=2e-7)
+    assert checked_rows(np.zeros((0, 33), np.float32), normalize).shape == (0, 33)
+    for bad in (np.nan, np.inf, -np.inf):
+        broken = array.copy()
+        broken[7, 2] = bad
+        assert checked_rows(broken, normalize) is None
+    zeros = array.copy()
+    zeros[9] = 0
+    assert (checked_rows(zeros, normalize) is None) == normalize
+
+
 def test_one_segments_top_list_is_the_merge_of_any_segmentation():
     """merge_top_k's one-segment shortcut against its general merge (a second, empty segment)."""
     from retriever.fields.base import merge_top_k

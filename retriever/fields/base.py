@@ -238,9 +238,7 @@ def merge_top_k(
     if not found:
         return np.full((batch, k), -np.inf, np.float32), np.full((batch, k), -1, np.int64)
     if len(found) == 1 and starts[0] == 0:  # one segment: its rows are the collection's
-        scores, rows = found[0][0][:, :k], found[0][1][:, :k]
-        scores = np.where(rows >= 0, scores, np.float32(-np.inf)).astype(np.float32, copy=False)
-        return padded(scores, rows, k)
+        return padded(found[0][0][:, :k].astype(np.float32, copy=False), found[0][1][:, :k], k)
     scores = np.concatenate([s for s, _ in found], axis=1).astype(np.float32)
     rows = np.concatenate([np.where(r >= 0, r + start, -1) for (_, r), start in zip(found, starts)], axis=1)
     scores = np.where(rows >= 0, scores, np.float32(-np.inf))
@@ -254,8 +252,13 @@ def merge_top_k(
 
 
 def padded(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top lists [B, <= k] with -1 rows where nothing was found, widened to k with -inf / -1."""
-    rows = np.where(np.isfinite(scores), rows, -1)
+    """Top lists [B, <= k] with -1 rows (or non-finite scores) where nothing was found, -inf / -1
+    there, widened to k with -inf / -1."""
+    found = rows >= 0
+    found &= np.isfinite(scores)
+    if not found.all():
+        scores = np.where(found, scores, np.float32(-np.inf))
+        rows = np.where(found, rows, -1)
     if rows.shape[1] < k:
         pad = k - rows.shape[1]
         scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)

@@ -15,6 +15,7 @@ from retriever.index.faiss_index import FaissIndex
 from retriever.index.flat import FlatVectors
 from retriever.index.vectors import VectorStore
 from retriever.kernels import cpu
+from retriever.kernels import vectors as vectors_kernels
 
 from . import parts as parts_module
 from .base import (
@@ -187,8 +188,8 @@ class DenseField:
             local = None if allowed is None else allowed[start : start + len(part.vectors)]
             found.append(
                 parts_module.search(
-                    part.index, part.vectors, queries, k, {**part.tuned, **params}, local, rescore,
-                    self.config.metric,
+                    part.index, part.vectors, queries, k, {**part.tuned, **params} if part.tuned else params,
+                    local, rescore, self.config.metric,
                 )
             )
             starts.append(start)
@@ -350,26 +351,20 @@ def check_vectors(field, vectors, count: int, what: str) -> np.ndarray:
         )
     if array.shape[0] != count:
         raise InvalidRequest(f"{count} {what}s but {array.shape[0]} vectors for field {field.config.name!r}")
-    squared = np.vecdot(array, array)  # [N]; NaN/inf in a row makes its sum non-finite
-    if not (squared.min() > 0 and squared.sum() < np.inf):  # NaN fails both comparisons
-        _explain_bad_vectors(field, array, what)
-    return array / np.sqrt(squared)[:, None] if field.config.normalize else array
+    checked = vectors_kernels.checked_rows(array, field.config.normalize)
+    if checked is None:
+        _explain_bad_vectors(field, array, what)  # raises
+    return checked
 
 
 def _explain_bad_vectors(field, array: np.ndarray, what: str) -> None:
-    if array.shape[0] == 0:
-        return
+    """Raise the error that names why `kernels.vectors.checked_rows` refused these vectors."""
     finite = np.isfinite(array).all(axis=1)
     if not finite.all():
         raise InvalidRequest(
             f"{what} vector {int(np.flatnonzero(~finite)[0])} for field {field.config.name!r} contains NaN "
             "or inf"
         )
-    if field.config.normalize and not array.any(axis=1).all():
-        raise InvalidRequest(
-            f"a {what} vector for field {field.config.name!r} is all zeros and cannot be normalized"
-        )
-    if not np.isfinite(np.linalg.norm(array.astype(np.float64), axis=1)).all():
-        raise InvalidRequest(
-            f"a {what} vector for field {field.config.name!r} has values too large for float32 arithmetic"
-        )
+    raise InvalidRequest(
+        f"a {what} vector for field {field.config.name!r} is all zeros and cannot be normalized"
+    )

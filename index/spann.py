@@ -58,7 +58,7 @@ class SpannIndex:
         self.params = SpannParams(**manifest["params"])
         self.rows = manifest["rows"]
         self.centroids, self.router, self.offsets, self.reader = centroids, router, offsets, reader
-        self.dtype = record_dtype(self.dim)
+        self.dtype = record_dtype(self.dim, self.params.float_bits)
         self.delta = delta  # [A, D] rows `rows`.. in order
         self.removed = removed  # sorted int64 ids
         self.pq_centroids, self.codes = pq if pq is not None else (None, None)  # [M, 256, D / M], [records, M]
@@ -78,7 +78,7 @@ class SpannIndex:
         disk.mkdir(path)
         work = path / WORK_DIR
         centroids, runs = build_runs(vectors, work, params, memory_cap, resume, progress)
-        dtype = record_dtype(vectors.shape[1])
+        dtype = record_dtype(vectors.shape[1], params.float_bits)
         offsets, postings = merge_runs(run_sources(runs, dtype), path / "postings-000001.bin", memory_cap, progress=progress)
         pq = None
         if params.pq:
@@ -104,7 +104,7 @@ class SpannIndex:
             raise CorruptIndex(f"{str(postings)!r} is missing")
         centroids = np.load(path / names["centroids"])
         offsets = np.load(path / names["offsets"])
-        expected = int(offsets[-1]) * record_dtype(manifest["dim"]).itemsize
+        expected = int(offsets[-1]) * record_dtype(manifest["dim"], SpannParams(**manifest["params"]).float_bits).itemsize
         size = postings.stat().st_size
         if size != files[names["postings"]]["size"] or size != expected or len(offsets) != len(centroids) + 1:
             raise CorruptIndex(f"{str(postings)!r} has {size} bytes; the offsets table describes {expected} and the manifest "
@@ -268,7 +268,7 @@ class SpannIndex:
         delta_ids = np.arange(self.rows, self.rows + len(delta))
         live = ~np.isin(delta_ids, gone)
         rows, lists = assign(delta[live], self.centroids, self.router, self.params)
-        records, counts = records_by_list(delta[live], delta_ids[live], rows, lists, self.lists)
+        records, counts = records_by_list(delta[live], delta_ids[live], rows, lists, self.lists, self.dtype)
         old = RunSource(np.diff(self.offsets), self.dtype, reader=self.reader)
         fresh = RunSource(counts, self.dtype, records=records)
         posting_path = target / f"postings-{generation:06d}.bin"

@@ -30,6 +30,7 @@ from . import disk, storage
 from .diskio import PositionalReader
 
 DEFAULT_MEMORY_CAP = 1 << 30
+FLOAT16_MAX = float(np.finfo(np.float16).max)
 WORK_DIR = ".build"
 
 
@@ -45,6 +46,7 @@ class SpannParams:
     train_size: int | None = None
     seed: int = 0
     pq: int = 0  # > 0: a PQ code of this many bytes per posting record in memory, records re-scored from disk
+    float_bits: int = 32  # 16: records hold float16 vectors, half the bytes a query reads
 
     def __post_init__(self) -> None:
         if self.metric not in ("l2", "ip"):
@@ -55,6 +57,8 @@ class SpannParams:
             raise InvalidConfig(f"SPANN replicas must be within 1..16, got {self.replicas}")
         if self.pq < 0:
             raise InvalidConfig(f"SPANN pq must be >= 0 (0 = off), got {self.pq}")
+        if self.float_bits not in (16, 32):
+            raise InvalidConfig(f"SPANN records hold float16 or float32 vectors (F16, F32), got F{self.float_bits}")
         if self.closure < 0 or self.list_size < 1:
             raise InvalidConfig(f"SPANN closure must be >= 0 and list_size >= 1, got {self.closure}, {self.list_size}")
 
@@ -62,9 +66,9 @@ class SpannParams:
         return self.lists or max(1, math.ceil(rows / self.list_size))
 
 
-def record_dtype(dim: int) -> np.dtype:
-    """One posting: the row id, then its float32 vector (packed, 8 + 4 x dim bytes)."""
-    return np.dtype([("id", "<i8"), ("vector", "<f4", (dim,))])
+def record_dtype(dim: int, float_bits: int = 32) -> np.dtype:
+    """One posting: the row id, then its vector (packed: 8 + 4 x dim bytes, 8 + 2 x dim in float16)."""
+    return np.dtype([("id", "<i8"), ("vector", f"<f{float_bits // 8}", (dim,))])
 
 
 # ---- centroids ----------------------------------------------------------------------------------
@@ -140,12 +144,17 @@ def assign(vectors: np.ndarray, centroids: np.ndarray, router: faiss.Index, para
     return rows, lists[rows, slots]
 
 
-def records_by_list(vectors: np.ndarray, ids: np.ndarray, rows: np.ndarray, lists: np.ndarray, list_count: int) -> tuple[np.ndarray, np.ndarray]:
-    """-> (records sorted by list, then by id [P], counts per list [L])."""
+def records_by_list(vectors: np.ndarray, ids: np.ndarray, rows: np.ndarray, lists: np.ndarray, list_count: int,
+                    dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """-> (records of `dtype` sorted by list, then by id [P], counts per list [L])."""
     order = np.lexsort((ids[rows], lists))
-    records = np.empty(len(order), dtype=record_dtype(vectors.shape[1]))
+    records = np.empty(len(order), dtype=dtype)
     records["id"] = ids[rows[order]]
-    records["vector"] = vectors[rows[order]]
+    chosen = vectors[rows[order]]
+    if dtype["vector"].base == np.float16 and len(chosen) and np.abs(chosen).max() > FLOAT16_MAX:
+        raise InvalidRequest(f"a vector has a value beyond float16's range (+-{FLOAT16_MAX:g}): build this SPANN "
+                             "index with float32 records (without F16)")
+    records["vector"] = chosen
     return records, np.bincount(lists, minlength=list_count).astype(np.int64)
 
 
@@ -249,7 +258,8 @@ def build_runs(vectors: np.ndarray, work: Path, params: SpannParams, memory_cap:
         if not counts_path.exists():
             chunk = np.ascontiguousarray(vectors[start : start + block], dtype=np.float32)
             positions, lists = assign(chunk, centroids, router, params)
-            records, counts = records_by_list(chunk, np.arange(start, start + len(chunk)), positions, lists, len(centroids))
+            records, counts = records_by_list(chunk, np.arange(start, start + len(chunk)), positions, lists,
+                                              len(centroids), record_dtype(chunk.shape[1], params.float_bits))
             _write_atomic(run, records.tobytes())
             _save_atomic(counts_path, counts)
         bar.update(min(block, rows - start))

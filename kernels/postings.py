@@ -12,15 +12,18 @@ import numpy as np
 
 def records_top_k(records: np.ndarray, query: np.ndarray, count: int, metric: str,
                   allowed: np.ndarray | None, removed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """records: structured [R] of ("id" int64, "vector" float32 [D]); query [D] -> (scores [<= count]
+    """records: structured [R] of ("id" int64, "vector" float32 or float16 [D]); query [D] -> (scores [<= count]
     float32 higher-is-better, ids [<= count] int64), best first, ties by id. Ids outside `allowed`
     (a mask by id; ids past its end are left out) or in `removed` (sorted) are skipped. An id
     held by several records (replicas) may come back more than once."""
     dim = records.dtype["vector"].shape[0]
-    words = records.view(np.float32).reshape(len(records), dim + 2)  # the id spans two float32 slots
+    if records.dtype["vector"].base == np.float16:  # one conversion pass (numba has no float16)
+        words, first = records["vector"].astype(np.float32), 0
+    else:  # scored where they lie: the id spans the first two float32 slots of a record
+        words, first = records.view(np.float32).reshape(len(records), dim + 2), 2
     ids = records["id"]
     mask = allowed if allowed is not None else np.ones(1, dtype=bool)
-    scores, found, size = _scan()(words, ids, np.ascontiguousarray(query, dtype=np.float32), count,
+    scores, found, size = _scan()(words, first, ids, np.ascontiguousarray(query, dtype=np.float32), count,
                                   metric == "ip", mask, allowed is not None, removed)
     return scores[:size], found[:size]
 
@@ -36,7 +39,7 @@ def _scan():
 
     # reassociated sums run on SIMD lanes; no other fast-math flag (the heap starts at -inf)
     @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-    def scan(words, ids, query, count, inner, allowed, use_allowed, removed):
+    def scan(words, first, ids, query, count, inner, allowed, use_allowed, removed):
         dim = query.shape[0]
         heap_scores = np.full(count, -np.inf, dtype=np.float32)
         heap_ids = np.full(count, -1, dtype=np.int64)
@@ -50,10 +53,10 @@ def _scan():
             score = np.float32(0)
             if inner:
                 for d in range(dim):
-                    score += words[r, 2 + d] * query[d]
+                    score += words[r, first + d] * query[d]
             else:
                 for d in range(dim):
-                    diff = words[r, 2 + d] - query[d]
+                    diff = words[r, first + d] - query[d]
                     score -= diff * diff
             if size == count and not worse(heap_scores[0], heap_ids[0], score, i):
                 continue

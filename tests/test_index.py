@@ -81,6 +81,22 @@ def test_selector_and_overfetch_both_return_only_allowed_rows(data, factory):
         assert recall(rows, exact_scores, base, queries, K) >= 0.9
 
 
+@pytest.mark.parametrize("filtered", [False, True])
+def test_fast_scan_one_query_at_a_time_scores_as_the_batch(data, filtered):
+    """One query takes faiss's probe-parallel fast-scan implementation, a batch the default:
+    the same distances, only allowed rows (equal distances may come in another order)."""
+    base, queries, _, _ = data
+    index = built("IVF32,PQ16x4fs", base)
+    allowed = np.random.default_rng(2).random(len(base)) < 0.5 if filtered else None
+    params = {"nprobe": 8}
+    batch_scores, _ = index.search(queries, K, params, allowed)
+    for q in range(len(queries)):
+        scores, rows = index.search(queries[q : q + 1], K, params, allowed)
+        np.testing.assert_array_equal(scores[0], batch_scores[q])
+        assert allowed is None or allowed[rows[0][rows[0] >= 0]].all()
+    assert index._fast_scan.implem == 0  # faiss's default between searches
+
+
 def test_overfetch_with_fewer_allowed_rows_than_k(data):
     base, queries, _, _ = data
     allowed = np.zeros(len(base), dtype=bool)

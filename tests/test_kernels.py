@@ -89,12 +89,12 @@ def test_kth_lower_bound_is_at_most_the_kth_best(n):
 
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), count=st.integers(1, 30), metric=st.sampled_from(["ip", "l2"]),
-       filtered=st.booleans(), removing=st.booleans())
-def test_records_top_k_matches_numpy_over_the_same_records(seed, count, metric, filtered, removing):
+       filtered=st.booleans(), removing=st.booleans(), half=st.booleans())
+def test_records_top_k_matches_numpy_over_the_same_records(seed, count, metric, filtered, removing, half):
     from retriever.kernels.postings import records_top_k
 
     rng = np.random.default_rng(seed)
-    records = np.zeros(80, dtype=[("id", "<i8"), ("vector", "<f4", (6,))])
+    records = np.zeros(80, dtype=[("id", "<i8"), ("vector", "<f2" if half else "<f4", (6,))])
     records["id"] = rng.integers(0, 60, 80)  # replicas: an id may be held by several records
     records["vector"] = rng.integers(-3, 4, (80, 6))  # small integers: exact sums, and ties happen
     query = rng.integers(-3, 4, 6).astype(np.float32)

@@ -172,6 +172,38 @@ def test_updates_then_compaction_equal_a_fresh_build(data, tmp_path):
     assert recall(compacted_rows, fresh_rows) >= 0.9
 
 
+def test_float16_records_search_as_exact_search_over_the_rounded_vectors(data, tmp_path):
+    """F16: every list probed equals exact search over the float16-rounded vectors, through a
+    delta, a removal and a compaction; the posting file holds 8 + 2 x dim bytes a record."""
+    base, queries = data
+    params = SpannParams(list_size=40, closure=0.3, float_bits=16)
+    index = SpannIndex.build(base[:3000], tmp_path / "i", params, memory_cap=SMALL_CAP, progress=False)
+    assert index.dtype.itemsize == 8 + 2 * DIM
+    index.add(base[3000:])
+    index.remove(np.array([7, 3500]))
+    live = np.ones(len(base), dtype=bool)
+    live[[7, 3500]] = False
+    rounded = base.astype(np.float16).astype(np.float32)
+    rounded[3000:] = base[3000:]  # the delta keeps float32 vectors until compaction
+    everything = {"nprobe": 10_000, "prune": 1e9}
+    reopened = SpannIndex.open(tmp_path / "i")
+    assert_same_top_k(*reopened.search(queries, 10, **everything), *exact(rounded, queries, 10, live=live))
+    compacted = reopened.compact()
+    truth = exact(base.astype(np.float16).astype(np.float32), queries, 10, live=live)
+    assert_same_top_k(*compacted.search(queries, 10, **everything), *truth)
+    assert recall(compacted.search(queries, 10)[1], exact(base, queries, 10, live=live)[1]) >= 0.9
+
+
+def test_float16_records_refuse_values_beyond_their_range(data, tmp_path):
+    base, _ = data
+    wide = base.copy()
+    wide[10, 3] = 1e6
+    with pytest.raises(InvalidRequest, match="float16's range"):
+        SpannIndex.build(wide, tmp_path / "i", SpannParams(list_size=40, float_bits=16), progress=False)
+    with pytest.raises(InvalidConfig, match="F16, F32"):
+        SpannParams(float_bits=8)
+
+
 @pytest.fixture(scope="module")
 def built_pq(data, tmp_path_factory):
     base, _ = data
@@ -372,3 +404,22 @@ def test_collection_refuses_a_replaced_spann_manifest_and_bad_factory(data, tmp_
         retriever.Collection.open(tmp_path / "c")
     with pytest.raises(InvalidConfig, match="R<replicas>"):
         retriever.Collection.create(tmp_path / "d", {"name": "s", "fields": [{"name": "v", "dim": DIM, "index": "SPANN,X3"}]})
+    with pytest.raises(InvalidConfig, match="F16, F32"):
+        retriever.Collection.create(tmp_path / "e", {"name": "s", "fields": [{"name": "v", "dim": DIM, "index": "SPANN,F8"}]})
+
+
+def test_collection_field_with_float16_records_rescores_to_exact(data, tmp_path):
+    import retriever
+
+    base, queries = data
+    fields = [{"name": "flat", "dim": DIM, "metric": "l2"},
+              {"name": "spann", "dim": DIM, "metric": "l2", "index": "SPANN,L40,F16", "rescore": 50}]
+    collection = retriever.Collection.create(
+        tmp_path / "c", {"name": "s", "max_candidates": EVERYTHING, "fields": fields}
+    )
+    collection.add([{"id": str(i)} for i in range(len(base))], vectors={"flat": base, "spann": base})
+    assert collection.fields["spann"].info()["segment_indexes"] == ["SPANN"]
+    exact_hits = collection.search(queries, 10, fields="flat")
+    everything = collection.search(queries, 10, fields="spann", params={"nprobe": 10_000, "prune_pct": 10**6})
+    np.testing.assert_allclose([h.scores for h in everything], [h.scores for h in exact_hits], rtol=1e-5, atol=1e-5)
+    assert [h.ids for h in everything] == [h.ids for h in exact_hits]

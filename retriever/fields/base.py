@@ -254,9 +254,8 @@ def merge_top_k(
 def padded(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top lists [B, <= k] with -1 rows (or non-finite scores) where nothing was found, -inf / -1
     there, widened to k with -inf / -1."""
-    found = rows >= 0
-    found &= np.isfinite(scores)
-    if not found.all():
+    if not (rows.min(initial=0) >= 0 and scores.min(initial=0) > -np.inf):  # NaN fails too
+        found = (rows >= 0) & np.isfinite(scores)
         scores = np.where(found, scores, np.float32(-np.inf))
         rows = np.where(found, rows, -1)
     if rows.shape[1] < k:

@@ -3,8 +3,10 @@ float vectors into a `<segment>.<field>.spann` directory (`parts.build`), once t
 large enough; smaller segments are searched exactly. Merges build new directories, and old ones
 stay until no kept manifest names them, so readers pinned to an older version keep working.
 
-Factory string: `SPANN[lists][,R<replicas>][,L<list size>][,PQ<bytes>]`, e.g. `SPANN`,
-`SPANN8192,R8`, `SPANN,PQ24` (PQ codes in memory, only the best `rescore` records read from disk).
+Factory string: `SPANN[lists][,R<replicas>][,L<list size>][,PQ<bytes>][,F16]`, e.g. `SPANN`,
+`SPANN8192,R8`, `SPANN,PQ24` (PQ codes in memory, only the best `rescore` records read from disk),
+`SPANN,F16` (float16 posting records: half the bytes read per query; a field `rescore` > 0 re-scores
+the best with the stored float32 vectors).
 Request parameters: `nprobe`, `prune_pct` (lists within (1 + prune_pct / 100) x the nearest
 centroid's distance), `rescore` (PQ mode).
 """
@@ -27,8 +29,8 @@ from retriever.errors import CorruptIndex, InvalidConfig
 
 from .base import padded
 
-_PART = re.compile(r"^(R|L|PQ)(\d+)$")
-_OPTIONS = {"R": "replicas", "L": "list_size", "PQ": "pq"}
+_PART = re.compile(r"^(R|L|PQ|F)(\d+)$")
+_OPTIONS = {"R": "replicas", "L": "list_size", "PQ": "pq", "F": "float_bits"}
 
 
 def is_spann(factory: str) -> bool:
@@ -39,14 +41,14 @@ def spann_params(factory: str, metric: str) -> SpannParams:
     head, *rest = [p.strip().upper() for p in factory.split(",")]
     if not re.fullmatch(r"SPANN\d*", head):
         raise InvalidConfig(
-            f"index {factory!r}: expected SPANN[lists][,R<replicas>][,L<list size>][,PQ<bytes>]"
+            f"index {factory!r}: expected SPANN[lists][,R<replicas>][,L<list size>][,PQ<bytes>][,F16]"
         )
     options: dict[str, Any] = {"metric": metric, "lists": int(head[5:]) if head[5:] else None}
     for part in rest:
         match = _PART.match(part)
         if not match:
             raise InvalidConfig(
-                f"index {factory!r}: unknown part {part!r}; expected R<replicas>, L<list size> or PQ<bytes>"
+                f"index {factory!r}: unknown part {part!r}; expected R<replicas>, L<list size>, PQ<bytes> or F16"
             )
         options[_OPTIONS[match[1]]] = int(match[2])
     return SpannParams(**options)

@@ -26,6 +26,20 @@ def timed(fn, repeats: int = REPEATS) -> float:
     return statistics.median(times)
 
 
+def interleaved_seconds(systems: dict, pieces: list, repeats: int = REPEATS) -> dict[str, float]:
+    """{name: median over `repeats` of the seconds `run(piece)` takes summed over `pieces`}, the
+    systems taking turns piece by piece: a burst of machine noise lands on all of them alike,
+    where whole passes one after the other would hand it to whichever ran then."""
+    totals = {name: [0.0] * repeats for name in systems}
+    for r in range(repeats):
+        for piece in pieces:
+            for name, run in systems.items():
+                start = time.perf_counter()
+                run(piece)
+                totals[name][r] += time.perf_counter() - start
+    return {name: statistics.median(seconds) for name, seconds in totals.items()}
+
+
 def latency(seconds: list[float], digits: int = 2) -> dict:
     """Per-call seconds -> {"p50_ms", "p99_ms", "mean_ms"}."""
     import numpy as np

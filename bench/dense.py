@@ -31,7 +31,7 @@ from retriever.evaluation import evaluate, load_beir
 from retriever.index.faiss_index import PROBE_PARALLEL
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import REPEATS, emit, log, timed  # noqa: E402
+from common import REPEATS, emit, interleaved_seconds, log, timed  # noqa: E402
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 K = 10
@@ -151,31 +151,31 @@ def overhead_vs_faiss(name: str, c: retriever.Collection, queries: np.ndarray, p
     ours_params = {**params, "rescore": 0}
     out = {"index": c.fields["dense"].config.index, "params": params}
     for batch in (1, 100):
-        starts = range(0, len(queries), batch)
+        # pieces of ~100 queries (one batch of 100, or 100 batches of one) the systems take in turn
+        pieces = [range(lo, min(lo + 100, len(queries)), batch) for lo in range(0, len(queries), 100)]
 
-        def raw():
+        def raw(starts):
             for i in starts:
                 index.search(queries[i : i + batch], K, params=raw_params)
 
-        def ours():  # the ids too: raw faiss answers with row numbers, which are its ids
+        def ours(starts):  # the ids too: raw faiss answers with row numbers, which are its ids
             for i in starts:
                 c.search(queries[i : i + batch], k=K, params=ours_params).ids
 
-        def raw_probe_parallel():  # the fast-scan implementation our path picks for few queries
+        def raw_probe_parallel(starts):  # the fast-scan implementation our path picks for few queries
             fast_scan.implem = PROBE_PARALLEL
             try:
-                raw()
+                raw(starts)
             finally:
                 fast_scan.implem = 0
 
         systems = {"raw_faiss": raw, "ours": ours}
         if fast_scan is not None and batch < faiss.omp_get_max_threads():
             systems["raw_faiss_probe_parallel"] = raw_probe_parallel
-        seconds: dict[str, list[float]] = {name: [] for name in systems}
-        for _ in range(REPEATS):  # interleaved, so machine noise hits every system alike
-            for name, run in systems.items():
-                seconds[name].append(timed(run, 1))
-        qps = {name: len(queries) / statistics.median(s) for name, s in seconds.items()}
+        for run in systems.values():
+            run(pieces[0])  # first touches
+        seconds = interleaved_seconds(systems, pieces, REPEATS)
+        qps = {name: len(queries) / s for name, s in seconds.items()}
         row = {f"{name}_qps": round(value, 1) for name, value in qps.items()}
         row.update(ratio=round(qps["ours"] / qps["raw_faiss"], 3), target_ratio=0.95)
         if "raw_faiss_probe_parallel" in qps:  # our path's cost alone, both on the same implementation

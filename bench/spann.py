@@ -113,7 +113,7 @@ def exact_truth(base: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 # ---- builds (in this process; each system is then searched in its own process) -----------------
 
-def build_spann(data: Path, target: Path, list_size: int, memory_cap: int, pq: int = 0) -> dict:
+def build_spann(data: Path, target: Path, list_size: int, memory_cap: int, pq: int = 0, float_bits: int = 32) -> dict:
     from retriever.index.spann import SpannIndex
     from retriever.index.spann_build import SpannParams
 
@@ -121,7 +121,7 @@ def build_spann(data: Path, target: Path, list_size: int, memory_cap: int, pq: i
         return json.loads((target.parent / f"{target.name}.build.json").read_text())
     shutil.rmtree(target, ignore_errors=True)
     began = time.perf_counter()
-    index = SpannIndex.build(np.load(data / "base.npy", mmap_mode="r"), target, SpannParams(list_size=list_size, pq=pq),
+    index = SpannIndex.build(np.load(data / "base.npy", mmap_mode="r"), target, SpannParams(list_size=list_size, pq=pq, float_bits=float_bits),
                              memory_cap=memory_cap)
     lengths = index.list_lengths()
     row = {"build_s": round(time.perf_counter() - began, 1), "memory_cap_bytes": memory_cap, "lists": index.lists,
@@ -216,8 +216,9 @@ def import_system(system: str) -> None:
         from retriever.kernels import heap, postings
 
         heap.top_k(np.zeros((1, 2), np.float32), 1)  # numba and the cached kernels load on first use
-        postings.records_top_k(np.zeros(1, record_dtype(2)), np.zeros(2, np.float32), 1, "l2", None,
-                               np.zeros(0, np.int64))
+        for bits in (32, 16):
+            postings.records_top_k(np.zeros(1, record_dtype(2, bits)), np.zeros(2, np.float32), 1, "l2", None,
+                                   np.zeros(0, np.int64))
     elif system == "hnswlib":
         import hnswlib  # noqa: F401
 
@@ -292,6 +293,7 @@ def dataset(name: str, data: Path, work: Path, memory_cap: int, list_size: int, 
     out = {"rows": rows, "dim": dim, "queries": len(np.load(data / "queries.npy")), "raw_float32_bytes": rows * dim * 4, "systems": {}}
     builds = {
         "spann": (work / f"{name}.spann", lambda p: build_spann(data, p, list_size, memory_cap)),
+        "spann_f16": (work / f"{name}.spann-f16", lambda p: build_spann(data, p, list_size, memory_cap, float_bits=16)),
         "spann_pq": (work / f"{name}.spann-pq{pq}", lambda p: build_spann(data, p, list_size, memory_cap, pq=pq)),
         "faiss_ivfpq": (work / f"{name}.ivfpq.faiss", lambda p: build_faiss(data, p, f"IVF{nlist},PQ{dim // 2}", False)),
         "faiss_ivf_ondisk": (work / f"{name}.ivfflat.faiss", lambda p: build_faiss(data, p, f"IVF{nlist},Flat", True)),
@@ -302,6 +304,7 @@ def dataset(name: str, data: Path, work: Path, memory_cap: int, list_size: int, 
         builds["hnswlib"] = (work / f"{name}.hnswlib", lambda p: build_hnswlib(data, p))
     sweeps = {
         "spann": [{"nprobe": n, "prune": 1.0} for n in (8, 16, 32, 64, 96, 128, 192, 256)],
+        "spann_f16": [{"nprobe": n, "prune": 1.0} for n in (8, 16, 32, 64, 96, 128, 192, 256)],
         "spann_pq": [{"nprobe": n, "prune": 1.0, "rescore": r} for n in (32, 64, 128, 256) for r in (100, 300)],
         "faiss_ivfpq": [{"nprobe": n} for n in (8, 16, 32, 64, 128, 256)],
         "faiss_ivf_ondisk": [{"nprobe": n} for n in (4, 8, 16, 32, 64, 128)],
@@ -310,7 +313,7 @@ def dataset(name: str, data: Path, work: Path, memory_cap: int, list_size: int, 
     for system, (path, build) in builds.items():
         log(name, "building", system)
         row = {"build": build(path), "warm": run_worker(system, path, data, sweeps[system], cold=False)}
-        if system in ("spann", "spann_pq", "faiss_ivf_ondisk"):
+        if system in ("spann", "spann_f16", "spann_pq", "faiss_ivf_ondisk"):
             row["cold"] = run_worker(system, path, data, sweeps[system], cold=True)
         row["resident_share_of_raw"] = round(row["warm"]["resident_bytes"] / out["raw_float32_bytes"], 4)
         row["structure_share_of_raw"] = round(row["warm"]["structure_bytes"] / out["raw_float32_bytes"], 4)
@@ -329,7 +332,7 @@ def summary(out: dict) -> dict:
         return min(ok, key=lambda p: p["p50_ms"]) if ok else None
 
     result = {"target_recall": TARGET_RECALL}
-    for variant in ("spann", "spann_pq"):
+    for variant in ("spann", "spann_f16", "spann_pq"):
         if variant not in out["systems"]:
             continue
         row = out["systems"][variant]

@@ -172,13 +172,17 @@ class SpannIndex:
         if self.lists > EXACT_ROUTING:
             return self.router.search(queries, count)
         # [B, L] |q|^2 - squared distance: the nearest centroids score highest
-        closeness = 2 * (queries @ self.centroids.T) - self._centroid_norms[None, :]
+        twice, norms = self._routing_terms
+        closeness = queries @ twice.T
+        closeness -= norms
         nearest, lists = heap.top_k(closeness, count)
         return np.vecdot(queries, queries)[:, None] - nearest, lists
 
     @functools.cached_property
-    def _centroid_norms(self) -> np.ndarray:
-        return np.vecdot(self.centroids, self.centroids)
+    def _routing_terms(self) -> tuple[np.ndarray, np.ndarray]:
+        """(2 x centroids, |centroid|^2): a query's closeness to each centroid is one product
+        and one subtraction in place."""
+        return 2 * self.centroids, np.vecdot(self.centroids, self.centroids)
 
     def _within(self, lists: np.ndarray, squared: np.ndarray, prune: float) -> np.ndarray:
         """The router's lists [P] for one query whose centroid lies within (1 + prune) x the

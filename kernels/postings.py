@@ -17,25 +17,56 @@ def records_top_k(records: np.ndarray, query: np.ndarray, count: int, metric: st
     (a mask by id; ids past its end are left out) or in `removed` (sorted) are skipped. An id
     held by several records (replicas) may come back more than once."""
     dim = records.dtype["vector"].shape[0]
-    if records.dtype["vector"].base == np.float16:  # one conversion pass (numba has no float16)
-        words, first = records["vector"].astype(np.float32), 0
-    else:  # scored where they lie: the id spans the first two float32 slots of a record
+    half = records.dtype["vector"].base == np.float16
+    if half:  # the id spans the first four float16 slots of a record
+        words, first = records.view(np.uint16).reshape(len(records), dim + 4), 4
+    else:  # the id spans the first two float32 slots
         words, first = records.view(np.float32).reshape(len(records), dim + 2), 2
     ids = records["id"]
     mask = allowed if allowed is not None else np.ones(1, dtype=bool)
-    scores, found, size = _scan()(words, first, ids, np.ascontiguousarray(query, dtype=np.float32), count,
-                                  metric == "ip", mask, allowed is not None, removed)
+    scores, found, size = _scan(half)(words, first, ids, np.ascontiguousarray(query, dtype=np.float32), count,
+                                      metric == "ip", mask, allowed is not None, removed)
     return scores[:size], found[:size]
 
 
 @functools.cache
-def _scan():
-    """Compile on first use, so importing this module does no work (numba caches to disk)."""
+def half_to_float():
+    """float16 bits (uint16) -> float32 in registers, compiled on first use: the sign moved to
+    bit 31, exponent and mantissa 13 places up, the result scaled by 2^112 (float32's exponent
+    bias over float16's); exact for every finite half, subnormals included, and SIMD-friendly
+    where numpy converts one value at a time (numba has no float16)."""
+    import numba
+    from llvmlite import ir
+    from numba.core import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def bits_as_float32(typingctx, bits):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.FloatType())
+
+        return types.float32(types.uint32), codegen
+
+    scale = np.float32(2.0**112)
+
+    @numba.njit(cache=True, nogil=True, inline="always")
+    def convert(h):
+        word = np.uint32(h)
+        return bits_as_float32(((word & 0x8000) << 16) | ((word & 0x7FFF) << 13)) * scale
+
+    return convert
+
+
+@functools.cache
+def _scan(half: bool):
+    """Compile on first use, so importing this module does no work (numba caches to disk); `half`:
+    records of float16 words read through `half_to_float`."""
     import numba
 
     from .heap import heap_helpers
 
     worse, offer, sort_best_first = heap_helpers()
+    value = half_to_float() if half else numba.njit(inline="always")(lambda word: word)
 
     # reassociated sums run on SIMD lanes; no other fast-math flag (the heap starts at -inf)
     @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
@@ -53,10 +84,10 @@ def _scan():
             score = np.float32(0)
             if inner:
                 for d in range(dim):
-                    score += words[r, first + d] * query[d]
+                    score += value(words[r, first + d]) * query[d]
             else:
                 for d in range(dim):
-                    diff = words[r, first + d] - query[d]
+                    diff = value(words[r, first + d]) - query[d]
                     score -= diff * diff
             if size == count and not worse(heap_scores[0], heap_ids[0], score, i):
                 continue

@@ -111,6 +111,25 @@ def test_records_top_k_matches_numpy_over_the_same_records(seed, count, metric, 
     assert ids.tolist() == records["id"][keep][order].tolist()
 
 
+def test_half_to_float_is_exact_for_every_finite_half():
+    import numba
+
+    from retriever.kernels.postings import half_to_float
+
+    convert = half_to_float()
+
+    @numba.njit
+    def widen(halves):
+        out = np.empty(len(halves), np.float32)
+        for i in range(len(halves)):
+            out[i] = convert(halves[i])
+        return out
+
+    halves = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    finite = np.isfinite(halves.view(np.float16))
+    assert np.array_equal(widen(halves)[finite], halves.view(np.float16)[finite].astype(np.float32))
+
+
 @pytest.mark.parametrize("n, k", [(50, 7), (7, 10), (1000, 96)])
 def test_heap_top_k_keeps_the_best_ties_to_the_lower_column(n, k):
     from retriever.kernels.heap import top_k

@@ -4,7 +4,8 @@ Prints one JSON object on stdout (progress on stderr). Peers run in the same pro
 raw faiss on the very same index object and queries, and plain `SentenceTransformer.encode`.
 
     python bench/dense.py [--scifact ../shared/data/scifact] [--build-docs 1000] [--out result.json]
-    python bench/dense.py --skip sweeps bandwidth build   # our search path against raw faiss only
+    # the request path against raw faiss alone, the SciFact collection kept between runs:
+    python bench/dense.py --skip sweeps bandwidth build --keep /tmp/dense-bench
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from retriever.corpus import read_jsonl
 from retriever.documents import document_texts, documents_to_table
 from retriever.encoders.models import resolve_model
 from retriever.evaluation import evaluate, load_beir
+from retriever.index import storage
 from retriever.index.faiss_index import PROBE_PARALLEL
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -59,8 +61,12 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 def scifact_quality(scifact: Path, work: Path) -> tuple[dict, retriever.Collection]:
-    log("scifact: building Flat collection over the full corpus")
-    collection = build(minilm_config("Flat"), scifact / "corpus.jsonl", work / "scifact-flat", progress=True)
+    target = work / "scifact-flat"
+    if (target / storage.MANIFEST).exists():  # kept from an earlier run (--keep)
+        collection = retriever.Collection.open(target)
+    else:
+        log("scifact: building Flat collection over the full corpus")
+        collection = build(minilm_config("Flat"), scifact / "corpus.jsonl", target, progress=True)
     queries, qrels = load_beir(scifact, "test")
     result = evaluate(collection, queries, qrels, progress=False)
     return {"index": "Flat", "model": MODEL, **result, "target_nDCG@10": 0.64, "reference_nDCG@10": 0.645}, collection
@@ -262,17 +268,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scifact", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact")
     parser.add_argument("--build-docs", type=int, default=1000)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["scifact", "glove", "sweeps", "bandwidth", "build"])
+    parts = ["scifact", "glove", "sweeps", "bandwidth", "build"]
+    parser.add_argument("--skip", nargs="*", default=[], choices=parts)
     parser.add_argument("--glove-index", default="IVF1024,PQ50x4fs:64",
                         help="FACTORY:NPROBE measured against raw faiss when the sweeps are skipped")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--keep", type=Path, help="build the SciFact collection here, or reuse the one "
+                        "built there: timings then follow no five-minute encoding run that leaves a shared "
+                        "machine slower")
     args = parser.parse_args()
     faiss.omp_set_num_threads(faiss.omp_get_max_threads())
     result: dict = {"machine": {"cpus": faiss.omp_get_max_threads(), "faiss": faiss.__version__, "retriever": retriever.__version__}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
         if "scifact" not in args.skip:
-            quality, flat = scifact_quality(args.scifact, work)
+            quality, flat = scifact_quality(args.scifact, args.keep or work)
             result["scifact_flat"] = quality
             base = flat.fields["dense"].vectors.to_array()
             texts = [q["text"] for q in read_jsonl(args.scifact / "queries.jsonl")]

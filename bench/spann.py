@@ -113,7 +113,8 @@ def exact_truth(base: np.ndarray, queries: np.ndarray) -> np.ndarray:
 
 # ---- builds (in this process; each system is then searched in its own process) -----------------
 
-def build_spann(data: Path, target: Path, list_size: int, memory_cap: int, pq: int = 0, float_bits: int = 32) -> dict:
+def build_spann(data: Path, target: Path, list_size: int, memory_cap: int, pq: int = 0,
+                float_bits: int = 32) -> dict:
     from retriever.index.spann import SpannIndex
     from retriever.index.spann_build import SpannParams
 
@@ -121,8 +122,8 @@ def build_spann(data: Path, target: Path, list_size: int, memory_cap: int, pq: i
         return json.loads((target.parent / f"{target.name}.build.json").read_text())
     shutil.rmtree(target, ignore_errors=True)
     began = time.perf_counter()
-    index = SpannIndex.build(np.load(data / "base.npy", mmap_mode="r"), target, SpannParams(list_size=list_size, pq=pq, float_bits=float_bits),
-                             memory_cap=memory_cap)
+    params = SpannParams(list_size=list_size, pq=pq, float_bits=float_bits)
+    index = SpannIndex.build(np.load(data / "base.npy", mmap_mode="r"), target, params, memory_cap=memory_cap)
     lengths = index.list_lengths()
     row = {"build_s": round(time.perf_counter() - began, 1), "memory_cap_bytes": memory_cap, "lists": index.lists,
            "replication": round(float(lengths.sum()) / index.rows, 3), "list_length": {"mean": round(float(lengths.mean()), 1),
@@ -293,7 +294,8 @@ def dataset(name: str, data: Path, work: Path, memory_cap: int, list_size: int, 
     out = {"rows": rows, "dim": dim, "queries": len(np.load(data / "queries.npy")), "raw_float32_bytes": rows * dim * 4, "systems": {}}
     builds = {
         "spann": (work / f"{name}.spann", lambda p: build_spann(data, p, list_size, memory_cap)),
-        "spann_f16": (work / f"{name}.spann-f16", lambda p: build_spann(data, p, list_size, memory_cap, float_bits=16)),
+        "spann_f16": (work / f"{name}.spann-f16",
+                      lambda p: build_spann(data, p, list_size, memory_cap, float_bits=16)),
         "spann_pq": (work / f"{name}.spann-pq{pq}", lambda p: build_spann(data, p, list_size, memory_cap, pq=pq)),
         "faiss_ivfpq": (work / f"{name}.ivfpq.faiss", lambda p: build_faiss(data, p, f"IVF{nlist},PQ{dim // 2}", False)),
         "faiss_ivf_ondisk": (work / f"{name}.ivfflat.faiss", lambda p: build_faiss(data, p, f"IVF{nlist},Flat", True)),

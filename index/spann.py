@@ -104,7 +104,8 @@ class SpannIndex:
             raise CorruptIndex(f"{str(postings)!r} is missing")
         centroids = np.load(path / names["centroids"])
         offsets = np.load(path / names["offsets"])
-        expected = int(offsets[-1]) * record_dtype(manifest["dim"], SpannParams(**manifest["params"]).float_bits).itemsize
+        float_bits = SpannParams(**manifest["params"]).float_bits
+        expected = int(offsets[-1]) * record_dtype(manifest["dim"], float_bits).itemsize
         size = postings.stat().st_size
         if size != files[names["postings"]]["size"] or size != expected or len(offsets) != len(centroids) + 1:
             raise CorruptIndex(f"{str(postings)!r} has {size} bytes; the offsets table describes {expected} and the manifest "

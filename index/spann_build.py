@@ -58,7 +58,9 @@ class SpannParams:
         if self.pq < 0:
             raise InvalidConfig(f"SPANN pq must be >= 0 (0 = off), got {self.pq}")
         if self.float_bits not in (16, 32):
-            raise InvalidConfig(f"SPANN records hold float16 or float32 vectors (F16, F32), got F{self.float_bits}")
+            raise InvalidConfig(
+                f"SPANN records hold float16 or float32 vectors (F16, F32), got F{self.float_bits}"
+            )
         if self.closure < 0 or self.list_size < 1:
             raise InvalidConfig(f"SPANN closure must be >= 0 and list_size >= 1, got {self.closure}, {self.list_size}")
 
@@ -144,16 +146,16 @@ def assign(vectors: np.ndarray, centroids: np.ndarray, router: faiss.Index, para
     return rows, lists[rows, slots]
 
 
-def records_by_list(vectors: np.ndarray, ids: np.ndarray, rows: np.ndarray, lists: np.ndarray, list_count: int,
-                    dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+def records_by_list(vectors: np.ndarray, ids: np.ndarray, rows: np.ndarray, lists: np.ndarray,
+                    list_count: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """-> (records of `dtype` sorted by list, then by id [P], counts per list [L])."""
     order = np.lexsort((ids[rows], lists))
     records = np.empty(len(order), dtype=dtype)
     records["id"] = ids[rows[order]]
     chosen = vectors[rows[order]]
     if dtype["vector"].base == np.float16 and len(chosen) and np.abs(chosen).max() > FLOAT16_MAX:
-        raise InvalidRequest(f"a vector has a value beyond float16's range (+-{FLOAT16_MAX:g}): build this SPANN "
-                             "index with float32 records (without F16)")
+        raise InvalidRequest(f"a vector has a value beyond float16's range (+-{FLOAT16_MAX:g}): build "
+                             "this SPANN index with float32 records (without F16)")
     records["vector"] = chosen
     return records, np.bincount(lists, minlength=list_count).astype(np.int64)
 

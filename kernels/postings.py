@@ -12,8 +12,8 @@ import numpy as np
 
 def records_top_k(records: np.ndarray, query: np.ndarray, count: int, metric: str,
                   allowed: np.ndarray | None, removed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """records: structured [R] of ("id" int64, "vector" float32 or float16 [D]); query [D] -> (scores [<= count]
-    float32 higher-is-better, ids [<= count] int64), best first, ties by id. Ids outside `allowed`
+    """records: structured [R] of ("id" int64, "vector" float32 or float16 [D]); query [D] -> (scores
+    [<= count] float32 higher-is-better, ids [<= count] int64), best first, ties by id. Ids outside `allowed`
     (a mask by id; ids past its end are left out) or in `removed` (sorted) are skipped. An id
     held by several records (replicas) may come back more than once."""
     dim = records.dtype["vector"].shape[0]

@@ -863,7 +863,9 @@ class Collection:
         k = self._check_k(k)
         names = self._field_names(fields)
         params = check_params(params)
-        spec = fusion_module.FusionSpec.checked(fusion, weights, normalization, names)
+        # one field with the default fusion arguments: nothing to check, nothing to fuse
+        plain = len(names) == 1 and not weights and (fusion, normalization) == ("rrf", "minmax")
+        spec = None if plain else fusion_module.FusionSpec.checked(fusion, weights, normalization, names)
         # each field's depth: fused fields give more candidates than k
         depth = k if len(names) == 1 else max(k, params.get("candidates", FUSION_CANDIDATES))
         batch = self._query_payloads(queries, names, params, max(depth, _depth(k, params)))
@@ -1027,7 +1029,7 @@ class Collection:
         texts: dict[str, list[str]] = {}
         payloads: dict[str, Any] = {}
         for n, given in self._queries_by_field(queries, names).items():
-            if are_texts(given):
+            if not isinstance(given, np.ndarray) and are_texts(given):
                 texts[n] = [given] if isinstance(given, str) else list(given)
                 check_query_texts(texts[n], n)
             else:
@@ -1047,6 +1049,8 @@ class Collection:
 
     def _queries_by_field(self, queries: Queries, names: list[str]) -> dict[str, Any]:
         """{searched field: its queries as given}: texts serve every field; a mapping names each."""
+        if isinstance(queries, np.ndarray) and len(names) == 1:  # vectors or codes: the usual request
+            return {names[0]: queries}
         if are_texts(queries):
             return {n: queries for n in names}
         if isinstance(queries, Mapping) and all(isinstance(key, str) for key in queries):
@@ -1119,7 +1123,8 @@ def _known_params() -> Mapping[str, Param]:
 
 @functools.cache
 def _params_of_kinds(kinds: tuple) -> Mapping[str, Param]:
-    """Made once for the registry's kinds: every request checks its parameters against it."""
+    """Made once for the registry's kinds (`kinds` keys the cache; `request_params` reads them):
+    every request checks its parameters against it."""
     return MappingProxyType({**request_params(), **FUSION_PARAMS})
 
 

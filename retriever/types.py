@@ -113,7 +113,7 @@ class Results(Sequence[Hits]):
         cls, scores: np.ndarray, rows: np.ndarray, field_scores: dict[str, np.ndarray], documents, reasons
     ) -> "Results":
         """scores/rows/field_scores [B, k] whose -1 rows pad the end of short lists."""
-        if rows.size and rows.min() >= 0:  # the usual case, no padding: plain reshapes
+        if rows.size and np.minimum.reduce(rows, axis=None) >= 0:  # the usual case: plain reshapes
             offsets = np.arange(0, rows.size + 1, rows.shape[1], dtype=np.int64)
             flat = {n: v.reshape(-1) for n, v in field_scores.items()}
             return cls(offsets, scores.reshape(-1), flat, rows.reshape(-1), documents, reasons)

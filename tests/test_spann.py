@@ -405,7 +405,8 @@ def test_collection_refuses_a_replaced_spann_manifest_and_bad_factory(data, tmp_
     with pytest.raises(InvalidConfig, match="R<replicas>"):
         retriever.Collection.create(tmp_path / "d", {"name": "s", "fields": [{"name": "v", "dim": DIM, "index": "SPANN,X3"}]})
     with pytest.raises(InvalidConfig, match="F16, F32"):
-        retriever.Collection.create(tmp_path / "e", {"name": "s", "fields": [{"name": "v", "dim": DIM, "index": "SPANN,F8"}]})
+        fields = [{"name": "v", "dim": DIM, "index": "SPANN,F8"}]
+        retriever.Collection.create(tmp_path / "e", {"name": "s", "fields": fields})
 
 
 def test_collection_field_with_float16_records_rescores_to_exact(data, tmp_path):
@@ -421,5 +422,6 @@ def test_collection_field_with_float16_records_rescores_to_exact(data, tmp_path)
     assert collection.fields["spann"].info()["segment_indexes"] == ["SPANN"]
     exact_hits = collection.search(queries, 10, fields="flat")
     everything = collection.search(queries, 10, fields="spann", params={"nprobe": 10_000, "prune_pct": 10**6})
-    np.testing.assert_allclose([h.scores for h in everything], [h.scores for h in exact_hits], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose([h.scores for h in everything], [h.scores for h in exact_hits],
+                               rtol=1e-5, atol=1e-5)
     assert [h.ids for h in everything] == [h.ids for h in exact_hits]

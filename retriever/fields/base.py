@@ -254,7 +254,9 @@ def merge_top_k(
 def padded(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top lists [B, <= k] with -1 rows (or non-finite scores) where nothing was found, -inf / -1
     there, widened to k with -inf / -1."""
-    if not (rows.min(initial=0) >= 0 and scores.min(initial=0) > -np.inf):  # NaN fails too
+    # ufunc reductions straight: ndarray.min goes through numpy's Python-level wrapper
+    if not (np.minimum.reduce(rows, axis=None, initial=0) >= 0
+            and np.minimum.reduce(scores, axis=None, initial=0) > -np.inf):  # NaN fails too
         found = (rows >= 0) & np.isfinite(scores)
         scores = np.where(found, scores, np.float32(-np.inf))
         rows = np.where(found, rows, -1)

@@ -48,7 +48,8 @@ def spann_params(factory: str, metric: str) -> SpannParams:
         match = _PART.match(part)
         if not match:
             raise InvalidConfig(
-                f"index {factory!r}: unknown part {part!r}; expected R<replicas>, L<list size>, PQ<bytes> or F16"
+                f"index {factory!r}: unknown part {part!r}; expected R<replicas>, L<list size>, "
+                "PQ<bytes> or F16"
             )
         options[_OPTIONS[match[1]]] = int(match[2])
     return SpannParams(**options)

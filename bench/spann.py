@@ -4,7 +4,9 @@ synthetic clustered set of 5M 96-d vectors made by the bench.
 
 Per system and operating point: recall@10 against exact search, p50/p99 latency of one query at
 a time on one thread, bytes and reads from disk per query (SPANN counts its own preads), with the
-posting file's page cache warm and dropped before every query (posix_fadvise DONTNEED). Resident
+posting file's page cache warm and dropped before every query (posix_fadvise DONTNEED). Warm
+sweeps run in 3 rounds in which the systems take turns, each point's latency the median over the
+rounds, so a slow spell of this shared machine does not land on one system alone. Resident
 memory is measured per system in a fresh process: RSS after opening the index and searching,
 minus RSS before opening. Build time is wall time on this machine.
 
@@ -19,6 +21,7 @@ import importlib.util
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -31,6 +34,7 @@ from common import emit, log  # noqa: E402
 
 K = 10
 TARGET_RECALL = 0.90
+WARM_ROUNDS = 3  # warm sweeps per system; latency is the median over the rounds
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -314,13 +318,33 @@ def dataset(name: str, data: Path, work: Path, memory_cap: int, list_size: int, 
     }
     for system, (path, build) in builds.items():
         log(name, "building", system)
-        row = {"build": build(path), "warm": run_worker(system, path, data, sweeps[system], cold=False)}
+        out["systems"][system] = {"build": build(path)}
+    warm = {system: [] for system in builds}
+    for _ in range(WARM_ROUNDS):  # the systems take turns, so a slow spell of the machine lands on all
+        for system, (path, _) in builds.items():
+            warm[system].append(run_worker(system, path, data, sweeps[system], cold=False))
+    for system, (path, _) in builds.items():
+        row = out["systems"][system]
+        row["warm"] = median_of_rounds(warm[system])
         if system in ("spann", "spann_f16", "spann_pq", "faiss_ivf_ondisk"):
             row["cold"] = run_worker(system, path, data, sweeps[system], cold=True)
         row["resident_share_of_raw"] = round(row["warm"]["resident_bytes"] / out["raw_float32_bytes"], 4)
         row["structure_share_of_raw"] = round(row["warm"]["structure_bytes"] / out["raw_float32_bytes"], 4)
-        out["systems"][system] = row
     out["summary"] = summary(out)
+    return out
+
+
+def median_of_rounds(rounds: list[dict]) -> dict:
+    """One system's warm sweeps from several rounds -> one sweep: each point's p50 and p99 the median
+    over the rounds (each round's p50 kept too), resident bytes the median."""
+    out = dict(rounds[0], resident_bytes=int(statistics.median(r["resident_bytes"] for r in rounds)))
+    out["points"] = []
+    for points in zip(*(r["points"] for r in rounds)):
+        point = dict(points[0])
+        for key in ("p50_ms", "p99_ms"):
+            point[key] = round(statistics.median(p[key] for p in points), 3)
+        point["p50_ms_rounds"] = [p["p50_ms"] for p in points]
+        out["points"].append(point)
     return out
 
 

@@ -19,12 +19,12 @@ def records_top_k(records: np.ndarray, query: np.ndarray, count: int, metric: st
     dim = records.dtype["vector"].shape[0]
     half = records.dtype["vector"].base == np.float16
     if half:  # the id spans the first four float16 slots of a record
-        words, first = records.view(np.uint16).reshape(len(records), dim + 4), 4
+        words = records.view(np.uint16).reshape(len(records), dim + 4)
     else:  # the id spans the first two float32 slots
-        words, first = records.view(np.float32).reshape(len(records), dim + 2), 2
+        words = records.view(np.float32).reshape(len(records), dim + 2)
     ids = records["id"]
     mask = allowed if allowed is not None else np.ones(1, dtype=bool)
-    scores, found, size = _scan(half)(words, first, ids, np.ascontiguousarray(query, dtype=np.float32), count,
+    scores, found, size = _scan(half)(words, ids, np.ascontiguousarray(query, dtype=np.float32), count,
                                       metric == "ip", mask, allowed is not None, removed)
     return scores[:size], found[:size]
 
@@ -67,10 +67,11 @@ def _scan(half: bool):
 
     worse, offer, sort_best_first = heap_helpers()
     value = half_to_float() if half else numba.njit(inline="always")(lambda word: word)
+    first = 4 if half else 2  # the vector's first word; a constant, so the inner loops stay SIMD
 
     # reassociated sums run on SIMD lanes; no other fast-math flag (the heap starts at -inf)
     @numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
-    def scan(words, first, ids, query, count, inner, allowed, use_allowed, removed):
+    def scan(words, ids, query, count, inner, allowed, use_allowed, removed):
         dim = query.shape[0]
         heap_scores = np.full(count, -np.inf, dtype=np.float32)
         heap_ids = np.full(count, -1, dtype=np.int64)

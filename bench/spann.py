@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+import timeit
 from pathlib import Path
 
 import numpy as np
@@ -385,6 +386,39 @@ def summary(out: dict) -> dict:
     return result
 
 
+def scan_kernel(records: int = 7_000, dim: int = 50) -> dict:
+    """The posting scan (`records_top_k`: distances and the heap in one compiled pass) against
+    numpy scoring the same records' vectors already in a float32 matrix (one product, one
+    partition), per record format, in microseconds a call: a kernel that loses its SIMD shows here
+    before it shows in a sweep (the scan once ran 4x slower for a runtime column offset)."""
+    from retriever.index.spann_build import record_dtype
+    from retriever.kernels.postings import records_top_k
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((records, dim)).astype(np.float32)
+    query = rng.standard_normal(dim).astype(np.float32)
+    removed = np.zeros(0, np.int64)
+
+    def numpy_scan():
+        scores = 2 * (vectors @ query) - np.einsum("ij,ij->i", vectors, vectors)
+        return np.argpartition(-scores, 40)[:40]
+
+    out = {"records": records, "dim": dim, "numpy_us": round(best_us(numpy_scan), 1)}
+    for bits in (32, 16):
+        table = np.zeros(records, record_dtype(dim, bits))
+        table["id"], table["vector"] = np.arange(records), vectors
+        out[f"float{bits}_us"] = round(best_us(lambda: records_top_k(table, query, 40, "l2", None, removed)), 1)
+        out[f"float{bits}_over_numpy"] = round(out[f"float{bits}_us"] / out["numpy_us"], 3)
+    log("scan kernel", out)
+    return out
+
+
+def best_us(fn, calls: int = 200) -> float:
+    """The best of 5 runs of `calls` calls, in microseconds a call (after one warm-up call)."""
+    fn()
+    return min(timeit.timeit(fn, number=calls) for _ in range(5)) / calls * 1e6
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/spann-bench"))
@@ -392,7 +426,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--memory-cap", type=int, default=512 << 20, help="SPANN build memory cap in bytes")
     parser.add_argument("--skip-hnswlib-above", type=int, default=10_000_000)
-    parser.add_argument("--only", choices=("glove", "synthetic"))
+    parser.add_argument("--only", choices=("kernel", "glove", "synthetic"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -404,6 +438,8 @@ def main() -> None:
     import faiss
 
     result = {"machine": {"cpus": os.cpu_count(), "faiss": faiss.__version__}, "k": K, "threads": 1}
+    if args.only in (None, "kernel"):
+        result["scan_kernel"] = scan_kernel()
     if args.only in (None, "glove"):
         result["glove_400k"] = dataset("glove", glove(args.work, args.queries), args.work, args.memory_cap, 64, 4096, True)
     if args.only in (None, "synthetic"):

@@ -11,6 +11,7 @@ memory is measured per system in a fresh process: RSS after opening the index an
 minus RSS before opening. Build time is wall time on this machine.
 
     .venv/bin/python bench/spann.py --out bench/results/spann.json [--rows 5000000] [--work /tmp/spann-bench]
+    .venv/bin/python bench/spann.py --only kernel   # the posting scan alone against numpy, seconds
 """
 
 from __future__ import annotations

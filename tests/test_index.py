@@ -97,6 +97,26 @@ def test_fast_scan_one_query_at_a_time_scores_as_the_batch(data, filtered):
     assert index._fast_scan.implem == 0  # faiss's default between searches
 
 
+def test_fast_scan_searched_by_threads_mixing_batch_sizes_answers_as_alone(data):
+    """The probe-parallel switch is flipped per call on a shared index: threads that search one
+    query and whole batches at once still get the distances a lone search gets."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    base, queries, _, _ = data
+    index = built("IVF32,PQ16x4fs", base)
+    params = {"nprobe": 8}
+    alone, _ = index.search(queries, K, params)
+    sizes = [1, len(queries), 1, 7] * 10
+
+    def search(size):
+        scores, _ = index.search(queries[:size], K, params)
+        return size, scores
+
+    with ThreadPoolExecutor(4) as pool:
+        for size, scores in pool.map(search, sizes):
+            np.testing.assert_array_equal(scores, alone[:size])
+
+
 def test_overfetch_with_fewer_allowed_rows_than_k(data):
     base, queries, _, _ = data
     allowed = np.zeros(len(base), dtype=bool)

@@ -194,6 +194,14 @@ def test_float16_records_search_as_exact_search_over_the_rounded_vectors(data, t
     assert recall(compacted.search(queries, 10)[1], exact(base, queries, 10, live=live)[1]) >= 0.9
 
 
+def test_float16_records_in_pq_mode_rescore_to_exact_search_over_the_rounded_vectors(data, tmp_path):
+    base, queries = data
+    params = SpannParams(list_size=40, closure=0.3, pq=4, float_bits=16)
+    index = SpannIndex.build(base, tmp_path / "i", params, memory_cap=SMALL_CAP, progress=False)
+    found = index.search(queries, 10, nprobe=10_000, prune=1e9, rescore=10**6)
+    assert_same_top_k(*found, *exact(base.astype(np.float16).astype(np.float32), queries, 10))
+
+
 def test_float16_records_refuse_values_beyond_their_range(data, tmp_path):
     base, _ = data
     wide = base.copy()

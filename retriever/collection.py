@@ -866,8 +866,7 @@ class Collection:
         # one field with the default fusion arguments: nothing to check, nothing to fuse
         plain = len(names) == 1 and not weights and (fusion, normalization) == ("rrf", "minmax")
         spec = None if plain else fusion_module.FusionSpec.checked(fusion, weights, normalization, names)
-        # each field's depth: fused fields give more candidates than k
-        depth = k if len(names) == 1 else max(k, params.get("candidates", FUSION_CANDIDATES))
+        depth = field_depth(k, len(names), params)
         batch = self._query_payloads(queries, names, params, max(depth, _depth(k, params)))
         size = len(next(iter(batch.values())))
         allowed = self._allowed(filter)
@@ -1167,6 +1166,12 @@ def check_params(params) -> dict[str, int]:
 
 def _param_ranges(params: Mapping[str, Param]) -> dict[str, dict[str, Any]]:
     return {name: dataclasses.asdict(param) for name, param in params.items()}
+
+
+def field_depth(k: int, fields: int, params: Mapping[str, int]) -> int:
+    """The results each of `fields` searched fields gives: k for one field; fused fields give
+    more candidates than k (`candidates`, FUSION_CANDIDATES by default)."""
+    return k if fields == 1 else max(k, params.get("candidates", FUSION_CANDIDATES))
 
 
 def _depth(k: int, params: Mapping[str, int]) -> int:

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from retriever import pipeline as pipeline_module
-from retriever.collection import FUSION_CANDIDATES, check_k, check_params
+from retriever.collection import check_k, check_params, field_depth
 from retriever.config import CollectionConfig
 from retriever.errors import InvalidRequest, RetrieverError, Unavailable, WriteFailed
 from retriever.fields import statistics as field_statistics
@@ -113,9 +113,9 @@ class Router:
                 pipeline
             ), True
         names = [fields] if isinstance(fields, str) else list(fields or [self.config.fields[0].name])
+        depth = field_depth(k, len(names), params)
         if len(names) == 1:
-            return Pipeline((Prefetch(names[0], k),)), False
-        depth = max(k, params.get("candidates", FUSION_CANDIDATES))
+            return Pipeline((Prefetch(names[0], depth),)), False
         return Pipeline(
             tuple(Prefetch(n, depth) for n in names), Fuse(fusion, weights or {}, normalization)
         ), False

@@ -26,6 +26,7 @@ class ToyKind:
     config = ToyConfig
     request_params = {"toy_depth": depth(1)}
     vector_input = False
+    collection_statistics = False
     query_inputs = ("vectors",)
 
     def has_encoder(self, config):

@@ -23,6 +23,7 @@ from retriever import pipeline as pipeline_module
 from retriever.collection import check_k, check_params, field_depth
 from retriever.config import CollectionConfig
 from retriever.errors import InvalidRequest, RetrieverError, Unavailable, WriteFailed
+from retriever.fields import kind_of
 from retriever.fields import statistics as field_statistics
 from retriever.pipeline import Fuse, Pipeline, Prefetch
 from retriever.documents import document_id
@@ -122,7 +123,7 @@ class Router:
 
     def _reads_statistics(self, queries, names: list[str]) -> bool:
         """Whether a searched field may read collection-wide statistics of text queries."""
-        reading = [n for n in names if field_statistics.read_by(self.config.field(n))]
+        reading = [n for n in names if kind_of(self.config.field(n)).collection_statistics]
         if isinstance(queries, Mapping):
             return any(are_texts(queries.get(n)) for n in reading)
         return bool(reading) and are_texts(queries)

@@ -195,6 +195,7 @@ class FieldKind(Protocol):
     config: type[FieldConfig]
     request_params: Mapping[str, Param]  # the search parameters it reads
     vector_input: bool  # documents may bring a [N, D] matrix (`build` encodes it in resumable blocks)
+    collection_statistics: bool  # text queries may read collection-wide statistics (shards add them up)
     # the query forms `check_queries` takes besides texts, named as on the wire (FieldQueries)
     query_inputs: tuple[str, ...]
 

@@ -123,6 +123,7 @@ class BinaryKind(ModelKind):
     config = BinaryConfig
     request_params = {"nprobe": depth(1), "efSearch": depth(1), "rescore": depth(0), "asymmetric": FLAG}
     vector_input = False
+    collection_statistics = False
     query_inputs = ("vectors", "codes")
 
     def encode_queries(self, config: BinaryConfig, encoder, texts: list[str], params: Mapping[str, int]):

@@ -62,6 +62,7 @@ class Bm25Kind:
     config = Bm25Config
     request_params: Mapping[str, Param] = {}
     vector_input = False
+    collection_statistics = True
     query_inputs: tuple[str, ...] = ()
 
     def has_encoder(self, config: Bm25Config) -> bool:

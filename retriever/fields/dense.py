@@ -92,6 +92,7 @@ class DenseKind(ModelKind):
     config = DenseConfig
     request_params = {"nprobe": depth(1), "efSearch": depth(1), "rescore": depth(0), "prune_pct": Param(0)}
     vector_input = True
+    collection_statistics = False
     query_inputs = ("vectors",)
 
     def encode_queries(self, config: DenseConfig, encoder, texts: list[str], params: Mapping[str, int]):

@@ -105,6 +105,7 @@ class MultiVectorKind(ModelKind):
         "prune_pct": Param(0), "rescore": depth(0),
     }
     vector_input = False
+    collection_statistics = False
     query_inputs = ("tokens",)
 
     def encode_queries(self, config: MultiVectorConfig, encoder, texts: list[str], params: Mapping[str, int]):

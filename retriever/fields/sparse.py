@@ -53,6 +53,7 @@ class SparseKind(ModelKind):
     config = SparseConfig
     request_params = {"inference_free": FLAG}
     vector_input = False
+    collection_statistics = True
     query_inputs = ("sparse",)
 
     def encode_queries(self, config: SparseConfig, encoder, texts: list[str], params: Mapping[str, int]):

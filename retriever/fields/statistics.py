@@ -28,11 +28,6 @@ def of_queries(field, encoder, texts: list[str], params: Mapping[str, int]) -> d
     return field.term_statistics(encoder, texts, params)
 
 
-def read_by(config) -> bool:
-    """Whether a field of this config may read collection-wide statistics (some queries do)."""
-    return config.kind in ("bm25", "sparse")
-
-
 def add(parts: Iterable[Statistics]) -> Statistics:
     """Statistics of several shards -> those of the collection they make up."""
     total: Statistics = {}

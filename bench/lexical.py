@@ -69,7 +69,8 @@ def scifact_bm25(scifact: Path, work: Path) -> dict:
         return model
 
     # the two builds take turns, so a slow spell of the machine lands on both
-    index_s = interleaved_seconds({"ours": lambda _: build_ours(), "bm25s": lambda _: build_bm25s()}, [None], 3)
+    builds = {"ours": lambda _: build_ours(), "bm25s": lambda _: build_bm25s()}
+    index_s = interleaved_seconds(builds, [None], 3)
     ours_index_s, peer_index_s = index_s["ours"], index_s["bm25s"]
     collection, peers = build_ours(), {"bm25s_numpy": build_bm25s(), "bm25s_numba": build_bm25s("numba")}
     quality = evaluate(collection, queries, qrels, progress=False)

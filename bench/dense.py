@@ -30,7 +30,7 @@ from retriever.documents import document_texts, documents_to_table
 from retriever.encoders.models import resolve_model
 from retriever.evaluation import evaluate, load_beir
 from retriever.index import storage
-from retriever.index.faiss_index import PROBE_PARALLEL
+from retriever.index.faiss_index import PROBE_PARALLEL, fast_scan_ivf
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import REPEATS, emit, interleaved_seconds, log, timed  # noqa: E402
@@ -152,8 +152,7 @@ def overhead_vs_faiss(name: str, c: retriever.Collection, queries: np.ndarray, p
         index.add(np.ascontiguousarray(part.vectors.to_array()))
     ivf = faiss.try_extract_index_ivf(index) if "IVF" in c.fields["dense"].config.index else None
     raw_params = faiss.SearchParametersIVF(nprobe=params["nprobe"]) if ivf is not None else None
-    fast_scan = faiss.downcast_index(ivf) if ivf is not None else None
-    fast_scan = fast_scan if isinstance(fast_scan, faiss.IndexIVFPQFastScan) else None
+    fast_scan = fast_scan_ivf(ivf)
     ours_params = {**params, "rescore": 0}
     out = {"index": c.fields["dense"].config.index, "params": params}
     for batch in (1, 100):

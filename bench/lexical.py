@@ -16,7 +16,6 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MK
 
 import argparse
 import json
-import statistics
 import resource
 import subprocess
 import sys
@@ -89,18 +88,16 @@ def scifact_bm25(scifact: Path, work: Path) -> dict:
         # warm-up (numba compiles)
         peer.retrieve(tokenize(query_texts[:2]), k=K, show_progress=False, n_threads=1)
     for shape, batches in (("batch_all_queries", [query_texts]), ("one_query_per_call", [[q] for q in query_texts])):
-        runs = {"ours": lambda: [collection.search(b, k=K).ids for b in batches]}
+        runs = {"ours": lambda _: [collection.search(b, k=K).ids for b in batches]}
         for name, peer in peers.items():
-            runs[name] = lambda peer=peer: [peer.retrieve(tokenize(b), k=K, show_progress=False, n_threads=1)
-                                            for b in batches]
-        seconds = {name: [] for name in runs}
-        for _ in range(REPEATS):  # interleaved, so machine noise hits every system alike
-            for name, run in runs.items():
-                seconds[name].append(timed(run, 1))
-        ours_s = statistics.median(seconds["ours"])
+            runs[name] = lambda _, peer=peer: [
+                peer.retrieve(tokenize(b), k=K, show_progress=False, n_threads=1) for b in batches
+            ]
+        seconds = interleaved_seconds(runs, [None], REPEATS)  # each system once a round, in turn
+        ours_s = seconds["ours"]
         speed[shape] = {"ours_qps": round(len(qids) / ours_s, 1)}
         for name in peers:
-            peer_s = statistics.median(seconds[name])
+            peer_s = seconds[name]
             speed[shape][f"{name}_qps"] = round(len(qids) / peer_s, 1)
             speed[shape][f"ratio_ours_over_{name}"] = round(peer_s / ours_s, 3)
     return {

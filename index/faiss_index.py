@@ -18,6 +18,13 @@ _METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 HAMMING = "hamming"  # binary indexes: dim counts bits, vectors are uint8 [N, dim / 8]
 
 
+def fast_scan_ivf(ivf) -> faiss.IndexIVFPQFastScan | None:
+    """The 4-bit fast-scan IVF-PQ an IVF index is (`faiss.try_extract_index_ivf`'s answer), or None:
+    the family whose implementation a search picks by batch size."""
+    ivf = faiss.downcast_index(ivf) if ivf is not None else None
+    return ivf if isinstance(ivf, faiss.IndexIVFPQFastScan) else None
+
+
 def gpu_count() -> int:
     """GPUs faiss can use here (0 with faiss-cpu)."""
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
@@ -60,8 +67,7 @@ class FaissIndex:
             _skip_polysemous_training(index)
             self.ivf = faiss.try_extract_index_ivf(index) if "IVF" in factory.upper() else None
             self.hnsw = _find_hnsw(index)
-        fast_scan = faiss.downcast_index(self.ivf) if self.ivf is not None and not self.binary else None
-        self._fast_scan = fast_scan if isinstance(fast_scan, faiss.IndexIVFPQFastScan) else None
+        self._fast_scan = None if self.binary else fast_scan_ivf(self.ivf)
         self._search_index = self.cpu_index
         self._device_index = None  # set by use_device: our torch/Triton copy of the index
         self._selectors = not (self.binary and self.ivf is not None)  # faiss: no IDSelector for IndexBinaryIVF

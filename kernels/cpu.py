@@ -1,4 +1,4 @@
-"""CPU kernels, vectorized in numpy (a few queries' top-k through `heap.top_k`); each has an
+"""CPU kernels, vectorized in numpy (a few queries' top-k through `heap.RunningTopK`); each has an
 oracle in `reference.py`."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def top_k_rows(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray,
     return np.take_along_axis(scores, best, axis=1), np.take_along_axis(ids, best, axis=1)
 
 
-HEAP_QUERIES = 4  # up to this many queries a block is selected by `heap.top_k`
+HEAP_QUERIES = 4  # up to this many queries the blocks go through one `heap.RunningTopK`
 FLAT_BLOCK = 32_768  # rows scored per matrix product: [B, block] scores stay in cache-sized pieces
 
 

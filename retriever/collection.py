@@ -1028,7 +1028,7 @@ class Collection:
         texts: dict[str, list[str]] = {}
         payloads: dict[str, Any] = {}
         for n, given in self._queries_by_field(queries, names).items():
-            if not isinstance(given, np.ndarray) and are_texts(given):
+            if are_texts(given):
                 texts[n] = [given] if isinstance(given, str) else list(given)
                 check_query_texts(texts[n], n)
             else:
@@ -1048,8 +1048,6 @@ class Collection:
 
     def _queries_by_field(self, queries: Queries, names: list[str]) -> dict[str, Any]:
         """{searched field: its queries as given}: texts serve every field; a mapping names each."""
-        if isinstance(queries, np.ndarray) and len(names) == 1:  # vectors or codes: the usual request
-            return {names[0]: queries}
         if are_texts(queries):
             return {n: queries for n in names}
         if isinstance(queries, Mapping) and all(isinstance(key, str) for key in queries):

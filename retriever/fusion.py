@@ -27,7 +27,7 @@ class FusionSpec:
         if normalization not in NORMALIZATIONS:
             raise InvalidRequest(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
         weights = dict(weights or {})
-        unknown = sorted(set(weights) - set(names)) if weights else []
+        unknown = sorted(set(weights) - set(names))
         if unknown:
             raise InvalidRequest(f"weights name field(s) {unknown} that are not searched ({names})")
         for name, w in weights.items():

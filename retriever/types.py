@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 def are_texts(queries: Any) -> bool:
     """Whether queries are texts: one text, or a non-empty list of texts."""
+    if isinstance(queries, np.ndarray):  # vectors or codes, the usual request: no ABC check
+        return False
     return isinstance(queries, str) or (
         isinstance(queries, Sequence) and bool(queries) and all(isinstance(q, str) for q in queries)
     )

@@ -86,6 +86,22 @@ def maxsim_scores(query: np.ndarray, documents: list[np.ndarray]) -> np.ndarray:
                      for d in documents])
 
 
+def xtr_scores(similarities: np.ndarray, rows: np.ndarray) -> dict[int, float]:
+    """XTR's score of every document retrieved for one query, one pair at a time: for each query
+    token, the best similarity among the retrieved tokens of that document, else the smallest
+    similarity the query token retrieved (nothing if it retrieved none); summed over query tokens."""
+    documents = sorted({int(r) for r in rows.ravel() if r >= 0})
+    out = {}
+    for d in documents:
+        total = 0.0
+        for sims, owners in zip(similarities.tolist(), rows.tolist()):
+            retrieved = [s for s, r in zip(sims, owners) if r >= 0]
+            mine = [s for s, r in zip(sims, owners) if r == d]
+            total += max(mine) if mine else (min(retrieved) if retrieved else 0.0)
+        out[d] = total
+    return out
+
+
 def fde_reference(points: np.ndarray, hyperplanes: list[np.ndarray], projections: list, document: bool,
                   fill_empty: bool, sketch=None) -> np.ndarray:
     """One point cloud [n, D] -> its fixed dimensional encoding, token by token as in the MUVERA

@@ -1,7 +1,9 @@
 """The `multivector` kind: token vectors per document. MUVERA encodings in a dense index find
 candidates, exact MaxSim over the stored token vectors re-ranks them (or scores every document, `exhaustive`).
 With `index = "SPANN..."` the encodings are stored as vector segments and searched by SPANN
-(posting lists on disk), exactly as a dense field's vectors are."""
+(posting lists on disk), exactly as a dense field's vectors are. With a `token_index`, every
+document token is also indexed on its own, and `xtr = 1` searches by token retrieval (XTR,
+`retriever.index.xtr`): documents scored from the tokens their query tokens retrieved."""
 
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ from retriever.encoders.models import choose_device
 from retriever.errors import CorruptIndex, InvalidConfig, InvalidRequest
 from retriever.index import storage
 from retriever.index.faiss_index import FaissIndex
+from retriever.index.flat import FlatVectors
 from retriever.index.fde import FdeConfig, FdeEncoder
 from retriever.index.tokens import TokenStore, compress, decompress
 from retriever.index.vectors import VectorStore
+from retriever.index.xtr import TokenIndex, best_tokens, imputed_scores
 from retriever.kernels.maxsim import maxsim
 
 from . import parts as parts_module
@@ -46,7 +50,10 @@ class MultiVectorConfig(FieldConfig):
     candidates that exact MaxSim re-ranks; tokens are kept as `token_dtype` (float16 or int8).
     An IVF or HNSW `index` gets the smallest nprobe / efSearch whose encodings' recall@10 against
     exact search reaches `target_recall`, chosen per segment at build (`search` or a request's
-    parameters win)."""
+    parameters win). `token_index` (a faiss factory string, e.g. "IVF1024,PQ48x4fs") indexes every
+    token for token retrieval (`xtr = 1` in `search` or a request): each query token retrieves its
+    `token_k` nearest document tokens; a request's `rescore` re-ranks that many of the best
+    documents by exact MaxSim (0: the token scores alone)."""
 
     dim: int | None = None
     index: str = "Flat"
@@ -63,6 +70,8 @@ class MultiVectorConfig(FieldConfig):
     token_dtype: str = "float16"
     max_fde_dim: int = 65_536
     target_recall: float = 0.95
+    token_index: str | None = None
+    token_k: int = 128
 
     def check(self) -> None:
         where = self.where
@@ -70,7 +79,7 @@ class MultiVectorConfig(FieldConfig):
             raise InvalidConfig(
                 f"{where}: give a sentence-transformers `model` for token vectors, or `dim` to bring your own"
             )
-        for key in ("dim", "token_dim", "query_max_length", "rerank", "max_fde_dim", "train_size"):
+        for key in ("dim", "token_dim", "query_max_length", "rerank", "max_fde_dim", "train_size", "token_k"):
             check_int(where, key, getattr(self, key), low=1, optional=key in ("dim", "token_dim"))
         check_number(where, "target_recall", self.target_recall, low=0.0, high=1.0)
         if self.token_dtype not in TOKEN_DTYPES:
@@ -93,6 +102,13 @@ class MultiVectorConfig(FieldConfig):
             )
         if not isinstance(self.index, str) or not self.index.strip():
             raise InvalidConfig(f"{where}: index must be a faiss factory string such as 'Flat' or 'HNSW32'")
+        if self.token_index is not None and (
+            not isinstance(self.token_index, str) or not self.token_index.strip() or is_spann(self.token_index)
+        ):
+            raise InvalidConfig(
+                f"{where}: token_index must be a faiss factory string such as 'Flat' or 'IVF1024,PQ48x4fs' "
+                f"(SPANN is not offered for tokens), got {self.token_index!r}"
+            )
         object.__setattr__(self, "fde", dict(self.fde))
         object.__setattr__(self, "search", dict(self.search))
 
@@ -102,7 +118,7 @@ class MultiVectorKind(ModelKind):
     config = MultiVectorConfig
     request_params = {
         "nprobe": depth(1), "efSearch": depth(1), "rerank": depth(1), "exhaustive": FLAG,
-        "prune_pct": Param(0), "rescore": depth(0),
+        "prune_pct": Param(0), "rescore": depth(0), "xtr": FLAG, "token_k": depth(1),
     }
     vector_input = False
     collection_statistics = False
@@ -159,6 +175,7 @@ class EncodingPart:
     index: FaissIndex | SpannVectors
     rows: int
     tuned: Mapping[str, int] = field(default_factory=dict)  # search parameters chosen at build
+    tokens: TokenIndex | None = None  # every token on its own, when the field has a token_index
 
 
 class MultiVectorField:
@@ -201,6 +218,8 @@ class MultiVectorField:
             spann_params(config.index, "ip")  # a bad factory string fails at create
         else:
             FaissIndex(config.index, fde.dimension(dim), "ip")  # likewise
+        if config.token_index is not None:
+            FaissIndex(config.token_index, dim, "ip")
         return {"dim": dim, "fde": fde.to_dict(), "fde_dim": fde.dimension(dim)}, {}
 
     @classmethod
@@ -242,7 +261,10 @@ class MultiVectorField:
                 raise CorruptIndex(
                     f"field {config.name!r} holds {index.ntotal} encodings for {rows} token lists"
                 )
-            parts.append(EncodingPart(index, rows, piece.get("search", {})))
+            token_index = piece.get("token_index")
+            if token_index:
+                token_index = open_token_index(path, token_index, files, token_arrays[-1], entry["dim"])
+            parts.append(EncodingPart(index, rows, piece.get("search", {}), token_index or None))
         tokens = TokenStore(token_arrays, entry["dim"])
         total = sum(s.rows for s in segments)
         if len(tokens) != total:
@@ -270,6 +292,10 @@ class MultiVectorField:
             "tuned": [{"rows": p.rows, **p.tuned} for p in self.parts if p.tuned],
             "token_bytes": self.tokens.nbytes,
             "bytes_per_document": round((self.tokens.nbytes + index_bytes) / n, 1),
+            "token_index": self.config.token_index,
+            "token_index_bytes_per_document": round(
+                sum(p.tokens.nbytes for p in self.parts if p.tokens is not None) / n, 1
+            ),
         }
 
     # ---- documents and queries ------------------------------------------------------------------
@@ -366,9 +392,12 @@ class MultiVectorField:
         self, queries: MultiVectors, k: int, params: Mapping[str, int], allowed: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """-> (scores [B, k], rows [B, k]) by exact MaxSim, -inf / -1 padded. Candidates come from the
-        FDE index (`rerank` of them), or every document with `exhaustive=1`."""
+        FDE index (`rerank` of them), or every document with `exhaustive=1`; `xtr=1` scores by token
+        retrieval instead (`_token_retrieval`)."""
         if params.get("exhaustive"):
             return self._exhaustive(queries, k, allowed)
+        if params.get("xtr", self.config.search.get("xtr")):
+            return self._token_retrieval(queries, k, params, allowed)
         rerank = max(k, int(params.get("rerank", self.config.rerank)))
         search_params = {
             key: params[key] for key in ("nprobe", "efSearch", "prune_pct", "rescore") if key in params
@@ -391,6 +420,45 @@ class MultiVectorField:
             best = np.lexsort((found, -exact))[:k]
             scores[b, : len(best)], rows[b, : len(best)] = exact[best], found[best]
         return scores, rows
+
+    def _token_retrieval(
+        self, queries: MultiVectors, k: int, params: Mapping[str, int], allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """XTR: every query token of the batch retrieves its `token_k` nearest document tokens in one
+        search of each segment's token index; each query's documents are scored from those alone
+        (`imputed_scores`), and the best `rescore` of them re-ranked by exact MaxSim when asked. A
+        request's nprobe / efSearch apply to the token index (the field's `search` ones are its FDE
+        index's; each token index has its own, chosen at build)."""
+        missing = [name or "(format 1)" for name, part in zip(self.names, self.parts) if part.tokens is None]
+        if missing:
+            raise InvalidRequest(
+                f"field {self.config.name!r} cannot search by token retrieval (xtr): "
+                + (f"segment(s) {missing} were written before its token_index was set; `retriever compact` "
+                   "rewrites them" if self.config.token_index else "set token_index in its config")
+            )
+        settings = {**self.config.search, **params}
+        token_k = int(settings.get("token_k", self.config.token_k))
+        rescore = int(settings.get("rescore", 0))
+        index_params = {key: params[key] for key in ("nprobe", "efSearch") if key in params}
+        found = []
+        for part, start in zip(self.parts, self.starts):
+            local = None if allowed is None else allowed[start : start + part.rows]
+            similarities, rows = part.tokens.search(queries.tokens, token_k, index_params, local)
+            found.append((similarities, np.where(rows >= 0, rows + start, -1)))
+        similarities, rows = best_tokens(found, token_k)  # [query tokens of the batch, token_k]
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        out_rows = np.full((len(queries), k), -1, dtype=np.int64)
+        for b in range(len(queries)):
+            lo, hi = int(queries.offsets[b]), int(queries.offsets[b + 1])
+            candidates, approximate = imputed_scores(similarities[lo:hi], rows[lo:hi])
+            best = np.lexsort((candidates, -approximate))[: max(k, rescore)]
+            candidates, approximate = candidates[best], approximate[best]
+            if rescore and len(candidates):
+                tokens, offsets = self.tokens.gather(candidates)
+                approximate = maxsim(queries.cloud(b), tokens, offsets, self._device)
+            best = np.lexsort((candidates, -approximate))[:k]
+            scores[b, : len(best)], out_rows[b, : len(best)] = approximate[best], candidates[best]
+        return scores, out_rows
 
     def score(self, queries: MultiVectors, rows: np.ndarray) -> np.ndarray:
         """Exact MaxSim of each query against its candidate rows."""
@@ -475,10 +543,18 @@ def write_part(
         return storage.load_written(path, tokens[key], private=True) if tokens[key] else None
 
     stored = (load("codes"), load("scales"), load("offsets"))
-    encodings = field.fde.encode_documents(
-        decompress(stored[0], stored[1]), np.asarray(stored[2])
-    )  # [N, fde_dim]
+    decoded = decompress(stored[0], stored[1])  # [T, D] float32
+    encodings = field.fde.encode_documents(decoded, np.asarray(stored[2]))  # [N, fde_dim]
     entry: dict[str, Any] = {"tokens": tokens}
+    token_index = None
+    if config.token_index is not None:
+        # stored=True: a segment too small to train gets no file; open decompresses its tokens
+        entry["token_index"], written, index = parts_module.build(
+            path, f"{prefix}.tokens", config.token_index, decoded, "ip", config.train_size,
+            stored=True, target_recall=config.target_recall,
+        )
+        files.update(written)
+        token_index = TokenIndex(index, np.asarray(stored[2]), entry["token_index"].get("search", {}))
     if is_spann(config.index) and len(encodings) >= parts_module.SPANN_MIN_ROWS:
         file = f"{prefix}.encodings.npy"
         files[file] = storage.write_new_file(path, file, storage.npy_bytes(encodings))
@@ -488,4 +564,20 @@ def write_part(
         path, prefix, config.index, encodings, "ip", config.train_size, target_recall=config.target_recall
     )
     files.update(written)
-    return {**entry, **built}, files, (EncodingPart(index, len(encodings), built.get("search", {})), stored)
+    part = EncodingPart(index, len(encodings), built.get("search", {}), token_index)
+    return {**entry, **built}, files, (part, stored)
+
+
+def open_token_index(path, entry: Mapping[str, Any], files: dict[str, Any], stored, dim: int) -> TokenIndex:
+    """A segment's token index, after its file's checksum matched (none for a segment too small to
+    train one: its tokens are searched exactly, decompressed here)."""
+    codes, scales, offsets = stored
+    if entry["index"] is None:
+        index = FlatVectors(decompress(codes, scales), "ip")
+    else:
+        data = storage.read_verified(path, entry["index"], files[entry["index"]])
+        index = FaissIndex.from_bytes(data, entry["factory"], dim, "ip")
+    if index.ntotal != len(codes):
+        raise CorruptIndex(f"a token index holds {index.ntotal} tokens for {len(codes)} stored tokens")
+    index.use_gpu()
+    return TokenIndex(index, np.asarray(offsets), entry.get("search", {}))

@@ -224,3 +224,119 @@ def test_fde_index_search_parameters_are_tuned_at_build(tmp_path):
 
     assert recall({}) > recall({"nprobe": 1})  # the tuned default beats the bare index
     assert recall({}) == recall({"nprobe": tuned["nprobe"]})
+
+
+# ---- token retrieval (XTR) ------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), tokens=st.integers(1, 6), k=st.integers(1, 8), documents=st.integers(1, 5))
+def test_imputed_scores_match_the_pair_by_pair_reference(seed, tokens, k, documents):
+    from retriever.index.xtr import imputed_scores
+
+    rng = np.random.default_rng(seed)
+    similarities = np.sort(rng.standard_normal((tokens, k)).astype(np.float32), axis=1)[:, ::-1]
+    rows = rng.integers(0, documents, (tokens, k))  # a document retrieved several times per token too
+    rows[rng.random((tokens, k)) < 0.2] = -1  # padding: fewer tokens found, or none at all
+    similarities = np.where(rows >= 0, similarities, -np.inf).astype(np.float32)
+    candidates, scores = imputed_scores(similarities, rows)
+    expected = reference.xtr_scores(similarities, rows)
+    assert candidates.tolist() == sorted(expected)
+    np.testing.assert_allclose(scores, [expected[d] for d in candidates.tolist()], rtol=1e-5, atol=1e-5)
+
+
+def xtr_reference(query, docs, allowed, token_k):
+    """What token retrieval over every allowed document's tokens scores: each query token's exact
+    top `token_k` tokens, then the pair-by-pair reference."""
+    tokens = np.concatenate([d for d, keep in zip(docs, allowed) if keep])
+    owner = np.concatenate([np.full(len(d), i) for i, (d, keep) in enumerate(zip(docs, allowed)) if keep])
+    similarities, positions = reference.exact_search(query, tokens, token_k)
+    rows = np.where(positions >= 0, owner[np.maximum(positions, 0)], -1)
+    return reference.xtr_scores(similarities, rows)
+
+
+def test_token_retrieval_over_segments_matches_the_reference(tmp_path):
+    """Two segments, a delete and a filter: each query token's best tokens over the whole
+    collection, scored pair by pair, are what the field answers; with every token retrieved the
+    scores are exact MaxSim."""
+    c = token_collection(tmp_path / "c", token_index="Flat", token_k=12)
+    docs = split(*clouds(90, 16, seed=21, max_tokens=9))
+    rounded = [d.astype(np.float16).astype(np.float32) for d in docs]  # what the field stores
+    c.add([{"id": f"d{i}", "even": i % 2 == 0} for i in range(50)], vectors={"tok": docs[:50]})
+    c.add([{"id": f"d{i}", "even": i % 2 == 0} for i in range(50, 90)], vectors={"tok": docs[50:]})
+    c.delete(["d4", "d61"])
+    queries = split(*clouds(5, 16, seed=22, max_tokens=4))
+    live = np.array([i not in (4, 61) for i in range(90)])
+    for filter, allowed in ((None, live), ({"even": True}, live & (np.arange(90) % 2 == 0))):
+        for hits, query in zip(c.search(queries, k=7, filter=filter, params={"xtr": 1}), queries):
+            expected = xtr_reference(query, rounded, allowed, 12)
+            best = sorted(expected, key=lambda d: (-expected[d], d))[:7]
+            assert [int(i[1:]) for i in hits.ids] == best
+            np.testing.assert_allclose(hits.scores, [expected[d] for d in best], atol=1e-4)
+    everything = c.search(queries, k=10, params={"xtr": 1, "token_k": 700})
+    exact = c.search(queries, k=10, params={"exhaustive": 1})
+    for a, b in zip(everything, exact):
+        assert a.ids == b.ids
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+
+
+def test_token_retrieval_with_a_trained_token_index(tmp_path):
+    """A segment large enough for an IVF-PQ token index: the field's scores are the reference's
+    over the tokens that index retrieved; `rescore` re-ranks by exact MaxSim; the index survives
+    reopening and a merge builds one for the merged segment."""
+    from retriever.index.xtr import best_tokens
+
+    c = token_collection(tmp_path / "c", token_index="IVF16,PQ8x4fs", token_k=20)
+    docs = split(*clouds(500, 16, seed=23, max_tokens=10))
+    c.add([{"id": f"d{i}"} for i in range(300)], vectors={"tok": docs[:300]})
+    c.flush()  # each flush: a segment with its own token index (the write buffer's are exact)
+    c.add([{"id": f"d{i}"} for i in range(300, 500)], vectors={"tok": docs[300:]})
+    c.flush()
+    field = c.fields["tok"]
+    assert [p.tokens.index.ivf is not None for p in field.parts] == [True, True]
+    queries = split(*clouds(4, 16, seed=24, max_tokens=4))
+    tokens = np.concatenate(queries)
+    found = [(s, np.where(r >= 0, r + start, -1)) for (s, r), start in
+             zip((p.tokens.search(tokens, 20, {}, None) for p in field.parts), field.starts)]
+    similarities, rows = best_tokens(found, 20)
+    first = 0
+    for hits, query in zip(c.search(queries, k=5, params={"xtr": 1}), queries):
+        expected = reference.xtr_scores(similarities[first:first + len(query)], rows[first:first + len(query)])
+        first += len(query)
+        best = sorted(expected, key=lambda d: (-expected[d], d))[:5]
+        assert [int(i[1:]) for i in hits.ids] == best
+        np.testing.assert_allclose(hits.scores, [expected[d] for d in best], atol=1e-4)
+    rescored = c.search(queries, k=5, params={"xtr": 1, "rescore": 50})
+    for hits, query in zip(rescored, queries):
+        exact = reference.maxsim_scores(query, [docs[int(i[1:])].astype(np.float16) for i in hits.ids])
+        np.testing.assert_allclose(hits.scores, exact, atol=3e-3)
+        assert list(hits.scores) == sorted(hits.scores, reverse=True)
+    answer = [h.ids for h in c.search(queries, k=5, params={"xtr": 1})]
+    assert [h.ids for h in retriever.Collection.open(c.path).search(queries, k=5, params={"xtr": 1})] == answer
+    c.optimize()
+    merged = c.fields["tok"]
+    assert len(merged.parts) == 1 and merged.parts[0].tokens.index.ntotal == sum(len(d) for d in docs)
+    assert c.info()["fields"]["tok"]["token_index_bytes_per_document"] > 0
+
+
+def test_token_retrieval_refusals(tmp_path):
+    c = token_collection(tmp_path / "c")
+    docs = split(*clouds(10, 16, seed=25))
+    c.add([{"id": f"d{i}"} for i in range(10)], vectors={"tok": docs})
+    with pytest.raises(InvalidRequest, match="set token_index"):
+        c.search([docs[0]], k=3, params={"xtr": 1})
+    for bad in ("SPANN", "", 7, "NotAnIndex"):
+        with pytest.raises(InvalidConfig, match="token_index|not a valid faiss"):
+            token_collection(tmp_path / f"bad{bad!s}", token_index=bad)
+    with pytest.raises(InvalidRequest, match="token_k"):
+        token_collection(tmp_path / "k", token_index="Flat").search([docs[0]], k=3, params={"xtr": 1, "token_k": 0})
+
+
+def test_xtr_as_the_field_default(tmp_path):
+    c = token_collection(tmp_path / "c", token_index="Flat", search={"xtr": 1}, token_k=5)
+    docs = split(*clouds(40, 16, seed=26))
+    c.add([{"id": f"d{i}"} for i in range(40)], vectors={"tok": docs})
+    query = [docs[3] + 0.01]
+    by_tokens = c.search(query, k=5)
+    assert by_tokens[0].ids == c.search(query, k=5, params={"xtr": 1})[0].ids
+    assert list(by_tokens[0].scores) != list(c.search(query, k=5, params={"xtr": 0})[0].scores)

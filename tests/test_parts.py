@@ -81,3 +81,29 @@ def test_the_config_and_the_request_override_the_tuned_values(tmp_path):
     with pytest.raises(retriever.InvalidConfig, match="target_recall"):
         bad = {"name": "c", "fields": [{"name": "d", "dim": 4, "target_recall": 1.5}]}
         retriever.Collection.create(tmp_path / "bad", bad)
+
+
+def test_tune_stops_where_the_codes_cap_recall_below_the_target():
+    base, _ = clustered(10_000)
+    index = FaissIndex("IVF64,PQ4", 32, "l2")  # 4 bytes a vector: recall@10 far below 0.95 at any nprobe
+    index.train(base)
+    index.add(base)
+    store = VectorStore([base], 32)
+
+    def search(queries, k, params):
+        return parts.search(index, store, queries, k, params, None, 0, "l2")[1]
+
+    def exact(queries, k):
+        return reference.exact_search(queries, base, k, "l2")[1]
+
+    chosen = parts.tune(index, base, 0.95, search, exact)["nprobe"]
+    rows = np.sort(np.random.default_rng(1).choice(len(base), parts.TUNE_QUERIES, replace=False))
+    truth = [set(t) - {r} for t, r in zip(exact(base[rows], 11).tolist(), rows)]
+
+    def measured(value: int) -> float:
+        found = search(base[rows], 11, {"nprobe": value})
+        return float(np.mean([len(set(f) & t) / len(t) for f, t in zip(found.tolist(), truth)]))
+
+    assert measured(64) < 0.95
+    assert chosen < 64  # not every list
+    assert measured(chosen) >= measured(64) - 2 * parts.PLATEAU_GAIN * np.log2(64 / chosen)

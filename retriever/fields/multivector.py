@@ -429,12 +429,10 @@ class MultiVectorField:
         (`imputed_scores`), and the best `rescore` of them re-ranked by exact MaxSim when asked. A
         request's nprobe / efSearch apply to the token index (the field's `search` ones are its FDE
         index's; each token index has its own, chosen at build)."""
-        missing = [name or "(format 1)" for name, part in zip(self.names, self.parts) if part.tokens is None]
-        if missing:
+        if any(part.tokens is None for part in self.parts):
             raise InvalidRequest(
-                f"field {self.config.name!r} cannot search by token retrieval (xtr): "
-                + (f"segment(s) {missing} were written before its token_index was set; `retriever compact` "
-                   "rewrites them" if self.config.token_index else "set token_index in its config")
+                f"field {self.config.name!r} has no token index to search by token retrieval (xtr): "
+                "set token_index in its config when the collection is created"
             )
         settings = {**self.config.search, **params}
         token_k = int(settings.get("token_k", self.config.token_k))

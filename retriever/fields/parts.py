@@ -26,6 +26,7 @@ TUNE_QUERIES = 200  # a segment's own vectors searched to choose its nprobe / ef
 TUNE_K = 10
 MIN_EF_SEARCH = 64  # HNSW breadth tried first: a segment's own vectors find each other at faiss's 16
 MAX_EF_SEARCH = 4096
+PLATEAU_GAIN = 0.005  # a doubling that gains less recall than this: the codes, not the probes, bind
 
 
 def train_floor(factory: str) -> int:
@@ -97,7 +98,9 @@ def tune(
     exact_rows: Callable[[np.ndarray, int], np.ndarray],
 ) -> dict[str, int]:
     """The smallest nprobe (IVF) or efSearch (HNSW), doubling, whose recall@10 against exact
-    search reaches `target` -> {"nprobe": n} or {} for other indexes. `found_rows(queries, k,
+    search reaches `target` -> {"nprobe": n} or {} for other indexes. Where compressed codes cap
+    recall below the target (PQ without re-scoring), doubling stops once it gains less than
+    PLATEAU_GAIN: probing every list would buy nothing but time. `found_rows(queries, k,
     params)` is the field's search of this segment (its re-scoring included), `exact_rows(queries,
     k)` exact search; the queries are a sample of the segment's own `vectors` (or codes), each
     one's own row left out of both answers, or every query would find itself."""
@@ -112,12 +115,13 @@ def tune(
     queries, k = np.ascontiguousarray(vectors[rows]), TUNE_K + 1
     # a query's own row counts for neither answer
     truth = [set(t) - {r} for t, r in zip(exact_rows(queries, k).tolist(), rows.tolist())]
+    previous = -1.0
     while True:
         found = found_rows(queries, k, {key: value})
-        hits = [len(set(f) & t) / max(1, len(t)) for f, t in zip(found.tolist(), truth)]
-        if value >= limit or float(np.mean(hits)) >= target:
+        hits = float(np.mean([len(set(f) & t) / max(1, len(t)) for f, t in zip(found.tolist(), truth)]))
+        if value >= limit or hits >= target or hits - previous < PLATEAU_GAIN:
             return {key: min(value, limit)}
-        value *= 2
+        value, previous = value * 2, hits
 
 
 def open_index(

@@ -32,7 +32,9 @@ class TokenIndex:
         if isinstance(self.index, FlatVectors):
             return int(self.index.vectors.nbytes)
         ivf, total = self.index.ivf, self.index.ntotal
-        return total * (int(ivf.code_size) + 8) if ivf is not None else total * self.index.cpu_index.sa_code_size()
+        if ivf is not None:
+            return total * (int(ivf.code_size) + 8)
+        return total * self.index.cpu_index.sa_code_size()
 
     def search(
         self, tokens: np.ndarray, k: int, params: Mapping[str, int], allowed: np.ndarray | None

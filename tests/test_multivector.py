@@ -230,7 +230,8 @@ def test_fde_index_search_parameters_are_tuned_at_build(tmp_path):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), tokens=st.integers(1, 6), k=st.integers(1, 8), documents=st.integers(1, 5))
+@given(seed=st.integers(0, 10_000), tokens=st.integers(1, 6), k=st.integers(1, 8),
+       documents=st.integers(1, 5))
 def test_imputed_scores_match_the_pair_by_pair_reference(seed, tokens, k, documents):
     from retriever.index.xtr import imputed_scores
 
@@ -301,7 +302,8 @@ def test_token_retrieval_with_a_trained_token_index(tmp_path):
     similarities, rows = best_tokens(found, 20)
     first = 0
     for hits, query in zip(c.search(queries, k=5, params={"xtr": 1}), queries):
-        expected = reference.xtr_scores(similarities[first:first + len(query)], rows[first:first + len(query)])
+        mine = slice(first, first + len(query))
+        expected = reference.xtr_scores(similarities[mine], rows[mine])
         first += len(query)
         best = sorted(expected, key=lambda d: (-expected[d], d))[:5]
         assert [int(i[1:]) for i in hits.ids] == best
@@ -312,7 +314,8 @@ def test_token_retrieval_with_a_trained_token_index(tmp_path):
         np.testing.assert_allclose(hits.scores, exact, atol=3e-3)
         assert list(hits.scores) == sorted(hits.scores, reverse=True)
     answer = [h.ids for h in c.search(queries, k=5, params={"xtr": 1})]
-    assert [h.ids for h in retriever.Collection.open(c.path).search(queries, k=5, params={"xtr": 1})] == answer
+    reopened = retriever.Collection.open(c.path)
+    assert [h.ids for h in reopened.search(queries, k=5, params={"xtr": 1})] == answer
     c.optimize()
     merged = c.fields["tok"]
     assert len(merged.parts) == 1 and merged.parts[0].tokens.index.ntotal == sum(len(d) for d in docs)
@@ -329,7 +332,7 @@ def test_token_retrieval_refusals(tmp_path):
         with pytest.raises(InvalidConfig, match="token_index|not a valid faiss"):
             token_collection(tmp_path / f"bad{bad!s}", token_index=bad)
     with pytest.raises(InvalidRequest, match="token_k"):
-        token_collection(tmp_path / "k", token_index="Flat").search([docs[0]], k=3, params={"xtr": 1, "token_k": 0})
+        c.search([docs[0]], k=3, params={"xtr": 1, "token_k": 0})
 
 
 def test_xtr_as_the_field_default(tmp_path):

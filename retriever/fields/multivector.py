@@ -102,8 +102,9 @@ class MultiVectorConfig(FieldConfig):
             )
         if not isinstance(self.index, str) or not self.index.strip():
             raise InvalidConfig(f"{where}: index must be a faiss factory string such as 'Flat' or 'HNSW32'")
-        if self.token_index is not None and (
-            not isinstance(self.token_index, str) or not self.token_index.strip() or is_spann(self.token_index)
+        token_index = self.token_index
+        if token_index is not None and (
+            not isinstance(token_index, str) or not token_index.strip() or is_spann(token_index)
         ):
             raise InvalidConfig(
                 f"{where}: token_index must be a faiss factory string such as 'Flat' or 'IVF1024,PQ48x4fs' "

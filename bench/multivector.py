@@ -1,6 +1,7 @@
 """Multi-vector benchmark: MiniLM token vectors on SciFact, brute-force MaxSim against MUVERA
-FDE candidates + exact MaxSim re-ranking (quality, candidate recall, latency), a latency curve on
-larger synthetic collections made from SciFact token vectors, and index bytes per document.
+FDE candidates + exact MaxSim re-ranking (quality, candidate recall, latency), XTR-style token
+retrieval on the same field at several k' (`--token-index`), a latency curve on larger synthetic
+collections made from SciFact token vectors, and index bytes per document.
 
 Prints one JSON object on stdout (progress on stderr). Searches run on one thread.
 
@@ -33,13 +34,14 @@ SETTINGS = {  # name -> fde settings
     "R40-b5-p16": {"repetitions": 40, "simhash_bits": 5, "projection_dim": 16},
 }
 DEPTHS = (100, 500, 1000)
+TOKEN_KS = (100, 200, 400, 1000)  # k': document tokens each query token retrieves
 
 
-def token_collection(path: Path, dim: int, fde: dict, token_dtype: str = "float16"):
+def token_collection(path: Path, dim: int, fde: dict, token_dtype: str = "float16", **field):
     import retriever
 
     return retriever.Collection.create(path, {"name": "bench", "max_k": 1000, "max_batch": 100_000, "fields": [
-        {"name": "tok", "kind": "multivector", "dim": dim, "fde": fde, "token_dtype": token_dtype}]})
+        {"name": "tok", "kind": "multivector", "dim": dim, "fde": fde, "token_dtype": token_dtype, **field}]})
 
 
 def encode_scifact(scifact: Path, cache: Path | None):
@@ -116,7 +118,7 @@ class _Hits:  # the two fields `ndcg` reads
         self.ids, self.scores = ids, scores
 
 
-def scifact(scifact_dir: Path, work: Path, cache: Path | None, settings: list[str]) -> dict:
+def scifact(scifact_dir: Path, work: Path, cache: Path | None, settings: list[str], token_index: str) -> dict:
     docs, clouds, qids, query_clouds, qrels = encode_scifact(scifact_dir, cache)
     dim = clouds[0].shape[1]
     ids = [{"id": d["_id"]} for d in docs]
@@ -156,6 +158,9 @@ def scifact(scifact_dir: Path, work: Path, cache: Path | None, settings: list[st
             hits, lat = run_queries(c, query_clouds, 10, {"rerank": rerank})
             setting[f"rerank{rerank}"] = {"nDCG@10": ndcg(hits, qids, qrels), "latency": latency(lat)}
         out["settings"][name] = setting
+    if token_index:
+        out["token_retrieval"] = token_retrieval(work, ids, clouds, query_clouds, qids, qrels,
+                                                 out["brute_force_maxsim"], token_index)
     if not out["settings"]:
         return out, clouds, query_clouds
     best = max(out["settings"], key=lambda n: out["settings"][n]["candidate_recall_of_exact_top10"]["recall@100"])
@@ -172,6 +177,43 @@ def scifact(scifact_dir: Path, work: Path, cache: Path | None, settings: list[st
         "float32_token_bytes_per_document": round(tokens_total * dim * 4 / len(docs), 1),
     }
     return out, clouds, query_clouds
+
+
+def token_retrieval(work: Path, ids: list, clouds: list, query_clouds: list, qids: list, qrels,
+                    exact: dict, factory: str) -> dict:
+    """One field with both: FDE candidates + exact MaxSim re-ranking against XTR token retrieval
+    (each query token's k' nearest document tokens from a `factory` token index, documents scored
+    from those alone, or the best 100 re-scored by exact MaxSim), on the same queries."""
+    fde_name = next(iter(SETTINGS))
+    c = token_collection(work / "xtr", clouds[0].shape[1], SETTINGS[fde_name], token_index=factory)
+    start = time.perf_counter()
+    c.add(ids, vectors={"tok": clouds})
+    info = c.info()["fields"]["tok"]
+    out = {"fde": fde_name, "token_index": factory, "build_s": round(time.perf_counter() - start, 1),
+           "token_index_tuned": [p.tokens.tuned for p in c.fields["tok"].parts],
+           "bytes_per_document": {"fde_index": round(info["bytes_per_document"] - info["token_bytes"] / len(ids), 1),
+                                  "token_index": info["token_index_bytes_per_document"],
+                                  "stored_tokens_for_maxsim": round(info["token_bytes"] / len(ids), 1)},
+           "runs": {}}
+    runs = {f"fde_rerank{r}": {"rerank": r} for r in (100, 500)}
+    runs.update({f"xtr_k{k}": {"xtr": 1, "token_k": k} for k in TOKEN_KS})
+    runs.update({f"xtr_k{k}_rescore100": {"xtr": 1, "token_k": k, "rescore": 100} for k in TOKEN_KS[:3]})
+    for name, params in runs.items():
+        hits, lat = run_queries(c, query_clouds, 10, params)
+        out["runs"][name] = {"params": params, "nDCG@10": ndcg(hits, qids, qrels), "latency": latency(lat)}
+        log(f"scifact token retrieval: {name} {out['runs'][name]}")
+    fde = out["runs"]["fde_rerank100"]
+    matching = [n for n, r in out["runs"].items() if n.startswith("xtr") and r["nDCG@10"] >= fde["nDCG@10"] - 0.005]
+    fastest = min(matching, key=lambda n: out["runs"][n]["latency"]["p50_ms"]) if matching else None
+    out["summary"] = {
+        "brute_force_nDCG@10": exact["nDCG@10"], "fde_rerank100_nDCG@10": fde["nDCG@10"],
+        "fastest_xtr_within_0.005_of_fde_rerank100": fastest,
+        "p50_speedup_over_fde_rerank100": (
+            round(fde["latency"]["p50_ms"] / out["runs"][fastest]["latency"]["p50_ms"], 2) if fastest else None),
+        "p50_speedup_over_brute_force": (
+            round(exact["latency"]["p50_ms"] / out["runs"][fastest]["latency"]["p50_ms"], 2) if fastest else None),
+    }
+    return out
 
 
 def synthetic_curve(clouds: list[np.ndarray], query_clouds: list[np.ndarray], sizes: list[int], work: Path, seed: int = 0) -> dict:
@@ -214,6 +256,8 @@ def main() -> None:
     parser.add_argument("--synthetic", default="10000,30000,100000", help="collection sizes for the latency curve ('' to skip)")
     parser.add_argument("--settings", default=",".join(SETTINGS), help="FDE settings to sweep ('' for none)")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--token-index", default="IVF1024,PQ48x4fs",
+                        help="faiss factory of the token index XTR retrieval runs on ('' to skip it)")
     parser.add_argument("--cache", type=Path, help="keep SciFact token vectors here between runs (encoding takes minutes)")
     args = parser.parse_args()
     import torch
@@ -224,7 +268,8 @@ def main() -> None:
                                                           "only other torch here is a multi-GB CUDA download"}}
     with tempfile.TemporaryDirectory() as tmp:
         settings = [n for n in args.settings.split(",") if n]
-        result["scifact"], clouds, query_clouds = scifact(args.scifact, Path(tmp), args.cache, settings)
+        result["scifact"], clouds, query_clouds = scifact(args.scifact, Path(tmp), args.cache, settings,
+                                                                args.token_index)
         sizes = [int(s) for s in args.synthetic.split(",") if s]
         if sizes:
             result["synthetic_latency_curve"] = synthetic_curve(clouds, query_clouds, sizes, Path(tmp))

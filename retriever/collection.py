@@ -606,6 +606,36 @@ class Collection:
 
             self._publish(write)
 
+    def tune_pq(self, field: str, queries: Mapping[str, Any], qrels: Mapping[str, Mapping[str, int]]) -> list:
+        """Ranking-trained PQ (JPQ, `retriever.index.jpq`) for a dense field with PQ codes: the
+        judged queries (`queries` {query id: text or vector}, `qrels` {query id: {document id:
+        grade}}) and their relevant documents' vectors are kept in the field, and every segment
+        is rebuilt (a merge of all of them) with its PQ centroids trained on them; segments the
+        field builds later (writes, merges) train theirs on the same set. Returns each trained
+        segment's report (held-out reciprocal rank before and after, whether training was kept,
+        seconds)."""
+        from . import pq_tuning
+
+        pq_tuning.checked_field(self, field)
+        qids, vectors = pq_tuning.query_vectors(self, field, queries, qrels)  # models run unlocked
+        with self._writer():
+            self._catch_up()
+            self._check_format()
+            self._flush()
+            ranking = pq_tuning.ranking_set(self.fields[field], qids, vectors, qrels, self._live_rows)
+
+            def write(v: int):
+                manifest = self._next_manifest(v)
+                name = f"ranking-{v:06d}.{field}.npz"
+                manifest["files"][name] = storage.write_new_file(self.path, name, ranking.to_bytes())
+                manifest["fields"][field] = {**manifest["fields"][field], "pq_training": name}
+                return manifest, self.segments, None
+
+            self._publish(write)
+            if self.segments:
+                self._merge_now(0, len(self.segments))
+        return self.fields[field].info()["pq_training"]
+
     # ---- merges ------------------------------------------------------------------------------
 
     def plan_merge(self) -> merging.MergePlan | None:

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from retriever.errors import CorruptIndex, InvalidConfig, InvalidRequest
-from retriever.index import storage
+from retriever.index import jpq, storage
 from retriever.index.faiss_index import FaissIndex
 from retriever.index.flat import FlatVectors
 from retriever.index.vectors import VectorStore
@@ -119,6 +119,10 @@ class DenseKind(ModelKind):
         self, path, config: DenseConfig, shared, files, segments: list[SegmentView], reuse
     ) -> "DenseField":
         dim = shared["dim"]
+        ranking = None
+        if shared.get("pq_training"):  # labelled queries every PQ index of the field trains on
+            name = shared["pq_training"]
+            ranking = jpq.RankingSet.from_bytes(storage.read_verified(path, name, files[name]))
         if "vectors" in shared:  # storage format 1: one index over every row, vectors per commit
             return DenseField(config, dim, [_legacy_part(path, config, shared, files)], shared, [""])
         parts = []
@@ -137,8 +141,9 @@ class DenseKind(ModelKind):
                     "for the "
                     f"{segment.rows} documents of segment {segment.name!r}"
                 )
-            parts.append(DensePart(index, vectors, segment.entry.get("search", {})))
-        return DenseField(config, dim, parts, shared, [s.name for s in segments])
+            parts.append(DensePart(index, vectors, segment.entry.get("search", {}),
+                                   segment.entry.get("pq_training")))
+        return DenseField(config, dim, parts, shared, [s.name for s in segments], ranking)
 
 
 DENSE = DenseKind()
@@ -152,6 +157,7 @@ class DensePart:
     index: FaissIndex | SpannVectors
     vectors: VectorStore
     tuned: Mapping[str, int] = field(default_factory=dict)
+    trained: Mapping[str, Any] | None = None  # how ranking training of its PQ centroids went
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,7 @@ class DenseField:
     parts: list[DensePart]
     entry: dict[str, Any]  # the shared manifest entry
     names: list[str]  # each part's segment
+    ranking: jpq.RankingSet | None = None  # labelled queries its PQ indexes train on (`tune_pq`)
 
     def opened(self) -> dict[str, DensePart]:
         return dict(zip(self.names, self.parts))
@@ -219,8 +226,8 @@ class DenseField:
         return out
 
     def merge(self, path, name: str, rows: np.ndarray):
-        entry, files, _ = _write_part(path, name, self.config, self.vectors.gather(rows))
-        return {"dim": self.dim}, entry, files
+        entry, files, _ = _write_part(path, name, self.config, self.vectors.gather(rows), self.ranking)
+        return {key: self.entry[key] for key in ("dim", "pq_training") if key in self.entry}, entry, files
 
     @property
     def exact(self) -> bool:
@@ -243,6 +250,8 @@ class DenseField:
             "target_recall": c.target_recall,
             # the search parameters chosen per segment at build (a request's or `search`'s win)
             "tuned": [{"rows": len(p.vectors), **p.tuned} for p in self.parts if p.tuned],
+            # ranking-trained PQ (`tune_pq`): held-out reciprocal rank before / after, per segment
+            "pq_training": [{"rows": len(p.vectors), **p.trained} for p in self.parts if p.trained],
         }
 
     def documents_from_texts(self, encoder, texts: list[str], progress: bool = False) -> np.ndarray:
@@ -280,19 +289,19 @@ class PendingVectors:
     vectors: np.ndarray
 
     def write(self, path, name: str):
-        entry, files, part = _write_part(path, name, self.field.config, self.vectors)
         field = self.field
+        entry, files, part = _write_part(path, name, field.config, self.vectors, field.ranking)
         return (
             field.entry,
             entry,
             files,
             lambda: DenseField(
-                field.config, field.dim, [*field.parts, part], field.entry, [*field.names, name]
+                field.config, field.dim, [*field.parts, part], field.entry, [*field.names, name], field.ranking
             ),
         )
 
 
-def _write_part(path, segment: str, config: DenseConfig, vectors: np.ndarray):
+def _write_part(path, segment: str, config: DenseConfig, vectors: np.ndarray, ranking=None):
     """A segment's vectors and index -> (entry, files, the part opened on them)."""
     prefix = f"{segment}.{config.name}"
     vname = f"{prefix}.vectors.npy"
@@ -300,10 +309,11 @@ def _write_part(path, segment: str, config: DenseConfig, vectors: np.ndarray):
     stored = VectorStore([storage.load_written(path, vname)], vectors.shape[1])
     entry, written, index = parts_module.build(
         path, prefix, config.index, stored.segments[0], config.metric, config.train_size, stored=True,
-        target_recall=config.target_recall, rescore=config.rescore,
+        target_recall=config.target_recall, rescore=config.rescore, ranking=ranking,
     )
     files.update(written)
-    return {"vectors": vname, **entry}, files, DensePart(index, stored, entry.get("search", {}))
+    part = DensePart(index, stored, entry.get("search", {}), entry.get("pq_training"))
+    return {"vectors": vname, **entry}, files, part
 
 
 def _legacy_part(path, config: DenseConfig, entry, files) -> DensePart:

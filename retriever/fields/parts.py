@@ -5,13 +5,14 @@ Segments grow by merging, so a collection's big segments get the configured inde
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from retriever.index import disk, storage
+from retriever.index import disk, jpq, storage
 from retriever.index.faiss_index import FaissIndex
 from retriever.index.flat import FlatVectors
 from retriever.index.spann import SpannIndex
@@ -48,11 +49,13 @@ def build(
     stored: bool = False,
     target_recall: float | None = None,
     rescore: int = 0,
+    ranking: jpq.RankingSet | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], FaissIndex | FlatVectors | SpannVectors]:
     """Index a segment's vectors [N, D] -> (its entry, {file: size and checksum}, the index).
     `stored`: `vectors` is the segment's own vectors file, which is then a Flat index as it is.
     With a `target_recall`, an IVF or HNSW index's nprobe / efSearch is chosen here (`tune`) and
-    kept in the entry's `search`."""
+    kept in the entry's `search`. With a `ranking` set, a PQ index's centroids are then trained
+    on it (`jpq.train`), and the entry's `pq_training` says how that went."""
     dim = vectors.shape[1]
     if is_spann(factory) and len(vectors) >= SPANN_MIN_ROWS:
         directory = Path(path) / f"{prefix}.spann"
@@ -76,9 +79,12 @@ def build(
     if not index.cpu_index.is_trained:
         index.train(training_sample(vectors, train_size))
     index.add(vectors)
+    entry: dict[str, Any] = {"index": None, "factory": used}
+    if ranking is not None and jpq.supports(index.cpu_index):
+        entry["pq_training"] = dataclasses.asdict(jpq.train(index, vectors, ranking))
     name = f"{prefix}.index.faiss"
     files = {name: storage.write_new_file(path, name, index.to_bytes())}
-    entry = {"index": name, "factory": used}
+    entry["index"] = name
     if target_recall is not None:
         store = VectorStore([vectors], dim)
         entry["search"] = tune(

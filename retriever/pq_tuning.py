@@ -25,8 +25,11 @@ def checked_field(collection: "Collection", name: str):
     if config.kind != "dense":
         raise InvalidRequest(f"ranking-trained PQ applies to dense fields; {name!r} is {config.kind!r}")
     if config.metric != "ip":
-        raise InvalidRequest(f"ranking-trained PQ scores by inner product; field {name!r} uses {config.metric!r}")
-    if "SPANN" in config.index.upper() or not jpq.supports(FaissIndex(config.index, field.dim, "ip").cpu_index):
+        raise InvalidRequest(
+            f"ranking-trained PQ scores by inner product; field {name!r} uses {config.metric!r}"
+        )
+    spann = "SPANN" in config.index.upper()
+    if spann or not jpq.supports(FaissIndex(config.index, field.dim, "ip").cpu_index):
         raise InvalidRequest(
             f"field {name!r} has index {config.index!r}: ranking-trained PQ needs PQ codes (e.g. "
             "'IVF1024,PQ48', 'IVF1024,PQ48x4fs' or 'PQ48')"

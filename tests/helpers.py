@@ -118,3 +118,24 @@ def slow_registry(delay: float):
             return Searcher()
 
     return Slow()
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def rotated_queries(n_docs=1500, n_queries=300, dim=32, seed=0):
+    """Documents, and queries that are their source document turned by a rotation inside each
+    4-dimension sub-space (PQ's sub-spaces with dim / 4 of them), so that k-means's centroids, fit
+    to the documents, score queries worse than centroids trained on labelled queries can."""
+    rng = np.random.default_rng(seed)
+    docs = unit(rng.standard_normal((n_docs, dim)))
+    turn = np.zeros((dim, dim))
+    for m in range(dim // 4):
+        skew = np.random.default_rng(m).standard_normal((4, 4))
+        skew -= skew.T
+        skew /= np.linalg.norm(skew)  # a rotation by Cayley's map: (I - A)^-1 (I + A), A skew
+        turn[4 * m : 4 * m + 4, 4 * m : 4 * m + 4] = np.linalg.solve(np.eye(4) - skew, np.eye(4) + skew)
+    source = rng.choice(n_docs, n_queries, replace=False)
+    queries = (docs[source] @ turn.T + 0.05 * rng.standard_normal((n_queries, dim))).astype(np.float32)
+    return docs, queries, source

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import retriever
-from helpers import random_vectors
+from helpers import random_vectors, rotated_queries
 from retriever.check import check
 from retriever import buffer
 from retriever.index import disk, storage, wal
@@ -221,5 +221,45 @@ def test_a_fault_at_any_operation_of_saving_a_pipeline_keeps_the_config_whole(te
         assert state(c) == now, where
         assert check(c.path)["ok"], where
         c.save_pipeline("mixed", pipeline, default=True)
+        assert state(retriever.Collection.open(c.path)) == after, where
+        assert_no_debris(c.path)
+
+
+def test_a_fault_at_any_operation_of_tune_pq_leaves_a_whole_collection(tmp_path):
+    """tune_pq publishes the labelled set, then rebuilds every segment with trained centroids: a
+    fault at any step leaves the collection answering as before or as after (the set kept but the
+    segments not yet rebuilt answers as before), whole, and a retry gets the same trained index."""
+    vectors, turned, source = rotated_queries(n_docs=1100, n_queries=40, dim=16)
+    template = tmp_path / "pq-template"
+    c = retriever.Collection.create(template, {"name": "pq", "max_k": 100, "fields": [
+        {"name": "dense", "dim": 16, "index": "PQ4", "rescore": 0}]})
+    c.add([{"id": f"d{i}"} for i in range(1100)], vectors={"dense": vectors})
+    c.flush()
+    queries = {f"q{i}": turned[i] for i in range(40)}
+    qrels = {f"q{i}": {f"d{source[i]}": 1} for i in range(40)}
+    probes = random_vectors(4, 16, seed=12)
+
+    def state(c):
+        return [(h.ids, np.round(h.scores, 4).tolist()) for h in c.search(probes, k=10)]
+
+    probe = fresh_copy(template, tmp_path / "probe")
+    before = state(probe)
+    with disk.inject(disk.Faults()) as counted:
+        [report] = probe.tune_pq("dense", queries, qrels)
+    after = state(probe)
+    assert report["epoch"] > 0 and after != before  # trained centroids: other scores
+    for n in range(counted.count):
+        c = fresh_copy(template, tmp_path / "c")
+        where = f"fault at {counted.ops[n]} #{n}"
+        with disk.inject(disk.Faults(fail_at=n)):
+            try:
+                c.tune_pq("dense", queries, qrels)
+            except retriever.StorageFull:
+                pass
+        now = state(retriever.Collection.open(c.path))
+        assert now in (before, after), where
+        assert state(c) == now, where
+        assert check(c.path)["ok"], where
+        c.tune_pq("dense", queries, qrels)
         assert state(retriever.Collection.open(c.path)) == after, where
         assert_no_debris(c.path)

@@ -1,4 +1,5 @@
-"""Dense benchmark: quality on SciFact, IVF-PQ recall, our search path against raw faiss, build speed.
+"""Dense benchmark: quality on SciFact, IVF-PQ recall, our search path against raw faiss, build speed,
+and PQ codebooks from faiss's k-means against ranking-trained ones (JPQ, `tune-pq`).
 
 Prints one JSON object on stdout (progress on stderr). Peers run in the same process, same run:
 raw faiss on the very same index object and queries, and plain `SentenceTransformer.encode`.
@@ -94,6 +95,43 @@ def scifact_defaults(scifact: Path, flat: retriever.Collection, flat_quality: di
             "qps": result["qps"],
         }
         log(f"scifact defaults {factory}: {out[factory]}")
+    return out
+
+
+# ---- 1b. ranking-trained PQ codebooks against faiss's k-means ones -------------------------
+
+PQ_FACTORIES = ("IVF64,PQ24", "IVF64,PQ48x4fs", "IVF64,PQ48")  # 24, 24 and 48 bytes a vector
+
+
+def ranking_trained_pq(scifact: Path, flat: retriever.Collection, work: Path) -> dict:
+    """SciFact test nDCG@10 of PQ indexes over the Flat collection's vectors, codes alone (no
+    re-scoring) with every IVF list probed, k-means codebooks against ones trained on the train
+    split's judged queries (`Collection.tune_pq`). Train and test judge many of the same
+    documents, so the test queries none of whose relevant documents the train split judged are
+    scored on their own too: there the gain is not the index remembering documents."""
+    base = flat.fields["dense"].vectors.to_array()
+    train_queries, train_qrels = load_beir(scifact, "train")
+    test_queries, test_qrels = load_beir(scifact, "test")
+    judged = {d for rel in train_qrels.values() for d, grade in rel.items() if grade > 0}
+    unseen = {q: rel for q, rel in test_qrels.items() if not judged & set(rel)}
+    sets = {"test": (test_queries, test_qrels), "test_unseen_documents": ({q: test_queries[q] for q in unseen}, unseen)}
+
+    def ndcg(c) -> dict:
+        return {name: evaluate(c, q, r, progress=False)["nDCG@10"] for name, (q, r) in sets.items()}
+
+    out = {"train_queries": len(train_qrels), "test_queries": len(test_qrels), "test_unseen_documents_queries": len(unseen),
+           "flat_nDCG@10": ndcg(flat), "indexes": {}}
+    for i, factory in enumerate(PQ_FACTORIES):
+        field = {"name": "dense", "model": MODEL, "index": factory, "rescore": 0, "search": {"nprobe": 64}}
+        c = retriever.Collection.create(work / f"jpq-{i}", {"name": "jpq", "fields": [field]})
+        c.add(flat.documents.table.to_pylist(), vectors={"dense": base})
+        c.flush()
+        row = {"bytes_per_vector": c.fields["dense"].parts[0].index.cpu_index.sa_code_size(), "k_means": ndcg(c)}
+        start = time.perf_counter()
+        [report] = c.tune_pq("dense", train_queries, train_qrels)
+        row.update(ranking_trained=ndcg(c), tune_pq_seconds=round(time.perf_counter() - start, 1), training=report)
+        out["indexes"][factory] = row
+        log(f"scifact ranking-trained PQ {factory}: {row}")
     return out
 
 
@@ -267,7 +305,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scifact", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact")
     parser.add_argument("--build-docs", type=int, default=1000)
-    parts = ["scifact", "glove", "sweeps", "bandwidth", "build"]
+    parts = ["scifact", "glove", "sweeps", "bandwidth", "build", "jpq"]
     parser.add_argument("--skip", nargs="*", default=[], choices=parts)
     parser.add_argument("--glove-index", default="IVF1024,PQ50x4fs:64",
                         help="FACTORY:NPROBE measured against raw faiss when the sweeps are skipped")
@@ -293,6 +331,8 @@ def main() -> None:
                 factories = ["IVF64,PQ48", "IVF64,PQ96", "IVF64,PQ96x4fs"]
                 result["scifact_ivfpq"] = ivfpq_sweep("scifact", base, queries, factories, [4, 8, 16], work)
             result["scifact_ours_vs_faiss_flat"] = overhead_vs_faiss("scifact Flat", flat, queries[:300], {"nprobe": 1})
+            if "jpq" not in args.skip:
+                result["scifact_ranking_trained_pq"] = ranking_trained_pq(args.scifact, flat, work)
         if "glove" not in args.skip:
             x = glove_vectors()
             order = np.random.default_rng(0).permutation(len(x))

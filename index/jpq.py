@@ -6,9 +6,11 @@ k-means minimizes reconstruction error, which spends the codebooks' few bits eve
 loss spends them where they tell relevant documents from the ones that crowd them out.
 
 The trained centroids go back into the faiss index, so search is unchanged. Training holds out a
-fifth of the queries and keeps the centroids of the epoch whose held-out queries rank their
-relevant documents best (mean reciprocal rank among the index's top candidates), k-means's own
-unless an epoch beats them: a small labelled set overfits within a few epochs.
+fifth of the queries, and trains on none that shares a relevant document with them: the epoch
+kept is the one whose held-out queries rank their relevant documents best (mean reciprocal rank
+among the index's top candidates), k-means's own unless an epoch beats them. Held out by query
+alone, the check would reward what a small labelled set invites: codes of the documents judged
+relevant pulled toward every query, which lifts those documents and no others.
 """
 
 from __future__ import annotations
@@ -148,43 +150,63 @@ def train(index, vectors: np.ndarray, ranking: RankingSet, epochs: int = 20, lr:
     scorer = PqScorer(index.cpu_index)
     doc_codes, doc_coarse = scorer.encode(vectors)
     pos_codes, pos_coarse = scorer.encode(ranking.positives)
-    order = np.random.default_rng(seed).permutation(len(ranking.queries))
-    held = order[: int(round(HELD_OUT * len(order)))]
-    trained = order[len(held) :]
-    if not len(trained) or not len(held):
-        raise InvalidRequest(f"ranking-trained PQ needs at least 2 labelled queries, got {len(order)}")
-    negatives = _negatives(index, vectors, ranking)  # [Q, NEGATIVES] rows, -1 padded
-    batch = (doc_codes, doc_coarse, pos_codes, pos_coarse, negatives)
-    held_out = [_mrr(scorer, ranking, held, *batch)]
+    held, trained = _split(ranking, seed)
+    negatives, ranks = _searched(index, vectors, ranking)  # [Q, NEGATIVES] rows, [Q] reciprocal ranks
+    held_out = [float(ranks[held].mean())]
     best = scorer.centroids.detach().clone()
     optimizer = torch.optim.Adam([scorer.centroids], lr=lr)
     losses = []
     for _ in range(epochs):
+        batch = (doc_codes, doc_coarse, pos_codes, pos_coarse, negatives)
         losses.append(_epoch(scorer, optimizer, ranking, trained, *batch))
-        held_out.append(_mrr(scorer, ranking, held, *batch))
+        scorer.write_back()  # the index searches with this epoch's centroids: what it ranks first
+        negatives, ranks = _searched(index, vectors, ranking)  # ... is the next epoch's negatives
+        held_out.append(float(ranks[held].mean()))
         if held_out[-1] > max(held_out[:-1]):
             best = scorer.centroids.detach().clone()
     epoch = int(np.argmax(held_out))  # the first of equals: k-means's when nothing beats it
     scorer.centroids.data.copy_(best)
-    if epoch:
-        scorer.write_back()
+    scorer.write_back()
     return Report(round(held_out[0], 4), round(held_out[epoch], 4), [round(x, 4) for x in held_out],
                   [round(x, 4) for x in losses], epoch, round(time.perf_counter() - start, 2))
 
 
-def _negatives(index, vectors: np.ndarray, ranking: RankingSet) -> np.ndarray:
-    """Each query's top NEGATIVES candidates by the k-means index that are none of its relevant
-    documents (a relevant document is found by its vector), -1 padded."""
+def _split(ranking: RankingSet, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out queries, training queries): a fifth held out at random, and the training queries
+    those of the rest that share no relevant document (found by its vector) with them."""
+    order = np.random.default_rng(seed).permutation(len(ranking.queries))
+    held = order[: max(1, int(round(HELD_OUT * len(order))))]
+    document = np.unique(ranking.positives, axis=0, return_inverse=True)[1].ravel()  # [P]
+    taken = np.isin(document, document[np.isin(ranking.owner, held)])
+    trained = np.setdiff1d(order[len(held) :], ranking.owner[taken])
+    if not len(trained):
+        raise InvalidRequest(
+            f"ranking-trained PQ needs judged queries whose relevant documents differ: of "
+            f"{len(order)}, none is left to train on once {len(held)} are held out with their documents"
+        )
+    return held, trained
+
+
+def _searched(index, vectors: np.ndarray, ranking: RankingSet) -> tuple[np.ndarray, np.ndarray]:
+    """Every query searched in the index as it stands -> (its top NEGATIVES candidates that are
+    none of its relevant documents [Q, NEGATIVES], -1 padded; 1 / the rank of its first relevant
+    document among them [Q], 0 past them). A relevant document is found by its vector, so the
+    documents the training pushes up for every query come back as negatives, and as a worse rank
+    for the held-out queries they crowd."""
     depth = min(index.ntotal, NEGATIVES + int(np.bincount(ranking.owner).max()))
     _, rows = index.search(ranking.queries, depth, {"nprobe": _all_lists(index)}, None)
     out = np.full((len(rows), NEGATIVES), -1, np.int64)
+    reciprocal = np.zeros(len(rows))
     for q, found in enumerate(rows):
         found = found[found >= 0]
         mine = ranking.positives[ranking.owner == q]
-        same = (vectors[found][:, None, :] == mine[None]).all(-1).any(-1) if len(mine) else False
+        same = (vectors[found][:, None, :] == mine[None]).all(-1).any(-1)
+        first = np.flatnonzero(same)
+        if len(first) and first[0] < NEGATIVES:
+            reciprocal[q] = 1.0 / (first[0] + 1)
         keep = found[~same][:NEGATIVES]
         out[q, : len(keep)] = keep
-    return out
+    return out, reciprocal
 
 
 def _all_lists(index) -> int:
@@ -230,15 +252,3 @@ def _epoch(scorer, optimizer, ranking, queries, *batch, size: int = 64) -> float
         optimizer.step()
         total += float(loss.detach()) * len(scores)
     return total / max(1, len(pairs))
-
-
-def _mrr(scorer, ranking, queries, *batch) -> float:
-    """Mean over the pairs of these queries of 1 / the relevant document's rank among its query's
-    negatives (0 when all of them score higher)."""
-    import torch
-
-    pairs = _pairs(ranking, queries)
-    with torch.no_grad():
-        scores, real = _scored(scorer, ranking, pairs, *batch)
-    above = ((scores[:, 1:] > scores[:, :1]) & real).sum(1)
-    return float(torch.where(above < NEGATIVES, 1.0 / (above + 1), 0.0).mean())

@@ -30,7 +30,7 @@ from retriever.corpus import read_jsonl
 from retriever.documents import document_texts, documents_to_table
 from retriever.encoders.models import resolve_model
 from retriever.evaluation import evaluate, load_beir
-from retriever.index import storage
+from retriever.index import jpq, storage
 from retriever.index.faiss_index import PROBE_PARALLEL, fast_scan_ivf
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -106,9 +106,9 @@ PQ_FACTORIES = ("IVF64,PQ24", "IVF64,PQ48x4fs", "IVF64,PQ48")  # 24, 24 and 48 b
 def ranking_trained_pq(scifact: Path, flat: retriever.Collection, work: Path) -> dict:
     """SciFact test nDCG@10 of PQ indexes over the Flat collection's vectors, codes alone (no
     re-scoring) with every IVF list probed, k-means codebooks against ones trained on the train
-    split's judged queries (`Collection.tune_pq`). Train and test judge many of the same
-    documents, so the test queries none of whose relevant documents the train split judged are
-    scored on their own too: there the gain is not the index remembering documents."""
+    split's judged queries (`Collection.tune_pq`, each way of holding out). Train and test judge
+    many of the same documents, so the test queries none of whose relevant documents the train
+    split judged are scored on their own too: there a gain is not the index remembering documents."""
     base = flat.fields["dense"].vectors.to_array()
     train_queries, train_qrels = load_beir(scifact, "train")
     test_queries, test_qrels = load_beir(scifact, "test")
@@ -127,9 +127,11 @@ def ranking_trained_pq(scifact: Path, flat: retriever.Collection, work: Path) ->
         c.add(flat.documents.table.to_pylist(), vectors={"dense": base})
         c.flush()
         row = {"bytes_per_vector": c.fields["dense"].parts[0].index.cpu_index.sa_code_size(), "k_means": ndcg(c)}
-        start = time.perf_counter()
-        [report] = c.tune_pq("dense", train_queries, train_qrels)
-        row.update(ranking_trained=ndcg(c), tune_pq_seconds=round(time.perf_counter() - start, 1), training=report)
+        for hold_out in jpq.HOLD_OUTS:
+            start = time.perf_counter()
+            [report] = c.tune_pq("dense", train_queries, train_qrels, hold_out=hold_out)
+            row[f"hold_out_{hold_out}"] = {"nDCG@10": ndcg(c), "tune_pq_seconds": round(time.perf_counter() - start, 1),
+                                           "training": report}
         out["indexes"][factory] = row
         log(f"scifact ranking-trained PQ {factory}: {row}")
     return out

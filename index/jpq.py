@@ -6,11 +6,14 @@ k-means minimizes reconstruction error, which spends the codebooks' few bits eve
 loss spends them where they tell relevant documents from the ones that crowd them out.
 
 The trained centroids go back into the faiss index, so search is unchanged. Training holds out a
-fifth of the queries, and trains on none that shares a relevant document with them: the epoch
-kept is the one whose held-out queries rank their relevant documents best (mean reciprocal rank
-among the index's top candidates), k-means's own unless an epoch beats them. Held out by query
-alone, the check would reward what a small labelled set invites: codes of the documents judged
-relevant pulled toward every query, which lifts those documents and no others.
+fifth of the queries; the epoch kept is the one whose held-out queries rank their relevant
+documents best (mean reciprocal rank among the index's top candidates, searched as each epoch
+leaves the index), k-means's own unless an epoch beats them. What "held out" means is the
+RankingSet's `hold_out`: "documents" (the default) trains on no query that shares a relevant
+document with the held-out ones, so the kept centroids must help queries about documents never
+judged; "queries" holds out queries alone, rewarding what a small labelled set invites: codes of
+the judged documents pulled toward queries, which lifts those documents, right where the same
+documents are asked about again (a fixed corpus with recurring questions), wrong elsewhere.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ NEGATIVES = 100  # a query's hardest negatives: the index's top candidates that 
 SCALE = 20.0  # inner products of unit vectors are small: sharpen them for the softmax
 HELD_OUT = 0.2  # the queries that judge whether training helped
 ENCODE_BLOCK = 65_536
+HOLD_OUTS = ("documents", "queries")
 
 
 @dataclass(frozen=True)
@@ -39,17 +43,23 @@ class RankingSet:
     queries: np.ndarray
     positives: np.ndarray
     owner: np.ndarray
+    hold_out: str = "documents"  # one of HOLD_OUTS: what the held-out queries keep from training
+
+    def __post_init__(self) -> None:
+        if self.hold_out not in HOLD_OUTS:
+            raise InvalidRequest(f"hold_out must be one of {HOLD_OUTS}, got {self.hold_out!r}")
 
     def to_bytes(self) -> bytes:
         out = io.BytesIO()
-        np.savez(out, queries=self.queries, positives=self.positives, owner=self.owner)
+        np.savez(out, queries=self.queries, positives=self.positives, owner=self.owner,
+                 hold_out=np.array(self.hold_out))
         return out.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> "RankingSet":
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return cls(z["queries"].astype(np.float32), z["positives"].astype(np.float32),
-                       z["owner"].astype(np.int64))
+                       z["owner"].astype(np.int64), str(z["hold_out"]))
 
 
 @dataclass(frozen=True)
@@ -172,10 +182,12 @@ def train(index, vectors: np.ndarray, ranking: RankingSet, epochs: int = 20, lr:
 
 
 def _split(ranking: RankingSet, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(held-out queries, training queries): a fifth held out at random, and the training queries
-    those of the rest that share no relevant document (found by its vector) with them."""
+    """(held-out queries, training queries): a fifth held out at random; the rest train, less
+    (hold_out "documents") those sharing a relevant document (found by its vector) with them."""
     order = np.random.default_rng(seed).permutation(len(ranking.queries))
     held = order[: max(1, int(round(HELD_OUT * len(order))))]
+    if ranking.hold_out == "queries":
+        return held, order[len(held) :]
     document = np.unique(ranking.positives, axis=0, return_inverse=True)[1].ravel()  # [P]
     taken = np.isin(document, document[np.isin(ranking.owner, held)])
     trained = np.setdiff1d(order[len(held) :], ranking.owner[taken])

@@ -328,6 +328,10 @@ def tune_pq(
     split: str = typer.Option("train", "--split", help="The judged queries to train on."),
     field: Optional[str] = typer.Option(
         None, "--field", help="The dense PQ field (default: the first field)."),
+    hold_out: str = typer.Option(
+        "documents", "--hold-out",
+        help="documents: keep training only if it helps queries about documents never judged; "
+             "queries: if it helps unseen queries (judged documents may be asked about again)."),
     as_json: bool = JsonOption,
 ) -> None:
     """Train a dense field's PQ centroids on judged queries (JPQ): relevant documents ranked above
@@ -340,7 +344,8 @@ def tune_pq(
         queries, qrels = load_beir(beir, split)
         opened = Collection.open(collection)
         name = field or opened.config.fields[0].name
-        return {"field": name, "queries": len(qrels), "segments": opened.tune_pq(name, queries, qrels)}
+        segments = opened.tune_pq(name, queries, qrels, hold_out=hold_out)
+        return {"field": name, "queries": len(qrels), "hold_out": hold_out, "segments": segments}
 
     def show(r):
         for s in r["segments"]:

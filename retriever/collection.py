@@ -606,23 +606,26 @@ class Collection:
 
             self._publish(write)
 
-    def tune_pq(self, field: str, queries: Mapping[str, Any], qrels: Mapping[str, Mapping[str, int]]) -> list:
+    def tune_pq(self, field: str, queries: Mapping[str, Any], qrels: Mapping[str, Mapping[str, int]],
+                hold_out: str = "documents") -> list:
         """Ranking-trained PQ (JPQ, `retriever.index.jpq`) for a dense field with PQ codes: the
         judged queries (`queries` {query id: text or vector}, `qrels` {query id: {document id:
         grade}}) and their relevant documents' vectors are kept in the field, and every segment
         is rebuilt (a merge of all of them) with its PQ centroids trained on them; segments the
-        field builds later (writes, merges) train theirs on the same set. Returns each trained
-        segment's report (held-out reciprocal rank before and after, whether training was kept,
-        seconds)."""
+        field builds later (writes, merges) train theirs on the same set. `hold_out` "documents"
+        keeps trained centroids only if they help queries about documents training never saw
+        judged; "queries" only asks that they help unseen queries (judged documents may recur).
+        Returns each trained segment's report (held-out reciprocal rank before and after, the
+        epoch kept, 0 for k-means's centroids, seconds)."""
         from . import pq_tuning
 
-        pq_tuning.checked_field(self, field)
+        pq_tuning.checked_field(self, field, hold_out)
         qids, vectors = pq_tuning.query_vectors(self, field, queries, qrels)  # models run unlocked
         with self._writer():
             self._catch_up()
             self._check_format()
             self._flush()
-            ranking = pq_tuning.ranking_set(self.fields[field], qids, vectors, qrels, self._live_rows)
+            ranking = pq_tuning.ranking_set(self.fields[field], qids, vectors, qrels, self._live_rows, hold_out)
 
             def write(v: int):
                 manifest = self._next_manifest(v)

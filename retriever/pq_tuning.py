@@ -16,8 +16,10 @@ if TYPE_CHECKING:
     from .collection import Collection
 
 
-def checked_field(collection: "Collection", name: str):
+def checked_field(collection: "Collection", name: str, hold_out: str):
     """The dense field `name`, if its index keeps PQ codes scored by inner product."""
+    if hold_out not in jpq.HOLD_OUTS:
+        raise InvalidRequest(f"hold_out must be one of {jpq.HOLD_OUTS}, got {hold_out!r}")
     if name not in collection.fields:
         raise InvalidRequest(f"unknown field {name!r}; fields: {list(collection.fields)}")
     field = collection.fields[name]
@@ -57,7 +59,7 @@ def query_vectors(
 
 def ranking_set(
     field, qids: list[str], vectors: np.ndarray, qrels: Mapping[str, Mapping[str, int]],
-    live_rows: Callable[[list[str]], np.ndarray],
+    live_rows: Callable[[list[str]], np.ndarray], hold_out: str,
 ) -> jpq.RankingSet:
     """The judged queries whose relevant documents are live (`live_rows` of their ids), with
     those documents' vectors as the dense `field` stores them."""
@@ -75,4 +77,4 @@ def ranking_set(
             f"collection; {len(kept)} of {len(qids)} have any"
         )
     return jpq.RankingSet(np.stack(kept).astype(np.float32), np.concatenate(positives).astype(np.float32),
-                          np.asarray(owner, np.int64))
+                          np.asarray(owner, np.int64), hold_out)

@@ -123,6 +123,8 @@ def test_tune_pq_refuses_what_it_cannot_train_and_changes_nothing(tmp_path):
         c.tune_pq("dense", asked[0], {q: {"missing": 1} for q in asked[1]})
     with pytest.raises(InvalidRequest, match="dimension"):
         c.tune_pq("dense", {q: v[:5] for q, v in asked[0].items()}, asked[1])
+    with pytest.raises(InvalidRequest, match="hold_out"):
+        c.tune_pq("dense", *asked, hold_out="rows")
     assert c.version == version and retriever.Collection.open(c.path).fields["dense"].ranking is None
 
 
@@ -150,3 +152,23 @@ def test_cli_tune_pq_on_judged_texts(tmp_path):
     assert retriever.Collection.open(c.path).fields["dense"].ranking is not None
     missing = CliRunner().invoke(app, ["tune-pq", str(c.path), "--beir", str(beir), "--split", "dev"])
     assert missing.exit_code != 0 and "no qrels for split 'dev'" in missing.output
+
+
+def test_holding_out_by_documents_trains_on_no_query_sharing_a_held_out_document():
+    rng = np.random.default_rng(4)
+    documents = unit(rng.standard_normal((30, 8)))
+    owner = np.repeat(np.arange(40), 2)  # each query judges two of 30 documents: many are shared
+    picked = rng.integers(0, 30, len(owner))
+    queries = unit(rng.standard_normal((40, 8)))
+    for hold_out in jpq.HOLD_OUTS:
+        ranking = jpq.RankingSet(queries, documents[picked], owner, hold_out)
+        assert jpq.RankingSet.from_bytes(ranking.to_bytes()).hold_out == hold_out
+        held, trained = jpq._split(ranking, seed=0)
+        assert len(held) == 8 and not set(held) & set(trained)
+        shared = set(picked[np.isin(owner, held)]) & set(picked[np.isin(owner, trained)])
+        if hold_out == "documents":
+            assert not shared and len(trained) < 32
+        else:
+            assert len(trained) == 32
+    with pytest.raises(InvalidRequest, match="hold_out"):
+        jpq.RankingSet(queries, documents[picked], owner, "rows")

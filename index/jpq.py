@@ -30,7 +30,7 @@ from retriever.errors import InvalidRequest
 NEGATIVES = 100  # a query's hardest negatives: the index's top candidates that are not relevant
 SCALE = 20.0  # inner products of unit vectors are small: sharpen them for the softmax
 HELD_OUT = 0.2  # the queries that judge whether training helped
-ENCODE_BLOCK = 65_536
+ENCODE_BLOCK = 16_384  # vectors assigned at once: [block, ksub] distances per sub-space
 HOLD_OUTS = ("documents", "queries")
 
 
@@ -111,34 +111,41 @@ class PqScorer:
         self.M, self.ksub, self.dsub = int(pq.M), int(pq.ksub), int(pq.dsub)
         centroids = faiss.vector_to_array(pq.centroids).reshape(self.M, self.ksub, self.dsub)
         self.centroids = torch.nn.Parameter(torch.from_numpy(centroids.copy()))
-        self.residual = self.ivf is not None and bool(self.ivf.by_residual)
+        residual = self.ivf is not None and bool(self.ivf.by_residual)
+        # IVF with residuals adds <q, the list's centroid> (a few thousand rows: kept whole)
+        self.coarse = (
+            torch.from_numpy(self.ivf.quantizer.reconstruct_n(0, self.ivf.nlist)) if residual else None
+        )
 
     def encode(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """vectors [N, D] -> (codes [N, M] int64, coarse centroid [N, D] or zeros), as the index
-        encoded them when they were added (nearest centroid per sub-space, of the residual)."""
-        codes = np.empty((len(vectors), self.M), np.int64)
-        coarse = np.zeros(vectors.shape, np.float32)
+        """vectors [N, D] -> (codes [N, M] (uint8 for 8-bit codes), IVF list [N] int64 or zeros),
+        as the index encoded them when they were added (nearest centroid per sub-space, in L2, of
+        the residual)."""
+        codes = np.empty((len(vectors), self.M), np.uint8 if self.ksub <= 256 else np.int32)
+        lists = np.zeros(len(vectors), np.int64)
         centroids = self.centroids.detach().numpy()
+        squares = (centroids**2).sum(-1)  # [M, ksub]
         for lo in range(0, len(vectors), ENCODE_BLOCK):
             x = np.ascontiguousarray(vectors[lo : lo + ENCODE_BLOCK], dtype=np.float32)
-            if self.residual:
-                _, lists = self.ivf.quantizer.search(x, 1)
-                coarse[lo : lo + len(x)] = self.ivf.quantizer.reconstruct_batch(lists.ravel())
-                x = x - coarse[lo : lo + len(x)]
+            if self.coarse is not None:
+                _, found = self.ivf.quantizer.search(x, 1)
+                lists[lo : lo + len(x)] = found.ravel()
+                x = x - self.coarse.numpy()[found.ravel()]
             parts = x.reshape(len(x), self.M, self.dsub)
-            for m in range(self.M):  # nearest centroid in L2, faiss's assignment
-                distances = ((parts[:, m, None, :] - centroids[m][None]) ** 2).sum(-1)
-                codes[lo : lo + len(x), m] = distances.argmin(1)
-        return codes, coarse
+            for m in range(self.M):  # |x - c|^2 = |x|^2 - 2 x.c + |c|^2: |x|^2 picks no centroid
+                codes[lo : lo + len(x), m] = (squares[m] - 2 * parts[:, m] @ centroids[m].T).argmin(1)
+        return codes, lists
 
-    def scores(self, queries, codes, coarse):
-        """queries [B, D] torch, codes [B, C, M] and coarse [B, C, D] torch -> scores [B, C]."""
+    def scores(self, queries, codes, lists):
+        """queries [B, D], codes [B, C, M] and IVF lists [B, C] (torch) -> scores [B, C]."""
         import torch
 
         q = queries.reshape(len(queries), self.M, self.dsub)
         tables = torch.einsum("bmd,mkd->bmk", q, self.centroids)  # [B, M, ksub]
-        picked = torch.gather(tables, 2, codes.permute(0, 2, 1))  # [B, M, C]
-        return picked.sum(1) + torch.einsum("bd,bcd->bc", queries, coarse)
+        picked = torch.gather(tables, 2, codes.long().permute(0, 2, 1))  # [B, M, C]
+        if self.coarse is None:
+            return picked.sum(1)
+        return picked.sum(1) + torch.einsum("bd,bcd->bc", queries, self.coarse[lists])
 
     def write_back(self) -> None:
         """The trained centroids into the faiss index (its searches read them from here on)."""
@@ -158,8 +165,8 @@ def train(index, vectors: np.ndarray, ranking: RankingSet, epochs: int = 20, lr:
     start = time.perf_counter()
     torch.manual_seed(seed)
     scorer = PqScorer(index.cpu_index)
-    doc_codes, doc_coarse = scorer.encode(vectors)
-    pos_codes, pos_coarse = scorer.encode(ranking.positives)
+    doc_codes, doc_lists = scorer.encode(vectors)
+    pos_codes, pos_lists = scorer.encode(ranking.positives)
     held, trained = _split(ranking, seed)
     negatives, ranks = _searched(index, vectors, ranking)  # [Q, NEGATIVES] rows, [Q] reciprocal ranks
     held_out = [float(ranks[held].mean())]
@@ -167,7 +174,7 @@ def train(index, vectors: np.ndarray, ranking: RankingSet, epochs: int = 20, lr:
     optimizer = torch.optim.Adam([scorer.centroids], lr=lr)
     losses = []
     for _ in range(epochs):
-        batch = (doc_codes, doc_coarse, pos_codes, pos_coarse, negatives)
+        batch = (doc_codes, doc_lists, pos_codes, pos_lists, negatives)
         losses.append(_epoch(scorer, optimizer, ranking, trained, *batch))
         scorer.write_back()  # the index searches with this epoch's centroids: what it ranks first
         negatives, ranks = _searched(index, vectors, ranking)  # ... is the next epoch's negatives
@@ -230,7 +237,7 @@ def _pairs(ranking: RankingSet, queries: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.isin(ranking.owner, queries))
 
 
-def _scored(scorer, ranking, pairs, doc_codes, doc_coarse, pos_codes, pos_coarse, negatives):
+def _scored(scorer, ranking, pairs, doc_codes, doc_lists, pos_codes, pos_lists, negatives):
     """For each (query, relevant document) pair: scores [P, 1 + NEGATIVES], the relevant one
     first, and which negatives are real [P, NEGATIVES]."""
     import torch
@@ -240,9 +247,9 @@ def _scored(scorer, ranking, pairs, doc_codes, doc_coarse, pos_codes, pos_coarse
     real = torch.from_numpy(rows >= 0)
     safe = np.maximum(rows, 0)
     codes = np.concatenate([pos_codes[pairs][:, None], doc_codes[safe]], axis=1)  # [P, 1 + n, M]
-    coarse = np.concatenate([pos_coarse[pairs][:, None], doc_coarse[safe]], axis=1)
+    lists = np.concatenate([pos_lists[pairs][:, None], doc_lists[safe]], axis=1)
     queries = torch.from_numpy(ranking.queries[owner])
-    scores = scorer.scores(queries, torch.from_numpy(codes), torch.from_numpy(coarse))
+    scores = scorer.scores(queries, torch.from_numpy(codes), torch.from_numpy(lists))
     return scores, real
 
 

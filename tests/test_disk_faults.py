@@ -77,6 +77,27 @@ def fresh_copy(template, path):
     return retriever.Collection.open(path)
 
 
+def each_fault_recovers(template, tmp_path, counted, write, state, before, after):
+    """`write(collection)` with a fault at each disk operation `counted` saw it make: the collection
+    reopens answering (`state`) as before or as after, the object answers as a fresh open does,
+    `check` passes, and a retry gets `after` with no debris left."""
+    for n in range(counted.count):
+        c = fresh_copy(template, tmp_path / "c")
+        where = f"fault at {counted.ops[n]} #{n}"
+        with disk.inject(disk.Faults(fail_at=n)):
+            try:
+                write(c)
+            except retriever.StorageFull:
+                pass
+        now = state(retriever.Collection.open(c.path))
+        assert now in (before, after), where
+        assert state(c) == now, where
+        assert check(c.path)["ok"], where
+        write(c)
+        assert state(retriever.Collection.open(c.path)) == after, where
+        assert_no_debris(c.path)
+
+
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO])
 @pytest.mark.parametrize("write", sorted(WRITES))
 @pytest.mark.parametrize("mode", ["logged", "flushed"])
@@ -208,21 +229,8 @@ def test_a_fault_at_any_operation_of_saving_a_pipeline_keeps_the_config_whole(te
     after = state(probe)
     saved = {"mixed": probe.config.pipeline("mixed").to_dict()}
     assert after[1:] == (saved, "mixed") and after[0] == before[0]
-    for n in range(counted.count):
-        c = fresh_copy(template, tmp_path / "c")
-        where = f"fault at {counted.ops[n]} #{n}"
-        with disk.inject(disk.Faults(fail_at=n)):
-            try:
-                c.save_pipeline("mixed", pipeline, default=True)
-            except retriever.StorageFull:
-                pass
-        now = state(retriever.Collection.open(c.path))
-        assert now in (before, after), where
-        assert state(c) == now, where
-        assert check(c.path)["ok"], where
-        c.save_pipeline("mixed", pipeline, default=True)
-        assert state(retriever.Collection.open(c.path)) == after, where
-        assert_no_debris(c.path)
+    each_fault_recovers(template, tmp_path, counted,
+                        lambda c: c.save_pipeline("mixed", pipeline, default=True), state, before, after)
 
 
 def test_a_fault_at_any_operation_of_tune_pq_leaves_a_whole_collection(tmp_path):
@@ -248,18 +256,5 @@ def test_a_fault_at_any_operation_of_tune_pq_leaves_a_whole_collection(tmp_path)
         [report] = probe.tune_pq("dense", queries, qrels)
     after = state(probe)
     assert report["epoch"] > 0 and after != before  # trained centroids: other scores
-    for n in range(counted.count):
-        c = fresh_copy(template, tmp_path / "c")
-        where = f"fault at {counted.ops[n]} #{n}"
-        with disk.inject(disk.Faults(fail_at=n)):
-            try:
-                c.tune_pq("dense", queries, qrels)
-            except retriever.StorageFull:
-                pass
-        now = state(retriever.Collection.open(c.path))
-        assert now in (before, after), where
-        assert state(c) == now, where
-        assert check(c.path)["ok"], where
-        c.tune_pq("dense", queries, qrels)
-        assert state(retriever.Collection.open(c.path)) == after, where
-        assert_no_debris(c.path)
+    each_fault_recovers(template, tmp_path, counted, lambda c: c.tune_pq("dense", queries, qrels),
+                        state, before, after)

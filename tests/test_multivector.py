@@ -169,6 +169,7 @@ def test_spann_index_over_fdes_matches_a_flat_one(tmp_path, monkeypatch):
     ([np.full((2, 16), np.nan, np.float32)], "NaN"),
     ([np.zeros((0, 16), np.float32)], "no tokens"),
     ([["x", "y"]], "token vectors"),
+    ([np.ones((2, 16), np.float32), np.ones((1025, 16), np.float32)], "query 1 has 1025 .* at most 1024"),
 ])
 def test_bad_token_queries_are_refused(tmp_path, given, words):
     c = token_collection(tmp_path / "c")

@@ -47,11 +47,11 @@ def test_the_trainable_scorer_scores_as_faiss_does(factory):
     index.add(docs)
     scores, rows = index.search(queries, 20, {"nprobe": 8}, None)
     scorer = jpq.PqScorer(index.cpu_index)
-    codes, coarse = scorer.encode(docs)
+    codes, lists = scorer.encode(docs)
     import torch
 
     mine = scorer.scores(torch.from_numpy(queries), torch.from_numpy(codes[rows]),
-                         torch.from_numpy(coarse[rows]))
+                         torch.from_numpy(lists[rows]))
     np.testing.assert_allclose(mine.detach().numpy(), scores, rtol=1e-4, atol=1e-4)
 
 

@@ -41,6 +41,7 @@ from .spann import SpannVectors, is_spann, spann_params
 MAXSIM_TILE = 4096  # stored tokens decompressed and scored at once by an exhaustive search: ~6 MB
 FDE_KEYS = ("repetitions", "simhash_bits", "projection_dim", "fill_empty_partitions", "final_dim", "seed")
 TOKEN_DTYPES = ("float16", "int8")
+MAX_QUERY_TOKENS = 1024  # a query's tokens: each is encoded, and searched k' deep by token retrieval
 
 
 @dataclass(frozen=True)
@@ -331,6 +332,12 @@ class MultiVectorField:
             raise InvalidRequest(
                 f"query {int(empty[0])} has no tokens for field {self.config.name!r} after skipping "
                 "special tokens and punctuation"
+            )
+        long = np.flatnonzero(np.diff(clouds.offsets) > MAX_QUERY_TOKENS)
+        if len(long):
+            raise InvalidRequest(
+                f"query {int(long[0])} has {int(np.diff(clouds.offsets)[long[0]])} token vectors for field "
+                f"{self.config.name!r}; a query takes at most {MAX_QUERY_TOKENS}"
             )
         return clouds
 

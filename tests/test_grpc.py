@@ -46,7 +46,7 @@ def served(tmp_path_factory):
         {"name": "bits", "kind": "binary", "source": "dense", "method": "sign", "bits": 2, "rescore": 10}]})
     lexical.add(make_docs(50), vectors={"sp": sparse_vectors(50, seed=1), "dense": random_vectors(50, 16, seed=2)})
     kinds = retriever.Collection.create(root / "kinds", {"name": "kinds", "max_candidates": 10**6, "fields": [
-        {"name": "tok", "kind": "multivector", "dim": 16,
+        {"name": "tok", "kind": "multivector", "dim": 16, "token_index": "Flat",
          "fde": {"repetitions": 8, "simhash_bits": 3, "projection_dim": 8}},
         {"name": "spann", "dim": 16, "index": "SPANN,L40"}, {"name": "bm25", "kind": "bm25"}]})
     tokens = split(*clouds(150, 16, seed=5))
@@ -115,6 +115,8 @@ def same_hits(local, far):
         ("kinds", dict(queries=split(*clouds(3, 16, seed=7, max_tokens=5)), k=5, fields="tok")),
         ("kinds", dict(queries=clouds(2, 16, seed=8, max_tokens=4), k=5, fields="tok",
                        params={"exhaustive": 1})),
+        ("kinds", dict(queries=split(*clouds(2, 16, seed=17, max_tokens=4)), k=5, fields="tok",
+                       params={"xtr": 1, "token_k": 20, "rescore": 10})),
         ("kinds", dict(queries=random_vectors(4, 16, seed=9), k=5, fields="spann")),
         ("kinds", dict(queries={"tok": split(*clouds(2, 16, seed=10)), "bm25": ["document 4", "document 40"],
                                 "spann": random_vectors(2, 16, seed=11)},

@@ -6,8 +6,8 @@ Each figure reads one results file (a file that is missing is skipped and said s
 sweeps (recall@10 against queries/s), SPANN and its peers (recall@10 against latency, and
 memory), gRPC serving (latency percentiles against clients), scale-out on Ray (latency of a
 sharded search against the unsharded one), multi-vector and binary trade-offs, BM25 against
-bm25s, commit latency as a collection grows, RAG time to first token, and retrieval quality per
-pipeline. A new figure is one function and one line in `FIGURES`.
+bm25s, commit latency as a collection grows, RAG time to first token, retrieval quality per
+pipeline, XTR token retrieval against FDE, and ranking-trained PQ against k-means codebooks. A new figure is one function and one line in `FIGURES`.
 """
 
 from __future__ import annotations
@@ -139,6 +139,50 @@ def multivector_curve(results: dict[str, Any], plt) -> Any:
     return figure
 
 
+def token_retrieval(results: dict[str, Any], plt) -> Any:
+    """SciFact, one multi-vector field: nDCG@10 against p50 latency for FDE candidates + MaxSim
+    and XTR token retrieval at each k' (alone, and with the best 100 re-scored)."""
+    runs = results["scifact"]["token_retrieval"]["runs"]
+    figure, ax = plt.subplots(figsize=(8, 4.2))
+    groups = {"FDE + exact MaxSim re-ranking": lambda n: n.startswith("fde"),
+              "XTR, token scores alone": lambda n: n.startswith("xtr") and "rescore" not in n,
+              "XTR, best 100 re-scored by MaxSim": lambda n: "rescore" in n}
+    for label, member in groups.items():
+        names = sorted((n for n in runs if member(n)), key=lambda n: runs[n]["latency"]["p50_ms"])
+        ax.plot([runs[n]["latency"]["p50_ms"] for n in names], [runs[n]["nDCG@10"] for n in names],
+                marker="o", label=label)
+        for n in names:
+            ax.annotate(n.split("_")[1], (runs[n]["latency"]["p50_ms"], runs[n]["nDCG@10"]), fontsize=7)
+    ax.axhline(results["scifact"]["brute_force_maxsim"]["nDCG@10"], color="grey", linestyle="--",
+               linewidth=1, label="brute-force MaxSim")
+    ax.set(xscale="log", xlabel="p50 latency per query (ms, one thread)", ylabel="nDCG@10",
+           title="SciFact multi-vector: token retrieval against FDE + MaxSim")
+    ax.legend(fontsize=8)
+    return figure
+
+
+def ranking_trained_pq(results: dict[str, Any], plt) -> Any:
+    """SciFact PQ codes alone: nDCG@10 with k-means codebooks and ranking-trained ones (each way
+    of holding out), on all test queries and on those about documents training never saw judged."""
+    study = results["scifact_ranking_trained_pq"]
+    indexes = list(study["indexes"])
+    ways = {"k-means": lambda r: r["k_means"],
+            "trained, hold out documents": lambda r: r["hold_out_documents"]["nDCG@10"],
+            "trained, hold out queries": lambda r: r["hold_out_queries"]["nDCG@10"]}
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, subset, title in ((axes[0], "test", "all 300 test queries"),
+                              (axes[1], "test_unseen_documents", "104 about documents train never judged")):
+        for i, (label, value) in enumerate(ways.items()):
+            ax.bar([x + 0.27 * i for x in range(len(indexes))],
+                   [value(study["indexes"][n])[subset] for n in indexes], width=0.27, label=label)
+        ax.axhline(study["flat_nDCG@10"][subset], color="grey", linestyle="--", linewidth=1, label="float Flat")
+        ax.set_xticks([x + 0.27 for x in range(len(indexes))],
+                      [f"{n}\n{study['indexes'][n]['bytes_per_vector']} B" for n in indexes], fontsize=8)
+        ax.set(title=f"SciFact, {title}", ylabel="nDCG@10")
+    axes[0].legend(fontsize=8, loc="lower left")
+    return figure
+
+
 def binary_codes(results: dict[str, Any], plt) -> Any:
     """Binary codes on GloVe-400k: recall@10 (no re-scoring) against bytes per vector, per
     binarizer and scoring."""
@@ -237,6 +281,8 @@ FIGURES: dict[str, tuple[str, Callable[[dict[str, Any], Any], Any]]] = {
     "serve-latency": ("serve.json", serve_latency),
     "ray-latency": ("ray.json", ray_latency),
     "multivector-curve": ("multivector.json", multivector_curve),
+    "multivector-token-retrieval": ("multivector.json", token_retrieval),
+    "dense-ranking-trained-pq": ("dense.json", ranking_trained_pq),
     "binary-codes": ("binary.json", binary_codes),
     "lexical-speed": ("lexical-bm25.json", lexical_speed),
     "storage-commits": ("storage.json", storage_commits),

@@ -7,7 +7,8 @@ sweeps (recall@10 against queries/s), SPANN and its peers (recall@10 against lat
 memory), gRPC serving (latency percentiles against clients), scale-out on Ray (latency of a
 sharded search against the unsharded one), multi-vector and binary trade-offs, BM25 against
 bm25s, commit latency as a collection grows, RAG time to first token, retrieval quality per
-pipeline, XTR token retrieval against FDE, and ranking-trained PQ against k-means codebooks. A new figure is one function and one line in `FIGURES`.
+pipeline, XTR token retrieval against FDE, and ranking-trained PQ against k-means codebooks. A
+new figure is one function and one line in `FIGURES`.
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ def ranking_trained_pq(results: dict[str, Any], plt) -> Any:
         for i, (label, value) in enumerate(ways.items()):
             ax.bar([x + 0.27 * i for x in range(len(indexes))],
                    [value(study["indexes"][n])[subset] for n in indexes], width=0.27, label=label)
-        ax.axhline(study["flat_nDCG@10"][subset], color="grey", linestyle="--", linewidth=1, label="float Flat")
+        ax.axhline(study["flat_nDCG@10"][subset], color="grey", linestyle="--", linewidth=1,
+                   label="float Flat")
         ax.set_xticks([x + 0.27 for x in range(len(indexes))],
                       [f"{n}\n{study['indexes'][n]['bytes_per_vector']} B" for n in indexes], fontsize=8)
         ax.set(title=f"SciFact, {title}", ylabel="nDCG@10")

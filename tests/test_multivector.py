@@ -334,6 +334,10 @@ def test_token_retrieval_refusals(tmp_path):
             token_collection(tmp_path / f"bad{bad!s}", token_index=bad)
     with pytest.raises(InvalidRequest, match="token_k"):
         c.search([docs[0]], k=3, params={"xtr": 1, "token_k": 0})
+    big = token_collection(tmp_path / "big", token_index="Flat")
+    big.add([{"id": f"d{i}"} for i in range(10)], vectors={"tok": docs})
+    with pytest.raises(InvalidRequest, match="tokens to retrieve"):  # 1,000 tokens x 5,000 deep
+        big.search([np.ones((1000, 16), np.float32)], k=3, params={"xtr": 1, "token_k": 5000})
 
 
 def test_xtr_as_the_field_default(tmp_path):

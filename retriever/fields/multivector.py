@@ -42,6 +42,7 @@ MAXSIM_TILE = 4096  # stored tokens decompressed and scored at once by an exhaus
 FDE_KEYS = ("repetitions", "simhash_bits", "projection_dim", "fill_empty_partitions", "final_dim", "seed")
 TOKEN_DTYPES = ("float16", "int8")
 MAX_QUERY_TOKENS = 1024  # a query's tokens: each is encoded, and searched k' deep by token retrieval
+MAX_RETRIEVED_TOKENS = 4_000_000  # a request's query tokens x token_k (~48 MB of retrieved tokens)
 
 
 @dataclass(frozen=True)
@@ -444,6 +445,12 @@ class MultiVectorField:
             )
         settings = {**self.config.search, **params}
         token_k = int(settings.get("token_k", self.config.token_k))
+        if len(queries.tokens) * token_k > MAX_RETRIEVED_TOKENS:
+            raise InvalidRequest(
+                f"{len(queries.tokens)} query tokens x token_k {token_k} is "
+                f"{len(queries.tokens) * token_k:,} tokens to retrieve; a request retrieves at most "
+                f"{MAX_RETRIEVED_TOKENS:,}: lower token_k or send fewer queries at once"
+            )
         rescore = int(settings.get("rescore", 0))
         index_params = {key: params[key] for key in ("nprobe", "efSearch") if key in params}
         found = []

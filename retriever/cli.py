@@ -348,6 +348,9 @@ def tune_pq(
         return {"field": name, "queries": len(qrels), "hold_out": hold_out, "segments": segments}
 
     def show(r):
+        if not r["segments"]:
+            print(f"{r['field']}: no segment is large enough for PQ codes yet; the judged queries are "
+                  "kept, and segments built later train on them")
         for s in r["segments"]:
             print(f"{r['field']}: {s['rows']} rows, held-out MRR {s['mrr_before']:.4f} -> "
                   f"{s['mrr_after']:.4f} (epoch {s['epoch']} kept; 0 is k-means), {s['seconds']} s")

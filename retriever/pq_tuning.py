@@ -44,6 +44,15 @@ def query_vectors(
 ) -> tuple[list[str], np.ndarray]:
     """(ids of the judged queries, their vectors [Q, D]): texts are encoded by the field's model,
     vectors checked as a search's are."""
+    for q, judged in qrels.items():
+        if not isinstance(judged, Mapping) or not all(
+            isinstance(d, str) and isinstance(g, (int, float)) and not isinstance(g, bool)
+            for d, g in judged.items()
+        ):
+            raise InvalidRequest(
+                f"qrels[{q!r}] must map document ids to numeric grades (e.g. {{'doc1': 1}}), "
+                f"got {judged!r:.80}"
+            )
     qids = [q for q in qrels if q in queries and any(grade > 0 for grade in qrels[q].values())]
     if len(qids) < 2:
         raise InvalidRequest(f"ranking-trained PQ needs at least 2 judged queries with a relevant "

@@ -125,6 +125,10 @@ def test_tune_pq_refuses_what_it_cannot_train_and_changes_nothing(tmp_path):
         c.tune_pq("dense", {q: v[:5] for q, v in asked[0].items()}, asked[1])
     with pytest.raises(InvalidRequest, match="hold_out"):
         c.tune_pq("dense", *asked, hold_out="rows")
+    with pytest.raises(InvalidRequest, match="numeric grades"):
+        c.tune_pq("dense", asked[0], {q: {d: "yes" for d in rel} for q, rel in asked[1].items()})
+    with pytest.raises(InvalidRequest, match="numeric grades"):
+        c.tune_pq("dense", asked[0], {q: list(rel) for q, rel in asked[1].items()})
     assert c.version == version and retriever.Collection.open(c.path).fields["dense"].ranking is None
 
 
@@ -152,6 +156,16 @@ def test_cli_tune_pq_on_judged_texts(tmp_path):
     assert retriever.Collection.open(c.path).fields["dense"].ranking is not None
     missing = CliRunner().invoke(app, ["tune-pq", str(c.path), "--beir", str(beir), "--split", "dev"])
     assert missing.exit_code != 0 and "no qrels for split 'dev'" in missing.output
+
+
+def test_a_field_too_small_for_pq_keeps_the_set_for_later_segments(tmp_path):
+    docs, queries, source = rotated_queries(n_docs=2200, n_queries=60)
+    c = pq_collection(tmp_path / "c", docs[:500])  # under the training floor: searched exactly
+    assert c.tune_pq("dense", *labelled(queries, source % 500, range(60))) == []
+    c.add([{"id": str(i)} for i in range(500, 2200)], vectors={"dense": docs[500:]})
+    c.optimize()
+    [trained] = c.info()["fields"]["dense"]["pq_training"]
+    assert trained["rows"] == 2200
 
 
 def test_holding_out_by_documents_trains_on_no_query_sharing_a_held_out_document():

@@ -163,7 +163,7 @@ def train(index, vectors: np.ndarray, ranking: RankingSet, epochs: int = 20, lr:
     import torch
 
     start = time.perf_counter()
-    torch.manual_seed(seed)
+    shuffle = np.random.default_rng(seed)  # its own: a merge thread must not reseed torch's global one
     scorer = PqScorer(index.cpu_index)
     doc_codes, doc_lists = scorer.encode(vectors)
     pos_codes, pos_lists = scorer.encode(ranking.positives)
@@ -175,7 +175,7 @@ def train(index, vectors: np.ndarray, ranking: RankingSet, epochs: int = 20, lr:
     losses = []
     for _ in range(epochs):
         batch = (doc_codes, doc_lists, pos_codes, pos_lists, negatives)
-        losses.append(_epoch(scorer, optimizer, ranking, trained, *batch))
+        losses.append(_epoch(scorer, optimizer, ranking, trained, shuffle, *batch))
         scorer.write_back()  # the index searches with this epoch's centroids: what it ranks first
         negatives, ranks = _searched(index, vectors, ranking)  # ... is the next epoch's negatives
         held_out.append(float(ranks[held].mean()))
@@ -253,13 +253,14 @@ def _scored(scorer, ranking, pairs, doc_codes, doc_lists, pos_codes, pos_lists, 
     return scores, real
 
 
-def _epoch(scorer, optimizer, ranking, queries, *batch, size: int = 64) -> float:
-    """One pass over the training queries' pairs in shuffled batches -> the mean loss: softmax
-    cross-entropy of the relevant document against the query's hard negatives."""
+def _epoch(scorer, optimizer, ranking, queries, shuffle, *batch, size: int = 64) -> float:
+    """One pass over the training queries' pairs in batches shuffled by `shuffle` (a numpy
+    Generator) -> the mean loss: softmax cross-entropy of the relevant document against the
+    query's hard negatives."""
     import torch
 
     pairs = _pairs(ranking, queries)
-    pairs = pairs[torch.randperm(len(pairs)).numpy()]
+    pairs = pairs[shuffle.permutation(len(pairs))]
     total = 0.0
     for lo in range(0, len(pairs), size):
         scores, real = _scored(scorer, ranking, pairs[lo : lo + size], *batch)

@@ -329,6 +329,9 @@ def test_token_retrieval_refusals(tmp_path):
     c.add([{"id": f"d{i}"} for i in range(10)], vectors={"tok": docs})
     with pytest.raises(InvalidRequest, match="set token_index"):
         c.search([docs[0]], k=3, params={"xtr": 1})
+    for search in ({"xtr": 2}, {"token_k": 0}, {"depth": 3}):
+        with pytest.raises(InvalidConfig, match="search"):
+            token_collection(tmp_path / "search", token_index="Flat", search=search)
     for bad in ("SPANN", "", 7, "NotAnIndex"):
         with pytest.raises(InvalidConfig, match="token_index|not a valid faiss"):
             token_collection(tmp_path / f"bad{bad!s}", token_index=bad)

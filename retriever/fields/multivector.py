@@ -112,6 +112,14 @@ class MultiVectorConfig(FieldConfig):
                 f"{where}: token_index must be a faiss factory string such as 'Flat' or 'IVF1024,PQ48x4fs' "
                 f"(SPANN is not offered for tokens), got {self.token_index!r}"
             )
+        known = MultiVectorKind.request_params  # `search` holds defaults for a request's params
+        unknown = sorted(set(self.search) - set(known))
+        if unknown:
+            raise InvalidConfig(f"{where}: unknown search parameter(s) {unknown}; known: {list(known)}")
+        for key, value in self.search.items():
+            check_int(where, f"search.{key}", value, low=known[key].low)
+            if known[key].high is not None and value > known[key].high:
+                raise InvalidConfig(f"{where}: search.{key} must be at most {known[key].high}, got {value}")
         object.__setattr__(self, "fde", dict(self.fde))
         object.__setattr__(self, "search", dict(self.search))
 

@@ -22,10 +22,11 @@ import pyarrow as pa
 
 from retriever.errors import CorruptIndex
 from retriever.index import storage
+from retriever.kernels import strings
 
 
 SMALL_SEGMENT = 4096  # rows of a segment whose ids are kept as a Python list once read
-FEW_ROWS = 256  # ids read one by one from the Arrow buffers; more cost less through one `take`
+FEW_ROWS = 256  # ids sliced one by one from the Arrow buffers; more are gathered by a compiled pass
 
 
 class DocumentIds:
@@ -72,19 +73,21 @@ class DocumentIds:
         """The ids of these rows [R]."""
         if len(self._column) <= SMALL_SEGMENT:  # a write buffer's: a list beats an Arrow call per search
             return [self._small[r] for r in np.asarray(rows).tolist()]
-        if len(rows) <= FEW_ROWS and self._strings is not None:  # a search's hits: no Arrow call
-            rows = np.asarray(rows, dtype=np.int64)
-            firsts, chunks = self._strings
-            if len(chunks) == 1:
-                return _strings_at(*chunks[0], rows)
-            which = np.searchsorted(firsts, rows, side="right") - 1
-            out = [""] * len(rows)
-            for c in np.unique(which).tolist():
-                mine = np.flatnonzero(which == c)
-                for position, text in zip(mine.tolist(), _strings_at(*chunks[c], rows[mine] - firsts[c])):
-                    out[position] = text
-            return out
-        return self._column.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+        if self._strings is None:
+            return self._column.take(pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()
+        # a search's few hits: sliced in Python; a batch's many: gathered by a compiled pass
+        read = _strings_at if len(rows) <= FEW_ROWS else _strings_gathered
+        rows = np.asarray(rows, dtype=np.int64)
+        firsts, chunks = self._strings
+        if len(chunks) == 1:
+            return read(*chunks[0], rows)
+        which = np.searchsorted(firsts, rows, side="right") - 1
+        out = [""] * len(rows)
+        for c in np.unique(which).tolist():
+            mine = np.flatnonzero(which == c)
+            for position, text in zip(mine.tolist(), read(*chunks[c], rows[mine] - firsts[c])):
+                out[position] = text
+        return out
 
     @functools.cached_property
     def _strings(self) -> tuple[np.ndarray, list[tuple[list[int], memoryview]]] | None:
@@ -110,6 +113,13 @@ class DocumentIds:
 def _strings_at(offsets: np.ndarray, data: memoryview, rows: np.ndarray) -> list[str]:
     """The strings at these rows of one Arrow string chunk, from its offsets and bytes."""
     return [str(data[a:b], "utf-8") for a, b in zip(offsets[rows].tolist(), offsets[rows + 1].tolist())]
+
+
+def _strings_gathered(offsets: np.ndarray, data: memoryview, rows: np.ndarray) -> list[str]:
+    """The same, for many rows: their bytes gathered in one compiled pass, decoded by Arrow."""
+    starts, gathered = strings.gather(offsets, np.frombuffer(data, np.uint8), rows)
+    array = pa.LargeStringArray.from_buffers(len(rows), pa.py_buffer(starts), pa.py_buffer(gathered))
+    return array.to_pylist()
 
 
 def id_hashes(ids: list[str]) -> np.ndarray:

@@ -416,5 +416,5 @@ def test_a_few_ids_read_from_the_buffers_match_arrow_take(monkeypatch, kind):
     expected = [ids[3 + r] for r in rows.tolist()]
     assert lookup.at(rows) == expected
     assert DocumentIds(pa.table({"id": whole.slice(3)})).at(rows) == expected  # one chunk
-    monkeypatch.setattr(segments, "FEW_ROWS", 0)  # through one Arrow take
+    monkeypatch.setattr(segments, "FEW_ROWS", 0)  # through the compiled gather
     assert DocumentIds(pa.table({"id": column})).at(rows) == expected

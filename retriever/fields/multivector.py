@@ -73,7 +73,7 @@ class MultiVectorConfig(FieldConfig):
     max_fde_dim: int = 65_536
     target_recall: float = 0.95
     token_index: str | None = None
-    token_k: int = 128
+    token_k: int = 400  # SciFact, MiniLM: within 0.005 nDCG@10 of FDE + re-ranking 100 (docs/benchmarks.md)
 
     def check(self) -> None:
         where = self.where

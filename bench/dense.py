@@ -114,24 +114,28 @@ def ranking_trained_pq(scifact: Path, flat: retriever.Collection, work: Path) ->
     test_queries, test_qrels = load_beir(scifact, "test")
     judged = {d for rel in train_qrels.values() for d, grade in rel.items() if grade > 0}
     unseen = {q: rel for q, rel in test_qrels.items() if not judged & set(rel)}
-    sets = {"test": (test_queries, test_qrels), "test_unseen_documents": ({q: test_queries[q] for q in unseen}, unseen)}
+    sets = {
+        "test": (test_queries, test_qrels),
+        "test_unseen_documents": ({q: test_queries[q] for q in unseen}, unseen),
+    }
 
     def ndcg(c) -> dict:
         return {name: evaluate(c, q, r, progress=False)["nDCG@10"] for name, (q, r) in sets.items()}
 
-    out = {"train_queries": len(train_qrels), "test_queries": len(test_qrels), "test_unseen_documents_queries": len(unseen),
-           "flat_nDCG@10": ndcg(flat), "indexes": {}}
+    out = {"train_queries": len(train_qrels), "test_queries": len(test_qrels),
+           "test_unseen_documents_queries": len(unseen), "flat_nDCG@10": ndcg(flat), "indexes": {}}
     for i, factory in enumerate(PQ_FACTORIES):
         field = {"name": "dense", "model": MODEL, "index": factory, "rescore": 0, "search": {"nprobe": 64}}
         c = retriever.Collection.create(work / f"jpq-{i}", {"name": "jpq", "fields": [field]})
         c.add(flat.documents.table.to_pylist(), vectors={"dense": base})
         c.flush()
-        row = {"bytes_per_vector": c.fields["dense"].parts[0].index.cpu_index.sa_code_size(), "k_means": ndcg(c)}
+        code_bytes = c.fields["dense"].parts[0].index.cpu_index.sa_code_size()
+        row = {"bytes_per_vector": code_bytes, "k_means": ndcg(c)}
         for hold_out in jpq.HOLD_OUTS:
             start = time.perf_counter()
             [report] = c.tune_pq("dense", train_queries, train_qrels, hold_out=hold_out)
-            row[f"hold_out_{hold_out}"] = {"nDCG@10": ndcg(c), "tune_pq_seconds": round(time.perf_counter() - start, 1),
-                                           "training": report}
+            seconds = round(time.perf_counter() - start, 1)
+            row[f"hold_out_{hold_out}"] = {"nDCG@10": ndcg(c), "tune_pq_seconds": seconds, "training": report}
         out["indexes"][factory] = row
         log(f"scifact ranking-trained PQ {factory}: {row}")
     return out

@@ -625,7 +625,9 @@ class Collection:
             self._catch_up()
             self._check_format()
             self._flush()
-            ranking = pq_tuning.ranking_set(self.fields[field], qids, vectors, qrels, self._live_rows, hold_out)
+            ranking = pq_tuning.ranking_set(
+                self.fields[field], qids, vectors, qrels, self._live_rows, hold_out
+            )
 
             def write(v: int):
                 manifest = self._next_manifest(v)

@@ -4,7 +4,7 @@ disk for exact re-scoring of an approximate index's candidates."""
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -295,9 +295,7 @@ class PendingVectors:
             field.entry,
             entry,
             files,
-            lambda: DenseField(
-                field.config, field.dim, [*field.parts, part], field.entry, [*field.names, name], field.ranking
-            ),
+            lambda: replace(field, parts=[*field.parts, part], names=[*field.names, name]),
         )
 
 

@@ -51,10 +51,10 @@ def flat_top_k(
     q = np.ascontiguousarray(queries, dtype=np.float32)
     size = len(q)
     if size <= HEAP_QUERIES:  # a few queries: one compiled pass a block, not several numpy cuts
-        few = heap.RunningTopK(size, k)
+        running = heap.RunningTopK(size, k)
         for lo, scores in _block_scores(q, base, metric, allowed):
-            few.offer(scores, lo, last=lo + FLAT_BLOCK >= len(base))
-        return few.scores, few.columns
+            running.offer(scores, lo)
+        return running.best()
     best_scores = np.full((size, k), -np.inf, np.float32)
     best_rows = np.full((size, k), -1, np.int64)
     for lo, scores in _block_scores(q, base, metric, allowed):

@@ -67,9 +67,9 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     (scores [B, k], columns [B, k] int64), -inf / -1 padded (a -inf or NaN score is never kept).
     One pass with a k-sized heap, where a partition of a short row costs several (argpartition:
     ~75 us for 7,000 scores, k = 96)."""
-    best = RunningTopK(len(scores), k)
-    best.offer(scores, 0, last=True)
-    return best.scores, best.columns
+    running = RunningTopK(len(scores), k)
+    running.offer(scores, 0)
+    return running.best()
 
 
 class RunningTopK:
@@ -81,21 +81,27 @@ class RunningTopK:
         self.columns = np.empty((batch, k), np.int64)
         self.sizes = np.zeros(batch, np.int64)
 
-    def offer(self, scores: np.ndarray, first: int, last: bool) -> None:
-        """A block: scores [B, n] of columns first .. first + n - 1, after every earlier block.
-        After the `last` block, `scores` and `columns` hold each row's best, best first."""
+    def offer(self, scores: np.ndarray, first: int) -> None:
+        """A block: scores [B, n] of columns first .. first + n - 1, after every earlier block."""
         scores = np.ascontiguousarray(scores, dtype=np.float32)
-        _offer()(scores, first, self.scores, self.columns, self.sizes, last)
+        _compiled()[0](scores, first, self.scores, self.columns, self.sizes)
+
+    def best(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's best of every block offered -> (scores [B, k], columns [B, k]), best first,
+        -inf / -1 padded; the heaps are used up."""
+        _compiled()[1](self.scores, self.columns, self.sizes)
+        return self.scores, self.columns
 
 
 @functools.cache
-def _offer():
+def _compiled():
+    """(offer a block, sort the heaps best first), compiled on first use."""
     import numba
 
     worse, offer, sort_best_first = heap_helpers()
 
     @numba.njit(cache=True, nogil=True)
-    def select(scores, first, heap_scores, heap_columns, sizes, last):
+    def select(scores, first, heap_scores, heap_columns, sizes):
         k = heap_scores.shape[1]
         for b in range(scores.shape[0]):
             size = sizes[b]
@@ -108,9 +114,12 @@ def _offer():
                     if size == k:
                         worst = heap_scores[b, 0]
             sizes[b] = size
-            if last:
-                sort_best_first(heap_scores[b], heap_columns[b], size)
-                heap_scores[b, size:] = -np.inf
-                heap_columns[b, size:] = -1
 
-    return select
+    @numba.njit(cache=True, nogil=True)
+    def finish(heap_scores, heap_columns, sizes):
+        for b in range(heap_scores.shape[0]):
+            sort_best_first(heap_scores[b], heap_columns[b], sizes[b])
+            heap_scores[b, sizes[b] :] = -np.inf
+            heap_columns[b, sizes[b] :] = -1
+
+    return select, finish

@@ -149,13 +149,14 @@ def test_running_top_k_over_blocks_is_top_k_of_the_blocks_joined():
     scores[1, ::3] = -np.inf  # never kept: the row keeps fewer than k, -1 padded
     scores[2, :] = -np.inf
     scores[2, 5] = 1.0
-    best = RunningTopK(3, 30)
+    running = RunningTopK(3, 30)
     for lo in range(0, 70, 16):
-        best.offer(scores[:, lo : lo + 16], lo, last=lo + 16 >= 70)
+        running.offer(scores[:, lo : lo + 16], lo)
+    got_scores, got_columns = running.best()
     expected_scores, expected_columns = top_k(scores, 30)
-    assert best.columns.tolist() == expected_columns.tolist()
-    assert best.scores.tolist() == expected_scores.tolist()
-    assert best.columns[2].tolist() == [5] + [-1] * 29 and best.scores[2, 1] == -np.inf
+    assert got_columns.tolist() == expected_columns.tolist()
+    assert got_scores.tolist() == expected_scores.tolist()
+    assert got_columns[2].tolist() == [5] + [-1] * 29 and got_scores[2, 1] == -np.inf
 
 
 @pytest.mark.parametrize("normalize", [True, False])

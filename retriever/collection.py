@@ -1155,9 +1155,9 @@ def _known_params() -> Mapping[str, Param]:
 
 @functools.cache
 def _params_of_kinds(kinds: tuple) -> Mapping[str, Param]:
-    """Made once for the registry's kinds (`kinds` keys the cache; `request_params` reads them):
-    every request checks its parameters against it."""
-    return MappingProxyType({**request_params(), **FUSION_PARAMS})
+    """Made once for these kinds (the registry's, which tests may extend): every request checks
+    its parameters against it."""
+    return MappingProxyType({**request_params(kinds), **FUSION_PARAMS})
 
 
 def check_k(k, max_k: int, name: str = "k") -> int:

@@ -6,7 +6,7 @@ line in `KINDS`; see `base.py` for the interface.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from retriever.errors import InvalidConfig
 
@@ -53,6 +53,7 @@ def config_from_dict(raw: Mapping[str, Any], where: str) -> FieldConfig:
         raise InvalidConfig(f"{where}: {e}") from None
 
 
-def request_params() -> dict[str, Param]:
-    """Every search parameter some kind reads, and its range."""
-    return {key: param for kind in KINDS.values() for key, param in kind.request_params.items()}
+def request_params(kinds: Iterable[FieldKind] | None = None) -> dict[str, Param]:
+    """Every search parameter some kind (of `kinds`, by default the registry's) reads, and its range."""
+    chosen = KINDS.values() if kinds is None else kinds
+    return {key: param for kind in chosen for key, param in kind.request_params.items()}

@@ -79,12 +79,14 @@ def build(
     if not index.cpu_index.is_trained:
         index.train(training_sample(vectors, train_size))
     index.add(vectors)
-    entry: dict[str, Any] = {"index": None, "factory": used}
-    if ranking is not None and jpq.supports(index.cpu_index):
-        entry["pq_training"] = dataclasses.asdict(jpq.train(index, vectors, ranking))
+    trained = None
+    if ranking is not None and jpq.supports(index.cpu_index):  # before writing: the file holds them
+        trained = dataclasses.asdict(jpq.train(index, vectors, ranking))
     name = f"{prefix}.index.faiss"
     files = {name: storage.write_new_file(path, name, index.to_bytes())}
-    entry["index"] = name
+    entry: dict[str, Any] = {"index": name, "factory": used}
+    if trained is not None:
+        entry["pq_training"] = trained
     if target_recall is not None:
         store = VectorStore([vectors], dim)
         entry["search"] = tune(

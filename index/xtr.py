@@ -50,20 +50,6 @@ class TokenIndex:
         return scores.astype(np.float32, copy=False), np.where(positions >= 0, rows, -1)
 
 
-def best_tokens(found: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each segment's (similarities [Q, k_s], global rows [Q, k_s]) -> the best k per query token
-    over all segments, what one index over every token would have retrieved."""
-    if len(found) == 1:
-        return found[0]
-    scores = np.concatenate([s for s, _ in found], axis=1)
-    rows = np.concatenate([r for _, r in found], axis=1)
-    scores = np.where(rows >= 0, scores, np.float32(-np.inf))
-    if scores.shape[1] > k:
-        keep = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        scores, rows = np.take_along_axis(scores, keep, 1), np.take_along_axis(rows, keep, 1)
-    return scores, np.where(np.isfinite(scores), rows, -1)
-
-
 def imputed_scores(similarities: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """One query's retrieved tokens, similarities and document rows [q, k'] (-1 where none) ->
     (every document retrieved [C] ascending, its score [C]): the sum over query tokens of the best

@@ -286,7 +286,7 @@ def test_token_retrieval_with_a_trained_token_index(tmp_path):
     """A segment large enough for an IVF-PQ token index: the field's scores are the reference's
     over the tokens that index retrieved; `rescore` re-ranks by exact MaxSim; the index survives
     reopening and a merge builds one for the merged segment."""
-    from retriever.index.xtr import best_tokens
+    from retriever.fields.base import merge_top_k
 
     c = token_collection(tmp_path / "c", token_index="IVF16,PQ8x4fs", token_k=20)
     docs = split(*clouds(500, 16, seed=23, max_tokens=10))
@@ -298,9 +298,8 @@ def test_token_retrieval_with_a_trained_token_index(tmp_path):
     assert [p.tokens.index.ivf is not None for p in field.parts] == [True, True]
     queries = split(*clouds(4, 16, seed=24, max_tokens=4))
     tokens = np.concatenate(queries)
-    found = [(s, np.where(r >= 0, r + start, -1)) for (s, r), start in
-             zip((p.tokens.search(tokens, 20, {}, None) for p in field.parts), field.starts)]
-    similarities, rows = best_tokens(found, 20)
+    found = [p.tokens.search(tokens, 20, {}, None) for p in field.parts]
+    similarities, rows = merge_top_k(found, field.starts, len(tokens), 20)
     first = 0
     for hits, query in zip(c.search(queries, k=5, params={"xtr": 1}), queries):
         mine = slice(first, first + len(query))

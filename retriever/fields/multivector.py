@@ -21,7 +21,7 @@ from retriever.index.flat import FlatVectors
 from retriever.index.fde import FdeConfig, FdeEncoder
 from retriever.index.tokens import TokenStore, compress, decompress
 from retriever.index.vectors import VectorStore
-from retriever.index.xtr import TokenIndex, best_tokens, imputed_scores
+from retriever.index.xtr import TokenIndex, imputed_scores
 from retriever.kernels.maxsim import maxsim
 
 from . import parts as parts_module
@@ -464,9 +464,10 @@ class MultiVectorField:
         found = []
         for part, start in zip(self.parts, self.starts):
             local = None if allowed is None else allowed[start : start + part.rows]
-            similarities, rows = part.tokens.search(queries.tokens, token_k, index_params, local)
-            found.append((similarities, np.where(rows >= 0, rows + start, -1)))
-        similarities, rows = best_tokens(found, token_k)  # [query tokens of the batch, token_k]
+            found.append(part.tokens.search(queries.tokens, token_k, index_params, local))
+        # what one index over every token retrieves: [query tokens of the batch, token_k], rows
+        # global; a document's several tokens stay several entries
+        similarities, rows = merge_top_k(found, self.starts, len(queries.tokens), token_k)
         scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         out_rows = np.full((len(queries), k), -1, dtype=np.int64)
         for b in range(len(queries)):

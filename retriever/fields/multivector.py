@@ -342,10 +342,11 @@ class MultiVectorField:
                 f"query {int(empty[0])} has no tokens for field {self.config.name!r} after skipping "
                 "special tokens and punctuation"
             )
-        long = np.flatnonzero(np.diff(clouds.offsets) > MAX_QUERY_TOKENS)
+        lengths = np.diff(clouds.offsets)
+        long = np.flatnonzero(lengths > MAX_QUERY_TOKENS)
         if len(long):
             raise InvalidRequest(
-                f"query {int(long[0])} has {int(np.diff(clouds.offsets)[long[0]])} token vectors for field "
+                f"query {int(long[0])} has {int(lengths[long[0]])} token vectors for field "
                 f"{self.config.name!r}; a query takes at most {MAX_QUERY_TOKENS}"
             )
         return clouds

@@ -313,9 +313,10 @@ def dataset(name: str, data: Path, work: Path, memory_cap: int, list_size: int, 
         log("hnswlib is not installed (pip install -e '.[peers]'): measured without it")
     elif with_hnsw:
         builds["hnswlib"] = (work / f"{name}.hnswlib", lambda p: build_hnswlib(data, p))
+    lists_read = [{"nprobe": n, "prune": 1.0} for n in (8, 16, 32, 64, 96, 128, 192, 256)]
     sweeps = {
-        "spann": [{"nprobe": n, "prune": 1.0} for n in (8, 16, 32, 64, 96, 128, 192, 256)],
-        "spann_f16": [{"nprobe": n, "prune": 1.0} for n in (8, 16, 32, 64, 96, 128, 192, 256)],
+        "spann": lists_read,
+        "spann_f16": lists_read,
         "spann_f16_long": [{"nprobe": n, "prune": 1.0} for n in (8, 16, 24, 32, 40, 48, 64, 96)],
         "spann_pq": [{"nprobe": n, "prune": 1.0, "rescore": r} for n in (32, 64, 128, 256) for r in (100, 300)],
         "faiss_ivfpq": [{"nprobe": n} for n in (8, 16, 32, 64, 128, 256)],
